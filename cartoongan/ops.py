@@ -1,0 +1,147 @@
+"""Building blocks shared by the generator and the discriminator.
+
+Equalised-learning-rate layers scale their weights at run time (He init folded into the
+forward pass) so that Adam sees parameters of unit scale. Resampling follows the FIR filter
+convention of StyleGAN2 (upfirdn2d), written as depthwise convolutions in pure PyTorch.
+Module and parameter names follow rosinality/stylegan2-pytorch so that state dicts are
+interchangeable without translation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SQRT2 = math.sqrt(2.0)
+BLUR_KERNEL = (1, 3, 3, 1)
+
+
+def bias_leaky_relu(x: torch.Tensor, bias: torch.Tensor | None, slope: float = 0.2) -> torch.Tensor:
+    """Add a per-channel bias, leaky ReLU, then the sqrt(2) gain that keeps unit variance.
+
+    x: [B, C, ...]; bias: [C].
+    """
+    if bias is not None:
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        x = x + bias.view(shape).to(x.dtype)
+    return F.leaky_relu(x, slope) * SQRT2
+
+
+def make_kernel(taps=BLUR_KERNEL, gain: float = 1.0) -> torch.Tensor:
+    """2D FIR kernel [k, k]: outer product of the 1D taps, normalised to sum to `gain`."""
+    k1 = torch.tensor(taps, dtype=torch.float32)
+    k = k1[:, None] * k1[None, :]
+    return k / k.sum() * gain
+
+
+def _depthwise(kernel: torch.Tensor, channels: int, dtype: torch.dtype) -> torch.Tensor:
+    return kernel.to(dtype)[None, None].expand(channels, 1, *kernel.shape)
+
+
+def blur(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int], stride: int = 1) -> torch.Tensor:
+    """Pad by (before, after) on both axes, then filter each channel with `kernel` [k, k].
+
+    x: [B, C, H, W] -> [B, C, (H + before + after - k) // stride + 1, ...]. The kernel is
+    symmetric, so correlation equals the convolution of upfirdn2d.
+    """
+    c = x.shape[1]
+    x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
+    return F.conv2d(x, _depthwise(kernel, c, x.dtype), stride=stride, groups=c)
+
+
+def upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """upfirdn2d(x, kernel, up=2, pad=(2, 1)) as one strided transposed depthwise conv.
+
+    x: [B, C, H, W] -> [B, C, 2H, 2W]; `kernel` [4, 4] already carries the gain of 4.
+    """
+    c = x.shape[1]
+    return F.conv_transpose2d(x, _depthwise(kernel, c, x.dtype), stride=2, padding=1, groups=c)
+
+
+class PixelNorm(nn.Module):
+    """Normalise each latent vector to unit mean square over its features."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalised learning rate and an optional fused leaky ReLU.
+
+    lr_mul scales both the effective weight and bias learning rate (0.01 in the mapping
+    network, so that w moves slowly compared with the synthesis weights).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,  # input features
+        out_dim: int,  # output features
+        bias_init: float = 0.0,  # initial bias value (1 for style modulations)
+        lr_mul: float = 1.0,  # learning-rate multiplier
+        activation: bool = False,  # leaky ReLU with gain sqrt(2) after the bias
+    ):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, in_dim] -> [B, out_dim]."""
+        bias = self.bias * self.lr_mul
+        if self.activation:
+            return bias_leaky_relu(F.linear(x, self.weight * self.scale), bias)
+        return F.linear(x, self.weight * self.scale, bias)
+
+
+class EqualConv2d(nn.Module):
+    """Conv2d with equalised learning rate (weight scaled by 1/sqrt(fan_in) at run time)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+        self.scale = 1.0 / math.sqrt(in_ch * kernel_size**2)
+        self.stride = stride
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+
+
+class BiasLeakyReLU(nn.Module):
+    """Learned per-channel bias followed by leaky ReLU with gain sqrt(2)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bias_leaky_relu(x, self.bias)
+
+
+class Blur(nn.Module):
+    """FIR low-pass filter with fixed padding; the kernel is a buffer so it lives in the state dict."""
+
+    def __init__(self, pad: tuple[int, int], gain: float = 1.0, stride: int = 1):
+        super().__init__()
+        self.register_buffer("kernel", make_kernel(gain=gain))
+        self.pad = pad
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return blur(x, self.kernel, self.pad, self.stride)
+
+
+class Upsample(nn.Module):
+    """2x FIR upsampling of an image (used on the generator's skip/RGB path)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("kernel", make_kernel(gain=4.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upsample2x(x, self.kernel)

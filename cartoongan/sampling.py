@@ -1,0 +1,185 @@
+"""Rendering: seeds to latents, latents to 8-bit images, grids, comparisons and GIFs."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .generator import Generator
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-3,7' -> [0, 1, 2, 3, 7]. Raises ValueError naming the bad part."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"'{part}' is not a seed or a range like 0-3")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise ValueError(f"range '{part}' runs backwards")
+        if hi > 2**32 - 1:
+            raise ValueError(f"seed {hi} exceeds 2**32 - 1")
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise ValueError("no seeds given")
+    return seeds
+
+
+def z_from_seed(seed: int, z_dim: int) -> torch.Tensor:
+    """The NVlabs convention: np.random.RandomState(seed).randn(1, z_dim). -> [1, z_dim] float32."""
+    return torch.from_numpy(np.random.RandomState(seed).randn(1, z_dim)).float()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] floats in [-1, 1] -> [B, H, W, 3] uint8, as (x * 127.5 + 128).clamp(0, 255)."""
+    x = (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_grid(tiles: np.ndarray, cols: int, pad: int = 0) -> np.ndarray:
+    """[N, H, W, 3] uint8 -> one [rows*H, cols*W, 3] image, row-major, blank cells black."""
+    n, h, w, c = tiles.shape
+    rows = (n + cols - 1) // cols
+    grid = np.zeros((rows * (h + pad) - pad, cols * (w + pad) - pad, c), np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[r * (h + pad): r * (h + pad) + h, q * (w + pad): q * (w + pad) + w] = tiles[i]
+    return grid
+
+
+def save_png(array: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+@torch.no_grad()
+def render_ws(gen: Generator, ws: torch.Tensor, noise_mode: str = "const", batch: int = 8) -> np.ndarray:
+    """w+ [N, n_latent, style_dim] -> [N, size, size, 3] uint8, in batches."""
+    dev = gen.input.input.device
+    out = [to_uint8(gen.synthesis(ws[i: i + batch].to(dev), noise_mode=noise_mode).image)
+           for i in range(0, len(ws), batch)]
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def seeds_to_ws(gen: Generator, seeds: list[int], truncation: float = 1.0) -> torch.Tensor:
+    """Seeds -> truncated w+ [N, n_latent, style_dim] through gen's mapping network."""
+    dev = gen.input.input.device
+    z = torch.cat([z_from_seed(s, gen.style_dim) for s in seeds]).to(dev)
+    if truncation != 1 and gen.w_avg is None:
+        gen.estimate_w_avg()
+    return gen.ws_from_z(z, truncation=truncation)
+
+
+@dataclass
+class SampleResult:
+    """What `sample` wrote: one folder of seed images per generator, and the summary pictures."""
+
+    folders: list[Path] = field(default_factory=list)
+    grid: Path | None = None
+    compare: Path | None = None
+    gif: Path | None = None
+
+
+def sample(gens: list[Generator], names: list[str], seeds: list[int], outdir: Path, truncation: float = 1.0,
+           noise_mode: str = "const", interpolate: int = 0, fps: int = 12) -> SampleResult:
+    """Render the same w (mapped by the first generator) through every generator.
+
+    One generator: outdir/seedNNNN.png and outdir/grid.png. Several: outdir/<name>/seedNNNN.png
+    per generator and outdir/compare.png (rows: generators, columns: seeds). With interpolate=K,
+    outdir/interpolation.gif walks through the seeds' w with K frames per step (all generators
+    side by side).
+    """
+    outdir = Path(outdir)
+    ws = seeds_to_ws(gens[0], seeds, truncation)
+    result = SampleResult()
+    rows = []
+    for gen, name in zip(gens, names):
+        imgs = render_ws(gen, ws, noise_mode)
+        rows.append(imgs)
+        folder = outdir if len(gens) == 1 else outdir / name
+        for seed, img in zip(seeds, imgs):
+            save_png(img, folder / f"seed{seed:04d}.png")
+        result.folders.append(folder)
+    if len(gens) == 1:
+        result.grid = save_png(make_grid(rows[0], cols=min(len(seeds), 8)), outdir / "grid.png")
+    else:
+        result.compare = save_png(make_grid(np.concatenate(rows), cols=len(seeds)), outdir / "compare.png")
+    if interpolate > 0:
+        result.gif = interpolation_gif(gens, ws, outdir / "interpolation.gif", interpolate, noise_mode, fps)
+    return result
+
+
+def interpolation_gif(gens: list[Generator], ws: torch.Tensor, path: Path, steps: int,
+                      noise_mode: str = "const", fps: int = 12) -> Path:
+    """Linear walk in w+ through ws (closing the loop), one column per generator, as a looping GIF."""
+    keys = torch.cat([ws, ws[:1]])
+    t = torch.arange(steps, dtype=torch.float32) / steps
+    frames_ws = torch.cat([torch.lerp(keys[i][None], keys[i + 1][None], t[:, None, None].to(ws.device))
+                           for i in range(len(keys) - 1)])
+    per_gen = [render_ws(g, frames_ws, noise_mode) for g in gens]
+    frames = [Image.fromarray(make_grid(np.stack([imgs[f] for imgs in per_gen]), cols=len(gens)))
+              for f in range(len(frames_ws))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    return path
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [f"{i}_{p.parent.name}_{p.stem}" for i, p in enumerate(paths)]
+
+
+def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, truncation: float = 1.0,
+                       noise_mode: str = "const", interpolate: int = 0, device: str = "auto",
+                       ws: torch.Tensor | None = None) -> SampleResult:
+    """Load each checkpoint's g_ema and render the same latents through all of them (see `sample`).
+
+    ws: optional w+ [N, n_latent, style_dim] (e.g. projected_w.npz) used instead of the seeds' w.
+    """
+    from .checkpoint import build_generator, load_checkpoint
+    from .device import resolve_device
+    from .errors import CheckpointError
+
+    dev = resolve_device(device)
+    gens = [build_generator(load_checkpoint(p), device=dev).eval() for p in paths]
+    first = gens[0]
+    for p, g in zip(paths[1:], gens[1:]):
+        if (g.size, g.style_dim) != (first.size, first.style_dim):
+            raise CheckpointError(f"{p} is {g.size}px with w of {g.style_dim}; {paths[0]} is "
+                                  f"{first.size}px with {first.style_dim}: compare checkpoints of one architecture")
+    if ws is None:
+        return sample(gens, _unique_names(paths), seeds, outdir, truncation, noise_mode, interpolate)
+    return sample_ws(gens, _unique_names(paths), ws.to(dev), outdir, noise_mode)
+
+
+def sample_ws(gens: list[Generator], names: list[str], ws: torch.Tensor, outdir: Path,
+              noise_mode: str = "const") -> SampleResult:
+    """Render given w+ [N, n_latent, style_dim] through each generator: projNNNN.png files and a grid."""
+    outdir = Path(outdir)
+    result = SampleResult()
+    rows = []
+    for gen, name in zip(gens, names):
+        if ws.shape[1:] != (gen.n_latent, gen.style_dim):
+            raise ValueError(f"w+ has shape {tuple(ws.shape[1:])}, generator {name} needs ({gen.n_latent}, {gen.style_dim})")
+        imgs = render_ws(gen, ws, noise_mode)
+        rows.append(imgs)
+        folder = outdir if len(gens) == 1 else outdir / name
+        for i, img in enumerate(imgs):
+            save_png(img, folder / f"proj{i:04d}.png")
+        result.folders.append(folder)
+    grid = make_grid(np.concatenate(rows), cols=len(ws))
+    if len(gens) == 1:
+        result.grid = save_png(grid, outdir / "grid.png")
+    else:
+        result.compare = save_png(grid, outdir / "compare.png")
+    return result

@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from cartoongan import Discriminator, Generator
+from cartoongan.architecture import channel_widths
+from cartoongan.generator import ModulatedConv2d
+
+
+@pytest.mark.parametrize("size", [8, 16, 32])
+def test_shapes_at_each_resolution(tiny_g, size):
+    g = tiny_g(size)
+    z = torch.randn(3, g.style_dim)
+    out = g.synthesis(g.ws_from_z(z), return_rgbs=True, return_features=True)
+    assert out.image.shape == (3, 3, size, size)
+    assert g.n_latent == 2 * (size.bit_length() - 1) - 2
+    assert [r.shape[-1] for r in out.rgbs] == g.resolutions
+    assert [f.shape[1] for f in out.features] == [g.channels[r] for r in g.resolutions]
+    assert torch.equal(out.rgbs[-1], out.image)
+    d = Discriminator(size, channel_base=512, channel_max=32)
+    assert d(out.image).shape == (3, 1)
+
+
+def test_rosinality_widths():
+    assert channel_widths(256, 2) == {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128}
+    assert channel_widths(64, 1) == {4: 512, 8: 512, 16: 512, 32: 512, 64: 256}
+
+
+def test_bad_resolution_rejected():
+    with pytest.raises(ValueError, match="power of two"):
+        Generator(48)
+
+
+def test_each_w_slot_feeds_its_block(tiny_g):
+    g = tiny_g(16)
+    ws = g.ws_from_z(torch.randn(2, g.style_dim)).clone()
+    base = g.synthesis(ws, noise_mode="const", return_rgbs=True).rgbs
+    for b in range(g.n_blocks):
+        for slot in g.block_w_slots(b):
+            moved = ws.clone()
+            moved[:, slot] += 1.0
+            rgbs = g.synthesis(moved, noise_mode="const", return_rgbs=True).rgbs
+            # lower blocks that do not read the slot are untouched; block b's RGB output moves
+            # (a block's toRGB slot is also the next block's first conv slot, as in rosinality)
+            for lower in range(b):
+                if slot not in g.block_w_slots(lower):
+                    assert torch.equal(rgbs[lower], base[lower])
+            assert not torch.allclose(rgbs[b], base[b])
+
+
+def test_noise_modes(tiny_g):
+    g = tiny_g(16)
+    z = torch.randn(2, g.style_dim)
+    const1, const2 = g(z, noise_mode="const"), g(z, noise_mode="const")
+    rand1, rand2 = g(z, noise_mode="random"), g(z, noise_mode="random")
+    none1, none2 = g(z, noise_mode="none"), g(z, noise_mode="none")
+    assert torch.equal(const1, const2) and torch.equal(none1, none2)
+    assert not torch.allclose(rand1, rand2)
+    assert not torch.allclose(const1, none1)
+    zero_noise = [torch.zeros_like(n) for n in g.make_noise(2)]
+    assert torch.allclose(g(z, noises=zero_noise), none1, atol=1e-6)
+    with pytest.raises(ValueError, match="noise_mode"):
+        g(z, noise_mode="loud")
+
+
+def test_truncation(tiny_g):
+    g = tiny_g(16)
+    w_avg = g.estimate_w_avg(n=512)
+    z = torch.randn(3, g.style_dim)
+    ws0 = g.ws_from_z(z, truncation=0.0)
+    assert torch.allclose(ws0, w_avg.expand_as(ws0))
+    assert torch.equal(g.ws_from_z(z, truncation=1.0), g.ws_from_z(z))
+    half = g.ws_from_z(z, truncation=0.5)
+    assert torch.allclose(half, (g.ws_from_z(z) + w_avg) / 2, atol=1e-6)
+
+
+def test_truncation_without_average_is_an_error(tiny_g):
+    g = tiny_g(16)
+    with pytest.raises(RuntimeError, match="w_avg"):
+        g.ws_from_z(torch.randn(1, g.style_dim), truncation=0.7)
+
+
+def test_style_mixing_crossover(tiny_g):
+    g = tiny_g(16)
+    z1, z2 = torch.randn(2, g.style_dim), torch.randn(2, g.style_dim)
+    ws = g.ws_from_z(z1, z2, crossover=3)
+    w1, w2 = g.mapping(z1), g.mapping(z2)
+    assert torch.allclose(ws[:, :3], w1[:, None].expand(-1, 3, -1))
+    assert torch.allclose(ws[:, 3:], w2[:, None].expand(-1, g.n_latent - 3, -1))
+    with pytest.raises(ValueError, match="crossover"):
+        g.ws_from_z(z1, z2, crossover=g.n_latent)
+
+
+@pytest.mark.parametrize("up", [False, True])
+def test_grouped_and_scaled_modconv_agree(up):
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(8, 6, 3, 16, upsample=up)
+    x, w = torch.randn(3, 8, 8, 8), torch.randn(3, 16)
+    scaled = conv(x, w)
+    conv.grouped = True
+    assert torch.allclose(conv(x, w), scaled, atol=1e-5)
+
+
+def test_gradients_reach_every_parameter(tiny_g):
+    g = tiny_g(16)
+    g.train()
+    g(torch.randn(2, g.style_dim)).square().mean().backward()
+    missing = [n for n, p in g.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
