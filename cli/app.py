@@ -35,13 +35,14 @@ def user_errors():
         fail("interrupted", 130)
 
 
-def seeds_option(value: str) -> List[int]:
+def valid_seeds(value: str) -> str:
     from cartoongan.sampling import parse_seeds
 
     try:
-        return parse_seeds(value)
+        parse_seeds(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    return value
 
 
 def finite_nonnegative(value: float) -> float:
@@ -56,7 +57,7 @@ DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
 @app.command()
 def sample(
     ckpts: List[Path] = typer.Argument(..., help="One or more checkpoints; several render the same w side by side."),
-    seeds: str = typer.Option("0-7", "--seeds", help="Seeds, e.g. 0-3,7 (z = RandomState(seed).randn(1, 512))."),
+    seeds: str = typer.Option("0-7", "--seeds", callback=valid_seeds, help="Seeds, e.g. 0-3,7 (z = RandomState(seed).randn(1, 512))."),
     trunc: float = typer.Option(1.0, "--trunc", callback=finite_nonnegative, help="Truncation psi (1 = none)."),
     noise_mode: NoiseMode = typer.Option(NoiseMode.const, "--noise-mode", help="random | const | none."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Output folder."),
@@ -65,9 +66,9 @@ def sample(
     device: str = DEVICE,
 ):
     """Render seeds (or projected latents) through one or more generators."""
-    from cartoongan.sampling import sample_checkpoints
+    from cartoongan.sampling import parse_seeds, sample_checkpoints
 
-    seed_list = seeds_option(seeds)
+    seed_list = parse_seeds(seeds)
     with user_errors():
         ws = None
         if projected_w is not None:

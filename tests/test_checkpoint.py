@@ -1,0 +1,136 @@
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from cartoongan import build_discriminator, build_generator, load_checkpoint, save_checkpoint
+from cartoongan.checkpoint import describe, generator_checkpoint, infer_discriminator_config, infer_generator_config
+from cartoongan.errors import CheckpointError
+
+from .reference_stylegan2 import expected_generator_shapes
+
+
+def rosinality_file(tmp_path, g, d=None, name="ros.pt"):
+    """A checkpoint as rosinality's train.py writes it: plain state dicts plus an argparse args."""
+    import argparse
+
+    ckpt = {"g_ema": g.state_dict(), "g": g.state_dict(), "args": argparse.Namespace(size=g.size, batch=4)}
+    if d is not None:
+        ckpt["d"] = d.state_dict()
+    path = tmp_path / name
+    torch.save(ckpt, path)
+    return path
+
+
+def test_rosinality_file_loads_with_inferred_architecture(tmp_path, tiny_g, tiny_d):
+    g, d = tiny_g(32), tiny_d(32)
+    ckpt = load_checkpoint(rosinality_file(tmp_path, g, d))
+    assert "cartoongan" not in ckpt
+    cfg = infer_generator_config(ckpt["g_ema"])
+    assert (cfg["size"], cfg["style_dim"], cfg["n_mlp"]) == (32, 32, 2)
+    g2 = build_generator(ckpt)
+    assert g2.channels == g.channels
+    z = torch.randn(2, 32)
+    assert torch.equal(g2(z, noise_mode="const"), g(z, noise_mode="const"))
+    assert infer_discriminator_config(ckpt["d"])["size"] == 32
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(build_discriminator(ckpt)(x), d(x))
+
+
+def test_config_f_widths_are_recognised():
+    from cartoongan import Generator
+
+    sd = Generator(64, 16, 1, channel_multiplier=2).state_dict()
+    cfg = infer_generator_config(sd)
+    assert (cfg["channel_multiplier"], cfg["channel_base"], cfg["channel_max"]) == (2, 16384, 512)
+
+
+def test_what_we_write_has_rosinality_keys_and_round_trips(tmp_path, tiny_g):
+    g = tiny_g(16)
+    g.estimate_w_avg(256)
+    path = save_checkpoint(tmp_path / "ours.pt", generator_checkpoint(g, kind="test", step=7))
+    ckpt = load_checkpoint(path)
+    got = {k: tuple(v.shape) for k, v in ckpt["g_ema"].items()}
+    assert got == expected_generator_shapes(16, 32, 2, g.channels)
+    assert torch.equal(ckpt["latent_avg"], g.w_avg)
+    g2 = build_generator(ckpt)
+    z = torch.randn(2, 32)
+    assert torch.equal(g2(z, noise_mode="const"), g(z, noise_mode="const"))
+    info = describe(ckpt)
+    assert info["resolution"] == 16 and info["step"] == 7 and info["contains"] == ["g_ema", "latent_avg"]
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {Exploit.marker}",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    Exploit.marker = marker
+    path = tmp_path / "evil.pt"
+    torch.save({"g_ema": {}, "payload": Exploit()}, path)
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"hello, I am text\n", "not a readable"),
+    (None, "not a readable"),  # truncated real checkpoint
+])
+def test_unreadable_files(tmp_path, tiny_g, content, match):
+    path = tmp_path / "bad.pt"
+    if content is None:
+        good = save_checkpoint(tmp_path / "good.pt", generator_checkpoint(tiny_g(16)))
+        content = good.read_bytes()[:-300]
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="not a file"):
+        load_checkpoint(tmp_path)
+
+
+def test_dict_without_generator(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"model": {"w": torch.zeros(1)}}, path)
+    with pytest.raises(CheckpointError, match="no generator"):
+        load_checkpoint(path)
+
+
+def test_foreign_and_mismatched_keys(tmp_path, tiny_g):
+    g = tiny_g(16)
+    sd = dict(g.state_dict())
+    sd["extra.weight"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match="unexpected"):
+        build_generator({"g_ema": sd, "cartoongan": {"generator": g.config}})
+    sd = dict(g.state_dict())
+    sd["conv1.conv.weight"] = torch.zeros(1, 2, 2, 3, 3)
+    with pytest.raises(CheckpointError, match="mis-shaped"):
+        build_generator({"g_ema": sd, "cartoongan": {"generator": g.config}})
+    sd = dict(g.state_dict())
+    del sd["style.1.weight"]
+    with pytest.raises(CheckpointError, match="lacks 'style.1.weight'"):
+        build_generator({"g_ema": sd})
+
+
+def test_kill_mid_save_keeps_previous_file(tmp_path, tiny_g, monkeypatch):
+    path = save_checkpoint(tmp_path / "latest.pt", generator_checkpoint(tiny_g(16), step=1))
+    before = path.read_bytes()
+
+    def dying_save(obj, fh):
+        fh.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"g_ema": {}})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]
