@@ -17,6 +17,9 @@ class _Bar:
         self._p, self._t = progress, task
 
     def advance(self, n: int = 1, **fields) -> None:
+        if not fields:
+            self._p.update(self._t, advance=n)
+            return
         info = "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
         self._p.update(self._t, advance=n, info=info)
 

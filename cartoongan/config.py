@@ -1,0 +1,179 @@
+"""Run configuration as dataclasses; recipes are TOML files with [model], [train], [finetune] tables."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    size: int = 256  # image resolution
+    style_dim: int = 512  # z and w dimension
+    n_mlp: int = 8  # mapping network depth
+    channel_multiplier: int = 2  # rosinality's width multiplier (2 = config F)
+    channel_base: int = 16384  # width = min(channel_max, multiplier * base / resolution)
+    channel_max: int = 512  # widest feature map
+
+    def generator_kwargs(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def discriminator_kwargs(self) -> dict:
+        d = dataclasses.asdict(self)
+        del d["style_dim"], d["n_mlp"]
+        return d
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 800_000  # total G steps (the run stops at this step)
+    batch: int = 16  # total batch across all processes
+    lr: float = 0.002  # Adam learning rate (before the lazy-regularisation correction)
+    r1_gamma: float = 10.0  # R1 weight
+    d_reg_every: int = 16  # lazy R1 interval
+    g_reg_every: int = 4  # lazy path-length interval (0 disables)
+    path_weight: float = 2.0  # path-length weight
+    path_batch_shrink: int = 2  # path-length batch = batch / shrink
+    mixing: float = 0.9  # style-mixing probability
+    ema_kimg: float = 10.0  # EMA half-life in thousands of images
+    augment: str = "ada"  # ada | none
+    augment_p: float = 0.0  # fixed augmentation probability (0 with ada: tuned from 0)
+    ada_target: float = 0.6  # target E[sign(D(real))]
+    ada_interval: int = 4  # steps between p updates
+    ada_kimg: float = 500.0  # images (thousands) for p to move by 1
+    xflip: bool = True  # random horizontal flips of the dataset
+    seed: int = 0
+    sample_every: int = 1000  # steps between sample grids
+    ckpt_every: int = 5000  # steps between numbered checkpoints (latest.pt is written with each)
+    log_every: int = 100  # steps between log.jsonl lines
+    n_sample: int = 16  # faces in each sample grid (seeds 0..n-1)
+    precision: str = "fp32"  # fp32 | bf16 (bf16 autocast on CUDA; regularisers stay fp32)
+    compile: bool = False  # torch.compile the networks (pays off on CUDA, not on the CPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class FinetuneConfig:
+    freeze_g: int = 0  # lowest-resolution synthesis blocks kept frozen (FreezeG)
+    freeze_sg: int = 0  # as freeze_g, and their w slots come from the source mapping (FreezeSG)
+    freeze_d: int = 0  # highest-resolution discriminator blocks kept frozen (FreezeD)
+    freeze_mapping: bool = False  # also freeze the mapping network (the reference code's FreezeG does)
+    struct_loss: int = 0  # structure loss over the first N resolutions from 8 px (0 = off)
+    struct_weight: float = 1.0  # its weight (lambda)
+    struct_tap: str = "rgb"  # rgb (skip images) | features (conv features, as the reference code)
+    fresh_d: bool = False  # start D from random weights when the source has none
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "finetune": FinetuneConfig}
+
+
+def _set(section: object, name: str, key: str, value) -> None:
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if key not in fields:
+        raise ConfigError(f"unknown setting [{name}].{key}; known: {', '.join(fields)}")
+    current = getattr(section, key)
+    if isinstance(current, bool) and not isinstance(value, bool):
+        raise ConfigError(f"[{name}].{key} must be true or false, got {value!r}")
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"[{name}].{key} must be a number, got {value!r}")
+        if isinstance(current, int) and not float(value).is_integer():
+            raise ConfigError(f"[{name}].{key} must be a whole number, got {value!r}")
+        value = type(current)(value)
+    setattr(section, key, value)
+
+
+def apply_overrides(cfg: RunConfig, data: dict) -> RunConfig:
+    """Merge {'train': {'batch': 8}, ...} into cfg, rejecting unknown keys and wrong types."""
+    for name, values in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown recipe table [{name}]; use {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"recipe entry '{name}' must be a table")
+        for key, value in values.items():
+            if value is not None:
+                _set(getattr(cfg, name), name, key, value)
+    return cfg
+
+
+def load_recipe(path: str | Path | None) -> RunConfig:
+    """A RunConfig from a TOML recipe (None: the defaults, the standard 256 px setup)."""
+    cfg = RunConfig()
+    if path is None:
+        return cfg
+    path = Path(path)
+    if not path.is_file():
+        builtin = Path(__file__).resolve().parent.parent / "recipes" / f"{path.name.removesuffix('.toml')}.toml"
+        if not builtin.is_file():
+            raise ConfigError(f"recipe not found: {path} (pass a TOML file, or a name from recipes/)")
+        path = builtin
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
+    data.pop("description", None)
+    return apply_overrides(cfg, data)
+
+
+def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
+    """Reject impossible values with a message naming the flag."""
+    from .architecture import log2_size
+
+    t, m = cfg.train, cfg.model
+    try:
+        log2_size(m.size)
+    except ValueError as exc:
+        raise ConfigError(f"--size: {exc}") from None
+    checks = [
+        (t.iters >= 1, "--iters must be >= 1"),
+        (t.batch >= 1, "--batch must be >= 1"),
+        (t.batch % world_size == 0, f"--batch {t.batch} must be divisible by the {world_size} processes"),
+        (t.lr > 0 and math.isfinite(t.lr), "--lr must be > 0"),
+        (t.r1_gamma >= 0 and t.path_weight >= 0, "regulariser weights must be >= 0"),
+        (t.d_reg_every >= 1 and t.g_reg_every >= 0, "regularisation intervals must be positive"),
+        (0 <= t.mixing <= 1, "mixing probability must be in [0, 1]"),
+        (0 <= t.augment_p <= 1, "--augment-p must be in [0, 1]"),
+        (t.augment in ("ada", "none"), f"--augment must be ada or none, got '{t.augment}'"),
+        (t.precision in ("fp32", "bf16"), f"--precision must be fp32 or bf16, got '{t.precision}'"),
+        (t.ema_kimg > 0, "ema_kimg must be > 0"),
+        (min(t.sample_every, t.ckpt_every, t.log_every, t.n_sample) >= 1, "intervals must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return cfg
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The resolved configuration as TOML (written to RUN_DIR/config.toml)."""
+    lines = []
+    for name, values in cfg.to_dict().items():
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            else:
+                text = repr(value)
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def from_dict(data: dict) -> RunConfig:
+    return apply_overrides(RunConfig(), data)

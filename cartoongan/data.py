@@ -1,0 +1,114 @@
+"""Image datasets: a folder (recursive) or a .zip of images, made square, resized and held in memory."""
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+from .report import NullReporter, Reporter
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: 16-bit scaled to 8-bit, palette and alpha composited over white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray((arr / top * 255).clip(0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def square_resize(img: Image.Image, size: int) -> np.ndarray:
+    """Centre-crop to a square, Lanczos-resize to size x size, -> [size, size, 3] uint8."""
+    img = to_rgb(img)
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    img = img.crop((left, top, left + s, top + s))
+    if s != size:
+        img = img.resize((size, size), Image.LANCZOS)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _sources(root: Path) -> list[tuple[str, callable]]:
+    """(name, opener) for each candidate image under a folder or inside a .zip."""
+    if root.is_file() and root.suffix.lower() == ".zip":
+        try:
+            zf = zipfile.ZipFile(root)
+        except zipfile.BadZipFile:
+            raise DataError(f"{root} is not a readable zip archive") from None
+        names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS and not n.endswith("/"))
+        return [(n, (lambda n=n: io.BytesIO(zf.read(n)))) for n in names]
+    if not root.is_dir():
+        raise DataError(f"dataset not found: {root} (pass a folder of images or a .zip)")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files]
+
+
+@dataclass
+class ImageDataset:
+    """images: [N, 3, size, size] uint8; names in the same order; skipped: files that failed to decode."""
+
+    images: torch.Tensor
+    names: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def batch(self, n: int, xflip: bool, device: torch.device) -> torch.Tensor:
+        """n random images (global torch RNG), optionally mirrored, as floats in [-1, 1]: [n, 3, S, S]."""
+        idx = torch.randint(len(self), (n,))
+        x = self.images[idx]
+        if xflip:
+            flip = torch.rand(n) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
+def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None) -> ImageDataset:
+    """Decode every image under `root` (folder or .zip). Corrupt files are skipped and named in a warning."""
+    reporter = reporter or NullReporter()
+    root = Path(root)
+    sources = _sources(root)
+    arrays, names, skipped = [], [], []
+    with reporter.progress(len(sources), f"loading {root.name}") as bar:
+        for name, opener in sources:
+            try:
+                with opener() as fh, Image.open(fh) as img:
+                    img.load()
+                    arrays.append(square_resize(img, size))
+                names.append(name)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                skipped.append(name)
+            bar.advance()
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        reporter.warn(f"skipped {len(skipped)} unreadable image(s) in {root}: {shown}")
+    if not arrays:
+        raise DataError(f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))})")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return ImageDataset(images, names, skipped)
+
+
+def prepare_folder(src: str | Path, out: str | Path, size: int, reporter: Reporter | None = None) -> ImageDataset:
+    """Write a clean square RGB PNG dataset (NNNNNN.png) from any folder or zip of photos."""
+    data = load_dataset(src, size, reporter)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(data.images.permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(img).save(out / f"{i:06d}.png")
+    return data

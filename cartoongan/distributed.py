@@ -1,0 +1,73 @@
+"""Data parallelism with torch.distributed: NCCL on GPUs, gloo on CPUs, launched by torchrun.
+
+Gradients are averaged by hand after each backward rather than through DDP's wrapper, because
+lazy R1 (double backward), path length and frozen blocks leave different parameter sets with
+gradients on different steps, which DDP's bucketing does not expect.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .device import resolve_device
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_spec: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(device=resolve_device(device_spec))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_spec)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world=world, device=device)
+
+
+def average_gradients(params, info: DistInfo) -> None:
+    """All-reduce the gradients of `params` (those that have one) into their mean, in one buffer."""
+    if info.world <= 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_module(module: torch.nn.Module, info: DistInfo) -> None:
+    """Make every rank start from rank 0's parameters and buffers."""
+    if info.world <= 1:
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
+def sum_across(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.world <= 1:
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t

@@ -1,0 +1,68 @@
+"""Freezing plans for FreezeG, FreezeSG and FreezeD, over named resolution blocks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .config import FinetuneConfig
+from .discriminator import Discriminator
+from .errors import ConfigError
+from .generator import Generator
+
+
+@dataclass
+class FreezePlan:
+    """Which blocks train. Generator blocks count from 4 px up; discriminator blocks from `size` down."""
+
+    g_frozen: int = 0  # lowest-resolution synthesis blocks frozen (FreezeG / FreezeSG)
+    d_frozen: int = 0  # highest-resolution discriminator blocks frozen (FreezeD)
+    mapping_frozen: bool = False
+    source_slots: int = 0  # w+ slots 0..source_slots-1 taken from the source mapping (FreezeSG)
+
+    def frozen_modules(self, g: Generator, d: Discriminator) -> list[nn.Module]:
+        mods = [m for b in range(self.g_frozen) for m in g.block_modules(b)]
+        mods += [m for k in range(1, self.d_frozen + 1) for m in d.block_modules(k)]
+        if self.mapping_frozen:
+            mods.append(g.style)
+        return mods
+
+    def apply(self, g: Generator, d: Discriminator) -> None:
+        """Set requires_grad: False on the frozen blocks, True everywhere else."""
+        for p in list(g.parameters()) + list(d.parameters()):
+            p.requires_grad_(True)
+        for m in self.frozen_modules(g, d):
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def rows(self, g: Generator, d: Discriminator) -> list[tuple]:
+        """(network, block, resolution, parameters, state) for the start-of-run table."""
+        def count(mods):
+            return sum(p.numel() for m in mods for p in m.parameters())
+
+        state = lambda frozen: "frozen" if frozen else "trained"  # noqa: E731
+        rows = [("G", "mapping", "-", count([g.style]), state(self.mapping_frozen))]
+        for b in range(g.n_blocks):
+            name = f"block {b}" + (f" (w slots from source)" if b < self.g_frozen and self.source_slots else "")
+            rows.append(("G", name, f"{g.resolutions[b]}px", count(g.block_modules(b)), state(b < self.g_frozen)))
+        for k in range(1, d.n_blocks + 1):
+            res = d.size // 2 ** (k - 1)
+            rows.append(("D", f"block {k}" + (" +fromRGB" if k == 1 else ""), f"{res}px", count(d.block_modules(k)),
+                         state(k <= self.d_frozen)))
+        rows.append(("D", "final", "4px", count([d.final_conv, d.final_linear]), "trained"))
+        return rows
+
+
+def make_plan(cfg: FinetuneConfig, g: Generator, d: Discriminator) -> FreezePlan:
+    """Check the counts against the networks and build the plan; errors name the flag and its limit."""
+    for flag, value, limit in (("--freeze-g", cfg.freeze_g, g.n_blocks - 1),
+                               ("--freeze-sg", cfg.freeze_sg, g.n_blocks - 1),
+                               ("--freeze-d", cfg.freeze_d, d.n_blocks)):
+        if not 0 <= value <= limit:
+            raise ConfigError(f"{flag} {value} is out of range: a {g.size}px network allows 0..{limit}")
+    return FreezePlan(
+        g_frozen=max(cfg.freeze_g, cfg.freeze_sg),
+        d_frozen=cfg.freeze_d,
+        mapping_frozen=cfg.freeze_mapping,
+        source_slots=2 * cfg.freeze_sg,
+    )

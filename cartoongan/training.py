@@ -1,0 +1,351 @@
+"""The StyleGAN2 training loop, shared by `pretrain` and `finetune`.
+
+One Trainer owns the networks, optimisers and counters; each phase (D step, lazy R1, G step,
+lazy path length, EMA, ADA) is a short method. All randomness comes from the global torch RNGs,
+whose states are saved with every checkpoint, so a resumed run matches an unbroken one.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .augment import AdaController, augment
+from .checkpoint import FORMAT_VERSION, save_checkpoint
+from .config import RunConfig, to_toml
+from .data import ImageDataset
+from .discriminator import Discriminator
+from .distributed import DistInfo, average_gradients, broadcast_module, sum_across
+from .errors import TrainingDiverged
+from .freeze import FreezePlan
+from .generator import Generator
+from .losses import (d_logistic_loss, ema_beta, ema_update, g_nonsaturating_loss, path_length_penalty, r1_penalty,
+                     structure_loss)
+from .report import NullReporter, Reporter
+from .sampling import make_grid, save_png, to_uint8, z_from_seed
+
+
+@dataclass
+class Networks:
+    """g and d train; g_ema is their running average; source is the frozen generator of a finetune."""
+
+    g: Generator
+    d: Discriminator
+    g_ema: Generator
+    source: Generator | None = None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    interrupted: bool = False
+    latest: Path | None = None
+    log: list[dict] = field(default_factory=list)
+
+
+def lazy_adam(params, lr: float, reg_every: int) -> torch.optim.Adam:
+    """Adam with StyleGAN2's lazy-regularisation correction of lr and betas (beta1 = 0)."""
+    ratio = reg_every / (reg_every + 1) if reg_every > 0 else 1.0
+    return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99**ratio))
+
+
+class _StopFlag:
+    """Turns Ctrl-C into a flag checked between steps, so the state saved is never half-updated."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, nets: Networks, data: ImageDataset, run_dir: Path, info: DistInfo,
+                 plan: FreezePlan | None = None, reporter: Reporter | None = None, kind: str = "pretrain",
+                 provenance: dict | None = None):
+        self.cfg, self.t, self.nets, self.data = cfg, cfg.train, nets, data
+        self.run_dir, self.info, self.kind = Path(run_dir), info, kind
+        self.plan = plan or FreezePlan()
+        self.reporter = reporter or NullReporter()
+        self.provenance = provenance or {}
+        self.dev = info.device
+        self.local_batch = self.t.batch // info.world
+        ft = cfg.finetune
+        self.struct_n = ft.struct_loss if kind == "finetune" else 0
+        self.plan.apply(nets.g, nets.d)
+        for net in (nets.g, nets.d):
+            broadcast_module(net, info)
+        nets.g_ema.requires_grad_(False).eval()
+        if nets.source is not None:
+            nets.source.requires_grad_(False).eval()
+        self.g_optim = lazy_adam(nets.g.parameters(), self.t.lr, self.t.g_reg_every)
+        self.d_optim = lazy_adam(nets.d.parameters(), self.t.lr, self.t.d_reg_every)
+        self.ada = AdaController(self.t.ada_target, self.t.ada_interval, self.t.ada_kimg, self.t.batch, self.t.augment_p)
+        self.step = 0
+        self.mean_path = torch.zeros((), device=self.dev)
+        self.w_avg = nets.g_ema.w_avg.clone().to(self.dev) if nets.g_ema.w_avg is not None else None
+        self.diverged = torch.zeros((), dtype=torch.bool, device=self.dev)
+        self.stats: dict[str, list[torch.Tensor]] = {}
+        self.log: list[dict] = []
+        self.autocast = self.t.precision == "bf16" and self.dev.type == "cuda"
+        self.d_fwd, self.g_syn = nets.d, nets.g.synthesis
+        if self.t.compile:
+            self.d_fwd, self.g_syn = torch.compile(nets.d), torch.compile(nets.g.synthesis)
+
+    # ---- helpers ---------------------------------------------------------------------
+    def _amp(self):
+        return torch.autocast("cuda", torch.bfloat16) if self.autocast else contextlib.nullcontext()
+
+    def _track(self, name: str, value: torch.Tensor) -> None:
+        value = value.detach().float()
+        self.diverged |= ~torch.isfinite(value)
+        self.stats.setdefault(name, []).append(value)
+
+    def _latents(self, n: int):
+        """z, optional z2 and crossover for style mixing (crossover drawn once per batch)."""
+        g = self.nets.g
+        z = torch.randn(n, g.style_dim, device=self.dev)
+        if self.t.mixing > 0 and torch.rand(()).item() < self.t.mixing:
+            return z, torch.randn(n, g.style_dim, device=self.dev), int(torch.randint(1, g.n_latent, ()).item())
+        return z, None, None
+
+    def _ws(self, z, z2, crossover):
+        """Target w+, with FreezeSG's slots from the source mapping; also the source's own w+."""
+        ws = self.nets.g.ws_from_z(z, z2, crossover)
+        src_ws = None
+        if self.nets.source is not None and (self.plan.source_slots or self.struct_n):
+            with torch.no_grad():
+                src_ws = self.nets.source.ws_from_z(z, z2, crossover)
+        k = self.plan.source_slots
+        if k:
+            ws = torch.cat([src_ws[:, :k], ws[:, k:]], dim=1)
+        return ws, src_ws
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return augment(x, self.ada.p) if self.t.augment == "ada" or self.t.augment_p > 0 else x
+
+    def _optimize(self, optim, params_of: torch.nn.Module, loss: torch.Tensor) -> None:
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(params_of.parameters(), self.info)
+        optim.step()
+
+    # ---- phases ----------------------------------------------------------------------
+    def d_step(self) -> None:
+        n = self.local_batch
+        real = self.data.batch(n, self.t.xflip, self.dev)
+        with torch.no_grad(), self._amp():
+            ws, _ = self._ws(*self._latents(n))
+            fake = self.g_syn(ws).image
+        with self._amp():
+            real_logits = self.d_fwd(self._augment(real))
+            fake_logits = self.d_fwd(self._augment(fake))
+            loss = d_logistic_loss(real_logits.float(), fake_logits.float())
+        self._optimize(self.d_optim, self.nets.d, loss)
+        self._track("loss_d", loss)
+        self._track("real_score", real_logits.float().mean())
+        self._track("fake_score", fake_logits.float().mean())
+        if self.t.augment == "ada":
+            self.ada.observe(real_logits.float())
+            self.ada.maybe_update(lambda s: sum_across(s.to(self.dev), self.info).cpu())
+
+    def r1_step(self) -> None:
+        real = self.data.batch(self.local_batch, self.t.xflip, self.dev).requires_grad_(True)
+        logits = self.nets.d(self._augment(real))
+        penalty = r1_penalty(logits, real)
+        loss = self.t.r1_gamma / 2 * penalty * self.t.d_reg_every + 0 * logits[0, 0]
+        self._optimize(self.d_optim, self.nets.d, loss)
+        self._track("r1", penalty)
+
+    def g_step(self) -> None:
+        n = self.local_batch
+        z, z2, c = self._latents(n)
+        with self._amp():
+            ws, src_ws = self._ws(z, z2, c)
+            tap = self.cfg.finetune.struct_tap
+            noises = self.nets.g.make_noise(n) if self.struct_n else None
+            out = self.g_syn(ws, noises=noises, return_rgbs=bool(self.struct_n) and tap == "rgb",
+                             return_features=bool(self.struct_n) and tap == "features")
+            loss = g_nonsaturating_loss(self.d_fwd(self._augment(out.image)).float())
+        self._track("loss_g", loss)
+        if self.struct_n:
+            with torch.no_grad(), self._amp():
+                src = self.nets.source.synthesis(src_ws, noises=noises, return_rgbs=tap == "rgb",
+                                                 return_features=tap == "features")
+            pick = (lambda o: o.rgbs) if tap == "rgb" else (lambda o: o.features)
+            s_loss = structure_loss(pick(out), pick(src), self.struct_n, self.cfg.finetune.struct_weight)
+            self._track("loss_struct", s_loss)
+            loss = loss + s_loss
+        self._optimize(self.g_optim, self.nets.g, loss)
+        with torch.no_grad():
+            w = ws[:, -1].detach().float().mean(0)
+            self.w_avg = w.clone() if self.w_avg is None else torch.lerp(w, self.w_avg, 0.995)
+
+    def path_step(self) -> None:
+        n = max(1, self.local_batch // self.t.path_batch_shrink)
+        ws, _ = self._ws(*self._latents(n))
+        if not ws.requires_grad:  # mapping frozen and all slots fixed: differentiate w.r.t. w+ itself
+            ws = ws.detach().requires_grad_(True)
+        images = self.nets.g.synthesis(ws).image
+        penalty, self.mean_path, length = path_length_penalty(images, ws, self.mean_path)
+        loss = self.t.path_weight * self.t.g_reg_every * penalty + 0 * images[0, 0, 0, 0]
+        self._optimize(self.g_optim, self.nets.g, loss)
+        self.mean_path = sum_across(self.mean_path, self.info) / self.info.world
+        self._track("path_length", length)
+
+    def train_step(self) -> None:
+        """One iteration: D step, lazy R1, G step, lazy path length, EMA."""
+        nets, t = self.nets, self.t
+        nets.g.requires_grad_(False)
+        self.d_step()
+        if t.r1_gamma > 0 and self.step % t.d_reg_every == 0:
+            self.r1_step()
+        self.plan.apply(nets.g, nets.d)
+        nets.d.requires_grad_(False)
+        self.g_step()
+        if t.g_reg_every > 0 and t.path_weight > 0 and self.step % t.g_reg_every == 0:
+            self.path_step()
+        self.plan.apply(nets.g, nets.d)
+        ema_update(nets.g_ema, nets.g, ema_beta(t.batch, t.ema_kimg))
+        self.step += 1
+
+    # ---- state -----------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        n = self.nets
+        cpu = lambda m: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}  # noqa: E731
+        ckpt = {
+            "g": cpu(n.g), "d": cpu(n.d), "g_ema": cpu(n.g_ema),
+            "g_optim": self.g_optim.state_dict(), "d_optim": self.d_optim.state_dict(),
+            "ada_aug_p": self.ada.p,
+            "cartoongan": {
+                "version": FORMAT_VERSION, "kind": self.kind, "step": self.step,
+                "generator": dict(n.g.config), "discriminator": dict(n.d.config),
+                "config": self.cfg.to_dict(), "provenance": self.provenance,
+            },
+            "train_state": {
+                "mean_path": self.mean_path.cpu(), "ada": self.ada.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(self.dev) if self.dev.type == "cuda" else None,
+            },
+        }
+        if self.w_avg is not None:
+            ckpt["latent_avg"] = self.w_avg.cpu()
+        return ckpt
+
+    def restore(self, ckpt: dict) -> None:
+        """Continue from a checkpoint written by `checkpoint()` (weights, optimisers, counters, RNG)."""
+        n = self.nets
+        n.g.load_state_dict(ckpt["g"])
+        n.d.load_state_dict(ckpt["d"])
+        n.g_ema.load_state_dict(ckpt["g_ema"])
+        self.g_optim.load_state_dict(ckpt["g_optim"])
+        self.d_optim.load_state_dict(ckpt["d_optim"])
+        ts = ckpt["train_state"]
+        self.mean_path = ts["mean_path"].to(self.dev)
+        self.ada.load_state_dict(ts["ada"])
+        self.step = int(ckpt["cartoongan"]["step"])
+        if torch.is_tensor(ckpt.get("latent_avg")):
+            self.w_avg = ckpt["latent_avg"].to(self.dev)
+        torch.set_rng_state(ts["rng_cpu"])
+        if self.dev.type == "cuda" and ts.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ts["rng_cuda"], self.dev)
+        if self.info.world > 1:  # ranks must not share a random stream
+            torch.manual_seed(self.t.seed + self.info.rank + 7919 * self.step)
+
+    def _check_finite(self) -> None:
+        if bool(self.diverged):
+            latest = self.run_dir / "latest.pt"
+            kept = f"the last good checkpoint is {latest}" if latest.exists() else "no checkpoint was written yet"
+            raise TrainingDiverged(f"a loss became NaN or inf by step {self.step}; {kept}; "
+                                   "lower --lr or raise the R1 weight and resume")
+
+    def save(self, numbered: bool) -> Path | None:
+        self._check_finite()
+        if not self.info.is_main:
+            return None
+        ckpt = self.checkpoint()
+        if numbered:
+            save_checkpoint(self.run_dir / "checkpoints" / f"{self.step:06d}.pt", ckpt)
+        return save_checkpoint(self.run_dir / "latest.pt", ckpt)
+
+    @torch.no_grad()
+    def save_samples(self) -> None:
+        if not self.info.is_main:
+            return
+        g = self.nets.g_ema
+        z = torch.cat([z_from_seed(s, g.style_dim) for s in range(self.t.n_sample)]).to(self.dev)
+        images = to_uint8(g(z, noise_mode="const"))
+        save_png(make_grid(images, cols=math.ceil(math.sqrt(len(images)))), self.run_dir / "samples" / f"{self.step:06d}.png")
+
+    def write_log(self, seconds: float, images: int) -> dict:
+        self._check_finite()
+        row = {"step": self.step, "kimg": round(self.step * self.t.batch / 1000, 3)}
+        for name, values in self.stats.items():
+            row[name] = round(torch.stack(values).mean().item(), 5)
+        row["ada_p"] = round(self.ada.p, 5)
+        row["img_per_s"] = round(images / max(seconds, 1e-9), 2)
+        self.stats.clear()
+        self.log.append(row)
+        if self.info.is_main:
+            with open(self.run_dir / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        return row
+
+    # ---- the loop --------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        t = self.t
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(to_toml(self.cfg))
+        result = TrainResult(self.run_dir, self.step)
+        tick_time, tick_step = time.perf_counter(), self.step
+        with _StopFlag() as stop, self.reporter.progress(t.iters, self.kind, completed=self.step) as bar:
+            while self.step < t.iters:
+                self.train_step()
+                fields = {}
+                last = self.step == t.iters
+                if self.step % t.log_every == 0 or last or stop.requested:
+                    if self.dev.type == "cuda":
+                        torch.cuda.synchronize(self.dev)
+                    now = time.perf_counter()
+                    row = self.write_log(now - tick_time, (self.step - tick_step) * t.batch)
+                    tick_time, tick_step = now, self.step
+                    fields = {k: row[k] for k in ("loss_g", "loss_d", "ada_p", "img_per_s") if k in row}
+                if self.step % t.sample_every == 0 or last:
+                    self.save_samples()
+                if self.step % t.ckpt_every == 0 or last or stop.requested:
+                    result.latest = self.save(numbered=self.step % t.ckpt_every == 0 or last)
+                bar.advance(1, **fields)
+                if stop.requested:
+                    result.interrupted = True
+                    break
+        result.step, result.log = self.step, self.log
+        return result
+
+
+def new_networks(cfg: RunConfig, device: torch.device) -> Networks:
+    """Freshly initialised G, D and G_ema (a copy of G) for pretraining."""
+    g = Generator(**cfg.model.generator_kwargs()).to(device)
+    d = Discriminator(**cfg.model.discriminator_kwargs()).to(device)
+    return Networks(g=g, d=d, g_ema=copy.deepcopy(g).eval())
