@@ -97,3 +97,78 @@ def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
 
 def main() -> None:
     app()
+
+
+class Augment(str, Enum):
+    ada = "ada"
+    none = "none"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_) -> dict:
+    return {"train": {"iters": iters, "batch": batch, "lr": lr, "augment": augment.value if augment else None,
+                      "precision": precision.value if precision else None, "device": device, "seed": seed,
+                      "compile": compile_}}
+
+
+def _load_config(recipe: Optional[Path], resume: Optional[Path], overrides: dict):
+    from cartoongan.config import apply_overrides, load_recipe
+    from cartoongan.runs import resumed_config
+
+    if resume is not None:
+        return resumed_config(resume, overrides)
+    return apply_overrides(load_recipe(recipe), overrides)
+
+
+def _report_result(result) -> None:
+    if result.interrupted:
+        fail(f"interrupted at step {result.step}; saved {result.latest}; continue with --resume {result.run_dir}", 130)
+    out.print(f"done: step {result.step}, checkpoint {result.latest}, samples in {result.run_dir / 'samples'}")
+
+
+RECIPE = typer.Option(None, "--recipe", help="TOML recipe (a path, or a name from recipes/, e.g. tiny).")
+ITERS = typer.Option(None, "--iters", min=1, help="Total training steps (overrides the recipe).")
+BATCH = typer.Option(None, "--batch", min=1, help="Total batch over all processes (each GPU gets batch / world size).")
+LR = typer.Option(None, "--lr", min=0.0, help="Learning rate.")
+AUG = typer.Option(None, "--augment", help="ada | none.")
+PREC = typer.Option(None, "--precision", help="fp32 | bf16 (bf16 needs CUDA; regularisers stay fp32).")
+SEED = typer.Option(None, "--seed", help="Random seed of the run.")
+COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the networks (CUDA).")
+TDEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N")
+
+
+@app.command()
+def pretrain(
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder (recursive) or .zip of training images."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory to create."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
+    lr: Optional[float] = LR, augment: Optional[Augment] = AUG, precision: Optional[Precision] = PREC,
+    seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+):
+    """Train a StyleGAN2 source generator from a folder of images (resumable; torchrun for several GPUs)."""
+    from cartoongan.runs import pretrain as run_pretrain
+
+    with user_errors():
+        cfg = _load_config(recipe, resume, _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_))
+        run_dir = resume or out_dir
+        if run_dir is None or (data is None and resume is None):
+            raise typer.BadParameter("give --data and --out, or --resume RUN_DIR")
+        data = data or Path(cfg_provenance(resume, "data"))
+        result = run_pretrain(cfg, data, run_dir, RichReporter(), resume=resume is not None)
+    _report_result(result)
+
+
+def cfg_provenance(run_dir: Path, key: str) -> str:
+    """A path recorded in a run's latest checkpoint (data or source), for --resume without repeating it."""
+    from cartoongan.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(run_dir / "latest.pt").get("cartoongan", {})
+    value = (meta.get("provenance") or {}).get(key)
+    if not value:
+        raise CartoonganError(f"{run_dir}/latest.pt does not record its {key}; pass --{key} again")
+    return value

@@ -1,0 +1,30 @@
+"""Small datasets and configs the tests make for themselves."""
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cartoongan.config import RunConfig, load_recipe
+
+
+def blob_images(folder: Path, n: int = 12, size: int = 40, seed: int = 0) -> Path:
+    """n simple pictures (a coloured disc on a plain background), non-square, as PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[:size, :size + 8]
+    for i in range(n):
+        img = np.empty((size, size + 8, 3), np.uint8)
+        img[:] = rng.randint(0, 255, 3)
+        cy, cx, r = rng.randint(10, size - 10), rng.randint(10, size - 2), rng.randint(5, 12)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.randint(0, 255, 3)
+        Image.fromarray(img).save(folder / f"img{i:03d}.png")
+    return folder
+
+
+def tiny_config(**train) -> RunConfig:
+    cfg = load_recipe("tiny")
+    cfg.model.size = 16
+    cfg.train.log_every = 2
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg

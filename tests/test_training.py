@@ -1,0 +1,171 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cartoongan import load_checkpoint
+from cartoongan.config import load_recipe
+from cartoongan.errors import ConfigError, DataError, TrainingDiverged
+from cartoongan.runs import pretrain, resumed_config
+from cartoongan_cli.app import app
+
+from .helpers import blob_images, tiny_config
+
+runner = CliRunner()
+
+
+def weights(path):
+    return load_checkpoint(path)
+
+
+def test_resumed_run_matches_unbroken_run(tmp_path):
+    data = blob_images(tmp_path / "data")
+    cfg = tiny_config(iters=8, ckpt_every=4, sample_every=4, d_reg_every=2, g_reg_every=2, ada_interval=1, ada_target=-1.0)
+    whole = pretrain(cfg, data, tmp_path / "whole")
+    half = pretrain(tiny_config(iters=4, ckpt_every=4, sample_every=4, d_reg_every=2, g_reg_every=2, ada_interval=1,
+                                ada_target=-1.0),
+                    data, tmp_path / "split")
+    assert half.step == 4
+    resumed = pretrain(resumed_config(tmp_path / "split", {"train": {"iters": 8}}), data, tmp_path / "split", resume=True)
+    assert resumed.step == 8
+    a, b = weights(whole.latest), weights(resumed.latest)
+    for net in ("g", "d", "g_ema"):
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), (net, key)
+    assert a["ada_aug_p"] == b["ada_aug_p"] and a["ada_aug_p"] > 0
+    assert torch.equal(a["train_state"]["mean_path"], b["train_state"]["mean_path"])
+
+
+def test_run_directory_layout_and_log(tmp_path):
+    data = blob_images(tmp_path / "data")
+    res = pretrain(tiny_config(iters=4, ckpt_every=2, sample_every=2), data, tmp_path / "run")
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002.pt", "000004.pt"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["000002.png", "000004.png"]
+    assert Image.open(run / "samples" / "000004.png").size == (32, 32)  # 4 faces of 16 px, 2x2
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    for key in ("kimg", "loss_g", "loss_d", "r1", "path_length", "ada_p", "img_per_s"):
+        assert key in rows[0]
+    assert load_recipe(run / "config.toml").model.size == 16
+    ckpt = load_checkpoint(res.latest)
+    assert {"g", "d", "g_ema", "g_optim", "d_optim", "latent_avg"} <= set(ckpt)
+    assert ckpt["cartoongan"]["step"] == 4
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    data = blob_images(tmp_path / "data", n=4)
+    pretrain(tiny_config(iters=1), data, tmp_path / "run")
+    before = (tmp_path / "run" / "latest.pt").read_bytes()
+    with pytest.raises(ConfigError, match="--resume"):
+        pretrain(tiny_config(iters=1), data, tmp_path / "run")
+    assert (tmp_path / "run" / "latest.pt").read_bytes() == before
+
+
+def test_messy_dataset_trains_and_names_the_corrupt_file(tmp_path):
+    data = blob_images(tmp_path / "data", n=3)
+    (tmp_path / "data" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    (tmp_path / "data" / "notes.txt").write_text("not an image")
+    Image.fromarray((np.random.rand(20, 30) * 255).astype(np.uint8), "L").save(tmp_path / "data" / "gray.png")
+    Image.fromarray((np.random.rand(20, 20, 4) * 255).astype(np.uint8), "RGBA").save(tmp_path / "data" / "alpha.png")
+    Image.fromarray((np.random.rand(24, 24) * 65535).astype(np.uint16)).save(tmp_path / "data" / "deep.png")
+    Image.fromarray((np.random.rand(24, 24, 3) * 255).astype(np.uint8)).convert("P").save(tmp_path / "data" / "pal.png")
+    res = runner.invoke(app, ["pretrain", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+                              "--recipe", "tiny", "--iters", "2"])
+    assert res.exit_code == 0, res.output
+    assert "broken.png" in res.output and "skipped 1" in res.output
+    cfg = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert cfg["step"] == 2
+
+
+def test_empty_dataset_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["pretrain", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--recipe", "tiny"])
+    assert res.exit_code == 1 and "no readable images" in res.output and "Traceback" not in res.output
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import cartoongan.training as training
+
+    data = blob_images(tmp_path / "data", n=4)
+    real_loss = training.g_nonsaturating_loss
+    calls = {"n": 0}
+
+    def poisoned(logits):
+        calls["n"] += 1
+        loss = real_loss(logits)
+        return loss * float("nan") if calls["n"] >= 4 else loss
+
+    monkeypatch.setattr(training, "g_nonsaturating_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="NaN"):
+        pretrain(tiny_config(iters=10, ckpt_every=2, log_every=1), data, tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert ckpt["cartoongan"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["g"].values())
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+    data = blob_images(tmp_path / "data", n=4)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cartoongan", "pretrain", "--data", str(data), "--out", str(run),
+                             "--recipe", "tiny", "--iters", "100000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (run / "log.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, output
+    assert "--resume" in output and "Traceback" not in output
+    step = load_checkpoint(run / "latest.pt")["cartoongan"]["step"]
+    assert step >= 5
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_ranks_stay_identical(tmp_path):
+    import torch.multiprocessing as mp
+
+    data = blob_images(tmp_path / "data", n=8)
+    mp.spawn(_ddp_rank_weights, args=(2, _free_port(), data, tmp_path), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    moved = False
+    start = torch.load(tmp_path / "start0.pt")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+        moved |= not torch.equal(a[key], start[key])
+    assert moved
+    assert (tmp_path / "run" / "latest.pt").exists()
+
+
+def _ddp_rank_weights(rank, world, port, data, out):
+    import torch.distributed as dist
+
+    import cartoongan.training as training
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    original_run = training.Trainer.run
+
+    def run_and_record(self):
+        torch.save({k: v.clone() for k, v in self.nets.g.state_dict().items()}, out / f"start{rank}.pt")
+        result = original_run(self)
+        torch.save({k: v.clone() for k, v in self.nets.g.state_dict().items()}, out / f"rank{rank}.pt")
+        return result
+
+    training.Trainer.run = run_and_record
+    pretrain(tiny_config(iters=3, batch=4, ckpt_every=3), data, out / "run")
+    dist.destroy_process_group()
