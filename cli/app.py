@@ -172,3 +172,68 @@ def cfg_provenance(run_dir: Path, key: str) -> str:
     if not value:
         raise CartoonganError(f"{run_dir}/latest.pt does not record its {key}; pass --{key} again")
     return value
+
+
+class Tap(str, Enum):
+    rgb = "rgb"
+    features = "features"
+
+
+@app.command()
+def finetune(
+    source: Optional[Path] = typer.Option(None, "--source", help="Pretrained checkpoint (rosinality format) to start from."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder or .zip of target-domain images."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory to create."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
+    lr: Optional[float] = LR, augment: Optional[Augment] = AUG, precision: Optional[Precision] = PREC,
+    seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    freeze_g: Optional[int] = typer.Option(None, "--freeze-g", min=0, help="FreezeG: freeze the N lowest-resolution G blocks."),
+    freeze_sg: Optional[int] = typer.Option(None, "--freeze-sg", min=0, help="FreezeSG: as --freeze-g N, and their w slots from the source mapping."),
+    freeze_d: Optional[int] = typer.Option(None, "--freeze-d", min=0, help="FreezeD: freeze the N highest-resolution D blocks."),
+    freeze_mapping: Optional[bool] = typer.Option(None, "--freeze-mapping/--train-mapping", help="Freeze the mapping network (the reference code's FreezeG does)."),
+    struct_loss: Optional[int] = typer.Option(None, "--struct-loss", min=0, help="Structure loss over the first N resolutions from 8 px."),
+    struct_weight: Optional[float] = typer.Option(None, "--struct-weight", help="Structure-loss weight (lambda, default 1)."),
+    struct_tap: Optional[Tap] = typer.Option(None, "--struct-tap", help="rgb (skip outputs) | features (the reference code's conv features)."),
+    fresh_d: Optional[bool] = typer.Option(None, "--fresh-d", help="Start D from random weights when the source has none."),
+):
+    """Fine-tune a pretrained generator on cartoon faces (FreezeG/SG/D, structure loss)."""
+    from cartoongan.runs import finetune as run_finetune
+
+    if struct_weight is not None and not (math.isfinite(struct_weight) and struct_weight >= 0):
+        raise typer.BadParameter(f"must be a finite number >= 0, got {struct_weight}", param_hint="--struct-weight")
+    overrides = _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_)
+    overrides["finetune"] = {"freeze_g": freeze_g, "freeze_sg": freeze_sg, "freeze_d": freeze_d,
+                             "freeze_mapping": freeze_mapping, "struct_loss": struct_loss, "struct_weight": struct_weight,
+                             "struct_tap": struct_tap.value if struct_tap else None, "fresh_d": fresh_d}
+    with user_errors():
+        cfg = _load_config(recipe, resume, overrides)
+        run_dir = resume or out_dir
+        if run_dir is None or (resume is None and (source is None or data is None)):
+            raise typer.BadParameter("give --source, --data and --out, or --resume RUN_DIR")
+        source = source or Path(cfg_provenance(resume, "source"))
+        data = data or Path(cfg_provenance(resume, "data"))
+        result = run_finetune(cfg, source, data, run_dir, RichReporter(), resume=resume is not None)
+    _report_result(result)
+
+
+class Mapping(str, Enum):
+    source = "source"
+    target = "target"
+
+
+@app.command()
+def swap(
+    source: Path = typer.Argument(..., help="Generator whose low-resolution blocks (structure) are kept."),
+    target: Path = typer.Argument(..., help="Generator whose high-resolution blocks (style) are kept."),
+    res: int = typer.Option(16, "--res", help="Blocks at this resolution and below come from SOURCE."),
+    mapping: Mapping = typer.Option(Mapping.source, "--mapping", help="Whose mapping network the result uses."),
+    blend_width: Optional[float] = typer.Option(None, "--blend-width", help="Smooth logistic blend (octaves) instead of a hard switch."),
+    output: Path = typer.Option(Path("swapped.pt"), "-o", "--output", help="Checkpoint to write."),
+):
+    """Layer swapping: a new generator with SOURCE's low-resolution and TARGET's high-resolution blocks."""
+    from cartoongan.swap import swap_checkpoints
+
+    with user_errors():
+        path = swap_checkpoints(source, target, output, res, mapping.value, blend_width)
+    out.print(f"wrote {path}")

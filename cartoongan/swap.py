@@ -1,0 +1,81 @@
+"""Layer swapping: low-resolution blocks from one generator, high-resolution blocks from another."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+
+from .checkpoint import build_generator, generator_checkpoint, load_checkpoint, save_checkpoint
+from .errors import CheckpointError, ConfigError
+from .generator import Generator
+
+DEFAULT_RES = 16
+
+
+def check_compatible(a: Generator, b: Generator, names=("SOURCE", "TARGET")) -> None:
+    """Raise CheckpointError naming the first architectural difference between two generators."""
+    for key in ("size", "style_dim", "n_mlp", "lr_mlp"):
+        if a.config[key] != b.config[key]:
+            raise CheckpointError(f"{names[0]} and {names[1]} differ in {key}: {a.config[key]} vs {b.config[key]}")
+    if a.channels != b.channels:
+        diff = next(r for r in a.channels if a.channels[r] != b.channels[r])
+        raise CheckpointError(f"{names[0]} and {names[1]} differ in channel width at {diff}px: "
+                              f"{a.channels[diff]} vs {b.channels[diff]}")
+
+
+def target_fraction(res: int, switch_res: int, blend_width: float | None) -> float:
+    """Share of TARGET in the block at `res`: 0 up to switch_res and 1 above (hard switch), or a
+    logistic ramp in log2(resolution) centred between switch_res and 2 * switch_res (Toonify's blend)."""
+    if not blend_width:
+        return 0.0 if res <= switch_res else 1.0
+    x = (math.log2(res) - math.log2(switch_res) - 0.5) / blend_width
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@torch.no_grad()
+def _blend_into(dst: list[torch.Tensor], src: list[torch.Tensor], tgt: list[torch.Tensor], t: float) -> None:
+    for d, s, g in zip(dst, src, tgt):
+        d.copy_(torch.lerp(s.float(), g.float(), t).to(d.dtype) if 0 < t < 1 else (s if t == 0 else g))
+
+
+def swap_layers(source: Generator, target: Generator, res: int = DEFAULT_RES, mapping: str = "source",
+                blend_width: float | None = None) -> Generator:
+    """A new generator: blocks at resolution <= res (and the constant) from source, the rest from target.
+
+    mapping: which network's mapping (and w_avg) the result uses. blend_width: optional smooth
+    logistic transition (in octaves) instead of a hard switch.
+    """
+    check_compatible(source, target)
+    if res not in source.resolutions:
+        raise ConfigError(f"--res must be one of {source.resolutions}, got {res}")
+    if mapping not in ("source", "target"):
+        raise ConfigError(f"--mapping must be source or target, got '{mapping}'")
+    if blend_width is not None and not (blend_width >= 0 and math.isfinite(blend_width)):
+        raise ConfigError(f"--blend-width must be a finite number >= 0, got {blend_width}")
+    out = copy.deepcopy(target)
+    for b in range(out.n_blocks):
+        t = target_fraction(out.resolutions[b], res, blend_width)
+        params = lambda g: [p for m in g.block_modules(b) for p in m.state_dict().values()]  # noqa: E731
+        _blend_into(params(out), params(source), params(target), t)
+        noise = lambda g: [getattr(g.noises, n) for n in g.block_noise_names(b)]  # noqa: E731
+        _blend_into(noise(out), noise(source), noise(target), 0.0 if t < 0.5 else 1.0)
+    keep = source if mapping == "source" else target
+    out.style.load_state_dict(keep.style.state_dict())
+    out.w_avg = None if keep.w_avg is None else keep.w_avg.clone()
+    return out
+
+
+def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path: str | Path,
+                     res: int = DEFAULT_RES, mapping: str = "source", blend_width: float | None = None) -> Path:
+    """Load two checkpoints' g_ema, swap their layers, and write the result as a new checkpoint."""
+    source = build_generator(load_checkpoint(source_path))
+    target = build_generator(load_checkpoint(target_path))
+    try:
+        swapped = swap_layers(source, target, res, mapping, blend_width)
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot swap {source_path} with {target_path}: {exc}") from None
+    provenance = {"source": str(Path(source_path).resolve()), "target": str(Path(target_path).resolve()),
+                  "res": res, "mapping": mapping, "blend_width": blend_width}
+    return save_checkpoint(out_path, generator_checkpoint(swapped, kind="swap", provenance=provenance))

@@ -1,0 +1,220 @@
+import copy
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cartoongan import Discriminator, Generator, load_checkpoint, save_checkpoint
+from cartoongan.checkpoint import build_generator, generator_checkpoint
+from cartoongan.config import FinetuneConfig
+from cartoongan.errors import ConfigError
+from cartoongan.freeze import make_plan
+from cartoongan.losses import structure_loss
+from cartoongan.runs import finetune
+from cartoongan.swap import swap_layers
+from cartoongan_cli.app import app
+
+from .conftest import randomized
+from .helpers import blob_images, tiny_config
+from .reference_stylegan2 import expected_generator_shapes
+
+runner = CliRunner()
+ARCH = dict(style_dim=32, n_mlp=2, channel_base=512, channel_max=32)
+
+
+def make_source(path, size=16, with_d=True, seed=0):
+    torch.manual_seed(seed)
+    g = randomized(Generator(size, **ARCH), seed, 0.2)
+    g.estimate_w_avg(256)
+    ckpt = generator_checkpoint(g)
+    ckpt["g"] = ckpt["g_ema"]
+    if with_d:
+        ckpt["d"] = Discriminator(size, channel_base=512, channel_max=32).state_dict()
+        ckpt["cartoongan"]["discriminator"] = dict(size=size, channel_multiplier=2, channel_base=512, channel_max=32)
+    return save_checkpoint(path, ckpt)
+
+
+def frozen_names(g, d, plan):
+    frozen = {id(p) for m in plan.frozen_modules(g, d) for p in m.parameters()}
+    return ({n for n, p in g.named_parameters() if id(p) in frozen},
+            {n for n, p in d.named_parameters() if id(p) in frozen})
+
+
+@pytest.mark.parametrize("method", [
+    dict(freeze_g=2), dict(freeze_sg=2), dict(freeze_d=2), dict(struct_loss=2), dict(freeze_sg=1, struct_loss=2, freeze_d=1, freeze_mapping=True),
+])
+def test_frozen_parameters_bitwise_unchanged_and_trained_ones_move(tmp_path, method):
+    src_path = make_source(tmp_path / "src.pt")
+    data = blob_images(tmp_path / "data", n=6)
+    cfg = tiny_config(iters=3, d_reg_every=2, g_reg_every=2)
+    for k, v in method.items():
+        setattr(cfg.finetune, k, v)
+    res = finetune(cfg, src_path, data, tmp_path / "run")
+    before, after = load_checkpoint(src_path), load_checkpoint(res.latest)
+    g, d = Generator(16, **ARCH), Discriminator(16, channel_base=512, channel_max=32)
+    plan = make_plan(cfg.finetune, g, d)
+    g_frozen, d_frozen = frozen_names(g, d, plan)
+    assert len(g_frozen) + len(d_frozen) > 0 or method == dict(struct_loss=2)
+    for net, frozen, names in (("g", g_frozen, [n for n, _ in g.named_parameters()]),
+                               ("d", d_frozen, [n for n, _ in d.named_parameters()])):
+        for name in names:
+            same = torch.equal(before[net][name], after[net][name])
+            assert same == (name in frozen), (net, name, "frozen" if name in frozen else "trained")
+
+
+def test_freeze_sg_feeds_source_w_to_exactly_the_frozen_slots(tmp_path):
+    from cartoongan.distributed import DistInfo
+    from cartoongan.training import Networks, Trainer
+
+    torch.manual_seed(0)
+    source = randomized(Generator(16, **ARCH), 1)
+    g = randomized(Generator(16, **ARCH), 2)
+    d = Discriminator(16, channel_base=512, channel_max=32)
+    cfg = tiny_config()
+    cfg.finetune.freeze_sg = 2
+    plan = make_plan(cfg.finetune, g, d)
+    trainer = Trainer(cfg, Networks(g, d, copy.deepcopy(g), source), None, tmp_path, DistInfo(), plan=plan, kind="finetune")
+    z, z2 = torch.randn(3, 32), torch.randn(3, 32)
+    for mix in ((None, None), (z2, 3)):
+        ws, src_ws = trainer._ws(z, *mix)
+        assert torch.equal(src_ws, source.ws_from_z(z, *mix))
+        slots = sorted({s for b in range(2) for s in g.block_w_slots(b)})
+        assert slots == [0, 1, 2, 3] == list(range(plan.source_slots))
+        assert torch.equal(ws[:, :4], src_ws[:, :4])
+        assert torch.equal(ws[:, 4:], g.ws_from_z(z, *mix)[:, 4:])
+        assert not torch.allclose(ws[:, 4], src_ws[:, 4])
+
+
+def test_structure_loss_zero_for_equal_nets_positive_after_moving_and_grad_only_to_target():
+    torch.manual_seed(0)
+    source = randomized(Generator(16, **ARCH), 1).requires_grad_(False)
+    target = copy.deepcopy(source).requires_grad_(True)
+    z = torch.randn(2, 32)
+    noises = source.make_noise(2)
+    ws = source.ws_from_z(z)
+    for tap in ("rgbs", "features"):
+        kw = {"return_" + tap: True}
+        s = getattr(source.synthesis(ws, noises=noises, **kw), tap)
+        t = getattr(target.synthesis(target.ws_from_z(z), noises=noises, **kw), tap)
+        assert structure_loss(t, s, 2).item() == 0.0
+    with torch.no_grad():
+        target.convs[0].conv.weight.add_(0.3)
+    s = source.synthesis(ws, noises=noises, return_rgbs=True).rgbs
+    t = target.synthesis(target.ws_from_z(z), noises=noises, return_rgbs=True).rgbs
+    loss = structure_loss(t, s, 2)
+    assert loss.item() > 0
+    loss.backward()
+    assert all(p.grad is None for p in source.parameters())
+    assert target.convs[0].conv.weight.grad.abs().sum() > 0
+    # the 8 px and 16 px outputs count; the 4 px one does not
+    assert target.to_rgb1.conv.weight.grad is None or target.to_rgb1.conv.weight.grad.abs().sum() > 0
+
+
+def test_source_runs_once_per_g_step(tmp_path, monkeypatch):
+    import cartoongan.generator as gen_mod
+
+    calls = []
+    original = gen_mod.Generator.synthesis
+
+    def counting(self, ws, *a, **k):
+        calls.append((id(self), torch.is_grad_enabled()))
+        return original(self, ws, *a, **k)
+
+    monkeypatch.setattr(gen_mod.Generator, "synthesis", counting)
+    src_path = make_source(tmp_path / "src.pt")
+    cfg = tiny_config(iters=2, g_reg_every=0, d_reg_every=100)
+    cfg.finetune.struct_loss = 2
+    cfg.train.sample_every = cfg.train.ckpt_every = 100
+    calls.clear()
+    finetune(cfg, src_path, blob_images(tmp_path / "data", n=4), tmp_path / "run")
+    by_net = {}
+    for net, grad in calls:
+        by_net.setdefault(net, []).append(grad)
+    # per step: target renders in the D step (no grad) and the G step (grad); source once, without grad
+    source_calls = [v for v in by_net.values() if v == [False, False]]
+    assert len(source_calls) == 1
+
+
+def test_swap_takes_low_blocks_from_source_and_loads_in_rosinality_layout(tmp_path):
+    torch.manual_seed(0)
+    source, target = randomized(Generator(32, **ARCH), 1), randomized(Generator(32, **ARCH), 2)
+    out = swap_layers(source, target, res=8)
+    for b in range(out.n_blocks):
+        origin = source if out.resolutions[b] <= 8 else target
+        for m_out, m_src in zip(out.block_modules(b), origin.block_modules(b)):
+            for (k, v), v_src in zip(m_out.state_dict().items(), m_src.state_dict().values()):
+                assert torch.equal(v, v_src), (b, k)
+        for name in out.block_noise_names(b):
+            assert torch.equal(getattr(out.noises, name), getattr(origin.noises, name))
+    assert all(torch.equal(a, b) for a, b in zip(out.style.parameters(), source.style.parameters()))
+    mapped_by_target = swap_layers(source, target, res=8, mapping="target")
+    assert all(torch.equal(a, b) for a, b in zip(mapped_by_target.style.parameters(), target.style.parameters()))
+    shapes = {k: tuple(v.shape) for k, v in out.state_dict().items()}
+    assert shapes == expected_generator_shapes(32, 32, 2, out.channels)
+
+
+def test_swap_blend_width_is_a_smooth_mix(tmp_path):
+    torch.manual_seed(0)
+    source, target = randomized(Generator(32, **ARCH), 1), randomized(Generator(32, **ARCH), 2)
+    out = swap_layers(source, target, res=8, blend_width=0.5)
+    w = lambda g: g.to_rgbs[0].conv.weight  # 8 px block: mostly source  # noqa: E731
+    t = ((w(out) - w(source)) / (w(target) - w(source))).mean().item()
+    assert 0 < t < 0.5
+
+
+def test_swap_cli_writes_provenance_and_refuses_mismatch(tmp_path):
+    a = make_source(tmp_path / "a.pt", seed=1)
+    b = make_source(tmp_path / "b.pt", seed=2)
+    res = runner.invoke(app, ["swap", str(a), str(b), "-o", str(tmp_path / "s.pt")])
+    assert res.exit_code == 0, res.output
+    ckpt = load_checkpoint(tmp_path / "s.pt")
+    assert ckpt["cartoongan"]["provenance"]["res"] == 16 and ckpt["cartoongan"]["kind"] == "swap"
+    build_generator(ckpt)
+    c = make_source(tmp_path / "c.pt", size=32)
+    res = runner.invoke(app, ["swap", str(a), str(c), "-o", str(tmp_path / "x.pt")])
+    assert res.exit_code == 1 and "differ in size: 16 vs 32" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_freeze_counts_out_of_range_name_the_limit():
+    g, d = Generator(256, 8, 1, channel_base=64, channel_max=8), Discriminator(256, channel_base=64, channel_max=8)
+    with pytest.raises(ConfigError, match=r"--freeze-sg 9 .*0\.\.6"):
+        make_plan(FinetuneConfig(freeze_sg=9), g, d)
+    with pytest.raises(ConfigError, match=r"--freeze-d 7"):
+        make_plan(FinetuneConfig(freeze_d=7), g, d)
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--freeze-g", "9"], "--freeze-g 9 is out of range"),
+    (["--struct-loss", "7"], "--struct-loss 7 is out of range"),
+    (["--struct-weight", "-1"], "--struct-weight"),
+])
+def test_finetune_bad_values(tmp_path, args, expect):
+    src = make_source(tmp_path / "src.pt")
+    data = blob_images(tmp_path / "data", n=2)
+    res = runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), "--out", str(tmp_path / "r"),
+                              "--recipe", "tiny", "--iters", "1", *args])
+    assert res.exit_code in (1, 2) and expect in res.output and "Traceback" not in res.output
+
+
+def test_source_without_d_needs_fresh_d(tmp_path):
+    src = make_source(tmp_path / "src.pt", with_d=False)
+    data = blob_images(tmp_path / "data", n=2)
+    base = ["finetune", "--source", str(src), "--data", str(data), "--recipe", "tiny", "--iters", "1"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "r1")])
+    assert res.exit_code == 1 and "--fresh-d" in res.output and len(res.output.strip().splitlines()) == 1
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "r2"), "--fresh-d", "--freeze-sg", "2", "--struct-loss", "2"])
+    assert res.exit_code == 0, res.output
+    assert "random weights" in res.output and "fine-tuning plan" in res.output
+    assert load_checkpoint(tmp_path / "r2" / "latest.pt")["cartoongan"]["kind"] == "finetune"
+
+
+def test_finetune_resume_reloads_the_source(tmp_path):
+    src = make_source(tmp_path / "src.pt")
+    data = blob_images(tmp_path / "data", n=4)
+    base = ["--recipe", "tiny", "--freeze-sg", "1", "--struct-loss", "1"]
+    assert runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), "--out", str(tmp_path / "r"),
+                               "--iters", "2", *base]).exit_code == 0
+    res = runner.invoke(app, ["finetune", "--resume", str(tmp_path / "r"), "--iters", "3"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(tmp_path / "r" / "latest.pt")["cartoongan"]["step"] == 3
