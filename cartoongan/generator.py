@@ -190,6 +190,8 @@ class Generator(nn.Module):
         for i in range(self.num_layers):
             res = 2 ** ((i + 5) // 2)
             self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, res, res))
+        # NHWC activations: ~30% faster convs on CPUs (oneDNN) and tensor cores on GPUs
+        self.channels_last = True
         # not part of the state dict: rosinality keeps it beside, as `latent_avg`
         self.register_buffer("w_avg", None, persistent=False)
 
@@ -276,7 +278,10 @@ class Generator(nn.Module):
         noise = self._noise_list(noise_mode, noises)
         use = noise_mode != "none" or noises is not None
         out = SynthesisOutput(image=None)
-        x = self.conv1(self.input(ws.shape[0]).to(ws.dtype), ws[:, 0], noise[0], use)
+        x = self.input(ws.shape[0]).to(ws.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.conv1(x, ws[:, 0], noise[0], use)
         skip = self.to_rgb1(x, ws[:, 1])
         self._record(out, x, skip, return_rgbs, return_features)
         for b in range(1, self.n_blocks):

@@ -1,0 +1,81 @@
+"""The offline demo: synthetic faces -> source generator -> cartoon fine-tune -> swap -> pictures."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import load_checkpoint
+from .config import load_recipe
+from .errors import CheckpointError
+from .report import NullReporter, Reporter
+from .runs import finetune, pretrain, resumed_config
+from .sampling import sample_checkpoints
+from .swap import swap_checkpoints
+from .synthetic import synthesize
+
+BUNDLED_SOURCE = Path(__file__).resolve().parent / "pretrained" / "demo64_photo.pt"
+SOURCE_COMMAND = ("cartoongan data synth --domain photo --n 3000 --size 64 --seed 1 --out PHOTOS && "
+                  "cartoongan pretrain --recipe demo64 --data PHOTOS --out RUN")
+
+
+@dataclass
+class DemoResult:
+    compare: Path
+    gif: Path
+    source: Path
+    cartoon: Path
+    swapped: Path
+
+
+def _run_finetune(source: Path, data: Path, run: Path, iters: int, reporter: Reporter) -> Path:
+    """Fine-tune, or pick up an earlier demo run where it stopped (re-running `make demo` is cheap)."""
+    latest = run / "latest.pt"
+    if latest.exists():
+        step = load_checkpoint(latest).get("cartoongan", {}).get("step", 0)
+        if step >= iters:
+            reporter.info(f"fine-tuned model already at step {step}: {latest}")
+            return latest
+        return finetune(resumed_config(run, {"train": {"iters": iters}}), source, data, run, reporter, resume=True).latest
+    cfg = load_recipe("demo_finetune")
+    cfg.train.iters = iters
+    return finetune(cfg, source, data, run, reporter).latest
+
+
+def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Path | None = None,
+             finetune_iters: int | None = None, n_cartoon: int = 1000, seeds: list[int] | None = None,
+             pretrain_iters: int | None = None) -> DemoResult:
+    """The whole pipeline on built-in data; writes out/compare.png and out/interpolation.gif.
+
+    source: a photo-domain checkpoint; default the bundled one, or (if that is absent) one
+    pretrained here with the demo64 recipe (pretrain_iters steps).
+    """
+    reporter = reporter or NullReporter()
+    out = Path(out)
+    seeds = seeds or list(range(8))
+    cartoon_dir = out / "data" / "cartoon"
+    if not (cartoon_dir / "params.jsonl").exists():
+        synthesize("cartoon", n_cartoon, 64, cartoon_dir, seed=2, reporter=reporter)
+    photo_dir = out / "data" / "photo"
+    if source is None and BUNDLED_SOURCE.exists():
+        source = BUNDLED_SOURCE
+    if source is None:
+        reporter.warn(f"no bundled source model at {BUNDLED_SOURCE}: pretraining one ({SOURCE_COMMAND})")
+        if not (photo_dir / "params.jsonl").exists():
+            synthesize("photo", 3000, 64, photo_dir, seed=1, reporter=reporter)
+        cfg = load_recipe("demo64")
+        if pretrain_iters:
+            cfg.train.iters = pretrain_iters
+        run = out / "source"
+        source = (pretrain(cfg, photo_dir, run, reporter, resume=(run / "latest.pt").exists())).latest
+    source = Path(source)
+    if not source.exists():
+        raise CheckpointError(f"source model not found: {source}")
+    iters = finetune_iters or load_recipe("demo_finetune").train.iters
+    cartoon = _run_finetune(source, cartoon_dir, out / "finetune", iters, reporter)
+    swapped = swap_checkpoints(source, cartoon, out / "swapped.pt", res=16)
+    pictures = sample_checkpoints([source, cartoon, swapped], seeds, out / "samples", truncation=0.8,
+                                  noise_mode="const", interpolate=8)
+    compare = Path(shutil.copy(pictures.compare, out / "compare.png"))
+    gif = Path(shutil.copy(pictures.gif, out / "interpolation.gif"))
+    return DemoResult(compare, gif, source, cartoon, swapped)
