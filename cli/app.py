@@ -290,3 +290,63 @@ def demo(
         res = run_demo(out_dir, RichReporter(), source=source, finetune_iters=iters)
     out.print(f"source | cartoon | swapped, same seeds: {res.compare}")
     out.print(f"interpolation: {res.gif}")
+
+
+class Space(str, Enum):
+    w = "w"
+    wplus = "w+"
+
+
+class Distance(str, Enum):
+    lpips = "lpips"
+    mse = "mse"
+    both = "lpips+mse"
+
+
+def _project_config(steps: int, space: Space, loss: Distance, seed: int):
+    from cartoongan.projection import ProjectConfig
+
+    return ProjectConfig(steps=steps, space=space.value, loss=loss.value, seed=seed)
+
+
+STEPS = typer.Option(1000, "--steps", min=1, help="Optimisation steps.")
+SPACE = typer.Option(Space.w, "--space", help="w (one vector) | w+ (one per layer).")
+LOSS = typer.Option(Distance.lpips, "--loss", help="lpips (VGG) | mse | lpips+mse.")
+LPIPS_W = typer.Option(None, "--lpips-weights", help="Path to torchvision's vgg16-397923af.pth (offline LPIPS).")
+
+
+@app.command()
+def project(
+    photo: Path = typer.Argument(..., help="Photo to invert (any size or mode; centre-cropped)."),
+    source: Path = typer.Option(..., "--source", help="Generator to invert with."),
+    outdir: Path = typer.Option(Path("out"), "--outdir"),
+    steps: int = STEPS, space: Space = SPACE, loss: Distance = LOSS, lpips_weights: Optional[Path] = LPIPS_W,
+    save_video: bool = typer.Option(False, "--save-video", help="Also write proj.gif of the optimisation."),
+    seed: int = typer.Option(0, "--seed"), device: str = DEVICE,
+):
+    """Find the latent of a photo (StyleGAN2 projector): target.png, proj.png, projected_w.npz."""
+    from cartoongan.projection import project_photo
+
+    with user_errors():
+        paths = project_photo(photo, source, outdir, _project_config(steps, space, loss, seed), lpips_weights,
+                              save_video, device, RichReporter())
+    for path in paths.values():
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def toonify(
+    photo: Path = typer.Argument(..., help="Photo to turn into cartoons."),
+    source: Path = typer.Option(..., "--source", help="Generator of the photo domain (used to project)."),
+    target: List[Path] = typer.Option(..., "--target", help="Fine-tuned or swapped generator(s); repeat the flag."),
+    outdir: Path = typer.Option(Path("out"), "--outdir"),
+    steps: int = STEPS, space: Space = SPACE, loss: Distance = LOSS, lpips_weights: Optional[Path] = LPIPS_W,
+    seed: int = typer.Option(0, "--seed"), device: str = DEVICE,
+):
+    """Project a photo with the source, then render the same latent through each target side by side."""
+    from cartoongan.projection import toonify as run_toonify
+
+    with user_errors():
+        path = run_toonify(photo, source, target, outdir, _project_config(steps, space, loss, seed), lpips_weights,
+                           device, RichReporter())
+    out.print(f"wrote {path}")

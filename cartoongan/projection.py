@@ -1,0 +1,235 @@
+"""GAN inversion (the StyleGAN2 projector) and toonify: photo -> w -> fine-tuned generators.
+
+Optimises w (or w+) and the per-layer noise maps with an LPIPS and/or MSE distance, the
+projector's noise regularisation, a ramped learning rate and decaying latent noise.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .data import square_resize
+from .errors import CartoonganError, DataError
+from .generator import Generator
+from .report import NullReporter, Reporter
+from .sampling import make_grid, save_png, to_uint8
+
+VGG_FILE = "vgg16-397923af.pth"  # the file torchvision's vgg16 download writes to its hub cache
+
+
+@dataclass
+class ProjectConfig:
+    steps: int = 1000
+    space: str = "w"  # w | w+
+    loss: str = "lpips"  # lpips | mse | lpips+mse
+    initial_lr: float = 0.1
+    lr_rampup: float = 0.05  # fraction of steps
+    lr_rampdown: float = 0.25
+    initial_noise_factor: float = 0.05  # latent noise, in units of w's std
+    noise_ramp: float = 0.75
+    noise_regularize: float = 1e5
+    mse_weight: float = 1.0
+    w_avg_samples: int = 10000
+    seed: int = 0
+
+
+@dataclass
+class Projection:
+    ws: torch.Tensor  # [1, n_latent, style_dim]
+    image: torch.Tensor  # [1, 3, S, S]
+    distances: list[float] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)
+
+
+def load_photo(path: str | Path, size: int) -> torch.Tensor:
+    """Any image file -> centre-cropped, resized [1, 3, size, size] in [-1, 1]."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = square_resize(img, size)
+    except FileNotFoundError:
+        raise DataError(f"photo not found: {path}") from None
+    except (OSError, SyntaxError, ValueError):
+        raise DataError(f"{path} is not a readable image") from None
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def lpips_vgg(weights: str | Path | None = None):
+    """LPIPS (VGG) with the backbone from `weights` or torchvision's hub cache; never random weights."""
+    import lpips
+
+    path = Path(weights) if weights else Path(torch.hub.get_dir()) / "checkpoints" / VGG_FILE
+    if not path.is_file():
+        raise CartoonganError(
+            f"LPIPS needs the VGG16 ImageNet weights {VGG_FILE}, and this machine cannot download them: "
+            f"put the file at {path} or pass --lpips-weights PATH (or use --loss mse)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise CartoonganError(f"{path} is not a readable VGG16 state dict") from None
+    model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+    for name, param in model.net.named_parameters():  # slice{k}.{i}.weight <- features.{i}.weight
+        key = "features." + name.split(".", 1)[1]
+        if key not in state or state[key].shape != param.shape:
+            raise CartoonganError(f"{path} is not torchvision's VGG16 (no '{key}' of shape {tuple(param.shape)})")
+        param.data.copy_(state[key])
+    return model.eval().requires_grad_(False)
+
+
+def _noise_regularization(noises: list[torch.Tensor]) -> torch.Tensor:
+    """Penalise spatial autocorrelation of each noise map at every octave (the StyleGAN2 projector)."""
+    total = 0.0
+    for n in noises:
+        x = n[None, None] if n.ndim == 2 else n
+        while True:
+            total = total + (x * torch.roll(x, 1, dims=3)).mean() ** 2 + (x * torch.roll(x, 1, dims=2)).mean() ** 2
+            if x.shape[2] <= 8:
+                break
+            x = F.avg_pool2d(x, 2)
+    return total
+
+
+def _lr_at(t: float, cfg: ProjectConfig) -> float:
+    ramp = min(1.0, (1.0 - t) / cfg.lr_rampdown)
+    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
+    return cfg.initial_lr * ramp * min(1.0, t / cfg.lr_rampup)
+
+
+def project(gen: Generator, target: torch.Tensor, cfg: ProjectConfig, perceptual=None,
+            reporter: Reporter | None = None, video_every: int = 0) -> Projection:
+    """Find w (or w+) and noise maps that make `gen` draw `target` ([1, 3, S, S] in [-1, 1])."""
+    reporter = reporter or NullReporter()
+    if cfg.space not in ("w", "w+") or cfg.loss not in ("lpips", "mse", "lpips+mse"):
+        raise CartoonganError(f"--space must be w or w+ and --loss lpips, mse or lpips+mse")
+    if "lpips" in cfg.loss and perceptual is None:
+        raise CartoonganError("the LPIPS loss needs a perceptual model (see lpips_vgg)")
+    dev = gen.input.input.device
+    gen = gen.eval().requires_grad_(False)
+    target = target.to(dev)
+    with torch.no_grad():
+        gz = torch.Generator().manual_seed(cfg.seed)
+        w_samples = gen.mapping(torch.randn(cfg.w_avg_samples, gen.style_dim, generator=gz).to(dev))
+        w_avg, w_std = w_samples.mean(0, keepdim=True), (w_samples - w_samples.mean(0)).square().sum(1).mean().sqrt()
+    n_w = gen.n_latent if cfg.space == "w+" else 1
+    w_opt = w_avg.repeat(n_w, 1)[None].clone().requires_grad_(True)
+    torch.manual_seed(cfg.seed)
+    noises = [n.requires_grad_(True) for n in gen.make_noise(1)]
+    optim = torch.optim.Adam([w_opt] + noises, lr=cfg.initial_lr, betas=(0.9, 0.999))
+    small = (lambda x: F.interpolate(x, size=256, mode="area")) if target.shape[-1] > 256 else (lambda x: x)
+    result = Projection(ws=None, image=None)
+    with reporter.progress(cfg.steps, "projecting") as bar:
+        for step in range(cfg.steps):
+            t = step / cfg.steps
+            for group in optim.param_groups:
+                group["lr"] = _lr_at(t, cfg)
+            w_noise = torch.randn_like(w_opt) * w_std * cfg.initial_noise_factor * max(0.0, 1 - t / cfg.noise_ramp) ** 2
+            ws = (w_opt + w_noise).expand(-1, gen.n_latent, -1) if n_w == 1 else w_opt + w_noise
+            image = gen.synthesis(ws, noises=noises).image
+            dist = torch.zeros((), device=dev)
+            if "lpips" in cfg.loss:
+                dist = dist + perceptual(small(image), small(target)).sum()
+            if "mse" in cfg.loss:
+                dist = dist + cfg.mse_weight * F.mse_loss(image, target)
+            loss = dist + cfg.noise_regularize * _noise_regularization(noises)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            with torch.no_grad():
+                for n in noises:
+                    n.sub_(n.mean()).div_(n.square().mean().sqrt())
+            result.distances.append(float(dist))
+            if video_every and step % video_every == 0:
+                result.frames.append(to_uint8(image)[0])
+            bar.advance(1, dist=float(dist))
+    with torch.no_grad():
+        result.ws = w_opt.detach().expand(-1, gen.n_latent, -1).clone() if n_w == 1 else w_opt.detach().clone()
+        result.noises = [n.detach() for n in noises]
+        result.image = gen.synthesis(result.ws, noises=result.noises).image
+    return result
+
+
+def save_projection(result: Projection, target: torch.Tensor, outdir: str | Path) -> dict[str, Path]:
+    """target.png, proj.png, projected_w.npz (w: [1, n_latent, style_dim]) and proj.gif when frames exist."""
+    outdir = Path(outdir)
+    paths = {"target": save_png(to_uint8(target)[0], outdir / "target.png"),
+             "proj": save_png(to_uint8(result.image)[0], outdir / "proj.png")}
+    np.savez(outdir / "projected_w.npz", w=result.ws.cpu().numpy())
+    paths["w"] = outdir / "projected_w.npz"
+    if result.frames:
+        tgt = to_uint8(target)[0]
+        frames = [Image.fromarray(np.concatenate([tgt, f], axis=1)) for f in result.frames]
+        frames[0].save(outdir / "proj.gif", save_all=True, append_images=frames[1:], duration=60, loop=0)
+        paths["video"] = outdir / "proj.gif"
+    return paths
+
+
+def load_projected_w(path: str | Path) -> torch.Tensor:
+    """projected_w.npz -> w+ [N, n_latent, style_dim] (also accepts NVlabs' [n_latent, D] layout)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            w = torch.from_numpy(data["w"]).float()
+    except FileNotFoundError:
+        raise DataError(f"projected w not found: {path}") from None
+    except (KeyError, ValueError, OSError):
+        raise DataError(f"{path} is not a projected_w.npz with a 'w' array") from None
+    return w[None] if w.ndim == 2 else w
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two images in [-1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(a.float(), b.float()).item()
+    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def _perceptual_for(cfg: ProjectConfig, lpips_weights, device):
+    return lpips_vgg(lpips_weights).to(device) if "lpips" in cfg.loss else None
+
+
+def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg: ProjectConfig,
+                  lpips_weights: str | Path | None = None, save_video: bool = False, device: str = "auto",
+                  reporter: Reporter | None = None, perceptual=None) -> dict[str, Path]:
+    """`cartoongan project`: invert a photo with the source generator and write the results."""
+    from .checkpoint import build_generator, load_checkpoint
+    from .device import resolve_device
+
+    dev = resolve_device(device)
+    gen = build_generator(load_checkpoint(source), device=dev)
+    target = load_photo(photo, gen.size)
+    perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
+    result = project(gen, target, cfg, perceptual, reporter, video_every=max(1, cfg.steps // 60) if save_video else 0)
+    return save_projection(result, target, outdir)
+
+
+def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], outdir: str | Path,
+            cfg: ProjectConfig, lpips_weights: str | Path | None = None, device: str = "auto",
+            reporter: Reporter | None = None, perceptual=None) -> Path:
+    """`cartoongan toonify`: project with the source, render that w+ through each target;
+    writes the projection files and toonify.png (photo | projection | each target)."""
+    from .checkpoint import build_generator, load_checkpoint
+    from .device import resolve_device
+    from .sampling import render_ws
+    from .swap import check_compatible
+
+    dev = resolve_device(device)
+    source_g = build_generator(load_checkpoint(source), device=dev)
+    target_gs = [build_generator(load_checkpoint(t), device=dev) for t in targets]
+    for path, g in zip(targets, target_gs):
+        try:
+            check_compatible(source_g, g)
+        except CartoonganError as exc:
+            raise CartoonganError(f"{path} cannot render the source's latents: {exc}") from None
+    photo_t = load_photo(photo, source_g.size)
+    perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
+    result = project(source_g, photo_t, cfg, perceptual, reporter)
+    save_projection(result, photo_t, outdir)
+    tiles = [to_uint8(photo_t)[0], to_uint8(result.image)[0]]
+    for g in target_gs:
+        with torch.no_grad():
+            tiles.append(to_uint8(g.synthesis(result.ws.to(dev), noises=[n.to(dev) for n in result.noises]).image)[0])
+    return save_png(make_grid(np.stack(tiles), cols=len(tiles)), Path(outdir) / "toonify.png")

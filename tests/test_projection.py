@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cartoongan import Generator, save_checkpoint
+from cartoongan.checkpoint import generator_checkpoint
+from cartoongan.errors import CartoonganError
+from cartoongan.projection import ProjectConfig, load_photo, load_projected_w, project, project_photo, psnr, toonify
+from cartoongan.sampling import to_uint8
+from cartoongan_cli.app import app
+
+from .conftest import randomized
+
+runner = CliRunner()
+ARCH = dict(style_dim=64, n_mlp=2, channel_multiplier=1, channel_base=1024, channel_max=64)
+
+
+@pytest.fixture
+def tiny_source(tmp_path):
+    torch.manual_seed(0)
+    g = randomized(Generator(32, **ARCH), 0, 0.1)
+    return g, save_checkpoint(tmp_path / "src.pt", generator_checkpoint(g))
+
+
+def test_mse_projection_recovers_a_generated_image(tmp_path, tiny_source):
+    g, path = tiny_source
+    with torch.no_grad():
+        w = g.mapping(torch.randn(1, 64, generator=torch.Generator().manual_seed(5)))
+        target = g.synthesis(g.broadcast(w), noise_mode="const").image
+    Image.fromarray(to_uint8(target)[0]).save(tmp_path / "photo.png")
+    cfg = ProjectConfig(steps=250, space="w+", loss="mse", noise_regularize=0.0, w_avg_samples=2000)
+    photo = load_photo(tmp_path / "photo.png", 32)
+    res = project(g, photo, cfg)
+    assert psnr(res.image, photo) > 25
+    assert res.distances[-1] < res.distances[0]
+
+
+def test_project_writes_files_and_sample_reads_projected_w(tmp_path, tiny_source):
+    g, path = tiny_source
+    Image.fromarray((np.random.rand(50, 40, 3) * 255).astype(np.uint8)).save(tmp_path / "photo.jpg")
+    res = runner.invoke(app, ["project", str(tmp_path / "photo.jpg"), "--source", str(path), "--steps", "6",
+                              "--loss", "mse", "--outdir", str(tmp_path / "p"), "--save-video"])
+    assert res.exit_code == 0, res.output
+    for name in ("target.png", "proj.png", "projected_w.npz", "proj.gif"):
+        assert (tmp_path / "p" / name).exists()
+    assert load_projected_w(tmp_path / "p" / "projected_w.npz").shape == (1, g.n_latent, 64)
+    res = runner.invoke(app, ["sample", str(path), "--projected-w", str(tmp_path / "p" / "projected_w.npz"),
+                              "--outdir", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "s" / "proj0000.png").size == (32, 32)
+
+
+def test_lpips_path_with_an_explicit_random_backbone(tmp_path, tiny_source):
+    import lpips
+
+    g, path = tiny_source
+    Image.fromarray((np.random.rand(32, 32, 3) * 255).astype(np.uint8)).save(tmp_path / "photo.png")
+    perceptual = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).requires_grad_(False)
+    cfg = ProjectConfig(steps=4, loss="lpips+mse", w_avg_samples=500)
+    paths = project_photo(tmp_path / "photo.png", path, tmp_path / "o", cfg, perceptual=perceptual)
+    assert Image.open(paths["proj"]).size == (32, 32)
+    out = toonify(tmp_path / "photo.png", path, [path, path], tmp_path / "t", cfg, perceptual=perceptual)
+    assert Image.open(out).size == (4 * 32, 32)
+
+
+def test_lpips_without_weights_is_one_clear_line(tmp_path, tiny_source, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    _, path = tiny_source
+    Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
+    res = runner.invoke(app, ["project", str(tmp_path / "photo.png"), "--source", str(path), "--steps", "2",
+                              "--outdir", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "vgg16-397923af.pth" in res.output and "--lpips-weights" in res.output
+    assert str(tmp_path / "hub" / "checkpoints") in res.output.replace("\n", "")
+    bad = tmp_path / "bad.pth"
+    torch.save({"features.0.weight": torch.zeros(1)}, bad)
+    with pytest.raises(CartoonganError, match="not torchvision's VGG16"):
+        from cartoongan.projection import lpips_vgg
+
+        lpips_vgg(bad)
