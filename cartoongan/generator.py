@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .architecture import channel_widths, log2_size
-from .ops import BiasLeakyReLU, Blur, EqualLinear, PixelNorm, Upsample
+from .ops import SQRT2, BiasLeakyReLU, Blur, EqualLinear, PixelNorm, Upsample
 
 NOISE_MODES = ("random", "const", "none")
 
@@ -51,19 +51,24 @@ class ModulatedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x: [B, in_ch, H, W], w: [B, style_dim] -> [B, out_ch, H', W'] (H' = 2H when upsampling)."""
+        y, d = self.forward_undemodulated(x, w)
+        return y if d is None else y * d[:, :, None, None].to(y.dtype)
+
+    def forward_undemodulated(self, x: torch.Tensor, w: torch.Tensor):
+        """The conv output before demodulation, and the demodulation factors d [B, out_ch] (None
+        without demodulation), so that callers can fuse the scaling with what follows."""
         s = self.modulation(w)
         weight = self.weight[0] * self.scale
         if self.grouped:
-            return self._grouped_forward(x, s, weight)
+            return self._grouped_forward(x, s, weight), None
         x = x * s[:, :, None, None].to(x.dtype)
         if self.upsample:
             x = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), stride=2))
         else:
             x = F.conv2d(x, weight.to(x.dtype), padding=self.padding)
-        if self.demodulate:
-            d = torch.rsqrt(s.square() @ weight.square().sum(dim=(2, 3)).t() + 1e-8)
-            x = x * d[:, :, None, None].to(x.dtype)
-        return x
+        if not self.demodulate:
+            return x, None
+        return x, torch.rsqrt(s.square() @ weight.square().sum(dim=(2, 3)).t() + 1e-8)
 
     def _grouped_forward(self, x: torch.Tensor, s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         b, cin, h, w = x.shape
@@ -104,10 +109,24 @@ class StyledConv(nn.Module):
         self.activate = BiasLeakyReLU(out_ch)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None, use_noise: bool = True) -> torch.Tensor:
-        x = self.conv(x, w)
+        """x: [B, in_ch, H, W] -> [B, out_ch, H', W']; noise [B or 1, 1, H', W'] or None for fresh noise.
+
+        Computes lrelu(conv * d + strength * noise + bias) * sqrt(2) in three passes over the
+        activations: the sqrt(2) gain moves inside the (positively homogeneous) leaky ReLU onto
+        the small tensors d, bias and noise strength.
+        """
+        y, d = self.conv.forward_undemodulated(x, w)
+        gain = SQRT2
+        bias = (self.activate.bias * gain).to(y.dtype).view(1, -1, 1, 1)
+        if d is None:
+            out = y * gain + bias
+        else:
+            out = torch.addcmul(bias, y, (d * gain).to(y.dtype)[:, :, None, None])
         if use_noise:
-            x = self.noise(x, noise)
-        return self.activate(x)
+            if noise is None:
+                noise = torch.randn(y.shape[0], 1, y.shape[2], y.shape[3], device=y.device, dtype=y.dtype)
+            out = out + noise.to(y.dtype) * (self.noise.weight * gain).to(y.dtype)
+        return F.leaky_relu(out, 0.2)
 
 
 class ToRGB(nn.Module):

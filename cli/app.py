@@ -350,3 +350,41 @@ def toonify(
         path = run_toonify(photo, source, target, outdir, _project_config(steps, space, loss, seed), lpips_weights,
                            device, RichReporter())
     out.print(f"wrote {path}")
+
+
+@app.command()
+def bench(
+    device: str = DEVICE,
+    configs: str = typer.Option("tiny,demo64,r64", "--configs", help="Comma-separated: tiny, demo64, r64, r256."),
+    precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32 | bf16 (CUDA)."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed repeats per phase (median reported)."),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch (default per config and device)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+):
+    """Measure generator forward, training iteration and structure-loss iteration speed (img/s)."""
+    from cartoongan.bench import rows_as_dicts, run_bench
+
+    reporter = RichReporter()
+    with user_errors():
+        if precision == Precision.bf16 and "cuda" not in device and not (device == "auto" and _cuda()):
+            raise CartoonganError("--precision bf16 needs a CUDA device")
+        rows = rows_as_dicts(run_bench([c.strip() for c in configs.split(",") if c.strip()], device, precision.value,
+                                       repeats, batch, compile_, reporter))
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    table = Table(title="cartoongan bench (img/s, higher is better)")
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*[str(v) for v in r.values()])
+    out.print(table)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
