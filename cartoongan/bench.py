@@ -60,7 +60,8 @@ def _time(fn, dev: torch.device, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def _trainer(name: str, dev: torch.device, batch: int, precision: str, compile_: bool, struct: bool) -> Trainer:
+def _trainer(name: str, dev: torch.device, batch: int, precision: str, compile_: bool, struct: bool,
+             channels_last: bool = True) -> Trainer:
     model, _, _ = CONFIGS[name]
     cfg = RunConfig()
     for k, v in model.items():
@@ -69,6 +70,8 @@ def _trainer(name: str, dev: torch.device, batch: int, precision: str, compile_:
     cfg.train.augment = "none"
     torch.manual_seed(0)
     nets = new_networks(cfg, dev)
+    for net in (nets.g, nets.d, nets.g_ema):
+        net.channels_last = channels_last
     kind = "pretrain"
     if struct:
         nets = Networks(nets.g, nets.d, nets.g_ema, copy.deepcopy(nets.g).eval())
@@ -98,14 +101,24 @@ def _iteration_seconds(tr: Trainer, dev: torch.device, repeats: int) -> float:
 
 
 def bench_config(name: str, device: str = "auto", precision: str = "fp32", repeats: int = 5,
-                 batch: int | None = None, compile_: bool = False) -> BenchRow:
-    """Measure one config on one device."""
-    dev = resolve_device(device)
+                 batch: int | None = None, compile_: bool = False, channels_last: bool = True,
+                 grouped_modconv: bool = False) -> BenchRow:
+    """Measure one config on one device (the last two switches measure the slower alternatives)."""
+    from .generator import ModulatedConv2d
+
+    ModulatedConv2d.grouped = grouped_modconv
+    try:
+        return _bench_config(name, resolve_device(device), precision, repeats, batch, compile_, channels_last)
+    finally:
+        ModulatedConv2d.grouped = False
+
+
+def _bench_config(name, dev, precision, repeats, batch, compile_, channels_last) -> BenchRow:
     _, cpu_batch, cuda_batch = CONFIGS[name]
     batch = batch or (cuda_batch if dev.type == "cuda" else cpu_batch)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    tr = _trainer(name, dev, batch, precision, compile_, struct=False)
+    tr = _trainer(name, dev, batch, precision, compile_, struct=False, channels_last=channels_last)
     g = tr.nets.g
     z = torch.randn(batch, g.style_dim, device=dev)
 
@@ -117,7 +130,7 @@ def bench_config(name: str, device: str = "auto", precision: str = "fp32", repea
     t_fwd = _time(forward, dev, repeats)
     t_iter = _iteration_seconds(tr, dev, repeats)
     del tr
-    st = _trainer(name, dev, batch, precision, compile_, struct=True)
+    st = _trainer(name, dev, batch, precision, compile_, struct=True, channels_last=channels_last)
     t_struct = _iteration_seconds(st, dev, repeats)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -128,7 +141,8 @@ def bench_config(name: str, device: str = "auto", precision: str = "fp32", repea
 
 
 def run_bench(configs: list[str], device: str = "auto", precision: str = "fp32", repeats: int = 5,
-              batch: int | None = None, compile_: bool = False, reporter: Reporter | None = None) -> list[BenchRow]:
+              batch: int | None = None, compile_: bool = False, reporter: Reporter | None = None,
+              channels_last: bool = True, grouped_modconv: bool = False) -> list[BenchRow]:
     reporter = reporter or NullReporter()
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
@@ -138,7 +152,7 @@ def run_bench(configs: list[str], device: str = "auto", precision: str = "fp32",
     rows = []
     with reporter.progress(len(configs), "benchmarking") as bar:
         for name in configs:
-            rows.append(bench_config(name, device, precision, repeats, batch, compile_))
+            rows.append(bench_config(name, device, precision, repeats, batch, compile_, channels_last, grouped_modconv))
             bar.advance()
     return rows
 

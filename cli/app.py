@@ -360,6 +360,8 @@ def bench(
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed repeats per phase (median reported)."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch (default per config and device)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC activations."),
+    grouped_modconv: bool = typer.Option(False, "--grouped-modconv", help="Per-sample grouped modulated conv (for comparison)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ):
     """Measure generator forward, training iteration and structure-loss iteration speed (img/s)."""
@@ -370,7 +372,7 @@ def bench(
         if precision == Precision.bf16 and "cuda" not in device and not (device == "auto" and _cuda()):
             raise CartoonganError("--precision bf16 needs a CUDA device")
         rows = rows_as_dicts(run_bench([c.strip() for c in configs.split(",") if c.strip()], device, precision.value,
-                                       repeats, batch, compile_, reporter))
+                                       repeats, batch, compile_, reporter, channels_last, grouped_modconv))
     if as_json:
         out.print_json(json.dumps(rows))
         return
