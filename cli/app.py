@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from cartoongan.errors import CartoonganError
+from cartoongan.errors import CartoonganError, ConfigError
 
 from .console import RichReporter, fail, out
 
@@ -29,6 +29,8 @@ def user_errors():
     """Expected problems become one line on stderr and exit code 1 (2 for usage, 130 for Ctrl-C)."""
     try:
         yield
+    except ConfigError as exc:  # an impossible flag or recipe value: a usage error
+        fail(str(exc), 2)
     except CartoonganError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -21,7 +21,7 @@ def test_bench_cli_json_measures_and_restores_switches():
     assert min(row["g_forward_img_s"], row["train_iter_img_s"], row["struct_iter_img_s"], row["peak_mem_mb"]) > 0
     assert ModulatedConv2d.grouped is False
     res = runner.invoke(app, ["bench", "--configs", "huge", "--device", "cpu"])
-    assert res.exit_code == 1 and "unknown huge" in res.output
+    assert res.exit_code == 2 and "unknown huge" in res.output
 
 
 @pytest.mark.cuda
