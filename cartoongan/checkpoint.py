@@ -188,3 +188,10 @@ def describe(ckpt: dict) -> dict:
         "provenance": meta.get("provenance"),
         "format": "cartoongan" if meta else "rosinality",
     }
+
+
+def slim_checkpoint(ckpt: dict, keep_training_nets: bool = True) -> dict:
+    """The checkpoint without optimiser and RNG state (for sharing): g_ema, latent_avg and metadata,
+    plus g and d when keep_training_nets (so that it can still be fine-tuned)."""
+    keys = ["g_ema", "latent_avg", "cartoongan"] + (["g", "d"] if keep_training_nets else [])
+    return {k: ckpt[k] for k in keys if k in ckpt}

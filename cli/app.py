@@ -392,3 +392,17 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+@app.command()
+def export(
+    ckpt: Path = typer.Argument(..., help="Checkpoint to slim (e.g. RUN/latest.pt)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write."),
+    g_ema_only: bool = typer.Option(False, "--g-ema-only", help="Keep only g_ema (like convert_weight.py); else g and d too."),
+):
+    """Write a checkpoint without optimiser and RNG state, for sharing."""
+    from cartoongan.checkpoint import load_checkpoint, save_checkpoint, slim_checkpoint
+
+    with user_errors():
+        path = save_checkpoint(output, slim_checkpoint(load_checkpoint(ckpt), keep_training_nets=not g_ema_only))
+    out.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")

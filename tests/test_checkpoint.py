@@ -134,3 +134,20 @@ def test_kill_mid_save_keeps_previous_file(tmp_path, tiny_g, monkeypatch):
         save_checkpoint(path, {"g_ema": {}})
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]
+
+
+def test_export_drops_training_state(tmp_path, tiny_g, tiny_d):
+    from typer.testing import CliRunner
+
+    from cartoongan_cli.app import app
+
+    g = tiny_g(16)
+    ckpt = generator_checkpoint(g, step=3)
+    ckpt.update(g=g.state_dict(), d=tiny_d(16).state_dict(), g_optim={"state": {}}, train_state={"x": 1})
+    src = save_checkpoint(tmp_path / "full.pt", ckpt)
+    res = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "slim.pt")])
+    assert res.exit_code == 0, res.output
+    slim = load_checkpoint(tmp_path / "slim.pt")
+    assert set(slim) == {"g_ema", "g", "d", "cartoongan"} and slim["cartoongan"]["step"] == 3
+    res = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "g.pt"), "--g-ema-only"])
+    assert set(load_checkpoint(tmp_path / "g.pt")) == {"g_ema", "cartoongan"}
