@@ -60,6 +60,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as fh:
             torch.save(ckpt, fh)
             fh.flush()
@@ -74,6 +75,12 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ---- architecture from tensor shapes ------------------------------------------------------
