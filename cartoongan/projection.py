@@ -143,10 +143,10 @@ def project(gen: Generator, target: torch.Tensor, cfg: ProjectConfig, perceptual
             with torch.no_grad():
                 for n in noises:
                     n.sub_(n.mean()).div_(n.square().mean().sqrt())
-            result.distances.append(float(dist))
+            result.distances.append(dist.detach().item())
             if video_every and step % video_every == 0:
                 result.frames.append(to_uint8(image)[0])
-            bar.advance(1, dist=float(dist))
+            bar.advance(1, dist=result.distances[-1])
     with torch.no_grad():
         result.ws = w_opt.detach().expand(-1, gen.n_latent, -1).clone() if n_w == 1 else w_opt.detach().clone()
         result.noises = [n.detach() for n in noises]
