@@ -129,7 +129,6 @@ def _bench_config(name, dev, precision, repeats, batch, compile_, channels_last)
 
     t_fwd = _time(forward, dev, repeats)
     t_iter = _iteration_seconds(tr, dev, repeats)
-    del tr
     st = _trainer(name, dev, batch, precision, compile_, struct=True, channels_last=channels_last)
     t_struct = _iteration_seconds(st, dev, repeats)
     if dev.type == "cuda":

@@ -43,7 +43,7 @@ class FreezePlan:
         state = lambda frozen: "frozen" if frozen else "trained"  # noqa: E731
         rows = [("G", "mapping", "-", count([g.style]), state(self.mapping_frozen))]
         for b in range(g.n_blocks):
-            name = f"block {b}" + (f" (w slots from source)" if b < self.g_frozen and self.source_slots else "")
+            name = f"block {b}" + (" (w slots from source)" if b < self.g_frozen and self.source_slots else "")
             rows.append(("G", name, f"{g.resolutions[b]}px", count(g.block_modules(b)), state(b < self.g_frozen)))
         for k in range(1, d.n_blocks + 1):
             res = d.size // 2 ** (k - 1)

@@ -86,17 +86,12 @@ class ModulatedConv2d(nn.Module):
 
 
 class NoiseInjection(nn.Module):
-    """Adds per-pixel noise with a learned strength (initially zero)."""
+    """Holds the learned strength (initially zero) of the per-pixel noise a StyledConv adds;
+    StyledConv applies it inside its fused epilogue."""
 
     def __init__(self):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        """noise: [B or 1, 1, H, W] to add, or None to draw fresh noise from the global RNG."""
-        if noise is None:
-            noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
-        return x + self.weight.to(x.dtype) * noise.to(x.dtype)
 
 
 class StyledConv(nn.Module):

@@ -106,7 +106,7 @@ def project(gen: Generator, target: torch.Tensor, cfg: ProjectConfig, perceptual
     """Find w (or w+) and noise maps that make `gen` draw `target` ([1, 3, S, S] in [-1, 1])."""
     reporter = reporter or NullReporter()
     if cfg.space not in ("w", "w+") or cfg.loss not in ("lpips", "mse", "lpips+mse"):
-        raise CartoonganError(f"--space must be w or w+ and --loss lpips, mse or lpips+mse")
+        raise CartoonganError("--space must be w or w+ and --loss lpips, mse or lpips+mse")
     if "lpips" in cfg.loss and perceptual is None:
         raise CartoonganError("the LPIPS loss needs a perceptual model (see lpips_vgg)")
     dev = gen.input.input.device
@@ -213,7 +213,6 @@ def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], ou
     writes the projection files and toonify.png (photo | projection | each target)."""
     from .checkpoint import build_generator, load_checkpoint
     from .device import resolve_device
-    from .sampling import render_ws
     from .swap import check_compatible
 
     dev = resolve_device(device)

@@ -13,7 +13,7 @@ from .data import load_dataset
 from .discriminator import Discriminator
 from .distributed import init_distributed
 from .errors import CheckpointError, ConfigError
-from .freeze import FreezePlan, make_plan
+from .freeze import make_plan
 from .report import NullReporter, Reporter
 from .training import Networks, Trainer, TrainResult, new_networks
 

@@ -1,6 +1,4 @@
 import os
-import pickle
-from pathlib import Path
 
 import pytest
 import torch

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cartoongan import load_checkpoint
 from cartoongan.config import load_recipe
-from cartoongan.errors import ConfigError, DataError, TrainingDiverged
+from cartoongan.errors import ConfigError, TrainingDiverged
 from cartoongan.runs import pretrain, resumed_config
 from cartoongan_cli.app import app
 
@@ -72,7 +72,7 @@ def test_existing_run_is_never_overwritten(tmp_path):
 
 
 def test_messy_dataset_trains_and_names_the_corrupt_file(tmp_path):
-    data = blob_images(tmp_path / "data", n=3)
+    blob_images(tmp_path / "data", n=3)
     (tmp_path / "data" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     (tmp_path / "data" / "notes.txt").write_text("not an image")
     Image.fromarray((np.random.rand(20, 30) * 255).astype(np.uint8), "L").save(tmp_path / "data" / "gray.png")
