@@ -40,7 +40,7 @@ def square_resize(img: Image.Image, size: int) -> np.ndarray:
     img = img.crop((left, top, left + s, top + s))
     if s != size:
         img = img.resize((size, size), Image.LANCZOS)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy
 
 
 def _sources(root: Path) -> list[tuple[str, callable]]:
