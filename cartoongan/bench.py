@@ -85,12 +85,8 @@ def _trainer(name: str, dev: torch.device, batch: int, precision: str, compile_:
 def _iteration_seconds(tr: Trainer, dev: torch.device, repeats: int) -> float:
     """D step + G step + EMA, plus R1 / 16 and path length / 4 (their lazy intervals)."""
     def plain():
-        tr.nets.g.requires_grad_(False)
-        tr.d_step()
-        tr.plan.apply(tr.nets.g, tr.nets.d)
-        tr.nets.d.requires_grad_(False)
-        tr.g_step()
-        tr.plan.apply(tr.nets.g, tr.nets.d)
+        tr.d_phase(regularize=False)
+        tr.g_phase(regularize=False)
 
     t = _time(plain, dev, repeats)
     t += _time(tr.r1_step, dev, max(1, repeats // 2), warmup=1) / tr.t.d_reg_every

@@ -97,23 +97,33 @@ def sample(gens: list[Generator], names: list[str], seeds: list[int], outdir: Pa
     outdir/interpolation.gif walks through the seeds' w with K frames per step (all generators
     side by side).
     """
-    outdir = Path(outdir)
     ws = seeds_to_ws(gens[0], seeds, truncation)
+    result = _write_renders(gens, names, ws, Path(outdir), [f"seed{s:04d}.png" for s in seeds],
+                            min(len(seeds), 8), noise_mode)
+    if interpolate > 0:
+        result.gif = interpolation_gif(gens, ws, Path(outdir) / "interpolation.gif", interpolate, noise_mode, fps)
+    return result
+
+
+def _write_renders(gens: list[Generator], names: list[str], ws: torch.Tensor, outdir: Path, filenames: list[str],
+                   single_cols: int, noise_mode: str) -> SampleResult:
+    """Render ws through each generator and save one file per latent. One generator: files in outdir
+    and grid.png (single_cols wide). Several: outdir/<name>/ each and compare.png (rows: generators)."""
     result = SampleResult()
     rows = []
     for gen, name in zip(gens, names):
+        if ws.shape[1:] != (gen.n_latent, gen.style_dim):
+            raise ValueError(f"w+ has shape {tuple(ws.shape[1:])}, generator {name} needs ({gen.n_latent}, {gen.style_dim})")
         imgs = render_ws(gen, ws, noise_mode)
         rows.append(imgs)
         folder = outdir if len(gens) == 1 else outdir / name
-        for seed, img in zip(seeds, imgs):
-            save_png(img, folder / f"seed{seed:04d}.png")
+        for filename, img in zip(filenames, imgs):
+            save_png(img, folder / filename)
         result.folders.append(folder)
     if len(gens) == 1:
-        result.grid = save_png(make_grid(rows[0], cols=min(len(seeds), 8)), outdir / "grid.png")
+        result.grid = save_png(make_grid(rows[0], cols=single_cols), outdir / "grid.png")
     else:
-        result.compare = save_png(make_grid(np.concatenate(rows), cols=len(seeds)), outdir / "compare.png")
-    if interpolate > 0:
-        result.gif = interpolation_gif(gens, ws, outdir / "interpolation.gif", interpolate, noise_mode, fps)
+        result.compare = save_png(make_grid(np.concatenate(rows), cols=len(ws)), outdir / "compare.png")
     return result
 
 
@@ -165,21 +175,5 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
 def sample_ws(gens: list[Generator], names: list[str], ws: torch.Tensor, outdir: Path,
               noise_mode: str = "const") -> SampleResult:
     """Render given w+ [N, n_latent, style_dim] through each generator: projNNNN.png files and a grid."""
-    outdir = Path(outdir)
-    result = SampleResult()
-    rows = []
-    for gen, name in zip(gens, names):
-        if ws.shape[1:] != (gen.n_latent, gen.style_dim):
-            raise ValueError(f"w+ has shape {tuple(ws.shape[1:])}, generator {name} needs ({gen.n_latent}, {gen.style_dim})")
-        imgs = render_ws(gen, ws, noise_mode)
-        rows.append(imgs)
-        folder = outdir if len(gens) == 1 else outdir / name
-        for i, img in enumerate(imgs):
-            save_png(img, folder / f"proj{i:04d}.png")
-        result.folders.append(folder)
-    grid = make_grid(np.concatenate(rows), cols=len(ws))
-    if len(gens) == 1:
-        result.grid = save_png(grid, outdir / "grid.png")
-    else:
-        result.compare = save_png(grid, outdir / "compare.png")
-    return result
+    return _write_renders(gens, names, ws, Path(outdir), [f"proj{i:04d}.png" for i in range(len(ws))], len(ws),
+                          noise_mode)

@@ -130,11 +130,12 @@ class Trainer:
             return z, torch.randn(n, g.style_dim, device=self.dev), int(torch.randint(1, g.n_latent, ()).item())
         return z, None, None
 
-    def _ws(self, z, z2, crossover):
-        """Target w+, with FreezeSG's slots from the source mapping; also the source's own w+."""
+    def _ws(self, z, z2, crossover, for_structure: bool = False):
+        """Target w+, with FreezeSG's slots from the source mapping; also the source's own w+
+        (None unless FreezeSG or, when for_structure, the structure loss needs it)."""
         ws = self.nets.g.ws_from_z(z, z2, crossover)
         src_ws = None
-        if self.nets.source is not None and (self.plan.source_slots or self.struct_n):
+        if self.nets.source is not None and (self.plan.source_slots or (for_structure and self.struct_n)):
             with torch.no_grad():
                 src_ws = self.nets.source.ws_from_z(z, z2, crossover)
         k = self.plan.source_slots
@@ -182,7 +183,7 @@ class Trainer:
         n = self.local_batch
         z, z2, c = self._latents(n)
         with self._amp():
-            ws, src_ws = self._ws(z, z2, c)
+            ws, src_ws = self._ws(z, z2, c, for_structure=True)
             tap = self.cfg.finetune.struct_tap
             noises = self.nets.g.make_noise(n) if self.struct_n else None
             out = self.g_syn(ws, noises=noises, return_rgbs=bool(self.struct_n) and tap == "rgb",
@@ -214,20 +215,28 @@ class Trainer:
         self.mean_path = sum_across(self.mean_path, self.info) / self.info.world
         self._track("path_length", length)
 
+    def d_phase(self, regularize: bool) -> None:
+        """D step with G frozen, then R1 when `regularize`."""
+        self.nets.g.requires_grad_(False)
+        self.d_step()
+        if regularize:
+            self.r1_step()
+        self.plan.apply(self.nets.g, self.nets.d)
+
+    def g_phase(self, regularize: bool) -> None:
+        """G step with D frozen, then path length when `regularize`."""
+        self.nets.d.requires_grad_(False)
+        self.g_step()
+        if regularize:
+            self.path_step()
+        self.plan.apply(self.nets.g, self.nets.d)
+
     def train_step(self) -> None:
         """One iteration: D step, lazy R1, G step, lazy path length, EMA."""
-        nets, t = self.nets, self.t
-        nets.g.requires_grad_(False)
-        self.d_step()
-        if t.r1_gamma > 0 and self.step % t.d_reg_every == 0:
-            self.r1_step()
-        self.plan.apply(nets.g, nets.d)
-        nets.d.requires_grad_(False)
-        self.g_step()
-        if t.g_reg_every > 0 and t.path_weight > 0 and self.step % t.g_reg_every == 0:
-            self.path_step()
-        self.plan.apply(nets.g, nets.d)
-        ema_update(nets.g_ema, nets.g, ema_beta(t.batch, t.ema_kimg))
+        t = self.t
+        self.d_phase(t.r1_gamma > 0 and self.step % t.d_reg_every == 0)
+        self.g_phase(t.g_reg_every > 0 and t.path_weight > 0 and self.step % t.g_reg_every == 0)
+        ema_update(self.nets.g_ema, self.nets.g, ema_beta(t.batch, t.ema_kimg))
         self.step += 1
 
     # ---- state -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from cartoongan.errors import CartoonganError, ConfigError
+from cartoongan.swap import DEFAULT_RES
 
 from .console import RichReporter, fail, out
 
@@ -228,7 +229,7 @@ class Mapping(str, Enum):
 def swap(
     source: Path = typer.Argument(..., help="Generator whose low-resolution blocks (structure) are kept."),
     target: Path = typer.Argument(..., help="Generator whose high-resolution blocks (style) are kept."),
-    res: int = typer.Option(16, "--res", help="Blocks at this resolution and below come from SOURCE."),
+    res: int = typer.Option(DEFAULT_RES, "--res", help="Blocks at this resolution and below come from SOURCE."),
     mapping: Mapping = typer.Option(Mapping.source, "--mapping", help="Whose mapping network the result uses."),
     blend_width: Optional[float] = typer.Option(None, "--blend-width", help="Smooth logistic blend (octaves) instead of a hard switch."),
     output: Path = typer.Option(Path("swapped.pt"), "-o", "--output", help="Checkpoint to write."),
