@@ -9,7 +9,7 @@ import copy
 import resource
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -18,6 +18,7 @@ from .data import ImageDataset
 from .device import resolve_device
 from .distributed import DistInfo
 from .freeze import make_plan
+from .losses import ema_beta, ema_update
 from .report import NullReporter, Reporter
 from .training import Networks, Trainer, new_networks
 
@@ -38,7 +39,7 @@ class BenchRow:
     precision: str
     g_forward_img_s: float
     train_iter_img_s: float
-    struct_iter_img_s: float
+    struct_iter_img_s: float | None
     peak_mem_mb: float
 
 
@@ -61,7 +62,7 @@ def _time(fn, dev: torch.device, repeats: int, warmup: int = 2) -> float:
 
 
 def _trainer(name: str, dev: torch.device, batch: int, precision: str, compile_: bool, struct: bool,
-             channels_last: bool = True) -> Trainer:
+             channels_last: bool | None = None) -> Trainer:
     model, _, _ = CONFIGS[name]
     cfg = RunConfig()
     for k, v in model.items():
@@ -84,9 +85,12 @@ def _trainer(name: str, dev: torch.device, batch: int, precision: str, compile_:
 
 def _iteration_seconds(tr: Trainer, dev: torch.device, repeats: int) -> float:
     """D step + G step + EMA, plus R1 / 16 and path length / 4 (their lazy intervals)."""
+    beta = ema_beta(tr.t.batch, tr.t.ema_kimg)
+
     def plain():
         tr.d_phase(regularize=False)
         tr.g_phase(regularize=False)
+        ema_update(tr.nets.g_ema, tr.nets.g, beta)
 
     t = _time(plain, dev, repeats)
     t += _time(tr.r1_step, dev, max(1, repeats // 2), warmup=1) / tr.t.d_reg_every
@@ -97,19 +101,22 @@ def _iteration_seconds(tr: Trainer, dev: torch.device, repeats: int) -> float:
 
 
 def bench_config(name: str, device: str = "auto", precision: str = "fp32", repeats: int = 5,
-                 batch: int | None = None, compile_: bool = False, channels_last: bool = True,
-                 grouped_modconv: bool = False) -> BenchRow:
-    """Measure one config on one device (the last two switches measure the slower alternatives)."""
+                 batch: int | None = None, compile_: bool = False, channels_last: bool | None = None,
+                 grouped_modconv: bool = False, structure: bool = True) -> BenchRow:
+    """Measure one config on one device. `channels_last` forces a memory format (None: the
+    networks' own choice), `grouped_modconv` measures the per-sample grouped modulated conv,
+    `structure=False` skips the structure-loss iteration."""
     from .generator import ModulatedConv2d
 
     ModulatedConv2d.grouped = grouped_modconv
     try:
-        return _bench_config(name, resolve_device(device), precision, repeats, batch, compile_, channels_last)
+        return _bench_config(name, resolve_device(device), precision, repeats, batch, compile_, channels_last,
+                             structure)
     finally:
         ModulatedConv2d.grouped = False
 
 
-def _bench_config(name, dev, precision, repeats, batch, compile_, channels_last) -> BenchRow:
+def _bench_config(name, dev, precision, repeats, batch, compile_, channels_last, structure) -> BenchRow:
     _, cpu_batch, cuda_batch = CONFIGS[name]
     batch = batch or (cuda_batch if dev.type == "cuda" else cpu_batch)
     if dev.type == "cuda":
@@ -125,19 +132,21 @@ def _bench_config(name, dev, precision, repeats, batch, compile_, channels_last)
 
     t_fwd = _time(forward, dev, repeats)
     t_iter = _iteration_seconds(tr, dev, repeats)
-    st = _trainer(name, dev, batch, precision, compile_, struct=True, channels_last=channels_last)
-    t_struct = _iteration_seconds(st, dev, repeats)
+    t_struct = None
+    if structure:
+        st = _trainer(name, dev, batch, precision, compile_, struct=True, channels_last=channels_last)
+        t_struct = _iteration_seconds(st, dev, repeats)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return BenchRow(name, str(dev), batch, precision, round(batch / t_fwd, 2), round(batch / t_iter, 2),
-                    round(batch / t_struct, 2), round(peak, 1))
+                    round(batch / t_struct, 2) if t_struct else None, round(peak, 1))
 
 
 def run_bench(configs: list[str], device: str = "auto", precision: str = "fp32", repeats: int = 5,
               batch: int | None = None, compile_: bool = False, reporter: Reporter | None = None,
-              channels_last: bool = True, grouped_modconv: bool = False) -> list[BenchRow]:
+              channels_last: bool | None = None, grouped_modconv: bool = False) -> list[BenchRow]:
     reporter = reporter or NullReporter()
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
@@ -151,6 +160,3 @@ def run_bench(configs: list[str], device: str = "auto", precision: str = "fp32",
             bar.advance()
     return rows
 
-
-def rows_as_dicts(rows: list[BenchRow]) -> list[dict]:
-    return [asdict(r) for r in rows]

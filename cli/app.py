@@ -358,35 +358,60 @@ def toonify(
 @app.command()
 def bench(
     device: str = DEVICE,
-    configs: str = typer.Option("tiny,demo64,r64", "--configs", help="Comma-separated: tiny, demo64, r64, r256."),
+    configs: Optional[str] = typer.Option(None, "--configs", help="Comma-separated: tiny, demo64, r64, r256 "
+                                          "[default: tiny,demo64,r64; with --reference: r64 on CPU, r256 on CUDA]."),
     precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32 | bf16 (CUDA)."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed repeats per phase (median reported)."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch (default per config and device)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks."),
-    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC activations."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
+                                                 help="NHWC activations [default: on CUDA, and on the CPU up to 128 "
+                                                 "channels wide]."),
     grouped_modconv: bool = typer.Option(False, "--grouped-modconv", help="Per-sample grouped modulated conv (for comparison)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="A rosinality/stylegan2-pytorch checkout: "
+                                             "time it at the same configs and print the ratios."),
+    kernels: bool = typer.Option(False, "--kernels", help="Time each speed choice against its alternative, op by op."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ):
     """Measure generator forward, training iteration and structure-loss iteration speed (img/s)."""
-    from cartoongan.bench import rows_as_dicts, run_bench
+    from dataclasses import asdict
+
+    from cartoongan.bench import run_bench
 
     reporter = RichReporter()
     with user_errors():
         if precision == Precision.bf16 and "cuda" not in device and not (device == "auto" and _cuda()):
             raise CartoonganError("--precision bf16 needs a CUDA device")
-        rows = rows_as_dicts(run_bench([c.strip() for c in configs.split(",") if c.strip()], device, precision.value,
-                                       repeats, batch, compile_, reporter, channels_last, grouped_modconv))
+        if kernels:
+            from cartoongan.bench_kernels import run_kernel_bench
+
+            rows, title = run_kernel_bench(device, repeats, reporter), "speed choices, op by op (ms, lower is better)"
+        elif reference is not None:
+            from cartoongan.bench_reference import compare_with_reference
+
+            names = configs or ("r256" if _cuda() and device != "cpu" else "r64")
+            rows = compare_with_reference(reference, _names(names), device, repeats, batch, reporter)
+            title = "cartoongan vs rosinality/stylegan2-pytorch (img/s; ratio = ours / reference)"
+        else:
+            rows = run_bench(_names(configs or "tiny,demo64,r64"), device, precision.value, repeats, batch,
+                             compile_, reporter, channels_last, grouped_modconv)
+            title = "cartoongan bench (img/s, higher is better)"
+    rows = [asdict(r) for r in rows]
     if as_json:
         out.print_json(json.dumps(rows))
         return
     from rich.table import Table
 
-    table = Table(title="cartoongan bench (img/s, higher is better)")
+    table = Table(title=title)
     for col in rows[0]:
         table.add_column(col)
     for r in rows:
-        table.add_row(*[str(v) for v in r.values()])
+        table.add_row(*["-" if v is None else str(v) for v in r.values()])
     out.print(table)
+
+
+def _names(csv: str) -> list[str]:
+    return [c.strip() for c in csv.split(",") if c.strip()]
 
 
 def _cuda() -> bool:

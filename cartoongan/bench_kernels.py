@@ -1,0 +1,160 @@
+"""`cartoongan bench --kernels`: each speed choice timed against the alternative it replaced.
+
+Every row runs forward + backward (training is where the time goes) of the library's own layer
+("ours") and of an equivalent written the other way ("alternative"), on the same inputs; the
+two are checked to agree before they are timed, so a row can never compare different maths.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .bench import _time
+from .device import resolve_device
+from .discriminator import ConvLayer
+from .generator import ModulatedConv2d, StyledConv
+from .ops import SQRT2, Upsample, blur
+from .report import NullReporter, Reporter
+
+# (label, batch, channels, resolution of the input)
+SHAPES = (("wide", 4, 256, 16), ("narrow", 16, 64, 32))
+
+
+@dataclass
+class KernelRow:
+    choice: str
+    shape: str
+    ours: str
+    ours_ms: float
+    alternative: str
+    alternative_ms: float
+    speedup: float  # alternative_ms / ours_ms
+
+
+@contextlib.contextmanager
+def _grouped_modconv():
+    ModulatedConv2d.grouped = True
+    try:
+        yield
+    finally:
+        ModulatedConv2d.grouped = False
+
+
+def _fold_blur(weight: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Compose a [A, B, 3, 3] conv weight with the 4x4 FIR kernel: [A, B, 6, 6]."""
+    a, b, k, _ = weight.shape
+    flat = F.pad(weight.reshape(a * b, 1, k, k), (3, 3, 3, 3))
+    return F.conv2d(flat, kernel.flip(0, 1)[None, None].to(weight.dtype)).reshape(a, b, k + 3, k + 3)
+
+
+def folded_upsample_conv(conv: ModulatedConv2d, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The upsampling modulated conv as ONE 6x6 stride-2 transposed conv with the blur folded in."""
+    s = conv.modulation(w)
+    weight = conv.weight[0] * conv.scale
+    kernel = _fold_blur(weight.transpose(0, 1), conv.blur.kernel)
+    y = F.conv_transpose2d(x * s[:, :, None, None], kernel, stride=2, padding=2)
+    d = torch.rsqrt(s.square() @ weight.square().sum(dim=(2, 3)).t() + 1e-8)
+    return y * d[:, :, None, None]
+
+
+def folded_downsample_conv(layer: ConvLayer, x: torch.Tensor) -> torch.Tensor:
+    """The discriminator's blur + stride-2 3x3 conv as ONE 6x6 stride-2 conv."""
+    blur_mod, conv = layer[0], layer[1]
+    kernel = _fold_blur(conv.weight * conv.scale, blur_mod.kernel)
+    y = F.conv2d(x, kernel, stride=2, padding=blur_mod.pad[0])
+    return F.leaky_relu(y + layer[2].bias.view(1, -1, 1, 1), 0.2) * SQRT2
+
+
+def full_blur_skip(layer: ConvLayer, x: torch.Tensor) -> torch.Tensor:
+    """The residual skip's blur at full resolution, then the 1x1 conv with stride 2."""
+    blur_mod, conv = layer[0], layer[1]
+    return F.conv2d(blur(x, blur_mod.kernel, blur_mod.pad), conv.weight * conv.scale, stride=2)
+
+
+def zero_insertion_upsample(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """upfirdn2d(up=2, pad=(2, 1)) the direct way: insert zeros, pad, filter."""
+    b, c, h, w = x.shape
+    up = x.new_zeros(b, c, h, 2, w, 2)
+    up[:, :, :, 0, :, 0] = x
+    return blur(up.reshape(b, c, 2 * h, 2 * w), kernel, (2, 1))
+
+
+def unfused_styled_conv(layer: StyledConv, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """StyledConv as separate passes: demodulate, add noise, add bias, leaky ReLU, gain."""
+    y = layer.conv(x, w)
+    y = y + layer.noise.weight * noise
+    y = y + layer.activate.bias.view(1, -1, 1, 1)
+    return F.leaky_relu(y, 0.2) * SQRT2
+
+
+def _cases(batch: int, ch: int, res: int, dev: torch.device):
+    """(choice, ours label, ours fn, alternative label, alternative fn), each fn() -> output tensor."""
+    torch.manual_seed(0)
+    nchw = torch.randn(batch, ch, res, res, device=dev)
+    x = nchw.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    x_nchw = nchw.clone().requires_grad_(True)
+    w = torch.randn(batch, 64, device=dev)
+    conv = ModulatedConv2d(ch, ch, 3, 64).to(dev)
+    up = ModulatedConv2d(ch, ch, 3, 64, upsample=True).to(dev)
+    down = ConvLayer(ch, ch, 3, downsample=True).to(dev)
+    skip = ConvLayer(ch, ch, 1, downsample=True, activate=False, bias=False).to(dev)
+    styled = StyledConv(ch, ch, 64).to(dev)
+    with torch.no_grad():
+        styled.noise.weight.fill_(0.1)
+        styled.activate.bias.normal_()
+    noise = torch.randn(batch, 1, res, res, device=dev)
+    rgb = torch.randn(batch, 3, res, res, device=dev, requires_grad=True)
+    up_rgb = Upsample().to(dev)
+
+    def grouped():
+        with _grouped_modconv():
+            return conv(x, w)
+
+    return [
+        ("modulated conv", "activation scaling", lambda: conv(x, w), "grouped per-sample conv", grouped),
+        ("upsampling conv", "transposed 3x3 + blur", lambda: up(x, w),
+         "blur folded into 6x6", lambda: folded_upsample_conv(up, x, w)),
+        ("downsampling conv", "blur + strided 3x3", lambda: down(x),
+         "blur folded into 6x6", lambda: folded_downsample_conv(down, x)),
+        ("downsampling skip", "strided blur + 1x1", lambda: skip(x),
+         "blur, then strided 1x1", lambda: full_blur_skip(skip, x)),
+        ("RGB upsample", "transposed depthwise", lambda: up_rgb(rgb),
+         "zero insertion + pad + conv", lambda: zero_insertion_upsample(rgb, up_rgb.kernel)),
+        ("conv epilogue", "fused (3 passes)", lambda: styled(x, w, noise),
+         "separate ops (6 passes)", lambda: unfused_styled_conv(styled, x, w, noise)),
+        ("memory format", "channels-last", lambda: styled(x, w, noise),
+         "NCHW", lambda: styled(x_nchw, w, noise)),
+    ]
+
+
+def _train_pass(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    def run():
+        fn().square().mean().backward()
+
+    return run
+
+
+def run_kernel_bench(device: str = "auto", repeats: int = 5, reporter: Reporter | None = None) -> list[KernelRow]:
+    """Time each (ours, alternative) pair, forward + backward, at the SHAPES; medians in ms."""
+    reporter = reporter or NullReporter()
+    dev = resolve_device(device)
+    rows = []
+    with reporter.progress(len(SHAPES) * 7, "op alternatives") as bar:
+        for label, batch, ch, res in SHAPES:
+            shape = f"{label} {batch}x{ch}x{res}x{res}"
+            for choice, ours_name, ours, alt_name, alt in _cases(batch, ch, res, dev):
+                with torch.no_grad():
+                    a, b = ours(), alt()
+                    err = (a - b).abs().max() / a.abs().max()
+                if err > 1e-3:
+                    raise RuntimeError(f"{choice}: the alternative disagrees with ours ({err.item():.2e})")
+                t_ours = _time(_train_pass(ours), dev, repeats) * 1000
+                t_alt = _time(_train_pass(alt), dev, repeats) * 1000
+                rows.append(KernelRow(choice, shape, ours_name, round(t_ours, 2), alt_name, round(t_alt, 2),
+                                      round(t_alt / t_ours, 2)))
+                bar.advance()
+    return rows

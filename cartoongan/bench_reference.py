@@ -1,0 +1,202 @@
+"""`cartoongan bench --reference PATH`: the same phases timed on rosinality/stylegan2-pytorch.
+
+The user fetches the reference (`git clone https://github.com/rosinality/stylegan2-pytorch`);
+nothing of it is bundled. Its `model.py` runs unmodified. On the CPU its `op` package would try
+to compile CUDA kernels at import time, so the compile call is stubbed out while importing;
+its own CPU fallbacks (upfirdn2d_native, the leaky ReLU path) are what then run. On CUDA the
+compile is left alone, so its fused kernels are what gets measured.
+
+The reference training iteration follows its train.py: D step, R1 (amortised over 16 steps),
+G step, path length on half the batch (amortised over 4), EMA; its per-step `.item()` logging
+syncs are left out, which only favours the reference.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .bench import CONFIGS, BenchRow, _time, bench_config
+from .device import resolve_device
+from .errors import ConfigError
+from .report import NullReporter, Reporter
+
+REFERENCE_URL = "https://github.com/rosinality/stylegan2-pytorch"
+# the only architecture knobs rosinality's Generator/Discriminator take
+REFERENCE_KEYS = {"size", "style_dim", "n_mlp", "channel_multiplier"}
+
+
+@dataclass
+class ComparisonRow:
+    config: str
+    device: str
+    batch: int
+    ours_forward_img_s: float
+    reference_forward_img_s: float
+    forward_ratio: float
+    ours_train_img_s: float
+    reference_train_img_s: float
+    train_ratio: float
+
+
+@contextlib.contextmanager
+def _no_extension_build():
+    """Make torch.utils.cpp_extension.load a no-op while the reference's `op` package imports."""
+    import torch.utils.cpp_extension as ext
+
+    real = ext.load
+    ext.load = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        ext.load = real
+
+
+def load_reference(path: str | Path, device: torch.device):
+    """Import the reference checkout's `model` module (its Generator and Discriminator)."""
+    root = Path(path).expanduser().resolve()
+    if not (root / "model.py").is_file() or not (root / "op").is_dir():
+        raise ConfigError(f"--reference {path}: no model.py and op/ there; clone {REFERENCE_URL} and pass its folder")
+    for name in [m for m in sys.modules if m in ("model", "op") or m.startswith("op.")]:
+        del sys.modules[name]  # a previous --reference (tests) must not shadow this one
+    sys.path.insert(0, str(root))
+    try:
+        guard = _no_extension_build() if device.type != "cuda" else contextlib.nullcontext()
+        with guard:
+            model = importlib.import_module("model")
+            gradfix = importlib.import_module("op.conv2d_gradfix")
+    except Exception as exc:  # their import can fail in many ways (nvcc, ninja); say which
+        raise ConfigError(f"--reference {path}: importing its model.py failed ({type(exc).__name__}: {exc})") from exc
+    finally:
+        sys.path.remove(str(root))
+    return model, gradfix
+
+
+def _reference_networks(model, name: str, dev: torch.device):
+    arch, _, _ = CONFIGS[name]
+    torch.manual_seed(0)
+    g = model.Generator(arch["size"], arch["style_dim"], arch["n_mlp"], channel_multiplier=arch["channel_multiplier"])
+    d = model.Discriminator(arch["size"], channel_multiplier=arch["channel_multiplier"])
+    g_ema = model.Generator(arch["size"], arch["style_dim"], arch["n_mlp"], channel_multiplier=arch["channel_multiplier"])
+    g_ema.load_state_dict(g.state_dict())
+    return g.to(dev), d.to(dev), g_ema.to(dev).eval(), arch
+
+
+class _ReferenceLoop:
+    """rosinality's train.py phases (defaults: mixing 0.9, r1 10, path weight 2, lazy 16/4)."""
+
+    def __init__(self, model, gradfix, name: str, dev: torch.device, batch: int):
+        self.g, self.d, self.g_ema, arch = _reference_networks(model, name, dev)
+        self.gradfix, self.dev, self.batch, self.style_dim = gradfix, dev, batch, arch["style_dim"]
+        self.real = torch.rand(batch, 3, arch["size"], arch["size"], device=dev) * 2 - 1
+        g_ratio, d_ratio = 4 / 5, 16 / 17
+        self.g_optim = torch.optim.Adam(self.g.parameters(), lr=0.002 * g_ratio, betas=(0.0, 0.99**g_ratio))
+        self.d_optim = torch.optim.Adam(self.d.parameters(), lr=0.002 * d_ratio, betas=(0.0, 0.99**d_ratio))
+        self.mean_path = torch.zeros((), device=dev)
+
+    def _noise(self, n: int):
+        if random.random() < 0.9:
+            return list(torch.randn(2, n, self.style_dim, device=self.dev).unbind(0))
+        return [torch.randn(n, self.style_dim, device=self.dev)]
+
+    def forward(self, z: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.g([z], randomize_noise=False)
+
+    def d_step(self) -> None:
+        self.g.requires_grad_(False)
+        self.d.requires_grad_(True)
+        fake, _ = self.g(self._noise(self.batch))
+        loss = F.softplus(self.d(fake)).mean() + F.softplus(-self.d(self.real)).mean()
+        self.d.zero_grad()
+        loss.backward()
+        self.d_optim.step()
+
+    def r1_step(self) -> None:
+        real = self.real.detach().requires_grad_(True)
+        pred = self.d(real)
+        with self.gradfix.no_weight_gradients():
+            (grad,) = torch.autograd.grad(pred.sum(), real, create_graph=True)
+        penalty = grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
+        self.d.zero_grad()
+        (10 / 2 * penalty * 16 + 0 * pred[0]).backward()
+        self.d_optim.step()
+
+    def g_step(self) -> None:
+        self.g.requires_grad_(True)
+        self.d.requires_grad_(False)
+        fake, _ = self.g(self._noise(self.batch))
+        loss = F.softplus(-self.d(fake)).mean()
+        self.g.zero_grad()
+        loss.backward()
+        self.g_optim.step()
+
+    def path_step(self) -> None:
+        fake, latents = self.g(self._noise(max(1, self.batch // 2)), return_latents=True)
+        noise = torch.randn_like(fake) / math.sqrt(fake.shape[2] * fake.shape[3])
+        (grad,) = torch.autograd.grad((fake * noise).sum(), latents, create_graph=True)
+        lengths = grad.pow(2).sum(2).mean(1).sqrt()
+        mean = self.mean_path + 0.01 * (lengths.mean() - self.mean_path)
+        self.g.zero_grad()
+        (2 * 4 * (lengths - mean).pow(2).mean() + 0 * fake[0, 0, 0, 0]).backward()
+        self.g_optim.step()
+        self.mean_path = mean.detach()
+
+    @torch.no_grad()
+    def ema(self) -> None:
+        ours = dict(self.g.named_parameters())
+        for k, p in self.g_ema.named_parameters():
+            p.mul_(0.999).add_(ours[k], alpha=0.001)
+
+
+def reference_speed(model, gradfix, name: str, dev: torch.device, batch: int, repeats: int) -> tuple[float, float]:
+    """(generator forward img/s, training iteration img/s) of the reference at config `name`."""
+    loop = _ReferenceLoop(model, gradfix, name, dev, batch)
+    z = torch.randn(batch, loop.style_dim, device=dev)
+    t_fwd = _time(lambda: loop.forward(z), dev, repeats)
+
+    def plain():
+        loop.d_step()
+        loop.g_step()
+        loop.ema()
+
+    t_iter = _time(plain, dev, repeats)
+    t_iter += _time(loop.r1_step, dev, max(1, repeats // 2), warmup=1) / 16
+    loop.d.requires_grad_(False)
+    loop.g.requires_grad_(True)
+    t_iter += _time(loop.path_step, dev, max(1, repeats // 2), warmup=1) / 4
+    return batch / t_fwd, batch / t_iter
+
+
+def compare_with_reference(path: str | Path, configs: list[str], device: str = "auto", repeats: int = 5,
+                           batch: int | None = None, reporter: Reporter | None = None) -> list[ComparisonRow]:
+    """Time ours (`bench_config`, fp32) and the reference at the same configs, batch and device."""
+    reporter = reporter or NullReporter()
+    dev = resolve_device(device)
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise ConfigError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    for name in configs:  # refuse a config the reference can't build before anything is timed
+        extra = set(CONFIGS[name][0]) - REFERENCE_KEYS
+        if extra:
+            raise ConfigError(f"--configs {name}: sets {', '.join(sorted(extra))}, which rosinality's networks "
+                              "lack; compare with r64 or r256")
+    model, gradfix = load_reference(path, dev)
+    rows = []
+    with reporter.progress(len(configs), "ours vs reference") as bar:
+        for name in configs:
+            n = batch or CONFIGS[name][2 if dev.type == "cuda" else 1]
+            ours: BenchRow = bench_config(name, device, "fp32", repeats, n, structure=False)
+            ref_fwd, ref_train = reference_speed(model, gradfix, name, dev, n, repeats)
+            rows.append(ComparisonRow(
+                name, str(dev), n, ours.g_forward_img_s, round(ref_fwd, 2), round(ours.g_forward_img_s / ref_fwd, 2),
+                ours.train_iter_img_s, round(ref_train, 2), round(ours.train_iter_img_s / ref_train, 2)))
+            bar.advance()
+    return rows

@@ -1,0 +1,32 @@
+import pytest
+import torch
+
+from cartoongan import bench_kernels
+from cartoongan.bench_kernels import _cases, run_kernel_bench
+
+
+@pytest.mark.parametrize("batch,ch,res", [(2, 8, 8), (3, 5, 6)])
+def test_every_alternative_computes_the_same_thing(batch, ch, res):
+    cases = _cases(batch, ch, res, torch.device("cpu"))
+    assert len(cases) == 7
+    for choice, _, ours, _, alt in cases:
+        a, b = ours(), alt()
+        assert a.shape == b.shape, choice
+        assert torch.allclose(a, b, atol=1e-4 * a.abs().max().item()), choice
+        a.square().mean().backward()  # the timed pass is differentiable
+
+
+def test_kernel_bench_rows(monkeypatch):
+    monkeypatch.setattr(bench_kernels, "SHAPES", (("small", 2, 8, 8),))
+    rows = run_kernel_bench("cpu", repeats=1)
+    assert [r.choice for r in rows][:2] == ["modulated conv", "upsampling conv"] and len(rows) == 7
+    for r in rows:
+        assert r.ours_ms > 0 and r.alternative_ms > 0
+        assert r.speedup == pytest.approx(r.alternative_ms / r.ours_ms, rel=0.05, abs=0.01)
+
+
+def test_kernel_bench_refuses_an_alternative_that_disagrees(monkeypatch):
+    monkeypatch.setattr(bench_kernels, "SHAPES", (("small", 2, 8, 8),))
+    monkeypatch.setattr(bench_kernels, "zero_insertion_upsample", lambda x, k: torch.zeros(2, 3, 16, 16))
+    with pytest.raises(RuntimeError, match="RGB upsample: the alternative disagrees"):
+        run_kernel_bench("cpu", repeats=1)

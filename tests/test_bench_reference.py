@@ -1,0 +1,118 @@
+"""The side-by-side harness, run against a stand-in checkout with rosinality's layout and API.
+
+The real reference can't be fetched in CI; the stand-in's `op` package tries to build a CUDA
+extension at import, as rosinality's does, so these tests also show the CPU stub works.
+"""
+import json
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from cartoongan import bench
+from cartoongan.bench_reference import compare_with_reference
+from cartoongan.errors import ConfigError
+from cartoongan_cli.app import app
+
+MODEL_PY = '''
+import torch
+from torch import nn
+from op import conv2d_gradfix  # noqa: F401  (rosinality's model.py imports from op as well)
+from cartoongan import Discriminator as D, Generator as G
+
+CALLS = []
+
+
+class Generator(nn.Module):
+    def __init__(self, size, style_dim, n_mlp, channel_multiplier=2):
+        super().__init__()
+        self.net = G(size, style_dim, n_mlp, channel_multiplier=channel_multiplier, channel_max=32)
+
+    def forward(self, styles, return_latents=False, randomize_noise=True):
+        CALLS.append(("g", len(styles), return_latents, randomize_noise))
+        z2 = styles[1] if len(styles) > 1 else None
+        ws = self.net.ws_from_z(styles[0], z2, 1 if z2 is not None else None)
+        image = self.net.synthesis(ws, noise_mode="random" if randomize_noise else "const").image
+        return image, (ws if return_latents else None)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, size, channel_multiplier=2):
+        super().__init__()
+        self.net = D(size, channel_multiplier=channel_multiplier, channel_max=32)
+
+    def forward(self, x):
+        CALLS.append(("d", x.requires_grad))
+        return self.net(x)
+'''
+
+OP_INIT = '''
+from torch.utils.cpp_extension import load
+
+fused = load("fused", sources=["fused_bias_act.cpp", "fused_bias_act_kernel.cu"])  # fails unless stubbed
+'''
+
+GRADFIX = '''
+import contextlib
+
+USED = []
+
+
+@contextlib.contextmanager
+def no_weight_gradients():
+    USED.append(True)
+    yield
+'''
+
+
+@pytest.fixture
+def checkout(tmp_path, monkeypatch):
+    root = tmp_path / "stylegan2-pytorch"
+    (root / "op").mkdir(parents=True)
+    (root / "model.py").write_text(MODEL_PY)
+    (root / "op" / "__init__.py").write_text(OP_INIT)
+    (root / "op" / "conv2d_gradfix.py").write_text(GRADFIX)
+    small = dict(size=8, style_dim=32, n_mlp=2, channel_multiplier=1)
+    monkeypatch.setitem(bench.CONFIGS, "r8", (small, 2, 2))
+    yield root
+    import sys
+
+    for name in [m for m in sys.modules if m in ("model", "op") or m.startswith("op.")]:
+        del sys.modules[name]
+
+
+def test_compare_runs_both_sides_through_every_phase(checkout):
+    import sys
+
+    (row,) = compare_with_reference(checkout, ["r8"], "cpu", repeats=1)
+    assert row.config == "r8" and row.batch == 2 and row.device == "cpu"
+    for ours, ref, ratio in [(row.ours_forward_img_s, row.reference_forward_img_s, row.forward_ratio),
+                             (row.ours_train_img_s, row.reference_train_img_s, row.train_ratio)]:
+        assert ours > 0 and ref > 0 and ratio == pytest.approx(ours / ref, rel=0.02, abs=0.01)
+    calls = sys.modules["model"].CALLS
+    assert ("g", 1, False, False) in calls  # the forward phase, constant noise
+    assert any(c[0] == "g" and c[2] for c in calls)  # path length asks for the latents
+    assert ("d", True) in calls  # R1 differentiates D at the reals
+    assert sys.modules["op.conv2d_gradfix"].USED  # ... inside its no_weight_gradients
+
+
+def test_compare_refuses_a_missing_checkout_and_foreign_configs(tmp_path, checkout):
+    with pytest.raises(ConfigError, match="clone https://github.com/rosinality/stylegan2-pytorch"):
+        compare_with_reference(tmp_path / "nowhere", ["r8"], "cpu")
+    with pytest.raises(ConfigError, match="tiny: sets channel_base, channel_max"):
+        compare_with_reference(checkout, ["tiny"], "cpu")
+    (checkout / "model.py").write_text("raise ImportError('needs ninja')\n")
+    with pytest.raises(ConfigError, match="importing its model.py failed .ImportError: needs ninja"):
+        compare_with_reference(checkout, ["r8"], "cpu")
+
+
+def test_cli_prints_ratio_table_and_one_line_errors(checkout):
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "--reference", str(checkout), "--configs", "r8", "--device", "cpu",
+                              "--repeats", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout)
+    assert row["forward_ratio"] > 0 and row["train_ratio"] > 0
+    res = runner.invoke(app, ["bench", "--reference", str(checkout.parent / "missing"), "--device", "cpu"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "--reference" in res.output
