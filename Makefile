@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch/torchvision pinned to the releases served from this machine's local wheel cache
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo demo-check bench clean
+.PHONY: install test demo demo-check bench bench-kernels bench-reference clean
 
 install: $(STAMP)
 
@@ -28,6 +28,14 @@ demo-check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m cartoongan bench
+
+bench-kernels: $(STAMP)
+	$(PY) -m cartoongan bench --kernels
+
+# REF: a checkout of https://github.com/rosinality/stylegan2-pytorch (not bundled)
+bench-reference: $(STAMP)
+	@test -n "$(REF)" || { echo "usage: make bench-reference REF=path/to/stylegan2-pytorch"; exit 2; }
+	$(PY) -m cartoongan bench --reference "$(REF)"
 
 clean:
 	rm -rf $(VENV) demo *.egg-info
