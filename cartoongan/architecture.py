@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 
 def log2_size(size: int) -> int:
     """log2 of a power-of-two resolution >= 8; raises ValueError otherwise."""
@@ -24,16 +22,3 @@ def channel_widths(size: int, channel_multiplier: int = 2, channel_base: int = 1
         2**i: max(1, min(channel_max, channel_multiplier * channel_base // 2**i))
         for i in range(2, log2_size(size) + 1)
     }
-
-
-# Widest layer up to which NHWC pays on the CPU: `bench --kernels` measured channels-last 1.2x
-# faster than NCHW at 64 channels and 0.89x at 256 (r64, 512 wide: 0.90x for a whole iteration).
-CPU_CHANNELS_LAST_MAX_WIDTH = 128
-
-
-def use_channels_last(setting: bool | None, device: torch.device, widths: dict[int, int]) -> bool:
-    """The memory format of a network's activations: `setting` when given, else NHWC on CUDA
-    (tensor cores) and on the CPU only for narrow networks."""
-    if setting is not None:
-        return setting
-    return device.type == "cuda" or max(widths.values()) <= CPU_CHANNELS_LAST_MAX_WIDTH

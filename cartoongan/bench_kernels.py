@@ -7,13 +7,14 @@ two are checked to agree before they are timed, so a row can never compare diffe
 from __future__ import annotations
 
 import contextlib
+import statistics
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .bench import _time
 from .device import resolve_device
 from .discriminator import ConvLayer
 from .generator import ModulatedConv2d, StyledConv
@@ -22,6 +23,15 @@ from .report import NullReporter, Reporter
 
 # (label, batch, channels, resolution of the input)
 SHAPES = (("wide", 4, 256, 16), ("narrow", 16, 64, 32))
+
+
+# the bench config whose whole training iteration (D + G step) the model-level rows time
+MODEL_CONFIG = "demo64"
+
+
+def shapes_legend() -> str:
+    layers = ", ".join(f"{label} = {b}x{c}x{r}x{r}" for label, b, c, r in SHAPES)
+    return f"{layers}, {MODEL_CONFIG} = its D + G step"
 
 
 @dataclass
@@ -115,20 +125,42 @@ def _cases(batch: int, ch: int, res: int, dev: torch.device):
             return conv(x, w)
 
     return [
-        ("modulated conv", "activation scaling", lambda: conv(x, w), "grouped per-sample conv", grouped),
-        ("upsampling conv", "transposed 3x3 + blur", lambda: up(x, w),
-         "blur folded into 6x6", lambda: folded_upsample_conv(up, x, w)),
-        ("downsampling conv", "blur + strided 3x3", lambda: down(x),
-         "blur folded into 6x6", lambda: folded_downsample_conv(down, x)),
-        ("downsampling skip", "strided blur + 1x1", lambda: skip(x),
-         "blur, then strided 1x1", lambda: full_blur_skip(skip, x)),
-        ("RGB upsample", "transposed depthwise", lambda: up_rgb(rgb),
-         "zero insertion + pad + conv", lambda: zero_insertion_upsample(rgb, up_rgb.kernel)),
-        ("conv epilogue", "fused (3 passes)", lambda: styled(x, w, noise),
-         "separate ops (6 passes)", lambda: unfused_styled_conv(styled, x, w, noise)),
-        ("memory format", "channels-last", lambda: styled(x, w, noise),
+        ("modulated conv", "x*s, conv, *d", lambda: conv(x, w), "grouped", grouped),
+        ("upsampling conv", "3x3T + blur", lambda: up(x, w),
+         "folded 6x6T", lambda: folded_upsample_conv(up, x, w)),
+        ("downsampling conv", "blur + 3x3/2", lambda: down(x),
+         "folded 6x6/2", lambda: folded_downsample_conv(down, x)),
+        ("downsampling skip", "blur/2 + 1x1", lambda: skip(x),
+         "blur + 1x1/2", lambda: full_blur_skip(skip, x)),
+        ("RGB upsample", "transposed", lambda: up_rgb(rgb),
+         "zero-insert", lambda: zero_insertion_upsample(rgb, up_rgb.kernel)),
+        ("conv epilogue", "3 passes", lambda: styled(x, w, noise),
+         "6 passes", lambda: unfused_styled_conv(styled, x, w, noise)),
+        ("memory format", "NHWC", lambda: styled(x, w, noise),
          "NCHW", lambda: styled(x_nchw, w, noise)),
     ]
+
+
+def _model_cases(dev: torch.device):
+    """Whole-iteration rows: choices whose effect is spread over many layers."""
+    from .bench import CONFIGS, _trainer
+
+    batch = CONFIGS[MODEL_CONFIG][2 if dev.type == "cuda" else 1]
+    nhwc, nchw = (_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=False, channels_last=cl)
+                  for cl in (True, False))
+
+    def step(tr, grouped=False):
+        def run():
+            ModulatedConv2d.grouped = grouped
+            try:
+                tr.d_phase(regularize=False)
+                tr.g_phase(regularize=False)
+            finally:
+                ModulatedConv2d.grouped = False
+        return run
+
+    return [("memory format", "NHWC", step(nhwc), "NCHW", step(nchw)),
+            ("modulated conv", "x*s, conv, *d", step(nhwc), "grouped", step(nhwc, grouped=True))]
 
 
 def _train_pass(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -138,23 +170,44 @@ def _train_pass(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
     return run
 
 
+def _time_pair(first, second, dev: torch.device, repeats: int) -> tuple[float, float]:
+    """Median ms of each, timed alternately so that drift in machine speed hits both alike."""
+    def once(fn):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return (time.perf_counter() - start) * 1000
+
+    for _ in range(2):
+        once(first), once(second)
+    times = [(once(first), once(second)) for _ in range(repeats)]
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+
+
 def run_kernel_bench(device: str = "auto", repeats: int = 5, reporter: Reporter | None = None) -> list[KernelRow]:
-    """Time each (ours, alternative) pair, forward + backward, at the SHAPES; medians in ms."""
+    """Time each (ours, alternative) pair, forward + backward, at the SHAPES: medians in ms of
+    3 * repeats alternating runs."""
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
     rows = []
-    with reporter.progress(len(SHAPES) * 7, "op alternatives") as bar:
+    with reporter.progress(len(SHAPES) * 7 + 2, "op alternatives") as bar:
         for label, batch, ch, res in SHAPES:
-            shape = f"{label} {batch}x{ch}x{res}x{res}"
             for choice, ours_name, ours, alt_name, alt in _cases(batch, ch, res, dev):
                 with torch.no_grad():
                     a, b = ours(), alt()
                     err = (a - b).abs().max() / a.abs().max()
                 if err > 1e-3:
                     raise RuntimeError(f"{choice}: the alternative disagrees with ours ({err.item():.2e})")
-                t_ours = _time(_train_pass(ours), dev, repeats) * 1000
-                t_alt = _time(_train_pass(alt), dev, repeats) * 1000
-                rows.append(KernelRow(choice, shape, ours_name, round(t_ours, 2), alt_name, round(t_alt, 2),
+                t_ours, t_alt = _time_pair(_train_pass(ours), _train_pass(alt), dev, 3 * repeats)
+                rows.append(KernelRow(choice, label, ours_name, round(t_ours, 2), alt_name, round(t_alt, 2),
                                       round(t_alt / t_ours, 2)))
                 bar.advance()
+        for choice, ours_name, ours, alt_name, alt in _model_cases(dev):
+            t_ours, t_alt = _time_pair(ours, alt, dev, repeats)
+            rows.append(KernelRow(choice, MODEL_CONFIG, ours_name, round(t_ours, 2), alt_name, round(t_alt, 2),
+                                  round(t_alt / t_ours, 2)))
+            bar.advance()
     return rows

@@ -38,6 +38,7 @@ class ComparisonRow:
     config: str
     device: str
     batch: int
+    precision: str  # ours; the reference always runs fp32
     ours_forward_img_s: float
     reference_forward_img_s: float
     forward_ratio: float
@@ -176,8 +177,10 @@ def reference_speed(model, gradfix, name: str, dev: torch.device, batch: int, re
 
 
 def compare_with_reference(path: str | Path, configs: list[str], device: str = "auto", repeats: int = 5,
-                           batch: int | None = None, reporter: Reporter | None = None) -> list[ComparisonRow]:
-    """Time ours (`bench_config`, fp32) and the reference at the same configs, batch and device."""
+                           batch: int | None = None, reporter: Reporter | None = None,
+                           precision: str = "fp32") -> list[ComparisonRow]:
+    """Time ours (`bench_config` at `precision`) and the reference (fp32, the precision its
+    train.py uses) at the same configs, batch and device."""
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
     unknown = [c for c in configs if c not in CONFIGS]
@@ -193,10 +196,10 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
     with reporter.progress(len(configs), "ours vs reference") as bar:
         for name in configs:
             n = batch or CONFIGS[name][2 if dev.type == "cuda" else 1]
-            ours: BenchRow = bench_config(name, device, "fp32", repeats, n, structure=False)
+            ours: BenchRow = bench_config(name, device, precision, repeats, n, structure=False)
             ref_fwd, ref_train = reference_speed(model, gradfix, name, dev, n, repeats)
             rows.append(ComparisonRow(
-                name, str(dev), n, ours.g_forward_img_s, round(ref_fwd, 2), round(ours.g_forward_img_s / ref_fwd, 2),
+                name, str(dev), n, precision, ours.g_forward_img_s, round(ref_fwd, 2), round(ours.g_forward_img_s / ref_fwd, 2),
                 ours.train_iter_img_s, round(ref_train, 2), round(ours.train_iter_img_s / ref_train, 2)))
             bar.advance()
     return rows

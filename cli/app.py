@@ -364,9 +364,7 @@ def bench(
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed repeats per phase (median reported)."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch (default per config and device)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
-                                                 help="NHWC activations [default: on CUDA, and on the CPU up to 128 "
-                                                 "channels wide]."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC activations."),
     grouped_modconv: bool = typer.Option(False, "--grouped-modconv", help="Per-sample grouped modulated conv (for comparison)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="A rosinality/stylegan2-pytorch checkout: "
                                              "time it at the same configs and print the ratios."),
@@ -383,14 +381,16 @@ def bench(
         if precision == Precision.bf16 and "cuda" not in device and not (device == "auto" and _cuda()):
             raise CartoonganError("--precision bf16 needs a CUDA device")
         if kernels:
-            from cartoongan.bench_kernels import run_kernel_bench
+            from cartoongan.bench_kernels import run_kernel_bench, shapes_legend
 
-            rows, title = run_kernel_bench(device, repeats, reporter), "speed choices, op by op (ms, lower is better)"
+            rows = run_kernel_bench(device, repeats, reporter)
+            title = f"speed choices, fwd+bwd ms ({shapes_legend()}); x = alternative / ours"
         elif reference is not None:
             from cartoongan.bench_reference import compare_with_reference
 
             names = configs or ("r256" if _cuda() and device != "cpu" else "r64")
-            rows = compare_with_reference(reference, _names(names), device, repeats, batch, reporter)
+            rows = compare_with_reference(reference, _names(names), device, repeats, batch, reporter,
+                                          precision.value)
             title = "cartoongan vs rosinality/stylegan2-pytorch (img/s; ratio = ours / reference)"
         else:
             rows = run_bench(_names(configs or "tiny,demo64,r64"), device, precision.value, repeats, batch,

@@ -17,9 +17,14 @@ def test_every_alternative_computes_the_same_thing(batch, ch, res):
 
 
 def test_kernel_bench_rows(monkeypatch):
+    from cartoongan.generator import ModulatedConv2d
+
     monkeypatch.setattr(bench_kernels, "SHAPES", (("small", 2, 8, 8),))
+    monkeypatch.setattr(bench_kernels, "MODEL_CONFIG", "tiny")
     rows = run_kernel_bench("cpu", repeats=1)
-    assert [r.choice for r in rows][:2] == ["modulated conv", "upsampling conv"] and len(rows) == 7
+    assert [r.choice for r in rows][:2] == ["modulated conv", "upsampling conv"] and len(rows) == 9
+    assert [(r.shape, r.alternative) for r in rows[-2:]] == [("tiny", "NCHW"), ("tiny", "grouped")]
+    assert ModulatedConv2d.grouped is False
     for r in rows:
         assert r.ours_ms > 0 and r.alternative_ms > 0
         assert r.speedup == pytest.approx(r.alternative_ms / r.ours_ms, rel=0.05, abs=0.01)

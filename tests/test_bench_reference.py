@@ -85,7 +85,7 @@ def test_compare_runs_both_sides_through_every_phase(checkout):
     import sys
 
     (row,) = compare_with_reference(checkout, ["r8"], "cpu", repeats=1)
-    assert row.config == "r8" and row.batch == 2 and row.device == "cpu"
+    assert row.config == "r8" and row.batch == 2 and row.device == "cpu" and row.precision == "fp32"
     for ours, ref, ratio in [(row.ours_forward_img_s, row.reference_forward_img_s, row.forward_ratio),
                              (row.ours_train_img_s, row.reference_train_img_s, row.train_ratio)]:
         assert ours > 0 and ref > 0 and ratio == pytest.approx(ours / ref, rel=0.02, abs=0.01)

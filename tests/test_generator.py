@@ -108,17 +108,12 @@ def test_gradients_reach_every_parameter(tiny_g):
     assert missing == []
 
 
-def test_memory_format_choice_and_equal_results(tiny_g):
-    from cartoongan.architecture import use_channels_last
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert use_channels_last(None, cuda, {4: 512}) and not use_channels_last(None, cpu, {4: 512, 8: 256})
-    assert use_channels_last(None, cpu, {4: 128, 8: 64}) and use_channels_last(True, cpu, {4: 512})
-    assert not use_channels_last(False, cuda, {4: 64})
+def test_memory_formats_compute_the_same_image(tiny_g):
     g = tiny_g()
     z = torch.randn(2, g.style_dim)
     outs = []
-    for setting in (True, False, None):
+    for setting in (True, False):
         g.channels_last = setting
         outs.append(g(z, noise_mode="const"))
-    assert torch.allclose(outs[0], outs[1], atol=1e-4) and torch.equal(outs[0], outs[2])
+    assert outs[0].shape == (2, 3, 16, 16) and torch.allclose(outs[0], outs[1], atol=1e-4)
