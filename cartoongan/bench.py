@@ -10,6 +10,7 @@ import resource
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -43,22 +44,61 @@ class BenchRow:
     peak_mem_mb: float
 
 
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def _time(fn, dev: torch.device, repeats: int, warmup: int = 2) -> float:
     """Median seconds of fn() after warm-up."""
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+    return time_pair(fn, None, dev, repeats, warmup)[0]
 
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
+
+def time_pair(first, second, dev: torch.device, repeats: int, warmup: int = 2) -> tuple[float, float | None]:
+    """Median seconds of first() and of second() (None: only first), timed alternately so that
+    drift in the machine's speed hits both alike."""
+    fns = [f for f in (first, second) if f is not None]
+
+    def once(fn):
+        _sync(dev)
         start = time.perf_counter()
         fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        _sync(dev)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[once(fn) for fn in fns] for _ in range(repeats)]
+    medians = [statistics.median(t[i] for t in times) for i in range(len(fns))]
+    return medians[0], (medians[1] if second is not None else None)
+
+
+@dataclass
+class Phases:
+    """One training setup's phases as self-contained calls (each sets the requires_grad flags it
+    needs), so that they can be timed in any order, or alternately with another setup's."""
+
+    forward: Callable[[], None]  # generator forward, no grad
+    step: Callable[[], None]  # D step + G step + EMA
+    r1: Callable[[], None]  # lazy R1 step
+    path: Callable[[], None]  # lazy path-length step
+    d_reg_every: int
+    g_reg_every: int
+
+    def iteration_seconds(self, step: float, r1: float, path: float) -> float:
+        """One iteration with the lazy regularisers amortised over their intervals."""
+        return step + r1 / self.d_reg_every + path / self.g_reg_every
+
+
+def time_phases(a: Phases, b: Phases | None, dev: torch.device, repeats: int):
+    """(forward seconds, iteration seconds) of a and of b (None when b is None)."""
+    out = [time_pair(getattr(a, k), getattr(b, k) if b else None, dev, n, w)
+           for k, n, w in (("forward", repeats, 2), ("step", repeats, 2), ("r1", max(1, repeats // 2), 1),
+                           ("path", max(1, repeats // 2), 1))]
+    ours = (out[0][0], a.iteration_seconds(out[1][0], out[2][0], out[3][0]))
+    theirs = (out[0][1], b.iteration_seconds(out[1][1], out[2][1], out[3][1])) if b else None
+    return ours, theirs
 
 
 def _trainer(name: str, dev: torch.device, batch: int, precision: str, compile_: bool, struct: bool,
@@ -83,21 +123,31 @@ def _trainer(name: str, dev: torch.device, batch: int, precision: str, compile_:
     return Trainer(cfg, nets, data, "/nonexistent", DistInfo(device=dev), plan=plan, kind=kind)
 
 
-def _iteration_seconds(tr: Trainer, dev: torch.device, repeats: int) -> float:
-    """D step + G step + EMA, plus R1 / 16 and path length / 4 (their lazy intervals)."""
+def trainer_phases(tr: Trainer, batch: int) -> Phases:
+    """The Trainer's own phases, as run by its train_step."""
+    dev, nets, plan = tr.dev, tr.nets, tr.plan
+    z = torch.randn(batch, nets.g.style_dim, device=dev)
     beta = ema_beta(tr.t.batch, tr.t.ema_kimg)
 
-    def plain():
+    @torch.no_grad()
+    def forward():
+        with tr._amp():
+            nets.g(z, noise_mode="const")
+
+    def step():
         tr.d_phase(regularize=False)
         tr.g_phase(regularize=False)
-        ema_update(tr.nets.g_ema, tr.nets.g, beta)
+        ema_update(nets.g_ema, nets.g, beta)
 
-    t = _time(plain, dev, repeats)
-    t += _time(tr.r1_step, dev, max(1, repeats // 2), warmup=1) / tr.t.d_reg_every
-    tr.nets.d.requires_grad_(False)
-    t += _time(tr.path_step, dev, max(1, repeats // 2), warmup=1) / tr.t.g_reg_every
-    tr.plan.apply(tr.nets.g, tr.nets.d)
-    return t
+    def only(frozen: torch.nn.Module, phase):
+        def run():
+            frozen.requires_grad_(False)
+            phase()
+            plan.apply(nets.g, nets.d)
+        return run
+
+    return Phases(forward, step, only(nets.g, tr.r1_step), only(nets.d, tr.path_step), tr.t.d_reg_every,
+                  tr.t.g_reg_every)
 
 
 def bench_config(name: str, device: str = "auto", precision: str = "fp32", repeats: int = 5,
@@ -121,20 +171,11 @@ def _bench_config(name, dev, precision, repeats, batch, compile_, channels_last,
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     tr = _trainer(name, dev, batch, precision, compile_, struct=False, channels_last=channels_last)
-    g = tr.nets.g
-    z = torch.randn(batch, g.style_dim, device=dev)
-
-    @torch.no_grad()
-    def forward():
-        with tr._amp():
-            g(z, noise_mode="const")
-
-    t_fwd = _time(forward, dev, repeats)
-    t_iter = _iteration_seconds(tr, dev, repeats)
+    (t_fwd, t_iter), _ = time_phases(trainer_phases(tr, batch), None, dev, repeats)
     t_struct = None
     if structure:
         st = _trainer(name, dev, batch, precision, compile_, struct=True, channels_last=channels_last)
-        t_struct = _iteration_seconds(st, dev, repeats)
+        (_, t_struct), _ = time_phases(trainer_phases(st, batch), None, dev, repeats)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 2**20
     else:

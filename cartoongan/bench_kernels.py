@@ -7,14 +7,13 @@ two are checked to agree before they are timed, so a row can never compare diffe
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from .bench import time_pair
 from .device import resolve_device
 from .discriminator import ConvLayer
 from .generator import ModulatedConv2d, StyledConv
@@ -170,23 +169,6 @@ def _train_pass(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
     return run
 
 
-def _time_pair(first, second, dev: torch.device, repeats: int) -> tuple[float, float]:
-    """Median ms of each, timed alternately so that drift in machine speed hits both alike."""
-    def once(fn):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return (time.perf_counter() - start) * 1000
-
-    for _ in range(2):
-        once(first), once(second)
-    times = [(once(first), once(second)) for _ in range(repeats)]
-    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
-
-
 def run_kernel_bench(device: str = "auto", repeats: int = 5, reporter: Reporter | None = None) -> list[KernelRow]:
     """Time each (ours, alternative) pair, forward + backward, at the SHAPES: medians in ms of
     3 * repeats alternating runs."""
@@ -201,12 +183,12 @@ def run_kernel_bench(device: str = "auto", repeats: int = 5, reporter: Reporter 
                     err = (a - b).abs().max() / a.abs().max()
                 if err > 1e-3:
                     raise RuntimeError(f"{choice}: the alternative disagrees with ours ({err.item():.2e})")
-                t_ours, t_alt = _time_pair(_train_pass(ours), _train_pass(alt), dev, 3 * repeats)
+                t_ours, t_alt = (1000 * t for t in time_pair(_train_pass(ours), _train_pass(alt), dev, 3 * repeats))
                 rows.append(KernelRow(choice, label, ours_name, round(t_ours, 2), alt_name, round(t_alt, 2),
                                       round(t_alt / t_ours, 2)))
                 bar.advance()
         for choice, ours_name, ours, alt_name, alt in _model_cases(dev):
-            t_ours, t_alt = _time_pair(ours, alt, dev, repeats)
+            t_ours, t_alt = (1000 * t for t in time_pair(ours, alt, dev, repeats))
             rows.append(KernelRow(choice, MODEL_CONFIG, ours_name, round(t_ours, 2), alt_name, round(t_alt, 2),
                                   round(t_alt / t_ours, 2)))
             bar.advance()

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .bench import CONFIGS, BenchRow, _time, bench_config
+from .bench import CONFIGS, Phases, _trainer, time_phases, trainer_phases
 from .device import resolve_device
 from .errors import ConfigError
 from .report import NullReporter, Reporter
@@ -156,31 +156,32 @@ class _ReferenceLoop:
         for k, p in self.g_ema.named_parameters():
             p.mul_(0.999).add_(ours[k], alpha=0.001)
 
+    def phases(self) -> Phases:
+        z = torch.randn(self.batch, self.style_dim, device=self.dev)
 
-def reference_speed(model, gradfix, name: str, dev: torch.device, batch: int, repeats: int) -> tuple[float, float]:
-    """(generator forward img/s, training iteration img/s) of the reference at config `name`."""
-    loop = _ReferenceLoop(model, gradfix, name, dev, batch)
-    z = torch.randn(batch, loop.style_dim, device=dev)
-    t_fwd = _time(lambda: loop.forward(z), dev, repeats)
+        def step():
+            self.d_step()
+            self.g_step()
+            self.ema()
 
-    def plain():
-        loop.d_step()
-        loop.g_step()
-        loop.ema()
+        def r1():
+            self.g.requires_grad_(False)
+            self.d.requires_grad_(True)
+            self.r1_step()
 
-    t_iter = _time(plain, dev, repeats)
-    t_iter += _time(loop.r1_step, dev, max(1, repeats // 2), warmup=1) / 16
-    loop.d.requires_grad_(False)
-    loop.g.requires_grad_(True)
-    t_iter += _time(loop.path_step, dev, max(1, repeats // 2), warmup=1) / 4
-    return batch / t_fwd, batch / t_iter
+        def path():
+            self.g.requires_grad_(True)
+            self.d.requires_grad_(False)
+            self.path_step()
+
+        return Phases(lambda: self.forward(z), step, r1, path, d_reg_every=16, g_reg_every=4)
 
 
 def compare_with_reference(path: str | Path, configs: list[str], device: str = "auto", repeats: int = 5,
                            batch: int | None = None, reporter: Reporter | None = None,
                            precision: str = "fp32") -> list[ComparisonRow]:
-    """Time ours (`bench_config` at `precision`) and the reference (fp32, the precision its
-    train.py uses) at the same configs, batch and device."""
+    """Time ours (at `precision`) and the reference (fp32, the precision its train.py uses) at the
+    same configs, batch and device, phase by phase and alternately."""
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
     unknown = [c for c in configs if c not in CONFIGS]
@@ -196,10 +197,11 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
     with reporter.progress(len(configs), "ours vs reference") as bar:
         for name in configs:
             n = batch or CONFIGS[name][2 if dev.type == "cuda" else 1]
-            ours: BenchRow = bench_config(name, device, precision, repeats, n, structure=False)
-            ref_fwd, ref_train = reference_speed(model, gradfix, name, dev, n, repeats)
-            rows.append(ComparisonRow(
-                name, str(dev), n, precision, ours.g_forward_img_s, round(ref_fwd, 2), round(ours.g_forward_img_s / ref_fwd, 2),
-                ours.train_iter_img_s, round(ref_train, 2), round(ours.train_iter_img_s / ref_train, 2)))
+            ours = trainer_phases(_trainer(name, dev, n, precision, False, struct=False), n)
+            reference = _ReferenceLoop(model, gradfix, name, dev, n).phases()
+            (o_fwd, o_iter), (r_fwd, r_iter) = time_phases(ours, reference, dev, repeats)
+            rows.append(ComparisonRow(name, str(dev), n, precision, round(n / o_fwd, 2), round(n / r_fwd, 2),
+                                      round(r_fwd / o_fwd, 2), round(n / o_iter, 2), round(n / r_iter, 2),
+                                      round(r_iter / o_iter, 2)))
             bar.advance()
     return rows
