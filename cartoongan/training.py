@@ -108,14 +108,15 @@ class Trainer:
         self.diverged = torch.zeros((), dtype=torch.bool, device=self.dev)
         self.stats: dict[str, list[torch.Tensor]] = {}
         self.log: list[dict] = []
-        self.autocast = self.t.precision == "bf16" and self.dev.type == "cuda"
+        # runs.py allows bf16 on CUDA only; on the CPU it serves to test the same code path
+        self.autocast = self.t.precision == "bf16"
         self.d_fwd, self.g_syn = nets.d, nets.g.synthesis
         if self.t.compile:
             self.d_fwd, self.g_syn = torch.compile(nets.d), torch.compile(nets.g.synthesis)
 
     # ---- helpers ---------------------------------------------------------------------
     def _amp(self):
-        return torch.autocast("cuda", torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        return torch.autocast(self.dev.type, torch.bfloat16) if self.autocast else contextlib.nullcontext()
 
     def _track(self, name: str, value: torch.Tensor) -> None:
         value = value.detach().float()
