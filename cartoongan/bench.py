@@ -32,6 +32,14 @@ CONFIGS = {
 }
 
 
+def default_configs(dev: torch.device, reference: bool = False) -> list[str]:
+    """What `bench` measures unless told: small configs on the CPU, the paper's 256 px on CUDA;
+    with a reference, the one config of the targets (rosinality can't build the narrow ones)."""
+    if reference:
+        return ["r256" if dev.type == "cuda" else "r64"]
+    return ["tiny", "r64", "r256"] if dev.type == "cuda" else ["tiny", "demo64", "r64"]
+
+
 @dataclass
 class BenchRow:
     config: str

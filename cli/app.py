@@ -359,7 +359,8 @@ def toonify(
 def bench(
     device: str = DEVICE,
     configs: Optional[str] = typer.Option(None, "--configs", help="Comma-separated: tiny, demo64, r64, r256 "
-                                          "[default: tiny,demo64,r64; with --reference: r64 on CPU, r256 on CUDA]."),
+                                          "[default: tiny,demo64,r64 on the CPU, tiny,r64,r256 on CUDA; "
+                                          "with --reference: r64 on the CPU, r256 on CUDA]."),
     precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32 | bf16 (CUDA)."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed repeats per phase (median reported)."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch (default per config and device)."),
@@ -374,11 +375,13 @@ def bench(
     """Measure generator forward, training iteration and structure-loss iteration speed (img/s)."""
     from dataclasses import asdict
 
-    from cartoongan.bench import run_bench
+    from cartoongan.bench import default_configs, run_bench
+    from cartoongan.device import resolve_device
 
     reporter = RichReporter()
     with user_errors():
-        if precision == Precision.bf16 and "cuda" not in device and not (device == "auto" and _cuda()):
+        dev = resolve_device(device)
+        if precision == Precision.bf16 and dev.type != "cuda":
             raise CartoonganError("--precision bf16 needs a CUDA device")
         if kernels:
             from cartoongan.bench_kernels import run_kernel_bench, shapes_legend
@@ -388,13 +391,13 @@ def bench(
         elif reference is not None:
             from cartoongan.bench_reference import compare_with_reference
 
-            names = configs or ("r256" if _cuda() and device != "cpu" else "r64")
-            rows = compare_with_reference(reference, _names(names), device, repeats, batch, reporter,
-                                          precision.value)
+            names = _names(configs) if configs else default_configs(dev, reference=True)
+            rows = compare_with_reference(reference, names, device, repeats, batch, reporter, precision.value)
             title = "cartoongan vs rosinality/stylegan2-pytorch (img/s; ratio = ours / reference)"
         else:
-            rows = run_bench(_names(configs or "tiny,demo64,r64"), device, precision.value, repeats, batch,
-                             compile_, reporter, channels_last, grouped_modconv)
+            names = _names(configs) if configs else default_configs(dev)
+            rows = run_bench(names, device, precision.value, repeats, batch, compile_, reporter, channels_last,
+                             grouped_modconv)
             title = "cartoongan bench (img/s, higher is better)"
     rows = [asdict(r) for r in rows]
     if as_json:
@@ -421,12 +424,6 @@ BENCH_HEADINGS = {
 
 def _names(csv: str) -> list[str]:
     return [c.strip() for c in csv.split(",") if c.strip()]
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 @app.command()

@@ -52,3 +52,12 @@ def test_cuda_training_steps(tmp_path, precision):
 def test_cuda_bench_row():
     row = bench_config("tiny", "cuda", repeats=2)
     assert row.device.startswith("cuda") and row.peak_mem_mb > 0
+
+
+def test_default_configs_follow_the_device():
+    from cartoongan.bench import CONFIGS, default_configs
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert default_configs(cpu) == ["tiny", "demo64", "r64"] and "r256" in default_configs(cuda)
+    assert default_configs(cpu, reference=True) == ["r64"] and default_configs(cuda, reference=True) == ["r256"]
+    assert all(name in CONFIGS for name in default_configs(cuda))
