@@ -17,6 +17,7 @@ import torch
 from .config import RunConfig
 from .data import ImageDataset
 from .device import resolve_device
+from .errors import ConfigError
 from .distributed import DistInfo
 from .freeze import make_plan
 from .losses import ema_beta, ema_update
@@ -109,8 +110,9 @@ def time_phases(a: Phases, b: Phases | None, dev: torch.device, repeats: int):
     return ours, theirs
 
 
-def _trainer(name: str, dev: torch.device, batch: int, precision: str, compile_: bool, struct: bool,
-             channels_last: bool = True) -> Trainer:
+def bench_trainer(name: str, dev: torch.device, batch: int, precision: str, compile_: bool, struct: bool,
+                  channels_last: bool = True) -> Trainer:
+    """A Trainer at config `name` on random uint8 images (FreezeSG 2 + structure loss 3 when `struct`)."""
     model, _, _ = CONFIGS[name]
     cfg = RunConfig()
     for k, v in model.items():
@@ -178,11 +180,11 @@ def _bench_config(name, dev, precision, repeats, batch, compile_, channels_last,
     batch = batch or (cuda_batch if dev.type == "cuda" else cpu_batch)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    tr = _trainer(name, dev, batch, precision, compile_, struct=False, channels_last=channels_last)
+    tr = bench_trainer(name, dev, batch, precision, compile_, struct=False, channels_last=channels_last)
     (t_fwd, t_iter), _ = time_phases(trainer_phases(tr, batch), None, dev, repeats)
     t_struct = None
     if structure:
-        st = _trainer(name, dev, batch, precision, compile_, struct=True, channels_last=channels_last)
+        st = bench_trainer(name, dev, batch, precision, compile_, struct=True, channels_last=channels_last)
         (_, t_struct), _ = time_phases(trainer_phases(st, batch), None, dev, repeats)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -192,15 +194,17 @@ def _bench_config(name, dev, precision, repeats, batch, compile_, channels_last,
                     round(batch / t_struct, 2) if t_struct else None, round(peak, 1))
 
 
+def check_configs(configs: list[str]) -> None:
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise ConfigError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+
+
 def run_bench(configs: list[str], device: str = "auto", precision: str = "fp32", repeats: int = 5,
               batch: int | None = None, compile_: bool = False, reporter: Reporter | None = None,
               channels_last: bool = True, grouped_modconv: bool = False) -> list[BenchRow]:
     reporter = reporter or NullReporter()
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown:
-        from .errors import ConfigError
-
-        raise ConfigError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    check_configs(configs)
     rows = []
     with reporter.progress(len(configs), "benchmarking") as bar:
         for name in configs:

@@ -142,10 +142,10 @@ def _cases(batch: int, ch: int, res: int, dev: torch.device):
 
 def _model_cases(dev: torch.device):
     """Whole-iteration rows: choices whose effect is spread over many layers."""
-    from .bench import CONFIGS, _trainer
+    from .bench import CONFIGS, bench_trainer
 
     batch = CONFIGS[MODEL_CONFIG][2 if dev.type == "cuda" else 1]
-    nhwc, nchw = (_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=False, channels_last=cl)
+    nhwc, nchw = (bench_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=False, channels_last=cl)
                   for cl in (True, False))
 
     def step(tr, grouped=False):

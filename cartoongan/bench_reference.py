@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .bench import CONFIGS, Phases, _trainer, time_phases, trainer_phases
+from .bench import CONFIGS, Phases, bench_trainer, check_configs, time_phases, trainer_phases
 from .device import resolve_device
 from .errors import ConfigError
 from .report import NullReporter, Reporter
@@ -184,9 +184,7 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
     same configs, batch and device, phase by phase and alternately."""
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown:
-        raise ConfigError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    check_configs(configs)
     for name in configs:  # refuse a config the reference can't build before anything is timed
         extra = set(CONFIGS[name][0]) - REFERENCE_KEYS
         if extra:
@@ -197,7 +195,7 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
     with reporter.progress(len(configs), "ours vs reference") as bar:
         for name in configs:
             n = batch or CONFIGS[name][2 if dev.type == "cuda" else 1]
-            ours = trainer_phases(_trainer(name, dev, n, precision, False, struct=False), n)
+            ours = trainer_phases(bench_trainer(name, dev, n, precision, False, struct=False), n)
             reference = _ReferenceLoop(model, gradfix, name, dev, n).phases()
             (o_fwd, o_iter), (r_fwd, r_iter) = time_phases(ours, reference, dev, repeats)
             rows.append(ComparisonRow(name, str(dev), n, precision, round(n / o_fwd, 2), round(n / r_fwd, 2),

@@ -52,7 +52,7 @@ class TrainConfig:
     log_every: int = 100  # steps between log.jsonl lines
     n_sample: int = 16  # faces in each sample grid (seeds 0..n-1)
     precision: str = "fp32"  # fp32 | bf16 (bf16 autocast on CUDA; regularisers stay fp32)
-    compile: bool = False  # torch.compile the networks (pays off on CUDA, not on the CPU)
+    compile: bool = False  # torch.compile G synthesis and D (no gain measured on the CPU; meant for CUDA)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 

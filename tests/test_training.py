@@ -174,9 +174,9 @@ def _ddp_rank_weights(rank, world, port, data, out):
 def test_bf16_autocast_path_trains_a_finetune_step():
     """The bf16 code path (autocast around G, D and the structure loss; regularisers in fp32), run
     on the CPU's autocast so that CI exercises what CUDA users get with --precision bf16."""
-    from cartoongan.bench import _trainer
+    from cartoongan.bench import bench_trainer
 
-    tr = _trainer("tiny", torch.device("cpu"), 4, "bf16", False, struct=True)
+    tr = bench_trainer("tiny", torch.device("cpu"), 4, "bf16", False, struct=True)
     ws = tr.nets.g.ws_from_z(torch.randn(2, tr.nets.g.style_dim))
     with torch.no_grad(), tr._amp():
         assert tr.nets.g.synthesis(ws).image.dtype == torch.bfloat16
