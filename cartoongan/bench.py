@@ -17,9 +17,10 @@ import torch
 from .config import RunConfig
 from .data import ImageDataset
 from .device import resolve_device
-from .errors import ConfigError
 from .distributed import DistInfo
+from .errors import ConfigError
 from .freeze import make_plan
+from .generator import ModulatedConv2d
 from .losses import ema_beta, ema_update
 from .report import NullReporter, Reporter
 from .training import Networks, Trainer, new_networks
@@ -56,11 +57,6 @@ class BenchRow:
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-
-
-def _time(fn, dev: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median seconds of fn() after warm-up."""
-    return time_pair(fn, None, dev, repeats, warmup)[0]
 
 
 def time_pair(first, second, dev: torch.device, repeats: int, warmup: int = 2) -> tuple[float, float | None]:
@@ -165,14 +161,9 @@ def bench_config(name: str, device: str = "auto", precision: str = "fp32", repea
                  grouped_modconv: bool = False, structure: bool = True) -> BenchRow:
     """Measure one config on one device. `channels_last=False` and `grouped_modconv` measure the
     slower alternatives; `structure=False` skips the structure-loss iteration."""
-    from .generator import ModulatedConv2d
-
-    ModulatedConv2d.grouped = grouped_modconv
-    try:
+    with ModulatedConv2d.grouped_mode(grouped_modconv):
         return _bench_config(name, resolve_device(device), precision, repeats, batch, compile_, channels_last,
                              structure)
-    finally:
-        ModulatedConv2d.grouped = False
 
 
 def _bench_config(name, dev, precision, repeats, batch, compile_, channels_last, structure) -> BenchRow:

@@ -6,7 +6,6 @@ two are checked to agree before they are timed, so a row can never compare diffe
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,8 +21,6 @@ from .report import NullReporter, Reporter
 
 # (label, batch, channels, resolution of the input)
 SHAPES = (("wide", 4, 256, 16), ("narrow", 16, 64, 32))
-
-
 # the bench config whose whole training iteration (D + G step) the model-level rows time
 MODEL_CONFIG = "demo64"
 
@@ -42,15 +39,6 @@ class KernelRow:
     alternative: str
     alternative_ms: float
     speedup: float  # alternative_ms / ours_ms
-
-
-@contextlib.contextmanager
-def _grouped_modconv():
-    ModulatedConv2d.grouped = True
-    try:
-        yield
-    finally:
-        ModulatedConv2d.grouped = False
 
 
 def _fold_blur(weight: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -120,7 +108,7 @@ def _cases(batch: int, ch: int, res: int, dev: torch.device):
     up_rgb = Upsample().to(dev)
 
     def grouped():
-        with _grouped_modconv():
+        with ModulatedConv2d.grouped_mode():
             return conv(x, w)
 
     return [
@@ -150,12 +138,9 @@ def _model_cases(dev: torch.device):
 
     def step(tr, grouped=False):
         def run():
-            ModulatedConv2d.grouped = grouped
-            try:
+            with ModulatedConv2d.grouped_mode(grouped):
                 tr.d_phase(regularize=False)
                 tr.g_phase(regularize=False)
-            finally:
-                ModulatedConv2d.grouped = False
         return run
 
     return [("memory format", "NHWC", step(nhwc), "NCHW", step(nchw)),

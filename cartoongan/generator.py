@@ -6,6 +6,7 @@ w slots 0 (conv) and 1 (toRGB); block b >= 1 reads 2b-1, 2b (convs) and 2b+1 (to
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -28,6 +29,16 @@ class ModulatedConv2d(nn.Module):
     """
 
     grouped = False
+
+    @classmethod
+    @contextlib.contextmanager
+    def grouped_mode(cls, enabled: bool = True):
+        """Compute every ModulatedConv2d in the grouped form inside the block (benchmarks)."""
+        before, cls.grouped = cls.grouped, enabled
+        try:
+            yield
+        finally:
+            cls.grouped = before
 
     def __init__(
         self,
@@ -204,7 +215,8 @@ class Generator(nn.Module):
         for i in range(self.num_layers):
             res = 2 ** ((i + 5) // 2)
             self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, res, res))
-        # NHWC activations: faster on this CPU at every width measured (`bench --kernels`) and on GPUs
+        # NHWC activations: whole models run faster in it on the CPU at every width measured
+        # (`bench --kernels`), and GPU tensor cores want it
         self.channels_last = True
         # not part of the state dict: rosinality keeps it beside, as `latent_avg`
         self.register_buffer("w_avg", None, persistent=False)

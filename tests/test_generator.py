@@ -96,8 +96,10 @@ def test_grouped_and_scaled_modconv_agree(up):
     conv = ModulatedConv2d(8, 6, 3, 16, upsample=up)
     x, w = torch.randn(3, 8, 8, 8), torch.randn(3, 16)
     scaled = conv(x, w)
-    conv.grouped = True
-    assert torch.allclose(conv(x, w), scaled, atol=1e-5)
+    with pytest.raises(RuntimeError), ModulatedConv2d.grouped_mode():
+        assert torch.allclose(conv(x, w), scaled, atol=1e-5)
+        raise RuntimeError  # the class switch is restored even when the block fails
+    assert ModulatedConv2d.grouped is False
 
 
 def test_gradients_reach_every_parameter(tiny_g):
