@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .bench import time_pair
+from .bench import CONFIGS, bench_trainer, time_pair, trainer_phases
 from .device import resolve_device
 from .discriminator import ConvLayer
 from .generator import ModulatedConv2d, StyledConv
@@ -21,13 +21,13 @@ from .report import NullReporter, Reporter
 
 # (label, batch, channels, resolution of the input)
 SHAPES = (("wide", 4, 256, 16), ("narrow", 16, 64, 32))
-# the bench config whose whole training iteration (D + G step) the model-level rows time
+# the bench config whose whole training iteration (D + G step + EMA) the model-level rows time
 MODEL_CONFIG = "demo64"
 
 
 def shapes_legend() -> str:
     layers = ", ".join(f"{label} = {b}x{c}x{r}x{r}" for label, b, c, r in SHAPES)
-    return f"{layers}, {MODEL_CONFIG} = its D + G step"
+    return f"{layers}, {MODEL_CONFIG} = its D + G step + EMA"
 
 
 @dataclass
@@ -130,21 +130,16 @@ def _cases(batch: int, ch: int, res: int, dev: torch.device):
 
 def _model_cases(dev: torch.device):
     """Whole-iteration rows: choices whose effect is spread over many layers."""
-    from .bench import CONFIGS, bench_trainer
-
     batch = CONFIGS[MODEL_CONFIG][2 if dev.type == "cuda" else 1]
-    nhwc, nchw = (bench_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=False, channels_last=cl)
-                  for cl in (True, False))
+    nhwc, nchw = (trainer_phases(bench_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=False,
+                                               channels_last=cl), batch).step for cl in (True, False))
 
-    def step(tr, grouped=False):
-        def run():
-            with ModulatedConv2d.grouped_mode(grouped):
-                tr.d_phase(regularize=False)
-                tr.g_phase(regularize=False)
-        return run
+    def grouped():
+        with ModulatedConv2d.grouped_mode():
+            nhwc()
 
-    return [("memory format", "NHWC", step(nhwc), "NCHW", step(nchw)),
-            ("modulated conv", "x*s, conv, *d", step(nhwc), "grouped", step(nhwc, grouped=True))]
+    return [("memory format", "NHWC", nhwc, "NCHW", nchw),
+            ("modulated conv", "x*s, conv, *d", nhwc, "grouped", grouped)]
 
 
 def _train_pass(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -154,27 +149,30 @@ def _train_pass(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
     return run
 
 
+def _row(choice: str, shape: str, ours: str, alternative: str, seconds: tuple[float, float]) -> KernelRow:
+    t_ours, t_alt = (1000 * t for t in seconds)
+    return KernelRow(choice, shape, ours, round(t_ours, 2), alternative, round(t_alt, 2), round(t_alt / t_ours, 2))
+
+
 def run_kernel_bench(device: str = "auto", repeats: int = 5, reporter: Reporter | None = None) -> list[KernelRow]:
-    """Time each (ours, alternative) pair, forward + backward, at the SHAPES: medians in ms of
-    3 * repeats alternating runs."""
+    """Time each (ours, alternative) pair, forward + backward, at the SHAPES (medians in ms of
+    3 * repeats alternating runs), then the whole-iteration pairs at MODEL_CONFIG."""
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
+    layer_cases = [(label, case) for label, b, c, r in SHAPES for case in _cases(b, c, r, dev)]
+    model_cases = _model_cases(dev)
     rows = []
-    with reporter.progress(len(SHAPES) * 7 + 2, "op alternatives") as bar:
-        for label, batch, ch, res in SHAPES:
-            for choice, ours_name, ours, alt_name, alt in _cases(batch, ch, res, dev):
-                with torch.no_grad():
-                    a, b = ours(), alt()
-                    err = (a - b).abs().max() / a.abs().max()
-                if err > 1e-3:
-                    raise RuntimeError(f"{choice}: the alternative disagrees with ours ({err.item():.2e})")
-                t_ours, t_alt = (1000 * t for t in time_pair(_train_pass(ours), _train_pass(alt), dev, 3 * repeats))
-                rows.append(KernelRow(choice, label, ours_name, round(t_ours, 2), alt_name, round(t_alt, 2),
-                                      round(t_alt / t_ours, 2)))
-                bar.advance()
-        for choice, ours_name, ours, alt_name, alt in _model_cases(dev):
-            t_ours, t_alt = (1000 * t for t in time_pair(ours, alt, dev, repeats))
-            rows.append(KernelRow(choice, MODEL_CONFIG, ours_name, round(t_ours, 2), alt_name, round(t_alt, 2),
-                                  round(t_alt / t_ours, 2)))
+    with reporter.progress(len(layer_cases) + len(model_cases), "op alternatives") as bar:
+        for label, (choice, ours_name, ours, alt_name, alt) in layer_cases:
+            with torch.no_grad():
+                a, b = ours(), alt()
+                err = (a - b).abs().max() / a.abs().max()
+            if err > 1e-3:
+                raise RuntimeError(f"{choice}: the alternative disagrees with ours ({err.item():.2e})")
+            seconds = time_pair(_train_pass(ours), _train_pass(alt), dev, 3 * repeats)
+            rows.append(_row(choice, label, ours_name, alt_name, seconds))
+            bar.advance()
+        for choice, ours_name, ours, alt_name, alt in model_cases:
+            rows.append(_row(choice, MODEL_CONFIG, ours_name, alt_name, time_pair(ours, alt, dev, repeats)))
             bar.advance()
     return rows
