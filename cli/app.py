@@ -383,6 +383,10 @@ def bench(
         dev = resolve_device(device)
         if precision == Precision.bf16 and dev.type != "cuda":
             raise CartoonganError("--precision bf16 needs a CUDA device")
+        if kernels and (reference is not None or configs or batch):
+            raise ConfigError("--kernels times fixed shapes; drop --reference, --configs and --batch")
+        if (kernels or reference is not None) and (compile_ or grouped_modconv or not channels_last):
+            raise ConfigError("--compile, --grouped-modconv and --no-channels-last apply to the plain bench table only")
         if kernels:
             from cartoongan.bench_kernels import run_kernel_bench, shapes_legend
 

@@ -35,3 +35,14 @@ def test_kernel_bench_refuses_an_alternative_that_disagrees(monkeypatch):
     monkeypatch.setattr(bench_kernels, "zero_insertion_upsample", lambda x, k: torch.zeros(2, 3, 16, 16))
     with pytest.raises(RuntimeError, match="RGB upsample: the alternative disagrees"):
         run_kernel_bench("cpu", repeats=1)
+
+
+def test_cli_refuses_flags_the_kernel_bench_would_ignore(tmp_path):
+    from typer.testing import CliRunner
+
+    from cartoongan_cli.app import app
+
+    runner = CliRunner()
+    for extra in (["--configs", "tiny"], ["--reference", str(tmp_path)], ["--compile"], ["--no-channels-last"]):
+        res = runner.invoke(app, ["bench", "--kernels", "--device", "cpu", *extra])
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, (extra, res.output)
