@@ -42,6 +42,12 @@ def default_configs(dev: torch.device, reference: bool = False) -> list[str]:
     return ["tiny", "r64", "r256"] if dev.type == "cuda" else ["tiny", "demo64", "r64"]
 
 
+def default_batch(name: str, dev: torch.device) -> int:
+    """The batch CONFIGS gives config `name` on this kind of device."""
+    _, cpu_batch, cuda_batch = CONFIGS[name]
+    return cuda_batch if dev.type == "cuda" else cpu_batch
+
+
 @dataclass
 class BenchRow:
     config: str
@@ -167,8 +173,7 @@ def bench_config(name: str, device: str = "auto", precision: str = "fp32", repea
 
 
 def _bench_config(name, dev, precision, repeats, batch, compile_, channels_last, structure) -> BenchRow:
-    _, cpu_batch, cuda_batch = CONFIGS[name]
-    batch = batch or (cuda_batch if dev.type == "cuda" else cpu_batch)
+    batch = batch or default_batch(name, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     tr = bench_trainer(name, dev, batch, precision, compile_, struct=False, channels_last=channels_last)

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .bench import CONFIGS, bench_trainer, time_pair, trainer_phases
+from .bench import bench_trainer, default_batch, time_pair, trainer_phases
 from .device import resolve_device
 from .discriminator import ConvLayer
 from .generator import ModulatedConv2d, StyledConv
@@ -130,7 +130,7 @@ def _cases(batch: int, ch: int, res: int, dev: torch.device):
 
 def _model_cases(dev: torch.device):
     """Whole-iteration rows: choices whose effect is spread over many layers."""
-    batch = CONFIGS[MODEL_CONFIG][2 if dev.type == "cuda" else 1]
+    batch = default_batch(MODEL_CONFIG, dev)
     nhwc, nchw = (trainer_phases(bench_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=False,
                                                channels_last=cl), batch).step for cl in (True, False))
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .bench import CONFIGS, Phases, bench_trainer, check_configs, time_phases, trainer_phases
+from .bench import CONFIGS, Phases, bench_trainer, check_configs, default_batch, time_phases, trainer_phases
 from .device import resolve_device
 from .errors import ConfigError
 from .report import NullReporter, Reporter
@@ -60,13 +60,18 @@ def _no_extension_build():
         ext.load = real
 
 
+def forget_reference_modules() -> None:
+    """Drop the reference's `model` and `op` modules from the import cache."""
+    for name in [m for m in sys.modules if m in ("model", "op") or m.startswith("op.")]:
+        del sys.modules[name]
+
+
 def load_reference(path: str | Path, device: torch.device):
     """Import the reference checkout's `model` module (its Generator and Discriminator)."""
     root = Path(path).expanduser().resolve()
     if not (root / "model.py").is_file() or not (root / "op").is_dir():
         raise ConfigError(f"--reference {path}: no model.py and op/ there; clone {REFERENCE_URL} and pass its folder")
-    for name in [m for m in sys.modules if m in ("model", "op") or m.startswith("op.")]:
-        del sys.modules[name]  # a previous --reference (tests) must not shadow this one
+    forget_reference_modules()  # a previous --reference (tests) must not shadow this one
     sys.path.insert(0, str(root))
     try:
         guard = _no_extension_build() if device.type != "cuda" else contextlib.nullcontext()
@@ -83,9 +88,12 @@ def load_reference(path: str | Path, device: torch.device):
 def _reference_networks(model, name: str, dev: torch.device):
     arch, _, _ = CONFIGS[name]
     torch.manual_seed(0)
-    g = model.Generator(arch["size"], arch["style_dim"], arch["n_mlp"], channel_multiplier=arch["channel_multiplier"])
+
+    def generator():
+        return model.Generator(arch["size"], arch["style_dim"], arch["n_mlp"], channel_multiplier=arch["channel_multiplier"])
+
+    g, g_ema = generator(), generator()
     d = model.Discriminator(arch["size"], channel_multiplier=arch["channel_multiplier"])
-    g_ema = model.Generator(arch["size"], arch["style_dim"], arch["n_mlp"], channel_multiplier=arch["channel_multiplier"])
     g_ema.load_state_dict(g.state_dict())
     return g.to(dev), d.to(dev), g_ema.to(dev).eval(), arch
 
@@ -194,7 +202,7 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
     rows = []
     with reporter.progress(len(configs), "ours vs reference") as bar:
         for name in configs:
-            n = batch or CONFIGS[name][2 if dev.type == "cuda" else 1]
+            n = batch or default_batch(name, dev)
             ours = trainer_phases(bench_trainer(name, dev, n, precision, False, struct=False), n)
             reference = _ReferenceLoop(model, gradfix, name, dev, n).phases()
             (o_fwd, o_iter), (r_fwd, r_iter) = time_phases(ours, reference, dev, repeats)

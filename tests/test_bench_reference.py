@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cartoongan import bench
-from cartoongan.bench_reference import compare_with_reference
+from cartoongan.bench_reference import compare_with_reference, forget_reference_modules
 from cartoongan.errors import ConfigError
 from cartoongan_cli.app import app
 
@@ -75,10 +75,7 @@ def checkout(tmp_path, monkeypatch):
     small = dict(size=8, style_dim=32, n_mlp=2, channel_multiplier=1)
     monkeypatch.setitem(bench.CONFIGS, "r8", (small, 2, 2))
     yield root
-    import sys
-
-    for name in [m for m in sys.modules if m in ("model", "op") or m.startswith("op.")]:
-        del sys.modules[name]
+    forget_reference_modules()
 
 
 def test_compare_runs_both_sides_through_every_phase(checkout):
