@@ -21,21 +21,21 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m cartoongan demo --out demo
+	$(PY) -m cartoongan_cli demo --out demo
 
 demo-check: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(PY) -m cartoongan bench
+	$(PY) -m cartoongan_cli bench
 
 bench-kernels: $(STAMP)
-	$(PY) -m cartoongan bench --kernels
+	$(PY) -m cartoongan_cli bench --kernels
 
 # REF: a checkout of https://github.com/rosinality/stylegan2-pytorch (not bundled)
 bench-reference: $(STAMP)
 	@test -n "$(REF)" || { echo "usage: make bench-reference REF=path/to/stylegan2-pytorch"; exit 2; }
-	$(PY) -m cartoongan bench --reference "$(REF)"
+	$(PY) -m cartoongan_cli bench --reference "$(REF)"
 
 clean:
 	rm -rf $(VENV) demo *.egg-info

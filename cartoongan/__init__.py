@@ -1,8 +1,9 @@
 """cartoongan: fine-tune a StyleGAN2 face generator into a cartoon-face generator."""
-from .checkpoint import build_discriminator, build_generator, load_checkpoint, save_checkpoint
-from .discriminator import Discriminator
 from .errors import CartoonganError
-from .generator import Generator
+from .models.discriminator import Discriminator
+from .models.generator import Generator
+from .weights.checkpoint import load_checkpoint, save_checkpoint
+from .weights.networks import build_discriminator, build_generator
 
 __version__ = "0.1.0"
 __all__ = [

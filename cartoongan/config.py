@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib import resources
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from .errors import ConfigError
 
@@ -110,6 +112,19 @@ def apply_overrides(cfg: RunConfig, data: dict) -> RunConfig:
     return cfg
 
 
+def recipe_names() -> list[str]:
+    """Names of the recipes that ship with the package (recipes/*.toml)."""
+    return sorted(p.name.removesuffix(".toml") for p in resources.files("cartoongan.recipes").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def recipe_path(name: str) -> Path | None:
+    """The shipped recipe called `name`, or None."""
+    if name not in recipe_names():
+        return None
+    return Path(str(resources.files("cartoongan.recipes") / f"{name}.toml"))
+
+
 def load_recipe(path: str | Path | None) -> RunConfig:
     """A RunConfig from a TOML recipe (None: the defaults, the standard 256 px setup)."""
     cfg = RunConfig()
@@ -117,9 +132,9 @@ def load_recipe(path: str | Path | None) -> RunConfig:
         return cfg
     path = Path(path)
     if not path.is_file():
-        builtin = Path(__file__).resolve().parent.parent / "recipes" / f"{path.name.removesuffix('.toml')}.toml"
-        if not builtin.is_file():
-            raise ConfigError(f"recipe not found: {path} (pass a TOML file, or a name from recipes/)")
+        builtin = recipe_path(path.name.removesuffix(".toml"))
+        if builtin is None:
+            raise ConfigError(f"recipe not found: {path} (pass a TOML file, or one of: {', '.join(recipe_names())})")
         path = builtin
     try:
         data = tomllib.loads(path.read_text())
@@ -131,7 +146,7 @@ def load_recipe(path: str | Path | None) -> RunConfig:
 
 def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
     """Reject impossible values with a message naming the flag."""
-    from .architecture import log2_size
+    from .models.architecture import log2_size
 
     t, m = cfg.train, cfg.model
     try:

@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from cartoongan.errors import CartoonganError, ConfigError
-from cartoongan.swap import DEFAULT_RES
+from cartoongan.pipelines.swap import DEFAULT_RES
 
 from .console import RichReporter, fail, out
 
@@ -39,7 +39,7 @@ def user_errors():
 
 
 def valid_seeds(value: str) -> str:
-    from cartoongan.sampling import parse_seeds
+    from cartoongan.models.latents import parse_seeds
 
     try:
         parse_seeds(value)
@@ -69,13 +69,14 @@ def sample(
     device: str = DEVICE,
 ):
     """Render seeds (or projected latents) through one or more generators."""
-    from cartoongan.sampling import parse_seeds, sample_checkpoints
+    from cartoongan.models.latents import parse_seeds
+    from cartoongan.pipelines.sample import sample_checkpoints
 
     seed_list = parse_seeds(seeds)
     with user_errors():
         ws = None
         if projected_w is not None:
-            from cartoongan.projection import load_projected_w
+            from cartoongan.pipelines.project import load_projected_w
 
             ws = load_projected_w(projected_w)
         res = sample_checkpoints(ckpts, seed_list, outdir, trunc, noise_mode.value, interpolate, device, ws=ws)
@@ -88,7 +89,8 @@ def sample(
 def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
     """Describe a checkpoint: resolution, widths, contents, step and provenance."""
-    from cartoongan.checkpoint import describe, load_checkpoint
+    from cartoongan.weights.checkpoint import load_checkpoint
+    from cartoongan.weights.networks import describe
 
     with user_errors():
         summary = describe(load_checkpoint(ckpt))
@@ -120,7 +122,7 @@ def _train_overrides(iters, batch, lr, augment, precision, device, seed, compile
 
 def _load_config(recipe: Optional[Path], resume: Optional[Path], overrides: dict):
     from cartoongan.config import apply_overrides, load_recipe
-    from cartoongan.runs import resumed_config
+    from cartoongan.train.runs import resumed_config
 
     if resume is not None:
         return resumed_config(resume, overrides)
@@ -154,7 +156,7 @@ def pretrain(
     seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
 ):
     """Train a StyleGAN2 source generator from a folder of images (resumable; torchrun for several GPUs)."""
-    from cartoongan.runs import pretrain as run_pretrain
+    from cartoongan.train.runs import pretrain as run_pretrain
 
     with user_errors():
         cfg = _load_config(recipe, resume, _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_))
@@ -168,7 +170,7 @@ def pretrain(
 
 def cfg_provenance(run_dir: Path, key: str) -> str:
     """A path recorded in a run's latest checkpoint (data or source), for --resume without repeating it."""
-    from cartoongan.checkpoint import load_checkpoint
+    from cartoongan.weights.checkpoint import load_checkpoint
 
     meta = load_checkpoint(run_dir / "latest.pt").get("cartoongan", {})
     value = (meta.get("provenance") or {}).get(key)
@@ -201,7 +203,7 @@ def finetune(
     fresh_d: Optional[bool] = typer.Option(None, "--fresh-d", help="Start D from random weights when the source has none."),
 ):
     """Fine-tune a pretrained generator on cartoon faces (FreezeG/SG/D, structure loss)."""
-    from cartoongan.runs import finetune as run_finetune
+    from cartoongan.train.runs import finetune as run_finetune
 
     if struct_weight is not None and not (math.isfinite(struct_weight) and struct_weight >= 0):
         raise typer.BadParameter(f"must be a finite number >= 0, got {struct_weight}", param_hint="--struct-weight")
@@ -235,7 +237,7 @@ def swap(
     output: Path = typer.Option(Path("swapped.pt"), "-o", "--output", help="Checkpoint to write."),
 ):
     """Layer swapping: a new generator with SOURCE's low-resolution and TARGET's high-resolution blocks."""
-    from cartoongan.swap import swap_checkpoints
+    from cartoongan.pipelines.swap import swap_checkpoints
 
     with user_errors():
         path = swap_checkpoints(source, target, output, res, mapping.value, blend_width)
@@ -260,7 +262,7 @@ def data_synth(
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed (same seed, same faces)."),
 ):
     """Procedural faces from one shared parameter distribution, drawn as photos or cartoons."""
-    from cartoongan.synthetic import synthesize
+    from cartoongan.data.synthetic import synthesize
 
     path = synthesize(domain.value, n, size, out_dir, seed, RichReporter())
     out.print(f"wrote {n} {domain.value} faces to {path}")
@@ -273,7 +275,7 @@ def data_prepare(
     out_dir: Path = typer.Option(..., "--out", help="Folder for the square RGB PNGs."),
 ):
     """Centre-crop, resize (Lanczos) and convert any folder of photos into a clean square dataset."""
-    from cartoongan.data import prepare_folder
+    from cartoongan.data.dataset import prepare_folder
 
     with user_errors():
         data = prepare_folder(src, out_dir, size, RichReporter())
@@ -287,7 +289,7 @@ def demo(
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Fine-tuning steps (default: recipes/demo_finetune.toml)."),
 ):
     """Run the whole pipeline on built-in synthetic faces and write compare.png and interpolation.gif."""
-    from cartoongan.demo import run_demo
+    from cartoongan.pipelines.demo import run_demo
 
     with user_errors():
         res = run_demo(out_dir, RichReporter(), source=source, finetune_iters=iters)
@@ -307,7 +309,7 @@ class Distance(str, Enum):
 
 
 def _project_config(steps: int, space: Space, loss: Distance, seed: int):
-    from cartoongan.projection import ProjectConfig
+    from cartoongan.pipelines.project import ProjectConfig
 
     return ProjectConfig(steps=steps, space=space.value, loss=loss.value, seed=seed)
 
@@ -328,7 +330,7 @@ def project(
     seed: int = typer.Option(0, "--seed"), device: str = DEVICE,
 ):
     """Find the latent of a photo (StyleGAN2 projector): target.png, proj.png, projected_w.npz."""
-    from cartoongan.projection import project_photo
+    from cartoongan.pipelines.project import project_photo
 
     with user_errors():
         paths = project_photo(photo, source, outdir, _project_config(steps, space, loss, seed), lpips_weights,
@@ -347,7 +349,7 @@ def toonify(
     seed: int = typer.Option(0, "--seed"), device: str = DEVICE,
 ):
     """Project a photo with the source, then render the same latent through each target side by side."""
-    from cartoongan.projection import toonify as run_toonify
+    from cartoongan.pipelines.toonify import toonify as run_toonify
 
     with user_errors():
         path = run_toonify(photo, source, target, outdir, _project_config(steps, space, loss, seed), lpips_weights,
@@ -375,7 +377,7 @@ def bench(
     """Measure generator forward, training iteration and structure-loss iteration speed (img/s)."""
     from dataclasses import asdict
 
-    from cartoongan.bench import default_configs, run_bench
+    from cartoongan.bench.speed import default_configs, run_bench
     from cartoongan.device import resolve_device
 
     reporter = RichReporter()
@@ -388,12 +390,12 @@ def bench(
         if (kernels or reference is not None) and (compile_ or grouped_modconv or not channels_last):
             raise ConfigError("--compile, --grouped-modconv and --no-channels-last apply to the plain bench table only")
         if kernels:
-            from cartoongan.bench_kernels import run_kernel_bench, shapes_legend
+            from cartoongan.bench.kernels import run_kernel_bench, shapes_legend
 
             rows = run_kernel_bench(device, repeats, reporter)
             title = f"speed choices, fwd+bwd ms ({shapes_legend()}); x = alternative / ours"
         elif reference is not None:
-            from cartoongan.bench_reference import compare_with_reference
+            from cartoongan.bench.reference import compare_with_reference
 
             names = _names(configs) if configs else default_configs(dev, reference=True)
             rows = compare_with_reference(reference, names, device, repeats, batch, reporter, precision.value)
@@ -437,7 +439,7 @@ def export(
     g_ema_only: bool = typer.Option(False, "--g-ema-only", help="Keep only g_ema (like convert_weight.py); else g and d too."),
 ):
     """Write a checkpoint without optimiser and RNG state, for sharing."""
-    from cartoongan.checkpoint import load_checkpoint, save_checkpoint, slim_checkpoint
+    from cartoongan.weights.checkpoint import load_checkpoint, save_checkpoint, slim_checkpoint
 
     with user_errors():
         path = save_checkpoint(output, slim_checkpoint(load_checkpoint(ckpt), keep_training_nets=not g_ema_only))

@@ -1,9 +1,9 @@
 import pytest
 import torch
+from cartoongan_cli.app import app
 from typer.testing import CliRunner
 
-from cartoongan.bench import bench_config
-from cartoongan_cli.app import app
+from cartoongan.bench.speed import bench_config
 
 runner = CliRunner()
 
@@ -11,7 +11,7 @@ runner = CliRunner()
 def test_bench_cli_json_measures_and_restores_switches():
     import json
 
-    from cartoongan.generator import ModulatedConv2d
+    from cartoongan.models.generator import ModulatedConv2d
 
     res = runner.invoke(app, ["bench", "--configs", "tiny", "--device", "cpu", "--repeats", "1", "--batch", "2",
                               "--grouped-modconv", "--json"])
@@ -39,7 +39,7 @@ def test_cuda_generator_matches_cpu():
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_training_steps(tmp_path, precision):
-    from cartoongan.runs import pretrain
+    from cartoongan.train.runs import pretrain
 
     from .helpers import blob_images, tiny_config
 
@@ -55,7 +55,7 @@ def test_cuda_bench_row():
 
 
 def test_default_configs_follow_the_device():
-    from cartoongan.bench import CONFIGS, default_configs
+    from cartoongan.bench.speed import CONFIGS, default_configs
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert default_configs(cpu) == ["tiny", "demo64", "r64"] and "r256" in default_configs(cuda)

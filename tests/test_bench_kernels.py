@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from cartoongan import bench_kernels
-from cartoongan.bench_kernels import _cases, run_kernel_bench
+from cartoongan.bench import kernels as bench_kernels
+from cartoongan.bench.kernels import _cases, run_kernel_bench
 
 
 @pytest.mark.parametrize("batch,ch,res", [(2, 8, 8), (3, 5, 6)])
@@ -17,7 +17,7 @@ def test_every_alternative_computes_the_same_thing(batch, ch, res):
 
 
 def test_kernel_bench_rows(monkeypatch):
-    from cartoongan.generator import ModulatedConv2d
+    from cartoongan.models.generator import ModulatedConv2d
 
     monkeypatch.setattr(bench_kernels, "SHAPES", (("small", 2, 8, 8),))
     monkeypatch.setattr(bench_kernels, "MODEL_CONFIG", "tiny")
@@ -38,9 +38,8 @@ def test_kernel_bench_refuses_an_alternative_that_disagrees(monkeypatch):
 
 
 def test_cli_refuses_flags_the_kernel_bench_would_ignore(tmp_path):
-    from typer.testing import CliRunner
-
     from cartoongan_cli.app import app
+    from typer.testing import CliRunner
 
     runner = CliRunner()
     for extra in (["--configs", "tiny"], ["--reference", str(tmp_path)], ["--compile"], ["--no-channels-last"]):

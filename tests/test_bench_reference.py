@@ -4,15 +4,14 @@ The real reference can't be fetched in CI; the stand-in's `op` package tries to 
 extension at import, as rosinality's does, so these tests also show the CPU stub works.
 """
 import json
-import textwrap
 
 import pytest
+from cartoongan_cli.app import app
 from typer.testing import CliRunner
 
-from cartoongan import bench
-from cartoongan.bench_reference import compare_with_reference, forget_reference_modules
+from cartoongan.bench import speed as bench
+from cartoongan.bench.reference import compare_with_reference, forget_reference_modules
 from cartoongan.errors import ConfigError
-from cartoongan_cli.app import app
 
 MODEL_PY = '''
 import torch

@@ -4,8 +4,13 @@ import pytest
 import torch
 
 from cartoongan import build_discriminator, build_generator, load_checkpoint, save_checkpoint
-from cartoongan.checkpoint import describe, generator_checkpoint, infer_discriminator_config, infer_generator_config
 from cartoongan.errors import CheckpointError
+from cartoongan.weights.networks import (
+    describe,
+    generator_checkpoint,
+    infer_discriminator_config,
+    infer_generator_config,
+)
 
 from .reference_stylegan2 import expected_generator_shapes
 
@@ -135,9 +140,8 @@ def test_kill_mid_save_keeps_previous_file(tmp_path, tiny_g, monkeypatch):
 
 
 def test_export_drops_training_state(tmp_path, tiny_g, tiny_d):
-    from typer.testing import CliRunner
-
     from cartoongan_cli.app import app
+    from typer.testing import CliRunner
 
     g = tiny_g(16)
     ckpt = generator_checkpoint(g, step=3)

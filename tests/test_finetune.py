@@ -2,17 +2,17 @@ import copy
 
 import pytest
 import torch
+from cartoongan_cli.app import app
 from typer.testing import CliRunner
 
 from cartoongan import Discriminator, Generator, load_checkpoint, save_checkpoint
-from cartoongan.checkpoint import build_generator, generator_checkpoint
 from cartoongan.config import FinetuneConfig
 from cartoongan.errors import ConfigError
-from cartoongan.freeze import make_plan
-from cartoongan.losses import structure_loss
-from cartoongan.runs import finetune
-from cartoongan.swap import swap_layers
-from cartoongan_cli.app import app
+from cartoongan.pipelines.swap import swap_layers
+from cartoongan.train.freeze import make_plan
+from cartoongan.train.losses import structure_loss
+from cartoongan.train.runs import finetune
+from cartoongan.weights.networks import build_generator, generator_checkpoint
 
 from .conftest import randomized
 from .helpers import blob_images, tiny_config
@@ -63,8 +63,8 @@ def test_frozen_parameters_bitwise_unchanged_and_trained_ones_move(tmp_path, met
 
 
 def test_freeze_sg_feeds_source_w_to_exactly_the_frozen_slots(tmp_path):
-    from cartoongan.distributed import DistInfo
-    from cartoongan.training import Networks, Trainer
+    from cartoongan.train.distributed import DistInfo
+    from cartoongan.train.trainer import Networks, Trainer
 
     torch.manual_seed(0)
     source = randomized(Generator(16, **ARCH), 1)
@@ -111,7 +111,7 @@ def test_structure_loss_zero_for_equal_nets_positive_after_moving_and_grad_only_
 
 
 def test_source_runs_once_per_g_step(tmp_path, monkeypatch):
-    import cartoongan.generator as gen_mod
+    import cartoongan.models.generator as gen_mod
 
     calls = []
     original = gen_mod.Generator.synthesis

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from cartoongan import Discriminator, Generator
-from cartoongan.architecture import channel_widths
-from cartoongan.generator import ModulatedConv2d
+from cartoongan.models.architecture import channel_widths
+from cartoongan.models.generator import ModulatedConv2d
 
 
 @pytest.mark.parametrize("size", [8, 16, 32])

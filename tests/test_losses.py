@@ -2,9 +2,16 @@ import math
 
 import torch
 
-from cartoongan.augment import AdaController, augment
-from cartoongan.losses import (d_logistic_loss, ema_beta, ema_update, g_nonsaturating_loss, path_length_penalty,
-                               r1_penalty, structure_loss)
+from cartoongan.train.augment import AdaController, augment
+from cartoongan.train.losses import (
+    d_logistic_loss,
+    ema_beta,
+    ema_update,
+    g_nonsaturating_loss,
+    path_length_penalty,
+    r1_penalty,
+    structure_loss,
+)
 
 
 def sp(x):

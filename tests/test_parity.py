@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from cartoongan import Generator
-from cartoongan.sampling import to_uint8, z_from_seed
+from cartoongan.data.images import to_uint8
+from cartoongan.models.latents import z_from_seed
 
 from .conftest import randomized
 from .reference_stylegan2 import expected_generator_shapes, reference_generate

@@ -1,15 +1,17 @@
 import numpy as np
 import pytest
 import torch
+from cartoongan_cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
 from cartoongan import Generator, save_checkpoint
-from cartoongan.checkpoint import generator_checkpoint
+from cartoongan.data.images import load_photo, to_uint8
 from cartoongan.errors import CartoonganError
-from cartoongan.projection import ProjectConfig, load_photo, load_projected_w, project, project_photo, psnr, toonify
-from cartoongan.sampling import to_uint8
-from cartoongan_cli.app import app
+from cartoongan.metrics.psnr import psnr
+from cartoongan.pipelines.project import ProjectConfig, load_projected_w, project, project_photo
+from cartoongan.pipelines.toonify import toonify
+from cartoongan.weights.networks import generator_checkpoint
 
 from .conftest import randomized
 
@@ -77,6 +79,6 @@ def test_lpips_without_weights_is_one_clear_line(tmp_path, tiny_source, monkeypa
     bad = tmp_path / "bad.pth"
     torch.save({"features.0.weight": torch.zeros(1)}, bad)
     with pytest.raises(CartoonganError, match="not torchvision's VGG16"):
-        from cartoongan.projection import lpips_vgg
+        from cartoongan.metrics.lpips import lpips_vgg
 
         lpips_vgg(bad)

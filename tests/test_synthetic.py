@@ -2,11 +2,11 @@ import json
 
 import numpy as np
 import pytest
+from cartoongan_cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from cartoongan.synthetic import synthesize
-from cartoongan_cli.app import app
+from cartoongan.data.synthetic import synthesize
 
 runner = CliRunner()
 
@@ -61,7 +61,7 @@ def test_bad_domain_is_usage_error(tmp_path):
 @pytest.mark.slow
 def test_demo_pipeline_end_to_end(tmp_path):
     """`make demo-check`: the demo with few steps; every output exists and is a valid image."""
-    from cartoongan.demo import BUNDLED_SOURCE, run_demo
+    from cartoongan.pipelines.demo import BUNDLED_SOURCE, run_demo
 
     kwargs = dict(finetune_iters=4, n_cartoon=40, seeds=[0, 1, 2])
     if not BUNDLED_SOURCE.exists():

@@ -9,14 +9,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from cartoongan_cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
 from cartoongan import load_checkpoint
 from cartoongan.config import load_recipe
 from cartoongan.errors import ConfigError, TrainingDiverged
-from cartoongan.runs import pretrain, resumed_config
-from cartoongan_cli.app import app
+from cartoongan.train.runs import pretrain, resumed_config
 
 from .helpers import blob_images, tiny_config
 
@@ -94,7 +94,7 @@ def test_empty_dataset_is_one_line(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    import cartoongan.training as training
+    import cartoongan.train.trainer as training
 
     data = blob_images(tmp_path / "data", n=4)
     real_loss = training.g_nonsaturating_loss
@@ -116,7 +116,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     data = blob_images(tmp_path / "data", n=4)
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "cartoongan", "pretrain", "--data", str(data), "--out", str(run),
+    proc = subprocess.Popen([sys.executable, "-m", "cartoongan_cli", "pretrain", "--data", str(data), "--out", str(run),
                              "--recipe", "tiny", "--iters", "100000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while not (run / "log.jsonl").exists() and time.time() < deadline:
@@ -153,7 +153,7 @@ def test_two_process_gloo_ranks_stay_identical(tmp_path):
 def _ddp_rank_weights(rank, world, port, data, out):
     import torch.distributed as dist
 
-    import cartoongan.training as training
+    import cartoongan.train.trainer as training
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -174,7 +174,7 @@ def _ddp_rank_weights(rank, world, port, data, out):
 def test_bf16_autocast_path_trains_a_finetune_step():
     """The bf16 code path (autocast around G, D and the structure loss; regularisers in fp32), run
     on the CPU's autocast so that CI exercises what CUDA users get with --precision bf16."""
-    from cartoongan.bench import bench_trainer
+    from cartoongan.bench.speed import bench_trainer
 
     tr = bench_trainer("tiny", torch.device("cpu"), 4, "bf16", False, struct=True)
     ws = tr.nets.g.ws_from_z(torch.randn(2, tr.nets.g.style_dim))

@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .config import FinetuneConfig
-from .discriminator import Discriminator
-from .errors import ConfigError
-from .generator import Generator
+from ..config import FinetuneConfig
+from ..errors import ConfigError
+from ..models.discriminator import Discriminator
+from ..models.generator import Generator
 
 
 @dataclass

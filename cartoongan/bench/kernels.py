@@ -12,15 +12,19 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .bench import bench_trainer, default_batch, time_pair, trainer_phases
-from .device import resolve_device
-from .discriminator import ConvLayer
-from .generator import ModulatedConv2d, StyledConv
-from .ops import SQRT2, Upsample, blur
-from .report import NullReporter, Reporter
+from ..device import resolve_device
+from ..models.discriminator import ConvLayer
+from ..models.generator import ModulatedConv2d, StyledConv
+from ..models.layers import Upsample
+from ..ops.bias_act import SQRT2
+from ..ops.fir import blur
+from ..report import NullReporter, Reporter
+from .speed import bench_trainer, default_batch, time_pair, trainer_phases
 
 # (label, batch, channels, resolution of the input)
 SHAPES = (("wide", 4, 256, 16), ("narrow", 16, 64, 32))
+
+
 # the bench config whose whole training iteration (D + G step + EMA) the model-level rows time
 MODEL_CONFIG = "demo64"
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import build_generator, generator_checkpoint, load_checkpoint, save_checkpoint
-from .errors import CheckpointError, ConfigError
-from .generator import Generator
+from ..errors import CheckpointError, ConfigError
+from ..models.generator import Generator
+from ..weights.checkpoint import load_checkpoint, save_checkpoint
+from ..weights.networks import build_generator, generator_checkpoint
 
 DEFAULT_RES = 16
 

@@ -15,12 +15,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .report import NullReporter, Reporter
+from ..report import NullReporter, Reporter
 
 DOMAINS = ("photo", "cartoon")
+
+
 SKIN = [(255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 134, 96), (141, 85, 54), (96, 60, 40)]
+
+
 HAIR = [(30, 24, 20), (86, 52, 30), (150, 100, 50), (225, 190, 110), (170, 60, 30), (160, 160, 160)]
+
+
 IRIS = [(90, 60, 30), (60, 110, 170), (70, 130, 80), (110, 110, 120)]
+
+
 HAIR_STYLES = ("short", "long", "bob", "bald")
 
 

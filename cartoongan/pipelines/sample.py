@@ -1,7 +1,6 @@
 """Rendering: seeds to latents, latents to 8-bit images, grids, comparisons and GIFs."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,54 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .generator import Generator
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-3,7' -> [0, 1, 2, 3, 7]. Raises ValueError naming the bad part."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise ValueError(f"'{part}' is not a seed or a range like 0-3")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise ValueError(f"range '{part}' runs backwards")
-        if hi > 2**32 - 1:
-            raise ValueError(f"seed {hi} exceeds 2**32 - 1")
-        seeds.extend(range(lo, hi + 1))
-    if not seeds:
-        raise ValueError("no seeds given")
-    return seeds
-
-
-def z_from_seed(seed: int, z_dim: int) -> torch.Tensor:
-    """The NVlabs convention: np.random.RandomState(seed).randn(1, z_dim). -> [1, z_dim] float32."""
-    return torch.from_numpy(np.random.RandomState(seed).randn(1, z_dim)).float()
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] floats in [-1, 1] -> [B, H, W, 3] uint8, as (x * 127.5 + 128).clamp(0, 255)."""
-    x = (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def make_grid(tiles: np.ndarray, cols: int, pad: int = 0) -> np.ndarray:
-    """[N, H, W, 3] uint8 -> one [rows*H, cols*W, 3] image, row-major, blank cells black."""
-    n, h, w, c = tiles.shape
-    rows = (n + cols - 1) // cols
-    grid = np.zeros((rows * (h + pad) - pad, cols * (w + pad) - pad, c), np.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[r * (h + pad): r * (h + pad) + h, q * (w + pad): q * (w + pad) + w] = tiles[i]
-    return grid
-
-
-def save_png(array: np.ndarray, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
+from ..data.images import make_grid, save_png, to_uint8
+from ..models.generator import Generator
+from ..models.latents import z_from_seed
 
 
 @torch.no_grad()
@@ -156,9 +110,10 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
 
     ws: optional w+ [N, n_latent, style_dim] (e.g. projected_w.npz) used instead of the seeds' w.
     """
-    from .checkpoint import build_generator, load_checkpoint
-    from .device import resolve_device
-    from .errors import CheckpointError
+    from ..device import resolve_device
+    from ..errors import CheckpointError
+    from ..weights.checkpoint import load_checkpoint
+    from ..weights.networks import build_generator
 
     dev = resolve_device(device)
     gens = [build_generator(load_checkpoint(p), device=dev).eval() for p in paths]

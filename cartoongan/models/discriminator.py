@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .architecture import channel_widths, log2_size
-from .ops import BiasLeakyReLU, Blur, EqualConv2d, EqualLinear
+from .layers import BiasLeakyReLU, Blur, EqualConv2d, EqualLinear
 
 
 class ConvLayer(nn.Sequential):

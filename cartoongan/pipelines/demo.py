@@ -5,16 +5,18 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
-from .config import load_recipe
-from .errors import CheckpointError
-from .report import NullReporter, Reporter
-from .runs import finetune, pretrain, resumed_config
-from .sampling import sample_checkpoints
+from ..config import load_recipe
+from ..data.synthetic import synthesize
+from ..errors import CheckpointError
+from ..report import NullReporter, Reporter
+from ..train.runs import finetune, pretrain, resumed_config
+from ..weights.checkpoint import load_checkpoint
+from .sample import sample_checkpoints
 from .swap import swap_checkpoints
-from .synthetic import synthesize
 
 BUNDLED_SOURCE = Path(__file__).resolve().parent / "pretrained" / "demo64_photo.pt"
+
+
 SOURCE_COMMAND = ("cartoongan data synth --domain photo --n 3000 --size 64 --seed 1 --out PHOTOS && "
                   "cartoongan pretrain --recipe demo64 --data PHOTOS --out RUN")
 

@@ -14,13 +14,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import square_resize
-from .errors import CartoonganError, DataError
-from .generator import Generator
-from .report import NullReporter, Reporter
-from .sampling import make_grid, save_png, to_uint8
-
-VGG_FILE = "vgg16-397923af.pth"  # the file torchvision's vgg16 download writes to its hub cache
+from ..data.images import load_photo, save_png, to_uint8
+from ..errors import CartoonganError, DataError
+from ..metrics.lpips import lpips_vgg
+from ..models.generator import Generator
+from ..report import NullReporter, Reporter
 
 
 @dataclass
@@ -45,41 +43,6 @@ class Projection:
     image: torch.Tensor  # [1, 3, S, S]
     distances: list[float] = field(default_factory=list)
     frames: list[np.ndarray] = field(default_factory=list)
-
-
-def load_photo(path: str | Path, size: int) -> torch.Tensor:
-    """Any image file -> centre-cropped, resized [1, 3, size, size] in [-1, 1]."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            arr = square_resize(img, size)
-    except FileNotFoundError:
-        raise DataError(f"photo not found: {path}") from None
-    except (OSError, SyntaxError, ValueError):
-        raise DataError(f"{path} is not a readable image") from None
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
-def lpips_vgg(weights: str | Path | None = None):
-    """LPIPS (VGG) with the backbone from `weights` or torchvision's hub cache; never random weights."""
-    import lpips
-
-    path = Path(weights) if weights else Path(torch.hub.get_dir()) / "checkpoints" / VGG_FILE
-    if not path.is_file():
-        raise CartoonganError(
-            f"LPIPS needs the VGG16 ImageNet weights {VGG_FILE}, and this machine cannot download them: "
-            f"put the file at {path} or pass --lpips-weights PATH (or use --loss mse)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise CartoonganError(f"{path} is not a readable VGG16 state dict") from None
-    model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-    for name, param in model.net.named_parameters():  # slice{k}.{i}.weight <- features.{i}.weight
-        key = "features." + name.split(".", 1)[1]
-        if key not in state or state[key].shape != param.shape:
-            raise CartoonganError(f"{path} is not torchvision's VGG16 (no '{key}' of shape {tuple(param.shape)})")
-        param.data.copy_(state[key])
-    return model.eval().requires_grad_(False)
 
 
 def _noise_regularization(noises: list[torch.Tensor]) -> torch.Tensor:
@@ -181,12 +144,6 @@ def load_projected_w(path: str | Path) -> torch.Tensor:
     return w[None] if w.ndim == 2 else w
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two images in [-1, 1] (peak-to-peak 2)."""
-    mse = F.mse_loss(a.float(), b.float()).item()
-    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
-
-
 def _perceptual_for(cfg: ProjectConfig, lpips_weights, device):
     return lpips_vgg(lpips_weights).to(device) if "lpips" in cfg.loss else None
 
@@ -195,8 +152,9 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
                   lpips_weights: str | Path | None = None, save_video: bool = False, device: str = "auto",
                   reporter: Reporter | None = None, perceptual=None) -> dict[str, Path]:
     """`cartoongan project`: invert a photo with the source generator and write the results."""
-    from .checkpoint import build_generator, load_checkpoint
-    from .device import resolve_device
+    from ..device import resolve_device
+    from ..weights.checkpoint import load_checkpoint
+    from ..weights.networks import build_generator
 
     dev = resolve_device(device)
     gen = build_generator(load_checkpoint(source), device=dev)
@@ -204,31 +162,3 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
     perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
     result = project(gen, target, cfg, perceptual, reporter, video_every=max(1, cfg.steps // 60) if save_video else 0)
     return save_projection(result, target, outdir)
-
-
-def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], outdir: str | Path,
-            cfg: ProjectConfig, lpips_weights: str | Path | None = None, device: str = "auto",
-            reporter: Reporter | None = None, perceptual=None) -> Path:
-    """`cartoongan toonify`: project with the source, render that w+ through each target;
-    writes the projection files and toonify.png (photo | projection | each target)."""
-    from .checkpoint import build_generator, load_checkpoint
-    from .device import resolve_device
-    from .swap import check_compatible
-
-    dev = resolve_device(device)
-    source_g = build_generator(load_checkpoint(source), device=dev)
-    target_gs = [build_generator(load_checkpoint(t), device=dev) for t in targets]
-    for path, g in zip(targets, target_gs):
-        try:
-            check_compatible(source_g, g)
-        except CartoonganError as exc:
-            raise CartoonganError(f"{path} cannot render the source's latents: {exc}") from None
-    photo_t = load_photo(photo, source_g.size)
-    perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
-    result = project(source_g, photo_t, cfg, perceptual, reporter)
-    save_projection(result, photo_t, outdir)
-    tiles = [to_uint8(photo_t)[0], to_uint8(result.image)[0]]
-    for g in target_gs:
-        with torch.no_grad():
-            tiles.append(to_uint8(g.synthesis(result.ws.to(dev), noises=[n.to(dev) for n in result.noises]).image)[0])
-    return save_png(make_grid(np.stack(tiles), cols=len(tiles)), Path(outdir) / "toonify.png")

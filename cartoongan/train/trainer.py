@@ -18,19 +18,27 @@ from pathlib import Path
 
 import torch
 
+from ..config import RunConfig, to_toml
+from ..data.dataset import ImageDataset
+from ..data.images import make_grid, save_png, to_uint8
+from ..errors import TrainingDiverged
+from ..models.discriminator import Discriminator
+from ..models.generator import Generator
+from ..models.latents import z_from_seed
+from ..report import NullReporter, Reporter
+from ..weights.checkpoint import FORMAT_VERSION, save_checkpoint
 from .augment import AdaController, augment
-from .checkpoint import FORMAT_VERSION, save_checkpoint
-from .config import RunConfig, to_toml
-from .data import ImageDataset
-from .discriminator import Discriminator
 from .distributed import DistInfo, average_gradients, broadcast_module, sum_across
-from .errors import TrainingDiverged
 from .freeze import FreezePlan
-from .generator import Generator
-from .losses import (d_logistic_loss, ema_beta, ema_update, g_nonsaturating_loss, path_length_penalty, r1_penalty,
-                     structure_loss)
-from .report import NullReporter, Reporter
-from .sampling import make_grid, save_png, to_uint8, z_from_seed
+from .losses import (
+    d_logistic_loss,
+    ema_beta,
+    ema_update,
+    g_nonsaturating_loss,
+    path_length_penalty,
+    r1_penalty,
+    structure_loss,
+)
 
 
 @dataclass

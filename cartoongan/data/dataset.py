@@ -10,37 +10,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
-from .report import NullReporter, Reporter
-
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB: 16-bit scaled to 8-bit, palette and alpha composited over white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray((arr / top * 255).clip(0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def square_resize(img: Image.Image, size: int) -> np.ndarray:
-    """Centre-crop to a square, Lanczos-resize to size x size, -> [size, size, 3] uint8."""
-    img = to_rgb(img)
-    w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    img = img.crop((left, top, left + s, top + s))
-    if s != size:
-        img = img.resize((size, size), Image.LANCZOS)
-    return np.array(img, dtype=np.uint8)  # a writable copy
+from ..errors import DataError
+from ..report import NullReporter, Reporter
+from .images import EXTENSIONS, square_resize
 
 
 def _sources(root: Path) -> list[tuple[str, callable]]:

@@ -23,12 +23,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .bench import CONFIGS, Phases, bench_trainer, check_configs, default_batch, time_phases, trainer_phases
-from .device import resolve_device
-from .errors import ConfigError
-from .report import NullReporter, Reporter
+from ..device import resolve_device
+from ..errors import ConfigError
+from ..report import NullReporter, Reporter
+from .speed import CONFIGS, Phases, bench_trainer, check_configs, default_batch, time_phases, trainer_phases
 
 REFERENCE_URL = "https://github.com/rosinality/stylegan2-pytorch"
+
+
 # the only architecture knobs rosinality's Generator/Discriminator take
 REFERENCE_KEYS = {"size", "style_dim", "n_mlp", "channel_multiplier"}
 

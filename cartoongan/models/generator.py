@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.bias_act import SQRT2
 from .architecture import channel_widths, log2_size
-from .ops import SQRT2, BiasLeakyReLU, Blur, EqualLinear, PixelNorm, Upsample
+from .layers import BiasLeakyReLU, Blur, EqualLinear, PixelNorm, Upsample
 
 NOISE_MODES = ("random", "const", "none")
 

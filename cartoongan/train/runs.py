@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import copy
-import tomllib
 from pathlib import Path
 
+import tomllib
 import torch
 
-from .checkpoint import build_discriminator, build_generator, load_checkpoint
-from .config import RunConfig, from_dict, validate
-from .data import load_dataset
-from .discriminator import Discriminator
+from ..config import RunConfig, from_dict, validate
+from ..data.dataset import load_dataset
+from ..errors import CheckpointError, ConfigError
+from ..models.discriminator import Discriminator
+from ..report import NullReporter, Reporter
+from ..weights.checkpoint import load_checkpoint
+from ..weights.networks import build_discriminator, build_generator
 from .distributed import init_distributed
-from .errors import CheckpointError, ConfigError
 from .freeze import make_plan
-from .report import NullReporter, Reporter
-from .training import Networks, Trainer, TrainResult, new_networks
+from .trainer import Networks, Trainer, TrainResult, new_networks
 
 
 def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:

@@ -14,16 +14,16 @@ from typing import Callable
 
 import torch
 
-from .config import RunConfig
-from .data import ImageDataset
-from .device import resolve_device
-from .distributed import DistInfo
-from .errors import ConfigError
-from .freeze import make_plan
-from .generator import ModulatedConv2d
-from .losses import ema_beta, ema_update
-from .report import NullReporter, Reporter
-from .training import Networks, Trainer, new_networks
+from ..config import RunConfig
+from ..data.dataset import ImageDataset
+from ..device import resolve_device
+from ..errors import ConfigError
+from ..models.generator import ModulatedConv2d
+from ..report import NullReporter, Reporter
+from ..train.distributed import DistInfo
+from ..train.freeze import make_plan
+from ..train.losses import ema_beta, ema_update
+from ..train.trainer import Networks, Trainer, new_networks
 
 # name: (model overrides, batch on CPU, batch on CUDA)
 CONFIGS = {
@@ -207,4 +207,3 @@ def run_bench(configs: list[str], device: str = "auto", precision: str = "fp32",
             rows.append(bench_config(name, device, precision, repeats, batch, compile_, channels_last, grouped_modconv))
             bar.advance()
     return rows
-

@@ -1,0 +1,1 @@
+"""Speed tables: our phases, each speed choice against its alternative, the reference."""

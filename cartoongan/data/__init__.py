@@ -1,0 +1,1 @@
+"""Images in and out: datasets, image IO, the built-in synthetic domains."""

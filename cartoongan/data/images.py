@@ -1,0 +1,75 @@
+"""Image IO: any PIL image to square RGB arrays, float tensors to 8-bit, grids and PNGs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import DataError
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: 16-bit scaled to 8-bit, palette and alpha composited over white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray((arr / top * 255).clip(0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def square_resize(img: Image.Image, size: int) -> np.ndarray:
+    """Centre-crop to a square, Lanczos-resize to size x size, -> [size, size, 3] uint8."""
+    img = to_rgb(img)
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    img = img.crop((left, top, left + s, top + s))
+    if s != size:
+        img = img.resize((size, size), Image.LANCZOS)
+    return np.array(img, dtype=np.uint8)  # a writable copy
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] floats in [-1, 1] -> [B, H, W, 3] uint8, as (x * 127.5 + 128).clamp(0, 255)."""
+    x = (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_grid(tiles: np.ndarray, cols: int, pad: int = 0) -> np.ndarray:
+    """[N, H, W, 3] uint8 -> one [rows*H, cols*W, 3] image, row-major, blank cells black."""
+    n, h, w, c = tiles.shape
+    rows = (n + cols - 1) // cols
+    grid = np.zeros((rows * (h + pad) - pad, cols * (w + pad) - pad, c), np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[r * (h + pad): r * (h + pad) + h, q * (w + pad): q * (w + pad) + w] = tiles[i]
+    return grid
+
+
+def save_png(array: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def load_photo(path: str | Path, size: int) -> torch.Tensor:
+    """Any image file -> centre-cropped, resized [1, 3, size, size] in [-1, 1]."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = square_resize(img, size)
+    except FileNotFoundError:
+        raise DataError(f"photo not found: {path}") from None
+    except (OSError, SyntaxError, ValueError):
+        raise DataError(f"{path} is not a readable image") from None
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1

@@ -1,0 +1,1 @@
+"""Measurements of images and generators."""

@@ -1,0 +1,1 @@
+"""Networks: layers, the StyleGAN2 generator and discriminator, latents."""

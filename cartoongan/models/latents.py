@@ -1,0 +1,31 @@
+"""Seeds to latents: seed lists as users type them, and the NVlabs z convention."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-3,7' -> [0, 1, 2, 3, 7]. Raises ValueError naming the bad part."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise ValueError(f"'{part}' is not a seed or a range like 0-3")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise ValueError(f"range '{part}' runs backwards")
+        if hi > 2**32 - 1:
+            raise ValueError(f"seed {hi} exceeds 2**32 - 1")
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise ValueError("no seeds given")
+    return seeds
+
+
+def z_from_seed(seed: int, z_dim: int) -> torch.Tensor:
+    """The NVlabs convention: np.random.RandomState(seed).randn(1, z_dim). -> [1, z_dim] float32."""
+    return torch.from_numpy(np.random.RandomState(seed).randn(1, z_dim)).float()

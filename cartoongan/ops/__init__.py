@@ -1,0 +1,1 @@
+"""Tensor operations below the layers: FIR filtering, resampling, bias and activation."""

@@ -1,0 +1,1 @@
+"""What a user runs: sample, project, toonify, swap, the demo."""

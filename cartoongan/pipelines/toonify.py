@@ -1,0 +1,41 @@
+"""Toonify: project a photo through the source generator, render its w through fine-tuned ones."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.images import load_photo, make_grid, save_png, to_uint8
+from ..errors import CartoonganError
+from ..report import Reporter
+from .project import ProjectConfig, _perceptual_for, project, save_projection
+
+
+def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], outdir: str | Path,
+            cfg: ProjectConfig, lpips_weights: str | Path | None = None, device: str = "auto",
+            reporter: Reporter | None = None, perceptual=None) -> Path:
+    """`cartoongan toonify`: project with the source, render that w+ through each target;
+    writes the projection files and toonify.png (photo | projection | each target)."""
+    from ..device import resolve_device
+    from ..weights.checkpoint import load_checkpoint
+    from ..weights.networks import build_generator
+    from .swap import check_compatible
+
+    dev = resolve_device(device)
+    source_g = build_generator(load_checkpoint(source), device=dev)
+    target_gs = [build_generator(load_checkpoint(t), device=dev) for t in targets]
+    for path, g in zip(targets, target_gs):
+        try:
+            check_compatible(source_g, g)
+        except CartoonganError as exc:
+            raise CartoonganError(f"{path} cannot render the source's latents: {exc}") from None
+    photo_t = load_photo(photo, source_g.size)
+    perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
+    result = project(source_g, photo_t, cfg, perceptual, reporter)
+    save_projection(result, photo_t, outdir)
+    tiles = [to_uint8(photo_t)[0], to_uint8(result.image)[0]]
+    for g in target_gs:
+        with torch.no_grad():
+            tiles.append(to_uint8(g.synthesis(result.ws.to(dev), noises=[n.to(dev) for n in result.noises]).image)[0])
+    return save_png(make_grid(np.stack(tiles), cols=len(tiles)), Path(outdir) / "toonify.png")

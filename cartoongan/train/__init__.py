@@ -1,0 +1,1 @@
+"""Training: the loop, losses, augmentation, freezing, data parallelism, run directories."""

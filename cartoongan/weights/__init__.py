@@ -1,0 +1,1 @@
+"""Checkpoints on disk and the networks built from them."""
