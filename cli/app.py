@@ -444,3 +444,7 @@ def export(
     with user_errors():
         path = save_checkpoint(output, slim_checkpoint(load_checkpoint(ckpt), keep_training_nets=not g_ema_only))
     out.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+# Commands added in their own modules register themselves on `app` when imported here
+# (one line each, at the end, once `app` and the helpers above exist).
