@@ -25,12 +25,20 @@ SAFE_GLOBALS = [argparse.Namespace]
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint without executing code from it (torch.load with weights_only=True)."""
+    """Read a checkpoint without executing code from it (torch.load with weights_only=True).
+
+    NVlabs network pickles (.pkl, or any raw pickle stream) are converted on the fly by
+    weights.nvlabs through a restricted unpickler, so every command accepts them too.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint path is not a file: {path}")
+    from .nvlabs import convert, looks_like_nvlabs_pickle  # nvlabs builds on this module
+
+    if looks_like_nvlabs_pickle(path):
+        return convert(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
