@@ -172,7 +172,7 @@ def _tree(p: dict, prefix: str, class_name: str, attrs: dict, params: list, buff
 
 
 def _fc(p, prefix, in_f, lr=1.0, act="linear", src=PLACEHOLDER_SRC):
-    return _tree(p, prefix, "FullyConnectedLayer", dict(activation=act, weight_gain=float(lr / np.sqrt(in_f)),
+    return _tree(p, prefix, "FullyConnectedLayer", dict(activation=act, weight_gain=np.float64(lr / np.sqrt(in_f)),
                                                           bias_gain=lr), ["weight", "bias"], [], {}, src)
 
 
@@ -186,7 +186,7 @@ def generator_object(spec: dict, p: dict, src: str = PLACEHOLDER_SRC) -> Persist
             lp = f"{pre}{name}."
             layers[name] = _tree(p, lp, "SynthesisLayer", dict(
                 resolution=r, up=up, use_noise=True, activation="lrelu", conv_clamp=spec["conv_clamp"], padding=1,
-                act_gain=float(np.sqrt(2))), ["weight", "noise_strength", "bias"], ["resample_filter", "noise_const"],
+                act_gain=np.sqrt(2.0)), ["weight", "noise_strength", "bias"], ["resample_filter", "noise_const"],
                 {"affine": _fc(p, lp + "affine.", w, src=src)}, src)
         layers["torgb"] = _tree(p, pre + "torgb.", "ToRGBLayer", dict(
             conv_clamp=spec["conv_clamp"], weight_gain=float(1 / np.sqrt(c))), ["weight", "bias"], [],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,7 +98,12 @@ def _storage_from_bytes(data):
     """torch.storage._load_from_bytes, but through torch's weights-only loader."""
     if not isinstance(data, (bytes, bytearray)):
         raise pickle.UnpicklingError("tensor storage is not bytes")
-    storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():  # torch warns about the protocol of harmless storages too
+            warnings.simplefilter("ignore")
+            storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnsafePickleError("tensor storage bytes need code that torch's weights-only loader refuses") from None
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise UnsafePickleError("tensor storage bytes hold something other than a storage")
     return storage
