@@ -437,19 +437,17 @@ def _sha256(path: Path) -> str:
 
 
 def looks_like_nvlabs_pickle(path: str | os.PathLike) -> bool:
-    """True for a .pkl file, or a raw pickle stream that is not a legacy torch.save file."""
+    """True for a raw pickle stream (or any .pkl) that is not a torch.save file, whatever its suffix."""
     path = Path(path)
-    if path.suffix.lower() == ".pkl":
-        return True
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
     except OSError:
         return False
     # torch.save files are zip archives (PK) or, in the legacy format, start with a pickled magic long
-    legacy_torch = head[:4] == b"\x80\x02\x8a\x0a"
-    return head[:1] == b"\x80" and not legacy_torch and head[:2] != b"PK"
-
+    if head[:2] == b"PK" or head[:4] == b"\x80\x02\x8a\x0a":
+        return False
+    return path.suffix.lower() == ".pkl" or head[:1] == b"\x80"
 
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, dict]:
