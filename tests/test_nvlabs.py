@@ -192,3 +192,22 @@ def test_allow_list_is_small_and_names_no_callable_that_runs_code():
     for (module, _name), target in ALLOWED_GLOBALS.items():
         assert not getattr(target, "__module__", "").startswith(("torch_utils", "dnnlib", "legacy"))
     assert ALLOWED_GLOBALS[("collections", "OrderedDict")] is collections.OrderedDict
+
+
+def test_tf_configs_other_than_stylegan2_synthesis_are_not_supported(tmp_path):
+    spec = fx.TINY
+    gen = fx.tf_generator_network(spec, fx.random_generator_weights(spec, 0))
+    gen._state["components"]["synthesis"]._state["build_func_name"] = "G_synthesis_stylegan_revised"
+    disc = fx.tf_discriminator_network(spec, fx.random_discriminator_weights(spec, 1))
+    fx.dump((gen, disc, gen), tmp_path / "config_b.pkl")
+    _assert_refused(tmp_path, tmp_path / "config_b.pkl", "is not supported")
+
+
+def test_torch_checkpoints_named_pkl_still_load_as_checkpoints(tmp_path, tiny_g):
+    from cartoongan import save_checkpoint
+    from cartoongan.weights.networks import generator_checkpoint
+
+    path = save_checkpoint(tmp_path / "model.pkl", generator_checkpoint(tiny_g(16)))
+    ckpt = load_checkpoint(path)
+    assert "provenance" not in ckpt["cartoongan"] and build_generator(ckpt).size == 16
+    assert build_generator(ckpt).config["conv_clamp"] is None
