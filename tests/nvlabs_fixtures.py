@@ -23,7 +23,7 @@ PLACEHOLDER_SRC = "# placeholder module source: this text is never compiled by c
 
 # the tiny network the parity data in tests/data/nvlabs_tiny_expected.npz was made for
 TINY = dict(z_dim=32, w_dim=32, resolution=32, mapping_layers=2, mapping_lr=0.01, channel_base=512,
-            channel_max=32, conv_clamp=1.5, d_conv_clamp=256, mbstd_group_size=4, weight_seed=2024)
+            channel_max=32, conv_clamp=1.5, d_conv_clamp=0.5, mbstd_group_size=4, weight_seed=2024)
 
 
 def widths(spec: dict) -> dict[int, int]:

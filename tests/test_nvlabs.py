@@ -2,8 +2,9 @@
 
 tests/data/nvlabs_tiny_expected.npz holds images and D logits computed by stylegan2-ada-pytorch
 itself (run outside this repo) for the tiny network whose weights nvlabs_fixtures builds:
-seeds 0-3 (z = RandomState(seed).randn(1, 32)), truncation 1 and 0.7, noise_mode const, and a
-conv_clamp of 1.5 so that the clamp binds (without it NVlabs' images move by up to 12).
+seeds 0-3 (z = RandomState(seed).randn(1, 32)), truncation 1 and 0.7, noise_mode const. G's
+conv_clamp is 1.5 and D's 0.5 so that the clamps bind (without them NVlabs' images move by up to
+12, its D logits by 1.4).
 """
 import collections
 import io
@@ -63,6 +64,7 @@ def test_converted_generator_and_discriminator_match_nvlabs(which, ada_pkl, tf_p
     meta = ckpt["cartoongan"]
     assert meta["provenance"]["format"] == (FORMAT_ADA if which == "ada" else FORMAT_TF)
     assert meta["generator"]["conv_clamp"] == 1.5 and meta["generator"]["lr_mlp"] == 0.01
+    assert meta["discriminator"]["conv_clamp"] == 0.5
     assert {"g", "g_ema", "d", "latent_avg"} <= set(ckpt)
     for psi in (1.0, 0.7):
         diff = (_render(ckpt, psi) - torch.from_numpy(_expected(psi))).abs().max().item()

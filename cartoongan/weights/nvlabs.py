@@ -355,7 +355,7 @@ def discriminator_state(spec: dict, p: dict[str, torch.Tensor]) -> tuple[dict, d
                                 f"{spec['mbstd_num_channels']} mbstd channels is not supported (only resnet, 1)")
     res = spec["resolution"]
     cfg = dict(size=res, channel_multiplier=1, channel_base=spec["channel_base"], channel_max=spec["channel_max"],
-               stddev_group=int(spec["mbstd_group_size"] or 4))
+               stddev_group=int(spec["mbstd_group_size"] or 4), conv_clamp=spec["conv_clamp"])
     try:
         sd = {"convs.0.0.weight": p[f"b{res}.fromrgb.weight"], "convs.0.1.bias": p[f"b{res}.fromrgb.bias"]}
         k, r = 1, res
@@ -421,9 +421,6 @@ def convert(path: str | os.PathLike) -> dict:
         d_cfg, d_sd = discriminator_state(*d_spec)
         ckpt["d"] = _checked(Discriminator(**d_cfg), d_sd, "discriminator 'd'")
         meta["discriminator"] = d_cfg
-        if d_spec[0]["conv_clamp"] is not None:
-            # our discriminator has no clamp: noted, since fine-tuning from it differs only where it would bind
-            meta["provenance"]["discriminator_conv_clamp_ignored"] = d_spec[0]["conv_clamp"]
     ckpt["cartoongan"] = meta
     return ckpt
 
