@@ -213,3 +213,21 @@ def test_torch_checkpoints_named_pkl_still_load_as_checkpoints(tmp_path, tiny_g)
     ckpt = load_checkpoint(path)
     assert "provenance" not in ckpt["cartoongan"] and build_generator(ckpt).size == 16
     assert build_generator(ckpt).config["conv_clamp"] is None
+
+
+def test_malformed_networks_fail_with_one_line(tmp_path):
+    spec, w = fx.TINY, fx.random_generator_weights(fx.TINY, 0)
+    for damage in ("drop_resolution", "drop_weight", "bad_shape"):
+        g = fx.generator_object(spec, w)
+        st = g.meta["state"]
+        if damage == "drop_resolution":
+            del st["img_resolution"]
+        else:
+            b8 = st["_modules"]["synthesis"].meta["state"]["_modules"]["b8"].meta["state"]
+            params = b8["_modules"]["conv0"].meta["state"]["_parameters"]
+            if damage == "drop_weight":
+                del params["weight"]
+            else:
+                params["weight"] = torch.nn.Parameter(torch.zeros(3, 3, 3, 3), requires_grad=False)
+        fx.dump({"G_ema": g}, tmp_path / f"{damage}.pkl")
+        _assert_refused(tmp_path, tmp_path / f"{damage}.pkl")

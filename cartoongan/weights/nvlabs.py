@@ -394,6 +394,17 @@ def convert(path: str | os.PathLike) -> dict:
     path = Path(path)
     data = read_pickle(path)
     fmt = detect_format(data)
+    try:
+        return _convert(path, data, fmt)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else ""
+        raise CheckpointError(f"{path} is a {fmt} pickle with malformed networks "
+                              f"({type(exc).__name__}: {first})") from None
+
+
+def _convert(path: Path, data, fmt: str) -> dict:
     nets: dict[str, tuple[dict, dict]] = {}
     if fmt == FORMAT_ADA:
         for key, ours in (("G_ema", "g_ema"), ("G", "g")):
