@@ -105,6 +105,10 @@ def _attr(obj: PersistentObject, path: str, default=None):
     return obj.state.get(name, default)
 
 
+def _log2(r: int) -> int:
+    return int(round(np.log2(r)))
+
+
 def _number(x) -> float | None:
     return None if x is None else float(x)
 
@@ -171,9 +175,8 @@ def tf_generator(net: TFNetwork, name: str) -> tuple[dict, dict[str, torch.Tenso
     if syn_func != "G_synthesis_stylegan2":
         raise NotSupportedError(f"TF synthesis network '{syn_func}' is not supported (only G_synthesis_stylegan2, "
                                 "config E/F)")
-    p = _tf_params(net)
     res = int(kw.get("resolution", 1024))
-    if any(k.startswith("synthesis/ToRGB_lod") for k in p) or kw.get("architecture", "skip") != "skip":
+    if any(k.startswith("synthesis/ToRGB_lod") for k in _tf_params(net)) or kw.get("architecture", "skip") != "skip":
         raise NotSupportedError("only the 'skip' generator architecture is supported")
     spec = dict(
         z_dim=int(kw.get("latent_size", 512)), w_dim=int(kw.get("dlatent_size", 512)), resolution=res,
@@ -184,78 +187,76 @@ def tf_generator(net: TFNetwork, name: str) -> tuple[dict, dict[str, torch.Tenso
         activation=kw.get("nonlinearity", "lrelu"), use_noise=bool(kw.get("use_noise", True)),
     )
 
-    def t(key: str) -> torch.Tensor:
-        if key not in p:
-            raise CheckpointError(f"TF network '{name}' lacks variable '{key}'")
-        return torch.from_numpy(np.ascontiguousarray(p[key])).float()
-
-    def conv(key: str, flip: bool = False) -> torch.Tensor:  # HWIO -> OIHW; TF's transposed conv flips
-        w = t(key)
-        return (w.flip([0, 1]) if flip else w).permute(3, 2, 0, 1)
-
-    out = {"mapping.w_avg": t("dlatent_avg")}
+    v = _TFVars(_tf_params(net), f"TF network '{name}'")
+    out = {"mapping.w_avg": v("dlatent_avg")}
     for i in range(spec["mapping_layers"]):
-        out[f"mapping.fc{i}.weight"] = t(f"mapping/Dense{i}/weight").t()
-        out[f"mapping.fc{i}.bias"] = t(f"mapping/Dense{i}/bias")
-    out["synthesis.b4.const"] = t("synthesis/4x4/Const/const")[0]
-    log_res = int(round(np.log2(res)))
+        out[f"mapping.fc{i}.weight"] = v(f"mapping/Dense{i}/weight").t()
+        out[f"mapping.fc{i}.bias"] = v(f"mapping/Dense{i}/bias")
+    out["synthesis.b4.const"] = v("synthesis/4x4/Const/const")[0]
     f = _tf_filter(kw)
-    for r in (2**k for k in range(2, log_res + 1)):
-        layers = [("conv1", "Conv", 0)] if r == 4 else [("conv0", "Conv0_up", 2 * log_res_of(r) - 5),
-                                                        ("conv1", "Conv1", 2 * log_res_of(r) - 4)]
+    for r in (2**k for k in range(2, _log2(res) + 1)):
+        layers = [("conv1", "Conv", 0)] if r == 4 else [("conv0", "Conv0_up", 2 * _log2(r) - 5),
+                                                        ("conv1", "Conv1", 2 * _log2(r) - 4)]
         for ours, tf_name, noise_idx in layers:
-            src, dst = f"synthesis/{r}x{r}/{tf_name}", f"synthesis.b{r}.{ours}"
-            out[f"{dst}.weight"] = conv(f"{src}/weight", flip=tf_name == "Conv0_up")
-            out[f"{dst}.bias"] = t(f"{src}/bias")
-            out[f"{dst}.affine.weight"] = t(f"{src}/mod_weight").t()
-            out[f"{dst}.affine.bias"] = t(f"{src}/mod_bias") + 1
-            if spec["use_noise"]:
-                out[f"{dst}.noise_strength"] = t(f"{src}/noise_strength").reshape([])
-                out[f"{dst}.noise_const"] = t(f"synthesis/noise{noise_idx}")[0, 0]
+            out.update(_tf_synthesis_layer(v, r, ours, tf_name, noise_idx if spec["use_noise"] else None))
             if ours == "conv0":
-                out[f"{dst}.resample_filter"] = f
-        src, dst = f"synthesis/{r}x{r}/ToRGB", f"synthesis.b{r}.torgb"
-        out[f"{dst}.weight"] = conv(f"{src}/weight")
-        out[f"{dst}.bias"] = t(f"{src}/bias")
-        out[f"{dst}.affine.weight"] = t(f"{src}/mod_weight").t()
-        out[f"{dst}.affine.bias"] = t(f"{src}/mod_bias") + 1
+                out[f"synthesis.b{r}.conv0.resample_filter"] = f
+        out.update(_tf_synthesis_layer(v, r, "torgb", "ToRGB", None))
         if r > 4:
             out[f"synthesis.b{r}.resample_filter"] = f
     return spec, out
 
 
-def log_res_of(r: int) -> int:
-    return int(round(np.log2(r)))
+class _TFVars:
+    """TF variables by name as float tensors; `conv` turns an HWIO kernel into OIHW."""
+
+    def __init__(self, params: dict[str, np.ndarray], what: str):
+        self.params, self.what = params, what
+
+    def __call__(self, key: str) -> torch.Tensor:
+        if key not in self.params:
+            raise CheckpointError(f"{self.what} lacks variable '{key}'")
+        return torch.from_numpy(np.ascontiguousarray(self.params[key])).float()
+
+    def conv(self, key: str, flip: bool = False) -> torch.Tensor:
+        w = self(key)  # TF's upsampling conv flips its kernel before conv2d_transpose: undo it
+        return (w.flip([0, 1]) if flip else w).permute(3, 2, 0, 1)
+
+
+def _tf_synthesis_layer(v: _TFVars, r: int, ours: str, tf_name: str, noise_idx: int | None) -> dict:
+    """One modulated layer (conv or toRGB) of block r under NVlabs-PyTorch names."""
+    src, dst = f"synthesis/{r}x{r}/{tf_name}", f"synthesis.b{r}.{ours}"
+    out = {f"{dst}.weight": v.conv(f"{src}/weight", flip=tf_name == "Conv0_up"), f"{dst}.bias": v(f"{src}/bias"),
+           f"{dst}.affine.weight": v(f"{src}/mod_weight").t(), f"{dst}.affine.bias": v(f"{src}/mod_bias") + 1}
+    if noise_idx is not None:
+        out[f"{dst}.noise_strength"] = v(f"{src}/noise_strength").reshape([])
+        out[f"{dst}.noise_const"] = v(f"synthesis/noise{noise_idx}")[0, 0]
+    return out
 
 
 def tf_discriminator(net: TFNetwork) -> tuple[dict, dict[str, torch.Tensor]]:
     """(spec, tensors by NVlabs-PyTorch name) of a TF StyleGAN2 residual discriminator."""
     kw = _tf_kwargs(net)
-    p = _tf_params(net)
     spec = dict(resolution=int(kw.get("resolution", 1024)), channel_base=int(kw.get("fmap_base", 16384)) * 2,
                 channel_max=int(kw.get("fmap_max", 512)), architecture=kw.get("architecture", "resnet"),
                 mbstd_group_size=int(kw.get("mbstd_group_size", 4)),
                 mbstd_num_channels=int(kw.get("mbstd_num_features", 1)), c_dim=int(kw.get("label_size") or 0),
                 conv_clamp=_number(kw.get("conv_clamp")))
 
-    def t(key: str) -> torch.Tensor:
-        if key not in p:
-            raise CheckpointError(f"TF discriminator lacks variable '{key}'")
-        return torch.from_numpy(np.ascontiguousarray(p[key])).float()
-
+    t = _TFVars(_tf_params(net), "TF discriminator")
     out, f = {}, _tf_filter(kw)
     res = spec["resolution"]
-    out[f"b{res}.fromrgb.weight"] = t(f"{res}x{res}/FromRGB/weight").permute(3, 2, 0, 1)
+    out[f"b{res}.fromrgb.weight"] = t.conv(f"{res}x{res}/FromRGB/weight")
     out[f"b{res}.fromrgb.bias"] = t(f"{res}x{res}/FromRGB/bias")
     r = res
     while r > 4:
         for i, tf_name in ((0, "Conv0"), (1, "Conv1_down")):
-            out[f"b{r}.conv{i}.weight"] = t(f"{r}x{r}/{tf_name}/weight").permute(3, 2, 0, 1)
+            out[f"b{r}.conv{i}.weight"] = t.conv(f"{r}x{r}/{tf_name}/weight")
             out[f"b{r}.conv{i}.bias"] = t(f"{r}x{r}/{tf_name}/bias")
-        out[f"b{r}.skip.weight"] = t(f"{r}x{r}/Skip/weight").permute(3, 2, 0, 1)
+        out[f"b{r}.skip.weight"] = t.conv(f"{r}x{r}/Skip/weight")
         out[f"b{r}.conv1.resample_filter"] = out[f"b{r}.skip.resample_filter"] = f
         r //= 2
-    out["b4.conv.weight"] = t("4x4/Conv/weight").permute(3, 2, 0, 1)
+    out["b4.conv.weight"] = t.conv("4x4/Conv/weight")
     out["b4.conv.bias"] = t("4x4/Conv/bias")
     out["b4.fc.weight"], out["b4.fc.bias"] = t("4x4/Dense0/weight").t(), t("4x4/Dense0/bias")
     out["b4.out.weight"], out["b4.out.bias"] = t("Output/weight").t(), t("Output/bias")
@@ -329,7 +330,7 @@ def generator_state(spec: dict, p: dict[str, torch.Tensor]) -> tuple[dict, dict,
         use_noise = spec["use_noise"]
         _styled(sd, p, "synthesis.b4.conv1", "conv1", "noises.noise_0", use_noise)
         _to_rgb(sd, p, "synthesis.b4.torgb", "to_rgb1")
-        for b in range(1, log_res_of(cfg["size"]) - 1):
+        for b in range(1, _log2(cfg["size"]) - 1):
             r = 4 * 2**b
             _styled(sd, p, f"synthesis.b{r}.conv0", f"convs.{2 * b - 2}", f"noises.noise_{2 * b - 1}", use_noise)
             _styled(sd, p, f"synthesis.b{r}.conv1", f"convs.{2 * b - 1}", f"noises.noise_{2 * b}", use_noise)
@@ -338,7 +339,7 @@ def generator_state(spec: dict, p: dict[str, torch.Tensor]) -> tuple[dict, dict,
             sd[f"to_rgbs.{b - 1}.upsample.kernel"] = _kernel(p[f"synthesis.b{r}.resample_filter"], 4, False)
     except KeyError as exc:
         raise CheckpointError(f"generator lacks NVlabs parameter {exc}") from None
-    for i in range(2 * log_res_of(cfg["size"]) - 3):
+    for i in range(2 * _log2(cfg["size"]) - 3):
         if sd.get(f"noises.noise_{i}") is None:
             res = 2 ** ((i + 5) // 2)
             sd[f"noises.noise_{i}"] = torch.zeros(1, 1, res, res)
