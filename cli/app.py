@@ -135,8 +135,9 @@ Augment = choices("Augment", AUGMENTS)
 Precision = choices("Precision", PRECISIONS)
 
 
-def _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_) -> dict:
+def _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_) -> dict:
     return {"train": {"iters": iters, "batch": batch, "lr": lr, "augment": augment.value if augment else None,
+                      "augment_p": augment_p,
                       "precision": precision.value if precision else None, "device": device, "seed": seed,
                       "compile": compile_}}
 
@@ -160,7 +161,9 @@ RECIPE = typer.Option(None, "--recipe", help="TOML recipe (a path, or a name fro
 ITERS = typer.Option(None, "--iters", min=1, help="Total training steps (overrides the recipe).")
 BATCH = typer.Option(None, "--batch", min=1, help="Total batch over all processes (each GPU gets batch / world size).")
 LR = typer.Option(None, "--lr", min=0.0, help="Learning rate.")
-AUG = typer.Option(None, "--augment", help="ada: adaptive augmentation (p tuned from --augment-p); none.")
+AUG = typer.Option(None, "--augment", help="ada: adaptive augmentation, p tuned as D overfits; none: no tuning.")
+AUG_P = typer.Option(None, "--augment-p", help="Augmentation probability 0..1: where ADA starts (--augment ada), "
+                     "or fixed (--augment none).")
 PREC = typer.Option(None, "--precision", help="fp32: IEEE fp32; tf32: TF32 math on CUDA (faster, ~1e-3); bf16: autocast on CUDA (regularisers fp32).")
 SEED = typer.Option(None, "--seed", help="Random seed of the run.")
 COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the networks (CUDA).")
@@ -173,14 +176,15 @@ def pretrain(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory to create."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
-    lr: Optional[float] = LR, augment: Optional[Augment] = AUG, precision: Optional[Precision] = PREC,
-    seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    lr: Optional[float] = LR, augment: Optional[Augment] = AUG, augment_p: Optional[float] = AUG_P,
+    precision: Optional[Precision] = PREC, seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
 ):
     """Train a StyleGAN2 source generator from a folder of images (resumable; torchrun for several GPUs)."""
     from cartoongan.train.runs import pretrain as run_pretrain
 
     with user_errors():
-        cfg = _load_config(recipe, resume, _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_))
+        cfg = _load_config(recipe, resume, _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed,
+                                                            compile_))
         run_dir = resume or out_dir
         if run_dir is None or (data is None and resume is None):
             raise typer.BadParameter("give --data and --out, or --resume RUN_DIR")
@@ -210,8 +214,8 @@ def finetune(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory to create."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
-    lr: Optional[float] = LR, augment: Optional[Augment] = AUG, precision: Optional[Precision] = PREC,
-    seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    lr: Optional[float] = LR, augment: Optional[Augment] = AUG, augment_p: Optional[float] = AUG_P,
+    precision: Optional[Precision] = PREC, seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
     freeze_g: Optional[int] = typer.Option(None, "--freeze-g", min=0, help="FreezeG: freeze the N lowest-resolution G blocks."),
     freeze_sg: Optional[int] = typer.Option(None, "--freeze-sg", min=0, help="FreezeSG: as --freeze-g N, and their w slots from the source mapping."),
     freeze_d: Optional[int] = typer.Option(None, "--freeze-d", min=0, help="FreezeD: freeze the N highest-resolution D blocks."),
@@ -224,9 +228,7 @@ def finetune(
     """Fine-tune a pretrained generator on cartoon faces (FreezeG/SG/D, structure loss)."""
     from cartoongan.train.runs import finetune as run_finetune
 
-    if struct_weight is not None and not (math.isfinite(struct_weight) and struct_weight >= 0):
-        raise typer.BadParameter(f"must be a finite number >= 0, got {struct_weight}", param_hint="--struct-weight")
-    overrides = _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_)
+    overrides = _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_)
     overrides["finetune"] = {"freeze_g": freeze_g, "freeze_sg": freeze_sg, "freeze_d": freeze_d,
                              "freeze_mapping": freeze_mapping, "struct_loss": struct_loss, "struct_weight": struct_weight,
                              "struct_tap": struct_tap.value if struct_tap else None, "fresh_d": fresh_d}
