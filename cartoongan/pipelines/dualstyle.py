@@ -180,6 +180,7 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
     model, codes = load_model(model_dir, dev)
+    _check_options(opts, model, codes)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     res = DualStyleResult()
@@ -207,6 +208,16 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
         ([exemplar_tile] if exemplar_tile is not None else []) + [tiles(image, TILE)[0]]
     res.overview = save_png(make_grid(np.stack(strip), cols=len(strip)), outdir / "overview.png")
     return res
+
+
+def _check_options(opts: DualStyleOptions, model: DualStyleGenerator, codes: dict) -> None:
+    """Refuse impossible options before any encoding or rendering."""
+    if opts.weights is not None and len(opts.weights) != model.n_latent:
+        raise ConfigError(f"--weight needs {model.n_latent} values (one per w+ slot), got {len(opts.weights)}")
+    if opts.style_image is None and not opts.all_styles:
+        pick_style(codes, opts.style_id or 0)
+    if opts.noise_mode not in ("const", "random"):
+        raise ConfigError(f"noise mode must be const or random, got {opts.noise_mode!r}")
 
 
 def _check_encoder(encoder: PSPEncoder, model: DualStyleGenerator) -> None:
@@ -249,6 +260,7 @@ def random_portraits(model_dir: Path, n: int, outdir: Path, opts: DualStyleOptio
     in one exemplar's style: outdir/random_SEED.png and outdir/random.png (a grid)."""
     dev = resolve_device(device)
     model, codes = load_model(model_dir, dev)
+    _check_options(opts, model, codes)
     name, ex_zplus = pick_style(codes, opts.style_id or 0)
     z = torch.cat([z_from_seed(s, model.style_dim) for s in range(seed, seed + n)]).to(dev)
     opts = DualStyleOptions(**{**opts.__dict__, "preserve_color": False, "wplus": False})
