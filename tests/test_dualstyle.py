@@ -303,7 +303,10 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release):
     assert Image.open(tmp_path / "r" / "random.png").size == (3 * SIZE, SIZE)
     assert len(list((tmp_path / "r").glob("random_*.png"))) == 3
     for f, word in ((style_dir / "generator.pt", "DualStyleGAN generator"), (style_dir / "exstyle_code.npy", "exemplar"),
-                    (style_dir.parent / "encoder.pt", "pSp")):
+                    (style_dir.parent / "encoder.pt", "pSp"), (tmp_path / "r" / "..", None)):
+        if word is None:  # a saved intrinsic code
+            np.save(tmp_path / "code.npy", np.zeros((1, N, DIM), np.float32))
+            f, word = tmp_path / "code.npy", "intrinsic code"
         res = runner.invoke(app, ["info", str(f), "--json"])
         assert res.exit_code == 0 and word in res.output, res.output
     for args, code, text in (
@@ -315,3 +318,15 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release):
         res = _run(*args, "--outdir", tmp_path / "e")
         assert res.exit_code == code, res.output
         assert text in res.output and "Traceback" not in res.output, res.output
+
+
+@pytest.mark.cuda
+def test_cuda_render_matches_cpu(model):
+    """The same codes on CUDA (TF32 convolutions by default) and on the CPU."""
+    torch.manual_seed(5)
+    inz, exz = torch.randn(2, N, DIM), torch.randn(1, N, DIM)
+    with torch.no_grad():
+        cpu = model(inz, exz, truncation=0.75)
+        gpu = model.to("cuda")(inz.cuda(), exz.cuda(), truncation=0.75).cpu()
+    model.to("cpu")
+    assert float((gpu - cpu).abs().max()) < 1e-2 * float(cpu.abs().max())

@@ -16,8 +16,9 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from ..data.images import load_photo, make_grid, save_png, to_uint8
+from ..data.images import load_photo, make_grid, save_png, to_rgb, to_uint8
 from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.dualstyle import DualStyleGenerator, default_weights
@@ -27,7 +28,7 @@ from ..report import NullReporter, Reporter
 from ..weights.dualstyle import GENERATOR_FILE, find_exstyle_file, load_dualstyle, load_psp, read_exstyle_codes
 
 TILE = 256  # overview and contact-sheet tiles (the official overview's size)
-EXEMPLAR_TEST_SIZE = 256  # pSp input: exemplars were encoded at 256 px by destylize.py
+EXEMPLAR_SIZE = 256  # destylize.py encoded exemplars from 256 px crops
 
 
 @dataclass
@@ -161,12 +162,33 @@ def tiles(images: torch.Tensor, size: int) -> np.ndarray:
     return to_uint8(images)
 
 
+def load_exemplar(path: Path, size: int = EXEMPLAR_SIZE) -> torch.Tensor:
+    """An exemplar picture as destylize.py prepares one: shorter side bilinearly resized to `size`,
+    then the centred size x size crop. -> [1, 3, size, size] in [-1, 1]."""
+    try:
+        with Image.open(path) as img:
+            img = to_rgb(img)
+    except FileNotFoundError:
+        raise DataError(f"exemplar not found: {path}") from None
+    except (OSError, SyntaxError, ValueError):
+        raise DataError(f"{path} is not a readable image") from None
+    w, h = img.size
+    if w <= h:
+        img = img.resize((size, int(size * h / w)), Image.BILINEAR)
+    else:
+        img = img.resize((int(size * w / h), size), Image.BILINEAR)
+    w, h = img.size
+    left, top = int(round((w - size) / 2)), int(round((h - size) / 2))
+    arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1)[None] / 127.5 - 1
+
+
 def encode_exemplar(path: Path, encoder: PSPEncoder) -> torch.Tensor:
-    """An exemplar picture -> its Z+ code [1, n_latent, D], as destylize.py made exstyle_code.npy
-    (a 256 px centre crop through the Z+ pSp encoder)."""
+    """An exemplar picture -> its Z+ code [1, n_latent, D], the way destylize.py made
+    exstyle_code.npy (its 256 px crop through the Z+ pSp encoder)."""
     if encoder.space != "z+":
         raise ConfigError("--style IMAGE needs the Z+ encoder (encoder.pt), not a W+ one")
-    image = load_photo(path, EXEMPLAR_TEST_SIZE).to(next(encoder.encoder.parameters()).device)
+    image = load_exemplar(path, encoder.encoder.input_size).to(next(encoder.encoder.parameters()).device)
     return encoder.encode(image).cpu()
 
 

@@ -236,6 +236,12 @@ def describe_dualstyle_file(path: str | os.PathLike) -> dict | None:
     None for any other file (the caller describes it as an ordinary checkpoint)."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
+        try:  # a plain array (a saved intrinsic code) loads without pickles
+            arr = np.load(path, allow_pickle=False)
+            return {"kind": "array (an intrinsic code when shaped (1, n_latent, style_dim))",
+                    "shape": list(arr.shape), "dtype": str(arr.dtype)}
+        except (ValueError, OSError):
+            pass
         codes = read_exstyle_codes(path)
         names = list(codes)
         return {"kind": "DualStyleGAN exemplar codes (Z+)", "exemplars": len(names),
