@@ -236,6 +236,8 @@ def _check_options(opts: DualStyleOptions, model: DualStyleGenerator, codes: dic
     """Refuse impossible options before any encoding or rendering."""
     if opts.weights is not None and len(opts.weights) != model.n_latent:
         raise ConfigError(f"--weight needs {model.n_latent} values (one per w+ slot), got {len(opts.weights)}")
+    if opts.style_image is not None and opts.all_styles:
+        raise ConfigError("--style IMAGE and --style-id all exclude each other")
     if opts.style_image is None and not opts.all_styles:
         pick_style(codes, opts.style_id or 0)
     if opts.noise_mode not in ("const", "random"):
