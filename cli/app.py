@@ -113,12 +113,13 @@ def sample(
 @app.command()
 def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
-    """Describe a checkpoint: resolution, widths, contents, step and provenance."""
+    """Describe a checkpoint (also DualStyleGAN generator.pt, pSp encoder.pt, exemplar codes .npy)."""
     from cartoongan.weights.checkpoint import load_checkpoint
+    from cartoongan.weights.dualstyle import describe_dualstyle_file
     from cartoongan.weights.networks import describe
 
     with user_errors():
-        summary = describe(load_checkpoint(ckpt))
+        summary = describe_dualstyle_file(ckpt) or describe(load_checkpoint(ckpt))
     if as_json:
         out.print_json(json.dumps(summary, default=str))
         return
@@ -460,3 +461,4 @@ def export(
 
 # Commands added in their own modules register themselves on `app` when imported here
 # (one line each, at the end, once `app` and the helpers above exist).
+from . import dualstyle  # noqa: E402,F401
