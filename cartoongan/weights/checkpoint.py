@@ -30,15 +30,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     NVlabs network pickles (.pkl, or any raw pickle stream) are converted on the fly by
     weights.nvlabs through a restricted unpickler, so every command accepts them too.
     """
+    from .nvlabs import convert, looks_like_nvlabs_pickle  # nvlabs builds on this module
+
+    if Path(path).is_file() and looks_like_nvlabs_pickle(path):
+        return convert(path)
+    ckpt = read_torch_file(path, map_location)
+    if not isinstance(ckpt, dict) or not ({"g_ema", "g"} & set(ckpt)):
+        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} holds no generator ('g_ema' or 'g'); found {keys}: pass a StyleGAN2 checkpoint")
+    return ckpt
+
+
+def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Any torch.save file, read with weights_only=True (tensors and plain data only); one-line
+    CheckpointError for a missing, unsafe or unreadable file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint path is not a file: {path}")
-    from .nvlabs import convert, looks_like_nvlabs_pickle  # nvlabs builds on this module
-
-    if looks_like_nvlabs_pickle(path):
-        return convert(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -53,9 +63,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is not a readable PyTorch checkpoint (truncated or another format: "
             f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
         ) from None
-    if not isinstance(ckpt, dict) or not ({"g_ema", "g"} & set(ckpt)):
-        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path} holds no generator ('g_ema' or 'g'); found {keys}: pass a StyleGAN2 checkpoint")
     return ckpt
 
 
