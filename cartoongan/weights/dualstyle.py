@@ -247,6 +247,10 @@ def describe_dualstyle_file(path: str | os.PathLike) -> dict | None:
         return {"kind": "DualStyleGAN exemplar codes (Z+)", "exemplars": len(names),
                 "code_shape": list(next(iter(codes.values())).shape),
                 "first": names[:3], "last": names[-1]}
+    from .nvlabs import looks_like_nvlabs_pickle
+
+    if path.is_file() and looks_like_nvlabs_pickle(path):  # load_checkpoint converts those
+        return None
     ckpt = read_torch_file(path)
     if isinstance(ckpt, dict) and is_dualstyle_state(ckpt.get("g_ema")):
         sd = ckpt["g_ema"]
