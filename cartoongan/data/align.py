@@ -31,8 +31,9 @@ from ..weights.registry import locate
 from .images import to_rgb
 
 SUPERSAMPLE = 4  # the quad is sampled at 4x the output size, then downscaled
-DETECT_MAX = 1024  # the detector sees the photo with its long side at most this (time grows with area)...
-DETECT_MIN = 384  # ...and at least this, so that faces in tiny photos reach the detector's ~40 px minimum
+DETECT_AREA = 1024 * 1024  # the detector sees at most this many pixels (its time grows with the area)...
+DETECT_MIN = 384  # ...and a long side of at least this, so that faces in tiny photos reach its ~40 px minimum
+LANDMARK_FACE_RANGE = (96, 320)  # face box widths (px) at which landmarks are predicted (see _landmarks)
 DECODE_MAX = 4096  # JPEGs larger than this (long side) are decoded at 1/2, 1/4 or 1/8 scale
 
 
@@ -52,8 +53,10 @@ def read_photo(path: str | Path) -> Image.Image:
     """Any image file -> an upright RGB PIL image (EXIF orientation applied, any mode converted)."""
     try:
         with Image.open(path) as img:
-            if img.format == "JPEG" and max(img.size) > 2 * DECODE_MAX:
-                img.draft(img.mode, (DECODE_MAX, DECODE_MAX))  # DCT-domain downscale: fast, never below DECODE_MAX
+            if img.format == "JPEG" and max(img.size) > DECODE_MAX:
+                # DCT-domain downscale by 2, 4 or 8: fast, and never below DECODE_MAX on the long side
+                k = DECODE_MAX / max(img.size)
+                img.draft(img.mode, (math.ceil(img.width * k), math.ceil(img.height * k)))
             img.load()
             upright = ImageOps.exif_transpose(img)
             return to_rgb(upright)
@@ -76,24 +79,59 @@ def _dlib_models():
     return dlib, dlib.get_frontal_face_detector(), dlib.shape_predictor(str(locate("dlib_landmarks68")))
 
 
+def _resized(img: Image.Image, scale: float) -> Image.Image:
+    if scale == 1.0:
+        return img
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+
+
+def _to_photo(points: np.ndarray, scale: float, offset=(0.0, 0.0)) -> np.ndarray:
+    """Pixel-centre positions in a copy scaled by `scale` (of the photo region starting at `offset`)
+    -> positions in the photo."""
+    return (points + 0.5) / scale - 0.5 + np.asarray(offset, dtype=np.float64)
+
+
+def _landmarks(dlib, predictor, img: Image.Image, box: np.ndarray) -> np.ndarray:
+    """68 landmarks [68, 2] of the face in `box` (left, top, right, bottom edges in photo pixels).
+
+    The predictor compares single pixels, so a face far outside the sizes it was trained on (boxes of
+    roughly 80-300 px) is first brought to LANDMARK_FACE_RANGE: the region around the box is cut out
+    and rescaled. Faces already in that range are read from the photo as they are.
+    """
+    width = box[2] - box[0]
+    low, high = LANDMARK_FACE_RANGE
+    scale = 1.0 if low <= width <= high else (low if width < low else high) / width
+    if scale == 1.0:
+        region, patch = (0, 0), img
+    else:
+        margin = width * 0.5
+        region = (max(0, math.floor(box[0] - margin)), max(0, math.floor(box[1] - margin)),
+                  min(img.width, math.ceil(box[2] + margin)), min(img.height, math.ceil(box[3] + margin)))
+        patch = _resized(img.crop(region), scale)
+    local = (box - np.array(region[:2] * 2)) * scale
+    rect = dlib.rectangle(*(int(round(v)) for v in local[:2]), *(int(round(v)) - 1 for v in local[2:]))
+    shape = predictor(np.ascontiguousarray(np.asarray(patch, dtype=np.uint8)), rect)
+    points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+    return _to_photo(points, scale, region[:2])
+
+
 def detect_faces(img: Image.Image) -> list[Face]:
     """Every face dlib finds in an RGB photo, highest score first, with its 68 landmarks in photo pixels.
 
-    Detection and landmarks run on a copy whose long side is clamped to [DETECT_MIN, DETECT_MAX];
-    the landmarks are scaled back to the photo's pixels.
+    The detector (upsampling once) sees a copy of at most DETECT_AREA pixels (its time grows with the
+    area) and with a long side of at least DETECT_MIN; the landmarks are then predicted at a fixed face
+    size around each box (see _landmarks).
     """
     dlib, detector, predictor = _dlib_models()
-    scale = min(1.0, DETECT_MAX / max(img.size)) if max(img.size) > DETECT_MAX else max(1.0, DETECT_MIN / max(img.size))
-    small = img if scale == 1.0 else img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                                                Image.LANCZOS)
-    pixels = np.ascontiguousarray(np.asarray(small, dtype=np.uint8))
+    scale = min(1.0, math.sqrt(DETECT_AREA / (img.width * img.height)))
+    scale = max(scale, min(DETECT_MIN / max(img.size), math.sqrt(DETECT_AREA / (img.width * img.height))))
+    pixels = np.ascontiguousarray(np.asarray(_resized(img, scale), dtype=np.uint8))
     boxes, scores, _ = detector.run(pixels, 1)
     faces = []
     for box, score in zip(boxes, scores):
-        shape = predictor(pixels, box)
-        points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
-        # the photo-pixel position of a point at small-image pixel centre u is (u + 0.5) / scale - 0.5
-        faces.append(Face((points + 0.5) / scale - 0.5, float(score)))
+        # box corners are pixel edges: photo edge = small edge / scale
+        in_photo = np.array([box.left(), box.top(), box.right() + 1, box.bottom() + 1], dtype=np.float64) / scale
+        faces.append(Face(_landmarks(dlib, predictor, img, in_photo), float(score)))
     return sorted(faces, key=lambda f: -f.score)
 
 
@@ -128,7 +166,7 @@ def face_quad(landmarks: np.ndarray) -> Quad:
     centre = eyes + eye_to_mouth * 0.1
     corners = np.stack([centre - axis_x - axis_y, centre - axis_x + axis_y,
                         centre + axis_x + axis_y, centre + axis_x - axis_y])
-    return Quad(corners, 2 * half)
+    return Quad(corners, float(2 * half))
 
 
 def _bounds(corners: np.ndarray) -> tuple[int, int, int, int]:
@@ -172,7 +210,7 @@ def _reflect_pad(img: Image.Image, quad: Quad, border: int) -> tuple[Image.Image
     depth_y = 1 - np.minimum(ys / pad_t, (h - 1 - ys) / pad_b)
     depth = np.maximum(depth_x[None, :], depth_y[:, None])[..., None]
     pixels = padded.astype(np.float32)
-    blurred = np.asarray(Image.fromarray(padded).filter(ImageFilter.GaussianBlur(quad.side * 0.02)), dtype=np.float32)
+    blurred = np.asarray(Image.fromarray(padded).filter(ImageFilter.GaussianBlur(float(quad.side) * 0.02)), dtype=np.float32)
     pixels += (blurred - pixels) * np.clip(3 * depth + 1, 0, 1)  # blur starts a third of a pad inside the photo
     pixels += (np.median(pixels, axis=(0, 1)) - pixels) * np.clip(depth, 0, 1)
     out = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
@@ -195,6 +233,27 @@ def align_face(img: Image.Image, landmarks: np.ndarray, size: int = 256) -> Imag
     return warped.resize((size, size), Image.LANCZOS)
 
 
+def crop_coordinates(points: np.ndarray, quad: Quad, size: int) -> np.ndarray:
+    """Photo pixel positions [N, 2] (x, y) -> their positions in the size x size crop cut along `quad`
+    (both in pixel-centre coordinates)."""
+    top_left = quad.corners[0]
+    along_x = (quad.corners[3] - top_left) / quad.side  # unit vectors of the crop's axes, in the photo
+    along_y = (quad.corners[1] - top_left) / quad.side
+    rel = np.asarray(points, dtype=np.float64) - top_left
+    return np.stack([rel @ along_x, rel @ along_y], axis=-1) * (size / quad.side) - 0.5
+
+
+def find_faces(img: Image.Image) -> tuple[Image.Image, list[Face]]:
+    """Faces in an RGB photo, highest score first, and the photo they were found in: if none is upright,
+    the photo turned by a quarter or half turn (a camera that wrote no EXIF orientation)."""
+    for turn in (0, 90, 270, 180):
+        turned = img.rotate(turn, expand=True) if turn else img
+        faces = detect_faces(turned)
+        if faces:
+            return turned, faces
+    return img, []
+
+
 def load_landmarks(path: str | Path) -> np.ndarray:
     """A .npy file holding a (68, 2) array of x, y -> float64 [68, 2]."""
     try:
@@ -215,7 +274,7 @@ def align_photo(path: str | Path, size: int = 256, landmarks: np.ndarray | None 
     img = read_photo(path)
     if landmarks is not None:
         return [align_face(img, landmarks, size)]
-    faces = detect_faces(img)
+    img, faces = find_faces(img)
     if not faces:
         raise NoFaceFound(f"no face found in {path}")
     if all_faces:
