@@ -213,9 +213,16 @@ def test_all_faces_writes_one_crop_per_face(tmp_path, originals):
     assert len(crops) >= 2, res.output
     singles = [np.asarray(align_photo(DATA / p, 64)[0], np.float32) for p in PHOTOS]
     got = [np.asarray(Image.open(c), np.float32) for c in crops]
-    for single in singles:  # each person's own crop is among the written ones, and closest to it
-        errors = [np.abs(g - single).mean() for g in got]
-        assert min(errors) < 10, errors
+    # each person's own crop is among the written ones, the astronaut's before Grace Hopper's. Compared on
+    # the face (the surroundings differ where a single photo's crop needed padding) and loosely: the HOG
+    # box, hence the landmarks, moves by a few px when the photo sits at another offset of the pyramid grid
+    face = np.s_[16:48, 16:48]
+    matches = []
+    for single in singles:
+        errors = sorted((np.abs(g[face] - single[face]).mean(), i) for i, g in enumerate(got))
+        assert errors[0][0] < 12 and errors[1][0] > 3 * errors[0][0], errors
+        matches.append(errors[0][1])
+    assert matches[0] < matches[1]
 
 
 def test_prepare_aligns_a_folder_and_names_the_skipped(tmp_path):
@@ -244,3 +251,38 @@ def test_face_quad_rejects_bad_landmarks():
         face_quad(np.zeros((68, 2)))
     with pytest.raises(DataError):
         face_quad(np.full((68, 2), np.nan))
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path, tiny_g):
+    from cartoongan import save_checkpoint
+    from cartoongan.weights.networks import generator_checkpoint
+
+    return save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g(32)))
+
+
+def test_project_and_toonify_align_their_photo_by_default(tmp_path, tiny_ckpt):
+    common = ["--source", str(tiny_ckpt), "--steps", "1", "--loss", "mse"]
+    res = runner.invoke(app, ["project", str(DATA / "astronaut.jpg"), *common, "--outdir", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    aligned = np.asarray(Image.open(tmp_path / "p" / "aligned.png"))
+    # the target is the aligned face (not the centre crop) at the generator's size
+    assert aligned.shape == (32, 32, 3)
+    assert np.array_equal(aligned, np.asarray(Image.open(tmp_path / "p" / "target.png")))
+    assert np.array_equal(aligned, np.asarray(align_photo(DATA / "astronaut.jpg", 32)[0]))
+    res = runner.invoke(app, ["toonify", str(DATA / "grace_hopper.jpg"), *common, "--target", str(tiny_ckpt),
+                              "--outdir", str(tmp_path / "t")])
+    assert res.exit_code == 0, res.output
+    strip = np.asarray(Image.open(tmp_path / "t" / "toonify.png"))
+    assert np.array_equal(strip[:, :32], np.asarray(Image.open(tmp_path / "t" / "aligned.png")))
+    res = runner.invoke(app, ["project", str(DATA / "astronaut.jpg"), *common, "--outdir", str(tmp_path / "n"), "--no-align"])
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "n" / "aligned.png").exists() and (tmp_path / "n" / "target.png").exists()
+
+
+def test_project_without_a_face_writes_nothing(tmp_path, tiny_ckpt):
+    Image.new("RGB", (120, 90), (30, 60, 200)).save(tmp_path / "sky.png")
+    res = runner.invoke(app, ["toonify", str(tmp_path / "sky.png"), "--source", str(tiny_ckpt), "--target", str(tiny_ckpt),
+                              "--steps", "1", "--loss", "mse", "--outdir", str(tmp_path / "t")])
+    assert res.exit_code == 1 and "no face found in" in res.output and "sky.png" in res.output
+    assert not (tmp_path / "t").exists()

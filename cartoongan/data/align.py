@@ -49,8 +49,10 @@ class Face:
     score: float
 
 
-def read_photo(path: str | Path) -> Image.Image:
-    """Any image file -> an upright RGB PIL image (EXIF orientation applied, any mode converted)."""
+def read_photo(path, name: str | None = None) -> Image.Image:
+    """Any image file (a path or an open binary file; `name` for messages) -> an upright RGB PIL image
+    (EXIF orientation applied, any mode converted)."""
+    name = name or path
     try:
         with Image.open(path) as img:
             if img.format == "JPEG" and max(img.size) > DECODE_MAX:
@@ -61,11 +63,11 @@ def read_photo(path: str | Path) -> Image.Image:
             upright = ImageOps.exif_transpose(img)
             return to_rgb(upright)
     except FileNotFoundError:
-        raise DataError(f"photo not found: {path}") from None
+        raise DataError(f"photo not found: {name}") from None
     except Image.DecompressionBombError:
-        raise DataError(f"{path} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS * 2} pixels)") from None
+        raise DataError(f"{name} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS * 2} pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise DataError(f"{path} is not a readable image") from None
+        raise DataError(f"{name} is not a readable image") from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -267,20 +269,25 @@ def load_landmarks(path: str | Path) -> np.ndarray:
     return lm.astype(np.float64)
 
 
-def align_photo(path: str | Path, size: int = 256, landmarks: np.ndarray | None = None,
-                all_faces: bool = False) -> list[Image.Image]:
-    """Aligned size x size crops of a photo: the highest-scoring face, or every face left to right
-    with `all_faces`, or the face at the given landmarks [68, 2]. Raises NoFaceFound naming the file."""
-    img = read_photo(path)
+def align_image(img: Image.Image, size: int = 256, landmarks: np.ndarray | None = None, all_faces: bool = False,
+                name: str = "the photo") -> list[Image.Image]:
+    """Aligned size x size crops of an RGB photo: the highest-scoring face, or every face left to right
+    with `all_faces`, or the face at the given landmarks [68, 2]. Raises NoFaceFound naming `name`."""
     if landmarks is not None:
         return [align_face(img, landmarks, size)]
     img, faces = find_faces(img)
     if not faces:
-        raise NoFaceFound(f"no face found in {path}")
+        raise NoFaceFound(f"no face found in {name}")
     if all_faces:
         faces = sorted(faces, key=lambda f: f.landmarks[:, 0].mean())
         return [align_face(img, f.landmarks, size) for f in faces]
     return [align_face(img, faces[0].landmarks, size)]
+
+
+def align_photo(path: str | Path, size: int = 256, landmarks: np.ndarray | None = None,
+                all_faces: bool = False) -> list[Image.Image]:
+    """`align_image` of an image file (read with read_photo)."""
+    return align_image(read_photo(path), size, landmarks, all_faces, str(path))
 
 
 def crop_paths(out: str | Path, n: int) -> list[Path]:
