@@ -125,8 +125,8 @@ def detect_faces(img: Image.Image) -> list[Face]:
     size around each box (see _landmarks).
     """
     dlib, detector, predictor = _dlib_models()
-    scale = min(1.0, math.sqrt(DETECT_AREA / (img.width * img.height)))
-    scale = max(scale, min(DETECT_MIN / max(img.size), math.sqrt(DETECT_AREA / (img.width * img.height))))
+    fits_area = math.sqrt(DETECT_AREA / (img.width * img.height))
+    scale = min(fits_area, max(1.0, DETECT_MIN / max(img.size)))
     pixels = np.ascontiguousarray(np.asarray(_resized(img, scale), dtype=np.uint8))
     boxes, scores, _ = detector.run(pixels, 1)
     faces = []
