@@ -261,26 +261,35 @@ def tiny_ckpt(tmp_path, tiny_g):
     return save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g(32)))
 
 
-def test_project_and_toonify_align_their_photo_by_default(tmp_path, tiny_ckpt):
-    common = ["--source", str(tiny_ckpt), "--steps", "1", "--loss", "mse"]
-    res = runner.invoke(app, ["project", str(DATA / "astronaut.jpg"), *common, "--outdir", str(tmp_path / "p")])
-    assert res.exit_code == 0, res.output
-    aligned = np.asarray(Image.open(tmp_path / "p" / "aligned.png"))
+def test_project_and_toonify_align_their_photo(tmp_path, tiny_ckpt):
+    from cartoongan.pipelines.project import ProjectConfig, project_photo
+    from cartoongan.pipelines.toonify import toonify
+
+    cfg = ProjectConfig(steps=1, loss="mse", w_avg_samples=64)
+    paths = project_photo(DATA / "astronaut.jpg", tiny_ckpt, tmp_path / "p", cfg, align=True)
+    aligned = np.asarray(Image.open(paths["aligned"]))
     # the target is the aligned face (not the centre crop) at the generator's size
-    assert aligned.shape == (32, 32, 3)
-    assert np.array_equal(aligned, np.asarray(Image.open(tmp_path / "p" / "target.png")))
+    assert paths["aligned"] == tmp_path / "p" / "aligned.png" and aligned.shape == (32, 32, 3)
+    assert np.array_equal(aligned, np.asarray(Image.open(paths["target"])))
     assert np.array_equal(aligned, np.asarray(align_photo(DATA / "astronaut.jpg", 32)[0]))
-    res = runner.invoke(app, ["toonify", str(DATA / "grace_hopper.jpg"), *common, "--target", str(tiny_ckpt),
-                              "--outdir", str(tmp_path / "t")])
-    assert res.exit_code == 0, res.output
-    strip = np.asarray(Image.open(tmp_path / "t" / "toonify.png"))
+    strip = np.asarray(Image.open(toonify(DATA / "grace_hopper.jpg", tiny_ckpt, [tiny_ckpt], tmp_path / "t", cfg, align=True)))
     assert np.array_equal(strip[:, :32], np.asarray(Image.open(tmp_path / "t" / "aligned.png")))
-    # (--no-align, the centre crop, is what tests/test_projection.py runs)
 
 
-def test_project_without_a_face_writes_nothing(tmp_path, tiny_ckpt):
+def test_toonify_aligns_by_default_and_a_photo_without_a_face_writes_nothing(tmp_path, tiny_ckpt):
+    """(--no-align, the centre crop, is what tests/test_projection.py runs)"""
     Image.new("RGB", (120, 90), (30, 60, 200)).save(tmp_path / "sky.png")
     res = runner.invoke(app, ["toonify", str(tmp_path / "sky.png"), "--source", str(tiny_ckpt), "--target", str(tiny_ckpt),
                               "--steps", "1", "--loss", "mse", "--outdir", str(tmp_path / "t")])
     assert res.exit_code == 1 and "no face found in" in res.output and "sky.png" in res.output
     assert not (tmp_path / "t").exists()
+
+
+def test_dlib_model_files_are_registered_and_verified():
+    from cartoongan.weights.registry import REGISTRY, locate
+
+    keys = ["dlib_landmarks68", "dlib_landmarks5", "dlib_face_embedding", "dlib_cnn_detector"]
+    for key in keys:
+        assert locate(key).is_file()  # sha256 checked against the registry
+        assert REGISTRY[key].requirement == "face-recognition-models==0.3.0"
+    assert "commercial" in REGISTRY["dlib_landmarks68"].licence.lower()
