@@ -291,12 +291,14 @@ def data_prepare(
     src: Path = typer.Argument(..., help="Folder (recursive) or .zip of photos."),
     size: int = typer.Option(256, "--size", min=8, help="Output resolution."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for the square RGB PNGs."),
+    align: bool = typer.Option(False, "--align", help="FFHQ-align the face of each photo (skipping photos without one) "
+                               "instead of centre-cropping."),
 ):
-    """Centre-crop, resize (Lanczos) and convert any folder of photos into a clean square dataset."""
+    """Centre-crop (or FFHQ-align), resize and convert any folder of photos into a clean square dataset."""
     from cartoongan.data.dataset import prepare_folder
 
     with user_errors():
-        data = prepare_folder(src, out_dir, size, RichReporter())
+        data = prepare_folder(src, out_dir, size, RichReporter(), align=align)
     out.print(f"wrote {len(data)} images to {out_dir}" + (f"; skipped {len(data.skipped)}" if data.skipped else ""))
 
 
@@ -331,23 +333,25 @@ STEPS = typer.Option(1000, "--steps", min=1, help="Optimisation steps.")
 SPACE = typer.Option(Space("w"), "--space", help="w: one vector for every layer; w+: one per layer.")
 LOSS = typer.Option(Distance("lpips"), "--loss", help="Distance to the photo: LPIPS (VGG), MSE, or both.")
 LPIPS_W = typer.Option(None, "--lpips-weights", help="Path to torchvision's vgg16-397923af.pth (offline LPIPS).")
+ALIGN = typer.Option(True, "--align/--no-align", help="FFHQ-align the photo's face first (saved as aligned.png); "
+                     "--no-align for crops that are already aligned (they are centre-cropped).")
 
 
 @app.command()
 def project(
-    photo: Path = typer.Argument(..., help="Photo to invert (any size or mode; centre-cropped)."),
+    photo: Path = typer.Argument(..., help="Photo to invert (any size or mode; its face is aligned unless --no-align)."),
     source: Path = typer.Option(..., "--source", help="Generator to invert with."),
     outdir: Path = typer.Option(Path("out"), "--outdir"),
     steps: int = STEPS, space: Space = SPACE, loss: Distance = LOSS, lpips_weights: Optional[Path] = LPIPS_W,
     save_video: bool = typer.Option(False, "--save-video", help="Also write proj.gif of the optimisation."),
-    seed: int = typer.Option(0, "--seed"), device: str = DEVICE,
+    seed: int = typer.Option(0, "--seed"), device: str = DEVICE, align: bool = ALIGN,
 ):
-    """Find the latent of a photo (StyleGAN2 projector): target.png, proj.png, projected_w.npz."""
+    """Find the latent of a photo (StyleGAN2 projector): aligned.png, target.png, proj.png, projected_w.npz."""
     from cartoongan.pipelines.project import project_photo
 
     with user_errors():
         paths = project_photo(photo, source, outdir, _project_config(steps, space, loss, seed), lpips_weights,
-                              save_video, device, RichReporter())
+                              save_video, device, RichReporter(), align=align)
     for path in paths.values():
         out.print(f"wrote {path}")
 
@@ -359,14 +363,14 @@ def toonify(
     target: List[Path] = typer.Option(..., "--target", help="Fine-tuned or swapped generator(s); repeat the flag."),
     outdir: Path = typer.Option(Path("out"), "--outdir"),
     steps: int = STEPS, space: Space = SPACE, loss: Distance = LOSS, lpips_weights: Optional[Path] = LPIPS_W,
-    seed: int = typer.Option(0, "--seed"), device: str = DEVICE,
+    seed: int = typer.Option(0, "--seed"), device: str = DEVICE, align: bool = ALIGN,
 ):
     """Project a photo with the source, then render the same latent through each target side by side."""
     from cartoongan.pipelines.toonify import toonify as run_toonify
 
     with user_errors():
         path = run_toonify(photo, source, target, outdir, _project_config(steps, space, loss, seed), lpips_weights,
-                           device, RichReporter())
+                           device, RichReporter(), align=align)
     out.print(f"wrote {path}")
 
 
@@ -463,3 +467,4 @@ def export(
 # (one line each, at the end, once `app` and the helpers above exist).
 from . import dualstyle  # noqa: E402,F401
 from . import convert  # noqa: E402,F401
+from . import align  # noqa: E402,F401

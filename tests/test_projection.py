@@ -43,7 +43,7 @@ def test_project_writes_files_and_sample_reads_projected_w(tmp_path, tiny_source
     g, path = tiny_source
     Image.fromarray((np.random.rand(50, 40, 3) * 255).astype(np.uint8)).save(tmp_path / "photo.jpg")
     res = runner.invoke(app, ["project", str(tmp_path / "photo.jpg"), "--source", str(path), "--steps", "6",
-                              "--loss", "mse", "--outdir", str(tmp_path / "p"), "--save-video"])
+                              "--loss", "mse", "--outdir", str(tmp_path / "p"), "--save-video", "--no-align"])
     assert res.exit_code == 0, res.output
     for name in ("target.png", "proj.png", "projected_w.npz", "proj.gif"):
         assert (tmp_path / "p" / name).exists()
@@ -72,7 +72,7 @@ def test_lpips_without_weights_is_one_clear_line(tmp_path, tiny_source, monkeypa
     _, path = tiny_source
     Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
     res = runner.invoke(app, ["project", str(tmp_path / "photo.png"), "--source", str(path), "--steps", "2",
-                              "--outdir", str(tmp_path / "o")])
+                              "--outdir", str(tmp_path / "o"), "--no-align"])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "vgg16-397923af.pth" in res.output and "--lpips-weights" in res.output
     assert str(tmp_path / "hub" / "checkpoints") in res.output.replace("\n", "")

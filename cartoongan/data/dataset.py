@@ -68,17 +68,53 @@ def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None) 
                 skipped.append(name)
             bar.advance()
     if skipped:
-        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        reporter.warn(f"skipped {len(skipped)} unreadable image(s) in {root}: {shown}")
+        reporter.warn(f"skipped {len(skipped)} unreadable image(s) in {root}: {_shown(skipped)}")
     if not arrays:
         raise DataError(f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))})")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return ImageDataset(images, names, skipped)
 
 
-def prepare_folder(src: str | Path, out: str | Path, size: int, reporter: Reporter | None = None) -> ImageDataset:
-    """Write a clean square RGB PNG dataset (NNNNNN.png) from any folder or zip of photos."""
-    data = load_dataset(src, size, reporter)
+def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None = None) -> ImageDataset:
+    """FFHQ-align the best face of every photo under `root` (folder or .zip); photos without a face
+    or unreadable ones are skipped and named in warnings."""
+    from .align import NoFaceFound, align_image, read_photo
+
+    reporter = reporter or NullReporter()
+    root = Path(root)
+    sources = _sources(root)
+    arrays, names, faceless, unreadable = [], [], [], []
+    with reporter.progress(len(sources), f"aligning {root.name}") as bar:
+        for name, opener in sources:
+            try:
+                with opener() as fh:
+                    img = read_photo(fh, name)
+                arrays.append(np.asarray(align_image(img, size, name=name)[0], dtype=np.uint8))
+                names.append(name)
+            except NoFaceFound:
+                faceless.append(name)
+            except DataError:
+                unreadable.append(name)
+            bar.advance()
+    for what, skipped in (("photo(s) with no face", faceless), ("unreadable image(s)", unreadable)):
+        if skipped:
+            reporter.warn(f"skipped {len(skipped)} {what} in {root}: {_shown(skipped)}")
+    if not arrays:
+        raise DataError(f"no faces found in {root}" if sources else
+                        f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))})")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return ImageDataset(images, names, faceless + unreadable)
+
+
+def _shown(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def prepare_folder(src: str | Path, out: str | Path, size: int, reporter: Reporter | None = None,
+                   align: bool = False) -> ImageDataset:
+    """Write a clean square RGB PNG dataset (NNNNNN.png) from any folder or zip of photos: centre-cropped,
+    or with `align` FFHQ-aligned faces (photos without a face are skipped and named)."""
+    data = load_aligned_dataset(src, size, reporter) if align else load_dataset(src, size, reporter)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(data.images.permute(0, 2, 3, 1).numpy()):

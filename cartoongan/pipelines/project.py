@@ -154,13 +154,28 @@ def _perceptual_for(cfg: ProjectConfig, lpips_weights, device):
     return lpips_vgg(lpips_weights).to(device) if "lpips" in cfg.loss else None
 
 
+def load_target(photo: str | Path, size: int, align: bool, outdir: str | Path) -> tuple[torch.Tensor, Path | None]:
+    """The photo as a generator's target [1, 3, size, size] in [-1, 1]: with `align` its FFHQ-aligned face
+    (the frame FFHQ-trained generators draw), also written to outdir/aligned.png; else a centre crop.
+    Returns (target, path of aligned.png or None)."""
+    if not align:
+        return load_photo(photo, size), None
+    from ..data.align import align_photo
+
+    face = np.asarray(align_photo(photo, size)[0], dtype=np.uint8)  # raises NoFaceFound before anything is written
+    path = save_png(face, Path(outdir) / "aligned.png")
+    return torch.from_numpy(face.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1, path
+
+
 def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg: ProjectConfig,
                   lpips_weights: str | Path | None = None, save_video: bool = False, device: str = "auto",
-                  reporter: Reporter | None = None, perceptual=None) -> dict[str, Path]:
-    """`cartoongan project`: invert a photo with the source generator and write the results."""
+                  reporter: Reporter | None = None, perceptual=None, align: bool = False) -> dict[str, Path]:
+    """`cartoongan project`: invert a photo (FFHQ-aligned first with `align`) with the source generator
+    and write the results."""
     gen = load_generator(source, device)
     dev = gen.input.input.device
-    target = load_photo(photo, gen.size)
+    target, aligned = load_target(photo, gen.size, align, outdir)
     perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
     result = project(gen, target, cfg, perceptual, reporter, video_every=max(1, cfg.steps // 60) if save_video else 0)
-    return save_projection(result, target, outdir)
+    paths = save_projection(result, target, outdir)
+    return {**paths, "aligned": aligned} if aligned else paths

@@ -6,19 +6,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.images import load_photo, make_grid, save_png, to_uint8
+from ..data.images import make_grid, save_png, to_uint8
 from ..errors import CartoonganError
 from ..report import Reporter
 from ..weights.networks import load_generator
-from .project import ProjectConfig, _perceptual_for, project, save_projection
+from .project import ProjectConfig, _perceptual_for, load_target, project, save_projection
 from .swap import check_compatible
 
 
 def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], outdir: str | Path,
             cfg: ProjectConfig, lpips_weights: str | Path | None = None, device: str = "auto",
-            reporter: Reporter | None = None, perceptual=None) -> Path:
+            reporter: Reporter | None = None, perceptual=None, align: bool = False) -> Path:
     """`cartoongan toonify`: project with the source, render that w+ through each target;
-    writes the projection files and toonify.png (photo | projection | each target)."""
+    writes the projection files and toonify.png (photo | projection | each target). With `align` the
+    photo's face is FFHQ-aligned first (and written to aligned.png)."""
     source_g = load_generator(source, device)
     dev = source_g.input.input.device
     target_gs = [load_generator(t, dev) for t in targets]
@@ -27,7 +28,7 @@ def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], ou
             check_compatible(source_g, g)
         except CartoonganError as exc:
             raise CartoonganError(f"{path} cannot render the source's latents: {exc}") from None
-    photo_t = load_photo(photo, source_g.size)
+    photo_t, _ = load_target(photo, source_g.size, align, outdir)
     perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
     result = project(source_g, photo_t, cfg, perceptual, reporter)
     save_projection(result, photo_t, outdir)

@@ -1,0 +1,28 @@
+"""`cartoongan align`: cut the FFHQ-aligned face out of a photo."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app, user_errors
+from .console import out
+
+
+@app.command()
+def align(
+    photo: Path = typer.Argument(..., help="Photo with a face (any size or mode; EXIF orientation is applied)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Aligned PNG to write (OUT_0.png, OUT_1.png, ... with --all-faces)."),
+    size: int = typer.Option(256, "--size", min=8, help="Side of the aligned square, in pixels."),
+    landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="A .npy (68, 2) array of x, y landmarks "
+                                             "(dlib's 68-point order) to use instead of detecting."),
+    all_faces: bool = typer.Option(False, "--all-faces", help="Write one crop per detected face, left to right."),
+):
+    """Align a face the FFHQ way (dlib landmarks, eyes level, FFHQ framing) for projection and toonify."""
+    from cartoongan.data.align import align_file
+
+    with user_errors():
+        paths = align_file(photo, output, size, landmarks, all_faces)
+    for path in paths:
+        out.print(f"wrote {path}")
