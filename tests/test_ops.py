@@ -184,3 +184,28 @@ def test_resample_under_bf16_autocast_keeps_dtypes():
         assert y.dtype == gx.dtype == x.grad.dtype == dtype
         ref = old_resample(x.detach().float(), grid.float())
         assert torch.allclose(y.float(), ref, atol=0.05)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name,op,old", OPS, ids=[o[0] for o in OPS])
+def test_cuda_ops_match_the_cpu_and_are_twice_differentiable(name, op, old):
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    xc = x.cuda().requires_grad_(True)
+    cuda_op = (lambda t: resample(t, _grid(2, (6, 7)).cuda())) if name == "resample" else op
+    y = cuda_op(xc)
+    assert torch.allclose(y.cpu(), old(x), atol=1e-12)
+    small = torch.randn(1, 2, 5, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+    small = xc if name == "resample" else small
+    assert gradcheck(cuda_op, (small,), fast_mode=True) and gradgradcheck(cuda_op, (small,), fast_mode=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cuda_r1_through_ada(tiny_d, autocast):
+    d = tiny_d(16).cuda()
+    real = torch.randn(4, 3, 16, 16, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", torch.bfloat16, enabled=autocast):
+        logits = d(augment(real, 1.0)).float()
+    penalty = r1_penalty(logits, real)
+    penalty.backward()  # the old grid_sample form raised: no derivative for grid_sampler_2d_backward
+    assert torch.isfinite(penalty) and d.convs[0][0].weight.grad.abs().sum() > 0
