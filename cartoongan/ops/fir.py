@@ -69,10 +69,10 @@ class _FirFilter(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         adjoint = ctx.geometry.adjoint(ctx.in_size, ctx.kernel.shape[-1])
-        return fir_filter(grad, ctx.kernel, adjoint).to(ctx.in_dtype), None, None
+        return _fir(grad, ctx.kernel, adjoint).to(ctx.in_dtype), None, None
 
 
-def fir_filter(x: torch.Tensor, kernel: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
+def _fir(x: torch.Tensor, kernel: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
     """Depthwise filtering of x [B, C, H, W] by the constant `kernel` [k, k] (no grad to the kernel)."""
     return _FirFilter.apply(x, kernel.detach(), geometry)
 
@@ -84,9 +84,9 @@ def blur(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int], stride: in
     symmetric, so correlation equals the convolution of upfirdn2d.
     """
     if pad[0] == pad[1]:  # the convolution pads symmetric borders itself (no padded copy)
-        return fir_filter(x, kernel, _Geometry(False, stride, pad[0]))
+        return _fir(x, kernel, _Geometry(False, stride, pad[0]))
     x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
-    return fir_filter(x, kernel, _Geometry(False, stride, 0))
+    return _fir(x, kernel, _Geometry(False, stride, 0))
 
 
 def upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -94,4 +94,4 @@ def upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
     x: [B, C, H, W] -> [B, C, 2H, 2W]; `kernel` [4, 4] already carries the gain of 4.
     """
-    return fir_filter(x, kernel, _Geometry(True, 2, 1))
+    return _fir(x, kernel, _Geometry(True, 2, 1))
