@@ -8,7 +8,7 @@ from cartoongan.bench.kernels import _cases, run_kernel_bench
 @pytest.mark.parametrize("batch,ch,res", [(2, 8, 8), (3, 5, 6)])
 def test_every_alternative_computes_the_same_thing(batch, ch, res):
     cases = _cases(batch, ch, res, torch.device("cpu"))
-    assert len(cases) == 7
+    assert len(cases) == 9
     for choice, _, ours, _, alt in cases:
         a, b = ours(), alt()
         assert a.shape == b.shape, choice
@@ -22,8 +22,9 @@ def test_kernel_bench_rows(monkeypatch):
     monkeypatch.setattr(bench_kernels, "SHAPES", (("small", 2, 8, 8),))
     monkeypatch.setattr(bench_kernels, "MODEL_CONFIG", "tiny")
     rows = run_kernel_bench("cpu", repeats=1)
-    assert [r.choice for r in rows][:2] == ["modulated conv", "upsampling conv"] and len(rows) == 9
-    assert [(r.shape, r.alternative) for r in rows[-2:]] == [("tiny", "NCHW"), ("tiny", "grouped")]
+    assert [r.choice for r in rows][:2] == ["modulated conv", "upsampling conv"] and len(rows) == 13
+    assert [(r.shape, r.alternative) for r in rows[-4:]] == [("tiny", "NCHW"), ("tiny", "grouped"),
+                                                             ("tiny", "depthwise conv"), ("tiny", "depthwise conv")]
     assert ModulatedConv2d.grouped is False
     for r in rows:
         assert r.ours_ms > 0 and r.alternative_ms > 0
@@ -45,3 +46,12 @@ def test_cli_refuses_flags_the_kernel_bench_would_ignore(tmp_path):
     for extra in (["--configs", "tiny"], ["--reference", str(tmp_path)], ["--compile"], ["--no-channels-last"]):
         res = runner.invoke(app, ["bench", "--kernels", "--device", "cpu", *extra])
         assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, (extra, res.output)
+
+
+def test_depthwise_fir_swaps_the_models_filters_and_restores_them():
+    from cartoongan.models import layers
+    from cartoongan.ops.fir import blur, upsample2x
+
+    with bench_kernels.depthwise_fir():
+        assert layers.blur is bench_kernels.depthwise_blur and layers.upsample2x is bench_kernels.depthwise_upsample2x
+    assert layers.blur is blur and layers.upsample2x is upsample2x

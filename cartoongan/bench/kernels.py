@@ -3,9 +3,12 @@
 Every row runs forward + backward (training is where the time goes) of the library's own layer
 ("ours") and of an equivalent written the other way ("alternative"), on the same inputs; the
 two are checked to agree before they are timed, so a row can never compare different maths.
+The "FIR 2nd backward" rows differentiate an input gradient, as R1 and path length do, where
+plain depthwise convs also compute the gradient of their fixed filters.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,6 +18,7 @@ import torch.nn.functional as F
 from ..device import resolve_device
 from ..models.discriminator import ConvLayer
 from ..models.generator import ModulatedConv2d, StyledConv
+from ..models import layers
 from ..models.layers import Upsample
 from ..ops.bias_act import SQRT2
 from ..ops.fir import blur
@@ -24,6 +28,12 @@ from .speed import bench_trainer, default_batch, time_pair, trainer_phases
 # (label, batch, channels, resolution of the input)
 SHAPES = (("wide", 4, 256, 16), ("narrow", 16, 64, 32))
 
+
+# the layer rows timing a double backward through the FIR filters (as R1 and path length do)
+SECOND_BACKWARD = "FIR 2nd backward"
+
+# the model-level rows timing the lazy regulariser steps (R1, path length)
+REGULARISER_ROWS = ("FIR in R1 step", "FIR in path step")
 
 # the bench config whose whole training iteration (D + G step + EMA) the model-level rows time
 MODEL_CONFIG = "demo64"
@@ -84,6 +94,47 @@ def zero_insertion_upsample(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tens
     return blur(up.reshape(b, c, 2 * h, 2 * w), kernel, (2, 1))
 
 
+def depthwise_blur(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int], stride: int = 1) -> torch.Tensor:
+    """ops.fir.blur as a plain depthwise conv: its double backward computes the fixed filter's gradient."""
+    c = x.shape[1]
+    x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
+    return F.conv2d(x, kernel.to(x.dtype)[None, None].expand(c, 1, *kernel.shape), stride=stride, groups=c)
+
+
+def depthwise_upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """ops.fir.upsample2x as a plain depthwise transposed conv (same double-backward cost)."""
+    c = x.shape[1]
+    weight = kernel.to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
+    return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=c)
+
+
+@contextlib.contextmanager
+def depthwise_fir():
+    """Within: the models' Blur and Upsample layers filter with the plain depthwise convs."""
+    before = layers.blur, layers.upsample2x
+    layers.blur, layers.upsample2x = depthwise_blur, depthwise_upsample2x
+    try:
+        yield
+    finally:
+        layers.blur, layers.upsample2x = before
+
+
+def with_depthwise_fir(fn: Callable):
+    def run():
+        with depthwise_fir():
+            return fn()
+    return run
+
+
+def input_gradient(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """() -> d(sum fn(x)^2)/dx with its graph kept, so that a timed backward of it is a double
+    backward of fn, as in R1 and path length."""
+    def run():
+        with torch.enable_grad():
+            return torch.autograd.grad(fn(x).square().sum(), x, create_graph=True)[0]
+    return run
+
+
 def unfused_styled_conv(layer: StyledConv, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """StyledConv as separate passes: demodulate, add noise, add bias, leaky ReLU, gain."""
     y = layer.conv(x, w)
@@ -115,6 +166,8 @@ def _cases(batch: int, ch: int, res: int, dev: torch.device):
         with ModulatedConv2d.grouped_mode():
             return conv(x, w)
 
+    r1_like = input_gradient(down, x)
+    path_like = input_gradient(lambda t: up_rgb(up(t, w)), x)
     return [
         ("modulated conv", "x*s, conv, *d", lambda: conv(x, w), "grouped", grouped),
         ("upsampling conv", "3x3T + blur", lambda: up(x, w),
@@ -129,21 +182,28 @@ def _cases(batch: int, ch: int, res: int, dev: torch.device):
          "6 passes", lambda: unfused_styled_conv(styled, x, w, noise)),
         ("memory format", "NHWC", lambda: styled(x, w, noise),
          "NCHW", lambda: styled(x_nchw, w, noise)),
+        (SECOND_BACKWARD, "D blur op", r1_like, "depthwise conv", with_depthwise_fir(r1_like)),
+        (SECOND_BACKWARD, "G FIR ops", path_like, "depthwise conv", with_depthwise_fir(path_like)),
     ]
 
 
 def _model_cases(dev: torch.device):
-    """Whole-iteration rows: choices whose effect is spread over many layers."""
+    """Whole-iteration rows: choices whose effect is spread over many layers; the last two time the
+    lazy regulariser steps, whose double backward runs through every FIR filter."""
     batch = default_batch(MODEL_CONFIG, dev)
-    nhwc, nchw = (trainer_phases(bench_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=False,
-                                               channels_last=cl), batch).step for cl in (True, False))
+    nhwc_phases, nchw_phases = (trainer_phases(bench_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=False,
+                                                             channels_last=cl), batch) for cl in (True, False))
+    nhwc, nchw = nhwc_phases.step, nchw_phases.step
 
     def grouped():
         with ModulatedConv2d.grouped_mode():
             nhwc()
 
     return [("memory format", "NHWC", nhwc, "NCHW", nchw),
-            ("modulated conv", "x*s, conv, *d", nhwc, "grouped", grouped)]
+            ("modulated conv", "x*s, conv, *d", nhwc, "grouped", grouped),
+            (REGULARISER_ROWS[0], "FIR ops", nhwc_phases.r1, "depthwise conv", with_depthwise_fir(nhwc_phases.r1)),
+            (REGULARISER_ROWS[1], "FIR ops", nhwc_phases.path, "depthwise conv",
+             with_depthwise_fir(nhwc_phases.path))]
 
 
 def _train_pass(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -160,7 +220,8 @@ def _row(choice: str, shape: str, ours: str, alternative: str, seconds: tuple[fl
 
 def run_kernel_bench(device: str = "auto", repeats: int = 5, reporter: Reporter | None = None) -> list[KernelRow]:
     """Time each (ours, alternative) pair, forward + backward, at the SHAPES (medians in ms of
-    3 * repeats alternating runs), then the whole-iteration pairs at MODEL_CONFIG."""
+    3 * repeats alternating runs; `repeats` for the slow double-backward rows), then the
+    whole-iteration pairs at MODEL_CONFIG."""
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
     layer_cases = [(label, case) for label, b, c, r in SHAPES for case in _cases(b, c, r, dev)]
@@ -173,10 +234,13 @@ def run_kernel_bench(device: str = "auto", repeats: int = 5, reporter: Reporter 
                 err = (a - b).abs().max() / a.abs().max()
             if err > 1e-3:
                 raise RuntimeError(f"{choice}: the alternative disagrees with ours ({err.item():.2e})")
-            seconds = time_pair(_train_pass(ours), _train_pass(alt), dev, 3 * repeats)
+            runs = repeats if choice == SECOND_BACKWARD else 3 * repeats  # the old form takes seconds
+            seconds = time_pair(_train_pass(ours), _train_pass(alt), dev, runs)
             rows.append(_row(choice, label, ours_name, alt_name, seconds))
             bar.advance()
         for choice, ours_name, ours, alt_name, alt in model_cases:
-            rows.append(_row(choice, MODEL_CONFIG, ours_name, alt_name, time_pair(ours, alt, dev, repeats)))
+            lazy = choice in REGULARISER_ROWS  # slow steps: fewer runs, as `bench` times them
+            seconds = time_pair(ours, alt, dev, max(1, repeats // 2) if lazy else repeats, 1 if lazy else 2)
+            rows.append(_row(choice, MODEL_CONFIG, ours_name, alt_name, seconds))
             bar.advance()
     return rows

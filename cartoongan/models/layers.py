@@ -2,7 +2,8 @@
 
 Equalised-learning-rate layers scale their weights at run time (He init folded into the
 forward pass) so that Adam sees parameters of unit scale. Resampling follows the FIR filter
-convention of StyleGAN2 (upfirdn2d), written as depthwise convolutions in pure PyTorch.
+convention of StyleGAN2 (upfirdn2d): depthwise convolutions in pure PyTorch wrapped as ops that
+are differentiable to any order without ever differentiating the fixed filters (ops.fir).
 Module and parameter names follow rosinality/stylegan2-pytorch so that state dicts are
 interchangeable without translation.
 """

@@ -1,5 +1,16 @@
-"""FIR filtering and 2x resampling with StyleGAN2's upfirdn2d conventions."""
+"""FIR filtering and 2x resampling with StyleGAN2's upfirdn2d conventions, differentiable to any order.
+
+Each filter is a depthwise convolution (or transposed convolution) with a FIXED kernel, so it
+is linear in its input: its backward is its adjoint, the transposed op with the same kernel, and
+the adjoint's backward is the op again. Writing the pair as autograd Functions that are each
+other's backward makes every order of derivative another filter op with the same constant
+kernel. Plain `F.conv2d(groups=C)` gets the first derivative right, but its double backward
+(R1, path length) also computes the gradient of the fixed filter as a batch-folded convolution,
+which costs seconds per step at 256 px on a GPU; these ops never do.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,15 +29,64 @@ def _depthwise(kernel: torch.Tensor, channels: int, dtype: torch.dtype) -> torch
     return kernel.to(dtype)[None, None].expand(channels, 1, *kernel.shape)
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """One depthwise filter op: conv2d (transposed=False) or conv_transpose2d, same stride and padding on both axes."""
+
+    transposed: bool
+    stride: int
+    padding: int
+    output_padding: tuple[int, int] = (0, 0)
+
+    def apply(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        weight = _depthwise(kernel, c, x.dtype)
+        if self.transposed:
+            return F.conv_transpose2d(x, weight, stride=self.stride, padding=self.padding,
+                                      output_padding=self.output_padding, groups=c)
+        return F.conv2d(x, weight, stride=self.stride, padding=self.padding, groups=c)
+
+    def adjoint(self, in_size: tuple[int, int], k: int) -> _Geometry:
+        """The transposed op, mapping this op's output back onto an input of `in_size` [H, W]."""
+        if self.transposed:
+            return _Geometry(False, self.stride, self.padding)
+        s, p = self.stride, self.padding
+        # conv_transpose2d gives (out - 1) * s - 2p + k rows; output_padding restores the rows
+        # that the strided conv dropped
+        extra = tuple(n - (((n + 2 * p - k) // s) * s - 2 * p + k) for n in in_size)
+        return _Geometry(True, s, p, extra)
+
+
+class _FirFilter(torch.autograd.Function):
+    """y = geometry.apply(x, kernel); the kernel is a constant: it never receives a gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
+        ctx.kernel, ctx.geometry = kernel, geometry
+        ctx.in_size, ctx.in_dtype = tuple(x.shape[-2:]), x.dtype
+        return geometry.apply(x, kernel)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        adjoint = ctx.geometry.adjoint(ctx.in_size, ctx.kernel.shape[-1])
+        return _fir(grad, ctx.kernel, adjoint).to(ctx.in_dtype), None, None
+
+
+def _fir(x: torch.Tensor, kernel: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
+    """Depthwise filtering of x [B, C, H, W] by the constant `kernel` [k, k] (no grad to the kernel)."""
+    return _FirFilter.apply(x, kernel.detach(), geometry)
+
+
 def blur(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int], stride: int = 1) -> torch.Tensor:
     """Pad by (before, after) on both axes, then filter each channel with `kernel` [k, k].
 
     x: [B, C, H, W] -> [B, C, (H + before + after - k) // stride + 1, ...]. The kernel is
     symmetric, so correlation equals the convolution of upfirdn2d.
     """
-    c = x.shape[1]
+    if pad[0] == pad[1]:  # the convolution pads symmetric borders itself (no padded copy)
+        return _fir(x, kernel, _Geometry(False, stride, pad[0]))
     x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
-    return F.conv2d(x, _depthwise(kernel, c, x.dtype), stride=stride, groups=c)
+    return _fir(x, kernel, _Geometry(False, stride, 0))
 
 
 def upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -34,5 +94,4 @@ def upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
     x: [B, C, H, W] -> [B, C, 2H, 2W]; `kernel` [4, 4] already carries the gain of 4.
     """
-    c = x.shape[1]
-    return F.conv_transpose2d(x, _depthwise(kernel, c, x.dtype), stride=2, padding=1, groups=c)
+    return _fir(x, kernel, _Geometry(True, 2, 1))

@@ -1,8 +1,9 @@
 """Adaptive discriminator augmentation (ADA, Karras et al. 2020), differentiable, in pure PyTorch.
 
 Every transform fires per sample with probability p. Geometric ones compose into one affine
-matrix per sample, applied with a single grid_sample (reflection padding); colour ones compose
-into one 4x4 matrix applied to RGB. Gradients flow through, so G learns through augmented fakes.
+matrix per sample, applied with a single bilinear resampling (reflection padding); colour ones compose
+into one 4x4 matrix applied to RGB. Gradients flow through, so G learns through augmented fakes, and
+to any order (ops.resample), so R1 differentiates twice through augmented reals on every device.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from ..ops.resample import resample
 
 
 def _gate(n: int, p: float, device) -> torch.Tensor:
@@ -89,7 +92,7 @@ def augment(images: torch.Tensor, p: float) -> torch.Tensor:
     dev = images.device
     g = geometric_matrix(n, h, p, dev)
     grid = F.affine_grid(g[:, :2, :].to(images.dtype), list(images.shape), align_corners=False)
-    x = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    x = resample(images, grid)
     c = color_matrix(n, p, dev).to(images.dtype)
     x = c[:, :3, :3] @ x.reshape(n, 3, h * w) + c[:, :3, 3:]
     return x.reshape(n, 3, h, w)
