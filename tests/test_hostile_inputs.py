@@ -291,6 +291,14 @@ def test_resume_flag_conflicts_refused(tmp_path, assets, argv):
     assert snapshot(tmp_path) == before
 
 
+def test_disk_full_on_resume_keeps_the_run_and_says_how_to_continue(tmp_path, assets, disk_full):
+    run = Path(shutil.copytree(assets["run"], tmp_path / "run"))
+    before = snapshot(run)
+    line = error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"]))
+    assert "config.toml" in line and "No space left" in line and f"--resume {run}" in line
+    assert snapshot(run) == before
+
+
 # ---- rich markup: text in square brackets survives -------------------------------------------
 def test_bracketed_recipe_table_and_setting_survive(tmp_path):
     for text, expected in (("[foo]\nx = 1\n", "unknown recipe table [foo]"),
