@@ -145,7 +145,10 @@ def check_fresh_dir(path: str | os.PathLike, what: str, purpose: str,
     purpose: what the folder is for, for the message (e.g. 'data synth writes NNNNNN.png there').
     """
     path = check_output_dir(path, what)
-    names = visible_entries(path) if path.is_dir() else []
+    try:
+        names = visible_entries(path) if path.is_dir() else []
+    except OSError as exc:
+        raise OutputError(f"{what} {path} cannot be listed: {exc.strerror or exc}") from None
     if names and not (reusable and reusable(names)):
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise OutputError(f"{what} {path} is not empty (holds {shown}); {purpose}: choose a new or empty folder")
