@@ -99,6 +99,7 @@ FOLDER_COMMANDS = {
     "pretrain": lambda out: ["pretrain", "--data", "missing_dir", "--out", out, "--recipe", "tiny"],
     "finetune": lambda out: ["finetune", "--source", MISSING, "--data", "missing_dir", "--out", out, "--recipe", "tiny"],
     "demo": lambda out: ["demo", "--out", out, "--source", MISSING],
+    "dualstyle": lambda out: ["dualstyle", "missing.png", "--model", "missing_dir", "--outdir", out],
 }
 FILE_COMMANDS = {
     "swap": lambda out: ["swap", MISSING, MISSING, "-o", out],
