@@ -1,4 +1,8 @@
 """User-facing errors: one line that names the problem and the fix."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 
 class CartoonganError(Exception):
@@ -19,3 +23,18 @@ class ConfigError(CartoonganError):
 
 class TrainingDiverged(CartoonganError):
     """A loss became NaN or infinite."""
+
+
+class OutputError(CartoonganError):
+    """An output path cannot be written: wrong kind of path, no permission, disk full."""
+
+
+@contextlib.contextmanager
+def naming(path) -> Iterator[None]:
+    """Make every CartoonganError raised inside name `path` (prefixed unless the message already does)."""
+    try:
+        yield
+    except CartoonganError as exc:
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from None

@@ -99,12 +99,8 @@ def sample(
 
     seed_list = parse_seeds(seeds)
     with user_errors():
-        ws = None
-        if projected_w is not None:
-            from cartoongan.pipelines.project import load_projected_w
-
-            ws = load_projected_w(projected_w)
-        res = sample_checkpoints(ckpts, seed_list, outdir, trunc, noise_mode.value, interpolate, device, ws=ws)
+        res = sample_checkpoints(ckpts, seed_list, outdir, trunc, noise_mode.value, interpolate, device,
+                                 projected_w=projected_w)
     for path in [res.grid, res.compare, res.gif]:
         if path:
             out.print(f"wrote {path}")
@@ -114,12 +110,11 @@ def sample(
 def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
     """Describe a checkpoint (also DualStyleGAN generator.pt, pSp encoder.pt, exemplar codes .npy)."""
-    from cartoongan.weights.checkpoint import load_checkpoint
     from cartoongan.weights.dualstyle import describe_dualstyle_file
-    from cartoongan.weights.networks import describe
+    from cartoongan.weights.networks import describe_checkpoint
 
     with user_errors():
-        summary = describe_dualstyle_file(ckpt) or describe(load_checkpoint(ckpt))
+        summary = describe_dualstyle_file(ckpt) or describe_checkpoint(ckpt)
     if as_json:
         out.print_json(json.dumps(summary, default=str))
         return
@@ -143,10 +138,13 @@ def _train_overrides(iters, batch, lr, augment, augment_p, precision, device, se
                       "compile": compile_}}
 
 
-def _load_config(recipe: Optional[Path], resume: Optional[Path], overrides: dict):
+def _load_config(recipe: Optional[Path], resume: Optional[Path], overrides: dict, out_dir: Optional[Path] = None):
     from cartoongan.config import apply_overrides, load_recipe
     from cartoongan.train.runs import resumed_config
 
+    if resume is not None and (recipe is not None or out_dir is not None):
+        raise ConfigError("--resume continues a run in its own folder with its own config.toml: "
+                          "drop --out and --recipe (flags such as --iters still apply)")
     if resume is not None:
         return resumed_config(resume, overrides)
     return apply_overrides(load_recipe(recipe), overrides)
@@ -185,7 +183,8 @@ def pretrain(
 
     with user_errors():
         cfg = _load_config(recipe, resume, _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed,
-                                                            compile_))
+                                                            compile_),
+                           out_dir)
         run_dir = resume or out_dir
         if run_dir is None or (data is None and resume is None):
             raise typer.BadParameter("give --data and --out, or --resume RUN_DIR")
@@ -234,7 +233,7 @@ def finetune(
                              "freeze_mapping": freeze_mapping, "struct_loss": struct_loss, "struct_weight": struct_weight,
                              "struct_tap": struct_tap.value if struct_tap else None, "fresh_d": fresh_d}
     with user_errors():
-        cfg = _load_config(recipe, resume, overrides)
+        cfg = _load_config(recipe, resume, overrides, out_dir)
         run_dir = resume or out_dir
         if run_dir is None or (resume is None and (source is None or data is None)):
             raise typer.BadParameter("give --source, --data and --out, or --resume RUN_DIR")
@@ -282,7 +281,8 @@ def data_synth(
     """Procedural faces from one shared parameter distribution, drawn as photos or cartoons."""
     from cartoongan.data.synthetic import synthesize
 
-    path = synthesize(domain.value, n, size, out_dir, seed, RichReporter())
+    with user_errors():
+        path = synthesize(domain.value, n, size, out_dir, seed, RichReporter())
     out.print(f"wrote {n} {domain.value} faces to {path}")
 
 
@@ -456,10 +456,10 @@ def export(
     g_ema_only: bool = typer.Option(False, "--g-ema-only", help="Keep only g_ema (like convert_weight.py); else g and d too."),
 ):
     """Write a checkpoint without optimiser and RNG state, for sharing."""
-    from cartoongan.weights.checkpoint import load_checkpoint, save_checkpoint, slim_checkpoint
+    from cartoongan.weights.checkpoint import export_checkpoint
 
     with user_errors():
-        path = save_checkpoint(output, slim_checkpoint(load_checkpoint(ckpt), keep_training_nets=not g_ema_only))
+        path = export_checkpoint(ckpt, output, keep_training_nets=not g_ema_only)
     out.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 

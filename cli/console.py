@@ -5,11 +5,14 @@ import contextlib
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+# Messages name paths and recipe tables ("[train]"), so text is escaped before it reaches rich's
+# markup parser; `out` (stdout) prints results only and takes no markup at all.
 console = Console(stderr=True)
-out = Console()
+out = Console(markup=False)
 
 
 class _Bar:
@@ -21,24 +24,24 @@ class _Bar:
             self._p.update(self._t, advance=n)
             return
         info = "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
-        self._p.update(self._t, advance=n, info=info)
+        self._p.update(self._t, advance=n, info=escape(info))
 
 
 class RichReporter:
     """Progress bars, tables and warnings on the terminal (stderr, so stdout stays clean for --json)."""
 
     def info(self, message: str) -> None:
-        console.print(message)
+        console.print(escape(message))
 
     def warn(self, message: str) -> None:
-        console.print(f"[yellow]warning:[/] {message}")
+        console.print(f"[yellow]warning:[/] {escape(message)}")
 
     def table(self, title, columns, rows) -> None:
-        table = Table(title=title)
+        table = Table(title=escape(str(title)))
         for c in columns:
-            table.add_column(str(c))
+            table.add_column(escape(str(c)))
         for r in rows:
-            table.add_row(*[str(x) for x in r])
+            table.add_row(*[escape(str(x)) for x in r])
         console.print(table)
 
     @contextlib.contextmanager
@@ -46,11 +49,11 @@ class RichReporter:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                       console=console, transient=False) as prog:
-            task = prog.add_task(description, total=total, completed=completed, info="")
+            task = prog.add_task(escape(description), total=total, completed=completed, info="")
             yield _Bar(prog, task)
 
 
 def fail(message: str, code: int = 1) -> None:
     """Print one line to stderr and exit: the CLI's only error path for expected problems."""
-    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)

@@ -11,8 +11,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from ..outputs import check_fresh_dir, check_outside
 from ..report import NullReporter, Reporter
-from .images import EXTENSIONS, square_resize
+from .images import EXTENSIONS, bombs_as_errors, save_png, square_resize
 
 
 def _sources(root: Path) -> list[tuple[str, callable]]:
@@ -60,11 +61,12 @@ def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None) 
     with reporter.progress(len(sources), f"loading {root.name}") as bar:
         for name, opener in sources:
             try:
-                with opener() as fh, Image.open(fh) as img:
+                with bombs_as_errors(), opener() as fh, Image.open(fh) as img:
                     img.load()
                     arrays.append(square_resize(img, size))
                 names.append(name)
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zipfile.BadZipFile,
+                    Image.DecompressionBombError, Image.DecompressionBombWarning):
                 skipped.append(name)
             bar.advance()
     if skipped:
@@ -113,10 +115,13 @@ def _shown(names: list[str], n: int = 5) -> str:
 def prepare_folder(src: str | Path, out: str | Path, size: int, reporter: Reporter | None = None,
                    align: bool = False) -> ImageDataset:
     """Write a clean square RGB PNG dataset (NNNNNN.png) from any folder or zip of photos: centre-cropped,
-    or with `align` FFHQ-aligned faces (photos without a face are skipped and named)."""
-    data = load_aligned_dataset(src, size, reporter) if align else load_dataset(src, size, reporter)
+    or with `align` FFHQ-aligned faces (photos without a face are skipped and named).
+
+    `out` must be new or empty and outside `src` (checked before anything is read)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_outside(out, src, "--out", "the prepared images would be read back as photos of the source")
+    check_fresh_dir(out, "--out", "data prepare writes NNNNNN.png there")
+    data = load_aligned_dataset(src, size, reporter) if align else load_dataset(src, size, reporter)
     for i, img in enumerate(data.images.permute(0, 2, 3, 1).numpy()):
-        Image.fromarray(img).save(out / f"{i:06d}.png")
+        save_png(img, out / f"{i:06d}.png")
     return data

@@ -1,13 +1,17 @@
 """Image IO: any PIL image to square RGB arrays, float tensors to 8-bit, grids and PNGs."""
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import DataError
+from ..outputs import atomic_write
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -57,19 +61,37 @@ def make_grid(tiles: np.ndarray, cols: int, pad: int = 0) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
+    """[H, W, 3] uint8 -> a PNG at `path`, written atomically (OutputError naming it on failure)."""
+    return save_image(Image.fromarray(array), path)
+
+
+def save_image(img: Image.Image, path: Path, **options) -> Path:
+    """Write a PIL image (format from the suffix; options e.g. for an animated GIF) atomically."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    with atomic_write(path) as fh:
+        img.save(fh, format=fmt, **options)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def bombs_as_errors() -> Iterator[None]:
+    """Make PIL's DecompressionBombWarning (over MAX_IMAGE_PIXELS) an error like the Error (over twice that)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
 def load_photo(path: str | Path, size: int) -> torch.Tensor:
     """Any image file -> centre-cropped, resized [1, 3, size, size] in [-1, 1]."""
     try:
-        with Image.open(path) as img:
+        with bombs_as_errors(), Image.open(path) as img:
             img.load()
             arr = square_resize(img, size)
     except FileNotFoundError:
         raise DataError(f"photo not found: {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path} is too large to decode safely ({str(exc).split(', could')[0]}): "
+                        "downscale it and try again") from None
     except (OSError, SyntaxError, ValueError):
         raise DataError(f"{path} is not a readable image") from None
     return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import colorsys
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..errors import ConfigError
+from ..outputs import check_fresh_dir, writing
 from ..report import NullReporter, Reporter
+from .images import save_image
 
 DOMAINS = ("photo", "cartoon")
 
@@ -151,20 +155,42 @@ def render(p: FaceParams, domain: str, size: int, rng: np.random.RandomState) ->
     return big.resize((size, size), Image.LANCZOS)
 
 
+def is_synth_folder(names: list[str]) -> bool:
+    """Entries of a folder that `synthesize` wrote (params.jsonl and NNNNNN.png only): safe to rewrite."""
+    return "params.jsonl" in names and all(n == "params.jsonl" or re.fullmatch(r"\d{6}\.png", n) for n in names)
+
+
 def synthesize(domain: str, n: int, size: int, out: str | Path, seed: int = 0, reporter: Reporter | None = None) -> Path:
-    """Write n faces (NNNNNN.png) and params.jsonl to `out`; the same seed gives the same files."""
+    """Write n faces (NNNNNN.png) and params.jsonl to `out`; the same seed gives the same files.
+
+    `out` must be new, empty, or an earlier synthesize folder (whose faces are replaced);
+    params.jsonl gets one line per finished face, so a count of its lines says how far it got."""
     reporter = reporter or NullReporter()
     if domain not in DOMAINS:
-        raise ValueError(f"--domain must be one of {', '.join(DOMAINS)}, got '{domain}'")
+        raise ConfigError(f"--domain must be one of {', '.join(DOMAINS)}, got '{domain}'")
     if n < 1 or size < 8:
-        raise ValueError("--n must be >= 1 and --size >= 8")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+        raise ConfigError("--n must be >= 1 and --size >= 8")
+    out = check_fresh_dir(out, "--out", "data synth writes NNNNNN.png and params.jsonl there", is_synth_folder)
+    stale = [p for p in out.glob("[0-9]" * 6 + ".png") if int(p.stem) >= n] if out.is_dir() else []
     rng = np.random.RandomState(seed)
-    with open(out / "params.jsonl", "w") as log, reporter.progress(n, f"synthesising {domain} faces") as bar:
-        for i in range(n):
-            params = draw_params(rng)
-            render(params, domain, size, rng).save(out / f"{i:06d}.png")
-            log.write(json.dumps({"file": f"{i:06d}.png", "domain": domain, **asdict(params)}) + "\n")
-            bar.advance()
+    log_path = out / "params.jsonl"
+    with writing(log_path):
+        out.mkdir(parents=True, exist_ok=True)
+        for p in stale:  # an earlier, larger synthesis in this folder
+            p.unlink()
+        with open(log_path, "w") as log, reporter.progress(n, f"synthesising {domain} faces") as bar:
+            for i in range(n):
+                params = draw_params(rng)
+                save_image(render(params, domain, size, rng), out / f"{i:06d}.png")
+                log.write(json.dumps({"file": f"{i:06d}.png", "domain": domain, **asdict(params)}) + "\n")
+                bar.advance()
     return out
+
+
+def synthesized_count(folder: str | Path) -> int:
+    """How many faces a synthesize run finished in `folder` (0 when it is not one)."""
+    try:
+        with open(Path(folder) / "params.jsonl") as fh:
+            return sum(1 for line in fh if line.endswith("\n"))
+    except OSError:
+        return 0

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import load_recipe
-from ..data.synthetic import synthesize
+from ..data.synthetic import synthesize, synthesized_count
 from ..errors import CheckpointError
+from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
 from ..train.runs import finetune, pretrain, resumed_config
 from ..weights.checkpoint import load_checkpoint
@@ -15,6 +16,10 @@ from .sample import sample_checkpoints
 from .swap import swap_checkpoints
 
 BUNDLED_SOURCE = Path(__file__).resolve().parent.parent / "pretrained" / "demo64_photo.pt"
+
+
+# what run_demo writes into its folder: a folder holding only these is an earlier demo, safe to continue
+DEMO_ENTRIES = {"data", "source", "finetune", "samples", "swapped.pt", "compare.png", "interpolation.gif"}
 
 
 SOURCE_COMMAND = ("cartoongan data synth --domain photo --n 3000 --size 64 --seed 1 --out PHOTOS && "
@@ -53,17 +58,18 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
     pretrained here with the demo64 recipe (pretrain_iters steps).
     """
     reporter = reporter or NullReporter()
-    out = Path(out)
+    out = check_fresh_dir(out, "--out", "the demo writes data, runs and pictures there",
+                          lambda names: set(names) <= DEMO_ENTRIES)
     seeds = seeds or list(range(8))
     cartoon_dir = out / "data" / "cartoon"
-    if not (cartoon_dir / "params.jsonl").exists():
+    if synthesized_count(cartoon_dir) < n_cartoon:
         synthesize("cartoon", n_cartoon, 64, cartoon_dir, seed=2, reporter=reporter)
     photo_dir = out / "data" / "photo"
     if source is None and BUNDLED_SOURCE.exists():
         source = BUNDLED_SOURCE
     if source is None:
         reporter.warn(f"no bundled source model at {BUNDLED_SOURCE}: pretraining one ({SOURCE_COMMAND})")
-        if not (photo_dir / "params.jsonl").exists():
+        if synthesized_count(photo_dir) < 3000:
             synthesize("photo", 3000, 64, photo_dir, seed=1, reporter=reporter)
         cfg = load_recipe("demo64")
         if pretrain_iters:
@@ -78,6 +84,12 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
     swapped = swap_checkpoints(source, cartoon, out / "swapped.pt", res=16)
     pictures = sample_checkpoints([source, cartoon, swapped], seeds, out / "samples", truncation=0.8,
                                   noise_mode="const", interpolate=8)
-    compare = Path(shutil.copy(pictures.compare, out / "compare.png"))
-    gif = Path(shutil.copy(pictures.gif, out / "interpolation.gif"))
+    compare = _copy(pictures.compare, out / "compare.png")
+    gif = _copy(pictures.gif, out / "interpolation.gif")
     return DemoResult(compare, gif, source, cartoon, swapped)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    with open(src, "rb") as fin, atomic_write(dst) as fout:
+        shutil.copyfileobj(fin, fout)
+    return dst

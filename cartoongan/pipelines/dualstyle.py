@@ -24,6 +24,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..models.dualstyle import DualStyleGenerator, default_weights
 from ..models.encoders import PSPEncoder
 from ..models.latents import z_from_seed
+from ..outputs import atomic_write, check_output_dir
 from ..report import NullReporter, Reporter
 from ..weights.dualstyle import GENERATOR_FILE, find_exstyle_file, load_dualstyle, load_psp, read_exstyle_codes
 
@@ -200,11 +201,10 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
     with opts.all_styles). INPUT: a photo (an aligned face crop; `aligner(path, size)` -> [1, 3, size,
     size] in [-1, 1] aligns a raw one) or an intrinsic code .npy."""
     reporter = reporter or NullReporter()
+    outdir = check_output_dir(outdir, "--outdir")
     dev = resolve_device(device)
     model, codes = load_model(model_dir, dev)
     _check_options(opts, model, codes)
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     res = DualStyleResult()
     photo = None
     if Path(input_path).suffix.lower() == ".npy":
@@ -217,7 +217,8 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
         instyle = encoder.encode(photo)
         reporter.info(f"encoded {input_path} into a {'W+' if opts.wplus else 'Z+'} code")
     res.instyle = outdir / "instyle.npy"
-    np.save(res.instyle, instyle.cpu().numpy().astype(np.float32))
+    with atomic_write(res.instyle) as fh:
+        np.save(fh, instyle.cpu().numpy().astype(np.float32))
     if opts.all_styles:
         res.sheet = _contact_sheet(model, codes, instyle, opts, outdir / "sheet.png", reporter)
         return res
@@ -282,6 +283,7 @@ def random_portraits(model_dir: Path, n: int, outdir: Path, opts: DualStyleOptio
                      reporter: Reporter | None = None, seed: int = 0) -> DualStyleResult:
     """Random intrinsic codes (z from seeds seed..seed+n-1, one w for every slot, as generate.py)
     in one exemplar's style: outdir/random_SEED.png and outdir/random.png (a grid)."""
+    outdir = check_output_dir(outdir, "--outdir")
     dev = resolve_device(device)
     model, codes = load_model(model_dir, dev)
     _check_options(opts, model, codes)

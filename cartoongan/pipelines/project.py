@@ -6,6 +6,7 @@ projector's noise regularisation, a ramped learning rate and decaying latent noi
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.images import load_photo, save_png, to_uint8
+from ..data.images import load_photo, save_image, save_png, to_uint8
 from ..errors import CartoonganError, DataError
 from ..metrics.lpips import lpips_vgg
 from ..models.generator import Generator
+from ..outputs import atomic_write, check_output_dir
 from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
 
@@ -128,26 +130,40 @@ def save_projection(result: Projection, target: torch.Tensor, outdir: str | Path
     outdir = Path(outdir)
     paths = {"target": save_png(to_uint8(target)[0], outdir / "target.png"),
              "proj": save_png(to_uint8(result.image)[0], outdir / "proj.png")}
-    np.savez(outdir / "projected_w.npz", w=result.ws.cpu().numpy())
+    with atomic_write(outdir / "projected_w.npz") as fh:
+        np.savez(fh, w=result.ws.cpu().numpy())
     paths["w"] = outdir / "projected_w.npz"
     if result.frames:
         tgt = to_uint8(target)[0]
         frames = [Image.fromarray(np.concatenate([tgt, f], axis=1)) for f in result.frames]
-        frames[0].save(outdir / "proj.gif", save_all=True, append_images=frames[1:], duration=60, loop=0)
-        paths["video"] = outdir / "proj.gif"
+        paths["video"] = save_image(frames[0], outdir / "proj.gif", save_all=True, append_images=frames[1:],
+                                    duration=60, loop=0)
     return paths
 
 
-def load_projected_w(path: str | Path) -> torch.Tensor:
-    """projected_w.npz -> w+ [N, n_latent, style_dim] (also accepts NVlabs' [n_latent, D] layout)."""
+def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: int | None = None,
+                     model: str = "the generator") -> torch.Tensor:
+    """projected_w.npz -> w+ [N, n_latent, style_dim] (also accepts NVlabs' [n_latent, D] layout).
+
+    n_latent, style_dim: what the generator that will render it needs (checked when given)."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            w = torch.from_numpy(data["w"]).float()
+            w = np.asarray(data["w"])
     except FileNotFoundError:
         raise DataError(f"projected w not found: {path}") from None
-    except (KeyError, ValueError, OSError):
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):
         raise DataError(f"{path} is not a projected_w.npz with a 'w' array") from None
-    return w[None] if w.ndim == 2 else w
+    if w.dtype.kind not in "fiu" or w.ndim not in (2, 3) or w.size == 0:
+        raise DataError(f"{path}: 'w' is a {w.dtype} array of shape {w.shape}, expected floats of shape "
+                        "(N, n_latent, style_dim)")
+    ws = torch.from_numpy(w).float()
+    ws = ws[None] if ws.ndim == 2 else ws
+    if not torch.isfinite(ws).all():
+        raise DataError(f"{path}: 'w' holds NaN or inf values")
+    if n_latent is not None and tuple(ws.shape[1:]) != (n_latent, style_dim):
+        raise DataError(f"{path} holds w+ of shape {tuple(ws.shape)}, but {model} needs (N, {n_latent}, {style_dim}): "
+                        "it was projected with another model; project the photo with this one")
+    return ws
 
 
 def _perceptual_for(cfg: ProjectConfig, lpips_weights, device):
@@ -172,6 +188,7 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
                   reporter: Reporter | None = None, perceptual=None, align: bool = False) -> dict[str, Path]:
     """`cartoongan project`: invert a photo (FFHQ-aligned first with `align`) with the source generator
     and write the results."""
+    check_output_dir(outdir, "--outdir")
     gen = load_generator(source, device)
     dev = gen.input.input.device
     target, aligned = load_target(photo, gen.size, align, outdir)

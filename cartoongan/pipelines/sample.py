@@ -8,10 +8,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import make_grid, save_png, to_uint8
+from ..data.images import make_grid, save_image, save_png, to_uint8
 from ..errors import CheckpointError
 from ..models.generator import Generator
 from ..models.latents import z_from_seed
+from ..outputs import check_output_dir
 from ..weights.networks import load_generator
 
 
@@ -68,7 +69,8 @@ def _write_renders(gens: list[Generator], names: list[str], ws: torch.Tensor, ou
     rows = []
     for gen, name in zip(gens, names):
         if ws.shape[1:] != (gen.n_latent, gen.style_dim):
-            raise ValueError(f"w+ has shape {tuple(ws.shape[1:])}, generator {name} needs ({gen.n_latent}, {gen.style_dim})")
+            raise CheckpointError(f"w+ has shape {tuple(ws.shape[1:])}, generator {name} needs "
+                                  f"({gen.n_latent}, {gen.style_dim})")
         imgs = render_ws(gen, ws, noise_mode)
         rows.append(imgs)
         folder = outdir if len(gens) == 1 else outdir / name
@@ -92,9 +94,7 @@ def interpolation_gif(gens: list[Generator], ws: torch.Tensor, path: Path, steps
     per_gen = [render_ws(g, frames_ws, noise_mode) for g in gens]
     frames = [Image.fromarray(make_grid(np.stack([imgs[f] for imgs in per_gen]), cols=len(gens)))
               for f in range(len(frames_ws))]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    return path
+    return save_image(frames[0], path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
 
 
 def _unique_names(paths: list[Path]) -> list[str]:
@@ -106,11 +106,15 @@ def _unique_names(paths: list[Path]) -> list[str]:
 
 def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, truncation: float = 1.0,
                        noise_mode: str = "const", interpolate: int = 0, device: str = "auto",
-                       ws: torch.Tensor | None = None) -> SampleResult:
+                       ws: torch.Tensor | None = None, projected_w: str | Path | None = None) -> SampleResult:
     """Load each checkpoint's g_ema and render the same latents through all of them (see `sample`).
 
-    ws: optional w+ [N, n_latent, style_dim] (e.g. projected_w.npz) used instead of the seeds' w.
+    ws: optional w+ [N, n_latent, style_dim] used instead of the seeds' w; projected_w: the same
+    from a projected_w.npz, checked against the first generator. `outdir` is checked first.
     """
+    from .project import load_projected_w
+
+    check_output_dir(outdir, "--outdir")
     gens = [load_generator(p, device) for p in paths]
     dev = gens[0].input.input.device
     first = gens[0]
@@ -118,6 +122,8 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
         if (g.size, g.style_dim) != (first.size, first.style_dim):
             raise CheckpointError(f"{p} is {g.size}px with w of {g.style_dim}; {paths[0]} is "
                                   f"{first.size}px with {first.style_dim}: compare checkpoints of one architecture")
+    if projected_w is not None:
+        ws = load_projected_w(projected_w, gens[0].n_latent, gens[0].style_dim, f"the generator of {paths[0]}")
     if ws is None:
         return sample(gens, _unique_names(paths), seeds, outdir, truncation, noise_mode, interpolate)
     return sample_ws(gens, _unique_names(paths), ws.to(dev), outdir, noise_mode)

@@ -9,8 +9,9 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..models.generator import Generator
-from ..weights.checkpoint import load_checkpoint, save_checkpoint
-from ..weights.networks import build_generator, generator_checkpoint
+from ..outputs import check_output_file
+from ..weights.checkpoint import save_checkpoint
+from ..weights.networks import generator_checkpoint, load_generator
 
 DEFAULT_RES = 16
 MAPPINGS = ("source", "target")  # whose mapping network (and w_avg) a swapped generator keeps
@@ -71,9 +72,11 @@ def swap_layers(source: Generator, target: Generator, res: int = DEFAULT_RES, ma
 
 def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path: str | Path,
                      res: int = DEFAULT_RES, mapping: str = "source", blend_width: float | None = None) -> Path:
-    """Load two checkpoints' g_ema, swap their layers, and write the result as a new checkpoint."""
-    source = build_generator(load_checkpoint(source_path))
-    target = build_generator(load_checkpoint(target_path))
+    """Load two checkpoints' g_ema, swap their layers, and write the result as a new checkpoint
+    (`out_path` is checked first)."""
+    check_output_file(out_path, "--output", inputs=[source_path, target_path])
+    source = load_generator(source_path, "cpu")
+    target = load_generator(target_path, "cpu")
     try:
         swapped = swap_layers(source, target, res, mapping, blend_width)
     except CheckpointError as exc:

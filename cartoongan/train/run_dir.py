@@ -15,6 +15,7 @@ from ..config import RunConfig, to_toml
 from ..data.images import make_grid, save_png, to_uint8
 from ..models.generator import Generator
 from ..models.latents import z_from_seed
+from ..outputs import atomic_write, writing
 from ..weights.checkpoint import save_checkpoint
 
 
@@ -30,8 +31,10 @@ class RunDirectory:
     def start(self, cfg: RunConfig) -> None:
         """Create the folder and write the resolved config.toml."""
         if self.writes:
-            self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / "config.toml").write_text(to_toml(cfg))
+            with writing(self.path):
+                self.path.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.path / "config.toml", "w") as fh:  # a refused write keeps the old one
+                fh.write(to_toml(cfg))
 
     def save(self, ckpt: dict, step: int, numbered: bool) -> Path | None:
         """latest.pt, plus checkpoints/NNNNNN.pt when `numbered`; both written atomically."""
@@ -55,5 +58,5 @@ class RunDirectory:
     def append_log(self, row: dict) -> None:
         """One JSON object per line in log.jsonl."""
         if self.writes:
-            with open(self.path / "log.jsonl", "a") as fh:
+            with writing(self.path / "log.jsonl"), open(self.path / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")

@@ -10,8 +10,9 @@ import torch
 from ..config import RunConfig, from_dict, validate
 from ..data.dataset import load_dataset
 from ..device import check_precision
-from ..errors import CheckpointError, ConfigError
+from ..errors import CartoonganError, CheckpointError, ConfigError, naming
 from ..models.discriminator import Discriminator
+from ..outputs import check_fresh_dir, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
 from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import build_discriminator, build_generator
@@ -25,7 +26,11 @@ def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
     path = run_dir / "config.toml"
     if not (run_dir / "latest.pt").is_file() or not path.is_file():
         raise ConfigError(f"--resume {run_dir}: no latest.pt and config.toml there to continue from")
-    cfg = from_dict(tomllib.loads(path.read_text()))
+    try:
+        cfg = from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError, ConfigError) as exc:
+        raise CartoonganError(f"{path} is damaged ({exc}): restore it (latest.pt keeps a copy under "
+                              "cartoongan.config) or start a new run") from None
     for section, values in (overrides or {}).items():
         for key, value in values.items():
             if value is not None:
@@ -33,9 +38,52 @@ def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
     return cfg
 
 
-def _check_fresh(run_dir: Path) -> None:
+def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool) -> None:
+    """Before any work: a new run needs a new or empty folder outside its dataset; a resumed run a
+    folder it can write in. Raises ConfigError or OutputError (nothing is written)."""
+    if resume:
+        check_output_dir(run_dir, "--resume")
+        return
     if (run_dir / "latest.pt").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --out")
+    if (run_dir / "config.toml").exists():
+        raise ConfigError(f"{run_dir} holds a run that saved no checkpoint (nothing to resume): "
+                          "delete it or choose another --out")
+    check_outside(run_dir, data_path, "--out", "its samples would be read as training images next time")
+    check_fresh_dir(run_dir, "--out", "a run needs a folder of its own")
+
+
+RESUME_KEYS = ("g", "d", "g_ema", "g_optim", "d_optim", "train_state")
+
+
+def open_resumable(run_dir: Path, cfg: RunConfig, kind: str) -> dict:
+    """The run's latest.pt, once it is sure that resuming it to cfg.train.iters does something.
+    Refuses (nothing changes) an export, a run of the other kind, or --iters <= the current step."""
+    latest = run_dir / "latest.pt"
+    ckpt = load_checkpoint(latest)
+    meta = ckpt.get("cartoongan") or {}
+    step = meta.get("step")
+    missing = [k for k in RESUME_KEYS if k not in ckpt] + ([] if isinstance(step, int) else ["cartoongan.step"])
+    if missing:
+        raise CheckpointError(f"{latest} lacks training state ({', '.join(missing)}), e.g. it was exported: "
+                              "it cannot be resumed")
+    if meta.get("kind", kind) != kind:
+        raise ConfigError(f"{run_dir} is a {meta['kind']} run: continue it with "
+                          f"`cartoongan {meta['kind']} --resume {run_dir}`")
+    if step >= cfg.train.iters:
+        raise ConfigError(f"{run_dir} is at step {step} and --iters is {cfg.train.iters}: pass --iters above "
+                          f"{step} to train further (the run is unchanged)")
+    return ckpt
+
+
+def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) -> None:
+    try:
+        trainer.restore(ckpt)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{run_dir / 'latest.pt'} does not fit the run's config.toml ({reason}): "
+                              "restore the run's files or start a new run") from None
+    reporter.info(f"resuming {run_dir} at step {trainer.step}")
 
 
 def _start(cfg: RunConfig, reporter: Reporter):
@@ -51,30 +99,29 @@ def pretrain(cfg: RunConfig, data_path: str | Path, run_dir: str | Path, reporte
     """Train a generator from scratch on a folder (or zip) of images; see Trainer for the loop."""
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir)
-    if not resume:
-        _check_fresh(run_dir)
+    check_run_dir(run_dir, data_path, resume)
+    ckpt = open_resumable(run_dir, cfg, "pretrain") if resume else None
     info = _start(cfg, reporter)
     data = load_dataset(data_path, cfg.model.size, reporter)
     nets = new_networks(cfg, info.device)
     trainer = Trainer(cfg, nets, data, run_dir, info, reporter=reporter, kind="pretrain",
                       provenance={"data": str(data_path), "images": len(data)})
     if resume:
-        trainer.restore(load_checkpoint(run_dir / "latest.pt"))
-        reporter.info(f"resuming {run_dir} at step {trainer.step}")
+        _restore(trainer, ckpt, run_dir, reporter)
     return trainer.run()
 
 
 def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, reporter: Reporter) -> Networks:
-    ckpt = load_checkpoint(source_path)
-    source = build_generator(ckpt, "g_ema", device)
-    g = build_generator(ckpt, "g", device) if "g" in ckpt else copy.deepcopy(source)
-    if "d" in ckpt:
-        d = build_discriminator(ckpt, device)
-    elif cfg.finetune.fresh_d:
+    with naming(source_path):
+        ckpt = load_checkpoint(source_path)
+        source = build_generator(ckpt, "g_ema", device)
+        g = build_generator(ckpt, "g", device) if "g" in ckpt else copy.deepcopy(source)
+        d = build_discriminator(ckpt, device) if "d" in ckpt else None
+    if d is None and cfg.finetune.fresh_d:
         reporter.warn(f"{source_path} has no discriminator: starting D from random weights (--fresh-d)")
         gc = source.config
         d = Discriminator(gc["size"], gc["channel_multiplier"], gc["channel_base"], gc["channel_max"]).to(device)
-    else:
+    elif d is None:
         raise CheckpointError(f"{source_path} has no discriminator ('d'), e.g. a convert_weight.py export; "
                               "pass --fresh-d to start D from random weights")
     if d.size != source.size:
@@ -90,8 +137,8 @@ def finetune(cfg: RunConfig, source_path: str | Path, data_path: str | Path, run
     """Fine-tune a pretrained generator on a new domain with FreezeG/SG/D and the structure loss."""
     reporter = reporter or NullReporter()
     run_dir, source_path = Path(run_dir), Path(source_path)
-    if not resume:
-        _check_fresh(run_dir)
+    check_run_dir(run_dir, data_path, resume)
+    ckpt = open_resumable(run_dir, cfg, "finetune") if resume else None
     ft = cfg.finetune
     info = _start(cfg, reporter)
     nets = _source_networks(cfg, source_path, info.device, reporter)
@@ -106,6 +153,5 @@ def finetune(cfg: RunConfig, source_path: str | Path, data_path: str | Path, run
                       provenance={"source": str(source_path.resolve()), "data": str(data_path), "images": len(data)})
     reporter.table("fine-tuning plan", ["net", "block", "resolution", "parameters", "state"], plan.rows(nets.g, nets.d))
     if resume:
-        trainer.restore(load_checkpoint(run_dir / "latest.pt"))
-        reporter.info(f"resuming {run_dir} at step {trainer.step}")
+        _restore(trainer, ckpt, run_dir, reporter)
     return trainer.run()

@@ -19,7 +19,7 @@ import torch
 from ..config import RunConfig
 from ..data.dataset import ImageDataset
 from ..device import set_math_mode
-from ..errors import TrainingDiverged
+from ..errors import OutputError, TrainingDiverged
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..report import NullReporter, Reporter
@@ -305,6 +305,17 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train to cfg.train.iters. A failed write (disk full) stops with an OutputError that says
+        which checkpoint the run keeps."""
+        try:
+            return self._run()
+        except OutputError as exc:
+            latest = self.out.latest
+            if not latest.is_file():
+                raise
+            raise OutputError(f"{exc}; the run keeps {latest}: continue with --resume {self.run_dir}") from None
+
+    def _run(self) -> TrainResult:
         t = self.t
         self.out.start(self.cfg)
         result = TrainResult(self.run_dir, self.step)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
+from ..outputs import atomic_write, check_output_file
 
 FORMAT_VERSION = 1
 
@@ -38,6 +38,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or not ({"g_ema", "g"} & set(ckpt)):
         keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} holds no generator ('g_ema' or 'g'); found {keys}: pass a StyleGAN2 checkpoint")
+    _check_layout(path, ckpt)
     return ckpt
 
 
@@ -66,34 +67,72 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def _is_state_dict(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items())
+
+
+def _check_layout(path: Path, ckpt: dict) -> None:
+    """The types and sizes every reader relies on, checked where the file is read."""
+    for key in ("g_ema", "g", "d"):
+        if key in ckpt and not _is_state_dict(ckpt[key]):
+            raise CheckpointError(f"{path}: '{key}' is a {type(ckpt[key]).__name__}, expected a state dict "
+                                  "(parameter name -> tensor): not a StyleGAN2 checkpoint")
+    if not isinstance(ckpt.get("cartoongan", {}), dict):
+        raise CheckpointError(f"{path}: 'cartoongan' is a {type(ckpt['cartoongan']).__name__}, expected a dict")
+    avg = ckpt.get("latent_avg")
+    if avg is None:
+        return
+    style = ckpt["g_ema" if "g_ema" in ckpt else "g"].get("style.1.weight")
+    style_dim = style.shape[1] if torch.is_tensor(style) and style.ndim == 2 else None
+    if not torch.is_tensor(avg) or avg.ndim == 0 or (style_dim and avg.shape[-1] != style_dim):
+        shape = tuple(avg.shape) if torch.is_tensor(avg) else type(avg).__name__
+        raise CheckpointError(f"{path}: latent_avg is {shape}, expected a w of {style_dim or 'style_dim'} values "
+                              "like the generator's; the file mixes two models")
+    if not torch.isfinite(avg).all():
+        raise CheckpointError(f"{path}: latent_avg holds NaN or inf values")
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
-    """Write atomically: temp file in the same folder, fsync, rename. A kill mid-save leaves
-    the previous file at `path` intact."""
+    """Write atomically: temp file in the same folder, fsync, rename. A kill or a failed write
+    (disk full: OutputError naming `path`) leaves the previous file at `path` intact and no temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(ckpt, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_write(path, durable=True) as fh:
+        _torch_save(ckpt, fh)
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+class _RecordingWriter:
+    """A file wrapper that remembers the OSError of a failed write (torch.save may re-raise it as a
+    RuntimeError about an 'unexpected pos', losing the cause)."""
+
+    def __init__(self, fh):
+        self._fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+def _torch_save(obj, fh) -> None:
+    sink = _RecordingWriter(fh)
+    try:
+        torch.save(obj, sink)
+    except (RuntimeError, OSError):
+        if sink.error is not None:
+            raise sink.error from None
+        raise
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_training_nets: bool = True) -> Path:
+    """`cartoongan export`: write `src` without optimiser and RNG state to `dst` (checked first)."""
+    check_output_file(dst, "--output", inputs=[src])
+    return save_checkpoint(dst, slim_checkpoint(load_checkpoint(src), keep_training_nets))
 
 
 def slim_checkpoint(ckpt: dict, keep_training_nets: bool = True) -> dict:

@@ -24,6 +24,7 @@ from ..errors import CheckpointError
 from ..models.dualstyle import DualStyleGenerator
 from ..models.encoders import GradualStyleEncoder, PSPEncoder
 from ..models.generator import Generator
+from ..outputs import atomic_write
 from .checkpoint import read_torch_file
 from .networks import _load_state, infer_generator_config
 
@@ -100,10 +101,9 @@ def _check_codes(obj, path: Path) -> dict[str, np.ndarray]:
 def write_exstyle_codes(path: str | os.PathLike, codes: dict[str, np.ndarray]) -> Path:
     """Write codes in the official format (numpy.save of the dict), readable by the official scripts."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     holder = np.empty((), dtype=object)
     holder[()] = {k: np.asarray(v, dtype=np.float32) for k, v in codes.items()}
-    with open(path, "wb") as fh:
+    with atomic_write(path) as fh:
         np.save(fh, holder, allow_pickle=True)
     return path
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import torch
 
 from ..device import resolve_device, set_math_mode
-from ..errors import CheckpointError
+from ..errors import CheckpointError, naming
 from ..models.architecture import channel_widths
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
@@ -26,7 +27,7 @@ def _fit_widths(widths: dict[int, int], what: str) -> dict:
 
 
 def _require(sd: dict, key: str, what: str) -> torch.Tensor:
-    if key not in sd or not torch.is_tensor(sd[key]):
+    if key not in sd or not torch.is_tensor(sd[key]) or sd[key].ndim < 2:
         raise CheckpointError(f"{what} state dict lacks '{key}': not a rosinality-layout StyleGAN2 {what}")
     return sd[key]
 
@@ -64,10 +65,18 @@ def _load_state(module: torch.nn.Module, sd: dict, what: str) -> None:
     module.load_state_dict(sd, strict=True)
 
 
+GENERATOR_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max")
+
+
 def generator_config(ckpt: dict, which: str = "g_ema") -> dict:
+    """The generator's constructor arguments: recorded by cartoongan, or inferred from tensor shapes."""
     meta = ckpt.get("cartoongan") or {}
     if isinstance(meta, dict) and isinstance(meta.get("generator"), dict):
-        return dict(meta["generator"])
+        cfg = dict(meta["generator"])
+        bad = [k for k in GENERATOR_KEYS if not isinstance(cfg.get(k), int) or isinstance(cfg.get(k), bool)]
+        if bad:
+            raise CheckpointError(f"its recorded generator configuration lacks whole numbers for {', '.join(bad)}")
+        return cfg
     return infer_generator_config(ckpt[which])
 
 
@@ -89,10 +98,12 @@ def build_generator(ckpt: dict, which: str = "g_ema", device: str | torch.device
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "auto") -> Generator:
     """The g_ema of the checkpoint at `path`, on `device` ('auto' picks CUDA when present), in
-    eval mode, for rendering: fp32 math is IEEE (no TF32), so GPU renders match CPU renders."""
+    eval mode, for rendering: fp32 math is IEEE (no TF32), so GPU renders match CPU renders.
+    Every error names the file."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     set_math_mode("fp32")
-    return build_generator(load_checkpoint(path), device=dev).eval()
+    with naming(path):
+        return build_generator(load_checkpoint(path), device=dev).eval()
 
 
 def build_discriminator(ckpt: dict, device: str | torch.device = "cpu") -> Discriminator:
@@ -142,13 +153,17 @@ def describe(ckpt: dict) -> dict:
     """A summary for `cartoongan info`: architecture, contents, step and provenance."""
     which = "g_ema" if "g_ema" in ckpt else "g"
     cfg = generator_config(ckpt, which)
+    try:
+        channels = channel_widths(cfg["size"], cfg["channel_multiplier"], cfg["channel_base"], cfg["channel_max"])
+    except (ValueError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"its generator configuration is invalid: {exc}") from None
     n_params = sum(v.numel() for k, v in ckpt[which].items() if not k.startswith("noises."))
     meta = ckpt.get("cartoongan") if isinstance(ckpt.get("cartoongan"), dict) else {}
     return {
         "resolution": cfg["size"],
         "style_dim": cfg["style_dim"],
         "mapping_layers": cfg["n_mlp"],
-        "channels": channel_widths(cfg["size"], cfg["channel_multiplier"], cfg["channel_base"], cfg["channel_max"]),
+        "channels": channels,
         "generator_parameters": n_params,
         "contains": [k for k in ("g", "g_ema", "d", "g_optim", "d_optim", "latent_avg", "ada_aug_p") if k in ckpt],
         "step": meta.get("step"),
@@ -156,3 +171,9 @@ def describe(ckpt: dict) -> dict:
         "provenance": meta.get("provenance"),
         "format": "cartoongan" if meta else "rosinality",
     }
+
+
+def describe_checkpoint(path: str | Path) -> dict:
+    """describe(load_checkpoint(path)), with every error naming the file."""
+    with naming(path):
+        return describe(load_checkpoint(path))

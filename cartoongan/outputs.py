@@ -1,0 +1,162 @@
+"""Output paths: checked before any work, written atomically, every failure one line naming the path.
+
+Every command that writes calls one of the `check_*` functions first (before it reads data or
+builds networks), and writes through `atomic_write` (or inside `writing`), so that a full disk
+or a missing permission becomes an OutputError and never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from .errors import OutputError
+
+_FIXES = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EACCES: "choose a place you can write to",
+    errno.EPERM: "choose a place you can write to",
+    errno.EROFS: "write elsewhere",
+    errno.EISDIR: "a folder is in the way",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a file is in the way",
+}
+
+
+def write_failed(path: str | os.PathLike, exc: OSError) -> OutputError:
+    """An OutputError naming `path` and the cause of `exc` (e.g. 'No space left on device')."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = _FIXES.get(exc.errno)
+    return OutputError(f"cannot write {path}: {reason}" + (f" ({fix})" if fix else ""))
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn any OSError raised inside into an OutputError naming `path`."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = False) -> Iterator:
+    """Yield a file in `path`'s folder that replaces `path` only once it is completely written.
+
+    On any failure the temporary file is removed and `path` is left as it was; an OSError becomes
+    an OutputError naming `path`. durable: fsync the file and its folder (checkpoints), so that a
+    power cut leaves either the old or the new file.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
+            yield fh
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an output is an ordinary file
+        os.replace(tmp, path)
+        tmp = None
+        if durable:
+            _fsync_folder(path.parent)
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- checks, run before any work ------------------------------------------------------------
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def _check_creatable(path: Path, what: str) -> None:
+    """`path` is an existing folder, or a folder that can be created, and can be written in."""
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        if base == path:
+            raise OutputError(f"{what} {path} is a file, not a folder: choose a folder")
+        raise OutputError(f"{what} {path} cannot be created: {base} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{what} {path} cannot be written: {base}: {exc.strerror or exc} "
+                          f"({_FIXES.get(exc.errno, 'choose another place')})") from None
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "--outdir") -> Path:
+    """Refuse (OutputError) an output folder that is a file, lies under a file, or cannot be written."""
+    path = Path(path)
+    _check_creatable(path, what)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str = "--output",
+                      inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse (OutputError) an output file that is a folder, a device, one of the command's inputs,
+    or whose folder cannot be created or written."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder: name a file, e.g. {path / 'out.pt'}")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{what} {path} exists and is not a regular file: name a file")
+    for src in inputs:
+        if path.exists() and Path(src).exists() and os.path.samefile(path, src):
+            raise OutputError(f"{what} {path} is also an input of this command: write to another file")
+    _check_creatable(path.parent, f"{what} {path}: folder")
+    return path
+
+
+def visible_entries(folder: Path) -> list[str]:
+    """Names in `folder`, without hidden ones (.DS_Store, .gitkeep, temporary files), sorted."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def check_fresh_dir(path: str | os.PathLike, what: str, purpose: str,
+                    reusable: Callable[[list[str]], bool] | None = None) -> Path:
+    """An output folder that is new or empty (or whose entries `reusable` accepts), and writable.
+
+    purpose: what the folder is for, for the message (e.g. 'data synth writes NNNNNN.png there').
+    """
+    path = check_output_dir(path, what)
+    try:
+        names = visible_entries(path) if path.is_dir() else []
+    except OSError as exc:
+        raise OutputError(f"{what} {path} cannot be listed: {exc.strerror or exc}") from None
+    if names and not (reusable and reusable(names)):
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise OutputError(f"{what} {path} is not empty (holds {shown}); {purpose}: choose a new or empty folder")
+    return path
+
+
+def check_outside(path: str | os.PathLike, folder: str | os.PathLike, what: str, why: str) -> None:
+    """Refuse an output `path` inside the input `folder` (e.g. a run inside its own dataset)."""
+    folder = Path(folder)
+    if folder.is_dir() and Path(path).resolve().is_relative_to(folder.resolve()):
+        raise OutputError(f"{what} {path} is inside {folder}: {why}; choose a folder outside it")

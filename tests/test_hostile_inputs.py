@@ -1,0 +1,397 @@
+"""Hostile and mistaken inputs, by class: every one ends in one line on stderr (exit 1, or 2 for
+usage), no traceback, and nothing half-written or overwritten.
+
+Classes: output paths x commands (checked before any work), failed writes (disk full) x writers,
+run folders, resume faults, rich markup in messages, mismatched but well-formed inputs.
+"""
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cartoongan_cli.app import app
+from PIL import Image
+from typer.testing import CliRunner
+
+from cartoongan import Discriminator, Generator, load_checkpoint, save_checkpoint
+from cartoongan.train.runs import pretrain
+from cartoongan.weights.networks import generator_checkpoint
+
+from .conftest import TINY, randomized
+from .helpers import blob_images, tiny_config
+
+runner = CliRunner()
+
+
+def error_line(res, code: int = 1) -> str:
+    """The command failed the promised way: exit `code`, no exception, exactly one error line, last."""
+    assert isinstance(res.exception, SystemExit), repr(res.exception)
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and res.output.strip().splitlines()[-1] == errors[0], res.output
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder` (hidden ones too) with a hash of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def tiny_ckpt(path: Path, seed: int = 0, size: int = 16, with_d: bool = False, **arch) -> Path:
+    torch.manual_seed(seed)
+    g = randomized(Generator(size, **{**TINY, **arch}), seed, 0.2)
+    g.w_avg = torch.zeros(g.style_dim)
+    ckpt = generator_checkpoint(g)
+    if with_d:
+        ckpt["g"] = ckpt["g_ema"]
+        ckpt["d"] = Discriminator(size, channel_base=512, channel_max=32).state_dict()
+    return save_checkpoint(path, ckpt)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Shared read-only inputs: two tiny checkpoints, a photo, a dataset and a finished 2-step run."""
+    root = tmp_path_factory.mktemp("assets")
+    a, b = tiny_ckpt(root / "a.pt", 1, with_d=True), tiny_ckpt(root / "b.pt", 2)
+    Image.fromarray(np.full((20, 24, 3), 128, np.uint8)).save(root / "photo.png")
+    data = blob_images(root / "data", n=4)
+    (root / "run").mkdir()  # an existing empty folder is a fine place for a new run
+    pretrain(tiny_config(iters=2, sample_every=2, ckpt_every=2), data, root / "run")
+    return dict(a=a, b=b, photo=root / "photo.png", data=data, run=root / "run")
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder nobody may create files in (as root, where permissions do not bind, sysfs)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir(mode=0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    folder = Path("/sys")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        yield folder
+        return
+    pytest.skip("no unwritable folder available to root here")
+
+
+# ---- output paths x commands: refused before any work ----------------------------------------
+# Every input is missing, so a command that read anything before checking its output would
+# complain about the input instead.
+MISSING = "missing.pt"
+FOLDER_COMMANDS = {
+    "sample": lambda out: ["sample", MISSING, "--outdir", out],
+    "project": lambda out: ["project", "missing.png", "--source", MISSING, "--outdir", out, "--loss", "mse"],
+    "toonify": lambda out: ["toonify", "missing.png", "--source", MISSING, "--target", MISSING, "--outdir", out],
+    "data prepare": lambda out: ["data", "prepare", "missing_dir", "--out", out],
+    "data synth": lambda out: ["data", "synth", "--domain", "cartoon", "--n", "2", "--size", "8", "--out", out],
+    "pretrain": lambda out: ["pretrain", "--data", "missing_dir", "--out", out, "--recipe", "tiny"],
+    "finetune": lambda out: ["finetune", "--source", MISSING, "--data", "missing_dir", "--out", out, "--recipe", "tiny"],
+    "demo": lambda out: ["demo", "--out", out, "--source", MISSING],
+    "dualstyle": lambda out: ["dualstyle", "missing.png", "--model", "missing_dir", "--outdir", out],
+}
+FILE_COMMANDS = {
+    "swap": lambda out: ["swap", MISSING, MISSING, "-o", out],
+    "export": lambda out: ["export", MISSING, "-o", out],
+}
+
+
+def _bad_path(kind: str, tmp_path: Path, unwritable_dir) -> Path:
+    blocker = tmp_path / "blocker.txt"
+    blocker.write_text("keep me")
+    if kind == "existing file":
+        return blocker
+    if kind == "under a file":
+        return blocker / "sub" / "out.pt"
+    if kind == "unwritable parent":
+        return unwritable_dir() / "cartoongan-out" / "out.pt"
+    if kind == "existing folder":
+        (tmp_path / "folder").mkdir()
+        return tmp_path / "folder"
+    if kind == "not a regular file":
+        os.mkfifo(tmp_path / "fifo")
+        return tmp_path / "fifo"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["existing file", "under a file", "unwritable parent"])
+@pytest.mark.parametrize("command", sorted(FOLDER_COMMANDS))
+def test_output_folder_kinds_refused_before_any_work(tmp_path, request, command, kind):
+    out = _bad_path(kind, tmp_path, lambda: request.getfixturevalue("unwritable"))
+    if kind == "unwritable parent":
+        out = out.parent
+    before = snapshot(tmp_path)
+    line = error_line(runner.invoke(app, FOLDER_COMMANDS[command](str(out))))
+    assert str(out) in line and "missing" not in line.replace(str(out), "")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["existing folder", "under a file", "unwritable parent", "not a regular file"])
+@pytest.mark.parametrize("command", sorted(FILE_COMMANDS))
+def test_output_file_kinds_refused_before_any_work(tmp_path, request, command, kind):
+    out = _bad_path(kind, tmp_path, lambda: request.getfixturevalue("unwritable"))
+    line = error_line(runner.invoke(app, FILE_COMMANDS[command](str(out))))
+    assert str(out) in line and "not found" not in line
+    assert (tmp_path / "blocker.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("argv", [
+    lambda a, b: ["export", str(a), "-o", str(a)],
+    lambda a, b: ["swap", str(a), str(b), "-o", str(b)],
+], ids=["export", "swap"])
+def test_output_that_is_an_input_is_refused(tmp_path, assets, argv):
+    a, b = shutil.copy(assets["a"], tmp_path / "a.pt"), shutil.copy(assets["b"], tmp_path / "b.pt")
+    before = snapshot(tmp_path)
+    assert "also an input" in error_line(runner.invoke(app, argv(a, b)))
+    assert snapshot(tmp_path) == before
+
+
+# ---- failed writes (disk full) x writers ----------------------------------------------------
+@pytest.fixture
+def disk_full(monkeypatch):
+    """Every file opened through os.fdopen (all atomic writes) writes to /dev/full: ENOSPC."""
+    def full(fd, mode="r", *args, **kwargs):
+        os.close(fd)
+        return open("/dev/full", mode, *args, **kwargs)
+    monkeypatch.setattr(os, "fdopen", full)
+
+
+DISK_FULL = {
+    "sample": (lambda t, a: ["sample", str(a["a"]), "--seeds", "0", "--outdir", str(t / "o")], "seed0000.png"),
+    "swap": (lambda t, a: ["swap", str(a["a"]), str(a["b"]), "-o", str(t / "old.pt")], "old.pt"),
+    "export": (lambda t, a: ["export", str(a["a"]), "-o", str(t / "old.pt")], "old.pt"),
+    "project": (lambda t, a: ["project", str(a["photo"]), "--source", str(a["a"]), "--steps", "1", "--loss", "mse",
+                              "--outdir", str(t / "o")], "target.png"),
+    "data synth": (lambda t, a: ["data", "synth", "--domain", "photo", "--n", "2", "--size", "8",
+                                 "--out", str(t / "o")], "000000.png"),
+    "data prepare": (lambda t, a: ["data", "prepare", str(a["data"]), "--size", "8", "--out", str(t / "o")],
+                     "000000.png"),
+    "pretrain": (lambda t, a: ["pretrain", "--data", str(a["data"]), "--out", str(t / "o"), "--recipe", "tiny",
+                               "--iters", "1"], "config.toml"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(DISK_FULL))
+def test_disk_full_is_one_line_and_leaves_old_files_and_no_temp_files(tmp_path, assets, disk_full, command):
+    argv, first_file = DISK_FULL[command]
+    old = shutil.copy(assets["b"], tmp_path / "old.pt")  # an earlier output the command would replace
+    before = snapshot(tmp_path)
+    line = error_line(runner.invoke(app, argv(tmp_path, assets)))
+    assert first_file in line and "No space left on device" in line
+    after = snapshot(tmp_path)
+    assert after["old.pt"] == before["old.pt"] and Path(old).is_file()
+    assert not [name for name in after if name.endswith(".tmp")]
+    assert set(after) <= set(before) | {"o/params.jsonl"}  # nothing half-written appeared
+
+
+# ---- run folders ------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+@pytest.mark.parametrize("where", ["dataset folder", "other non-empty folder", "inside the dataset", "existing run"])
+def test_run_folder_must_be_new_empty_or_resumed(tmp_path, assets, command, where):
+    data = blob_images(tmp_path / "data", n=2)
+    out = {"dataset folder": data, "other non-empty folder": tmp_path / "docs",
+           "inside the dataset": data / "run", "existing run": tmp_path / "run"}[where]
+    if where == "other non-empty folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    if where == "existing run":
+        shutil.copytree(assets["run"], out)
+    before = snapshot(tmp_path)
+    argv = ([command, "--data", str(data), "--out", str(out), "--recipe", "tiny"]
+            + (["--source", str(assets["a"])] if command == "finetune" else []))
+    res = runner.invoke(app, argv)
+    line = error_line(res, 2 if where == "existing run" else 1)
+    assert str(out) in line and ("--resume" in line if where == "existing run" else "folder" in line)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv", [
+    lambda t: ["data", "prepare", str(t / "src"), "--out", str(t / "src")],
+    lambda t: ["data", "prepare", str(t / "src"), "--out", str(t / "docs")],
+    lambda t: ["data", "synth", "--domain", "cartoon", "--n", "2", "--size", "8", "--out", str(t / "src")],
+    lambda t: ["demo", "--out", str(t / "docs")],
+], ids=["prepare into its source", "prepare into a non-empty folder", "synth over a dataset",
+        "demo into a non-empty folder"])
+def test_dataset_and_demo_folders_are_not_overwritten(tmp_path, argv):
+    blob_images(tmp_path / "src", n=2)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    assert "choose" in error_line(runner.invoke(app, argv(tmp_path)))
+    assert snapshot(tmp_path) == before
+
+
+def test_synth_rewrites_its_own_folder_without_stale_faces(tmp_path):
+    out = tmp_path / "faces"
+    base = ["data", "synth", "--domain", "cartoon", "--size", "8", "--out", str(out)]
+    assert runner.invoke(app, base + ["--n", "3"]).exit_code == 0
+    res = runner.invoke(app, base + ["--n", "2", "--seed", "5"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "params.jsonl"]
+    assert len((out / "params.jsonl").read_text().splitlines()) == 2
+
+
+# ---- resume faults: refused with one line, the run unchanged --------------------------------
+def _damage(run: Path, fault: str) -> list[str]:
+    """Damage a copy of the finished 2-step run; return the extra command-line arguments."""
+    if fault == "corrupt config.toml":
+        (run / "config.toml").write_bytes(b"[train\niters = = 3\n\xff")
+    elif fault == "unknown key in config.toml":
+        (run / "config.toml").write_text((run / "config.toml").read_text() + "\n[train.extra]\nx = 1\n")
+    elif fault == "config.toml of another model":
+        text = (run / "config.toml").read_text()
+        (run / "config.toml").write_text(text.replace("size = 16", "size = 32", 1))
+        return ["--iters", "5"]
+    elif fault == "exported latest.pt":
+        ckpt = load_checkpoint(run / "latest.pt")
+        save_checkpoint(run / "latest.pt", {k: ckpt[k] for k in ("g_ema", "g", "d", "cartoongan")})
+        return ["--iters", "5"]
+    elif fault.startswith("--iters"):
+        return fault.split()
+    return []
+
+
+@pytest.mark.parametrize("fault,code,names", [
+    ("corrupt config.toml", 1, "config.toml"),
+    ("unknown key in config.toml", 1, "config.toml"),
+    ("config.toml of another model", 1, "latest.pt"),
+    ("exported latest.pt", 1, "latest.pt"),
+    ("--iters 1", 2, "step 2"),
+    ("--iters 2", 2, "step 2"),
+    ("finished, no --iters", 2, "step 2"),
+])
+def test_resume_faults_refused_and_run_unchanged(tmp_path, assets, fault, code, names):
+    run = Path(shutil.copytree(assets["run"], tmp_path / "run"))
+    extra = _damage(run, fault)
+    before = snapshot(run)
+    line = error_line(runner.invoke(app, ["pretrain", "--resume", str(run), *extra]), code)
+    assert names in line and str(run) in line
+    assert snapshot(run) == before  # config.toml, log.jsonl and checkpoints byte-identical
+
+
+@pytest.mark.parametrize("argv", [
+    lambda run, a: ["pretrain", "--resume", str(run), "--out", str(run.parent / "other"), "--iters", "5"],
+    lambda run, a: ["pretrain", "--resume", str(run), "--recipe", "tiny", "--iters", "5"],
+    lambda run, a: ["finetune", "--resume", str(run), "--source", str(a["a"]), "--iters", "5"],
+], ids=["--out with --resume", "--recipe with --resume", "finetune --resume on a pretrain run"])
+def test_resume_flag_conflicts_refused(tmp_path, assets, argv):
+    run = Path(shutil.copytree(assets["run"], tmp_path / "run"))
+    before = snapshot(tmp_path)
+    assert "--resume" in error_line(runner.invoke(app, argv(run, assets)), 2)
+    assert snapshot(tmp_path) == before
+
+
+def test_disk_full_on_resume_keeps_the_run_and_says_how_to_continue(tmp_path, assets, disk_full):
+    run = Path(shutil.copytree(assets["run"], tmp_path / "run"))
+    before = snapshot(run)
+    line = error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"]))
+    assert "config.toml" in line and "No space left" in line and f"--resume {run}" in line
+    assert snapshot(run) == before
+
+
+# ---- rich markup: text in square brackets survives -------------------------------------------
+def test_bracketed_recipe_table_and_setting_survive(tmp_path):
+    for text, expected in (("[foo]\nx = 1\n", "unknown recipe table [foo]"),
+                           ("[train]\nitres = 3\n", "unknown setting [train].itres")):
+        (tmp_path / "r.toml").write_text(text)
+        res = runner.invoke(app, ["pretrain", "--recipe", str(tmp_path / "r.toml"), "--data", "d", "--out", "o"])
+        assert expected in error_line(res, 2)
+
+
+def test_bracketed_paths_survive_in_errors_warnings_tables_and_results(tmp_path, assets):
+    folder = tmp_path / "[red]x"
+    folder.mkdir()
+    assert f"{folder}/[bold]m.pt" in error_line(runner.invoke(app, ["sample", str(folder / "[bold]m.pt")]))
+    ckpt = str(shutil.copy(assets["a"], folder / "[b]a.pt"))
+    res = runner.invoke(app, ["info", ckpt])  # the table's title; long lines fold, hence the joins below
+    assert res.exit_code == 0 and f"{folder}/[b]a.pt" in "".join(res.output.split())
+    res = runner.invoke(app, ["sample", ckpt, "--seeds", "0", "--outdir", str(folder / "[o]")])
+    assert res.exit_code == 0 and f"{folder}/[o]/grid.png" in "".join(res.output.split())
+    data = blob_images(folder / "[set]", n=1)
+    (data / "[bad].png").write_bytes(b"not a png")
+    res = runner.invoke(app, ["data", "prepare", str(data), "--size", "8", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0 and f"{data}:[bad].png" in "".join(res.output.split())
+
+
+# ---- mismatched but well-formed inputs ------------------------------------------------------
+def _w(tmp_path, array) -> Path:
+    np.savez(tmp_path / "w.npz", w=array)
+    return tmp_path / "w.npz"
+
+
+@pytest.mark.parametrize("w,expected", [
+    (np.zeros((1, 8, 32), np.float32), "(N, 6, 32)"),  # another model's n_latent (a 32 px one)
+    (np.zeros((1, 6, 64), np.float32), "(N, 6, 32)"),  # another model's style_dim
+    (np.zeros((32,), np.float32), "expected floats"),
+    (np.full((8, 32), np.nan, np.float32), "NaN"),
+    (np.array([["a"]]), "expected floats"),
+], ids=["n_latent", "style_dim", "1-d", "nan", "strings"])
+def test_projected_w_from_another_model(tmp_path, assets, w, expected):
+    path = _w(tmp_path, w)
+    res = runner.invoke(app, ["sample", str(assets["a"]), "--projected-w", str(path), "--outdir", str(tmp_path / "o")])
+    line = error_line(res)
+    assert str(path) in line and expected in line
+    assert not (tmp_path / "o").exists()
+
+
+def _edit(path: Path, tmp_path: Path, edit) -> Path:
+    ckpt = load_checkpoint(path)
+    edit(ckpt)
+    torch.save(ckpt, tmp_path / "edited.pt")
+    return tmp_path / "edited.pt"
+
+
+@pytest.mark.parametrize("command", ["info", "sample"])
+@pytest.mark.parametrize("edit,expected", [
+    (lambda c: c.update(latent_avg=torch.zeros(7)), "latent_avg"),
+    (lambda c: c.update(latent_avg="zeros"), "latent_avg"),
+    (lambda c: c.update(g_ema=[1, 2]), "state dict"),
+    (lambda c: c.update(g_ema=torch.zeros(3)), "state dict"),
+    (lambda c: c["g_ema"].update({"style.1.weight": "w"}), "state dict"),
+    (lambda c: c.update(cartoongan="v1"), "'cartoongan'"),
+    (lambda c: c["cartoongan"]["generator"].pop("size"), "size"),
+    (lambda c: c["g_ema"].update({"style.1.weight": torch.zeros(5)}) or c.pop("cartoongan"), "style.1.weight"),
+], ids=["latent_avg size", "latent_avg type", "g_ema list", "g_ema tensor", "g_ema value", "meta type",
+        "meta generator", "1-d weight"])
+def test_mismatched_checkpoint_contents(tmp_path, assets, command, edit, expected):
+    path = _edit(assets["b"], tmp_path, edit)
+    argv = ["info", str(path)] if command == "info" else ["sample", str(path), "--outdir", str(tmp_path / "o")]
+    line = error_line(runner.invoke(app, argv))
+    assert str(path) in line and expected in line
+
+
+@pytest.mark.parametrize("command", ["project", "toonify"])
+@pytest.mark.parametrize("side", [64, 40], ids=["bomb error", "bomb warning"])
+def test_decompression_bomb_photo(tmp_path, assets, monkeypatch, command, side):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is over twice the limit, 40x40 just over it
+    photo = tmp_path / "bomb.png"
+    Image.new("L", (side, side)).save(photo)
+    argv = [command, str(photo), "--source", str(assets["a"]), "--steps", "1", "--loss", "mse",
+            "--outdir", str(tmp_path / "o")] + (["--target", str(assets["b"])] if command == "toonify" else [])
+    line = error_line(runner.invoke(app, argv))
+    assert str(photo) in line and "too large" in line
+
+
+def test_zip_dataset_with_a_corrupt_member_skips_it(tmp_path):
+    blob_images(tmp_path / "imgs", n=2)
+    with zipfile.ZipFile(tmp_path / "d.zip", "w", zipfile.ZIP_STORED) as zf:
+        for p in sorted((tmp_path / "imgs").iterdir()):
+            zf.write(p, p.name)
+    raw = bytearray((tmp_path / "d.zip").read_bytes())
+    at = raw.find(b"IDAT") + 8  # flip a byte inside the first PNG's data: a CRC error on reading
+    raw[at] ^= 0xFF
+    (tmp_path / "d.zip").write_bytes(bytes(raw))
+    res = runner.invoke(app, ["data", "prepare", str(tmp_path / "d.zip"), "--size", "8", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "skipped 1" in res.output and len(list((tmp_path / "o").iterdir())) == 1
