@@ -104,6 +104,8 @@ FOLDER_COMMANDS = {
 FILE_COMMANDS = {
     "swap": lambda out: ["swap", MISSING, MISSING, "-o", out],
     "export": lambda out: ["export", MISSING, "-o", out],
+    "align": lambda out: ["align", "missing.png", "-o", out],
+    "convert": lambda out: ["convert", "missing.pkl", "-o", out],
 }
 
 
@@ -149,7 +151,9 @@ def test_output_file_kinds_refused_before_any_work(tmp_path, request, command, k
 @pytest.mark.parametrize("argv", [
     lambda a, b: ["export", str(a), "-o", str(a)],
     lambda a, b: ["swap", str(a), str(b), "-o", str(b)],
-], ids=["export", "swap"])
+    lambda a, b: ["convert", str(a), "-o", str(a)],
+    lambda a, b: ["align", str(a), "-o", str(a)],
+], ids=["export", "swap", "convert", "align"])
 def test_output_that_is_an_input_is_refused(tmp_path, assets, argv):
     a, b = shutil.copy(assets["a"], tmp_path / "a.pt"), shutil.copy(assets["b"], tmp_path / "b.pt")
     before = snapshot(tmp_path)
@@ -171,7 +175,7 @@ DISK_FULL = {
     "sample": (lambda t, a: ["sample", str(a["a"]), "--seeds", "0", "--outdir", str(t / "o")], "seed0000.png"),
     "swap": (lambda t, a: ["swap", str(a["a"]), str(a["b"]), "-o", str(t / "old.pt")], "old.pt"),
     "export": (lambda t, a: ["export", str(a["a"]), "-o", str(t / "old.pt")], "old.pt"),
-    "project": (lambda t, a: ["project", str(a["photo"]), "--source", str(a["a"]), "--steps", "1", "--loss", "mse",
+    "project": (lambda t, a: ["project", str(a["photo"]), "--no-align", "--source", str(a["a"]), "--steps", "1", "--loss", "mse",
                               "--outdir", str(t / "o")], "target.png"),
     "data synth": (lambda t, a: ["data", "synth", "--domain", "photo", "--n", "2", "--size", "8",
                                  "--out", str(t / "o")], "000000.png"),

@@ -27,8 +27,9 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
+from ..outputs import check_output_file
 from ..weights.registry import locate
-from .images import to_rgb
+from .images import bombs_as_errors, save_image, to_rgb
 
 SUPERSAMPLE = 4  # the quad is sampled at 4x the output size, then downscaled
 DETECT_AREA = 1024 * 1024  # the detector sees at most this many pixels (its time grows with the area)...
@@ -54,7 +55,7 @@ def read_photo(path, name: str | None = None) -> Image.Image:
     (EXIF orientation applied, any mode converted)."""
     name = name or path
     try:
-        with Image.open(path) as img:
+        with bombs_as_errors(), Image.open(path) as img:
             if img.format == "JPEG" and max(img.size) > DECODE_MAX:
                 # DCT-domain downscale by 2, 4 or 8: fast, and never below DECODE_MAX on the long side
                 k = DECODE_MAX / max(img.size)
@@ -64,8 +65,9 @@ def read_photo(path, name: str | None = None) -> Image.Image:
             return to_rgb(upright)
     except FileNotFoundError:
         raise DataError(f"photo not found: {name}") from None
-    except Image.DecompressionBombError:
-        raise DataError(f"{name} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS * 2} pixels)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{name} is too large to decode safely ({str(exc).split(', could')[0]}): "
+                        "downscale it and try again") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise DataError(f"{name} is not a readable image") from None
 
@@ -298,11 +300,12 @@ def crop_paths(out: str | Path, n: int) -> list[Path]:
 
 def align_file(photo: str | Path, out: str | Path, size: int = 256, landmarks: str | Path | None = None,
                all_faces: bool = False) -> list[Path]:
-    """`cartoongan align`: align a photo and write the crop(s); nothing is written when no face is found."""
+    """`cartoongan align`: align a photo and write the crop(s); nothing is written when no face is found.
+    The output path is checked before any work; each crop is written atomically."""
+    check_output_file(out, "-o", inputs=[photo])
     lm = load_landmarks(landmarks) if landmarks is not None else None
     crops = align_photo(photo, size, lm, all_faces)
     paths = crop_paths(out, len(crops)) if all_faces else [Path(out)]
     for crop, path in zip(crops, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        crop.save(path)
+        save_image(crop, path)
     return paths

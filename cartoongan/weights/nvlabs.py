@@ -24,6 +24,7 @@ import torch
 from ..errors import CheckpointError
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
+from ..outputs import check_output_file
 from .checkpoint import FORMAT_VERSION
 from .unpickle import PersistentObject, TFNetwork, UnsafePickleError, safe_load
 
@@ -464,7 +465,6 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, 
     from .checkpoint import save_checkpoint
 
     src, dst = Path(src), Path(dst)
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-        raise CheckpointError(f"output {dst} is the input pickle: pass another -o")
+    check_output_file(dst, "-o", inputs=[src])
     ckpt = convert(src)
     return save_checkpoint(dst, ckpt), ckpt
