@@ -448,3 +448,5 @@ def export(
 
 # Commands added in their own modules register themselves on `app` when imported here
 # (one line each, at the end, once `app` and the helpers above exist).
+from . import metrics  # noqa: E402,F401
+from . import weights  # noqa: E402,F401
