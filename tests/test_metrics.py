@@ -201,13 +201,13 @@ def test_training_logs_kid_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     kids = iter([0.3, 0.1, 0.2])
     real_call = evaluate.KidEvaluator.__call__
     monkeypatch.setattr(evaluate.KidEvaluator, "__call__", lambda self, g: (real_call(self, g), next(kids))[1])
-    res = pretrain(tiny_config(iters=6, eval_every=2, eval_n=4, ckpt_every=6, sample_every=6), data, tmp_path / "run")
+    res = pretrain(tiny_config(iters=3, eval_every=1, eval_n=4, ckpt_every=3, sample_every=3), data, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["kid"]) for r in rows if "kid" in r] == [(2, 0.3), (4, 0.1), (6, 0.2)]
+    assert [(r["step"], r["kid"]) for r in rows if "kid" in r] == [(1, 0.3), (2, 0.1), (3, 0.2)]
     from cartoongan import load_checkpoint
 
     best, latest = load_checkpoint(tmp_path / "run" / "best.pt"), load_checkpoint(res.latest)
-    assert best["cartoongan"]["step"] == 4 and latest["cartoongan"]["step"] == 6
+    assert best["cartoongan"]["step"] == 2 and latest["cartoongan"]["step"] == 3
     assert latest["train_state"]["best_kid"] == 0.1
     assert np.load(tmp_path / "run" / evaluate.CACHE).shape == (8, 8)  # the training set, computed once
 
