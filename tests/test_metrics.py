@@ -54,9 +54,14 @@ def reference_mmd(x, y):
 
 def test_fid_matches_the_scipy_reference_and_its_closed_forms():
     rng = np.random.default_rng(0)
-    a = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 12))
+    a = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 12))  # more images than dimensions (Cholesky route)
     b = rng.normal(size=(250, 12)) * 2 + 0.5
     assert fid_from_features(a, b) == pytest.approx(reference_fid(a, b), rel=1e-9)
+    few = rng.normal(size=(9, 40)), rng.normal(size=(7, 40)) + 0.1  # fewer images than dimensions (rank-deficient)
+    assert fid_from_features(*few) == pytest.approx(reference_fid(*few), rel=1e-6)  # the small-Gram route
+    assert fid_from_features(a[:2], a[:2] * 0) > 0 and fid_from_features(a[:5], a[:5]) == pytest.approx(0, abs=1e-9)
+    dup = np.repeat(a[:6], 50, axis=0)  # singular covariance with many images: the eigh fallback
+    assert fid_from_features(dup, b) == pytest.approx(reference_fid(dup, b), rel=1e-6)
     assert fid_from_features(a, a) == pytest.approx(0, abs=1e-8)
     shift = np.arange(12) / 4  # same covariance, shifted mean: FID = |shift|^2 exactly
     assert fid_from_features(a, a + shift) == pytest.approx((shift ** 2).sum(), rel=1e-9)

@@ -10,6 +10,7 @@ detector do, so our numbers are comparable with the FID/KID that StyleGAN papers
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -30,7 +31,9 @@ def load_inception(device: torch.device | str = "cpu") -> torch.jit.ScriptModule
     # torch.jit.load reads TorchScript (serialised graph code + tensors): it never unpickles Python
     # objects or imports modules, so a tampered file cannot run Python; the sha256 check above
     # also pins the exact release.
-    return torch.jit.load(str(path), map_location=device).eval()
+    with warnings.catch_warnings():  # torch 2.9+ marks jit.load deprecated; the file exists only as TorchScript
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location=device).eval()
 
 
 def resize_tf_bilinear(x: torch.Tensor, size: int = SIZE) -> torch.Tensor:
