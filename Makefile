@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 DLIB   := dlib-bin==20.0.1.post1
 
-.PHONY: install test demo demo-check bench bench-kernels bench-reference clean
+.PHONY: install test cuda-check demo demo-check bench bench-kernels bench-reference clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# on a GPU machine: every subcommand on CUDA at 256 px config F, ADA on, fp32/tf32/bf16
+cuda-check: $(STAMP)
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'cuda-check needs a CUDA GPU')"
+	$(PY) -m pytest -q -m cuda
 
 demo: $(STAMP)
 	$(PY) -m cartoongan_cli demo --out demo

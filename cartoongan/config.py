@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
-from importlib import resources
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import tomllib
 
 from .errors import ConfigError
+
+# the allowed values of the string settings; the CLI builds its choices from these
+AUGMENTS = ("ada", "none")
+PRECISIONS = ("fp32", "tf32", "bf16")  # see device.set_math_mode
+STRUCT_TAPS = ("rgb", "features")
 
 
 @dataclass
@@ -55,7 +60,7 @@ class TrainConfig:
     n_sample: int = 16  # faces in each sample grid (seeds 0..n-1)
     eval_every: int = 0  # steps between KID evaluations against the training set (0 = off); keeps best.pt
     eval_n: int = 100  # generated images per KID evaluation (seeds 0..n-1)
-    precision: str = "fp32"  # fp32 | bf16 (bf16 autocast on CUDA; regularisers stay fp32)
+    precision: str = "fp32"  # fp32 (IEEE) | tf32 (TF32 math on CUDA) | bf16 (autocast on CUDA; regularisers fp32)
     compile: bool = False  # torch.compile G synthesis and D (no gain measured on the CPU; meant for CUDA)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -164,8 +169,12 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
         (t.d_reg_every >= 1 and t.g_reg_every >= 0, "regularisation intervals must be positive"),
         (0 <= t.mixing <= 1, "mixing probability must be in [0, 1]"),
         (0 <= t.augment_p <= 1, "--augment-p must be in [0, 1]"),
-        (t.augment in ("ada", "none"), f"--augment must be ada or none, got '{t.augment}'"),
-        (t.precision in ("fp32", "bf16"), f"--precision must be fp32 or bf16, got '{t.precision}'"),
+        (t.augment in AUGMENTS, f"--augment must be {' or '.join(AUGMENTS)}, got '{t.augment}'"),
+        (t.precision in PRECISIONS, f"--precision must be {', '.join(PRECISIONS)}, got '{t.precision}'"),
+        (cfg.finetune.struct_tap in STRUCT_TAPS,
+         f"--struct-tap must be {' or '.join(STRUCT_TAPS)}, got '{cfg.finetune.struct_tap}'"),
+        (cfg.finetune.struct_weight >= 0 and math.isfinite(cfg.finetune.struct_weight),
+         f"--struct-weight must be a finite number >= 0, got {cfg.finetune.struct_weight}"),
         (t.ema_kimg > 0, "ema_kimg must be > 0"),
         (min(t.sample_every, t.ckpt_every, t.log_every, t.n_sample) >= 1, "intervals must be >= 1"),
         (t.eval_every >= 0 and t.eval_n >= 2, "--eval-every must be >= 0 and --eval-n >= 2"),

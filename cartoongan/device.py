@@ -24,3 +24,46 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if idx >= torch.cuda.device_count():
         raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
     return torch.device("cuda", idx)
+
+
+def check_precision(precision: str, dev: torch.device) -> None:
+    """bf16 autocast is for GPUs: refuse it on the CPU (where it is slow and not what was meant)."""
+    if precision == "bf16" and dev.type != "cuda":
+        raise ConfigError("--precision bf16 needs a CUDA device; use fp32 on the CPU")
+
+
+def set_math_mode(precision: str) -> None:
+    """Choose how fp32 convolutions and matmuls compute on CUDA (no effect on the CPU).
+
+    'fp32' is IEEE fp32 (TF32 off, as NVlabs trains: GPU results match the CPU to ~1e-5);
+    'tf32' and 'bf16' allow TF32 tensor-core math for fp32 work (Ampere and later: ~10-bit
+    mantissa products, several times faster convolutions). Rendering commands use 'fp32'.
+    Uses only the fp32_precision API: torch refuses a mix of it and the legacy allow_tf32 flags.
+    """
+    mode = "ieee" if precision == "fp32" else "tf32"
+    torch.backends.cudnn.conv.fp32_precision = mode
+    torch.backends.cuda.matmul.fp32_precision = mode
+
+
+def tf32_enabled() -> bool:
+    """Whether fp32 convolutions on CUDA currently run in TF32."""
+    return torch.backends.cudnn.conv.fp32_precision == "tf32"
+
+
+def reset_peak_memory(dev: torch.device) -> None:
+    """Start a peak-memory measurement on `dev` (CUDA: the allocator's peak; the CPU has none)."""
+    if dev.type == "cuda":
+        # before any CUDA work in the process, the allocator has no state for the device and
+        # reset_peak_memory_stats raises 'Invalid device argument'
+        torch.cuda.init()
+        torch.empty(1, device=dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def peak_memory_mb(dev: torch.device) -> float:
+    """Peak memory since reset_peak_memory: CUDA allocator peak, or this process's peak RSS on the CPU."""
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

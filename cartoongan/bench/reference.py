@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..device import resolve_device
+from ..device import peak_memory_mb, reset_peak_memory, resolve_device
 from ..errors import ConfigError
 from ..report import NullReporter, Reporter
 from .speed import CONFIGS, Phases, bench_trainer, check_configs, default_batch, time_phases, trainer_phases
@@ -47,6 +47,8 @@ class ComparisonRow:
     ours_train_img_s: float
     reference_train_img_s: float
     train_ratio: float
+    ours_peak_mb: float | None  # peak GPU memory of one step + R1 + path length (None on the CPU)
+    reference_peak_mb: float | None
 
 
 @contextlib.contextmanager
@@ -187,11 +189,25 @@ class _ReferenceLoop:
         return Phases(lambda: self.forward(z), step, r1, path, d_reg_every=16, g_reg_every=4)
 
 
+def _peak_mb(phases: Phases, dev: torch.device) -> float | None:
+    """Peak GPU memory of one step, one R1 step and one path-length step (the CPU has no per-side peak)."""
+    if dev.type != "cuda":
+        return None
+    torch.cuda.synchronize(dev)
+    reset_peak_memory(dev)
+    for phase in (phases.step, phases.r1, phases.path):
+        phase()
+    torch.cuda.synchronize(dev)
+    return round(peak_memory_mb(dev), 1)
+
+
 def compare_with_reference(path: str | Path, configs: list[str], device: str = "auto", repeats: int = 5,
                            batch: int | None = None, reporter: Reporter | None = None,
                            precision: str = "fp32") -> list[ComparisonRow]:
     """Time ours (at `precision`) and the reference (fp32, the precision its train.py uses) at the
-    same configs, batch and device, phase by phase and alternately."""
+    same configs, batch and device, phase by phase and alternately. Both run under the math mode
+    `precision` sets (set_math_mode: TF32 allowed for tf32 and bf16), so fp32 work is compared
+    like for like."""
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
     check_configs(configs)
@@ -210,6 +226,6 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
             (o_fwd, o_iter), (r_fwd, r_iter) = time_phases(ours, reference, dev, repeats)
             rows.append(ComparisonRow(name, str(dev), n, precision, round(n / o_fwd, 2), round(n / r_fwd, 2),
                                       round(r_fwd / o_fwd, 2), round(n / o_iter, 2), round(n / r_iter, 2),
-                                      round(r_iter / o_iter, 2)))
+                                      round(r_iter / o_iter, 2), _peak_mb(ours, dev), _peak_mb(reference, dev)))
             bar.advance()
     return rows

@@ -6,7 +6,6 @@ lazy regularisers are amortised by their intervals, so a benchmark of a large co
 from __future__ import annotations
 
 import copy
-import resource
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.dataset import ImageDataset
-from ..device import resolve_device
+from ..device import peak_memory_mb, reset_peak_memory, resolve_device
 from ..errors import ConfigError
 from ..models.generator import ModulatedConv2d
 from ..report import NullReporter, Reporter
@@ -174,18 +173,14 @@ def bench_config(name: str, device: str = "auto", precision: str = "fp32", repea
 
 def _bench_config(name, dev, precision, repeats, batch, compile_, channels_last, structure) -> BenchRow:
     batch = batch or default_batch(name, dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+    reset_peak_memory(dev)
     tr = bench_trainer(name, dev, batch, precision, compile_, struct=False, channels_last=channels_last)
     (t_fwd, t_iter), _ = time_phases(trainer_phases(tr, batch), None, dev, repeats)
     t_struct = None
     if structure:
         st = bench_trainer(name, dev, batch, precision, compile_, struct=True, channels_last=channels_last)
         (_, t_struct), _ = time_phases(trainer_phases(st, batch), None, dev, repeats)
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_memory_mb(dev)
     return BenchRow(name, str(dev), batch, precision, round(batch / t_fwd, 2), round(batch / t_iter, 2),
                     round(batch / t_struct, 2) if t_struct else None, round(peak, 1))
 

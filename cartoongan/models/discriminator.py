@@ -14,11 +14,22 @@ from .architecture import channel_widths, log2_size
 from .layers import BiasLeakyReLU, Blur, EqualConv2d, EqualLinear
 
 
+class Clamp(nn.Module):
+    """Clamp to +-limit (NVlabs' conv_clamp); holds no state, so state-dict keys stay rosinality's."""
+
+    def __init__(self, limit: float):
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(-self.limit, self.limit)
+
+
 class ConvLayer(nn.Sequential):
-    """[Blur] -> EqualConv2d -> [bias + leaky ReLU]; a Sequential so its keys match rosinality."""
+    """[Blur] -> EqualConv2d -> [bias + leaky ReLU] -> [clamp]; a Sequential so its keys match rosinality."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, downsample: bool = False,
-                 bias: bool = True, activate: bool = True):
+                 bias: bool = True, activate: bool = True, conv_clamp: float | None = None):
         layers: list[nn.Module] = []
         stride, padding = 1, kernel_size // 2
         if downsample:
@@ -33,16 +44,19 @@ class ConvLayer(nn.Sequential):
         layers.append(EqualConv2d(in_ch, out_ch, kernel_size, stride, padding, bias=bias and not activate))
         if activate:
             layers.append(BiasLeakyReLU(out_ch))
+        if conv_clamp is not None:
+            layers.append(Clamp(conv_clamp))
         super().__init__(*layers)
 
 
 class ResBlock(nn.Module):
     """Two 3x3 convs (the second downsampling) plus a 1x1 downsampling skip, summed / sqrt(2)."""
 
-    def __init__(self, in_ch: int, out_ch: int):
+    def __init__(self, in_ch: int, out_ch: int, conv_clamp: float | None = None):
         super().__init__()
-        self.conv1 = ConvLayer(in_ch, in_ch, 3)
-        self.conv2 = ConvLayer(in_ch, out_ch, 3, downsample=True)
+        # NVlabs clamps both convs (before the 1/sqrt(2) of the sum) but not the skip
+        self.conv1 = ConvLayer(in_ch, in_ch, 3, conv_clamp=conv_clamp)
+        self.conv2 = ConvLayer(in_ch, out_ch, 3, downsample=True, conv_clamp=conv_clamp)
         self.skip = ConvLayer(in_ch, out_ch, 1, downsample=True, activate=False, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,20 +87,21 @@ class Discriminator(nn.Module):
         channel_base: int = 16384,  # width = min(channel_max, multiplier * base / resolution)
         channel_max: int = 512,  # widest feature map
         stddev_group: int = 4,  # minibatch-stddev group size
+        conv_clamp: float | None = None,  # clamp conv outputs to +-X (NVlabs models: 256)
     ):
         super().__init__()
         self.size = size
         self.config = dict(size=size, channel_multiplier=channel_multiplier, channel_base=channel_base,
-                           channel_max=channel_max)
+                           channel_max=channel_max, conv_clamp=conv_clamp)
         ch = channel_widths(size, channel_multiplier, channel_base, channel_max)
         self.channels = ch
-        layers: list[nn.Module] = [ConvLayer(3, ch[size], 1)]
+        layers: list[nn.Module] = [ConvLayer(3, ch[size], 1, conv_clamp=conv_clamp)]
         for i in range(log2_size(size), 2, -1):
-            layers.append(ResBlock(ch[2**i], ch[2 ** (i - 1)]))
+            layers.append(ResBlock(ch[2**i], ch[2 ** (i - 1)], conv_clamp))
         self.convs = nn.Sequential(*layers)
         self.stddev_group = stddev_group
         self.channels_last = True  # NHWC activations: faster convs on CPUs (oneDNN) and GPUs
-        self.final_conv = ConvLayer(ch[4] + 1, ch[4], 3)
+        self.final_conv = ConvLayer(ch[4] + 1, ch[4], 3, conv_clamp=conv_clamp)
         self.final_linear = nn.Sequential(EqualLinear(ch[4] * 16, ch[4], activation=True), EqualLinear(ch[4], 1))
 
     @property

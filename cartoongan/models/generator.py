@@ -109,11 +109,13 @@ class NoiseInjection(nn.Module):
 class StyledConv(nn.Module):
     """Modulated conv, noise, bias and leaky ReLU: one synthesis layer."""
 
-    def __init__(self, in_ch: int, out_ch: int, style_dim: int, upsample: bool = False):
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int, upsample: bool = False,
+                 conv_clamp: float | None = None):
         super().__init__()
         self.conv = ModulatedConv2d(in_ch, out_ch, 3, style_dim, upsample=upsample)
         self.noise = NoiseInjection()
         self.activate = BiasLeakyReLU(out_ch)
+        self.conv_clamp = conv_clamp  # NVlabs: clamp the activated output to +-conv_clamp
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None, use_noise: bool = True) -> torch.Tensor:
         """x: [B, in_ch, H, W] -> [B, out_ch, H', W']; noise [B or 1, 1, H', W'] or None for fresh noise.
@@ -133,22 +135,26 @@ class StyledConv(nn.Module):
             if noise is None:
                 noise = torch.randn(y.shape[0], 1, y.shape[2], y.shape[3], device=y.device, dtype=y.dtype)
             out = out + noise.to(y.dtype) * (self.noise.weight * gain).to(y.dtype)
-        return F.leaky_relu(out, 0.2)
+        out = F.leaky_relu(out, 0.2)
+        return out if self.conv_clamp is None else out.clamp(-self.conv_clamp, self.conv_clamp)
 
 
 class ToRGB(nn.Module):
     """1x1 modulated conv to RGB (no demodulation), added to the upsampled previous RGB image."""
 
-    def __init__(self, in_ch: int, style_dim: int, upsample: bool = True):
+    def __init__(self, in_ch: int, style_dim: int, upsample: bool = True, conv_clamp: float | None = None):
         super().__init__()
         if upsample:
             self.upsample = Upsample()
         self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.conv_clamp = conv_clamp  # NVlabs: clamp this layer's RGB (not the running sum)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, C, H, W], skip: [B, 3, H/2, W/2] or None -> RGB [B, 3, H, W]."""
         out = self.conv(x, w) + self.bias.to(x.dtype)
+        if self.conv_clamp is not None:
+            out = out.clamp(-self.conv_clamp, self.conv_clamp)
         if skip is not None:
             out = out + self.upsample(skip)
         return out
@@ -187,13 +193,15 @@ class Generator(nn.Module):
         channel_base: int = 16384,  # width = min(channel_max, multiplier * base / resolution)
         channel_max: int = 512,  # widest feature map
         lr_mlp: float = 0.01,  # learning-rate multiplier of the mapping network
+        conv_clamp: float | None = None,  # clamp synthesis activations and RGB to +-X (NVlabs models: 256)
     ):
         super().__init__()
         self.size = size
         self.style_dim = style_dim
         self.log_size = log2_size(size)
         self.config = dict(size=size, style_dim=style_dim, n_mlp=n_mlp, channel_multiplier=channel_multiplier,
-                           channel_base=channel_base, channel_max=channel_max, lr_mlp=lr_mlp)
+                           channel_base=channel_base, channel_max=channel_max, lr_mlp=lr_mlp,
+                           conv_clamp=conv_clamp)
         self.channels = channel_widths(size, channel_multiplier, channel_base, channel_max)
         self.resolutions = sorted(self.channels)
         self.n_latent = self.log_size * 2 - 2
@@ -204,14 +212,14 @@ class Generator(nn.Module):
         )
         ch = self.channels
         self.input = ConstantInput(ch[4])
-        self.conv1 = StyledConv(ch[4], ch[4], style_dim)
-        self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False)
+        self.conv1 = StyledConv(ch[4], ch[4], style_dim, conv_clamp=conv_clamp)
+        self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False, conv_clamp=conv_clamp)
         self.convs = nn.ModuleList()
         self.to_rgbs = nn.ModuleList()
         for res in self.resolutions[1:]:
-            self.convs.append(StyledConv(ch[res // 2], ch[res], style_dim, upsample=True))
-            self.convs.append(StyledConv(ch[res], ch[res], style_dim))
-            self.to_rgbs.append(ToRGB(ch[res], style_dim))
+            self.convs.append(StyledConv(ch[res // 2], ch[res], style_dim, upsample=True, conv_clamp=conv_clamp))
+            self.convs.append(StyledConv(ch[res], ch[res], style_dim, conv_clamp=conv_clamp))
+            self.to_rgbs.append(ToRGB(ch[res], style_dim, conv_clamp=conv_clamp))
         self.noises = nn.Module()
         for i in range(self.num_layers):
             res = 2 ** ((i + 5) // 2)

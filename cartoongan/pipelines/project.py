@@ -19,6 +19,10 @@ from ..errors import CartoonganError, DataError
 from ..metrics.lpips import lpips_vgg
 from ..models.generator import Generator
 from ..report import NullReporter, Reporter
+from ..weights.networks import load_generator
+
+SPACES = ("w", "w+")  # one w for every layer, or one per layer
+LOSSES = ("lpips", "mse", "lpips+mse")
 
 
 @dataclass
@@ -68,13 +72,15 @@ def project(gen: Generator, target: torch.Tensor, cfg: ProjectConfig, perceptual
             reporter: Reporter | None = None, video_every: int = 0) -> Projection:
     """Find w (or w+) and noise maps that make `gen` draw `target` ([1, 3, S, S] in [-1, 1])."""
     reporter = reporter or NullReporter()
-    if cfg.space not in ("w", "w+") or cfg.loss not in ("lpips", "mse", "lpips+mse"):
-        raise CartoonganError("--space must be w or w+ and --loss lpips, mse or lpips+mse")
+    if cfg.space not in SPACES or cfg.loss not in LOSSES:
+        raise CartoonganError(f"--space must be {' or '.join(SPACES)} and --loss one of {', '.join(LOSSES)}")
     if "lpips" in cfg.loss and perceptual is None:
         raise CartoonganError("the LPIPS loss needs a perceptual model (see lpips_vgg)")
     dev = gen.input.input.device
     gen = gen.eval().requires_grad_(False)
     target = target.to(dev)
+    if perceptual is not None:  # a caller's LPIPS model may still be on the CPU
+        perceptual = perceptual.to(dev)
     with torch.no_grad():
         gz = torch.Generator().manual_seed(cfg.seed)
         w_samples = gen.mapping(torch.randn(cfg.w_avg_samples, gen.style_dim, generator=gz).to(dev))
@@ -152,12 +158,8 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
                   lpips_weights: str | Path | None = None, save_video: bool = False, device: str = "auto",
                   reporter: Reporter | None = None, perceptual=None) -> dict[str, Path]:
     """`cartoongan project`: invert a photo with the source generator and write the results."""
-    from ..device import resolve_device
-    from ..weights.checkpoint import load_checkpoint
-    from ..weights.networks import build_generator
-
-    dev = resolve_device(device)
-    gen = build_generator(load_checkpoint(source), device=dev)
+    gen = load_generator(source, device)
+    dev = gen.input.input.device
     target = load_photo(photo, gen.size)
     perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
     result = project(gen, target, cfg, perceptual, reporter, video_every=max(1, cfg.steps // 60) if save_video else 0)

@@ -9,8 +9,10 @@ import torch
 from PIL import Image
 
 from ..data.images import make_grid, save_png, to_uint8
+from ..errors import CheckpointError
 from ..models.generator import Generator
 from ..models.latents import z_from_seed
+from ..weights.networks import load_generator
 
 
 @torch.no_grad()
@@ -35,7 +37,6 @@ def seeds_to_ws(gen: Generator, seeds: list[int], truncation: float = 1.0) -> to
 @dataclass
 class SampleResult:
     """What `sample` wrote: one folder of seed images per generator, and the summary pictures."""
-
     folders: list[Path] = field(default_factory=list)
     grid: Path | None = None
     compare: Path | None = None
@@ -110,13 +111,8 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
 
     ws: optional w+ [N, n_latent, style_dim] (e.g. projected_w.npz) used instead of the seeds' w.
     """
-    from ..device import resolve_device
-    from ..errors import CheckpointError
-    from ..weights.checkpoint import load_checkpoint
-    from ..weights.networks import build_generator
-
-    dev = resolve_device(device)
-    gens = [build_generator(load_checkpoint(p), device=dev).eval() for p in paths]
+    gens = [load_generator(p, device) for p in paths]
+    dev = gens[0].input.input.device
     first = gens[0]
     for p, g in zip(paths[1:], gens[1:]):
         if (g.size, g.style_dim) != (first.size, first.style_dim):

@@ -13,6 +13,7 @@ from ..weights.checkpoint import load_checkpoint, save_checkpoint
 from ..weights.networks import build_generator, generator_checkpoint
 
 DEFAULT_RES = 16
+MAPPINGS = ("source", "target")  # whose mapping network (and w_avg) a swapped generator keeps
 
 
 def check_compatible(a: Generator, b: Generator, names=("SOURCE", "TARGET")) -> None:
@@ -51,8 +52,8 @@ def swap_layers(source: Generator, target: Generator, res: int = DEFAULT_RES, ma
     check_compatible(source, target)
     if res not in source.resolutions:
         raise ConfigError(f"--res must be one of {source.resolutions}, got {res}")
-    if mapping not in ("source", "target"):
-        raise ConfigError(f"--mapping must be source or target, got '{mapping}'")
+    if mapping not in MAPPINGS:
+        raise ConfigError(f"--mapping must be {' or '.join(MAPPINGS)}, got '{mapping}'")
     if blend_width is not None and not (blend_width >= 0 and math.isfinite(blend_width)):
         raise ConfigError(f"--blend-width must be a finite number >= 0, got {blend_width}")
     out = copy.deepcopy(target)

@@ -9,7 +9,9 @@ import torch
 from ..data.images import load_photo, make_grid, save_png, to_uint8
 from ..errors import CartoonganError
 from ..report import Reporter
+from ..weights.networks import load_generator
 from .project import ProjectConfig, _perceptual_for, project, save_projection
+from .swap import check_compatible
 
 
 def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], outdir: str | Path,
@@ -17,14 +19,9 @@ def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], ou
             reporter: Reporter | None = None, perceptual=None) -> Path:
     """`cartoongan toonify`: project with the source, render that w+ through each target;
     writes the projection files and toonify.png (photo | projection | each target)."""
-    from ..device import resolve_device
-    from ..weights.checkpoint import load_checkpoint
-    from ..weights.networks import build_generator
-    from .swap import check_compatible
-
-    dev = resolve_device(device)
-    source_g = build_generator(load_checkpoint(source), device=dev)
-    target_gs = [build_generator(load_checkpoint(t), device=dev) for t in targets]
+    source_g = load_generator(source, device)
+    dev = source_g.input.input.device
+    target_gs = [load_generator(t, dev) for t in targets]
     for path, g in zip(targets, target_gs):
         try:
             check_compatible(source_g, g)

@@ -9,6 +9,7 @@ import torch
 
 from ..config import RunConfig, from_dict, validate
 from ..data.dataset import load_dataset
+from ..device import check_precision
 from ..errors import CheckpointError, ConfigError
 from ..models.discriminator import Discriminator
 from ..report import NullReporter, Reporter
@@ -48,8 +49,7 @@ def _check_fresh(run_dir: Path) -> None:
 def _start(cfg: RunConfig, reporter: Reporter):
     info = init_distributed(cfg.train.device)
     validate(cfg, info.world)
-    if cfg.train.precision == "bf16" and info.device.type != "cuda":
-        raise ConfigError("--precision bf16 needs a CUDA device; use fp32 on the CPU")
+    check_precision(cfg.train.precision, info.device)
     torch.manual_seed(cfg.train.seed + info.rank)
     return info
 
@@ -102,10 +102,6 @@ def finetune(cfg: RunConfig, source_path: str | Path, data_path: str | Path, run
     if not resume:
         _check_fresh(run_dir)
     ft = cfg.finetune
-    if ft.struct_weight < 0 or ft.struct_weight != ft.struct_weight:
-        raise ConfigError(f"--struct-weight must be >= 0, got {ft.struct_weight}")
-    if ft.struct_tap not in ("rgb", "features"):
-        raise ConfigError(f"--struct-tap must be rgb or features, got '{ft.struct_tap}'")
     info = _start(cfg, reporter)
     nets = _source_networks(cfg, source_path, info.device, reporter)
     if not 0 <= ft.struct_loss <= nets.g.n_blocks - 1:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import math
 import signal
 import threading
 import time
@@ -18,18 +16,17 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig, to_toml
+from ..config import RunConfig
 from ..data.dataset import ImageDataset
-from ..data.images import make_grid, save_png, to_uint8
+from ..device import set_math_mode
 from ..errors import TrainingDiverged
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
-from ..models.latents import z_from_seed
 from ..report import NullReporter, Reporter
-from ..weights.checkpoint import FORMAT_VERSION, save_checkpoint
+from ..weights.networks import training_checkpoint
 from .augment import AdaController, augment
-from .evaluate import KidEvaluator
 from .distributed import DistInfo, average_gradients, broadcast_module, sum_across
+from .evaluate import KidEvaluator
 from .freeze import FreezePlan
 from .losses import (
     d_logistic_loss,
@@ -40,6 +37,7 @@ from .losses import (
     r1_penalty,
     structure_loss,
 )
+from .run_dir import RunDirectory
 
 
 @dataclass
@@ -96,6 +94,7 @@ class Trainer:
         self.cfg, self.t, self.nets, self.data = cfg, cfg.train, nets, data
         self.evaluator = evaluator  # KID every t.eval_every steps, best.pt (main process only)
         self.run_dir, self.info, self.kind = Path(run_dir), info, kind
+        self.out = RunDirectory(run_dir, writes=info.is_main)
         self.plan = plan or FreezePlan()
         self.reporter = reporter or NullReporter()
         self.provenance = provenance or {}
@@ -120,6 +119,7 @@ class Trainer:
         self.log: list[dict] = []
         # runs.py allows bf16 on CUDA only; on the CPU it serves to test the same code path
         self.autocast = self.t.precision == "bf16"
+        set_math_mode(self.t.precision)
         self.d_fwd, self.g_syn = nets.d, nets.g.synthesis
         if self.t.compile:
             self.d_fwd, self.g_syn = torch.compile(nets.d), torch.compile(nets.g.synthesis)
@@ -253,26 +253,15 @@ class Trainer:
     # ---- state -----------------------------------------------------------------------
     def checkpoint(self) -> dict:
         n = self.nets
-        cpu = lambda m: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}  # noqa: E731
-        ckpt = {
-            "g": cpu(n.g), "d": cpu(n.d), "g_ema": cpu(n.g_ema),
-            "g_optim": self.g_optim.state_dict(), "d_optim": self.d_optim.state_dict(),
-            "ada_aug_p": self.ada.p,
-            "cartoongan": {
-                "version": FORMAT_VERSION, "kind": self.kind, "step": self.step,
-                "generator": dict(n.g.config), "discriminator": dict(n.d.config),
-                "config": self.cfg.to_dict(), "provenance": self.provenance,
-            },
-            "train_state": {
-                "mean_path": self.mean_path.cpu(), "ada": self.ada.state_dict(),
-                "best_kid": self.evaluator.best if self.evaluator else None,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(self.dev) if self.dev.type == "cuda" else None,
-            },
+        train_state = {
+            "mean_path": self.mean_path.cpu(), "ada": self.ada.state_dict(),
+            "best_kid": self.evaluator.best if self.evaluator else None,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.dev) if self.dev.type == "cuda" else None,
         }
-        if self.w_avg is not None:
-            ckpt["latent_avg"] = self.w_avg.cpu()
-        return ckpt
+        meta = {"kind": self.kind, "step": self.step, "config": self.cfg.to_dict(), "provenance": self.provenance}
+        return training_checkpoint(n.g, n.d, n.g_ema, self.g_optim, self.d_optim, self.w_avg, self.ada.p,
+                                   train_state, **meta)
 
     def restore(self, ckpt: dict) -> None:
         """Continue from a checkpoint written by `checkpoint()` (weights, optimisers, counters, RNG)."""
@@ -298,28 +287,14 @@ class Trainer:
 
     def _check_finite(self) -> None:
         if bool(self.diverged):
-            latest = self.run_dir / "latest.pt"
+            latest = self.out.latest
             kept = f"the last good checkpoint is {latest}" if latest.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(f"a loss became NaN or inf by step {self.step}; {kept}; "
                                    "lower --lr or raise the R1 weight and resume")
 
     def save(self, numbered: bool) -> Path | None:
         self._check_finite()
-        if not self.info.is_main:
-            return None
-        ckpt = self.checkpoint()
-        if numbered:
-            save_checkpoint(self.run_dir / "checkpoints" / f"{self.step:06d}.pt", ckpt)
-        return save_checkpoint(self.run_dir / "latest.pt", ckpt)
-
-    @torch.no_grad()
-    def save_samples(self) -> None:
-        if not self.info.is_main:
-            return
-        g = self.nets.g_ema
-        z = torch.cat([z_from_seed(s, g.style_dim) for s in range(self.t.n_sample)]).to(self.dev)
-        images = to_uint8(g(z, noise_mode="const"))
-        save_png(make_grid(images, cols=math.ceil(math.sqrt(len(images)))), self.run_dir / "samples" / f"{self.step:06d}.png")
+        return self.out.save(self.checkpoint(), self.step, numbered) if self.info.is_main else None
 
     def evaluate(self) -> float | None:
         """KID of g_ema now, logged to log.jsonl; a new best is saved as best.pt."""
@@ -329,10 +304,9 @@ class Trainer:
         kid = self.evaluator(self.nets.g_ema)
         row = {"step": self.step, "kimg": round(self.step * self.t.batch / 1000, 3), "kid": kid}
         self.log.append(row)
-        with open(self.run_dir / "log.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        self.out.append_log(row)
         if self.evaluator.improved(kid):
-            save_checkpoint(self.run_dir / "best.pt", self.checkpoint())
+            self.out.save_best(self.checkpoint())
         return kid
 
     def write_log(self, seconds: float, images: int) -> dict:
@@ -344,17 +318,13 @@ class Trainer:
         row["img_per_s"] = round(images / max(seconds, 1e-9), 2)
         self.stats.clear()
         self.log.append(row)
-        if self.info.is_main:
-            with open(self.run_dir / "log.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+        self.out.append_log(row)
         return row
 
     # ---- the loop --------------------------------------------------------------------
     def run(self) -> TrainResult:
         t = self.t
-        if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.toml").write_text(to_toml(self.cfg))
+        self.out.start(self.cfg)
         result = TrainResult(self.run_dir, self.step)
         tick_time, tick_step = time.perf_counter(), self.step
         with _StopFlag() as stop, self.reporter.progress(t.iters, self.kind, completed=self.step) as bar:
@@ -370,7 +340,7 @@ class Trainer:
                     tick_time, tick_step = now, self.step
                     fields = {k: row[k] for k in ("loss_g", "loss_d", "ada_p", "img_per_s") if k in row}
                 if self.step % t.sample_every == 0 or last:
-                    self.save_samples()
+                    self.out.save_samples(self.nets.g_ema, self.step, t.n_sample)
                 if t.eval_every and (self.step % t.eval_every == 0 or last):
                     kid = self.evaluate()
                     fields = {**fields, "kid": kid} if kid is not None else fields

@@ -25,7 +25,25 @@ SAFE_GLOBALS = [argparse.Namespace]
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint without executing code from it (torch.load with weights_only=True)."""
+    """Read a checkpoint without executing code from it (torch.load with weights_only=True).
+
+    NVlabs network pickles (.pkl, or any raw pickle stream) are converted on the fly by
+    weights.nvlabs through a restricted unpickler, so every command accepts them too.
+    """
+    from .nvlabs import convert, looks_like_nvlabs_pickle  # nvlabs builds on this module
+
+    if Path(path).is_file() and looks_like_nvlabs_pickle(path):
+        return convert(path)
+    ckpt = read_torch_file(path, map_location)
+    if not isinstance(ckpt, dict) or not ({"g_ema", "g"} & set(ckpt)):
+        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} holds no generator ('g_ema' or 'g'); found {keys}: pass a StyleGAN2 checkpoint")
+    return ckpt
+
+
+def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Any torch.save file, read with weights_only=True (tensors and plain data only); one-line
+    CheckpointError for a missing, unsafe or unreadable file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -45,9 +63,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is not a readable PyTorch checkpoint (truncated or another format: "
             f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
         ) from None
-    if not isinstance(ckpt, dict) or not ({"g_ema", "g"} & set(ckpt)):
-        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path} holds no generator ('g_ema' or 'g'); found {keys}: pass a StyleGAN2 checkpoint")
     return ckpt
 
 

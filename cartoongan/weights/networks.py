@@ -1,15 +1,17 @@
 """Networks from checkpoints: architecture inferred from tensor shapes, state loaded strictly."""
 from __future__ import annotations
 
+import os
 import re
 
 import torch
 
+from ..device import resolve_device, set_math_mode
 from ..errors import CheckpointError
 from ..models.architecture import channel_widths
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
-from .checkpoint import FORMAT_VERSION
+from .checkpoint import FORMAT_VERSION, load_checkpoint
 
 
 # ---- architecture from tensor shapes ------------------------------------------------------
@@ -85,6 +87,14 @@ def build_generator(ckpt: dict, which: str = "g_ema", device: str | torch.device
     return gen.to(device)
 
 
+def load_generator(path: str | os.PathLike, device: str | torch.device = "auto") -> Generator:
+    """The g_ema of the checkpoint at `path`, on `device` ('auto' picks CUDA when present), in
+    eval mode, for rendering: fp32 math is IEEE (no TF32), so GPU renders match CPU renders."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    set_math_mode("fp32")
+    return build_generator(load_checkpoint(path), device=dev).eval()
+
+
 def build_discriminator(ckpt: dict, device: str | torch.device = "cpu") -> Discriminator:
     """A Discriminator holding the checkpoint's `d` weights."""
     if not isinstance(ckpt.get("d"), dict):
@@ -97,12 +107,34 @@ def build_discriminator(ckpt: dict, device: str | torch.device = "cpu") -> Discr
     return disc.to(device)
 
 
+def _cpu_state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 def generator_checkpoint(g_ema: Generator, **meta) -> dict:
     """A checkpoint holding only g_ema and latent_avg (like rosinality's convert_weight.py), plus metadata."""
-    ckpt = {"g_ema": {k: v.detach().cpu() for k, v in g_ema.state_dict().items()},
+    ckpt = {"g_ema": _cpu_state(g_ema),
             "cartoongan": {"version": FORMAT_VERSION, "generator": dict(g_ema.config), **meta}}
     if g_ema.w_avg is not None:
         ckpt["latent_avg"] = g_ema.w_avg.detach().cpu()
+    return ckpt
+
+
+def training_checkpoint(g: Generator, d: Discriminator, g_ema: Generator, g_optim: torch.optim.Optimizer,
+                        d_optim: torch.optim.Optimizer, w_avg: torch.Tensor | None, ada_p: float,
+                        train_state: dict, **meta) -> dict:
+    """The full training state in rosinality's train.py layout (g, d, g_ema, g_optim, d_optim,
+    ada_aug_p, latent_avg) plus ours: `cartoongan` (configs, step, provenance) and `train_state`
+    (path-length mean, ADA state, RNG states) for an exact resume."""
+    ckpt = {
+        "g": _cpu_state(g), "d": _cpu_state(d), "g_ema": _cpu_state(g_ema),
+        "g_optim": g_optim.state_dict(), "d_optim": d_optim.state_dict(), "ada_aug_p": ada_p,
+        "cartoongan": {"version": FORMAT_VERSION, "generator": dict(g.config), "discriminator": dict(d.config),
+                       **meta},
+        "train_state": train_state,
+    }
+    if w_avg is not None:
+        ckpt["latent_avg"] = w_avg.cpu()
     return ckpt
 
 

@@ -1,0 +1,63 @@
+"""A run directory on disk: config.toml, log.jsonl, samples/NNNNNN.png, checkpoints/NNNNNN.pt, latest.pt, best.pt.
+
+The trainer decides when to write; this module knows where and how. Only the main process of a
+data-parallel run writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig, to_toml
+from ..data.images import make_grid, save_png, to_uint8
+from ..models.generator import Generator
+from ..models.latents import z_from_seed
+from ..weights.checkpoint import save_checkpoint
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path, writes: bool = True):
+        self.path = Path(path)
+        self.writes = writes  # False on the non-main ranks of a data-parallel run
+
+    @property
+    def latest(self) -> Path:
+        return self.path / "latest.pt"
+
+    def start(self, cfg: RunConfig) -> None:
+        """Create the folder and write the resolved config.toml."""
+        if self.writes:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "config.toml").write_text(to_toml(cfg))
+
+    def save(self, ckpt: dict, step: int, numbered: bool) -> Path | None:
+        """latest.pt, plus checkpoints/NNNNNN.pt when `numbered`; both written atomically."""
+        if not self.writes:
+            return None
+        if numbered:
+            save_checkpoint(self.path / "checkpoints" / f"{step:06d}.pt", ckpt)
+        return save_checkpoint(self.latest, ckpt)
+
+    def save_best(self, ckpt: dict) -> Path | None:
+        """best.pt: the checkpoint with the lowest KID so far (--eval-every), written atomically."""
+        return save_checkpoint(self.path / "best.pt", ckpt) if self.writes else None
+
+    @torch.no_grad()
+    def save_samples(self, g_ema: Generator, step: int, n: int) -> Path | None:
+        """samples/NNNNNN.png: seeds 0..n-1 through g_ema with the stored noise, in a square-ish grid."""
+        if not self.writes:
+            return None
+        dev = g_ema.input.input.device
+        z = torch.cat([z_from_seed(s, g_ema.style_dim) for s in range(n)]).to(dev)
+        images = to_uint8(g_ema(z, noise_mode="const"))
+        return save_png(make_grid(images, cols=math.ceil(math.sqrt(len(images)))),
+                        self.path / "samples" / f"{step:06d}.png")
+
+    def append_log(self, row: dict) -> None:
+        """One JSON object per line in log.jsonl."""
+        if self.writes:
+            with open(self.path / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")

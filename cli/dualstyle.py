@@ -1,0 +1,78 @@
+"""`cartoongan dualstyle`: exemplar-based stylisation with DualStyleGAN's released models."""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cartoongan.errors import ConfigError
+
+from .app import DEVICE, app, user_errors
+from .console import RichReporter, out
+
+
+class DSNoise(str, Enum):
+    const = "const"
+    random = "random"
+
+
+def _weights(text: Optional[str]) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--weight takes comma-separated numbers (one per w+ slot), got '{text}'") from None
+
+
+def _style_id(text: str) -> tuple[Optional[int], bool]:
+    if text == "all":
+        return None, True
+    if not text.isdigit():
+        raise ConfigError(f"--style-id takes a position in the exemplar-code file or 'all', got '{text}'")
+    return int(text), False
+
+
+@app.command()
+def dualstyle(
+    input_path: Optional[Path] = typer.Argument(None, metavar="INPUT", help="An aligned face photo, or an intrinsic code .npy (1, n_latent, style_dim)."),
+    model: Path = typer.Option(..., "--model", help="A style folder of the release: generator.pt and (refined_)exstyle_code.npy."),
+    style_id: str = typer.Option("0", "--style-id", help="Exemplar position in the code file, or 'all' for a contact sheet."),
+    style: Optional[Path] = typer.Option(None, "--style", help="Encode this exemplar picture instead of using a stored code."),
+    weight: Optional[str] = typer.Option(None, "--weight", help="n_latent comma-separated blend weights (default 0.75 x 7, then 1)."),
+    trunc: Optional[float] = typer.Option(None, "--trunc", min=0.0, help="Intrinsic truncation towards 0 (default 0.75; 0.5 with --random)."),
+    preserve_color: bool = typer.Option(False, "--preserve-color", help="Keep the content's colours (its codes replace the exemplar's colour codes)."),
+    wplus: bool = typer.Option(False, "--wplus", help="Intrinsic codes in W+ (encoder_wplus.pt, or a W+ .npy)."),
+    no_res: bool = typer.Option(False, "--no-res", help="Skip the extrinsic path: the intrinsic StyleGAN2 alone."),
+    noise_mode: DSNoise = typer.Option(DSNoise.const, "--noise-mode", help="const (stored maps, repeatable) | random."),
+    encoder: Optional[Path] = typer.Option(None, "--encoder", help="pSp file (default: encoder.pt or encoder_wplus.pt one level above --model)."),
+    random: int = typer.Option(0, "--random", min=0, help="Render N random faces (seeds 0..N-1) in the chosen style instead."),
+    outdir: Path = typer.Option(Path("out"), "--outdir", help="Output folder."),
+    device: str = DEVICE,
+):
+    """Stylise a face after an exemplar with DualStyleGAN (official generator.pt / encoder.pt / exstyle codes)."""
+    from cartoongan.pipelines.dualstyle import DualStyleOptions, random_portraits, stylize
+
+    with user_errors():
+        sid, all_styles = _style_id(style_id)
+        opts = DualStyleOptions(style_id=sid, all_styles=all_styles, style_image=style, weights=_weights(weight),
+                                truncation=trunc if trunc is not None else (0.5 if random else 0.75),
+                                preserve_color=preserve_color, wplus=wplus, use_res=not no_res,
+                                noise_mode=noise_mode.value, encoder=encoder)
+        if random:
+            if all_styles or style is not None:
+                raise ConfigError("--random renders one stored style: give --style-id N, not 'all' or --style")
+            res = random_portraits(model, random, outdir, opts, device, RichReporter())
+        else:
+            if input_path is None:
+                raise ConfigError("give INPUT (a photo or an intrinsic code .npy), or --random N")
+            # face alignment (cartoongan.data.align) plugs in here as stylize(..., aligner=...);
+            # until then INPUT must already be an FFHQ-aligned crop
+            res = stylize(input_path, model, outdir, opts, device, RichReporter())
+    if res.style_name:
+        out.print(f"style: {res.style_name}")
+    for path in [res.result, res.instyle, res.overview, res.sheet]:
+        if path:
+            out.print(f"wrote {path}")

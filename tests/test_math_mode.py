@@ -1,0 +1,72 @@
+"""The precision policy: which math mode each command sets, and the CLI's choices come from the library."""
+import pytest
+import torch
+from cartoongan_cli.app import Precision, app
+from typer.testing import CliRunner
+
+from cartoongan import __version__
+from cartoongan.config import PRECISIONS
+from cartoongan.device import set_math_mode, tf32_enabled
+from cartoongan.train.runs import pretrain
+from cartoongan.weights.checkpoint import save_checkpoint
+from cartoongan.weights.networks import generator_checkpoint, load_generator
+
+from .helpers import blob_images, tiny_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def restore_math_mode():
+    yield
+    set_math_mode("fp32")
+
+
+@pytest.mark.parametrize("precision,tf32", [("fp32", False), ("tf32", True), ("bf16", True)])
+def test_training_sets_the_math_mode_of_its_precision(tmp_path, precision, tf32, monkeypatch):
+    # bf16 is refused on the CPU by the run checks; the trainer's own policy is what is tested here
+    monkeypatch.setattr("cartoongan.train.runs.check_precision", lambda *a: None)
+    set_math_mode("fp32" if tf32 else "tf32")  # start from the opposite state
+    cfg = tiny_config(iters=1, precision=precision)
+    pretrain(cfg, blob_images(tmp_path / "d", n=4), tmp_path / "run")
+    assert tf32_enabled() is tf32
+
+
+def test_rendering_always_uses_ieee_fp32(tmp_path, tiny_g):
+    path = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g()))
+    set_math_mode("tf32")
+    load_generator(path, "cpu")
+    assert not tf32_enabled()
+
+
+def test_bf16_is_refused_on_the_cpu(tmp_path):
+    res = runner.invoke(app, ["pretrain", "--recipe", "tiny", "--data", str(blob_images(tmp_path / "d", n=4)),
+                              "--out", str(tmp_path / "run"), "--precision", "bf16", "--device", "cpu"])
+    assert res.exit_code == 2 and "needs a CUDA device" in res.output
+    assert not (tmp_path / "run" / "latest.pt").exists()
+
+
+def test_cli_choices_are_the_library_values():
+    assert tuple(p.value for p in Precision) == PRECISIONS
+    res = runner.invoke(app, ["bench", "--precision", "fp16"])
+    assert res.exit_code == 2 and "fp16" in res.output
+
+
+def test_version():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"cartoongan {__version__}" and __version__[0].isdigit()
+
+
+def test_bench_peak_memory_starts_cuda_before_resetting(monkeypatch):
+    """`bench --device cuda` crashed resetting the peak before any CUDA work; reset must initialise first."""
+    import cartoongan.device as device
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "init", lambda: calls.append("init"))
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: calls.append("alloc"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append("reset"))
+    device.reset_peak_memory(torch.device("cuda", 0))
+    assert calls == ["init", "alloc", "reset"]
+    calls.clear()
+    device.reset_peak_memory(torch.device("cpu"))
+    assert calls == []
