@@ -14,7 +14,7 @@ from ..weights.checkpoint import load_checkpoint
 from .sample import sample_checkpoints
 from .swap import swap_checkpoints
 
-BUNDLED_SOURCE = Path(__file__).resolve().parent / "pretrained" / "demo64_photo.pt"
+BUNDLED_SOURCE = Path(__file__).resolve().parents[1] / "pretrained" / "demo64_photo.pt"
 
 
 SOURCE_COMMAND = ("cartoongan data synth --domain photo --n 3000 --size 64 --seed 1 --out PHOTOS && "
