@@ -448,3 +448,4 @@ def export(
 
 # Commands added in their own modules register themselves on `app` when imported here
 # (one line each, at the end, once `app` and the helpers above exist).
+from . import plot  # noqa: E402,F401
