@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch/torchvision pinned to the releases served from this machine's local wheel cache
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo demo-check bench bench-kernels bench-reference clean
+.PHONY: install test demo demo-check ablation bench bench-kernels bench-reference clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m cartoongan_cli demo --out demo
 
+ablation: $(STAMP)
+	$(PY) -m cartoongan_cli ablation --out ablation
+
 demo-check: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
@@ -38,4 +41,4 @@ bench-reference: $(STAMP)
 	$(PY) -m cartoongan_cli bench --reference "$(REF)"
 
 clean:
-	rm -rf $(VENV) demo *.egg-info
+	rm -rf $(VENV) demo ablation *.egg-info

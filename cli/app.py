@@ -449,3 +449,4 @@ def export(
 # Commands added in their own modules register themselves on `app` when imported here
 # (one line each, at the end, once `app` and the helpers above exist).
 from . import plot  # noqa: E402,F401
+from . import ablation  # noqa: E402,F401
