@@ -197,6 +197,7 @@ def finetune(
     freeze_sg: Optional[int] = typer.Option(None, "--freeze-sg", min=0, help="FreezeSG: as --freeze-g N, and their w slots from the source mapping."),
     freeze_d: Optional[int] = typer.Option(None, "--freeze-d", min=0, help="FreezeD: freeze the N highest-resolution D blocks."),
     freeze_mapping: Optional[bool] = typer.Option(None, "--freeze-mapping/--train-mapping", help="Freeze the mapping network (the reference code's FreezeG does)."),
+    freeze_noise: Optional[bool] = typer.Option(None, "--freeze-noise/--train-noise", help="Keep the source's per-pixel noise strengths (flat-colour domains)."),
     struct_loss: Optional[int] = typer.Option(None, "--struct-loss", min=0, help="Structure loss over the first N resolutions from 8 px."),
     struct_weight: Optional[float] = typer.Option(None, "--struct-weight", help="Structure-loss weight (lambda, default 1)."),
     struct_tap: Optional[Tap] = typer.Option(None, "--struct-tap", help="rgb (skip outputs) | features (the reference code's conv features)."),
@@ -209,7 +210,7 @@ def finetune(
         raise typer.BadParameter(f"must be a finite number >= 0, got {struct_weight}", param_hint="--struct-weight")
     overrides = _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_)
     overrides["finetune"] = {"freeze_g": freeze_g, "freeze_sg": freeze_sg, "freeze_d": freeze_d,
-                             "freeze_mapping": freeze_mapping, "struct_loss": struct_loss, "struct_weight": struct_weight,
+                             "freeze_mapping": freeze_mapping, "freeze_noise": freeze_noise, "struct_loss": struct_loss, "struct_weight": struct_weight,
                              "struct_tap": struct_tap.value if struct_tap else None, "fresh_d": fresh_d}
     with user_errors():
         cfg = _load_config(recipe, resume, overrides)
