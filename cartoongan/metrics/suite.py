@@ -1,0 +1,178 @@
+"""`cartoongan metrics`: FID, KID, LPIPS and identity between two image sources.
+
+A source is a folder or .zip of images, or a generator checkpoint (rendered for seeds 0..N-1, the
+NVlabs z convention, const noise). Set metrics (FID, KID) compare the two distributions; paired
+metrics (LPIPS, identity) compare image i of one source with image i of the other: files of the same
+name in two folders, or the same seed through two checkpoints.
+"""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..data.dataset import load_dataset
+from ..data.images import EXTENSIONS
+from ..errors import ConfigError, DataError
+from ..models.latents import z_from_seed
+from ..report import NullReporter, Reporter
+
+SET_METRICS = ("fid", "kid")
+PAIRED_METRICS = ("lpips", "identity")
+METRICS = SET_METRICS + PAIRED_METRICS
+CHECKPOINT_SUFFIXES = {".pt", ".pth", ".pkl"}
+DEFAULT_SAMPLES = 1000  # images rendered from a checkpoint when no n is given
+
+
+@dataclass
+class ImageSet:
+    """images: uint8 [N, H, W, 3]; keys pair images across sources (file names, or 'seedNNNN')."""
+
+    images: np.ndarray
+    keys: list[str]
+    from_checkpoint: bool
+
+
+def is_checkpoint(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES
+
+
+def _native_size(root: Path) -> int:
+    """Side of the first image of a folder or zip (all are squared to it): metrics see images as they are."""
+    if root.is_file() and root.suffix.lower() == ".zip":
+        with zipfile.ZipFile(root) as zf:
+            names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS)
+            if names:
+                with zf.open(names[0]) as fh, Image.open(fh) as img:
+                    return min(img.size)
+    elif root.is_dir():
+        first = next((p for p in sorted(root.rglob("*")) if p.suffix.lower() in EXTENSIONS), None)
+        if first is not None:
+            with Image.open(first) as img:
+                return min(img.size)
+    return 64  # nothing readable: load_dataset raises the right error
+
+
+@torch.no_grad()
+def render_checkpoint(path: Path, n: int, device: torch.device, truncation: float = 1.0,
+                      reporter: Reporter | None = None, batch: int = 8) -> ImageSet:
+    """g_ema of a checkpoint for seeds 0..n-1 (const noise) -> uint8 [n, size, size, 3]."""
+    from ..weights.checkpoint import load_checkpoint
+    from ..weights.networks import build_generator
+
+    reporter = reporter or NullReporter()
+    gen = build_generator(load_checkpoint(path), device=device).eval()
+    if truncation != 1 and gen.w_avg is None:
+        gen.estimate_w_avg()
+    out = []
+    with reporter.progress(n, f"rendering {path.name}") as bar:
+        for start in range(0, n, batch):
+            seeds = range(start, min(start + batch, n))
+            z = torch.cat([z_from_seed(s, gen.style_dim) for s in seeds]).to(device)
+            img = gen.synthesis(gen.ws_from_z(z, truncation=truncation), noise_mode="const").image
+            out.append((img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+            bar.advance(len(seeds))
+    return ImageSet(np.concatenate(out), [f"seed{s:04d}" for s in range(n)], True)
+
+
+def load_images(source: str | Path, n: int | None, device: torch.device, truncation: float = 1.0,
+                reporter: Reporter | None = None) -> ImageSet:
+    """A folder/zip (its first n images in name order, all when n is None) or a checkpoint (n seeds)."""
+    path = Path(source)
+    if is_checkpoint(path):
+        return render_checkpoint(path, n or DEFAULT_SAMPLES, device, truncation, reporter)
+    data = load_dataset(path, _native_size(path), reporter)
+    keep = len(data) if n is None else min(n, len(data))
+    return ImageSet(data.images[:keep].permute(0, 2, 3, 1).numpy(), data.names[:keep], False)
+
+
+def parse_metrics(text: str | list[str]) -> list[str]:
+    """'fid,kid' -> ['fid', 'kid']; a ConfigError names an unknown one."""
+    names = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(METRICS)}")
+    return names
+
+
+def pair(real: ImageSet, fake: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """The images of both sets that share a key, in the same order: two uint8 [P, H, W, 3] arrays."""
+    if real.from_checkpoint != fake.from_checkpoint:
+        raise ConfigError("paired metrics (lpips, identity) need two folders with the same file names "
+                          "or two checkpoints (same seeds), not a folder and a checkpoint")
+    index = {Path(k).stem: i for i, k in enumerate(fake.keys)}
+    matches = [(i, index[Path(k).stem]) for i, k in enumerate(real.keys) if Path(k).stem in index]
+    if not matches:
+        raise DataError("paired metrics need images of the same name in both folders; none match")
+    ri, fi = zip(*matches)
+    return real.images[list(ri)], fake.images[list(fi)]
+
+
+def _to_float(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [-1, 1] [N, 3, size, size] (antialiased bilinear when resized)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+@torch.no_grad()
+def mean_lpips(a: np.ndarray, b: np.ndarray, device: torch.device, weights: str | Path | None = None,
+               reporter: Reporter | None = None, batch: int = 8) -> float:
+    """Mean LPIPS (VGG) over pairs of uint8 [P, H, W, 3] images (resized to the smaller side)."""
+    from .lpips import lpips_vgg
+
+    reporter = reporter or NullReporter()
+    net = lpips_vgg(weights).to(device)
+    size = min(a.shape[1], b.shape[1])
+    total = 0.0
+    with reporter.progress(len(a), "lpips") as bar:
+        for i in range(0, len(a), batch):
+            d = net(_to_float(a[i: i + batch], size, device), _to_float(b[i: i + batch], size, device))
+            total += d.sum().item()
+            bar.advance(len(d))
+    return total / len(a)
+
+
+def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] = ("fid", "kid"),
+                    n: int | None = None, device: torch.device | str = "cpu", reporter: Reporter | None = None,
+                    truncation: float = 1.0, features=None, lpips_weights: str | Path | None = None,
+                    ) -> dict[str, float]:
+    """The chosen metrics between two sources -> {"fid": ..., "kid": ..., "lpips": ..., "identity": ...}.
+
+    features: an InceptionFeatures-like callable (images, reporter, description) -> [N, D]
+    (default: the real Inception network, built once for both sets).
+    """
+    reporter = reporter or NullReporter()
+    device = torch.device(device)
+    names = parse_metrics(names)
+    a = load_images(real, n, device, truncation, reporter)
+    b = load_images(fake, n, device, truncation, reporter)
+    result: dict[str, float] = {}
+    if any(m in SET_METRICS for m in names):
+        from .fid import fid_from_features, kid_from_features
+
+        if features is None:
+            from .inception import InceptionFeatures
+
+            features = InceptionFeatures(device)
+        fa = features(a.images, reporter, f"features of {Path(real).name}")
+        fb = features(b.images, reporter, f"features of {Path(fake).name}")
+        if "fid" in names:
+            result["fid"] = fid_from_features(fa, fb)
+        if "kid" in names:
+            result["kid"] = kid_from_features(fa, fb)
+    if any(m in PAIRED_METRICS for m in names):
+        pa, pb = pair(a, b)
+        if "lpips" in names:
+            result["lpips"] = mean_lpips(pa, pb, device, lpips_weights, reporter)
+        if "identity" in names:
+            from .identity import mean_identity
+
+            result["identity"] = mean_identity(pa, pb, reporter)
+    return {m: result[m] for m in names}

@@ -1,0 +1,66 @@
+"""KID during training: g_ema's samples against the training set, and which step was best.
+
+The training set's Inception features are computed once per run and cached in the run directory
+(eval_real_features.npy), so an evaluation only costs the generated images' features.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.images import to_uint8
+from ..metrics.fid import kid_from_features
+from ..models.generator import Generator
+from ..models.latents import z_from_seed
+from ..report import NullReporter, Reporter
+
+Features = Callable[..., np.ndarray]  # (uint8 [N, H, W, 3], reporter, description) -> [N, D]
+CACHE = "eval_real_features.npy"
+
+
+def default_features(device: torch.device) -> Features:
+    """The real Inception network (tests replace this with a stub)."""
+    from ..metrics.inception import InceptionFeatures
+
+    return InceptionFeatures(device)
+
+
+class KidEvaluator:
+    """Call with g_ema -> KID of its seeds 0..n-1 (const noise) against the training images; tracks the best."""
+
+    def __init__(self, train_images: torch.Tensor, n: int, device: torch.device, run_dir: Path,
+                 reporter: Reporter | None = None, features: Features | None = None, batch: int = 16):
+        """train_images: uint8 [N, 3, H, W] (ImageDataset.images)."""
+        self.n, self.device, self.batch = n, device, batch
+        self.reporter = reporter or NullReporter()
+        self.features = features or default_features(device)
+        self.best = math.inf
+        cache = Path(run_dir) / CACHE
+        if cache.is_file() and np.load(cache).shape[0] == len(train_images):
+            self.real = np.load(cache)
+        else:
+            self.real = self.features(train_images.permute(0, 2, 3, 1).numpy(), self.reporter,
+                                      "features of the training set")
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, self.real)
+
+    @torch.no_grad()
+    def __call__(self, g_ema: Generator) -> float:
+        images = []
+        for start in range(0, self.n, self.batch):
+            seeds = range(start, min(start + self.batch, self.n))
+            z = torch.cat([z_from_seed(s, g_ema.style_dim) for s in seeds]).to(self.device)
+            images.append(to_uint8(g_ema(z, noise_mode="const")))
+        fake = self.features(np.concatenate(images), self.reporter, "features of g_ema")
+        return kid_from_features(self.real, fake)
+
+    def improved(self, kid: float) -> bool:
+        """Whether kid beats every earlier evaluation (then it becomes the best)."""
+        if kid < self.best:
+            self.best = kid
+            return True
+        return False

