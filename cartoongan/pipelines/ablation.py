@@ -130,7 +130,7 @@ def markdown_table(rows: list[list]) -> str:
 
 
 def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str | Path | None = None,
-                 iters: int | None = None, n_eval: int = 500, n_structure: int = 64, n_ppl: int = 200,
+                 iters: int | None = None, n_eval: int = 200, n_structure: int = 64, n_ppl: int = 100,
                  n_cartoon: int = 1000, seeds: list[int] | None = None,
                  methods: tuple[tuple[str, str], ...] = METHODS) -> AblationResult:
     """Fine-tune every method, measure it, write out/ablation.md and out/figure.png.
