@@ -45,15 +45,17 @@ class AblationResult:
     figure: Path | None = None
 
 
-def _finetune(recipe: str, source: Path, data: Path, run: Path, iters: int | None, reporter: Reporter) -> tuple[Path, float]:
-    """Fine-tune (or continue / reuse an earlier run of) one method; returns latest.pt and seconds spent."""
+def _finetune(recipe: str, source: Path, data: Path, run: Path, iters: int | None,
+              reporter: Reporter) -> tuple[Path, float | None]:
+    """Fine-tune (or continue / reuse an earlier run of) one method; returns latest.pt and the seconds
+    spent (None: a finished run was reused)."""
     start = time.perf_counter()
     cfg = load_recipe(recipe)
     iters = iters or cfg.train.iters
     latest = run / "latest.pt"
     if latest.exists():
         if load_checkpoint(latest).get("cartoongan", {}).get("step", 0) >= iters:
-            return latest, 0.0
+            return latest, None
         path = finetune(resumed_config(run, {"train": {"iters": iters}}), source, data, run, reporter, resume=True).latest
     else:
         cfg.train.iters = iters
@@ -158,7 +160,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
         fid, kid = scorer.fid_kid(_render(gen, n_eval)) if n_eval else (None, None)
         structure = generator_structure_scores(src_gen, gen, list(range(n_structure))).mean().item()
         row = [name, _fmt(fid), _fmt(kid, 1e3), _fmt(structure, digits=3), _fmt(scorer.ppl(gen), digits=1),
-               "—" if recipe is None else f"{seconds:.0f}"]
+               "—" if recipe is None else "reused" if seconds is None else f"{seconds:.0f}"]
         reporter.info(" | ".join(str(c) for c in row))
         result.rows.append(row)
     result.markdown = markdown_table(result.rows)
