@@ -25,7 +25,8 @@ def test_ablation_runs_every_method_and_writes_table_and_figure(tmp_path):
                        seeds=[0, 1, 2])
     assert [r[0] for r in res.rows] == ["source (photo)"] + [name for name, _ in METHODS]
     assert res.rows[0][3] == "1.000"  # the source against itself
-    assert all(0 < float(r[3]) < 1.0 for r in res.rows[1:])  # fine-tuned: structure partly kept
+    # one step barely moves g_ema: every method still scores about 1 against its source
+    assert all(0.9 < v["structure"] < 1 + 1e-5 for v in res.values[1:]) and res.values[0]["fid"] is None
     assert res.table.read_text() == res.markdown and res.markdown.count("\n") == 2 + len(res.rows)
     with Image.open(res.figure) as img:
         assert img.size == (3 * 32, (1 + len(METHODS)) * 32)  # one row per generator, one column per seed

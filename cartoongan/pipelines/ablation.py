@@ -40,6 +40,7 @@ COLUMNS = ("method", "FID ↓", "KID×10³ ↓", "structure ↑", "PPL (W) ↓",
 @dataclass
 class AblationResult:
     rows: list[list] = field(default_factory=list)  # one per method (and the source), COLUMNS order
+    values: list[dict] = field(default_factory=list)  # the same, unrounded (None: not measured)
     markdown: str = ""
     table: Path | None = None
     figure: Path | None = None
@@ -157,12 +158,15 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
         path, seconds = (source, 0.0) if recipe is None else _finetune(recipe, source, data, out / "runs" / recipe, iters, reporter)
         paths.append(path)
         gen = build_generator(load_checkpoint(path)).eval()
+        ppl = scorer.ppl(gen)
         fid, kid = scorer.fid_kid(_render(gen, n_eval)) if n_eval else (None, None)
         structure = generator_structure_scores(src_gen, gen, list(range(n_structure))).mean().item()
-        row = [name, _fmt(fid), _fmt(kid, 1e3), _fmt(structure, digits=3), _fmt(scorer.ppl(gen), digits=1),
+        row = [name, _fmt(fid), _fmt(kid, 1e3), _fmt(structure, digits=3), _fmt(ppl, digits=1),
                "—" if recipe is None else "reused" if seconds is None else f"{seconds:.0f}"]
         reporter.info(" | ".join(str(c) for c in row))
         result.rows.append(row)
+        result.values.append({"method": name, "fid": fid, "kid": kid, "structure": structure, "ppl": ppl,
+                              "seconds": seconds})
     result.markdown = markdown_table(result.rows)
     result.table = out / "ablation.md"
     result.table.write_text(result.markdown)
