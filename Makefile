@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 DLIB   := dlib-bin==20.0.1.post1
 
-.PHONY: install test cuda-check demo demo-check bench bench-kernels bench-reference clean
+.PHONY: install test cuda-check demo demo-check ablation bench bench-kernels bench-reference clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ cuda-check: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m cartoongan_cli demo --out demo
 
+ablation: $(STAMP)
+	$(PY) -m cartoongan_cli ablation --out ablation
+
 demo-check: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
@@ -48,4 +51,4 @@ bench-reference: $(STAMP)
 	$(PY) -m cartoongan_cli bench --reference "$(REF)"
 
 clean:
-	rm -rf $(VENV) demo *.egg-info
+	rm -rf $(VENV) demo ablation *.egg-info

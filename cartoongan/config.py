@@ -71,6 +71,7 @@ class FinetuneConfig:
     freeze_sg: int = 0  # as freeze_g, and their w slots come from the source mapping (FreezeSG)
     freeze_d: int = 0  # highest-resolution discriminator blocks kept frozen (FreezeD)
     freeze_mapping: bool = False  # also freeze the mapping network (the reference code's FreezeG does)
+    freeze_noise: bool = False  # keep every per-pixel noise strength at the source's value
     struct_loss: int = 0  # structure loss over the first N resolutions from 8 px (0 = off)
     struct_weight: float = 1.0  # its weight (lambda)
     struct_tap: str = "rgb"  # rgb (skip images) | features (conv features, as the reference code)

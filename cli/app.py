@@ -226,6 +226,7 @@ def finetune(
     freeze_sg: Optional[int] = typer.Option(None, "--freeze-sg", min=0, help="FreezeSG: as --freeze-g N, and their w slots from the source mapping."),
     freeze_d: Optional[int] = typer.Option(None, "--freeze-d", min=0, help="FreezeD: freeze the N highest-resolution D blocks."),
     freeze_mapping: Optional[bool] = typer.Option(None, "--freeze-mapping/--train-mapping", help="Freeze the mapping network (the reference code's FreezeG does)."),
+    freeze_noise: Optional[bool] = typer.Option(None, "--freeze-noise/--train-noise", help="Keep the source's per-pixel noise strengths (flat-colour domains)."),
     struct_loss: Optional[int] = typer.Option(None, "--struct-loss", min=0, help="Structure loss over the first N resolutions from 8 px."),
     struct_weight: Optional[float] = typer.Option(None, "--struct-weight", help="Structure-loss weight (lambda, default 1)."),
     struct_tap: Optional[Tap] = typer.Option(None, "--struct-tap", help="Compare skip RGB outputs, or conv features (the reference code)."),
@@ -237,7 +238,7 @@ def finetune(
     overrides = _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_, eval_every,
                                  eval_n)
     overrides["finetune"] = {"freeze_g": freeze_g, "freeze_sg": freeze_sg, "freeze_d": freeze_d,
-                             "freeze_mapping": freeze_mapping, "struct_loss": struct_loss, "struct_weight": struct_weight,
+                             "freeze_mapping": freeze_mapping, "freeze_noise": freeze_noise, "struct_loss": struct_loss, "struct_weight": struct_weight,
                              "struct_tap": struct_tap.value if struct_tap else None, "fresh_d": fresh_d}
     with user_errors():
         cfg = _load_config(recipe, resume, overrides, out_dir)
@@ -476,5 +477,7 @@ def export(
 from . import dualstyle  # noqa: E402,F401
 from . import convert  # noqa: E402,F401
 from . import align  # noqa: E402,F401
+from . import plot  # noqa: E402,F401
+from . import ablation  # noqa: E402,F401
 from . import metrics  # noqa: E402,F401
 from . import weights  # noqa: E402,F401

@@ -42,6 +42,7 @@ def frozen_names(g, d, plan):
 
 @pytest.mark.parametrize("method", [
     dict(freeze_g=2), dict(freeze_sg=2), dict(freeze_d=2), dict(struct_loss=2), dict(freeze_sg=1, struct_loss=2, freeze_d=1, freeze_mapping=True),
+    dict(freeze_noise=True),
 ])
 def test_frozen_parameters_bitwise_unchanged_and_trained_ones_move(tmp_path, method):
     src_path = make_source(tmp_path / "src.pt")
@@ -60,6 +61,13 @@ def test_frozen_parameters_bitwise_unchanged_and_trained_ones_move(tmp_path, met
         for name in names:
             same = torch.equal(before[net][name], after[net][name])
             assert same == (name in frozen), (net, name, "frozen" if name in frozen else "trained")
+
+
+def test_freeze_noise_freezes_exactly_the_noise_strengths():
+    g, d = Generator(16, **ARCH), Discriminator(16, channel_base=512, channel_max=32)
+    g_frozen, d_frozen = frozen_names(g, d, make_plan(FinetuneConfig(freeze_noise=True), g, d))
+    assert g_frozen == {n for n, _ in g.named_parameters() if n.endswith("noise.weight")} and len(g_frozen) == g.num_layers
+    assert not d_frozen
 
 
 def test_freeze_sg_feeds_source_w_to_exactly_the_frozen_slots(tmp_path):

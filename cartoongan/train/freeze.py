@@ -8,7 +8,7 @@ from torch import nn
 from ..config import FinetuneConfig
 from ..errors import ConfigError
 from ..models.discriminator import Discriminator
-from ..models.generator import Generator
+from ..models.generator import Generator, NoiseInjection
 
 
 @dataclass
@@ -19,12 +19,15 @@ class FreezePlan:
     d_frozen: int = 0  # highest-resolution discriminator blocks frozen (FreezeD)
     mapping_frozen: bool = False
     source_slots: int = 0  # w+ slots 0..source_slots-1 taken from the source mapping (FreezeSG)
+    noise_frozen: bool = False  # every synthesis layer's noise strength keeps the source's value
 
     def frozen_modules(self, g: Generator, d: Discriminator) -> list[nn.Module]:
         mods = [m for b in range(self.g_frozen) for m in g.block_modules(b)]
         mods += [m for k in range(1, self.d_frozen + 1) for m in d.block_modules(k)]
         if self.mapping_frozen:
             mods.append(g.style)
+        if self.noise_frozen:
+            mods += [m for m in g.modules() if isinstance(m, NoiseInjection)]
         return mods
 
     def apply(self, g: Generator, d: Discriminator) -> None:
@@ -42,6 +45,9 @@ class FreezePlan:
 
         state = lambda frozen: "frozen" if frozen else "trained"  # noqa: E731
         rows = [("G", "mapping", "-", count([g.style]), state(self.mapping_frozen))]
+        if self.noise_frozen:
+            rows.append(("G", "noise strengths", "all", count([m for m in g.modules() if isinstance(m, NoiseInjection)]),
+                         "frozen"))
         for b in range(g.n_blocks):
             name = f"block {b}" + (" (w slots from source)" if b < self.g_frozen and self.source_slots else "")
             rows.append(("G", name, f"{g.resolutions[b]}px", count(g.block_modules(b)), state(b < self.g_frozen)))
@@ -65,4 +71,5 @@ def make_plan(cfg: FinetuneConfig, g: Generator, d: Discriminator) -> FreezePlan
         d_frozen=cfg.freeze_d,
         mapping_frozen=cfg.freeze_mapping,
         source_slots=2 * cfg.freeze_sg,
+        noise_frozen=cfg.freeze_noise,
     )

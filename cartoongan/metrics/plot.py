@@ -1,0 +1,73 @@
+"""Training curves from a run's log.jsonl: losses, KID/FID (when the run evaluated) and ADA p."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import DataError
+
+LOSS_KEYS = ("loss_d", "loss_g", "loss_struct", "r1", "path_length")
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The rows of RUN/log.jsonl (a run folder or the file itself); a torn last line is ignored."""
+    path = Path(run_dir)
+    path = path / "log.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise DataError(f"no training log at {path}: pass a run folder written by pretrain/finetune")
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
+            continue
+    rows = [r for r in rows if isinstance(r, dict) and "step" in r]
+    if not rows:
+        raise DataError(f"{path} holds no log rows yet")
+    return rows
+
+
+def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of one key over the rows that have it."""
+    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def panels(rows: list[dict]) -> list[tuple[str, list[str]]]:
+    """Which panels the log supports: (title, keys), in drawing order."""
+    keys = {k for r in rows for k in r}
+    out = [("losses", [k for k in LOSS_KEYS if k in keys])]
+    metric_keys = sorted(k for k in keys if k.split("_")[0] in ("kid", "fid"))
+    if metric_keys:
+        out.append(("KID / FID", metric_keys))
+    if any(r.get("ada_p") for r in rows):
+        out.append(("ADA p", ["ada_p"]))
+    return [(title, ks) for title, ks in out if ks]
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw the run's curves (one panel each: losses, KID/FID if logged, ADA p if it moved) to a PNG.
+
+    out defaults to RUN/curves.png. Needs matplotlib.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    rows = read_log(run_dir)
+    out = Path(out) if out else (Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent) / "curves.png"
+    chosen = panels(rows)
+    fig, axes = plt.subplots(len(chosen), 1, figsize=(7, 2.6 * len(chosen)), sharex=True, squeeze=False)
+    for ax, (title, keys) in zip(axes[:, 0], chosen):
+        for key in keys:
+            ax.plot(*series(rows, key), label=key, marker="o" if title != "losses" else None, markersize=3)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

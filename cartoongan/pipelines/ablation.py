@@ -1,0 +1,176 @@
+"""The paper's comparison in one command: four fine-tuning methods from one source, one budget, one table.
+
+FreezeD + ADA, FreezeG, FreezeSG and FreezeSG + structure loss are fine-tuned from the same
+photo-domain source on the built-in cartoon faces (recipes/ablation64_*.toml: the same steps, batch,
+lr and ADA for all four), then measured: FID and KID of g_ema against the cartoon set, the structure
+score against the source for the same latents, and PPL (LPIPS VGG, W space). A figure renders the
+same seeds through the source and every method, one row each.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import load_recipe
+from ..data.dataset import load_dataset
+from ..data.synthetic import synthesize
+from ..errors import CartoonganError, CheckpointError
+from ..metrics.structure import generator_structure_scores
+from ..models.generator import Generator
+from ..models.latents import z_from_seed
+from ..report import NullReporter, Reporter
+from ..train.runs import finetune, resumed_config
+from ..weights.checkpoint import load_checkpoint
+from ..weights.networks import build_generator
+from .demo import BUNDLED_SOURCE
+from .sample import sample_checkpoints
+
+METHODS = (  # (table name, recipe)
+    ("FreezeD + ADA", "ablation64_freezed_ada"),
+    ("FreezeG", "ablation64_freezeg"),
+    ("FreezeSG", "ablation64_freezesg"),
+    ("FreezeSG + structure loss", "ablation64_structure_loss"),
+)
+COLUMNS = ("method", "FID ↓", "KID×10³ ↓", "structure ↑", "PPL (W) ↓", "fine-tune s")
+
+
+@dataclass
+class AblationResult:
+    rows: list[list] = field(default_factory=list)  # one per method (and the source), COLUMNS order
+    values: list[dict] = field(default_factory=list)  # the same, unrounded (None: not measured)
+    markdown: str = ""
+    table: Path | None = None
+    figure: Path | None = None
+
+
+def _finetune(recipe: str, source: Path, data: Path, run: Path, iters: int | None,
+              reporter: Reporter) -> tuple[Path, float | None]:
+    """Fine-tune (or continue / reuse an earlier run of) one method; returns latest.pt and the seconds
+    spent (None: a finished run was reused)."""
+    start = time.perf_counter()
+    cfg = load_recipe(recipe)
+    iters = iters or cfg.train.iters
+    latest = run / "latest.pt"
+    if latest.exists():
+        if load_checkpoint(latest).get("cartoongan", {}).get("step", 0) >= iters:
+            return latest, None
+        path = finetune(resumed_config(run, {"train": {"iters": iters}}), source, data, run, reporter, resume=True).latest
+    else:
+        cfg.train.iters = iters
+        path = finetune(cfg, source, data, run, reporter).latest
+    return path, time.perf_counter() - start
+
+
+@torch.no_grad()
+def _render(gen: Generator, n: int, batch: int = 32) -> torch.Tensor:
+    """Seeds 0..n-1 (NVlabs z), truncation 1, const noise -> images [n, 3, S, S] in [-1, 1]."""
+    out = []
+    for i in range(0, n, batch):
+        z = torch.cat([z_from_seed(s, gen.style_dim) for s in range(i, min(n, i + batch))])
+        out.append(gen(z, noise_mode="const"))
+    return torch.cat(out)
+
+
+class _Scorer:
+    """Realism and smoothness metrics that need pretrained networks (FID/KID: Inception, PPL: LPIPS).
+
+    A missing network turns its columns into 'n/a' with one warning, so the structure scores
+    (which need nothing) are still reported."""
+
+    def __init__(self, real: torch.Tensor | None, n_ppl: int, reporter: Reporter):
+        self.reporter, self.n_ppl = reporter, n_ppl
+        self.inception = self.lpips = self.real_features = None
+        if real is not None:
+            self._load_inception(real)
+        if n_ppl:
+            self._load_lpips()
+
+    def _load_inception(self, real: torch.Tensor) -> None:
+        try:
+            from ..metrics.inception import InceptionFeatures
+
+            self.inception = InceptionFeatures("cpu")
+            self.real_features = self.inception(real, self.reporter, "inception features: cartoon set")
+        except (CartoonganError, ImportError) as exc:  # missing weights or package: reported, the table says n/a
+            self.inception = None
+            self.reporter.warn(f"FID/KID not computed: {exc}")
+
+    def _load_lpips(self) -> None:
+        try:
+            from ..metrics.lpips import lpips_vgg
+
+            self.lpips = lpips_vgg()
+        except (CartoonganError, ImportError) as exc:
+            self.reporter.warn(f"PPL not computed: {exc}")
+
+    def fid_kid(self, fake: torch.Tensor) -> tuple[float | None, float | None]:
+        if self.inception is None:
+            return None, None
+        from ..metrics.fid import fid_from_features, kid_from_features
+
+        feats = self.inception(fake, self.reporter, "inception features: samples")
+        return fid_from_features(self.real_features, feats), kid_from_features(self.real_features, feats)
+
+    def ppl(self, gen: Generator) -> float | None:
+        if self.lpips is None:
+            return None
+        from ..metrics.ppl import perceptual_path_length
+
+        return perceptual_path_length(gen, lambda a, b: self.lpips(a, b).flatten(), n=self.n_ppl, space="w")
+
+
+def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value * scale:.{digits}f}"
+
+
+def markdown_table(rows: list[list]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str | Path | None = None,
+                 iters: int | None = None, n_eval: int = 200, n_structure: int = 64, n_ppl: int = 100,
+                 n_cartoon: int = 1000, seeds: list[int] | None = None,
+                 methods: tuple[tuple[str, str], ...] = METHODS) -> AblationResult:
+    """Fine-tune every method, measure it, write out/ablation.md and out/figure.png.
+
+    n_eval: samples (and at most as many cartoon-set images) for FID/KID (0 skips them); n_structure: seeds for the
+    structure score; n_ppl: PPL samples (0 skips PPL). Existing runs under out/runs are reused.
+    """
+    reporter = reporter or NullReporter()
+    out = Path(out)
+    seeds = seeds or list(range(8))
+    source = Path(source) if source else BUNDLED_SOURCE
+    if not source.exists():
+        raise CheckpointError(f"source model not found: {source}")
+    data = out / "data" / "cartoon"
+    if not (data / "params.jsonl").exists():
+        synthesize("cartoon", n_cartoon, 64, data, seed=2, reporter=reporter)
+    src_gen = build_generator(load_checkpoint(source)).eval()
+    real = load_dataset(data, src_gen.size).images[:n_eval] if n_eval else None  # uint8 NCHW
+    scorer = _Scorer(real, n_ppl, reporter)
+    result, paths = AblationResult(), []
+    for name, recipe in (("source (photo)", None), *methods):
+        path, seconds = (source, 0.0) if recipe is None else _finetune(recipe, source, data, out / "runs" / recipe, iters, reporter)
+        paths.append(path)
+        gen = build_generator(load_checkpoint(path)).eval()
+        ppl = scorer.ppl(gen)
+        fid, kid = scorer.fid_kid(_render(gen, n_eval)) if n_eval else (None, None)
+        structure = generator_structure_scores(src_gen, gen, list(range(n_structure))).mean().item()
+        row = [name, _fmt(fid), _fmt(kid, 1e3), _fmt(structure, digits=3), _fmt(ppl, digits=1),
+               "—" if recipe is None else "reused" if seconds is None else f"{seconds:.0f}"]
+        reporter.info(" | ".join(str(c) for c in row))
+        result.rows.append(row)
+        result.values.append({"method": name, "fid": fid, "kid": kid, "structure": structure, "ppl": ppl,
+                              "seconds": seconds})
+    result.markdown = markdown_table(result.rows)
+    result.table = out / "ablation.md"
+    result.table.write_text(result.markdown)
+    pictures = sample_checkpoints(paths, seeds, out / "samples", noise_mode="const", device="cpu")
+    result.figure = Path(pictures.compare.replace(out / "figure.png")) if pictures.compare else None
+    reporter.table("ablation (rows: source, then each method)", COLUMNS, result.rows)
+    return result

@@ -1,0 +1,23 @@
+"""`cartoongan plot RUN`: training curves to a PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app, user_errors
+from .console import out
+
+
+@app.command()
+def plot(
+    run: Path = typer.Argument(..., help="Run folder (or its log.jsonl) written by pretrain/finetune."),
+    output: Optional[Path] = typer.Option(None, "-o", "--out", help="PNG to write (default RUN/curves.png)."),
+):
+    """Draw the loss, KID/FID (when logged) and ADA p curves of a run."""
+    from cartoongan.metrics.plot import plot_run
+
+    with user_errors():
+        path = plot_run(run, output)
+    out.print(f"wrote {path}")

@@ -1,0 +1,35 @@
+"""`cartoongan plot RUN`: curves from log.jsonl."""
+import json
+
+from cartoongan_cli.app import app
+from PIL import Image
+from typer.testing import CliRunner
+
+from cartoongan.metrics.plot import panels, read_log
+
+runner = CliRunner()
+
+
+def _write_log(run, rows, torn=False):
+    run.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in rows) + ('{"step": 9' if torn else "")
+    (run / "log.jsonl").write_text(text)
+
+
+def test_plot_draws_losses_kid_and_ada(tmp_path):
+    rows = [{"step": s, "kimg": s / 100, "loss_d": 1.0 / (s + 1), "loss_g": 0.5, "ada_p": 0.01 * s} for s in range(0, 40, 4)]
+    rows += [{"step": 20, "kid": 0.05}, {"step": 40, "kid": 0.03}]
+    _write_log(tmp_path / "run", rows, torn=True)
+    assert len(read_log(tmp_path / "run")) == len(rows)  # the torn line is skipped
+    assert [t for t, _ in panels(rows)] == ["losses", "KID / FID", "ADA p"]
+    result = runner.invoke(app, ["plot", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "run" / "curves.png") as img:
+        assert img.size[1] > 2 * 260  # three panels stacked
+
+
+def test_plot_without_kid_or_ada_and_missing_log(tmp_path):
+    rows = [{"step": s, "loss_d": 1.0, "loss_g": 0.5, "ada_p": 0.0} for s in range(3)]
+    assert [t for t, _ in panels(rows)] == ["losses"]
+    result = runner.invoke(app, ["plot", str(tmp_path / "nothing")])
+    assert result.exit_code == 1 and "no training log" in result.output and "Traceback" not in result.output
