@@ -1,5 +1,4 @@
 """`cartoongan ablation`: the four methods, one budget, one table and figure (tiny networks)."""
-import pytest
 from cartoongan_cli.app import app
 from PIL import Image
 from typer.testing import CliRunner

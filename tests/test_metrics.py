@@ -9,7 +9,6 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 from cartoongan_cli.app import app
-from PIL import Image
 from typer.testing import CliRunner
 
 from cartoongan.data.images import to_uint8
