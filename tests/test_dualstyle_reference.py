@@ -18,7 +18,13 @@ import torch
 from cartoongan.models.dualstyle import DualStyleGenerator
 from cartoongan.models.encoders import GradualStyleEncoder
 from cartoongan.pipelines.dualstyle import DualStyleOptions, render
-from cartoongan.weights.dualstyle import build_dualstyle, dualstyle_checkpoint, infer_encoder_config
+from cartoongan.weights.dualstyle import (
+    build_dualstyle,
+    dualstyle_checkpoint,
+    infer_encoder_config,
+)
+
+from .test_dualstyle import perturbed
 
 REF = os.environ.get("DUALSTYLEGAN_REF")
 pytestmark = pytest.mark.skipif(not REF, reason="set DUALSTYLEGAN_REF to a DualStyleGAN checkout")
@@ -33,7 +39,9 @@ def official():
     sys.path.insert(0, str(Path(REF).resolve()))
     try:
         from model.dualstylegan import DualStyleGAN
-        from model.encoder.encoders.psp_encoders import GradualStyleEncoder as OfficialEncoder
+        from model.encoder.encoders.psp_encoders import (
+            GradualStyleEncoder as OfficialEncoder,
+        )
         yield DualStyleGAN, OfficialEncoder
     finally:
         ext.load = real_load
@@ -42,23 +50,10 @@ def official():
             del sys.modules[name]
 
 
-def _perturb(module, seed, std):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * std)
-        for name, b in module.named_buffers():
-            if name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
-            elif name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
-    return module.eval()
-
-
 def test_generator_matches_the_release(official):
     DualStyleGAN, _ = official
     torch.manual_seed(0)
-    ours = _perturb(DualStyleGenerator(64, 512, 8, channel_multiplier=1), 1, 0.05)
+    ours = perturbed(DualStyleGenerator(64, 512, 8, channel_multiplier=1), 1, 0.05)
     with torch.no_grad():
         for block in ours.res[:7]:
             block.conv[0].weight.mul_(20)
@@ -89,7 +84,7 @@ def test_generator_matches_the_release(official):
 def test_encoder_matches_the_release(official):
     _, OfficialEncoder = official
     torch.manual_seed(0)
-    ref = _perturb(OfficialEncoder(50, "ir_se", Namespace(input_nc=3, n_styles=10)), 2, 0.02)
+    ref = perturbed(OfficialEncoder(50, "ir_se", Namespace(input_nc=3, n_styles=10)), 2, 0.02)
     sd = ref.state_dict()
     ours = GradualStyleEncoder(**infer_encoder_config(sd)).eval()
     ours.load_state_dict(sd, strict=True)

@@ -14,7 +14,6 @@ dense weights [in, out], affine biases minus 1, and its upsampling conv kernels 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..outputs import check_output_file
 from .checkpoint import FORMAT_VERSION
+from .registry import sha256_of
 from .unpickle import PersistentObject, TFNetwork, UnsafePickleError, safe_load
 
 FORMAT_ADA = "stylegan2-ada-pytorch"
@@ -429,21 +429,13 @@ def _convert(path: Path, data, fmt: str) -> dict:
         if ours == "g_ema" and w_avg is not None:
             ckpt["latent_avg"] = w_avg.reshape(-1).clone()
     meta = {"version": FORMAT_VERSION, "generator": g_cfg, "kind": "converted",
-            "provenance": {"source": str(path.resolve()), "format": fmt, "sha256": _sha256(path)}}
+            "provenance": {"source": str(path.resolve()), "format": fmt, "sha256": sha256_of(path)}}
     if d_spec is not None:
         d_cfg, d_sd = discriminator_state(*d_spec)
         ckpt["d"] = _checked(Discriminator(**d_cfg), d_sd, "discriminator 'd'")
         meta["discriminator"] = d_cfg
     ckpt["cartoongan"] = meta
     return ckpt
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def looks_like_nvlabs_pickle(path: str | os.PathLike) -> bool:
