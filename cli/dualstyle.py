@@ -37,7 +37,7 @@ def _style_id(text: str) -> tuple[Optional[int], bool]:
 
 @app.command()
 def dualstyle(
-    input_path: Optional[Path] = typer.Argument(None, metavar="INPUT", help="An aligned face photo, or an intrinsic code .npy (1, n_latent, style_dim)."),
+    input_path: Optional[Path] = typer.Argument(None, metavar="INPUT", help="A face photo (aligned unless --no-align), or an intrinsic code .npy (1, n_latent, style_dim)."),
     model: Path = typer.Option(..., "--model", help="A style folder of the release: generator.pt and (refined_)exstyle_code.npy."),
     style_id: str = typer.Option("0", "--style-id", help="Exemplar position in the code file, or 'all' for a contact sheet."),
     style: Optional[Path] = typer.Option(None, "--style", help="Encode this exemplar picture instead of using a stored code."),
@@ -49,6 +49,8 @@ def dualstyle(
     noise_mode: DSNoise = typer.Option(DSNoise.const, "--noise-mode", help="const (stored maps, repeatable) | random."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="pSp file (default: encoder.pt or encoder_wplus.pt one level above --model)."),
     random: int = typer.Option(0, "--random", min=0, help="Render N random faces (seeds 0..N-1) in the chosen style instead."),
+    align: bool = typer.Option(True, "--align/--no-align", help="FFHQ-align the photo's face first (saved as "
+                               "aligned.png); --no-align for crops that are already aligned."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Output folder."),
     device: str = DEVICE,
 ):
@@ -68,9 +70,7 @@ def dualstyle(
         else:
             if input_path is None:
                 raise ConfigError("give INPUT (a photo or an intrinsic code .npy), or --random N")
-            # face alignment (cartoongan.data.align) plugs in here as stylize(..., aligner=...);
-            # until then INPUT must already be an FFHQ-aligned crop
-            res = stylize(input_path, model, outdir, opts, device, RichReporter())
+            res = stylize(input_path, model, outdir, opts, device, RichReporter(), align=align)
     if res.style_name:
         out.print(f"style: {res.style_name}")
     for path in [res.result, res.instyle, res.overview, res.sheet]:

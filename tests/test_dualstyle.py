@@ -1,6 +1,7 @@
 """DualStyleGAN: the model against its equations, the official file formats, the restricted reader, the CLI."""
 import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,7 +259,8 @@ def release(tmp_path_factory, model):
 
 
 def _run(*args):
-    res = runner.invoke(app, ["dualstyle", *map(str, args), "--device", "cpu"])
+    # the release fixture's photo is noise (no face to align); test_cli_aligns_a_real_photo covers --align
+    res = runner.invoke(app, ["dualstyle", *map(str, args), "--device", "cpu", "--no-align"])
     return res
 
 
@@ -330,3 +332,17 @@ def test_cuda_render_matches_cpu(model):
         gpu = model.to("cuda")(inz.cuda(), exz.cuda(), truncation=0.75).cpu()
     model.to("cpu")
     assert float((gpu - cpu).abs().max()) < 1e-2 * float(cpu.abs().max())
+
+
+def test_cli_aligns_a_real_photo(tmp_path, release):
+    """By default the photo's face is FFHQ-aligned before encoding, and the aligned crop is kept."""
+    pytest.importorskip("dlib")
+    style_dir, _ = release
+    astronaut = Path(__file__).parent / "data" / "astronaut.jpg"
+    res = runner.invoke(app, ["dualstyle", str(astronaut), "--model", str(style_dir), "--outdir", str(tmp_path / "o"),
+                              "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "o" / "aligned.png").size == (SIZE, SIZE)
+    noface = runner.invoke(app, ["dualstyle", str(release[1]), "--model", str(style_dir), "--outdir",
+                                 str(tmp_path / "n"), "--device", "cpu"])
+    assert noface.exit_code == 1 and "no face" in noface.output and not (tmp_path / "n" / "result.png").exists()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from ..models.encoders import PSPEncoder
 from ..models.latents import z_from_seed
 from ..outputs import atomic_write, check_output_dir
 from ..report import NullReporter, Reporter
+from .project import load_target
 from ..weights.dualstyle import GENERATOR_FILE, find_exstyle_file, load_dualstyle, load_psp, read_exstyle_codes
 
 TILE = 256  # overview and contact-sheet tiles (the official overview's size)
@@ -195,11 +195,10 @@ def encode_exemplar(path: Path, encoder: PSPEncoder) -> torch.Tensor:
 
 # ---- the command ------------------------------------------------------------------------------
 def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOptions, device: str = "auto",
-            reporter: Reporter | None = None, aligner: Callable[[Path, int], torch.Tensor] | None = None
-            ) -> DualStyleResult:
+            reporter: Reporter | None = None, align: bool = False) -> DualStyleResult:
     """`cartoongan dualstyle INPUT`: writes result.png, instyle.npy and overview.png (or sheet.png
-    with opts.all_styles). INPUT: a photo (an aligned face crop; `aligner(path, size)` -> [1, 3, size,
-    size] in [-1, 1] aligns a raw one) or an intrinsic code .npy."""
+    with opts.all_styles). INPUT: a photo (with `align`, its face is FFHQ-aligned first and saved as
+    aligned.png, the frame pSp was trained on; else it must be an aligned crop) or an intrinsic code .npy."""
     reporter = reporter or NullReporter()
     outdir = check_output_dir(outdir, "--outdir")
     dev = resolve_device(device)
@@ -212,8 +211,7 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
     else:
         encoder, _ = load_psp(encoder_path(model_dir, opts.wplus, opts.encoder), "w+" if opts.wplus else "z+", dev)
         _check_encoder(encoder, model)
-        photo = aligner(Path(input_path), model.size) if aligner else load_photo(input_path, model.size)
-        photo = photo.to(dev)
+        photo = load_target(input_path, model.size, align, outdir)[0].to(dev)
         instyle = encoder.encode(photo)
         reporter.info(f"encoded {input_path} into a {'W+' if opts.wplus else 'Z+'} code")
     res.instyle = outdir / "instyle.npy"
