@@ -74,3 +74,19 @@ def test_info_json(two_ckpts):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["resolution"] == 16 and data["style_dim"] == 32 and data["format"] == "cartoongan"
+
+
+def test_closed_stdout_is_not_a_traceback(tmp_path):
+    """`cartoongan ... | head` closing the pipe early: exit quietly, nothing on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    try:
+        res = subprocess.run([sys.executable, "-m", "cartoongan_cli", "--version"], stdout=write,
+                             stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert res.returncode == 1 and res.stderr == ""
