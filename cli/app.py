@@ -4,9 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -124,13 +122,7 @@ def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
 
 
 def main() -> None:
-    try:
-        app()
-    except BrokenPipeError:
-        # the reader of stdout went away (`cartoongan info --json | head`): stop quietly, as other
-        # command-line tools do; stdout goes to /dev/null so the interpreter's final flush can't fail
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+    app()  # click already ends quietly (exit 1) when stdout's reader is gone (`| head`)
 
 
 Augment = choices("Augment", AUGMENTS)
