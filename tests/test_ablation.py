@@ -24,6 +24,8 @@ def test_ablation_runs_every_method_and_writes_table_and_figure(tmp_path):
                        seeds=[0, 1, 2])
     assert [r[0] for r in res.rows] == ["source (photo)"] + [name for name, _ in METHODS]
     assert res.rows[0][3] == "1.000"  # the source against itself
+    if res.values[0]["identity"] is not None:  # dlib installed: the same faces are the same person
+        assert abs(res.values[0]["identity"] - 1) < 1e-4 and all(v["identity"] <= 1 + 1e-4 for v in res.values)
     # one step barely moves g_ema: every method still scores about 1 against its source
     assert all(0.9 < v["structure"] < 1 + 1e-5 for v in res.values[1:]) and res.values[0]["fid"] is None
     assert res.table.read_text() == res.markdown and res.markdown.count("\n") == 2 + len(res.rows)
@@ -31,7 +33,7 @@ def test_ablation_runs_every_method_and_writes_table_and_figure(tmp_path):
         assert img.size == (3 * 32, (1 + len(METHODS)) * 32)  # one row per generator, one column per seed
     # a second call reuses the finished runs
     again = run_ablation(tmp_path / "abl", source=source, iters=1, n_eval=0, n_structure=4, n_ppl=0, seeds=[0])
-    assert [r[3] for r in again.rows] == [r[3] for r in res.rows] and [r[5] for r in again.rows] == ["—"] + ["reused"] * len(METHODS)
+    assert [r[3] for r in again.rows] == [r[3] for r in res.rows] and [r[6] for r in again.rows] == ["—"] + ["reused"] * len(METHODS)
 
 
 def test_markdown_table_shape():

@@ -12,10 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import load_recipe
 from ..data.dataset import load_dataset
+from ..data.images import to_uint8
 from ..data.synthetic import synthesize
 from ..errors import CartoonganError, CheckpointError
 from ..metrics.structure import generator_structure_scores
@@ -34,7 +36,7 @@ METHODS = (  # (table name, recipe)
     ("FreezeSG", "ablation64_freezesg"),
     ("FreezeSG + structure loss", "ablation64_structure_loss"),
 )
-COLUMNS = ("method", "FID ↓", "KID×10³ ↓", "structure ↑", "PPL (W) ↓", "fine-tune s")
+COLUMNS = ("method", "FID ↓", "KID×10³ ↓", "structure ↑", "PPL (W) ↓", "identity ↑", "fine-tune s")
 
 
 @dataclass
@@ -75,18 +77,19 @@ def _render(gen: Generator, n: int, batch: int = 32) -> torch.Tensor:
 
 
 class _Scorer:
-    """Realism and smoothness metrics that need pretrained networks (FID/KID: Inception, PPL: LPIPS).
+    """Metrics that need pretrained networks (FID/KID: Inception, PPL: LPIPS, identity: dlib).
 
     A missing network turns its columns into 'n/a' with one warning, so the structure scores
     (which need nothing) are still reported."""
 
     def __init__(self, real: torch.Tensor | None, n_ppl: int, reporter: Reporter):
         self.reporter, self.n_ppl = reporter, n_ppl
-        self.inception = self.lpips = self.real_features = None
+        self.inception = self.lpips = self.real_features = self.faces = None
         if real is not None:
             self._load_inception(real)
         if n_ppl:
             self._load_lpips()
+        self._load_faces()
 
     def _load_inception(self, real: torch.Tensor) -> None:
         try:
@@ -105,6 +108,22 @@ class _Scorer:
             self.lpips = lpips_vgg()
         except (CartoonganError, ImportError) as exc:
             self.reporter.warn(f"PPL not computed: {exc}")
+
+    def _load_faces(self) -> None:
+        try:
+            from ..metrics.identity import FaceEmbedder
+
+            self.faces = FaceEmbedder()
+        except (CartoonganError, ImportError) as exc:
+            self.reporter.warn(f"identity not computed: {exc}")
+
+    def identity(self, source: np.ndarray, fake: np.ndarray) -> float | None:
+        """Mean dlib identity similarity of each sample to the source's sample of the same seed."""
+        if self.faces is None:
+            return None
+        from ..metrics.identity import mean_identity
+
+        return mean_identity(source, fake, self.reporter, self.faces)
 
     def fid_kid(self, fake: torch.Tensor) -> tuple[float | None, float | None]:
         if self.inception is None:
@@ -153,6 +172,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     src_gen = build_generator(load_checkpoint(source)).eval()
     real = load_dataset(data, src_gen.size).images[:n_eval] if n_eval else None  # uint8 NCHW
     scorer = _Scorer(real, n_ppl, reporter)
+    src_images = to_uint8(_render(src_gen, n_structure))
     result, paths = AblationResult(), []
     for name, recipe in (("source (photo)", None), *methods):
         path, seconds = (source, 0.0) if recipe is None else _finetune(recipe, source, data, out / "runs" / recipe, iters, reporter)
@@ -161,11 +181,13 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
         ppl = scorer.ppl(gen)
         fid, kid = scorer.fid_kid(_render(gen, n_eval)) if n_eval else (None, None)
         structure = generator_structure_scores(src_gen, gen, list(range(n_structure))).mean().item()
-        row = [name, _fmt(fid), _fmt(kid, 1e3), _fmt(structure, digits=3), _fmt(ppl, digits=1),
+        identity = scorer.identity(src_images, to_uint8(_render(gen, n_structure)))
+        row = [name, _fmt(fid), _fmt(kid, 1e3), _fmt(structure, digits=3), _fmt(ppl, digits=1), _fmt(identity, digits=3),
                "—" if recipe is None else "reused" if seconds is None else f"{seconds:.0f}"]
         reporter.info(" | ".join(str(c) for c in row))
         result.rows.append(row)
         result.values.append({"method": name, "fid": fid, "kid": kid, "structure": structure, "ppl": ppl,
+                              "identity": identity,
                               "seconds": seconds})
     result.markdown = markdown_table(result.rows)
     result.table = out / "ablation.md"
