@@ -133,30 +133,32 @@ register(PretrainedFile(
 # except where the training data restricts use). `import face_recognition_models` needs pkg_resources
 # (gone from setuptools >= 81), so `package_dir` finds the folder without importing it.
 _FACE_MODELS = "face-recognition-models==0.3.0"
-_DLIB_PUBLIC = "public domain (Davis King, dlib-models), redistributed as CC0 1.0 by face-recognition-models"
+# Training data: 68-point = iBUG 300-W (licence excludes commercial use; its authors ask that the model
+# not be used in a commercial product); 5-point and the CNN detector = dlib's own datasets; embedding =
+# FaceScrub, VGG-Face and web images.
+_DLIB_PUBLIC = "CC0-1.0 (dlib-models)"
 
 register(PretrainedFile(
     key="dlib_landmarks68", package="face_recognition_models", requirement=_FACE_MODELS,
     member="models/shape_predictor_68_face_landmarks.dat",
     sha256="fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
-    licence="NON-COMMERCIAL: trained on iBUG 300-W, whose licence excludes commercial use; its authors ask "
-            "that the model not be used in a commercial product (ask Imperial College London)",
+    licence="NON-COMMERCIAL (iBUG 300-W data)",
     purpose="face alignment (68-point landmarks)"))
 register(PretrainedFile(
     key="dlib_landmarks5", package="face_recognition_models", requirement=_FACE_MODELS,
     member="models/shape_predictor_5_face_landmarks.dat",
     sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
-    licence=_DLIB_PUBLIC + " (trained on dlib's own 5-point face dataset)",
+    licence=_DLIB_PUBLIC,
     purpose="5-point face landmarks (eye corners, nose)"))
 register(PretrainedFile(
     key="dlib_face_embedding", package="face_recognition_models", requirement=_FACE_MODELS,
     member="models/dlib_face_recognition_resnet_model_v1.dat",
     sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
-    licence=_DLIB_PUBLIC + " (trained on FaceScrub, VGG-Face and web images)",
+    licence=_DLIB_PUBLIC,
     purpose="face identity embeddings (128-d ResNet)"))
 register(PretrainedFile(
     key="dlib_cnn_detector", package="face_recognition_models", requirement=_FACE_MODELS,
     member="models/mmod_human_face_detector.dat",
     sha256="4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
-    licence=_DLIB_PUBLIC + " (trained on dlib's face detection dataset)",
+    licence=_DLIB_PUBLIC,
     purpose="CNN (MMOD) face detection"))
