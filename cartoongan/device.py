@@ -41,12 +41,17 @@ def set_math_mode(precision: str) -> None:
     Uses only the fp32_precision API: torch refuses a mix of it and the legacy allow_tf32 flags.
     """
     mode = "ieee" if precision == "fp32" else "tf32"
+    if not hasattr(torch.backends.cudnn, "conv"):  # torch before the fp32_precision API
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+        return
     torch.backends.cudnn.conv.fp32_precision = mode
     torch.backends.cuda.matmul.fp32_precision = mode
 
 
 def tf32_enabled() -> bool:
     """Whether fp32 convolutions on CUDA currently run in TF32."""
+    if not hasattr(torch.backends.cudnn, "conv"):
+        return torch.backends.cudnn.allow_tf32
     return torch.backends.cudnn.conv.fp32_precision == "tf32"
 
 

@@ -121,3 +121,14 @@ def test_bench_cuda_in_a_fresh_process():
                           "--repeats", "1", "--json"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert '"peak_mem_mb"' in res.stdout
+
+
+def test_ada_state_resumed_on_cuda_can_be_saved_again():
+    """A resume loads ADA's pending statistics on the CPU; new ones arrive on the GPU; a save mixes both."""
+    from cartoongan.train.augment import AdaController
+
+    ada = AdaController(interval=4)
+    ada.load_state_dict({"p": 0.1, "pending": torch.tensor([1.0, 4.0]), "steps": 2})
+    ada.observe(torch.ones(4, 1, device="cuda"))
+    state = ada.state_dict()
+    assert state["pending"].device.type == "cpu" and state["pending"].tolist() == [5.0, 8.0]

@@ -100,12 +100,14 @@ FOLDER_COMMANDS = {
     "finetune": lambda out: ["finetune", "--source", MISSING, "--data", "missing_dir", "--out", out, "--recipe", "tiny"],
     "demo": lambda out: ["demo", "--out", out, "--source", MISSING],
     "dualstyle": lambda out: ["dualstyle", "missing.png", "--model", "missing_dir", "--outdir", out],
+    "ablation": lambda out: ["ablation", "--out", out, "--source", MISSING],
 }
 FILE_COMMANDS = {
     "swap": lambda out: ["swap", MISSING, MISSING, "-o", out],
     "export": lambda out: ["export", MISSING, "-o", out],
     "align": lambda out: ["align", "missing.png", "-o", out],
     "convert": lambda out: ["convert", "missing.pkl", "-o", out],
+    "plot": lambda out: ["plot", "missing_dir", "-o", out],
 }
 
 

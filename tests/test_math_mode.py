@@ -70,3 +70,29 @@ def test_bench_peak_memory_starts_cuda_before_resetting(monkeypatch):
     calls.clear()
     device.reset_peak_memory(torch.device("cpu"))
     assert calls == []
+
+
+def test_kid_during_training_is_computed_in_ieee_fp32(tmp_path):
+    """A tf32 run's KID (and so its best.pt) must be the number `cartoongan metrics` would give."""
+    import cartoongan.train.trainer as trainer
+
+    seen = []
+
+    class Probe:
+        best = None
+
+        def __call__(self, g_ema):
+            seen.append(tf32_enabled())
+            return 0.5
+
+        def improved(self, kid):
+            return False
+
+    cfg = tiny_config(iters=2, precision="tf32")
+    tr = trainer.Trainer.__new__(trainer.Trainer)  # only what evaluate() reads
+    tr.evaluator, tr.info, tr.t, tr.step, tr.log = Probe(), type("I", (), {"is_main": True})(), cfg.train, 2, []
+    tr.out = type("O", (), {"append_log": lambda self, row: None})()
+    tr.diverged, tr.nets = torch.zeros((), dtype=torch.bool), type("N", (), {"g_ema": None})()
+    set_math_mode("tf32")
+    assert tr.evaluate() == 0.5
+    assert seen == [False] and tf32_enabled()

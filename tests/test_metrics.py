@@ -223,3 +223,23 @@ def test_kid_evaluator_measures_g_ema_against_the_training_set(tmp_path, tiny_g)
     near = evaluate.KidEvaluator(train, 12, torch.device("cpu"), tmp_path / "a", features=stub_features)(g)
     far = evaluate.KidEvaluator(noise, 12, torch.device("cpu"), tmp_path / "b", features=stub_features)(g)
     assert math.isfinite(near) and near < far
+
+
+def test_a_damaged_feature_cache_is_recomputed(tmp_path, tiny_g):
+    """A kill mid-write (or another dataset) must not break a resumed run's evaluation."""
+    g = tiny_g(size=16)
+    train = torch.randint(0, 255, (6, 3, 16, 16), dtype=torch.uint8)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / evaluate.CACHE).write_bytes(b"\x93NUMPY truncated")
+    ev = evaluate.KidEvaluator(train, 6, torch.device("cpu"), tmp_path / "run", features=stub_features)
+    assert ev.real.shape[0] == 6 and math.isfinite(ev(g))
+    assert np.load(tmp_path / "run" / evaluate.CACHE).shape[0] == 6  # rewritten whole
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_metrics_folder_whose_first_image_is_corrupt(tmp_path):
+    """The folder's size is taken from the first readable image; the corrupt one is skipped, not a traceback."""
+    folder = blob_images(tmp_path / "a", n=4)
+    (folder / "000_corrupt.png").write_bytes(b"not a png")
+    images = suite.load_images(folder, None, torch.device("cpu"))
+    assert len(images.images) == 4

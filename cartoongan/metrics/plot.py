@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import DataError
+from ..outputs import atomic_write, check_output_file
 
 LOSS_KEYS = ("loss_d", "loss_g", "loss_struct", "r1", "path_length")
 
@@ -55,8 +56,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
-    rows = read_log(run_dir)
     out = Path(out) if out else (Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent) / "curves.png"
+    check_output_file(out, "--out")
+    rows = read_log(run_dir)
     chosen = panels(rows)
     fig, axes = plt.subplots(len(chosen), 1, figsize=(7, 2.6 * len(chosen)), sharex=True, squeeze=False)
     for ax, (title, keys) in zip(axes[:, 0], chosen):
@@ -67,7 +69,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.legend(fontsize=8, loc="best")
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    with atomic_write(out) as fh:
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
     return out

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data.dataset import load_dataset
-from ..data.images import EXTENSIONS
+from ..data.images import EXTENSIONS, bombs_as_errors, to_uint8
 from ..errors import ConfigError, DataError
 from ..models.latents import z_from_seed
 from ..report import NullReporter, Reporter
@@ -44,18 +44,31 @@ def is_checkpoint(path: Path) -> bool:
 
 def _native_size(root: Path) -> int:
     """Side of the first image of a folder or zip (all are squared to it): metrics see images as they are."""
-    if root.is_file() and root.suffix.lower() == ".zip":
-        with zipfile.ZipFile(root) as zf:
-            names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS)
-            if names:
-                with zf.open(names[0]) as fh, Image.open(fh) as img:
-                    return min(img.size)
-    elif root.is_dir():
-        first = next((p for p in sorted(root.rglob("*")) if p.suffix.lower() in EXTENSIONS), None)
-        if first is not None:
-            with Image.open(first) as img:
-                return min(img.size)
+    try:
+        if root.is_file() and root.suffix.lower() == ".zip":
+            with zipfile.ZipFile(root) as zf:
+                names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS)
+                for name in names:
+                    size = _side(lambda: zf.open(name))
+                    if size:
+                        return size
+        elif root.is_dir():
+            for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS):
+                size = _side(lambda: open(path, "rb"))
+                if size:
+                    return size
+    except (OSError, zipfile.BadZipFile):
+        pass
     return 64  # nothing readable: load_dataset raises the right error
+
+
+def _side(opener) -> int | None:
+    """Shorter side of an image, or None when it is unreadable (load_dataset skips and names those)."""
+    try:
+        with bombs_as_errors(), opener() as fh, Image.open(fh) as img:
+            return min(img.size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None
 
 
 @torch.no_grad()
@@ -75,7 +88,7 @@ def render_checkpoint(path: Path, n: int, device: torch.device, truncation: floa
             seeds = range(start, min(start + batch, n))
             z = torch.cat([z_from_seed(s, gen.style_dim) for s in seeds]).to(device)
             img = gen.synthesis(gen.ws_from_z(z, truncation=truncation), noise_mode="const").image
-            out.append((img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+            out.append(to_uint8(img))
             bar.advance(len(seeds))
     return ImageSet(np.concatenate(out), [f"seed{s:04d}" for s in range(n)], True)
 

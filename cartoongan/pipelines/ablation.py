@@ -23,6 +23,7 @@ from ..errors import CartoonganError, CheckpointError
 from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
 from ..models.latents import z_from_seed
+from ..outputs import atomic_write, check_output_dir
 from ..report import NullReporter, Reporter
 from ..train.runs import finetune, resumed_config
 from ..weights.checkpoint import load_checkpoint
@@ -161,7 +162,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     structure score; n_ppl: PPL samples (0 skips PPL). Existing runs under out/runs are reused.
     """
     reporter = reporter or NullReporter()
-    out = Path(out)
+    out = check_output_dir(out, "--out")
     seeds = seeds or list(range(8))
     source = Path(source) if source else BUNDLED_SOURCE
     if not source.exists():
@@ -191,7 +192,8 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
                               "seconds": seconds})
     result.markdown = markdown_table(result.rows)
     result.table = out / "ablation.md"
-    result.table.write_text(result.markdown)
+    with atomic_write(result.table, "w") as fh:
+        fh.write(result.markdown)
     pictures = sample_checkpoints(paths, seeds, out / "samples", noise_mode="const", device="cpu")
     result.figure = Path(pictures.compare.replace(out / "figure.png")) if pictures.compare else None
     reporter.table("ablation (rows: source, then each method)", COLUMNS, result.rows)

@@ -91,7 +91,9 @@ def augment(images: torch.Tensor, p: float) -> torch.Tensor:
     n, _, h, w = images.shape
     dev = images.device
     g = geometric_matrix(n, h, p, dev)
-    grid = F.affine_grid(g[:, :2, :].to(images.dtype), list(images.shape), align_corners=False)
+    # the grid stays fp32 whatever the images' dtype: bf16 fakes and fp32 reals must be resampled
+    # at the same positions, or D could tell them apart by the rounding
+    grid = F.affine_grid(g[:, :2, :], list(images.shape), align_corners=False)
     x = resample(images, grid)
     c = color_matrix(n, p, dev).to(images.dtype)
     x = c[:, :3, :3] @ x.reshape(n, 3, h * w) + c[:, :3, 3:]
@@ -129,7 +131,8 @@ class AdaController:
         return self.p
 
     def state_dict(self) -> dict:
-        pending = torch.stack(self.pending).sum(0).cpu() if self.pending else torch.zeros(2)
+        # a resumed run's pending sum was loaded on the CPU, the new ones are on the device
+        pending = torch.stack([t.cpu() for t in self.pending]).sum(0) if self.pending else torch.zeros(2)
         return {"p": self.p, "pending": pending, "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:

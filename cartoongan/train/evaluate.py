@@ -16,6 +16,7 @@ from ..data.images import to_uint8
 from ..metrics.fid import kid_from_features
 from ..models.generator import Generator
 from ..models.latents import z_from_seed
+from ..outputs import atomic_write
 from ..report import NullReporter, Reporter
 
 Features = Callable[..., np.ndarray]  # (uint8 [N, H, W, 3], reporter, description) -> [N, D]
@@ -29,6 +30,15 @@ def default_features(device: torch.device) -> Features:
     return InceptionFeatures(device)
 
 
+def _read_cache(path: Path, n: int) -> np.ndarray | None:
+    """The cached training-set features, or None when absent, damaged or of another dataset size."""
+    try:
+        real = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    return real if real.ndim == 2 and real.shape[0] == n else None
+
+
 class KidEvaluator:
     """Call with g_ema -> KID of its seeds 0..n-1 (const noise) against the training images; tracks the best."""
 
@@ -40,13 +50,12 @@ class KidEvaluator:
         self.features = features or default_features(device)
         self.best = math.inf
         cache = Path(run_dir) / CACHE
-        if cache.is_file() and np.load(cache).shape[0] == len(train_images):
-            self.real = np.load(cache)
-        else:
+        self.real = _read_cache(cache, len(train_images))
+        if self.real is None:
             self.real = self.features(train_images.permute(0, 2, 3, 1).numpy(), self.reporter,
                                       "features of the training set")
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cache, self.real)
+            with atomic_write(cache) as fh:
+                np.save(fh, self.real)
 
     @torch.no_grad()
     def __call__(self, g_ema: Generator) -> float:

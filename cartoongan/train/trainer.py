@@ -301,7 +301,11 @@ class Trainer:
         if self.evaluator is None or not self.info.is_main:
             return None
         self._check_finite()
-        kid = self.evaluator(self.nets.g_ema)
+        set_math_mode("fp32")  # KID as `cartoongan metrics` computes it, whatever the training precision
+        try:
+            kid = self.evaluator(self.nets.g_ema)
+        finally:
+            set_math_mode(self.t.precision)
         row = {"step": self.step, "kimg": round(self.step * self.t.batch / 1000, 3), "kid": kid}
         self.log.append(row)
         self.out.append_log(row)
