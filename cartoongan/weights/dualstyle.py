@@ -27,32 +27,13 @@ from ..models.generator import Generator
 from ..outputs import atomic_write
 from .checkpoint import read_torch_file
 from .networks import _load_state, infer_generator_config
+from .unpickle import ArraysUnpickler
 
 EXSTYLE_FILES = ("refined_exstyle_code.npy", "exstyle_code.npy")  # the official script's preference
 GENERATOR_FILE = "generator.pt"
 
 
 # ---- exemplar codes ------------------------------------------------------------------------
-_RECONSTRUCT = np.array(0.0).__reduce__()[0]  # numpy's array rebuilder, under whichever module path
-_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,  # files written by numpy 1.x
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,  # files written by numpy 2.x
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-class _ArrayDictUnpickler(pickle.Unpickler):
-    """Resolves only numpy's array rebuilder, ndarray and dtype; any other global is refused
-    before anything is called."""
-
-    def find_class(self, module: str, name: str):
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed") from None
-
-
 def read_exstyle_codes(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """An `(refined_)exstyle_code.npy` -> {exemplar name: float32 [1, n_latent, style_dim]}, in
     file order. Raises CheckpointError for anything else (and never runs code from the file)."""
@@ -68,7 +49,7 @@ def read_exstyle_codes(path: str | os.PathLike) -> dict[str, np.ndarray]:
             if dtype != np.dtype(object) or shape != ():
                 raise CheckpointError(f"{path} holds a plain {dtype} array of shape {shape}, not a dict of "
                                       "exemplar codes (a saved intrinsic code? pass it as INPUT)")
-            obj = _ArrayDictUnpickler(io.BytesIO(fh.read())).load()
+            obj = ArraysUnpickler(io.BytesIO(fh.read())).load()
     except FileNotFoundError:
         raise CheckpointError(f"exemplar codes not found: {path}") from None
     except CheckpointError:

