@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..data.images import to_uint8
 from ..report import NullReporter, Reporter
 from ..weights.registry import locate
 
@@ -69,7 +70,7 @@ def as_uint8_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise ValueError(f"tensor images must be [N, 3, H, W], got {tuple(images.shape)}")
     if images.dtype == torch.uint8:
         return images
-    return (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
 
 
 class InceptionFeatures:
