@@ -39,7 +39,7 @@ def test_sample_several_checkpoints_same_w(tmp_path, two_ckpts):
     assert gif.n_frames == 4 and gif.size == (32, 16)
     # the second generator rendered the first generator's w: same as rendering it by hand
     from cartoongan import build_generator, load_checkpoint
-    from cartoongan.pipelines.sample import render_ws, seeds_to_ws
+    from cartoongan.data.render import render_ws, seeds_to_ws
 
     ga, gb = (build_generator(load_checkpoint(p)) for p in two_ckpts)
     expected = render_ws(gb, seeds_to_ws(ga, [3]))[0]

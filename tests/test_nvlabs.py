@@ -46,7 +46,7 @@ def tf_pkl(tmp_path_factory):
 
 
 def _render(ckpt: dict, psi: float) -> torch.Tensor:
-    from cartoongan.pipelines.sample import seeds_to_ws
+    from cartoongan.data.render import seeds_to_ws
 
     g = build_generator(ckpt).eval()
     with torch.no_grad():

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data.dataset import load_dataset
-from ..data.images import EXTENSIONS, bombs_as_errors, to_uint8
+from ..data.images import EXTENSIONS, bombs_as_errors
+from ..data.render import render_seeds
 from ..errors import ConfigError, DataError
-from ..models.latents import z_from_seed
 from ..report import NullReporter, Reporter
+from ..weights.networks import load_generator
 
 SET_METRICS = ("fid", "kid")
 PAIRED_METRICS = ("lpips", "identity")
@@ -71,26 +72,14 @@ def _side(opener) -> int | None:
         return None
 
 
-@torch.no_grad()
 def render_checkpoint(path: Path, n: int, device: torch.device, truncation: float = 1.0,
                       reporter: Reporter | None = None, batch: int = 8) -> ImageSet:
     """g_ema of a checkpoint for seeds 0..n-1 (const noise) -> uint8 [n, size, size, 3]."""
-    from ..weights.checkpoint import load_checkpoint
-    from ..weights.networks import build_generator
-
     reporter = reporter or NullReporter()
-    gen = build_generator(load_checkpoint(path), device=device).eval()
-    if truncation != 1 and gen.w_avg is None:
-        gen.estimate_w_avg()
-    out = []
+    gen = load_generator(path, device)
     with reporter.progress(n, f"rendering {path.name}") as bar:
-        for start in range(0, n, batch):
-            seeds = range(start, min(start + batch, n))
-            z = torch.cat([z_from_seed(s, gen.style_dim) for s in seeds]).to(device)
-            img = gen.synthesis(gen.ws_from_z(z, truncation=truncation), noise_mode="const").image
-            out.append(to_uint8(img))
-            bar.advance(len(seeds))
-    return ImageSet(np.concatenate(out), [f"seed{s:04d}" for s in range(n)], True)
+        images = render_seeds(gen, range(n), truncation, batch, bar)
+    return ImageSet(images, [f"seed{s:04d}" for s in range(n)], True)
 
 
 def load_images(source: str | Path, n: int | None, device: torch.device, truncation: float = 1.0,

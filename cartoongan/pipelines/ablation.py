@@ -17,12 +17,11 @@ import torch
 
 from ..config import load_recipe
 from ..data.dataset import load_dataset
-from ..data.images import to_uint8
+from ..data.render import render_seeds
 from ..data.synthetic import synthesize
 from ..errors import CartoonganError, CheckpointError
 from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
-from ..models.latents import z_from_seed
 from ..outputs import atomic_write, check_output_dir
 from ..report import NullReporter, Reporter
 from ..train.runs import finetune, resumed_config
@@ -65,16 +64,6 @@ def _finetune(recipe: str, source: Path, data: Path, run: Path, iters: int | Non
         cfg.train.iters = iters
         path = finetune(cfg, source, data, run, reporter).latest
     return path, time.perf_counter() - start
-
-
-@torch.no_grad()
-def _render(gen: Generator, n: int, batch: int = 32) -> torch.Tensor:
-    """Seeds 0..n-1 (NVlabs z), truncation 1, const noise -> images [n, 3, S, S] in [-1, 1]."""
-    out = []
-    for i in range(0, n, batch):
-        z = torch.cat([z_from_seed(s, gen.style_dim) for s in range(i, min(n, i + batch))])
-        out.append(gen(z, noise_mode="const"))
-    return torch.cat(out)
 
 
 class _Scorer:
@@ -126,7 +115,7 @@ class _Scorer:
 
         return mean_identity(source, fake, self.reporter, self.faces)
 
-    def fid_kid(self, fake: torch.Tensor) -> tuple[float | None, float | None]:
+    def fid_kid(self, fake: np.ndarray) -> tuple[float | None, float | None]:
         if self.inception is None:
             return None, None
         from ..metrics.fid import fid_from_features, kid_from_features
@@ -173,16 +162,16 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     src_gen = build_generator(load_checkpoint(source)).eval()
     real = load_dataset(data, src_gen.size).images[:n_eval] if n_eval else None  # uint8 NCHW
     scorer = _Scorer(real, n_ppl, reporter)
-    src_images = to_uint8(_render(src_gen, n_structure))
+    src_images = render_seeds(src_gen, range(n_structure))
     result, paths = AblationResult(), []
     for name, recipe in (("source (photo)", None), *methods):
         path, seconds = (source, 0.0) if recipe is None else _finetune(recipe, source, data, out / "runs" / recipe, iters, reporter)
         paths.append(path)
         gen = build_generator(load_checkpoint(path)).eval()
         ppl = scorer.ppl(gen)
-        fid, kid = scorer.fid_kid(_render(gen, n_eval)) if n_eval else (None, None)
+        fid, kid = scorer.fid_kid(render_seeds(gen, range(n_eval))) if n_eval else (None, None)
         structure = generator_structure_scores(src_gen, gen, list(range(n_structure))).mean().item()
-        identity = scorer.identity(src_images, to_uint8(_render(gen, n_structure)))
+        identity = scorer.identity(src_images, render_seeds(gen, range(n_structure)))
         row = [name, _fmt(fid), _fmt(kid, 1e3), _fmt(structure, digits=3), _fmt(ppl, digits=1), _fmt(identity, digits=3),
                "—" if recipe is None else "reused" if seconds is None else f"{seconds:.0f}"]
         reporter.info(" | ".join(str(c) for c in row))

@@ -8,31 +8,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import make_grid, save_image, save_png, to_uint8
+from ..data.images import make_grid, save_image, save_png
+from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError
 from ..models.generator import Generator
-from ..models.latents import z_from_seed
 from ..outputs import check_output_dir
 from ..weights.networks import load_generator
-
-
-@torch.no_grad()
-def render_ws(gen: Generator, ws: torch.Tensor, noise_mode: str = "const", batch: int = 8) -> np.ndarray:
-    """w+ [N, n_latent, style_dim] -> [N, size, size, 3] uint8, in batches."""
-    dev = gen.input.input.device
-    out = [to_uint8(gen.synthesis(ws[i: i + batch].to(dev), noise_mode=noise_mode).image)
-           for i in range(0, len(ws), batch)]
-    return np.concatenate(out)
-
-
-@torch.no_grad()
-def seeds_to_ws(gen: Generator, seeds: list[int], truncation: float = 1.0) -> torch.Tensor:
-    """Seeds -> truncated w+ [N, n_latent, style_dim] through gen's mapping network."""
-    dev = gen.input.input.device
-    z = torch.cat([z_from_seed(s, gen.style_dim) for s in seeds]).to(dev)
-    if truncation != 1 and gen.w_avg is None:
-        gen.estimate_w_avg()
-    return gen.ws_from_z(z, truncation=truncation)
 
 
 @dataclass

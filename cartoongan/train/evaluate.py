@@ -12,10 +12,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.images import to_uint8
+from ..data.render import render_seeds
 from ..metrics.fid import kid_from_features
 from ..models.generator import Generator
-from ..models.latents import z_from_seed
 from ..outputs import atomic_write
 from ..report import NullReporter, Reporter
 
@@ -59,12 +58,7 @@ class KidEvaluator:
 
     @torch.no_grad()
     def __call__(self, g_ema: Generator) -> float:
-        images = []
-        for start in range(0, self.n, self.batch):
-            seeds = range(start, min(start + self.batch, self.n))
-            z = torch.cat([z_from_seed(s, g_ema.style_dim) for s in seeds]).to(self.device)
-            images.append(to_uint8(g_ema(z, noise_mode="const")))
-        fake = self.features(np.concatenate(images), self.reporter, "features of g_ema")
+        fake = self.features(render_seeds(g_ema, range(self.n), batch=self.batch), self.reporter, "features of g_ema")
         return kid_from_features(self.real, fake)
 
     def improved(self, kid: float) -> bool:

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig, to_toml
-from ..data.images import make_grid, save_png, to_uint8
+from ..data.images import make_grid, save_png
+from ..data.render import render_seeds
 from ..models.generator import Generator
-from ..models.latents import z_from_seed
 from ..outputs import atomic_write, writing
 from ..weights.checkpoint import save_checkpoint
 
@@ -53,9 +53,7 @@ class RunDirectory:
         """samples/NNNNNN.png: seeds 0..n-1 through g_ema with the stored noise, in a square-ish grid."""
         if not self.writes:
             return None
-        dev = g_ema.input.input.device
-        z = torch.cat([z_from_seed(s, g_ema.style_dim) for s in range(n)]).to(dev)
-        images = to_uint8(g_ema(z, noise_mode="const"))
+        images = render_seeds(g_ema, range(n), batch=n)
         return save_png(make_grid(images, cols=math.ceil(math.sqrt(len(images)))),
                         self.path / "samples" / f"{step:06d}.png")
 
