@@ -38,7 +38,8 @@ def set_math_mode(precision: str) -> None:
     'fp32' is IEEE fp32 (TF32 off, as NVlabs trains: GPU results match the CPU to ~1e-5);
     'tf32' and 'bf16' allow TF32 tensor-core math for fp32 work (Ampere and later: ~10-bit
     mantissa products, several times faster convolutions). Rendering commands use 'fp32'.
-    Uses only the fp32_precision API: torch refuses a mix of it and the legacy allow_tf32 flags.
+    Uses the fp32_precision API where torch has it (torch refuses a mix of it and the legacy
+    allow_tf32 flags), the legacy flags on older torch.
     """
     mode = "ieee" if precision == "fp32" else "tf32"
     if not hasattr(torch.backends.cudnn, "conv"):  # torch before the fp32_precision API

@@ -1,4 +1,4 @@
-"""GAN inversion (the StyleGAN2 projector) and toonify: photo -> w -> fine-tuned generators.
+"""GAN inversion (the StyleGAN2 projector): photo -> w (or w+) and noise maps of a generator.
 
 Optimises w (or w+) and the per-layer noise maps with an LPIPS and/or MSE distance, the
 projector's noise regularisation, a ramped learning rate and decaying latent noise.
