@@ -125,21 +125,22 @@ def test_source_runs_once_per_g_step(tmp_path, monkeypatch):
     original = gen_mod.Generator.synthesis
 
     def counting(self, ws, *a, **k):
-        calls.append((id(self), torch.is_grad_enabled()))
+        calls.append((id(self), torch.is_grad_enabled(), k.get("n_blocks")))
         return original(self, ws, *a, **k)
 
     monkeypatch.setattr(gen_mod.Generator, "synthesis", counting)
     src_path = make_source(tmp_path / "src.pt")
     cfg = tiny_config(iters=2, g_reg_every=0, d_reg_every=100)
-    cfg.finetune.struct_loss = 2
+    cfg.finetune.struct_loss = 1
     cfg.train.sample_every = cfg.train.ckpt_every = 100
     calls.clear()
     finetune(cfg, src_path, blob_images(tmp_path / "data", n=4), tmp_path / "run")
     by_net = {}
-    for net, grad in calls:
-        by_net.setdefault(net, []).append(grad)
-    # per step: target renders in the D step (no grad) and the G step (grad); source once, without grad
-    source_calls = [v for v in by_net.values() if v == [False, False]]
+    for net, grad, n_blocks in calls:
+        by_net.setdefault(net, []).append((grad, n_blocks))
+    # per step: target renders in the D step (no grad) and the G step (grad), in full; the source
+    # once, without grad, and only up to the loss's last tap (blocks 0..1 of a 16 px network's 3)
+    source_calls = [v for v in by_net.values() if v == [(False, 2), (False, 2)]]
     assert len(source_calls) == 1
 
 

@@ -20,6 +20,21 @@ def test_shapes_at_each_resolution(tiny_g, size):
     assert d(out.image).shape == (3, 1)
 
 
+def test_partial_synthesis_is_the_full_renders_prefix(tiny_g):
+    g = tiny_g(32)
+    ws = g.ws_from_z(torch.randn(2, g.style_dim))
+    noises = g.make_noise(2)
+    full = g.synthesis(ws, noises=noises, return_rgbs=True, return_features=True)
+    for n in range(1, g.n_blocks + 1):
+        part = g.synthesis(ws, noises=noises, return_rgbs=True, return_features=True, n_blocks=n)
+        assert len(part.rgbs) == len(part.features) == n
+        assert all(torch.equal(a, b) for a, b in zip(part.rgbs + part.features, full.rgbs[:n] + full.features[:n]))
+        assert torch.equal(part.image, full.rgbs[n - 1])
+    for bad in (0, g.n_blocks + 1):
+        with pytest.raises(ValueError, match="n_blocks"):
+            g.synthesis(ws, n_blocks=bad)
+
+
 def test_rosinality_widths():
     assert channel_widths(256, 2) == {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128}
     assert channel_widths(64, 1) == {4: 512, 8: 512, 16: 512, 32: 512, 64: 256}

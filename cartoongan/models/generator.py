@@ -306,10 +306,19 @@ class Generator(nn.Module):
         raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
 
     def synthesis(self, ws: torch.Tensor, noise_mode: str = "random", noises=None,
-                  return_rgbs: bool = False, return_features: bool = False) -> SynthesisOutput:
-        """w+: [B, n_latent, style_dim] -> SynthesisOutput with image [B, 3, size, size]."""
+                  return_rgbs: bool = False, return_features: bool = False,
+                  n_blocks: int | None = None) -> SynthesisOutput:
+        """w+: [B, n_latent, style_dim] -> SynthesisOutput with image [B, 3, size, size].
+
+        `n_blocks` renders only the first n blocks (the structure loss's source needs no more than
+        its taps); the image is then the skip RGB at resolution 4 * 2**(n - 1), and the outputs
+        are exactly the full render's first n.
+        """
         if ws.ndim != 3 or ws.shape[1] != self.n_latent:
             raise ValueError(f"ws must be [B, {self.n_latent}, {self.style_dim}], got {tuple(ws.shape)}")
+        n_blocks = self.n_blocks if n_blocks is None else n_blocks
+        if not 1 <= n_blocks <= self.n_blocks:
+            raise ValueError(f"n_blocks must be in 1..{self.n_blocks}, got {n_blocks}")
         noise = self._noise_list(noise_mode, noises)
         use = noise_mode != "none" or noises is not None
         out = SynthesisOutput(image=None)
@@ -319,7 +328,7 @@ class Generator(nn.Module):
         x = self.conv1(x, ws[:, 0], noise[0], use)
         skip = self.to_rgb1(x, ws[:, 1])
         self._record(out, x, skip, return_rgbs, return_features)
-        for b in range(1, self.n_blocks):
+        for b in range(1, n_blocks):
             x = self.convs[2 * b - 2](x, ws[:, 2 * b - 1], noise[2 * b - 1], use)
             x = self.convs[2 * b - 1](x, ws[:, 2 * b], noise[2 * b], use)
             skip = self.to_rgbs[b - 1](x, ws[:, 2 * b + 1], skip)

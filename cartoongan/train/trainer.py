@@ -203,8 +203,10 @@ class Trainer:
         self._track("loss_g", loss)
         if self.struct_n:
             with torch.no_grad(), self._amp():
+                # the loss reads blocks 1..n only: the source stops there (block 0 is the 4 px one)
                 src = self.nets.source.synthesis(src_ws, noises=noises, return_rgbs=tap == "rgb",
-                                                 return_features=tap == "features")
+                                                 return_features=tap == "features",
+                                                 n_blocks=self.struct_n + 1)
             pick = (lambda o: o.rgbs) if tap == "rgb" else (lambda o: o.features)
             s_loss = structure_loss(pick(out), pick(src), self.struct_n, self.cfg.finetune.struct_weight)
             self._track("loss_struct", s_loss)
