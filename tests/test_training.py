@@ -189,3 +189,45 @@ def test_bf16_autocast_path_trains_a_finetune_step():
     after = tr.nets.g.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any(k.startswith("convs.") for k in changed) and all(v.dtype == torch.float32 for v in after.values())
+
+
+def test_fused_adam_follows_the_per_tensor_update_and_loads_its_state():
+    """lazy_adam's fused update is the same Adam: within float rounding of the per-tensor
+    update over several steps, and it continues from a state the per-tensor form saved (older
+    checkpoints, rosinality's optimisers)."""
+    from cartoongan.train.trainer import lazy_adam
+
+    torch.manual_seed(0)
+    shapes = [(8, 4, 3, 3), (8,), (32, 32), (1,)]
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(6)]
+
+    def run(make, steps, state=None):
+        params = [p.clone().requires_grad_(True) for p in start]
+        opt = make(params)
+        if state is not None:
+            opt.load_state_dict(state)
+        for g in grads[:steps]:
+            for p, gi in zip(params, g):
+                p.grad = gi.clone()
+            opt.step()
+        return params, opt
+
+    fused = lambda ps: lazy_adam(ps, 0.002, 16)  # noqa: E731
+    plain = lambda ps: torch.optim.Adam(ps, lr=0.002 * 16 / 17, betas=(0.0, 0.99 ** (16 / 17)), foreach=False)  # noqa: E731
+    assert fused([torch.zeros(1, requires_grad=True)]).defaults["fused"] is True
+    a, _ = run(fused, 6)
+    b, _ = run(plain, 6)
+    assert all(not torch.equal(p, s) for p, s in zip(a, start))
+    assert all(torch.allclose(p, q, atol=1e-6, rtol=1e-5) for p, q in zip(a, b))
+    # 3 steps per-tensor, then its saved state continues in the fused form for 3 more
+    mid, opt = run(plain, 3)
+    params = [p.detach().clone().requires_grad_(True) for p in mid]
+    resumed = fused(params)
+    resumed.load_state_dict(opt.state_dict())
+    for g in grads[3:6]:
+        for p, gi in zip(params, g):
+            p.grad = gi.clone()
+        resumed.step()
+    assert all(resumed.state[p]["step"].item() == 6 for p in params)
+    assert all(torch.allclose(p, q, atol=1e-6, rtol=1e-5) for p, q in zip(params, b))
