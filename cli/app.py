@@ -447,7 +447,7 @@ def bench(
 # short column headings so that the tables fit 80 columns
 BENCH_HEADINGS = {
     "precision": "prec", "g_forward_img_s": "G fwd", "train_iter_img_s": "train", "struct_iter_img_s": "struct",
-    "peak_mem_mb": "peak MB", "ours_ms": "ms", "alternative_ms": "ms", "speedup": "x",
+    "peak_mem_mb": "peak MB", "ours_ms": "ms", "alternative_ms": "ms", "speedup": "x", "ours_ops": "ops", "alternative_ops": "alt ops",
     "ours_forward_img_s": "fwd", "reference_forward_img_s": "ref fwd", "forward_ratio": "x",
     "ours_train_img_s": "train", "reference_train_img_s": "ref train", "train_ratio": "x",
     "ours_peak_mb": "MB", "reference_peak_mb": "ref MB",

@@ -2,7 +2,10 @@ import pytest
 import torch
 
 from cartoongan.bench import kernels as bench_kernels
-from cartoongan.bench.kernels import _cases, run_kernel_bench
+from cartoongan.bench.kernels import _cases, count_ops, run_kernel_bench
+from cartoongan.models.generator import Generator
+
+GENERATOR_SYNTHESIS = Generator.synthesis
 
 
 @pytest.mark.parametrize("batch,ch,res", [(2, 8, 8), (3, 5, 6)])
@@ -22,13 +25,27 @@ def test_kernel_bench_rows(monkeypatch):
     monkeypatch.setattr(bench_kernels, "SHAPES", (("small", 2, 8, 8),))
     monkeypatch.setattr(bench_kernels, "MODEL_CONFIG", "tiny")
     rows = run_kernel_bench("cpu", repeats=1)
-    assert [r.choice for r in rows][:2] == ["modulated conv", "upsampling conv"] and len(rows) == 13
-    assert [(r.shape, r.alternative) for r in rows[-4:]] == [("tiny", "NCHW"), ("tiny", "grouped"),
-                                                             ("tiny", "depthwise conv"), ("tiny", "depthwise conv")]
+    assert [r.choice for r in rows][:2] == ["modulated conv", "upsampling conv"] and len(rows) == 15
+    assert [(r.shape, r.alternative) for r in rows[-6:]] == [
+        ("tiny", "NCHW"), ("tiny", "grouped"), ("tiny", "torch default"), ("tiny", "full render"),
+        ("tiny", "depthwise conv"), ("tiny", "depthwise conv")]
     assert ModulatedConv2d.grouped is False
+    assert Generator.synthesis is bench_kernels.Generator.synthesis is GENERATOR_SYNTHESIS  # patch undone
     for r in rows:
         assert r.ours_ms > 0 and r.alternative_ms > 0
         assert r.speedup == pytest.approx(r.alternative_ms / r.ours_ms, rel=0.05, abs=0.01)
+        assert r.ours_ops > 0 and r.alternative_ops > 0
+    by_choice = {r.choice: r for r in rows}
+    # the fused optimizer dispatches fewer ops than the per-tensor one; at 32 px the structure
+    # loss's 3 taps need every block, so the source's render is the full one there
+    assert by_choice["optimizer (G, D)"].ours_ops < by_choice["optimizer (G, D)"].alternative_ops
+    assert by_choice["structure source"].ours_ops == by_choice["structure source"].alternative_ops
+
+
+def test_count_ops_counts_compute_ops_not_views():
+    x = torch.randn(4, 4)
+    assert count_ops(lambda: x.view(16).unsqueeze(0).t().detach()) == 0
+    assert count_ops(lambda: (x * 2 + 1).sum()) == 3
 
 
 def test_kernel_bench_refuses_an_alternative_that_disagrees(monkeypatch):

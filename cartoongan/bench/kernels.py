@@ -14,10 +14,11 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..device import resolve_device
 from ..models.discriminator import ConvLayer
-from ..models.generator import ModulatedConv2d, StyledConv
+from ..models.generator import Generator, ModulatedConv2d, StyledConv
 from ..models import layers
 from ..models.layers import Upsample
 from ..ops.bias_act import SQRT2
@@ -34,6 +35,9 @@ SECOND_BACKWARD = "FIR 2nd backward"
 
 # the model-level rows timing the lazy regulariser steps (R1, path length)
 REGULARISER_ROWS = ("FIR in R1 step", "FIR in path step")
+
+# the model-level row timing the structure-loss iteration's source render
+STRUCTURE_ROW = "structure source"
 
 # the bench config whose whole training iteration (D + G step + EMA) the model-level rows time
 MODEL_CONFIG = "demo64"
@@ -53,6 +57,30 @@ class KernelRow:
     alternative: str
     alternative_ms: float
     speedup: float  # alternative_ms / ours_ms
+    ours_ops: int = 0  # compute ops dispatched by one call (views excluded): kernel launches on a GPU
+    alternative_ops: int = 0
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "aten" and not func.is_view:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], object]) -> int:
+    """How many compute ops (aten, views and other aliasing ops excluded) one call of fn dispatches:
+    on a GPU each is roughly one kernel launch, so this counts launch overhead on any device.
+    Runs from a fixed seed, so that random choices (style mixing, say) match between the two sides
+    of a row."""
+    with torch.random.fork_rng(devices=[]), _OpCounter() as counter:
+        torch.manual_seed(0)
+        fn()
+    return counter.count
 
 
 def _fold_blur(weight: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -117,6 +145,42 @@ def depthwise_fir():
         yield
     finally:
         layers.blur, layers.upsample2x = before
+
+
+@contextlib.contextmanager
+def full_source_render():
+    """Within: every synthesis renders all blocks, as the structure loss's source did before it
+    stopped at the loss's last tap."""
+    partial = Generator.synthesis
+
+    def full(self, ws, *args, n_blocks=None, **kwargs):
+        return partial(self, ws, *args, **kwargs)
+
+    Generator.synthesis = full
+    try:
+        yield
+    finally:
+        Generator.synthesis = partial
+
+
+def with_full_source_render(fn: Callable):
+    def run():
+        with full_source_render():
+            return fn()
+    return run
+
+
+def optimizer_steps(optimizers: list[torch.optim.Optimizer]) -> Callable[[], None]:
+    """() -> one step of each optimizer, every parameter given a gradient once beforehand."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = torch.randn_like(p)
+
+    def run():
+        for opt in optimizers:
+            opt.step()
+    return run
 
 
 def with_depthwise_fir(fn: Callable):
@@ -191,9 +255,15 @@ def _model_cases(dev: torch.device):
     """Whole-iteration rows: choices whose effect is spread over many layers; the last two time the
     lazy regulariser steps, whose double backward runs through every FIR filter."""
     batch = default_batch(MODEL_CONFIG, dev)
-    nhwc_phases, nchw_phases = (trainer_phases(bench_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=False,
-                                                             channels_last=cl), batch) for cl in (True, False))
+    trainers = [bench_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=False, channels_last=cl)
+                for cl in (True, False)]
+    nhwc_phases, nchw_phases = (trainer_phases(tr, batch) for tr in trainers)
     nhwc, nchw = nhwc_phases.step, nchw_phases.step
+    structure = trainer_phases(bench_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=True), batch).step
+    # the optimizers of the second trainer, so that its parameters move, not those timed above
+    fused = [trainers[1].g_optim, trainers[1].d_optim]
+    default = [torch.optim.Adam(opt.param_groups[0]["params"], lr=opt.defaults["lr"], betas=opt.defaults["betas"])
+               for opt in fused]
 
     def grouped():
         with ModulatedConv2d.grouped_mode():
@@ -201,6 +271,8 @@ def _model_cases(dev: torch.device):
 
     return [("memory format", "NHWC", nhwc, "NCHW", nchw),
             ("modulated conv", "x*s, conv, *d", nhwc, "grouped", grouped),
+            ("optimizer (G, D)", "fused Adam", optimizer_steps(fused), "torch default", optimizer_steps(default)),
+            (STRUCTURE_ROW, "to last tap", structure, "full render", with_full_source_render(structure)),
             (REGULARISER_ROWS[0], "FIR ops", nhwc_phases.r1, "depthwise conv", with_depthwise_fir(nhwc_phases.r1)),
             (REGULARISER_ROWS[1], "FIR ops", nhwc_phases.path, "depthwise conv",
              with_depthwise_fir(nhwc_phases.path))]
@@ -213,9 +285,11 @@ def _train_pass(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
     return run
 
 
-def _row(choice: str, shape: str, ours: str, alternative: str, seconds: tuple[float, float]) -> KernelRow:
+def _row(choice: str, shape: str, ours: str, alternative: str, seconds: tuple[float, float],
+         ops: tuple[int, int]) -> KernelRow:
     t_ours, t_alt = (1000 * t for t in seconds)
-    return KernelRow(choice, shape, ours, round(t_ours, 2), alternative, round(t_alt, 2), round(t_alt / t_ours, 2))
+    return KernelRow(choice, shape, ours, round(t_ours, 2), alternative, round(t_alt, 2), round(t_alt / t_ours, 2),
+                     *ops)
 
 
 def run_kernel_bench(device: str = "auto", repeats: int = 5, reporter: Reporter | None = None) -> list[KernelRow]:
@@ -235,12 +309,13 @@ def run_kernel_bench(device: str = "auto", repeats: int = 5, reporter: Reporter 
             if err > 1e-3:
                 raise RuntimeError(f"{choice}: the alternative disagrees with ours ({err.item():.2e})")
             runs = repeats if choice == SECOND_BACKWARD else 3 * repeats  # the old form takes seconds
-            seconds = time_pair(_train_pass(ours), _train_pass(alt), dev, runs)
-            rows.append(_row(choice, label, ours_name, alt_name, seconds))
+            ours, alt = _train_pass(ours), _train_pass(alt)
+            seconds = time_pair(ours, alt, dev, runs)
+            rows.append(_row(choice, label, ours_name, alt_name, seconds, (count_ops(ours), count_ops(alt))))
             bar.advance()
         for choice, ours_name, ours, alt_name, alt in model_cases:
             lazy = choice in REGULARISER_ROWS  # slow steps: fewer runs, as `bench` times them
             seconds = time_pair(ours, alt, dev, max(1, repeats // 2) if lazy else repeats, 1 if lazy else 2)
-            rows.append(_row(choice, MODEL_CONFIG, ours_name, alt_name, seconds))
+            rows.append(_row(choice, MODEL_CONFIG, ours_name, alt_name, seconds, (count_ops(ours), count_ops(alt))))
             bar.advance()
     return rows
