@@ -3,11 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# what every target needs first; on a machine whose Python already holds torch and the package
+# (an offline GPU box): make cuda-check PY=python3 NEEDS=
+NEEDS  ?= $(STAMP)
 # torch/torchvision pinned to the releases served from this machine's local wheel cache
 TORCH  := torch==2.14.1 torchvision==0.29.1
 DLIB   := dlib-bin==20.0.1.post1
 
-.PHONY: install test cuda-check demo demo-check ablation bench bench-kernels bench-reference clean
+.PHONY: install test cuda-check demo demo-check ablation bench bench-kernels bench-reference bench-cuda clean
 
 install: $(STAMP)
 
@@ -22,33 +25,42 @@ $(STAMP): pyproject.toml
 	$(PY) -m cartoongan_cli weights fetch
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(NEEDS)
 	$(PY) -m pytest -q
 
 # on a GPU machine: every subcommand on CUDA at 256 px config F, ADA on, fp32/tf32/bf16
-cuda-check: $(STAMP)
+cuda-check: $(NEEDS)
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'cuda-check needs a CUDA GPU')"
 	$(PY) -m pytest -q -m cuda
 
-demo: $(STAMP)
+demo: $(NEEDS)
 	$(PY) -m cartoongan_cli demo --out demo
 
-ablation: $(STAMP)
+ablation: $(NEEDS)
 	$(PY) -m cartoongan_cli ablation --out ablation
 
-demo-check: $(STAMP)
+demo-check: $(NEEDS)
 	$(PY) -m pytest -q -m slow
 
-bench: $(STAMP)
+bench: $(NEEDS)
 	$(PY) -m cartoongan_cli bench
 
-bench-kernels: $(STAMP)
+bench-kernels: $(NEEDS)
 	$(PY) -m cartoongan_cli bench --kernels
 
 # REF: a checkout of https://github.com/rosinality/stylegan2-pytorch (not bundled)
-bench-reference: $(STAMP)
+bench-reference: $(NEEDS)
 	@test -n "$(REF)" || { echo "usage: make bench-reference REF=path/to/stylegan2-pytorch"; exit 2; }
 	$(PY) -m cartoongan_cli bench --reference "$(REF)"
+
+# on a GPU machine: the CUDA figures of issue 12 in one go (REF optional, as for bench-reference)
+bench-cuda: $(NEEDS)
+	$(PY) -m cartoongan_cli bench --device cuda --precision fp32
+	$(PY) -m cartoongan_cli bench --device cuda --precision tf32 --configs r256
+	$(PY) -m cartoongan_cli bench --device cuda --precision bf16 --configs r256
+	$(PY) -m cartoongan_cli bench --device cuda --kernels
+	if [ -n "$(REF)" ]; then $(PY) -m cartoongan_cli bench --device cuda --reference "$(REF)" && \
+	  $(PY) -m cartoongan_cli bench --device cuda --precision bf16 --reference "$(REF)"; fi
 
 clean:
 	rm -rf $(VENV) demo ablation *.egg-info
