@@ -38,15 +38,22 @@ def set_math_mode(precision: str) -> None:
     'fp32' is IEEE fp32 (TF32 off, as NVlabs trains: GPU results match the CPU to ~1e-5);
     'tf32' and 'bf16' allow TF32 tensor-core math for fp32 work (Ampere and later: ~10-bit
     mantissa products, several times faster convolutions). Rendering commands use 'fp32'.
-    Uses the fp32_precision API where torch has it (torch refuses a mix of it and the legacy
-    allow_tf32 flags), the legacy flags on older torch.
+    Torch with the per-backend fp32_precision API refuses to READ its legacy flags
+    (`cudnn.allow_tf32`, `get_float32_matmul_precision()`, which torch.compile and other
+    libraries still read) once they disagree with it, so the legacy flags are set to the same
+    state first, then the per-backend ones; CPU matmuls stay IEEE whatever the legacy setter
+    implies for oneDNN.
     """
-    mode = "ieee" if precision == "fp32" else "tf32"
+    tf32 = precision != "fp32"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     if not hasattr(torch.backends.cudnn, "conv"):  # torch before the fp32_precision API
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
         return
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    mode = "tf32" if tf32 else "ieee"
     torch.backends.cudnn.conv.fp32_precision = mode
     torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.mkldnn.matmul.fp32_precision = "ieee"
 
 
 def tf32_enabled() -> bool:

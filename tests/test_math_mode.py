@@ -32,6 +32,21 @@ def test_training_sets_the_math_mode_of_its_precision(tmp_path, precision, tf32,
     assert tf32_enabled() is tf32
 
 
+@pytest.mark.parametrize("order", [("tf32", "fp32", "bf16"), ("fp32", "tf32", "fp32")])
+def test_every_reader_of_the_math_mode_agrees(order):
+    """torch.compile and other libraries read the legacy flags; torch raises on reading them when
+    they disagree with the per-backend API, so each mode must leave both saying the same."""
+    for precision in order:
+        set_math_mode(precision)
+        tf32 = precision != "fp32"
+        assert tf32_enabled() is tf32
+        assert torch.backends.cudnn.allow_tf32 is tf32
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert torch.get_float32_matmul_precision() == ("high" if tf32 else "highest")
+        if hasattr(torch.backends, "mkldnn") and hasattr(torch.backends.mkldnn, "matmul"):
+            assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"  # the CPU stays IEEE
+
+
 def test_rendering_always_uses_ieee_fp32(tmp_path, tiny_g):
     path = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g()))
     set_math_mode("tf32")

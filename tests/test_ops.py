@@ -186,6 +186,21 @@ def test_resample_under_bf16_autocast_keeps_dtypes():
         assert torch.allclose(y.float(), ref, atol=0.05)
 
 
+def test_a_kernel_built_on_another_device_is_moved_to_the_inputs(monkeypatch):
+    """A caller's [k, k] kernel (made on the CPU by make_kernel) filters a tensor on another device:
+    'meta' stands in for CUDA, whose convolutions refuse a CPU weight."""
+    import cartoongan.ops.fir as fir
+
+    seen = []
+    for name in ("conv2d", "conv_transpose2d"):
+        real = getattr(fir.F, name)
+        monkeypatch.setattr(fir.F, name, lambda x, w, *a, real=real, **k: seen.append(w.device) or real(x, w, *a, **k))
+    x = torch.randn(1, 2, 8, 8, device="meta")
+    assert blur(x, make_kernel(), (1, 1)).shape == (1, 2, 7, 7)
+    assert upsample2x(x, make_kernel(gain=4.0)).shape == (1, 2, 16, 16)
+    assert seen == [torch.device("meta")] * 2
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("name,op,old", OPS, ids=[o[0] for o in OPS])
 def test_cuda_ops_match_the_cpu_and_are_twice_differentiable(name, op, old):
@@ -196,7 +211,9 @@ def test_cuda_ops_match_the_cpu_and_are_twice_differentiable(name, op, old):
     assert torch.allclose(y.cpu(), old(x), atol=1e-12)
     small = torch.randn(1, 2, 5, 6, dtype=torch.float64, device="cuda", requires_grad=True)
     small = xc if name == "resample" else small
-    assert gradcheck(cuda_op, (small,), fast_mode=True) and gradgradcheck(cuda_op, (small,), fast_mode=True)
+    # CUDA's grid_sample backward and some cuDNN algorithms accumulate in a varying order
+    assert (gradcheck(cuda_op, (small,), fast_mode=True, nondet_tol=1e-12)
+            and gradgradcheck(cuda_op, (small,), fast_mode=True, nondet_tol=1e-12))
 
 
 @pytest.mark.cuda

@@ -25,8 +25,10 @@ def make_kernel(taps=BLUR_KERNEL, gain: float = 1.0) -> torch.Tensor:
     return k / k.sum() * gain
 
 
-def _depthwise(kernel: torch.Tensor, channels: int, dtype: torch.dtype) -> torch.Tensor:
-    return kernel.to(dtype)[None, None].expand(channels, 1, *kernel.shape)
+def _depthwise(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[k, k] -> [C, 1, k, k] on x's device and in its dtype (a module's buffer is there already;
+    a caller's kernel built on the CPU is moved)."""
+    return kernel.to(device=x.device, dtype=x.dtype)[None, None].expand(x.shape[1], 1, *kernel.shape)
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class _Geometry:
 
     def apply(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        weight = _depthwise(kernel, c, x.dtype)
+        weight = _depthwise(kernel, x)
         if self.transposed:
             return F.conv_transpose2d(x, weight, stride=self.stride, padding=self.padding,
                                       output_padding=self.output_padding, groups=c)
