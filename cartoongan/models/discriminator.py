@@ -47,6 +47,18 @@ class ConvLayer(nn.Sequential):
         if conv_clamp is not None:
             layers.append(Clamp(conv_clamp))
         super().__init__(*layers)
+        self.downsample, self.activate = downsample, activate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, in_ch, H, W] -> [B, out_ch, H', W'] (H' = H / 2 when downsampling)."""
+        i = 0
+        if self.downsample:
+            x, i = self[0](x), 1
+        if self.activate:  # conv, bias, gain and leaky ReLU in one conv and one in-place pass
+            x, i = self[i].forward_activated(x, self[i + 1].bias), i + 2
+        else:
+            x, i = self[i](x), i + 1
+        return x if i == len(self) else self[i](x)
 
 
 class ResBlock(nn.Module):
@@ -60,7 +72,8 @@ class ResBlock(nn.Module):
         self.skip = ConvLayer(in_ch, out_ch, 1, downsample=True, activate=False, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.conv2(self.conv1(x)) + self.skip(x)) * (1 / math.sqrt(2))
+        # in place: the sum is a fresh buffer that no backward reads
+        return (self.conv2(self.conv1(x)) + self.skip(x)).mul_(1 / math.sqrt(2))
 
 
 def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:

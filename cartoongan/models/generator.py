@@ -131,11 +131,13 @@ class StyledConv(nn.Module):
             out = y * gain + bias
         else:
             out = torch.addcmul(bias, y, (d * gain).to(y.dtype)[:, :, None, None])
+        # in place from here: neither addcmul's backward nor the add's needs this buffer, and
+        # leaky ReLU's backward reads its output's sign, so one buffer serves the three passes
         if use_noise:
             if noise is None:
                 noise = torch.randn(y.shape[0], 1, y.shape[2], y.shape[3], device=y.device, dtype=y.dtype)
-            out = out + noise.to(y.dtype) * (self.noise.weight * gain).to(y.dtype)
-        out = F.leaky_relu(out, 0.2)
+            out = out.add_(noise.to(y.dtype) * (self.noise.weight * gain).to(y.dtype))
+        out = F.leaky_relu_(out, 0.2)
         return out if self.conv_clamp is None else out.clamp(-self.conv_clamp, self.conv_clamp)
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.bias_act import bias_leaky_relu
+from ..ops.bias_act import SQRT2, bias_leaky_relu
 from ..ops.fir import blur, make_kernel, upsample2x
 
 
@@ -50,10 +50,11 @@ class EqualLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, in_dim] -> [B, out_dim]."""
-        bias = self.bias * self.lr_mul
-        if self.activation:
-            return bias_leaky_relu(F.linear(x, self.weight * self.scale), bias)
-        return F.linear(x, self.weight * self.scale, bias)
+        if not self.activation:
+            return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
+        # lrelu(a) * sqrt2 = lrelu(a * sqrt2): the gain rides on the weight and bias, the bias on
+        # the matmul, and the activation works in place (addmm's backward needs its inputs only)
+        return F.leaky_relu_(F.linear(x, self.weight * (self.scale * SQRT2), self.bias * (self.lr_mul * SQRT2)), 0.2)
 
 
 class EqualConv2d(nn.Module):
@@ -69,6 +70,14 @@ class EqualConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+
+    def forward_activated(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """lrelu(conv(x) + bias) * sqrt2 in one conv and one in-place pass: the gain rides on the
+        weight and bias (leaky ReLU is positively homogeneous), the bias on the conv, and the
+        activation overwrites the conv's output, which the conv's backward does not need.
+        x: [B, in_ch, H, W]; bias: [out_ch] -> [B, out_ch, H', W']."""
+        y = F.conv2d(x, self.weight * (self.scale * SQRT2), bias * SQRT2, stride=self.stride, padding=self.padding)
+        return F.leaky_relu_(y, 0.2)
 
 
 class BiasLeakyReLU(nn.Module):
