@@ -64,3 +64,24 @@ def test_default_configs_follow_the_device():
     assert default_configs(cpu) == ["tiny", "demo64", "r64"] and "r256" in default_configs(cuda)
     assert default_configs(cpu, reference=True) == ["r64"] and default_configs(cuda, reference=True) == ["r256"]
     assert all(name in CONFIGS for name in default_configs(cuda))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("struct", [False, True])
+def test_cuda_training_phases_never_wait_for_the_host(struct):
+    """Every phase of an iteration (D, R1, G, path length, EMA) queues its work without a host sync,
+    so the CPU runs ahead of the GPU; the dataset sits on the GPU (place_for)."""
+    from cartoongan.bench.speed import bench_trainer, trainer_phases
+
+    tr = bench_trainer("tiny", torch.device("cuda"), 8, "fp32", False, struct=struct)
+    assert tr.data.images.is_cuda
+    phases = trainer_phases(tr, 8)
+    for run in (phases.step, phases.r1, phases.path):
+        run()  # warm-up: lazy optimizer state, cuDNN plans
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for run in (phases.step, phases.r1, phases.path):
+            run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

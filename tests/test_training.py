@@ -231,3 +231,32 @@ def test_fused_adam_follows_the_per_tensor_update_and_loads_its_state():
         resumed.step()
     assert all(resumed.state[p]["step"].item() == 6 for p in params)
     assert all(torch.allclose(p, q, atol=1e-6, rtol=1e-5) for p, q in zip(params, b))
+
+
+def test_dataset_placement_keeps_images_on_a_gpu_with_room():
+    from cartoongan.data.dataset import DEVICE_SHARE, placement
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert placement(10, cpu, None) == "host"
+    assert placement(100, cuda, int(100 / DEVICE_SHARE)) == "device"
+    assert placement(101, cuda, int(100 / DEVICE_SHARE)) == "host"
+    assert placement(1, cuda, None) == "host"
+
+
+def test_batches_are_drawn_with_the_rng_of_the_images_device(monkeypatch):
+    from cartoongan.data.dataset import ImageDataset
+
+    seen = []
+    for name in ("randint", "rand"):
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, real=real, **k: seen.append(k.get("device")) or real(*a, **k))
+    meta = ImageDataset(torch.zeros(5, 3, 8, 8, dtype=torch.uint8, device="meta"), list("abcde"))
+    out = meta.batch(4, True, torch.device("meta"))
+    assert out.shape == (4, 3, 8, 8) and out.dtype == torch.float32
+    assert seen == [torch.device("meta")] * 2
+    # on the CPU: values in [-1, 1], and a mirrored image is one of the dataset's, mirrored
+    images = torch.randint(0, 256, (3, 3, 4, 4), dtype=torch.uint8)
+    out = ImageDataset(images, list("abc")).batch(8, True, torch.device("cpu"))
+    originals = (images.float() / 127.5 - 1.0)
+    for img in out:
+        assert any(torch.equal(img, o) or torch.equal(img, o.flip(2)) for o in originals)

@@ -31,6 +31,18 @@ def _sources(root: Path) -> list[tuple[str, callable]]:
     return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files]
 
 
+# a dataset moves onto a CUDA device when it takes at most this share of the device's free memory
+DEVICE_SHARE = 0.25
+
+
+def placement(nbytes: int, device: torch.device, free_bytes: int | None) -> str:
+    """Where to keep a dataset of `nbytes` that feeds `device`: 'device' for a CUDA device with room
+    (DEVICE_SHARE of its free memory), so batches never cross the bus; else 'host'."""
+    if device.type == "cuda" and free_bytes is not None and nbytes <= DEVICE_SHARE * free_bytes:
+        return "device"
+    return "host"
+
+
 @dataclass
 class ImageDataset:
     """images: [N, 3, size, size] uint8; names in the same order; skipped: files that failed to decode."""
@@ -42,13 +54,30 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.names)
 
+    def place_for(self, device: torch.device) -> str:
+        """Keep the images where batches for `device` are cheapest to draw (see `placement`);
+        returns 'device' or 'host'."""
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+        where = placement(self.images.numel() * self.images.element_size(), device, free)
+        if where == "device":
+            self.images = self.images.to(device)
+        return where
+
     def batch(self, n: int, xflip: bool, device: torch.device) -> torch.Tensor:
-        """n random images (global torch RNG), optionally mirrored, as floats in [-1, 1]: [n, 3, S, S]."""
-        idx = torch.randint(len(self), (n,))
+        """n random images, optionally mirrored, as floats in [-1, 1]: [n, 3, S, S].
+
+        The indices and flips come from the RNG of the images' device, so a dataset kept on the GPU
+        never waits for the host. A host batch bound for CUDA is pinned first: a copy from pageable
+        memory would block the host until the GPU has finished all the work queued before it.
+        """
+        src = self.images.device
+        idx = torch.randint(len(self), (n,), device=src)
         x = self.images[idx]
         if xflip:
-            flip = torch.rand(n) < 0.5
+            flip = torch.rand(n, device=src) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if src.type == "cpu" and device.type == "cuda":
+            x = x.pin_memory()
         return x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
 
 

@@ -43,7 +43,7 @@ class KidEvaluator:
 
     def __init__(self, train_images: torch.Tensor, n: int, device: torch.device, run_dir: Path,
                  reporter: Reporter | None = None, features: Features | None = None, batch: int = 16):
-        """train_images: uint8 [N, 3, H, W] (ImageDataset.images)."""
+        """train_images: uint8 [N, 3, H, W] (ImageDataset.images, on any device)."""
         self.n, self.device, self.batch = n, device, batch
         self.reporter = reporter or NullReporter()
         self.features = features or default_features(device)
@@ -51,7 +51,7 @@ class KidEvaluator:
         cache = Path(run_dir) / CACHE
         self.real = _read_cache(cache, len(train_images))
         if self.real is None:
-            self.real = self.features(train_images.permute(0, 2, 3, 1).numpy(), self.reporter,
+            self.real = self.features(train_images.cpu().permute(0, 2, 3, 1).numpy(), self.reporter,
                                       "features of the training set")
             with atomic_write(cache) as fh:
                 np.save(fh, self.real)

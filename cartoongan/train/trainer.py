@@ -110,6 +110,7 @@ class Trainer:
         self.provenance = provenance or {}
         self.dev = info.device
         self.local_batch = self.t.batch // info.world
+        data.place_for(self.dev)  # on a GPU with room for it: no copy, no host wait per batch
         ft = cfg.finetune
         self.struct_n = ft.struct_loss if kind == "finetune" else 0
         self.plan.apply(nets.g, nets.d)
