@@ -113,15 +113,16 @@ class AdaController:
 
     def observe(self, real_logits: torch.Tensor) -> None:
         """Record a D step's real logits (kept on device; no host sync until the update)."""
-        self.pending.append(torch.stack([real_logits.detach().sign().sum().float(),
-                                         torch.tensor(float(real_logits.numel()), device=real_logits.device)]))
+        # the count is filled on the device: torch.tensor(x, device=cuda) would be a blocking copy
+        count = torch.full((), float(real_logits.numel()), device=real_logits.device)
+        self.pending.append(torch.stack([real_logits.detach().sign().sum().float(), count]))
         self.steps += 1
 
     def maybe_update(self, reduce=None) -> float:
         """Every `interval` observations, move p by sign(r_t - target) * batch * interval / (kimg * 1000)."""
         if self.steps < self.interval:
             return self.p
-        stats = torch.stack([t.cpu() for t in self.pending]).sum(0)
+        stats = torch.stack([t.cpu() for t in self.pending]).sum(0)  # a resumed run's first is on the CPU
         if reduce is not None:
             stats = reduce(stats)
         rt = (stats[0] / stats[1]).item()
