@@ -67,13 +67,16 @@ def test_default_configs_follow_the_device():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("struct", [False, True])
-def test_cuda_training_phases_never_wait_for_the_host(struct):
-    """Every phase of an iteration (D, R1, G, path length, EMA) queues its work without a host sync,
-    so the CPU runs ahead of the GPU; the dataset sits on the GPU (place_for)."""
+@pytest.mark.parametrize("struct,ada", [(False, False), (True, False), (False, True)])
+def test_cuda_training_phases_never_wait_for_the_host(struct, ada):
+    """Every phase of an iteration (D, R1, G, path length, EMA; ADA augmenting and observing)
+    queues its work without a host sync, so the CPU runs ahead of the GPU; the dataset sits on
+    the GPU (place_for). ADA's own update, every `interval` steps, is the one read it allows."""
     from cartoongan.bench.speed import bench_trainer, trainer_phases
 
     tr = bench_trainer("tiny", torch.device("cuda"), 8, "fp32", False, struct=struct)
+    if ada:
+        tr.t.augment, tr.ada.p, tr.ada.interval = "ada", 0.5, 10**6
     assert tr.data.images.is_cuda
     phases = trainer_phases(tr, 8)
     for run in (phases.step, phases.r1, phases.path):
