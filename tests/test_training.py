@@ -260,3 +260,39 @@ def test_batches_are_drawn_with_the_rng_of_the_images_device(monkeypatch):
     originals = (images.float() / 127.5 - 1.0)
     for img in out:
         assert any(torch.equal(img, o) or torch.equal(img, o.flip(2)) for o in originals)
+
+
+def test_device_side_work_never_reads_values_back_or_builds_host_literals():
+    """What a training iteration runs on the device (ADA, G and D with noise, the losses, R1, path
+    length) dispatches no `.item()`-style read-back and no tensor built from host values: on CUDA
+    each would block the host until the GPU catches up. The CPU's dispatcher shows them too."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from cartoongan import Discriminator, Generator
+    from cartoongan.train.augment import augment
+    from cartoongan.train.losses import d_logistic_loss, path_length_penalty, r1_penalty
+
+    host_ops = {"aten._local_scalar_dense", "aten.lift_fresh", "aten.lift_fresh_copy", "aten.item"}
+
+    class Watch(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func.overloadpacket) in host_ops:
+                self.seen.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    g, d = Generator(16, style_dim=32, n_mlp=2, channel_base=512, channel_max=32), Discriminator(16, channel_base=512, channel_max=32)
+    real = torch.rand(4, 3, 16, 16) * 2 - 1
+    with Watch() as watch:
+        ws = g.ws_from_z(torch.randn(4, 32)).detach().requires_grad_(True)
+        fake = g.synthesis(ws).image
+        d_logistic_loss(d(augment(real, 0.5)), d(augment(fake.detach(), 0.5))).backward()
+        x = real.clone().requires_grad_(True)
+        r1_penalty(d(augment(x, 0.5)), x).backward()
+        penalty, _, _ = path_length_penalty(g.synthesis(ws).image, ws, torch.zeros(()))
+        penalty.backward()
+    assert watch.seen == []

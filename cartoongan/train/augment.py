@@ -60,7 +60,9 @@ def geometric_matrix(n: int, size: int, p: float, device) -> torch.Tensor:
 def color_matrix(n: int, p: float, device) -> torch.Tensor:
     """Random colour transforms [n, 4, 4] acting on homogeneous RGB (identity where not drawn)."""
     eye = torch.eye(4, device=device)
-    v = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device) / math.sqrt(3)
+    # constants made on the device: torch.tensor(..., device=cuda) is a host-to-device copy that
+    # waits for the GPU, and building one from 0-d device tensors reads each of them back
+    v = F.pad(torch.full((3,), 1 / math.sqrt(3), device=device), (0, 1))  # the luma axis, homogeneous
     vv = torch.outer(v, v)
     c = eye.repeat(n, 1, 1)
     bright = torch.randn(n, device=device) * 0.2 * _gate(n, p, device)
@@ -75,7 +77,7 @@ def color_matrix(n: int, p: float, device) -> torch.Tensor:
     c = (eye - 2 * vv * flip[:, None, None]) @ c
     theta = (torch.rand(n, device=device) * 2 - 1) * math.pi * _gate(n, p, device)
     v3 = v[:3]
-    cross = torch.tensor([[0, -v3[2], v3[1]], [v3[2], 0, -v3[0]], [-v3[1], v3[0], 0]], device=device)
+    cross = torch.linalg.cross(v3.expand(3, 3), torch.eye(3, device=device), dim=1).t()  # cross @ x = v3 x x
     rot = eye.repeat(n, 1, 1)
     ct, st = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
     rot[:, :3, :3] = ct * torch.eye(3, device=device) + st * cross + (1 - ct) * torch.outer(v3, v3)
