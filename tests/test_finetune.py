@@ -81,7 +81,10 @@ def test_freeze_sg_feeds_source_w_to_exactly_the_frozen_slots(tmp_path):
     cfg = tiny_config()
     cfg.finetune.freeze_sg = 2
     plan = make_plan(cfg.finetune, g, d)
-    trainer = Trainer(cfg, Networks(g, d, copy.deepcopy(g), source), None, tmp_path, DistInfo(), plan=plan, kind="finetune")
+    from cartoongan.data.dataset import ImageDataset
+
+    data = ImageDataset(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), ["a", "b"])
+    trainer = Trainer(cfg, Networks(g, d, copy.deepcopy(g), source), data, tmp_path, DistInfo(), plan=plan, kind="finetune")
     z, z2 = torch.randn(3, 32), torch.randn(3, 32)
     for mix in ((None, None), (z2, 3)):
         ws, src_ws = trainer._ws(z, *mix)
