@@ -108,3 +108,13 @@ def test_fused_stacks_keep_fewer_activation_buffers_for_the_backward():
     # the textbook form keeps each activation's input (for leaky ReLU's backward) and its output
     # (the next layer's input) apart; in place they are one buffer: one fewer per layer but the last
     assert d_fused == d_text - 2 and g_fused == g_text - 2
+
+
+def test_styled_conv_still_broadcasts_a_larger_noise_batch():
+    """In place cannot grow a tensor: one input with three noise maps gives three outputs, as before."""
+    torch.manual_seed(0)
+    layer = randomized(StyledConv(3, 4, 8)).double()
+    x, w = torch.randn(1, 3, 6, 6, dtype=torch.float64), torch.randn(1, 8, dtype=torch.float64)
+    noise = torch.randn(3, 1, 6, 6, dtype=torch.float64)
+    out = layer(x, w, noise)
+    assert out.shape == (3, 4, 6, 6) and torch.allclose(out, textbook_styled_conv(layer, x, w, noise), atol=1e-12)

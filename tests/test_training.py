@@ -195,7 +195,7 @@ def test_fused_adam_follows_the_per_tensor_update_and_loads_its_state():
     """lazy_adam's fused update is the same Adam: within float rounding of the per-tensor
     update over several steps, and it continues from a state the per-tensor form saved (older
     checkpoints, rosinality's optimisers)."""
-    from cartoongan.train.trainer import lazy_adam
+    from cartoongan.train.trainer import lazy_adam, load_optimizer_state
 
     torch.manual_seed(0)
     shapes = [(8, 4, 3, 3), (8,), (32, 32), (1,)]
@@ -224,7 +224,8 @@ def test_fused_adam_follows_the_per_tensor_update_and_loads_its_state():
     mid, opt = run(plain, 3)
     params = [p.detach().clone().requires_grad_(True) for p in mid]
     resumed = fused(params)
-    resumed.load_state_dict(opt.state_dict())
+    load_optimizer_state(resumed, opt.state_dict())
+    assert resumed.param_groups[0]["fused"] is True  # torch's own load would have taken the saved None
     for g in grads[3:6]:
         for p, gi in zip(params, g):
             p.grad = gi.clone()

@@ -77,7 +77,7 @@ def count_ops(fn: Callable[[], object]) -> int:
     on a GPU each is roughly one kernel launch, so this counts launch overhead on any device.
     Runs from a fixed seed, so that random choices (style mixing, say) match between the two sides
     of a row."""
-    with torch.random.fork_rng(devices=[]), _OpCounter() as counter:
+    with torch.random.fork_rng(), _OpCounter() as counter:  # CPU and CUDA generators restored after
         torch.manual_seed(0)
         fn()
     return counter.count

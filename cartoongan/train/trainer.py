@@ -75,6 +75,14 @@ def lazy_adam(params, lr: float, reg_every: int) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99**ratio), fused=fused or None)
 
 
+def load_optimizer_state(optim: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state, keeping this optimizer's own kernel choice (fused/foreach):
+    torch takes every group setting from the saved dict, so a state saved unfused (an older run,
+    rosinality's train.py) would otherwise switch the fused update off for the rest of the run."""
+    own = {k: optim.defaults[k] for k in ("fused", "foreach") if k in optim.defaults}
+    optim.load_state_dict({**state, "param_groups": [{**g, **own} for g in state["param_groups"]]})
+
+
 class _StopFlag:
     """Turns Ctrl-C into a flag checked between steps, so the state saved is never half-updated."""
 
@@ -282,8 +290,8 @@ class Trainer:
         n.g.load_state_dict(ckpt["g"])
         n.d.load_state_dict(ckpt["d"])
         n.g_ema.load_state_dict(ckpt["g_ema"])
-        self.g_optim.load_state_dict(ckpt["g_optim"])
-        self.d_optim.load_state_dict(ckpt["d_optim"])
+        load_optimizer_state(self.g_optim, ckpt["g_optim"])
+        load_optimizer_state(self.d_optim, ckpt["d_optim"])
         ts = ckpt["train_state"]
         self.mean_path = ts["mean_path"].to(self.dev)
         self.ada.load_state_dict(ts["ada"])
