@@ -1,0 +1,87 @@
+"""`cartoongan bench`: speed tables (ours, op alternatives, rosinality side by side)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cartoongan.errors import ConfigError
+
+from .app import DEVICE, Precision, app, user_errors
+from .console import RichReporter, out
+
+@app.command()
+def bench(
+    device: str = DEVICE,
+    configs: Optional[str] = typer.Option(None, "--configs", help="Comma-separated: tiny, demo64, r64, r256 "
+                                          "[default: tiny,demo64,r64 on the CPU, tiny,r64,r256 on CUDA; "
+                                          "with --reference: r64 on the CPU, r256 on CUDA]."),
+    precision: Precision = typer.Option(Precision("fp32"), "--precision", help="Math mode of our side (see pretrain --help)."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed repeats per phase (median reported)."),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch (default per config and device)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC activations."),
+    grouped_modconv: bool = typer.Option(False, "--grouped-modconv", help="Per-sample grouped modulated conv (for comparison)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="A rosinality/stylegan2-pytorch checkout: "
+                                             "time it at the same configs and print the ratios."),
+    kernels: bool = typer.Option(False, "--kernels", help="Time each speed choice against its alternative, op by op."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+):
+    """Measure generator forward, training iteration and structure-loss iteration speed (img/s)."""
+    from dataclasses import asdict
+
+    from cartoongan.bench.speed import default_configs, run_bench
+    from cartoongan.device import check_precision, resolve_device
+
+    reporter = RichReporter()
+    with user_errors():
+        dev = resolve_device(device)
+        check_precision(precision.value, dev)
+        if kernels and (reference is not None or configs or batch):
+            raise ConfigError("--kernels times fixed shapes; drop --reference, --configs and --batch")
+        if (kernels or reference is not None) and (compile_ or grouped_modconv or not channels_last):
+            raise ConfigError("--compile, --grouped-modconv and --no-channels-last apply to the plain bench table only")
+        if kernels:
+            from cartoongan.bench.kernels import run_kernel_bench, shapes_legend
+
+            rows = run_kernel_bench(device, repeats, reporter)
+            title = f"speed choices, fwd+bwd ms ({shapes_legend()}); x = alternative / ours"
+        elif reference is not None:
+            from cartoongan.bench.reference import compare_with_reference
+
+            names = _names(configs) if configs else default_configs(dev, reference=True)
+            rows = compare_with_reference(reference, names, device, repeats, batch, reporter, precision.value)
+            title = "cartoongan vs rosinality/stylegan2-pytorch (img/s; ratio = ours / reference)"
+        else:
+            names = _names(configs) if configs else default_configs(dev)
+            rows = run_bench(names, device, precision.value, repeats, batch, compile_, reporter, channels_last,
+                             grouped_modconv)
+            title = "cartoongan bench (img/s, higher is better)"
+    rows = [asdict(r) for r in rows]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in rows[0]:
+        table.add_column(BENCH_HEADINGS.get(col, col))
+    for r in rows:
+        table.add_row(*["-" if v is None else str(v) for v in r.values()])
+    out.print(table)
+
+
+# short column headings so that the tables fit 80 columns
+BENCH_HEADINGS = {
+    "precision": "prec", "g_forward_img_s": "G fwd", "train_iter_img_s": "train", "struct_iter_img_s": "struct",
+    "peak_mem_mb": "peak MB", "ours_ms": "ms", "alternative_ms": "ms", "speedup": "x", "ours_ops": "ops", "alternative_ops": "alt ops",
+    "ours_forward_img_s": "fwd", "reference_forward_img_s": "ref fwd", "forward_ratio": "x",
+    "ours_train_img_s": "train", "reference_train_img_s": "ref train", "train_ratio": "x",
+    "ours_peak_mb": "MB", "reference_peak_mb": "ref MB",
+}
+
+
+def _names(csv: str) -> list[str]:
+    return [c.strip() for c in csv.split(",") if c.strip()]

@@ -1,0 +1,54 @@
+"""`cartoongan info | export | convert`: describe, slim and convert checkpoints."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app, user_errors
+from .console import RichReporter, out
+
+@app.command()
+def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+    """Describe a checkpoint (also DualStyleGAN generator.pt, pSp encoder.pt, exemplar codes .npy)."""
+    from cartoongan.weights.dualstyle import describe_dualstyle_file
+    from cartoongan.weights.networks import describe_checkpoint
+
+    with user_errors():
+        summary = describe_dualstyle_file(ckpt) or describe_checkpoint(ckpt)
+    if as_json:
+        out.print_json(json.dumps(summary, default=str))
+        return
+    RichReporter().table(str(ckpt), ["field", "value"], [(k, v) for k, v in summary.items()])
+
+
+@app.command()
+def export(
+    ckpt: Path = typer.Argument(..., help="Checkpoint to slim (e.g. RUN/latest.pt)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write."),
+    g_ema_only: bool = typer.Option(False, "--g-ema-only", help="Keep only g_ema (like convert_weight.py); else g and d too."),
+):
+    """Write a checkpoint without optimiser and RNG state, for sharing."""
+    from cartoongan.weights.checkpoint import export_checkpoint
+
+    with user_errors():
+        path = export_checkpoint(ckpt, output, keep_training_nets=not g_ema_only)
+    out.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+@app.command()
+def convert(
+    pkl: Path = typer.Argument(..., help="NVlabs pickle: a stylegan2-ada-pytorch snapshot or a TF StyleGAN2 (G, D, Gs)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write (default: PKL with .pt)."),
+):
+    """Convert an NVlabs StyleGAN2 pickle to a checkpoint (read as data: the code inside is never run)."""
+    from cartoongan.weights.nvlabs import convert_file
+
+    with user_errors():
+        path, ckpt = convert_file(pkl, output or pkl.with_suffix(".pt"))
+    meta = ckpt["cartoongan"]
+    nets = ", ".join(k for k in ("g_ema", "g", "d", "latent_avg") if k in ckpt)
+    out.print(f"wrote {path} ({meta['provenance']['format']}, {meta['generator']['size']}px, {nets})")

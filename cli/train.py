@@ -1,0 +1,153 @@
+"""`cartoongan pretrain | finetune | swap`: training runs and layer swapping."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cartoongan.config import STRUCT_TAPS
+from cartoongan.errors import CartoonganError, ConfigError
+from cartoongan.pipelines.swap import DEFAULT_RES, MAPPINGS
+
+from .app import Augment, Precision, app, choices, user_errors
+from .console import RichReporter, fail, out
+
+def _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_, eval_every=None,
+                     eval_n=None) -> dict:
+    return {"train": {"iters": iters, "batch": batch, "lr": lr, "augment": augment.value if augment else None,
+                      "augment_p": augment_p,
+                      "precision": precision.value if precision else None, "device": device, "seed": seed,
+                      "compile": compile_, "eval_every": eval_every, "eval_n": eval_n}}
+
+
+def _load_config(recipe: Optional[Path], resume: Optional[Path], overrides: dict, out_dir: Optional[Path] = None):
+    from cartoongan.config import apply_overrides, load_recipe
+    from cartoongan.train.runs import resumed_config
+
+    if resume is not None and (recipe is not None or out_dir is not None):
+        raise ConfigError("--resume continues a run in its own folder with its own config.toml: "
+                          "drop --out and --recipe (flags such as --iters still apply)")
+    if resume is not None:
+        return resumed_config(resume, overrides)
+    return apply_overrides(load_recipe(recipe), overrides)
+
+
+def _report_result(result) -> None:
+    if result.interrupted:
+        fail(f"interrupted at step {result.step}; saved {result.latest}; continue with --resume {result.run_dir}", 130)
+    out.print(f"done: step {result.step}, checkpoint {result.latest}, samples in {result.run_dir / 'samples'}")
+
+
+RECIPE = typer.Option(None, "--recipe", help="TOML recipe (a path, or a name from recipes/, e.g. tiny).")
+ITERS = typer.Option(None, "--iters", min=1, help="Total training steps (overrides the recipe).")
+BATCH = typer.Option(None, "--batch", min=1, help="Total batch over all processes (each GPU gets batch / world size).")
+LR = typer.Option(None, "--lr", min=0.0, help="Learning rate.")
+AUG = typer.Option(None, "--augment", help="ada: adaptive augmentation, p tuned as D overfits; none: no tuning.")
+AUG_P = typer.Option(None, "--augment-p", help="Augmentation probability 0..1: where ADA starts (--augment ada), "
+                     "or fixed (--augment none).")
+PREC = typer.Option(None, "--precision", help="fp32: IEEE fp32; tf32: TF32 math on CUDA (faster, ~1e-3); bf16: autocast on CUDA (regularisers fp32).")
+SEED = typer.Option(None, "--seed", help="Random seed of the run.")
+COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the networks (CUDA).")
+TDEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N")
+EVAL_EVERY = typer.Option(None, "--eval-every", min=0, help="KID vs the training set every K steps "
+                          "(log.jsonl; best.pt keeps the lowest); 0 = off.")
+EVAL_N = typer.Option(None, "--eval-n", min=2, help="Generated images per KID evaluation.")
+
+
+@app.command()
+def pretrain(
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder (recursive) or .zip of training images."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory to create."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
+    lr: Optional[float] = LR, augment: Optional[Augment] = AUG, augment_p: Optional[float] = AUG_P,
+    precision: Optional[Precision] = PREC, seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    eval_every: Optional[int] = EVAL_EVERY, eval_n: Optional[int] = EVAL_N,
+):
+    """Train a StyleGAN2 source generator from a folder of images (resumable; torchrun for several GPUs)."""
+    from cartoongan.train.runs import pretrain as run_pretrain
+
+    with user_errors():
+        cfg = _load_config(recipe, resume, _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed,
+                                                            compile_, eval_every, eval_n),
+                           out_dir)
+        run_dir = resume or out_dir
+        if run_dir is None or (data is None and resume is None):
+            raise typer.BadParameter("give --data and --out, or --resume RUN_DIR")
+        data = data or Path(cfg_provenance(resume, "data"))
+        result = run_pretrain(cfg, data, run_dir, RichReporter(), resume=resume is not None)
+    _report_result(result)
+
+
+def cfg_provenance(run_dir: Path, key: str) -> str:
+    """A path recorded in a run's latest checkpoint (data or source), for --resume without repeating it."""
+    from cartoongan.weights.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(run_dir / "latest.pt").get("cartoongan", {})
+    value = (meta.get("provenance") or {}).get(key)
+    if not value:
+        raise CartoonganError(f"{run_dir}/latest.pt does not record its {key}; pass --{key} again")
+    return value
+
+
+Tap = choices("Tap", STRUCT_TAPS)
+
+
+@app.command()
+def finetune(
+    source: Optional[Path] = typer.Option(None, "--source", help="Pretrained checkpoint (rosinality format) to start from."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder or .zip of target-domain images."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory to create."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
+    lr: Optional[float] = LR, augment: Optional[Augment] = AUG, augment_p: Optional[float] = AUG_P,
+    precision: Optional[Precision] = PREC, seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    eval_every: Optional[int] = EVAL_EVERY, eval_n: Optional[int] = EVAL_N,
+    freeze_g: Optional[int] = typer.Option(None, "--freeze-g", min=0, help="FreezeG: freeze the N lowest-resolution G blocks."),
+    freeze_sg: Optional[int] = typer.Option(None, "--freeze-sg", min=0, help="FreezeSG: as --freeze-g N, and their w slots from the source mapping."),
+    freeze_d: Optional[int] = typer.Option(None, "--freeze-d", min=0, help="FreezeD: freeze the N highest-resolution D blocks."),
+    freeze_mapping: Optional[bool] = typer.Option(None, "--freeze-mapping/--train-mapping", help="Freeze the mapping network (the reference code's FreezeG does)."),
+    freeze_noise: Optional[bool] = typer.Option(None, "--freeze-noise/--train-noise", help="Keep the source's per-pixel noise strengths (flat-colour domains)."),
+    struct_loss: Optional[int] = typer.Option(None, "--struct-loss", min=0, help="Structure loss over the first N resolutions from 8 px."),
+    struct_weight: Optional[float] = typer.Option(None, "--struct-weight", help="Structure-loss weight (lambda, default 1)."),
+    struct_tap: Optional[Tap] = typer.Option(None, "--struct-tap", help="Compare skip RGB outputs, or conv features (the reference code)."),
+    fresh_d: Optional[bool] = typer.Option(None, "--fresh-d", help="Start D from random weights when the source has none."),
+):
+    """Fine-tune a pretrained generator on cartoon faces (FreezeG/SG/D, structure loss)."""
+    from cartoongan.train.runs import finetune as run_finetune
+
+    overrides = _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_, eval_every,
+                                 eval_n)
+    overrides["finetune"] = {"freeze_g": freeze_g, "freeze_sg": freeze_sg, "freeze_d": freeze_d,
+                             "freeze_mapping": freeze_mapping, "freeze_noise": freeze_noise, "struct_loss": struct_loss, "struct_weight": struct_weight,
+                             "struct_tap": struct_tap.value if struct_tap else None, "fresh_d": fresh_d}
+    with user_errors():
+        cfg = _load_config(recipe, resume, overrides, out_dir)
+        run_dir = resume or out_dir
+        if run_dir is None or (resume is None and (source is None or data is None)):
+            raise typer.BadParameter("give --source, --data and --out, or --resume RUN_DIR")
+        source = source or Path(cfg_provenance(resume, "source"))
+        data = data or Path(cfg_provenance(resume, "data"))
+        result = run_finetune(cfg, source, data, run_dir, RichReporter(), resume=resume is not None)
+    _report_result(result)
+
+
+Mapping = choices("Mapping", MAPPINGS)
+
+
+@app.command()
+def swap(
+    source: Path = typer.Argument(..., help="Generator whose low-resolution blocks (structure) are kept."),
+    target: Path = typer.Argument(..., help="Generator whose high-resolution blocks (style) are kept."),
+    res: int = typer.Option(DEFAULT_RES, "--res", help="Blocks at this resolution and below come from SOURCE."),
+    mapping: Mapping = typer.Option(Mapping("source"), "--mapping", help="Whose mapping network the result uses."),
+    blend_width: Optional[float] = typer.Option(None, "--blend-width", help="Smooth logistic blend (octaves) instead of a hard switch."),
+    output: Path = typer.Option(Path("swapped.pt"), "-o", "--output", help="Checkpoint to write."),
+):
+    """Layer swapping: a new generator with SOURCE's low-resolution and TARGET's high-resolution blocks."""
+    from cartoongan.pipelines.swap import swap_checkpoints
+
+    with user_errors():
+        path = swap_checkpoints(source, target, output, res, mapping.value, blend_width)
+    out.print(f"wrote {path}")
