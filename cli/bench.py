@@ -27,6 +27,8 @@ def bench(
     reference: Optional[Path] = typer.Option(None, "--reference", help="A rosinality/stylegan2-pytorch checkout: "
                                              "time it at the same configs and print the ratios."),
     kernels: bool = typer.Option(False, "--kernels", help="Time each speed choice against its alternative, op by op."),
+    profile: bool = typer.Option(False, "--profile", help="Where each training phase's time goes: the ops (CPU) or "
+                                 "kernels (CUDA) with the most self time, of one config [demo64 CPU, r256 CUDA]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ):
     """Measure generator forward, training iteration and structure-loss iteration speed (img/s)."""
@@ -39,11 +41,21 @@ def bench(
     with user_errors():
         dev = resolve_device(device)
         check_precision(precision.value, dev)
-        if kernels and (reference is not None or configs or batch):
-            raise ConfigError("--kernels times fixed shapes; drop --reference, --configs and --batch")
-        if (kernels or reference is not None) and (compile_ or grouped_modconv or not channels_last):
+        if kernels and (reference is not None or configs or batch or profile):
+            raise ConfigError("--kernels times fixed shapes; drop --reference, --configs, --batch and --profile")
+        if (kernels or profile or reference is not None) and (compile_ or grouped_modconv or not channels_last):
             raise ConfigError("--compile, --grouped-modconv and --no-channels-last apply to the plain bench table only")
-        if kernels:
+        if profile and (reference is not None or (configs and len(_names(configs)) != 1)):
+            raise ConfigError("--profile looks at one config: give at most one --configs name and no --reference")
+        if profile:
+            from cartoongan.bench.profile import profile_phases
+            from cartoongan.bench.speed import check_configs
+
+            name = _names(configs)[0] if configs else ("r256" if dev.type == "cuda" else "demo64")
+            check_configs([name])
+            rows = profile_phases(name, device, precision.value, batch, reporter=reporter)
+            title = f"{name} on {dev}: self time per phase call ({'kernels' if dev.type == 'cuda' else 'ops'})"
+        elif kernels:
             from cartoongan.bench.kernels import run_kernel_bench, shapes_legend
 
             rows = run_kernel_bench(device, repeats, reporter)

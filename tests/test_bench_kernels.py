@@ -72,3 +72,28 @@ def test_depthwise_fir_swaps_the_models_filters_and_restores_them():
     with bench_kernels.depthwise_fir():
         assert layers.blur is bench_kernels.depthwise_blur and layers.upsample2x is bench_kernels.depthwise_upsample2x
     assert layers.blur is blur and layers.upsample2x is upsample2x
+
+
+def test_profile_lists_each_phases_leading_ops_and_their_shares():
+    from cartoongan.bench.profile import PHASES, profile_phases
+
+    rows = profile_phases("tiny", "cpu", batch=2, runs=1, top=4)
+    assert sorted({r.phase for r in rows}) == sorted(PHASES)
+    for phase in PHASES:
+        mine = [r for r in rows if r.phase == phase]
+        assert len(mine) == 5 and mine[-1].op == "(other)"
+        assert sum(r.share for r in mine) == pytest.approx(100, abs=0.5)
+        leading = mine[:-1]
+        assert [r.ms for r in leading] == sorted((r.ms for r in leading), reverse=True)
+        assert all(r.calls > 0 and r.ms > 0 for r in mine)
+    # the convolutions lead a training step on any device
+    assert any("conv" in r.op for r in rows if r.phase == "step" and r.op != "(other)")
+
+
+@pytest.mark.parametrize("extra", [["--configs", "tiny,demo64"], ["--kernels"], ["--reference", "."], ["--compile"]])
+def test_cli_profile_refuses_what_it_would_ignore(extra):
+    from cartoongan_cli.app import app
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, ["bench", "--profile", "--device", "cpu", *extra])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output

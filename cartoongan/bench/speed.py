@@ -59,7 +59,7 @@ class BenchRow:
     peak_mem_mb: float
 
 
-def _sync(dev: torch.device) -> None:
+def synchronize(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
 
@@ -70,10 +70,10 @@ def time_pair(first, second, dev: torch.device, repeats: int, warmup: int = 2) -
     fns = [f for f in (first, second) if f is not None]
 
     def once(fn):
-        _sync(dev)
+        synchronize(dev)
         start = time.perf_counter()
         fn()
-        _sync(dev)
+        synchronize(dev)
         return time.perf_counter() - start
 
     for _ in range(warmup):

@@ -1,0 +1,71 @@
+"""`cartoongan bench --profile`: where one training iteration's time goes, phase by phase.
+
+Each phase the trainer runs (D + G step with EMA, lazy R1, lazy path length) is profiled after a
+warm-up, and the ops (on the CPU) or kernels (on CUDA) that take the most self time are listed
+with their share of the phase. On a GPU this is the table to read before choosing a kernel to
+write: it names the convolutions, elementwise passes and layout conversions that lead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ..device import resolve_device
+from ..report import NullReporter, Reporter
+from .speed import bench_trainer, default_batch, synchronize, trainer_phases
+
+PHASES = ("step", "r1", "path")
+
+
+@dataclass
+class ProfileRow:
+    phase: str  # step (D + G + EMA), r1 or path
+    op: str  # an aten op (CPU) or a kernel (CUDA); "(other)" sums the rest
+    calls: float  # per call of the phase
+    ms: float  # self time per call of the phase
+    share: float  # percent of the phase's self time
+
+
+def _self_time(event, cuda: bool) -> float:
+    return event.self_device_time_total if cuda else event.self_cpu_time_total
+
+
+def _rows(phase: str, events, cuda: bool, runs: int, top: int) -> list[ProfileRow]:
+    timed = [e for e in events if _self_time(e, cuda) > 0]
+    total = sum(_self_time(e, cuda) for e in timed) or 1.0
+    timed.sort(key=lambda e: _self_time(e, cuda), reverse=True)
+    rows = [ProfileRow(phase, e.key[:60], round(e.count / runs, 1), round(_self_time(e, cuda) / runs / 1000, 3),
+                       round(100 * _self_time(e, cuda) / total, 1)) for e in timed[:top]]
+    rest = timed[top:]
+    if rest:
+        t = sum(_self_time(e, cuda) for e in rest)
+        rows.append(ProfileRow(phase, "(other)", round(sum(e.count for e in rest) / runs, 1),
+                               round(t / runs / 1000, 3), round(100 * t / total, 1)))
+    return rows
+
+
+def profile_phases(name: str, device: str = "auto", precision: str = "fp32", batch: int | None = None,
+                   runs: int = 2, top: int = 10, reporter: Reporter | None = None) -> list[ProfileRow]:
+    """Profile `runs` calls of each training phase of bench config `name` (after one warm-up call);
+    the `top` ops or kernels by self time per phase, then "(other)"."""
+    reporter = reporter or NullReporter()
+    dev = resolve_device(device)
+    batch = batch or default_batch(name, dev)
+    cuda = dev.type == "cuda"
+    phases = trainer_phases(bench_trainer(name, dev, batch, precision, False, struct=False), batch)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    rows = []
+    with reporter.progress(len(PHASES), f"profiling {name}") as bar:
+        for phase in PHASES:
+            fn = getattr(phases, phase)
+            fn()
+            synchronize(dev)
+            with profile(activities=activities) as prof:
+                for _ in range(runs):
+                    fn()
+                synchronize(dev)
+            rows += _rows(phase, prof.key_averages(), cuda, runs, top)
+            bar.advance()
+    return rows
