@@ -297,3 +297,17 @@ def test_device_side_work_never_reads_values_back_or_builds_host_literals():
         penalty, _, _ = path_length_penalty(g.synthesis(ws).image, ws, torch.zeros(()))
         penalty.backward()
     assert watch.seen == []
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_d_sees_reals_and_fakes_in_one_memory_format(channels_last):
+    """With --compile a change of input strides recompiles D, so reals come in the layout G's fakes have."""
+    from cartoongan.bench.speed import bench_trainer
+
+    tr = bench_trainer("tiny", torch.device("cpu"), 4, "fp32", False, struct=False, channels_last=channels_last)
+    seen = []
+    d = tr.d_fwd
+    tr.d_fwd = lambda x: seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()) or d(x)
+    tr.d_step()
+    tr.g_step()
+    assert seen == [channels_last] * 3  # D step: reals, fakes; G step: fakes

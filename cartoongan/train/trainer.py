@@ -183,9 +183,15 @@ class Trainer:
         optim.step()
 
     # ---- phases ----------------------------------------------------------------------
+    def _reals(self, n: int) -> torch.Tensor:
+        """A batch of real images in D's memory format, as G's fakes come: one compiled D graph
+        serves both (with --compile, a stride change recompiles)."""
+        real = self.data.batch(n, self.t.xflip, self.dev)
+        return real.contiguous(memory_format=torch.channels_last) if self.nets.d.channels_last else real
+
     def d_step(self) -> None:
         n = self.local_batch
-        real = self.data.batch(n, self.t.xflip, self.dev)
+        real = self._reals(n)
         with torch.no_grad(), self._amp():
             ws, _ = self._ws(*self._latents(n))
             fake = self.g_syn(ws).image
@@ -202,7 +208,7 @@ class Trainer:
             self.ada.maybe_update(lambda s: sum_across(s.to(self.dev), self.info).cpu())
 
     def r1_step(self) -> None:
-        real = self.data.batch(self.local_batch, self.t.xflip, self.dev).requires_grad_(True)
+        real = self._reals(self.local_batch).requires_grad_(True)
         logits = self.nets.d(self._augment(real))
         penalty = r1_penalty(logits, real)
         loss = self.t.r1_gamma / 2 * penalty * self.t.d_reg_every + 0 * logits[0, 0]
