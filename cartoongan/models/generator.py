@@ -136,8 +136,9 @@ class StyledConv(nn.Module):
         if use_noise:
             if noise is None:
                 noise = torch.randn(y.shape[0], 1, y.shape[2], y.shape[3], device=y.device, dtype=y.dtype)
-            scaled = noise.to(y.dtype) * (self.noise.weight * gain).to(y.dtype)
-            out = out.add_(scaled) if scaled.shape[0] <= out.shape[0] else out + scaled  # in place can't grow
+            noise, strength = noise.to(y.dtype), (self.noise.weight * gain).to(y.dtype)
+            # in place can't grow a batch: a larger noise batch broadcasts out of place
+            out = out.addcmul_(noise, strength) if noise.shape[0] <= out.shape[0] else torch.addcmul(out, noise, strength)
         out = F.leaky_relu_(out, 0.2)
         return out if self.conv_clamp is None else out.clamp(-self.conv_clamp, self.conv_clamp)
 

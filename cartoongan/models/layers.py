@@ -50,8 +50,8 @@ class EqualLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, in_dim] -> [B, out_dim]."""
-        if not self.activation:
-            return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
+        if not self.activation:  # (the modulations: lr_mul 1, so the bias goes in as it is)
+            return F.linear(x, self.weight * self.scale, self.bias if self.lr_mul == 1 else self.bias * self.lr_mul)
         # lrelu(a) * sqrt2 = lrelu(a * sqrt2): the gain rides on the weight and bias, the bias on
         # the matmul, and the activation works in place (addmm's backward needs its inputs only)
         return F.leaky_relu_(F.linear(x, self.weight * (self.scale * SQRT2), self.bias * (self.lr_mul * SQRT2)), 0.2)
