@@ -88,3 +88,14 @@ def test_cuda_training_phases_never_wait_for_the_host(struct, ada):
             run()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.cuda
+def test_cuda_profile_lists_kernels():
+    from cartoongan.bench.profile import PHASES, profile_phases
+
+    rows = profile_phases("tiny", "cuda", batch=4, runs=1, top=4)
+    for phase in PHASES:
+        mine = [r for r in rows if r.phase == phase]
+        assert mine and sum(r.share for r in mine) == pytest.approx(100, abs=0.5)
+        assert not any(r.op.startswith("aten::") for r in mine)  # kernels, not the ops that launched them

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from ..device import resolve_device
@@ -33,7 +33,9 @@ def _self_time(event, cuda: bool) -> float:
 
 
 def _rows(phase: str, events, cuda: bool, runs: int, top: int) -> list[ProfileRow]:
-    timed = [e for e in events if _self_time(e, cuda) > 0]
+    # on CUDA only the kernels (and copies) count: an op's own "device time" is its kernels', again
+    kind = DeviceType.CUDA if cuda else DeviceType.CPU
+    timed = [e for e in events if e.device_type == kind and _self_time(e, cuda) > 0]
     total = sum(_self_time(e, cuda) for e in timed) or 1.0
     timed.sort(key=lambda e: _self_time(e, cuda), reverse=True)
     rows = [ProfileRow(phase, e.key[:60], round(e.count / runs, 1), round(_self_time(e, cuda) / runs / 1000, 3),
