@@ -59,6 +59,7 @@ bench-cuda: $(NEEDS)
 	$(PY) -m cartoongan_cli bench --device cuda --precision tf32 --configs r256
 	$(PY) -m cartoongan_cli bench --device cuda --precision bf16 --configs r256
 	$(PY) -m cartoongan_cli bench --device cuda --kernels
+	CARTOONGAN_FIR=triton $(PY) -m cartoongan_cli bench --device cuda --configs r256
 	$(PY) -m cartoongan_cli bench --device cuda --profile
 	$(PY) -m cartoongan_cli bench --device cuda --profile --precision bf16
 	if [ -n "$(REF)" ]; then $(PY) -m cartoongan_cli bench --device cuda --reference "$(REF)" && \

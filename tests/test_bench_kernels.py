@@ -4,6 +4,7 @@ import torch
 from cartoongan.bench import kernels as bench_kernels
 from cartoongan.bench.kernels import _cases, count_ops, run_kernel_bench
 from cartoongan.models.generator import Generator
+from cartoongan.ops import fir
 
 GENERATOR_SYNTHESIS = Generator.synthesis
 
@@ -97,3 +98,16 @@ def test_cli_profile_refuses_what_it_would_ignore(extra):
 
     res = CliRunner().invoke(app, ["bench", "--profile", "--device", "cpu", *extra])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_kernel_bench_adds_the_triton_rows_where_triton_can_run(monkeypatch):
+    """On CUDA with Triton the bench times the opt-in Triton FIR kernel too (here the switch is forced
+    on the CPU, where both sides take the reference path, to check the rows' plumbing)."""
+    monkeypatch.setattr(bench_kernels, "SHAPES", (("small", 2, 8, 8),))
+    monkeypatch.setattr(bench_kernels, "MODEL_CONFIG", "tiny")
+    monkeypatch.setattr(bench_kernels, "triton_fir_available", lambda dev: True)
+    rows = [r for r in run_kernel_bench("cpu", repeats=1) if r.choice.startswith(bench_kernels.TRITON_ROW)]
+    assert [(r.shape, r.ours, r.alternative) for r in rows] == [
+        ("small", "depthwise blur", "triton"), ("small", "depthwise up2x", "triton"),
+        ("tiny", "depthwise convs", "triton"), ("tiny", "depthwise convs", "triton")]
+    assert fir._backend == "torch"  # the switch is undone

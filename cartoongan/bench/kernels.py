@@ -22,7 +22,7 @@ from ..models.generator import Generator, ModulatedConv2d, StyledConv
 from ..models import layers
 from ..models.layers import Upsample
 from ..ops.bias_act import SQRT2
-from ..ops.fir import blur
+from ..ops.fir import blur, fir_backend
 from ..report import NullReporter, Reporter
 from .speed import bench_trainer, default_batch, time_pair, trainer_phases
 
@@ -38,6 +38,9 @@ REGULARISER_ROWS = ("FIR in R1 step", "FIR in path step")
 
 # the model-level row timing the structure-loss iteration's source render
 STRUCTURE_ROW = "structure source"
+
+# the rows (CUDA with Triton only) timing the opt-in Triton FIR kernel against the default
+TRITON_ROW = "FIR backend"
 
 # the bench config whose whole training iteration (D + G step + EMA) the model-level rows time
 MODEL_CONFIG = "demo64"
@@ -183,6 +186,24 @@ def optimizer_steps(optimizers: list[torch.optim.Optimizer]) -> Callable[[], Non
     return run
 
 
+def triton_fir_available(dev: torch.device) -> bool:
+    """Whether the Triton FIR backend can run here (a CUDA device and an importable Triton)."""
+    if dev.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def with_fir_backend(fn: Callable, name: str):
+    def run():
+        with fir_backend(name):
+            return fn()
+    return run
+
+
 def with_depthwise_fir(fn: Callable):
     def run():
         with depthwise_fir():
@@ -248,7 +269,10 @@ def _cases(batch: int, ch: int, res: int, dev: torch.device):
          "NCHW", lambda: styled(x_nchw, w, noise)),
         (SECOND_BACKWARD, "D blur op", r1_like, "depthwise conv", with_depthwise_fir(r1_like)),
         (SECOND_BACKWARD, "G FIR ops", path_like, "depthwise conv", with_depthwise_fir(path_like)),
-    ]
+    ] + ([(TRITON_ROW, "depthwise blur", lambda: blur(x, down[0].kernel, (2, 2)), "triton",
+           with_fir_backend(lambda: blur(x, down[0].kernel, (2, 2)), "triton")),
+          (TRITON_ROW, "depthwise up2x", lambda: up_rgb(x), "triton", with_fir_backend(lambda: up_rgb(x), "triton"))]
+         if triton_fir_available(dev) else [])
 
 
 def _model_cases(dev: torch.device):
@@ -275,7 +299,10 @@ def _model_cases(dev: torch.device):
             (STRUCTURE_ROW, "to last tap", structure, "full render", with_full_source_render(structure)),
             (REGULARISER_ROWS[0], "FIR ops", nhwc_phases.r1, "depthwise conv", with_depthwise_fir(nhwc_phases.r1)),
             (REGULARISER_ROWS[1], "FIR ops", nhwc_phases.path, "depthwise conv",
-             with_depthwise_fir(nhwc_phases.path))]
+             with_depthwise_fir(nhwc_phases.path))] + (
+        [(TRITON_ROW, "depthwise convs", nhwc, "triton", with_fir_backend(nhwc, "triton")),
+         (TRITON_ROW + " in R1", "depthwise convs", nhwc_phases.r1, "triton", with_fir_backend(nhwc_phases.r1, "triton"))]
+        if triton_fir_available(dev) else [])
 
 
 def _train_pass(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:

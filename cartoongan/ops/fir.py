@@ -10,12 +10,44 @@ which costs seconds per step at 256 px on a GPU; these ops never do.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 BLUR_KERNEL = (1, 3, 3, 1)
+
+# How CUDA tensors are filtered: "torch" (depthwise convolutions, the reference and the default)
+# or "triton" (ops/fir_triton.py, opt-in until a GPU benchmark shows it wins). The CPU always
+# uses the reference.
+FIR_BACKENDS = ("torch", "triton")
+_backend = os.environ.get("CARTOONGAN_FIR", "torch")
+
+
+@contextlib.contextmanager
+def fir_backend(name: str):
+    """Within: filter CUDA tensors with backend `name` (benchmarks, tests)."""
+    global _backend
+    if name not in FIR_BACKENDS:
+        raise ValueError(f"FIR backend must be one of {FIR_BACKENDS}, got {name!r}")
+    before, _backend = _backend, name
+    try:
+        yield
+    finally:
+        _backend = before
+
+
+def _triton_apply():
+    """fir_triton.fir_apply when the Triton backend is chosen and importable, else None."""
+    if _backend != "triton":
+        return None
+    try:
+        from .fir_triton import fir_apply
+    except ImportError:  # CPU wheels of torch come without Triton
+        return None
+    return fir_apply
 
 
 def make_kernel(taps=BLUR_KERNEL, gain: float = 1.0) -> torch.Tensor:
@@ -41,6 +73,10 @@ class _Geometry:
     output_padding: tuple[int, int] = (0, 0)
 
     def apply(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+            triton_apply = _triton_apply()
+            if triton_apply is not None:
+                return triton_apply(x, kernel, self.transposed, self.stride, self.padding, self.output_padding)
         c = x.shape[1]
         weight = _depthwise(kernel, x)
         if self.transposed:
