@@ -55,16 +55,37 @@ def test_interpreted_kernel_matches_the_reference_and_differentiates_twice():
                 assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5), (g, nhwc)
                 assert out.stride() == ref.contiguous(memory_format=torch.channels_last if nhwc
                                                       else torch.contiguous_format).stride()
+            # few channels (the RGB skip path): narrower tiles, default sizes
+            x = torch.randn(1, 3, 9, 8).contiguous(memory_format=torch.channels_last)
+            assert torch.allclose(fir_apply(x, k, transposed, stride, pad, extra), g.apply(x, k), atol=1e-5), g
         x = torch.randn(2, 5, 7, 6).to(torch.bfloat16)
         ref = _Geometry(True, 2, 1).apply(x.float(), k)
         assert (fir_apply(x, k, True, 2, 1).float() - ref).abs().max() < 0.05
+
+        import cartoongan.ops.fir_triton as ft
+        calls = []
+        real_apply = ft.fir_apply
+        ft.fir_apply = lambda *a, **kw: calls.append(a[0].shape) or real_apply(*a, **kw)
         with fir_backend("triton"):
             for fn in (lambda t: blur(t, make_kernel(), (1, 1), 2), lambda t: upsample2x(t, make_kernel(gain=4.0))):
-                x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+                x = torch.randn(1, 2, 5, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+                x.requires_grad_(True)
                 with fir_backend("torch"):
                     ref = fn(x)
                 assert torch.allclose(fn(x), ref, atol=1e-12)
                 assert gradcheck(fn, (x,), fast_mode=True) and gradgradcheck(fn, (x,), fast_mode=True)
+            assert calls, "the NHWC inputs went through the Triton kernel"
+            n = len(calls)
+            blur(torch.randn(1, 2, 5, 6), make_kernel(), (1, 1))  # NCHW: the reference takes it
+            assert len(calls) == n
+        import cartoongan.ops.fir as fir
+        from cartoongan.errors import ConfigError
+        fir._backend = "cudnn"  # as a mistyped CARTOONGAN_FIR would set it
+        try:
+            blur(torch.randn(1, 2, 5, 6).contiguous(memory_format=torch.channels_last), make_kernel(), (1, 1))
+            raise AssertionError("a bad CARTOONGAN_FIR was accepted")
+        except ConfigError as exc:
+            assert "CARTOONGAN_FIR=cudnn" in str(exc)
         print("ok")
     """)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
@@ -80,12 +101,12 @@ def test_kernel_compiles_for_hopper_without_a_gpu():
     from cartoongan.ops.fir_triton import _fir_kernel
 
     ints = ["total", "C", "H", "W", "OH", "OW", "P", "sxb", "sxc", "sxh", "sxw", "syb", "syc", "syh", "syw"]
-    for transposed in (False, True):
+    for transposed, stride in ((False, 1), (False, 2), (True, 2)):
         for dtype in ("fp32", "bf16", "fp64"):
             signature = {"x_ptr": f"*{dtype}", "w_ptr": "*fp64" if dtype == "fp64" else "*fp32", "y_ptr": f"*{dtype}",
                          **{n: "i32" for n in ints},
                          **{n: "constexpr" for n in ("K", "S", "TRANSPOSED", "F64", "BLOCK_P", "BLOCK_C")}}
-            constexprs = {"K": 4, "S": 2, "TRANSPOSED": transposed, "F64": dtype == "fp64", "BLOCK_P": 64, "BLOCK_C": 32}
+            constexprs = {"K": 4, "S": stride, "TRANSPOSED": transposed, "F64": dtype == "fp64", "BLOCK_P": 64, "BLOCK_C": 32}
             compiled = triton.compile(ASTSource(fn=_fir_kernel, signature=signature, constexprs=constexprs),
                                       target=GPUTarget("cuda", 90, 32))
             assert len(compiled.asm["cubin"]) > 0, (transposed, dtype)
@@ -104,10 +125,11 @@ def test_cuda_triton_backend_matches_the_reference_through_r1():
     k = fir.make_kernel(gain=4.0).cuda()
     for transposed, stride, pad, extra in GEOMETRIES:
         g = fir._Geometry(transposed, stride, pad, extra)
-        for nhwc in (False, True):
-            x = torch.randn(4, 64, 33, 32, device="cuda")
+        for nhwc, shape in ((False, (4, 64, 33, 32)), (True, (4, 64, 33, 32)), (True, (2, 3, 64, 64)),
+                            (True, (2, 512, 64, 64))):
+            x = torch.randn(shape, device="cuda")
             x = x.contiguous(memory_format=torch.channels_last) if nhwc else x
-            assert torch.allclose(fir_apply(x, k, transposed, stride, pad, extra), g.apply(x, k), atol=1e-5), (g, nhwc)
+            assert torch.allclose(fir_apply(x, k, transposed, stride, pad, extra), g.apply(x, k), atol=1e-5), (g, shape)
     with fir.fir_backend("triton"):
         x = torch.randn(1, 2, 5, 6, dtype=torch.float64, device="cuda", requires_grad=True)
         fn = lambda t: fir.upsample2x(t, k.double())  # noqa: E731

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 BLUR_KERNEL = (1, 3, 3, 1)
 
 # How CUDA tensors are filtered: "torch" (depthwise convolutions, the reference and the default)
@@ -40,14 +42,30 @@ def fir_backend(name: str):
 
 
 def _triton_apply():
-    """fir_triton.fir_apply when the Triton backend is chosen and importable, else None."""
-    if _backend != "triton":
-        return None
+    """fir_triton.fir_apply, for the backend "triton"."""
+    if _backend not in FIR_BACKENDS:
+        raise ConfigError(f"CARTOONGAN_FIR={_backend} is not a FIR backend: use one of {', '.join(FIR_BACKENDS)}")
     try:
         from .fir_triton import fir_apply
-    except ImportError:  # CPU wheels of torch come without Triton
-        return None
+    except ImportError:
+        raise ConfigError("CARTOONGAN_FIR=triton needs the triton package (torch's CUDA wheels bring it); "
+                          "unset CARTOONGAN_FIR to use the default") from None
     return fir_apply
+
+
+def _triton_takes(x: torch.Tensor) -> bool:
+    """Whether the Triton kernel filters x: NHWC activations on CUDA (or in Triton's CPU interpreter).
+    The kernel tiles channels fastest, so NCHW reads would not coalesce: the reference takes those."""
+    return (_backend != "torch" and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+            and x.shape[1] > 1 and x.stride(1) == 1)
+
+
+def _autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """x in the dtype F.conv2d would compute in under autocast."""
+    device = x.device.type
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(device):
+        return x.to(torch.get_autocast_dtype(device))
+    return x
 
 
 def make_kernel(taps=BLUR_KERNEL, gain: float = 1.0) -> torch.Tensor:
@@ -73,10 +91,9 @@ class _Geometry:
     output_padding: tuple[int, int] = (0, 0)
 
     def apply(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
-            triton_apply = _triton_apply()
-            if triton_apply is not None:
-                return triton_apply(x, kernel, self.transposed, self.stride, self.padding, self.output_padding)
+        if _triton_takes(x):
+            return _triton_apply()(_autocast_input(x), kernel, self.transposed, self.stride, self.padding,
+                                   self.output_padding)
         c = x.shape[1]
         weight = _depthwise(kernel, x)
         if self.transposed:
