@@ -51,16 +51,16 @@ def test_interpreted_kernel_matches_the_reference_and_differentiates_twice():
             for nhwc in (False, True):
                 x = torch.randn(2, 5, 7, 6)
                 x = x.contiguous(memory_format=torch.channels_last) if nhwc else x
-                ref, out = g.apply(x, k), fir_apply(x, k, transposed, stride, pad, extra, block_p=16, block_c=4)
+                ref, out = g.apply(x, k), fir_apply(x, k, g, block_p=16, block_c=4)
                 assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5), (g, nhwc)
                 assert out.stride() == ref.contiguous(memory_format=torch.channels_last if nhwc
                                                       else torch.contiguous_format).stride()
             # few channels (the RGB skip path): narrower tiles, default sizes
             x = torch.randn(1, 3, 9, 8).contiguous(memory_format=torch.channels_last)
-            assert torch.allclose(fir_apply(x, k, transposed, stride, pad, extra), g.apply(x, k), atol=1e-5), g
+            assert torch.allclose(fir_apply(x, k, g), g.apply(x, k), atol=1e-5), g
         x = torch.randn(2, 5, 7, 6).to(torch.bfloat16)
         ref = _Geometry(True, 2, 1).apply(x.float(), k)
-        assert (fir_apply(x, k, True, 2, 1).float() - ref).abs().max() < 0.05
+        assert (fir_apply(x, k, _Geometry(True, 2, 1)).float() - ref).abs().max() < 0.05
 
         import cartoongan.ops.fir_triton as ft
         calls = []
@@ -129,7 +129,7 @@ def test_cuda_triton_backend_matches_the_reference_through_r1():
                             (True, (2, 512, 64, 64))):
             x = torch.randn(shape, device="cuda")
             x = x.contiguous(memory_format=torch.channels_last) if nhwc else x
-            assert torch.allclose(fir_apply(x, k, transposed, stride, pad, extra), g.apply(x, k), atol=1e-5), (g, shape)
+            assert torch.allclose(fir_apply(x, k, g), g.apply(x, k), atol=1e-5), (g, shape)
     with fir.fir_backend("triton"):
         x = torch.randn(1, 2, 5, 6, dtype=torch.float64, device="cuda", requires_grad=True)
         fn = lambda t: fir.upsample2x(t, k.double())  # noqa: E731

@@ -90,10 +90,16 @@ class _Geometry:
     padding: int
     output_padding: tuple[int, int] = (0, 0)
 
+    def out_size(self, in_size: tuple[int, int], k: int) -> tuple[int, int]:
+        """[H, W] of the output for an input of `in_size` and a k x k kernel."""
+        s, p = self.stride, self.padding
+        if self.transposed:
+            return tuple((n - 1) * s - 2 * p + k + extra for n, extra in zip(in_size, self.output_padding))
+        return tuple((n + 2 * p - k) // s + 1 for n in in_size)
+
     def apply(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         if _triton_takes(x):
-            return _triton_apply()(_autocast_input(x), kernel, self.transposed, self.stride, self.padding,
-                                   self.output_padding)
+            return _triton_apply()(_autocast_input(x), kernel, self)
         c = x.shape[1]
         weight = _depthwise(kernel, x)
         if self.transposed:
@@ -105,11 +111,9 @@ class _Geometry:
         """The transposed op, mapping this op's output back onto an input of `in_size` [H, W]."""
         if self.transposed:
             return _Geometry(False, self.stride, self.padding)
-        s, p = self.stride, self.padding
-        # conv_transpose2d gives (out - 1) * s - 2p + k rows; output_padding restores the rows
-        # that the strided conv dropped
-        extra = tuple(n - (((n + 2 * p - k) // s) * s - 2 * p + k) for n in in_size)
-        return _Geometry(True, s, p, extra)
+        # output_padding restores the rows and columns that the strided conv dropped
+        back = _Geometry(True, self.stride, self.padding).out_size(self.out_size(in_size, k), k)
+        return _Geometry(True, self.stride, self.padding, tuple(n - m for n, m in zip(in_size, back)))
 
 
 class _FirFilter(torch.autograd.Function):

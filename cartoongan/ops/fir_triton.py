@@ -53,21 +53,16 @@ def _fir_kernel(x_ptr, w_ptr, y_ptr, total, C, H, W, OH, OW, P,
     tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
 
 
-def fir_apply(x: torch.Tensor, kernel: torch.Tensor, transposed: bool, stride: int, padding: int,
-              output_padding: tuple[int, int] = (0, 0), block_p: int = 32, block_c: int = 32) -> torch.Tensor:
-    """`_Geometry.apply` in one kernel: x [B, C, H, W] (any layout) filtered by kernel [k, k]; the
-    output keeps x's memory format (by stride order) and dtype.
+def fir_apply(x: torch.Tensor, kernel: torch.Tensor, geometry, block_p: int = 32, block_c: int = 32) -> torch.Tensor:
+    """`geometry.apply` (a fir._Geometry) in one kernel: x [B, C, H, W] (any layout) filtered by
+    kernel [k, k]; the output keeps x's memory format (by stride order) and dtype.
 
     The tile is block_p output pixels x block_c channels, channels fastest: coalesced and
     vectorised for NHWC (what the models use); correct but uncoalesced for NCHW. 32 x 32 keeps
     sm_90 at about 70 registers a thread for NHWC (64 x 32 spilled for NCHW)."""
     b, c, h, w = x.shape
     k = kernel.shape[-1]
-    if transposed:
-        oh, ow = ((h - 1) * stride - 2 * padding + k + output_padding[0],
-                  (w - 1) * stride - 2 * padding + k + output_padding[1])
-    else:
-        oh, ow = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    oh, ow = geometry.out_size((h, w), k)
     nhwc = c > 1 and x.stride(1) < x.stride(3)  # channels_last, or a slice of it
     y = torch.empty(b, c, oh, ow, device=x.device, dtype=x.dtype,
                     memory_format=torch.channels_last if nhwc else torch.contiguous_format)
@@ -82,6 +77,7 @@ def fir_apply(x: torch.Tensor, kernel: torch.Tensor, transposed: bool, stride: i
     grid = (triton.cdiv(total, block_p), triton.cdiv(c, block_c))
     # Triton launches on the current device, which need not be x's
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _fir_kernel[grid](x, taps, y, total, c, h, w, oh, ow, padding, *x.stride(), *y.stride(),
-                          K=k, S=stride, TRANSPOSED=transposed, F64=f64, BLOCK_P=block_p, BLOCK_C=block_c)
+        _fir_kernel[grid](x, taps, y, total, c, h, w, oh, ow, geometry.padding, *x.stride(), *y.stride(),
+                          K=k, S=geometry.stride, TRANSPOSED=geometry.transposed, F64=f64,
+                          BLOCK_P=block_p, BLOCK_C=block_c)
     return y
