@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .generator import Generator
-from .layers import BiasLeakyReLU, EqualConv2d, EqualLinear, PixelNorm
+from .discriminator import ConvLayer
+from .layers import EqualLinear, PixelNorm
 
 RES_INDEX = 6  # last slot with a ModRes block in the released models (4-32 px)
 INSTANCE_NORM_EPS = 1e-5  # torch.nn.InstanceNorm2d's default, which the released models were trained with
@@ -53,21 +54,14 @@ class AdaIN(nn.Module):
         return gamma * (x - mean) * torch.rsqrt(var + INSTANCE_NORM_EPS) + beta
 
 
-class ConvAct(nn.Sequential):
-    """3x3 equalised conv (no bias) then bias + leaky ReLU x sqrt(2): rosinality's ConvLayer,
-    whose state-dict keys are `0.weight` and `1.bias`."""
-
-    def __init__(self, channels: int):
-        super().__init__(EqualConv2d(channels, channels, 3, padding=1, bias=False), BiasLeakyReLU(channels))
-
-
 class ModRes(nn.Module):
     """Modulative residual block: two (AdaIN, conv, leaky ReLU) stages added back, scaled by w."""
 
     def __init__(self, channels: int, style_dim: int):
         super().__init__()
-        self.conv = ConvAct(channels)
-        self.conv2 = ConvAct(channels)
+        # rosinality's ConvLayer (keys `0.weight`, `1.bias`), as the discriminator's
+        self.conv = ConvLayer(channels, channels, 3)
+        self.conv2 = ConvLayer(channels, channels, 3)
         self.norm = AdaIN(channels, style_dim)
         self.norm2 = AdaIN(channels, style_dim)
         with torch.no_grad():  # a near-zero residual at initialisation (training is out of scope)
