@@ -9,6 +9,7 @@ plain depthwise convs also compute the gradient of their fixed filters.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,6 +42,7 @@ STRUCTURE_ROW = "structure source"
 
 # the rows (CUDA with Triton only) timing the opt-in Triton FIR kernel against the default
 TRITON_ROW = "FIR backend"
+TRITON = functools.partial(fir_backend, "triton")
 
 # the bench config whose whole training iteration (D + G step + EMA) the model-level rows time
 MODEL_CONFIG = "demo64"
@@ -166,9 +168,10 @@ def full_source_render():
         Generator.synthesis = partial
 
 
-def with_full_source_render(fn: Callable):
+def within(context: Callable[[], contextlib.AbstractContextManager], fn: Callable) -> Callable:
+    """fn, run inside a fresh `context()` each call (the alternative side of a row)."""
     def run():
-        with full_source_render():
+        with context():
             return fn()
     return run
 
@@ -195,20 +198,6 @@ def triton_fir_available(dev: torch.device) -> bool:
     except ImportError:
         return False
     return True
-
-
-def with_fir_backend(fn: Callable, name: str):
-    def run():
-        with fir_backend(name):
-            return fn()
-    return run
-
-
-def with_depthwise_fir(fn: Callable):
-    def run():
-        with depthwise_fir():
-            return fn()
-    return run
 
 
 def input_gradient(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -247,14 +236,11 @@ def _cases(batch: int, ch: int, res: int, dev: torch.device):
     rgb = torch.randn(batch, 3, res, res, device=dev, requires_grad=True)
     up_rgb = Upsample().to(dev)
 
-    def grouped():
-        with ModulatedConv2d.grouped_mode():
-            return conv(x, w)
-
     r1_like = input_gradient(down, x)
     path_like = input_gradient(lambda t: up_rgb(up(t, w)), x)
     return [
-        ("modulated conv", "x*s, conv, *d", lambda: conv(x, w), "grouped", grouped),
+        ("modulated conv", "x*s, conv, *d", lambda: conv(x, w), "grouped",
+         within(ModulatedConv2d.grouped_mode, lambda: conv(x, w))),
         ("upsampling conv", "3x3T + blur", lambda: up(x, w),
          "folded 6x6T", lambda: folded_upsample_conv(up, x, w)),
         ("downsampling conv", "blur + 3x3/2", lambda: down(x),
@@ -267,11 +253,11 @@ def _cases(batch: int, ch: int, res: int, dev: torch.device):
          "6 passes", lambda: unfused_styled_conv(styled, x, w, noise)),
         ("memory format", "NHWC", lambda: styled(x, w, noise),
          "NCHW", lambda: styled(x_nchw, w, noise)),
-        (SECOND_BACKWARD, "D blur op", r1_like, "depthwise conv", with_depthwise_fir(r1_like)),
-        (SECOND_BACKWARD, "G FIR ops", path_like, "depthwise conv", with_depthwise_fir(path_like)),
+        (SECOND_BACKWARD, "D blur op", r1_like, "depthwise conv", within(depthwise_fir, r1_like)),
+        (SECOND_BACKWARD, "G FIR ops", path_like, "depthwise conv", within(depthwise_fir, path_like)),
     ] + ([(TRITON_ROW, "depthwise blur", lambda: blur(x, down[0].kernel, (2, 2)), "triton",
-           with_fir_backend(lambda: blur(x, down[0].kernel, (2, 2)), "triton")),
-          (TRITON_ROW, "depthwise up2x", lambda: up_rgb(x), "triton", with_fir_backend(lambda: up_rgb(x), "triton"))]
+           within(TRITON, lambda: blur(x, down[0].kernel, (2, 2)))),
+          (TRITON_ROW, "depthwise up2x", lambda: up_rgb(x), "triton", within(TRITON, lambda: up_rgb(x)))]
          if triton_fir_available(dev) else [])
 
 
@@ -289,19 +275,15 @@ def _model_cases(dev: torch.device):
     default = [torch.optim.Adam(opt.param_groups[0]["params"], lr=opt.defaults["lr"], betas=opt.defaults["betas"])
                for opt in fused]
 
-    def grouped():
-        with ModulatedConv2d.grouped_mode():
-            nhwc()
-
     return [("memory format", "NHWC", nhwc, "NCHW", nchw),
-            ("modulated conv", "x*s, conv, *d", nhwc, "grouped", grouped),
+            ("modulated conv", "x*s, conv, *d", nhwc, "grouped", within(ModulatedConv2d.grouped_mode, nhwc)),
             ("optimizer (G, D)", "fused Adam", optimizer_steps(fused), "torch default", optimizer_steps(default)),
-            (STRUCTURE_ROW, "to last tap", structure, "full render", with_full_source_render(structure)),
-            (REGULARISER_ROWS[0], "FIR ops", nhwc_phases.r1, "depthwise conv", with_depthwise_fir(nhwc_phases.r1)),
+            (STRUCTURE_ROW, "to last tap", structure, "full render", within(full_source_render, structure)),
+            (REGULARISER_ROWS[0], "FIR ops", nhwc_phases.r1, "depthwise conv", within(depthwise_fir, nhwc_phases.r1)),
             (REGULARISER_ROWS[1], "FIR ops", nhwc_phases.path, "depthwise conv",
-             with_depthwise_fir(nhwc_phases.path))] + (
-        [(TRITON_ROW, "depthwise convs", nhwc, "triton", with_fir_backend(nhwc, "triton")),
-         (TRITON_ROW + " in R1", "depthwise convs", nhwc_phases.r1, "triton", with_fir_backend(nhwc_phases.r1, "triton"))]
+             within(depthwise_fir, nhwc_phases.path))] + (
+        [(TRITON_ROW, "depthwise convs", nhwc, "triton", within(TRITON, nhwc)),
+         (TRITON_ROW + " in R1", "depthwise convs", nhwc_phases.r1, "triton", within(TRITON, nhwc_phases.r1))]
         if triton_fir_available(dev) else [])
 
 
