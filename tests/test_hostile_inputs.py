@@ -401,3 +401,25 @@ def test_zip_dataset_with_a_corrupt_member_skips_it(tmp_path):
     res = runner.invoke(app, ["data", "prepare", str(tmp_path / "d.zip"), "--size", "8", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     assert "skipped 1" in res.output and len(list((tmp_path / "o").iterdir())) == 1
+
+
+@pytest.mark.parametrize("side", [64, 40], ids=["bomb error", "bomb warning"])
+def test_every_photo_reader_refuses_bombs_and_names_the_file(tmp_path, monkeypatch, side):
+    """Photos for project/toonify, photos to align and DualStyleGAN exemplars are opened through one
+    check: a bomb, a missing file and a non-image are each one DataError naming the file."""
+    from cartoongan.data.align import read_photo
+    from cartoongan.data.images import load_photo
+    from cartoongan.errors import DataError
+    from cartoongan.pipelines.dualstyle import load_exemplar
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    bomb, junk = tmp_path / "bomb.png", tmp_path / "junk.png"
+    Image.new("L", (side, side)).save(bomb)
+    junk.write_bytes(b"not an image")
+    for read, missing in ((lambda p: load_photo(p, 8), "photo not found"), (read_photo, "photo not found"),
+                          (load_exemplar, "exemplar not found")):
+        for path, expected in ((bomb, "too large to decode safely"), (junk, "is not a readable image"),
+                               (tmp_path / "gone.png", missing)):
+            with pytest.raises(DataError, match=expected) as exc:
+                read(path)
+            assert str(path) in str(exc.value)

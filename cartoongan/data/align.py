@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps
 
 from ..errors import DataError
 from ..outputs import check_output_file
 from ..weights.registry import locate
-from .images import bombs_as_errors, save_image, to_rgb
+from .images import image_errors, save_image, to_rgb
 
 SUPERSAMPLE = 4  # the quad is sampled at 4x the output size, then downscaled
 DETECT_AREA = 1024 * 1024  # the detector sees at most this many pixels (its time grows with the area)...
@@ -54,22 +54,14 @@ def read_photo(path, name: str | None = None) -> Image.Image:
     """Any image file (a path or an open binary file; `name` for messages) -> an upright RGB PIL image
     (EXIF orientation applied, any mode converted)."""
     name = name or path
-    try:
-        with bombs_as_errors(), Image.open(path) as img:
-            if img.format == "JPEG" and max(img.size) > DECODE_MAX:
-                # DCT-domain downscale by 2, 4 or 8: fast, and never below DECODE_MAX on the long side
-                k = DECODE_MAX / max(img.size)
-                img.draft(img.mode, (math.ceil(img.width * k), math.ceil(img.height * k)))
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            return to_rgb(upright)
-    except FileNotFoundError:
-        raise DataError(f"photo not found: {name}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{name} is too large to decode safely ({str(exc).split(', could')[0]}): "
-                        "downscale it and try again") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise DataError(f"{name} is not a readable image") from None
+    with image_errors(name), Image.open(path) as img:
+        if img.format == "JPEG" and max(img.size) > DECODE_MAX:
+            # DCT-domain downscale by 2, 4 or 8: fast, and never below DECODE_MAX on the long side
+            k = DECODE_MAX / max(img.size)
+            img.draft(img.mode, (math.ceil(img.width * k), math.ceil(img.height * k)))
+        img.load()
+        upright = ImageOps.exif_transpose(img)
+        return to_rgb(upright)
 
 
 @functools.lru_cache(maxsize=1)

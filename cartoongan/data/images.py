@@ -81,17 +81,25 @@ def bombs_as_errors() -> Iterator[None]:
         yield
 
 
-def load_photo(path: str | Path, size: int) -> torch.Tensor:
-    """Any image file -> centre-cropped, resized [1, 3, size, size] in [-1, 1]."""
+@contextlib.contextmanager
+def image_errors(name, what: str = "photo") -> Iterator[None]:
+    """Open and decode a user's image inside: a missing file, a decompression bomb (PIL's warning
+    threshold included) or an unreadable file becomes one DataError that names it."""
     try:
-        with bombs_as_errors(), Image.open(path) as img:
-            img.load()
-            arr = square_resize(img, size)
+        with bombs_as_errors():
+            yield
     except FileNotFoundError:
-        raise DataError(f"photo not found: {path}") from None
+        raise DataError(f"{what} not found: {name}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path} is too large to decode safely ({str(exc).split(', could')[0]}): "
+        raise DataError(f"{name} is too large to decode safely ({str(exc).split(', could')[0]}): "
                         "downscale it and try again") from None
     except (OSError, SyntaxError, ValueError):
-        raise DataError(f"{path} is not a readable image") from None
+        raise DataError(f"{name} is not a readable image") from None
+
+
+def load_photo(path: str | Path, size: int) -> torch.Tensor:
+    """Any image file -> centre-cropped, resized [1, 3, size, size] in [-1, 1]."""
+    with image_errors(path), Image.open(path) as img:
+        img.load()
+        arr = square_resize(img, size)
     return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.images import load_photo, make_grid, save_png, to_rgb, to_uint8
+from ..data.images import image_errors, load_photo, make_grid, save_png, to_rgb, to_uint8
 from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.dualstyle import DualStyleGenerator, default_weights
@@ -166,13 +166,8 @@ def tiles(images: torch.Tensor, size: int) -> np.ndarray:
 def load_exemplar(path: Path, size: int = EXEMPLAR_SIZE) -> torch.Tensor:
     """An exemplar picture as destylize.py prepares one: shorter side bilinearly resized to `size`,
     then the centred size x size crop. -> [1, 3, size, size] in [-1, 1]."""
-    try:
-        with Image.open(path) as img:
-            img = to_rgb(img)
-    except FileNotFoundError:
-        raise DataError(f"exemplar not found: {path}") from None
-    except (OSError, SyntaxError, ValueError):
-        raise DataError(f"{path} is not a readable image") from None
+    with image_errors(path, "exemplar"), Image.open(path) as img:
+        img = to_rgb(img)
     w, h = img.size
     if w <= h:
         img = img.resize((size, int(size * h / w)), Image.BILINEAR)
