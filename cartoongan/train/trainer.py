@@ -186,8 +186,8 @@ class Trainer:
     def _reals(self, n: int) -> torch.Tensor:
         """A batch of real images in D's memory format, as G's fakes come: one compiled D graph
         serves both (with --compile, a stride change recompiles)."""
-        real = self.data.batch(n, self.t.xflip, self.dev)
-        return real.contiguous(memory_format=torch.channels_last) if self.nets.d.channels_last else real
+        layout = torch.channels_last if self.nets.d.channels_last else torch.contiguous_format
+        return self.data.batch(n, self.t.xflip, self.dev, layout)
 
     def d_step(self) -> None:
         n = self.local_batch
