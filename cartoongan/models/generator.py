@@ -329,13 +329,16 @@ class Generator(nn.Module):
         x = self.input(ws.shape[0]).to(ws.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.conv1(x, ws[:, 0], noise[0], use)
-        skip = self.to_rgb1(x, ws[:, 1])
+        # unbind, not ws[:, i]: its backward is one stack, where each select's backward would
+        # write a zero-filled w+ gradient and add it to the others (two launches per slot)
+        w = ws.unbind(1)
+        x = self.conv1(x, w[0], noise[0], use)
+        skip = self.to_rgb1(x, w[1])
         self._record(out, x, skip, return_rgbs, return_features)
         for b in range(1, n_blocks):
-            x = self.convs[2 * b - 2](x, ws[:, 2 * b - 1], noise[2 * b - 1], use)
-            x = self.convs[2 * b - 1](x, ws[:, 2 * b], noise[2 * b], use)
-            skip = self.to_rgbs[b - 1](x, ws[:, 2 * b + 1], skip)
+            x = self.convs[2 * b - 2](x, w[2 * b - 1], noise[2 * b - 1], use)
+            x = self.convs[2 * b - 1](x, w[2 * b], noise[2 * b], use)
+            skip = self.to_rgbs[b - 1](x, w[2 * b + 1], skip)
             self._record(out, x, skip, return_rgbs, return_features)
         out.image = skip
         return out
