@@ -92,12 +92,14 @@ def augment(images: torch.Tensor, p: float) -> torch.Tensor:
         return images
     n, _, h, w = images.shape
     dev = images.device
-    g = geometric_matrix(n, h, p, dev)
-    # the grid stays fp32 whatever the images' dtype: bf16 fakes and fp32 reals must be resampled
-    # at the same positions, or D could tell them apart by the rounding
-    grid = F.affine_grid(g[:, :2, :], list(images.shape), align_corners=False)
+    # the grid stays fp32 whatever the images' dtype, autocast included (it would run the matrix
+    # products and affine_grid in bf16): bf16 fakes and fp32 reals must be resampled at the same
+    # positions, or D could tell them apart by the rounding
+    with torch.autocast(dev.type, enabled=False):
+        g = geometric_matrix(n, h, p, dev)
+        grid = F.affine_grid(g[:, :2, :], list(images.shape), align_corners=False)
+        c = color_matrix(n, p, dev).to(images.dtype)
     x = resample(images, grid)
-    c = color_matrix(n, p, dev).to(images.dtype)
     x = c[:, :3, :3] @ x.reshape(n, 3, h * w) + c[:, :3, 3:]
     return x.reshape(n, 3, h, w)
 
