@@ -12,6 +12,7 @@ import textwrap
 import pytest
 import torch
 
+from cartoongan.device import set_math_mode
 from cartoongan.ops import fir
 
 GEOMETRIES = [(False, 1, 1, (0, 0)), (False, 1, 2, (0, 0)), (False, 2, 1, (0, 0)), (False, 2, 0, (0, 0)),
@@ -28,6 +29,27 @@ def test_backend_switch_is_checked_and_restored():
         x = torch.randn(1, 2, 6, 6)  # a CPU tensor always takes the reference path
         assert torch.equal(fir.blur(x, fir.make_kernel(), (1, 1)), fir._Geometry(False, 1, 1).apply(x, fir.make_kernel()))
     assert fir._backend == before
+
+
+def test_a_gpu_box_without_a_c_compiler_gets_one_line_not_a_launch_failure(monkeypatch):
+    """Triton compiles a C launcher on its first CUDA launch: without a compiler the Triton
+    backend must say so up front (a ConfigError the CLI prints as one line)."""
+    pytest.importorskip("triton")
+    from cartoongan.errors import ConfigError
+
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(fir.shutil, "which", lambda name: None)
+    with fir.fir_backend("triton"):
+        assert "C compiler" in fir.triton_missing()
+        with pytest.raises(ConfigError, match="install gcc or set CC"):
+            fir._triton_apply()
+        monkeypatch.setenv("CC", "/usr/bin/cc")  # Triton takes $CC first
+        assert fir.triton_missing() in (None, "Python's C headers for the launcher Triton builds on first use "
+                                              "(install python3-dev)")
+        monkeypatch.delenv("CC")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter builds nothing
+        assert fir.triton_missing() is None
 
 
 def _interpret(code: str) -> subprocess.CompletedProcess:
@@ -114,13 +136,15 @@ def test_kernel_compiles_for_hopper_without_a_gpu():
 
 @pytest.mark.cuda
 def test_cuda_triton_backend_matches_the_reference_through_r1():
-    pytest.importorskip("triton")
+    if fir.triton_missing():
+        pytest.skip(f"the Triton backend needs {fir.triton_missing()}")
     from torch.autograd import gradcheck, gradgradcheck
 
     from cartoongan import Discriminator
     from cartoongan.ops.fir_triton import fir_apply
     from cartoongan.train.losses import r1_penalty
 
+    set_math_mode("fp32")  # cuDNN's depthwise reference may otherwise pick a TF32 engine
     torch.manual_seed(0)
     k = fir.make_kernel(gain=4.0).cuda()
     for transposed, stride, pad, extra in GEOMETRIES:
@@ -131,7 +155,9 @@ def test_cuda_triton_backend_matches_the_reference_through_r1():
             x = x.contiguous(memory_format=torch.channels_last) if nhwc else x
             assert torch.allclose(fir_apply(x, k, g), g.apply(x, k), atol=1e-5), (g, shape)
     with fir.fir_backend("triton"):
-        x = torch.randn(1, 2, 5, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+        # NHWC, or the reference would take it (the kernel only takes channels-fast layouts)
+        x = torch.randn(1, 2, 5, 6, dtype=torch.float64, device="cuda").contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
         fn = lambda t: fir.upsample2x(t, k.double())  # noqa: E731
         assert gradcheck(fn, (x,), fast_mode=True) and gradgradcheck(fn, (x,), fast_mode=True)
     d = Discriminator(32, channel_base=512, channel_max=32).cuda()
@@ -141,6 +167,8 @@ def test_cuda_triton_backend_matches_the_reference_through_r1():
         with fir.fir_backend(backend):
             x = real.clone().requires_grad_(True)
             d.zero_grad()
-            r1_penalty(d(x), x).backward()
+            logits = d(x)
+            # the last bias has no effect on dD/dx: the 0 * logit gives it a zero gradient, as in the trainer
+            (r1_penalty(logits, x) + 0 * logits[0, 0]).backward()
             grads.append(torch.cat([p.grad.flatten() for p in d.parameters()]))
     assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-5)

@@ -23,7 +23,7 @@ from ..models.generator import Generator, ModulatedConv2d, StyledConv
 from ..models import layers
 from ..models.layers import Upsample
 from ..ops.bias_act import SQRT2
-from ..ops.fir import blur, fir_backend
+from ..ops.fir import blur, fir_backend, triton_missing
 from ..report import NullReporter, Reporter
 from .speed import bench_trainer, default_batch, time_pair, trainer_phases
 
@@ -190,14 +190,8 @@ def optimizer_steps(optimizers: list[torch.optim.Optimizer]) -> Callable[[], Non
 
 
 def triton_fir_available(dev: torch.device) -> bool:
-    """Whether the Triton FIR backend can run here (a CUDA device and an importable Triton)."""
-    if dev.type != "cuda":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the Triton FIR backend can run here (a CUDA device, Triton and what it builds with)."""
+    return dev.type == "cuda" and triton_missing() is None
 
 
 def input_gradient(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], torch.Tensor]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sysconfig
 from dataclasses import dataclass
 
 import torch
@@ -41,15 +43,33 @@ def fir_backend(name: str):
         _backend = before
 
 
+def triton_missing() -> str | None:
+    """What the Triton backend lacks on this machine, or None when it can run: the triton package,
+    or (outside Triton's CPU interpreter) the C compiler and Python headers with which Triton
+    builds its launcher on first use, which a bare GPU box may not have."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "the triton package (torch's CUDA wheels bring it)"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    # where Triton looks (triton/runtime/build.py): $CC, then gcc, then clang
+    if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+        return "a C compiler for the launcher Triton builds on first use (install gcc or set CC)"
+    if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        return "Python's C headers for the launcher Triton builds on first use (install python3-dev)"
+    return None
+
+
 def _triton_apply():
     """fir_triton.fir_apply, for the backend "triton"."""
     if _backend not in FIR_BACKENDS:
         raise ConfigError(f"CARTOONGAN_FIR={_backend} is not a FIR backend: use one of {', '.join(FIR_BACKENDS)}")
-    try:
-        from .fir_triton import fir_apply
-    except ImportError:
-        raise ConfigError("CARTOONGAN_FIR=triton needs the triton package (torch's CUDA wheels bring it); "
-                          "unset CARTOONGAN_FIR to use the default") from None
+    missing = triton_missing()
+    if missing:
+        raise ConfigError(f"CARTOONGAN_FIR=triton needs {missing}; unset CARTOONGAN_FIR to use the default")
+    from .fir_triton import fir_apply
+
     return fir_apply
 
 
