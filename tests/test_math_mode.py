@@ -1,4 +1,5 @@
 """The precision policy: which math mode each command sets, and the CLI's choices come from the library."""
+import numpy as np
 import pytest
 import torch
 from cartoongan_cli.app import Precision, app
@@ -111,3 +112,20 @@ def test_kid_during_training_is_computed_in_ieee_fp32(tmp_path):
     set_math_mode("tf32")
     assert tr.evaluate() == 0.5
     assert seen == [False] and tf32_enabled()
+
+
+def test_metrics_on_two_folders_compute_in_ieee_fp32(tmp_path):
+    """No generator is loaded between two folders, so nothing else would leave torch's default
+    (TF32 cuDNN convolutions) for Inception: FID/KID must not depend on what ran before."""
+    from cartoongan.metrics import suite
+
+    seen = []
+
+    def probe(images, reporter, description):
+        seen.append(tf32_enabled())
+        return np.random.default_rng(len(seen)).normal(size=(len(images), 4))
+
+    a, b = blob_images(tmp_path / "a", n=4, seed=0), blob_images(tmp_path / "b", n=4, seed=1)
+    set_math_mode("tf32")
+    suite.compute_metrics(a, b, "kid", features=probe)
+    assert seen == [False, False]

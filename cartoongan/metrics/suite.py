@@ -20,6 +20,7 @@ from ..data.dataset import load_dataset
 from ..data.images import EXTENSIONS, bombs_as_errors
 from ..data.render import render_seeds
 from ..errors import ConfigError, DataError
+from ..device import set_math_mode
 from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
 
@@ -153,6 +154,7 @@ def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] =
     reporter = reporter or NullReporter()
     device = torch.device(device)
     names = parse_metrics(names)
+    set_math_mode("fp32")  # figures comparable across runs: Inception and LPIPS in IEEE fp32 on any GPU
     a = load_images(real, n, device, truncation, reporter)
     b = load_images(fake, n, device, truncation, reporter)
     result: dict[str, float] = {}
