@@ -91,6 +91,25 @@ def test_profile_lists_each_phases_leading_ops_and_their_shares():
     assert any("conv" in r.op for r in rows if r.phase == "step" and r.op != "(other)")
 
 
+def test_cuda_profile_shares_count_kernels_not_the_annotations_around_them():
+    """On the GPU timeline `Optimizer.step#Adam.step` spans the optimizer's kernels: counting it too
+    would count that time twice and shrink every other share."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from cartoongan.bench.profile import _rows
+
+    def event(key, us, annotation=False):
+        return SimpleNamespace(key=key, count=1, self_device_time_total=us, device_type=DeviceType.CUDA,
+                               is_user_annotation=annotation)
+
+    events = [event("conv_kernel", 600.0), event("adam_kernel", 400.0),
+              event("Optimizer.step#Adam.step", 400.0, annotation=True)]
+    rows = _rows("step", events, cuda=True, runs=1, top=5)
+    assert [(r.op, r.share) for r in rows] == [("conv_kernel", 60.0), ("adam_kernel", 40.0)]
+
+
 @pytest.mark.parametrize("extra", [["--configs", "tiny,demo64"], ["--kernels"], ["--reference", "."], ["--compile"]])
 def test_cli_profile_refuses_what_it_would_ignore(extra):
     from cartoongan_cli.app import app

@@ -33,9 +33,12 @@ def _self_time(event, cuda: bool) -> float:
 
 
 def _rows(phase: str, events, cuda: bool, runs: int, top: int) -> list[ProfileRow]:
-    # on CUDA only the kernels (and copies) count: an op's own "device time" is its kernels', again
+    # on CUDA only the kernels (and copies) count: an op's own "device time" is its kernels', again;
+    # on the GPU timeline user annotations (the optimizer's step, record_function ranges) span
+    # kernels counted already
     kind = DeviceType.CUDA if cuda else DeviceType.CPU
-    timed = [e for e in events if e.device_type == kind and _self_time(e, cuda) > 0]
+    timed = [e for e in events if e.device_type == kind and _self_time(e, cuda) > 0
+             and not (cuda and getattr(e, "is_user_annotation", False))]
     total = sum(_self_time(e, cuda) for e in timed) or 1.0
     timed.sort(key=lambda e: _self_time(e, cuda), reverse=True)
     rows = [ProfileRow(phase, e.key[:60], round(e.count / runs, 1), round(_self_time(e, cuda) / runs / 1000, 3),
