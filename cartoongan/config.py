@@ -62,6 +62,7 @@ class TrainConfig:
     eval_n: int = 100  # generated images per KID evaluation (seeds 0..n-1)
     precision: str = "fp32"  # fp32 (IEEE) | tf32 (TF32 math on CUDA) | bf16 (autocast on CUDA; regularisers fp32)
     compile: bool = False  # torch.compile G synthesis and D (no gain measured on the CPU; meant for CUDA)
+    cudnn_benchmark: bool = True  # let cuDNN time its algorithms per conv shape (CUDA; NVlabs trains so)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 

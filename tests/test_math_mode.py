@@ -33,6 +33,17 @@ def test_training_sets_the_math_mode_of_its_precision(tmp_path, precision, tf32,
     assert tf32_enabled() is tf32
 
 
+@pytest.mark.parametrize("benchmark", [True, False])
+def test_training_lets_cudnn_time_its_algorithms_unless_told_not_to(tmp_path, benchmark):
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = not benchmark
+    try:
+        pretrain(tiny_config(iters=1, cudnn_benchmark=benchmark), blob_images(tmp_path / "d", n=4), tmp_path / "run")
+        assert torch.backends.cudnn.benchmark is benchmark
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 @pytest.mark.parametrize("order", [("tf32", "fp32", "bf16"), ("fp32", "tf32", "fp32")])
 def test_every_reader_of_the_math_mode_agrees(order):
     """torch.compile and other libraries read the legacy flags; torch raises on reading them when

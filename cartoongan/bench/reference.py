@@ -206,8 +206,8 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
                            precision: str = "fp32") -> list[ComparisonRow]:
     """Time ours (at `precision`) and the reference (fp32, the precision its train.py uses) at the
     same configs, batch and device, phase by phase and alternately. Both run under the math mode
-    `precision` sets (set_math_mode: TF32 allowed for tf32 and bf16), so fp32 work is compared
-    like for like."""
+    `precision` sets (set_math_mode: TF32 allowed for tf32 and bf16) and with the cuDNN autotuning
+    our trainer turns on, so fp32 work is compared like for like."""
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
     check_configs(configs)

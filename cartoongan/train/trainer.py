@@ -139,6 +139,9 @@ class Trainer:
         # runs.py allows bf16 on CUDA only; on the CPU it serves to test the same code path
         self.autocast = self.t.precision == "bf16"
         set_math_mode(self.t.precision)
+        # a run's conv shapes are fixed (batch, R1 batch, path-length batch), so timing cuDNN's
+        # algorithms once per shape pays for itself within the first iterations
+        torch.backends.cudnn.benchmark = self.t.cudnn_benchmark
         self.d_fwd, self.g_syn = nets.d, nets.g.synthesis
         if self.t.compile:
             self.d_fwd, self.g_syn = torch.compile(nets.d), torch.compile(nets.g.synthesis)
