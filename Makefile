@@ -31,9 +31,9 @@ test: $(NEEDS)
 # on a GPU machine: every subcommand on CUDA at 256 px config F, ADA on, fp32/tf32/bf16
 cuda-check: $(NEEDS)
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'cuda-check needs a CUDA GPU')"
-	$(PY) -c "import pytest, cartoongan_cli, cartoongan.recipes" 2>/dev/null || { echo "cuda-check needs pytest and \
+	@$(PY) -c "import pytest, cartoongan_cli, cartoongan.recipes" 2>/dev/null || { echo "cuda-check needs pytest and \
 	the package installed in $(PY): $(PY) -m pip install -e '.[test]' (offline: --no-index --no-deps)"; exit 1; }
-	$(PY) -m pytest -q -m cuda
+	$(PY) -m pytest -q -rs -m cuda
 
 demo: $(NEEDS)
 	$(PY) -m cartoongan_cli demo --out demo

@@ -31,6 +31,14 @@ def tiny_d():
     return make
 
 
+@pytest.fixture(autouse=True)
+def keep_cudnn_autotuning():
+    """Training sets the process-wide cudnn.benchmark flag: each test starts from the same state."""
+    before = torch.backends.cudnn.benchmark
+    yield
+    torch.backends.cudnn.benchmark = before
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

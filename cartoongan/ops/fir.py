@@ -11,6 +11,7 @@ which costs seconds per step at 256 px on a GPU; these ops never do.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import sysconfig
@@ -43,21 +44,30 @@ def fir_backend(name: str):
         _backend = before
 
 
+@functools.cache
 def triton_missing() -> str | None:
     """What the Triton backend lacks on this machine, or None when it can run: the triton package,
     or (outside Triton's CPU interpreter) the C compiler and Python headers with which Triton
-    builds its launcher on first use, which a bare GPU box may not have."""
+    builds its launcher on first use, which a bare GPU box may not have. Looked up once per
+    process: every FIR op asks, and the lookups stat the file system."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return "the triton package (torch's CUDA wheels bring it)"
     if os.environ.get("TRITON_INTERPRET") == "1":
         return None
-    # where Triton looks (triton/runtime/build.py): $CC, then gcc, then clang
-    if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
-        return "a C compiler for the launcher Triton builds on first use (install gcc or set CC)"
-    if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
-        return "Python's C headers for the launcher Triton builds on first use (install python3-dev)"
+    # as Triton looks (triton/runtime/build.py): $CC whenever it is set, else gcc, else clang; the
+    # headers of the install scheme, Debian's posix_local read as posix_prefix
+    launcher = "for the launcher Triton builds on first use"
+    cc = os.environ.get("CC")
+    if cc is not None and not shutil.which(cc):
+        return f"the C compiler CC={cc!r} names {launcher} (fix CC or unset it)"
+    if cc is None and not (shutil.which("gcc") or shutil.which("clang")):
+        return f"a C compiler {launcher} (install gcc or set CC)"
+    scheme = sysconfig.get_default_scheme()
+    include = sysconfig.get_paths(scheme="posix_prefix" if scheme == "posix_local" else scheme)["include"]
+    if not os.path.exists(os.path.join(include, "Python.h")):
+        return f"Python's C headers {launcher} (install python3-dev)"
     return None
 
 
