@@ -61,11 +61,11 @@ def bench(
             rows = run_kernel_bench(device, repeats, reporter)
             title = f"speed choices, fwd+bwd ms ({shapes_legend()}); x = alternative / ours"
         elif reference is not None:
-            from cartoongan.bench.reference import compare_with_reference
+            from cartoongan.bench.reference import compare_with_reference, goal_rows
 
             names = _names(configs) if configs else default_configs(dev, reference=True)
             rows = compare_with_reference(reference, names, device, repeats, batch, reporter, precision.value)
-            title = "cartoongan vs rosinality/stylegan2-pytorch (img/s; ratio = ours / reference)"
+            goals = goal_rows(rows)
         else:
             names = _names(configs) if configs else default_configs(dev)
             rows = run_bench(names, device, precision.value, repeats, batch, compile_, reporter, channels_last,
@@ -75,6 +75,14 @@ def bench(
     if as_json:
         out.print_json(json.dumps(rows))
         return
+    if reference is not None:
+        for row, i in zip(rows, range(0, len(goals), 3)):
+            _print_comparison(row, goals[i:i + 3])
+        return
+    _print_table(title, rows)
+
+
+def _print_table(title: str, rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title=title)
@@ -82,6 +90,28 @@ def bench(
         table.add_column(BENCH_HEADINGS.get(col, col))
     for r in rows:
         table.add_row(*["-" if v is None else str(v) for v in r.values()])
+    out.print(table)
+
+
+def _print_comparison(row: dict, goals) -> None:
+    """One config against the reference, a measure per line (fits 80 columns), with its goal."""
+    from rich.table import Table
+
+    table = Table(title=f"{row['config']}, batch {row['batch']}, on {row['device']}: cartoongan "
+                        f"({row['precision']}) vs rosinality/stylegan2-pytorch (goals set for r256 on one GPU)")
+    for col in ("measure", "ours", "reference", "x", "goal", "met"):
+        table.add_column(col)
+    goal = {g.measure: (g.bound, "yes" if g.met else "NO") for g in goals}
+    peak_x = (round(row["ours_peak_mb"] / row["reference_peak_mb"], 2)
+              if row["ours_peak_mb"] and row["reference_peak_mb"] else None)
+    lines = [("G forward, img/s", row["ours_forward_img_s"], row["reference_forward_img_s"], row["forward_ratio"],
+              *goal["forward"]),
+             ("training iteration, img/s", row["ours_train_img_s"], row["reference_train_img_s"], row["train_ratio"],
+              *goal["train"]),
+             ("structure-loss iter. / plain", None, None, row["struct_cost"], *goal["structure"]),
+             ("peak memory, MB", row["ours_peak_mb"], row["reference_peak_mb"], peak_x, None, None)]
+    for line in lines:
+        table.add_row(*["-" if v is None else str(v) for v in line])
     out.print(table)
 
 

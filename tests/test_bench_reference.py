@@ -85,11 +85,28 @@ def test_compare_runs_both_sides_through_every_phase(checkout):
     for ours, ref, ratio in [(row.ours_forward_img_s, row.reference_forward_img_s, row.forward_ratio),
                              (row.ours_train_img_s, row.reference_train_img_s, row.train_ratio)]:
         assert ours > 0 and ref > 0 and ratio == pytest.approx(ours / ref, rel=0.02, abs=0.01)
+    assert 0.5 < row.struct_cost < 5  # an extra no-grad source render and an MSE: a bit over 1 plain iteration
     calls = sys.modules["model"].CALLS
     assert ("g", 1, False, False) in calls  # the forward phase, constant noise
     assert any(c[0] == "g" and c[2] for c in calls)  # path length asks for the latents
     assert ("d", True) in calls  # R1 differentiates D at the reals
     assert sys.modules["op.conv2d_gradfix"].USED  # ... inside its no_weight_gradients
+
+
+def test_goals_follow_the_precision_and_each_bound():
+    from cartoongan.bench.reference import ComparisonRow, goal_rows
+
+    def row(precision, train, forward, struct):
+        return ComparisonRow("r256", "cuda:0", 16, precision, 1, 1, forward, 1, 1, train, struct, None, None)
+
+    def verdicts(r):
+        return [(g.measure, g.bound, g.measured, g.met) for g in goal_rows([r])]
+
+    assert verdicts(row("fp32", 1.6, 1.2, 1.35)) == [("train", ">= 1.5x", 1.6, True), ("forward", ">= 1.2x", 1.2, True),
+                                                     ("structure", "<= 1.35x", 1.35, True)]
+    assert verdicts(row("bf16", 1.6, 1.19, 1.36)) == [("train", ">= 2.0x", 1.6, False), ("forward", ">= 1.2x", 1.19, False),
+                                                      ("structure", "<= 1.35x", 1.36, False)]
+    assert goal_rows([row("tf32", 1.5, 2, 1)])[0].met
 
 
 def test_compare_refuses_a_missing_checkout_and_foreign_configs(tmp_path, checkout):
@@ -108,7 +125,15 @@ def test_cli_prints_ratio_table_and_one_line_errors(checkout):
                               "--repeats", "1", "--json"])
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.stdout)
-    assert row["forward_ratio"] > 0 and row["train_ratio"] > 0
+    assert row["forward_ratio"] > 0 and row["train_ratio"] > 0 and row["struct_cost"] > 0
+    res = runner.invoke(app, ["bench", "--reference", str(checkout), "--configs", "r8", "--device", "cpu",
+                              "--repeats", "1"])
+    assert res.exit_code == 0, res.output
+    line = {label: next(ln for ln in res.output.splitlines() if label in ln)
+            for label in ("G forward", "training iteration", "structure-loss iter. / plain", "peak memory")}
+    assert ">= 1.2x" in line["G forward"] and ">= 1.5x" in line["training iteration"]
+    cells = [c.strip() for c in line["structure-loss iter. / plain"].split("│")]
+    assert float(cells[4]) > 0 and cells[5] == "<= 1.35x" and cells[6] in ("yes", "NO")
     res = runner.invoke(app, ["bench", "--reference", str(checkout.parent / "missing"), "--device", "cpu"])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1 and "--reference" in res.output

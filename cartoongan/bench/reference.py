@@ -47,8 +47,40 @@ class ComparisonRow:
     ours_train_img_s: float
     reference_train_img_s: float
     train_ratio: float
+    struct_cost: float  # our structure-loss iteration's time over our plain one's (timed alternately)
     ours_peak_mb: float | None  # peak GPU memory of one step + R1 + path length (None on the CPU)
     reference_peak_mb: float | None
+
+
+# the speed goals for one GPU at 256 px config F: training iteration at least 1.5x the reference
+# (2x with bf16), generator forward at least 1.2x, a structure-loss iteration at most 1.35x a plain one
+TRAIN_GOALS = {"fp32": 1.5, "tf32": 1.5, "bf16": 2.0}
+FORWARD_GOAL, STRUCTURE_GOAL = 1.2, 1.35
+
+
+@dataclass
+class GoalRow:
+    config: str
+    precision: str
+    measure: str  # "train" and "forward": ours / reference; "structure": our structure-loss / plain iteration
+    bound: str  # the goal, e.g. ">= 1.5x"
+    measured: float
+    met: bool
+
+
+def goal_rows(rows: list[ComparisonRow]) -> list[GoalRow]:
+    """Each comparison row checked against the goals (meant for r256 on a GPU; elsewhere a preview):
+    train, forward and structure, in that order. Peak memory has no goal: it is reported beside the
+    reference's in the comparison itself."""
+    out = []
+    for r in rows:
+        train = TRAIN_GOALS[r.precision]
+        out += [GoalRow(r.config, r.precision, "train", f">= {train}x", r.train_ratio, r.train_ratio >= train),
+                GoalRow(r.config, r.precision, "forward", f">= {FORWARD_GOAL}x", r.forward_ratio,
+                        r.forward_ratio >= FORWARD_GOAL),
+                GoalRow(r.config, r.precision, "structure", f"<= {STRUCTURE_GOAL}x", r.struct_cost,
+                        r.struct_cost <= STRUCTURE_GOAL)]
+    return out
 
 
 @contextlib.contextmanager
@@ -207,7 +239,8 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
     """Time ours (at `precision`) and the reference (fp32, the precision its train.py uses) at the
     same configs, batch and device, phase by phase and alternately. Both run under the math mode
     `precision` sets (set_math_mode: TF32 allowed for tf32 and bf16) and with the cuDNN autotuning
-    our trainer turns on, so fp32 work is compared like for like."""
+    our trainer turns on, so fp32 work is compared like for like. Our structure-loss iteration
+    (FreezeSG 2, structure loss 3) is timed against our plain one in the same run."""
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
     check_configs(configs)
@@ -224,8 +257,12 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
             ours = trainer_phases(bench_trainer(name, dev, n, precision, False, struct=False), n)
             reference = _ReferenceLoop(model, gradfix, name, dev, n).phases()
             (o_fwd, o_iter), (r_fwd, r_iter) = time_phases(ours, reference, dev, repeats)
+            # the structure-loss cost in the same run, against our plain iteration timed beside it
+            structure = trainer_phases(bench_trainer(name, dev, n, precision, False, struct=True), n)
+            (_, plain_iter), (_, struct_iter) = time_phases(ours, structure, dev, repeats)
             rows.append(ComparisonRow(name, str(dev), n, precision, round(n / o_fwd, 2), round(n / r_fwd, 2),
                                       round(r_fwd / o_fwd, 2), round(n / o_iter, 2), round(n / r_iter, 2),
-                                      round(r_iter / o_iter, 2), _peak_mb(ours, dev), _peak_mb(reference, dev)))
+                                      round(r_iter / o_iter, 2), round(struct_iter / plain_iter, 3),
+                                      _peak_mb(ours, dev), _peak_mb(reference, dev)))
             bar.advance()
     return rows
