@@ -15,6 +15,8 @@ from .errors import ConfigError
 AUGMENTS = ("ada", "none")
 PRECISIONS = ("fp32", "tf32", "bf16")  # see device.set_math_mode
 STRUCT_TAPS = ("rgb", "features")
+# torch.compile modes; "reduce-overhead" also replays CUDA graphs (fewer launches on a GPU)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -62,6 +64,7 @@ class TrainConfig:
     eval_n: int = 100  # generated images per KID evaluation (seeds 0..n-1)
     precision: str = "fp32"  # fp32 (IEEE) | tf32 (TF32 math on CUDA) | bf16 (autocast on CUDA; regularisers fp32)
     compile: bool = False  # torch.compile G synthesis and D (no gain measured on the CPU; meant for CUDA)
+    compile_mode: str = "default"  # its mode, one of COMPILE_MODES (reduce-overhead: CUDA graphs)
     cudnn_benchmark: bool = True  # let cuDNN time its algorithms per conv shape (CUDA; NVlabs trains so)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -173,6 +176,7 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
         (0 <= t.augment_p <= 1, "--augment-p must be in [0, 1]"),
         (t.augment in AUGMENTS, f"--augment must be {' or '.join(AUGMENTS)}, got '{t.augment}'"),
         (t.precision in PRECISIONS, f"--precision must be {', '.join(PRECISIONS)}, got '{t.precision}'"),
+        (t.compile_mode in COMPILE_MODES, f"compile_mode must be {', '.join(COMPILE_MODES)}, got '{t.compile_mode}'"),
         (cfg.finetune.struct_tap in STRUCT_TAPS,
          f"--struct-tap must be {' or '.join(STRUCT_TAPS)}, got '{cfg.finetune.struct_tap}'"),
         (cfg.finetune.struct_weight >= 0 and math.isfinite(cfg.finetune.struct_weight),

@@ -9,7 +9,11 @@ import typer
 
 from cartoongan.errors import ConfigError
 
-from .app import DEVICE, Precision, app, user_errors
+from cartoongan.config import COMPILE_MODES
+
+from .app import DEVICE, Precision, app, choices, user_errors
+
+CompileMode = choices("CompileMode", COMPILE_MODES)
 from .console import RichReporter, out
 
 @app.command()
@@ -21,7 +25,9 @@ def bench(
     precision: Precision = typer.Option(Precision("fp32"), "--precision", help="Math mode of our side (see pretrain --help)."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed repeats per phase (median reported)."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch (default per config and device)."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile our networks (plain table and --reference)."),
+    compile_mode: Optional[CompileMode] = typer.Option(None, "--compile-mode", help="torch.compile mode (implies "
+                                                       "--compile); reduce-overhead replays CUDA graphs."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC activations."),
     grouped_modconv: bool = typer.Option(False, "--grouped-modconv", help="Per-sample grouped modulated conv (for comparison)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="A rosinality/stylegan2-pytorch checkout: "
@@ -43,8 +49,11 @@ def bench(
         check_precision(precision.value, dev)
         if kernels and (reference is not None or configs or batch or profile):
             raise ConfigError("--kernels times fixed shapes; drop --reference, --configs, --batch and --profile")
-        if (kernels or profile or reference is not None) and (compile_ or grouped_modconv or not channels_last):
-            raise ConfigError("--compile, --grouped-modconv and --no-channels-last apply to the plain bench table only")
+        mode = compile_mode.value if compile_mode else ("default" if compile_ else None)
+        if (kernels or profile) and mode:
+            raise ConfigError("--compile and --compile-mode apply to the plain bench table and --reference only")
+        if (kernels or profile or reference is not None) and (grouped_modconv or not channels_last):
+            raise ConfigError("--grouped-modconv and --no-channels-last apply to the plain bench table only")
         if profile and (reference is not None or (configs and len(_names(configs)) != 1)):
             raise ConfigError("--profile looks at one config: give at most one --configs name and no --reference")
         if profile:
@@ -64,11 +73,11 @@ def bench(
             from cartoongan.bench.reference import compare_with_reference, goal_rows
 
             names = _names(configs) if configs else default_configs(dev, reference=True)
-            rows = compare_with_reference(reference, names, device, repeats, batch, reporter, precision.value)
+            rows = compare_with_reference(reference, names, device, repeats, batch, reporter, precision.value, mode)
             goals = goal_rows(rows)
         else:
             names = _names(configs) if configs else default_configs(dev)
-            rows = run_bench(names, device, precision.value, repeats, batch, compile_, reporter, channels_last,
+            rows = run_bench(names, device, precision.value, repeats, batch, mode, reporter, channels_last,
                              grouped_modconv)
             title = "cartoongan bench (img/s, higher is better)"
     rows = [asdict(r) for r in rows]

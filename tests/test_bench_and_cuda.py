@@ -74,7 +74,7 @@ def test_cuda_training_phases_never_wait_for_the_host(struct, ada):
     the GPU (place_for). ADA's own update, every `interval` steps, is the one read it allows."""
     from cartoongan.bench.speed import bench_trainer, trainer_phases
 
-    tr = bench_trainer("tiny", torch.device("cuda"), 8, "fp32", False, struct=struct)
+    tr = bench_trainer("tiny", torch.device("cuda"), 8, "fp32", None, struct=struct)
     if ada:
         tr.t.augment, tr.ada.p, tr.ada.interval = "ada", 0.5, 10**6
     assert tr.data.images.is_cuda

@@ -61,7 +61,8 @@ def test_cli_refuses_flags_the_kernel_bench_would_ignore(tmp_path):
     from typer.testing import CliRunner
 
     runner = CliRunner()
-    for extra in (["--configs", "tiny"], ["--reference", str(tmp_path)], ["--compile"], ["--no-channels-last"]):
+    for extra in (["--configs", "tiny"], ["--reference", str(tmp_path)], ["--compile"], ["--no-channels-last"],
+                  ["--compile-mode", "reduce-overhead"]):
         res = runner.invoke(app, ["bench", "--kernels", "--device", "cpu", *extra])
         assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, (extra, res.output)
 

@@ -137,3 +137,18 @@ def test_cli_prints_ratio_table_and_one_line_errors(checkout):
     res = runner.invoke(app, ["bench", "--reference", str(checkout.parent / "missing"), "--device", "cpu"])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1 and "--reference" in res.output
+
+
+def test_cli_compiles_our_side_of_the_reference_comparison_in_the_mode_asked(checkout, monkeypatch):
+    import cartoongan.bench.reference as reference
+
+    seen = []
+    monkeypatch.setattr(reference, "compare_with_reference", lambda *a: seen.append(a[-1]) or [])
+    monkeypatch.setattr(reference, "goal_rows", lambda rows: [])
+    runner = CliRunner()
+    for flags, mode in (([], None), (["--compile"], "default"), (["--compile-mode", "reduce-overhead"], "reduce-overhead")):
+        res = runner.invoke(app, ["bench", "--reference", str(checkout), "--device", "cpu", "--json", *flags])
+        assert res.exit_code == 0, res.output
+        assert seen.pop() == mode
+    res = runner.invoke(app, ["bench", "--reference", str(checkout), "--device", "cpu", "--compile-mode", "fast"])
+    assert res.exit_code == 2 and "reduce-overhead" in res.output

@@ -176,7 +176,7 @@ def test_bf16_autocast_path_trains_a_finetune_step():
     on the CPU's autocast so that CI exercises what CUDA users get with --precision bf16."""
     from cartoongan.bench.speed import bench_trainer
 
-    tr = bench_trainer("tiny", torch.device("cpu"), 4, "bf16", False, struct=True)
+    tr = bench_trainer("tiny", torch.device("cpu"), 4, "bf16", None, struct=True)
     ws = tr.nets.g.ws_from_z(torch.randn(2, tr.nets.g.style_dim))
     with torch.no_grad(), tr._amp():
         assert tr.nets.g.synthesis(ws).image.dtype == torch.bfloat16
@@ -304,10 +304,39 @@ def test_d_sees_reals_and_fakes_in_one_memory_format(channels_last):
     """With --compile a change of input strides recompiles D, so reals come in the layout G's fakes have."""
     from cartoongan.bench.speed import bench_trainer
 
-    tr = bench_trainer("tiny", torch.device("cpu"), 4, "fp32", False, struct=False, channels_last=channels_last)
+    tr = bench_trainer("tiny", torch.device("cpu"), 4, "fp32", None, struct=False, channels_last=channels_last)
     seen = []
     d = tr.d_fwd
     tr.d_fwd = lambda x: seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()) or d(x)
     tr.d_step()
     tr.g_step()
     assert seen == [channels_last] * 3  # D step: reals, fakes; G step: fakes
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune-no-cudagraphs"])
+def test_compile_mode_reaches_torch_compile_and_graph_replays_keep_the_fakes(monkeypatch, mode):
+    """The mode goes to torch.compile (None for its default). Under CUDA-graph replays the D step's
+    no-grad fakes are copied out of the graph's memory before D's next compiled call."""
+    import cartoongan.train.trainer as trainer
+    from cartoongan.bench.speed import bench_trainer
+
+    modes = []
+    monkeypatch.setattr(trainer.torch, "compile", lambda fn, mode=None: modes.append(mode) or fn)
+    tr = bench_trainer("tiny", torch.device("cpu"), 4, "fp32", mode, struct=False)
+    assert modes == [None if mode == "default" else mode] * 2
+    g_syn, images, seen = tr.g_syn, [], []
+    tr.g_syn = lambda ws: (out := g_syn(ws), images.append(out.image))[0]
+    d = tr.d_fwd
+    tr.d_fwd = lambda x: seen.append(x) or d(x)
+    tr.d_step()
+    # the fakes D saw share memory with the synthesis output unless graphs replay
+    shares = seen[1].untyped_storage().data_ptr() == images[0].untyped_storage().data_ptr()
+    assert shares is (mode != "reduce-overhead")
+
+
+def test_an_unknown_compile_mode_is_one_clear_error():
+    from cartoongan.config import validate
+    from cartoongan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="compile_mode must be default, reduce-overhead"):
+        validate(tiny_config(compile_mode="fastest"))

@@ -259,11 +259,11 @@ def _model_cases(dev: torch.device):
     """Whole-iteration rows: choices whose effect is spread over many layers; the last two time the
     lazy regulariser steps, whose double backward runs through every FIR filter."""
     batch = default_batch(MODEL_CONFIG, dev)
-    trainers = [bench_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=False, channels_last=cl)
+    trainers = [bench_trainer(MODEL_CONFIG, dev, batch, "fp32", None, struct=False, channels_last=cl)
                 for cl in (True, False)]
     nhwc_phases, nchw_phases = (trainer_phases(tr, batch) for tr in trainers)
     nhwc, nchw = nhwc_phases.step, nchw_phases.step
-    structure = trainer_phases(bench_trainer(MODEL_CONFIG, dev, batch, "fp32", False, struct=True), batch).step
+    structure = trainer_phases(bench_trainer(MODEL_CONFIG, dev, batch, "fp32", None, struct=True), batch).step
     # the optimizers of the second trainer, so that its parameters move, not those timed above
     fused = [trainers[1].g_optim, trainers[1].d_optim]
     default = [torch.optim.Adam(opt.param_groups[0]["params"], lr=opt.defaults["lr"], betas=opt.defaults["betas"])

@@ -59,7 +59,7 @@ def profile_phases(name: str, device: str = "auto", precision: str = "fp32", bat
     dev = resolve_device(device)
     batch = batch or default_batch(name, dev)
     cuda = dev.type == "cuda"
-    phases = trainer_phases(bench_trainer(name, dev, batch, precision, False, struct=False), batch)
+    phases = trainer_phases(bench_trainer(name, dev, batch, precision, None, struct=False), batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     rows = []
     with reporter.progress(len(PHASES), f"profiling {name}") as bar:

@@ -235,12 +235,13 @@ def _peak_mb(phases: Phases, dev: torch.device) -> float | None:
 
 def compare_with_reference(path: str | Path, configs: list[str], device: str = "auto", repeats: int = 5,
                            batch: int | None = None, reporter: Reporter | None = None,
-                           precision: str = "fp32") -> list[ComparisonRow]:
+                           precision: str = "fp32", compile_mode: str | None = None) -> list[ComparisonRow]:
     """Time ours (at `precision`) and the reference (fp32, the precision its train.py uses) at the
     same configs, batch and device, phase by phase and alternately. Both run under the math mode
     `precision` sets (set_math_mode: TF32 allowed for tf32 and bf16) and with the cuDNN autotuning
     our trainer turns on, so fp32 work is compared like for like. Our structure-loss iteration
-    (FreezeSG 2, structure loss 3) is timed against our plain one in the same run."""
+    (FreezeSG 2, structure loss 3) is timed against our plain one in the same run. `compile_mode`
+    torch.compiles our networks (the reference stays eager, as its train.py runs)."""
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
     check_configs(configs)
@@ -254,11 +255,11 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
     with reporter.progress(len(configs), "ours vs reference") as bar:
         for name in configs:
             n = batch or default_batch(name, dev)
-            ours = trainer_phases(bench_trainer(name, dev, n, precision, False, struct=False), n)
+            ours = trainer_phases(bench_trainer(name, dev, n, precision, compile_mode, struct=False), n)
             reference = _ReferenceLoop(model, gradfix, name, dev, n).phases()
             (o_fwd, o_iter), (r_fwd, r_iter) = time_phases(ours, reference, dev, repeats)
             # the structure-loss cost in the same run, against our plain iteration timed beside it
-            structure = trainer_phases(bench_trainer(name, dev, n, precision, False, struct=True), n)
+            structure = trainer_phases(bench_trainer(name, dev, n, precision, compile_mode, struct=True), n)
             (_, plain_iter), (_, struct_iter) = time_phases(ours, structure, dev, repeats)
             rows.append(ComparisonRow(name, str(dev), n, precision, round(n / o_fwd, 2), round(n / r_fwd, 2),
                                       round(r_fwd / o_fwd, 2), round(n / o_iter, 2), round(n / r_iter, 2),

@@ -111,7 +111,7 @@ def time_phases(a: Phases, b: Phases | None, dev: torch.device, repeats: int):
     return ours, theirs
 
 
-def bench_trainer(name: str, dev: torch.device, batch: int, precision: str, compile_: bool, struct: bool,
+def bench_trainer(name: str, dev: torch.device, batch: int, precision: str, compile_mode: str | None, struct: bool,
                   channels_last: bool = True) -> Trainer:
     """A Trainer at config `name` on random uint8 images (FreezeSG 2 + structure loss 3 when `struct`,
     less where the network has fewer blocks)."""
@@ -119,7 +119,8 @@ def bench_trainer(name: str, dev: torch.device, batch: int, precision: str, comp
     cfg = RunConfig()
     for k, v in model.items():
         setattr(cfg.model, k, v)
-    cfg.train.batch, cfg.train.precision, cfg.train.compile = batch, precision, compile_
+    cfg.train.batch, cfg.train.precision = batch, precision
+    cfg.train.compile, cfg.train.compile_mode = compile_mode is not None, compile_mode or "default"
     cfg.train.augment = "none"
     torch.manual_seed(0)
     nets = new_networks(cfg, dev)
@@ -165,23 +166,24 @@ def trainer_phases(tr: Trainer, batch: int) -> Phases:
 
 
 def bench_config(name: str, device: str = "auto", precision: str = "fp32", repeats: int = 5,
-                 batch: int | None = None, compile_: bool = False, channels_last: bool = True,
+                 batch: int | None = None, compile_mode: str | None = None, channels_last: bool = True,
                  grouped_modconv: bool = False, structure: bool = True) -> BenchRow:
-    """Measure one config on one device. `channels_last=False` and `grouped_modconv` measure the
+    """Measure one config on one device. `compile_mode` (one of config.COMPILE_MODES; None: eager)
+    torch.compiles D and the synthesis; `channels_last=False` and `grouped_modconv` measure the
     slower alternatives; `structure=False` skips the structure-loss iteration."""
     with ModulatedConv2d.grouped_mode(grouped_modconv):
-        return _bench_config(name, resolve_device(device), precision, repeats, batch, compile_, channels_last,
+        return _bench_config(name, resolve_device(device), precision, repeats, batch, compile_mode, channels_last,
                              structure)
 
 
-def _bench_config(name, dev, precision, repeats, batch, compile_, channels_last, structure) -> BenchRow:
+def _bench_config(name, dev, precision, repeats, batch, compile_mode, channels_last, structure) -> BenchRow:
     batch = batch or default_batch(name, dev)
     reset_peak_memory(dev)
-    tr = bench_trainer(name, dev, batch, precision, compile_, struct=False, channels_last=channels_last)
+    tr = bench_trainer(name, dev, batch, precision, compile_mode, struct=False, channels_last=channels_last)
     (t_fwd, t_iter), _ = time_phases(trainer_phases(tr, batch), None, dev, repeats)
     t_struct = None
     if structure:
-        st = bench_trainer(name, dev, batch, precision, compile_, struct=True, channels_last=channels_last)
+        st = bench_trainer(name, dev, batch, precision, compile_mode, struct=True, channels_last=channels_last)
         (_, t_struct), _ = time_phases(trainer_phases(st, batch), None, dev, repeats)
     peak = peak_memory_mb(dev)
     return BenchRow(name, str(dev), batch, precision, round(batch / t_fwd, 2), round(batch / t_iter, 2),
@@ -195,13 +197,14 @@ def check_configs(configs: list[str]) -> None:
 
 
 def run_bench(configs: list[str], device: str = "auto", precision: str = "fp32", repeats: int = 5,
-              batch: int | None = None, compile_: bool = False, reporter: Reporter | None = None,
+              batch: int | None = None, compile_mode: str | None = None, reporter: Reporter | None = None,
               channels_last: bool = True, grouped_modconv: bool = False) -> list[BenchRow]:
     reporter = reporter or NullReporter()
     check_configs(configs)
     rows = []
     with reporter.progress(len(configs), "benchmarking") as bar:
         for name in configs:
-            rows.append(bench_config(name, device, precision, repeats, batch, compile_, channels_last, grouped_modconv))
+            rows.append(bench_config(name, device, precision, repeats, batch, compile_mode, channels_last,
+                                     grouped_modconv))
             bar.advance()
     return rows

@@ -144,7 +144,11 @@ class Trainer:
         torch.backends.cudnn.benchmark = self.t.cudnn_benchmark
         self.d_fwd, self.g_syn = nets.d, nets.g.synthesis
         if self.t.compile:
-            self.d_fwd, self.g_syn = torch.compile(nets.d), torch.compile(nets.g.synthesis)
+            mode = None if self.t.compile_mode == "default" else self.t.compile_mode
+            self.d_fwd, self.g_syn = torch.compile(nets.d, mode=mode), torch.compile(nets.g.synthesis, mode=mode)
+        # CUDA-graph replays (reduce-overhead) reuse their outputs' memory once the next compiled call
+        # begins a new step with no backward pending: the D step's no-grad fakes must be copied out
+        self.graphs = self.t.compile and self.t.compile_mode == "reduce-overhead"
 
     # ---- helpers ---------------------------------------------------------------------
     def _amp(self):
@@ -198,6 +202,8 @@ class Trainer:
         with torch.no_grad(), self._amp():
             ws, _ = self._ws(*self._latents(n))
             fake = self.g_syn(ws).image
+            if self.graphs:
+                fake = fake.clone()
         with self._amp():
             real_logits = self.d_fwd(self._augment(real))
             fake_logits = self.d_fwd(self._augment(fake))
