@@ -15,8 +15,9 @@ from .errors import ConfigError
 AUGMENTS = ("ada", "none")
 PRECISIONS = ("fp32", "tf32", "bf16")  # see device.set_math_mode
 STRUCT_TAPS = ("rgb", "features")
-# torch.compile modes; "reduce-overhead" also replays CUDA graphs (fewer launches on a GPU)
+# torch.compile modes; two of them also replay CUDA graphs (fewer launches on a GPU)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -64,7 +65,7 @@ class TrainConfig:
     eval_n: int = 100  # generated images per KID evaluation (seeds 0..n-1)
     precision: str = "fp32"  # fp32 (IEEE) | tf32 (TF32 math on CUDA) | bf16 (autocast on CUDA; regularisers fp32)
     compile: bool = False  # torch.compile G synthesis and D (no gain measured on the CPU; meant for CUDA)
-    compile_mode: str = "default"  # its mode, one of COMPILE_MODES (reduce-overhead: CUDA graphs)
+    compile_mode: str = "default"  # its mode, one of COMPILE_MODES (GRAPH_MODES: CUDA graphs); another implies compile
     cudnn_benchmark: bool = True  # let cuDNN time its algorithms per conv shape (CUDA; NVlabs trains so)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 

@@ -7,14 +7,14 @@ from typing import Optional
 
 import typer
 
+from cartoongan.config import COMPILE_MODES
 from cartoongan.errors import ConfigError
 
-from cartoongan.config import COMPILE_MODES
-
 from .app import DEVICE, Precision, app, choices, user_errors
+from .console import RichReporter, out
 
 CompileMode = choices("CompileMode", COMPILE_MODES)
-from .console import RichReporter, out
+
 
 @app.command()
 def bench(
@@ -74,7 +74,7 @@ def bench(
 
             names = _names(configs) if configs else default_configs(dev, reference=True)
             rows = compare_with_reference(reference, names, device, repeats, batch, reporter, precision.value, mode)
-            goals = goal_rows(rows)
+            goals = [goal_rows(r) for r in rows]
         else:
             names = _names(configs) if configs else default_configs(dev)
             rows = run_bench(names, device, precision.value, repeats, batch, mode, reporter, channels_last,
@@ -85,8 +85,8 @@ def bench(
         out.print_json(json.dumps(rows))
         return
     if reference is not None:
-        for row, i in zip(rows, range(0, len(goals), 3)):
-            _print_comparison(row, goals[i:i + 3])
+        for row, row_goals in zip(rows, goals):
+            _print_comparison(row, row_goals)
         return
     _print_table(title, rows)
 
@@ -107,7 +107,8 @@ def _print_comparison(row: dict, goals) -> None:
     from rich.table import Table
 
     table = Table(title=f"{row['config']}, batch {row['batch']}, on {row['device']}: cartoongan "
-                        f"({row['precision']}) vs rosinality/stylegan2-pytorch (goals set for r256 on one GPU)")
+                        f"({row['precision']}, {row['compile_mode']}) vs rosinality/stylegan2-pytorch "
+                        "(goals set for r256 on one GPU)")
     for col in ("measure", "ours", "reference", "x", "goal", "met"):
         table.add_column(col)
     goal = {g.measure: (g.bound, "yes" if g.met else "NO") for g in goals}
@@ -118,7 +119,7 @@ def _print_comparison(row: dict, goals) -> None:
              ("training iteration, img/s", row["ours_train_img_s"], row["reference_train_img_s"], row["train_ratio"],
               *goal["train"]),
              ("structure-loss iter. / plain", None, None, row["struct_cost"], *goal["structure"]),
-             ("peak memory, MB", row["ours_peak_mb"], row["reference_peak_mb"], peak_x, None, None)]
+             ("peak MB above weights", row["ours_peak_mb"], row["reference_peak_mb"], peak_x, None, None)]
     for line in lines:
         table.add_row(*["-" if v is None else str(v) for v in line])
     out.print(table)

@@ -313,7 +313,7 @@ def test_d_sees_reals_and_fakes_in_one_memory_format(channels_last):
     assert seen == [channels_last] * 3  # D step: reals, fakes; G step: fakes
 
 
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune-no-cudagraphs"])
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
 def test_compile_mode_reaches_torch_compile_and_graph_replays_keep_the_fakes(monkeypatch, mode):
     """The mode goes to torch.compile (None for its default). Under CUDA-graph replays the D step's
     no-grad fakes are copied out of the graph's memory before D's next compiled call."""
@@ -331,7 +331,17 @@ def test_compile_mode_reaches_torch_compile_and_graph_replays_keep_the_fakes(mon
     tr.d_step()
     # the fakes D saw share memory with the synthesis output unless graphs replay
     shares = seen[1].untyped_storage().data_ptr() == images[0].untyped_storage().data_ptr()
-    assert shares is (mode != "reduce-overhead")
+    assert shares is (mode not in ("reduce-overhead", "max-autotune"))
+
+
+def test_a_compile_mode_in_a_recipe_compiles_without_the_compile_flag(tmp_path, monkeypatch):
+    import cartoongan.train.trainer as trainer
+
+    modes = []
+    monkeypatch.setattr(trainer.torch, "compile", lambda fn, mode=None: modes.append(mode) or fn)
+    pretrain(tiny_config(iters=1, compile=False, compile_mode="max-autotune-no-cudagraphs"),
+             blob_images(tmp_path / "d", n=4), tmp_path / "run")
+    assert modes == ["max-autotune-no-cudagraphs"] * 2
 
 
 def test_an_unknown_compile_mode_is_one_clear_error():

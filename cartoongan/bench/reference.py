@@ -41,6 +41,7 @@ class ComparisonRow:
     device: str
     batch: int
     precision: str  # ours; the reference always runs fp32
+    compile_mode: str  # ours: "eager" or a torch.compile mode (the reference runs eager)
     ours_forward_img_s: float
     reference_forward_img_s: float
     forward_ratio: float
@@ -48,7 +49,7 @@ class ComparisonRow:
     reference_train_img_s: float
     train_ratio: float
     struct_cost: float  # our structure-loss iteration's time over our plain one's (timed alternately)
-    ours_peak_mb: float | None  # peak GPU memory of one step + R1 + path length (None on the CPU)
+    ours_peak_mb: float | None  # peak GPU memory one step + R1 + path length add (None on the CPU)
     reference_peak_mb: float | None
 
 
@@ -68,19 +69,16 @@ class GoalRow:
     met: bool
 
 
-def goal_rows(rows: list[ComparisonRow]) -> list[GoalRow]:
-    """Each comparison row checked against the goals (meant for r256 on a GPU; elsewhere a preview):
-    train, forward and structure, in that order. Peak memory has no goal: it is reported beside the
-    reference's in the comparison itself."""
-    out = []
-    for r in rows:
-        train = TRAIN_GOALS[r.precision]
-        out += [GoalRow(r.config, r.precision, "train", f">= {train}x", r.train_ratio, r.train_ratio >= train),
-                GoalRow(r.config, r.precision, "forward", f">= {FORWARD_GOAL}x", r.forward_ratio,
-                        r.forward_ratio >= FORWARD_GOAL),
-                GoalRow(r.config, r.precision, "structure", f"<= {STRUCTURE_GOAL}x", r.struct_cost,
-                        r.struct_cost <= STRUCTURE_GOAL)]
-    return out
+def goal_rows(r: ComparisonRow) -> list[GoalRow]:
+    """One comparison row checked against the goals (meant for r256 on a GPU; elsewhere a preview):
+    train, forward and structure. Peak memory has no goal: it is reported beside the reference's in
+    the comparison itself."""
+    train = TRAIN_GOALS[r.precision]
+    return [GoalRow(r.config, r.precision, "train", f">= {train}x", r.train_ratio, r.train_ratio >= train),
+            GoalRow(r.config, r.precision, "forward", f">= {FORWARD_GOAL}x", r.forward_ratio,
+                    r.forward_ratio >= FORWARD_GOAL),
+            GoalRow(r.config, r.precision, "structure", f"<= {STRUCTURE_GOAL}x", r.struct_cost,
+                    r.struct_cost <= STRUCTURE_GOAL)]
 
 
 @contextlib.contextmanager
@@ -222,15 +220,18 @@ class _ReferenceLoop:
 
 
 def _peak_mb(phases: Phases, dev: torch.device) -> float | None:
-    """Peak GPU memory of one step, one R1 step and one path-length step (the CPU has no per-side peak)."""
+    """Peak GPU memory of one step, one R1 step and one path-length step, above what was allocated
+    before them (both sides' weights, gradients and optimizer state stay resident while either
+    runs, so only the memory a side's own passes add tells them apart). None on the CPU."""
     if dev.type != "cuda":
         return None
     torch.cuda.synchronize(dev)
     reset_peak_memory(dev)
+    resident = torch.cuda.memory_allocated(dev) / 2**20
     for phase in (phases.step, phases.r1, phases.path):
         phase()
     torch.cuda.synchronize(dev)
-    return round(peak_memory_mb(dev), 1)
+    return round(peak_memory_mb(dev) - resident, 1)
 
 
 def compare_with_reference(path: str | Path, configs: list[str], device: str = "auto", repeats: int = 5,
@@ -258,12 +259,14 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
             ours = trainer_phases(bench_trainer(name, dev, n, precision, compile_mode, struct=False), n)
             reference = _ReferenceLoop(model, gradfix, name, dev, n).phases()
             (o_fwd, o_iter), (r_fwd, r_iter) = time_phases(ours, reference, dev, repeats)
+            peaks = _peak_mb(ours, dev), _peak_mb(reference, dev)
+            del reference
             # the structure-loss cost in the same run, against our plain iteration timed beside it
             structure = trainer_phases(bench_trainer(name, dev, n, precision, compile_mode, struct=True), n)
             (_, plain_iter), (_, struct_iter) = time_phases(ours, structure, dev, repeats)
-            rows.append(ComparisonRow(name, str(dev), n, precision, round(n / o_fwd, 2), round(n / r_fwd, 2),
-                                      round(r_fwd / o_fwd, 2), round(n / o_iter, 2), round(n / r_iter, 2),
-                                      round(r_iter / o_iter, 2), round(struct_iter / plain_iter, 3),
-                                      _peak_mb(ours, dev), _peak_mb(reference, dev)))
+            rows.append(ComparisonRow(name, str(dev), n, precision, compile_mode or "eager",
+                                      round(n / o_fwd, 2), round(n / r_fwd, 2), round(r_fwd / o_fwd, 3),
+                                      round(n / o_iter, 2), round(n / r_iter, 2), round(r_iter / o_iter, 3),
+                                      round(struct_iter / plain_iter, 3), *peaks))
             bar.advance()
     return rows

@@ -146,8 +146,8 @@ def trainer_phases(tr: Trainer, batch: int) -> Phases:
 
     @torch.no_grad()
     def forward():
-        with tr._amp():
-            nets.g(z, noise_mode="const")
+        with tr._amp():  # the trainer's synthesis: compiled when the trainer compiles
+            tr.g_syn(nets.g.ws_from_z(z), noise_mode="const")
 
     def step():
         tr.d_phase(regularize=False)

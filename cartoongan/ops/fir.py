@@ -49,7 +49,8 @@ def triton_missing() -> str | None:
     """What the Triton backend lacks on this machine, or None when it can run: the triton package,
     or (outside Triton's CPU interpreter) the C compiler and Python headers with which Triton
     builds its launcher on first use, which a bare GPU box may not have. Looked up once per
-    process: every FIR op asks, and the lookups stat the file system."""
+    process (every FIR op asks, and the lookups stat the file system), so later changes of $CC or
+    TRITON_INTERPRET need `triton_missing.cache_clear()`."""
     try:
         import triton  # noqa: F401
     except ImportError:

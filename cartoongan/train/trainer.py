@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig
+from ..config import GRAPH_MODES, RunConfig
 from ..data.dataset import ImageDataset
 from ..device import set_math_mode
 from ..errors import OutputError, TrainingDiverged
@@ -143,12 +143,13 @@ class Trainer:
         # algorithms once per shape pays for itself within the first iterations
         torch.backends.cudnn.benchmark = self.t.cudnn_benchmark
         self.d_fwd, self.g_syn = nets.d, nets.g.synthesis
-        if self.t.compile:
+        compiled = self.t.compile or self.t.compile_mode != "default"
+        if compiled:
             mode = None if self.t.compile_mode == "default" else self.t.compile_mode
             self.d_fwd, self.g_syn = torch.compile(nets.d, mode=mode), torch.compile(nets.g.synthesis, mode=mode)
-        # CUDA-graph replays (reduce-overhead) reuse their outputs' memory once the next compiled call
-        # begins a new step with no backward pending: the D step's no-grad fakes must be copied out
-        self.graphs = self.t.compile and self.t.compile_mode == "reduce-overhead"
+        # CUDA-graph replays reuse their outputs' memory once the next compiled call begins a new
+        # step with no backward pending: the D step's no-grad fakes must be copied out first
+        self.graphs = compiled and self.t.compile_mode in GRAPH_MODES
 
     # ---- helpers ---------------------------------------------------------------------
     def _amp(self):
