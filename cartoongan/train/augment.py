@@ -110,8 +110,6 @@ class AdaController:
     def __init__(self, target: float = 0.6, interval: int = 4, kimg: float = 500.0, batch: int = 16, p: float = 0.0):
         self.target, self.interval, self.kimg, self.batch = target, interval, kimg, batch
         self.p = p
-        self.sign_sum = 0.0
-        self.count = 0
         self.pending: list[torch.Tensor] = []
         self.steps = 0
 
@@ -126,7 +124,7 @@ class AdaController:
         """Every `interval` observations, move p by sign(r_t - target) * batch * interval / (kimg * 1000)."""
         if self.steps < self.interval:
             return self.p
-        stats = torch.stack([t.cpu() for t in self.pending]).sum(0)  # a resumed run's first is on the CPU
+        stats = self._pending_total()
         if reduce is not None:
             stats = reduce(stats)
         rt = (stats[0] / stats[1]).item()
@@ -135,10 +133,13 @@ class AdaController:
         self.pending, self.steps = [], 0
         return self.p
 
+    def _pending_total(self) -> torch.Tensor:
+        """[sign sum, count] of the observations since the last update, on the CPU (a resumed run's
+        first entry was loaded there, the new ones are on the device)."""
+        return torch.stack([t.cpu() for t in self.pending]).sum(0) if self.pending else torch.zeros(2)
+
     def state_dict(self) -> dict:
-        # a resumed run's pending sum was loaded on the CPU, the new ones are on the device
-        pending = torch.stack([t.cpu() for t in self.pending]).sum(0) if self.pending else torch.zeros(2)
-        return {"p": self.p, "pending": pending, "steps": self.steps}
+        return {"p": self.p, "pending": self._pending_total(), "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.p = float(state["p"])
