@@ -140,3 +140,20 @@ def test_metrics_on_two_folders_compute_in_ieee_fp32(tmp_path):
     set_math_mode("tf32")
     suite.compute_metrics(a, b, "kid", features=probe)
     assert seen == [False, False]
+
+
+def test_inception_features_compute_in_ieee_fp32_whoever_calls(tmp_path):
+    """A run's KID cache of the training set's features is made before the trainer sets its
+    precision (from the process's default, TF32 convs on CUDA): the extractor itself must pick
+    IEEE fp32, as for the fakes' features later."""
+    from cartoongan.metrics.inception import InceptionFeatures
+
+    seen = []
+
+    def network(t):
+        seen.append(tf32_enabled())
+        return t.mean((2, 3))
+
+    set_math_mode("tf32")
+    InceptionFeatures(network=network, batch=2, resize=False)(torch.zeros(3, 3, 8, 8, dtype=torch.uint8))
+    assert seen == [False, False]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..data.images import to_uint8
+from ..device import set_math_mode
 from ..report import NullReporter, Reporter
 from ..weights.registry import locate
 
@@ -91,6 +92,9 @@ class InceptionFeatures:
     def __call__(self, images: np.ndarray | torch.Tensor, reporter: Reporter | None = None,
                  description: str = "inception features") -> np.ndarray:
         reporter = reporter or NullReporter()
+        # IEEE fp32 whoever calls: a training run's KID cache of the real images' features is made
+        # before the trainer sets its precision, and must match the fakes' features made later
+        set_math_mode("fp32")
         pixels = as_uint8_nchw(images)
         out = []
         with reporter.progress(len(pixels), description) as bar:
