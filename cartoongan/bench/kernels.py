@@ -23,7 +23,7 @@ from ..models.generator import Generator, ModulatedConv2d, StyledConv
 from ..models import layers
 from ..models.layers import Upsample
 from ..ops.bias_act import SQRT2
-from ..ops.fir import blur, fir_backend, triton_missing
+from ..ops.fir import _depthwise, blur, fir_backend, triton_missing
 from ..report import NullReporter, Reporter
 from .speed import bench_trainer, default_batch, time_pair, trainer_phases
 
@@ -129,16 +129,13 @@ def zero_insertion_upsample(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tens
 
 def depthwise_blur(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int], stride: int = 1) -> torch.Tensor:
     """ops.fir.blur as a plain depthwise conv: its double backward computes the fixed filter's gradient."""
-    c = x.shape[1]
     x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
-    return F.conv2d(x, kernel.to(x.dtype)[None, None].expand(c, 1, *kernel.shape), stride=stride, groups=c)
+    return F.conv2d(x, _depthwise(kernel, x), stride=stride, groups=x.shape[1])
 
 
 def depthwise_upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """ops.fir.upsample2x as a plain depthwise transposed conv (same double-backward cost)."""
-    c = x.shape[1]
-    weight = kernel.to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
-    return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=c)
+    return F.conv_transpose2d(x, _depthwise(kernel, x), stride=2, padding=1, groups=x.shape[1])
 
 
 @contextlib.contextmanager
