@@ -14,11 +14,10 @@ from .console import RichReporter, out
 def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
     """Describe a checkpoint (also DualStyleGAN generator.pt, pSp encoder.pt, exemplar codes .npy)."""
-    from cartoongan.weights.dualstyle import describe_dualstyle_file
-    from cartoongan.weights.networks import describe_checkpoint
+    from cartoongan.weights.dualstyle import describe_file
 
     with user_errors():
-        summary = describe_dualstyle_file(ckpt) or describe_checkpoint(ckpt)
+        summary = describe_file(ckpt)
     if as_json:
         out.print_json(json.dumps(summary, default=str))
         return

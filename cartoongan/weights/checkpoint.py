@@ -34,7 +34,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     if Path(path).is_file() and looks_like_nvlabs_pickle(path):
         return convert(path)
-    ckpt = read_torch_file(path, map_location)
+    return check_checkpoint(path, read_torch_file(path, map_location))
+
+
+def check_checkpoint(path: str | os.PathLike, ckpt) -> dict:
+    """ckpt, as read from `path` by read_torch_file, if it holds a StyleGAN2 generator in a layout
+    we know; else one-line CheckpointError naming the file."""
     if not isinstance(ckpt, dict) or not ({"g_ema", "g"} & set(ckpt)):
         keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} holds no generator ('g_ema' or 'g'); found {keys}: pass a StyleGAN2 checkpoint")

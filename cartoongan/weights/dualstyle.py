@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, naming
 from ..models.dualstyle import DualStyleGenerator
 from ..models.encoders import GradualStyleEncoder, PSPEncoder
 from ..models.generator import Generator
 from ..outputs import atomic_write
-from .checkpoint import read_torch_file
-from .networks import _load_state, infer_generator_config
+from .checkpoint import check_checkpoint, read_torch_file
+from .networks import _load_state, describe, describe_checkpoint, infer_generator_config
 from .unpickle import ArraysUnpickler
 
 EXSTYLE_FILES = ("refined_exstyle_code.npy", "exstyle_code.npy")  # the official script's preference
@@ -212,9 +212,9 @@ def psp_checkpoint(encoder: GradualStyleEncoder, decoder: Generator | None = Non
 
 
 # ---- `cartoongan info` ---------------------------------------------------------------------
-def describe_dualstyle_file(path: str | os.PathLike) -> dict | None:
-    """A summary of an exemplar-code .npy, a DualStyleGAN generator.pt or a pSp encoder file;
-    None for any other file (the caller describes it as an ordinary checkpoint)."""
+def describe_file(path: str | os.PathLike) -> dict:
+    """A summary for `cartoongan info` of an exemplar-code .npy, a DualStyleGAN generator.pt, a pSp
+    encoder file or an ordinary checkpoint (networks.describe), each file read once."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
         try:  # a plain array (a saved intrinsic code) loads without pickles
@@ -231,7 +231,7 @@ def describe_dualstyle_file(path: str | os.PathLike) -> dict | None:
     from .nvlabs import looks_like_nvlabs_pickle
 
     if path.is_file() and looks_like_nvlabs_pickle(path):  # load_checkpoint converts those
-        return None
+        return describe_checkpoint(path)
     ckpt = read_torch_file(path)
     if isinstance(ckpt, dict) and is_dualstyle_state(ckpt.get("g_ema")):
         sd = ckpt["g_ema"]
@@ -253,4 +253,5 @@ def describe_dualstyle_file(path: str | os.PathLike) -> dict | None:
                 "latent_avg": list(avg.shape) if torch.is_tensor(avg) else None,
                 "decoder_resolution": opts.get("output_size"),
                 "parameters": sum(v.numel() for v in sd.values())}
-    return None
+    with naming(path):
+        return describe(check_checkpoint(path, ckpt))
