@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from cartoongan.config import STRUCT_TAPS
-from cartoongan.errors import CartoonganError, ConfigError
+from cartoongan.errors import ConfigError
 from cartoongan.pipelines.swap import DEFAULT_RES, MAPPINGS
 
 from .app import Augment, Precision, app, choices, user_errors
@@ -75,20 +75,8 @@ def pretrain(
         run_dir = resume or out_dir
         if run_dir is None or (data is None and resume is None):
             raise typer.BadParameter("give --data and --out, or --resume RUN_DIR")
-        data = data or Path(cfg_provenance(resume, "data"))
         result = run_pretrain(cfg, data, run_dir, RichReporter(), resume=resume is not None)
     _report_result(result)
-
-
-def cfg_provenance(run_dir: Path, key: str) -> str:
-    """A path recorded in a run's latest checkpoint (data or source), for --resume without repeating it."""
-    from cartoongan.weights.checkpoint import load_checkpoint
-
-    meta = load_checkpoint(run_dir / "latest.pt").get("cartoongan", {})
-    value = (meta.get("provenance") or {}).get(key)
-    if not value:
-        raise CartoonganError(f"{run_dir}/latest.pt does not record its {key}; pass --{key} again")
-    return value
 
 
 Tap = choices("Tap", STRUCT_TAPS)
@@ -127,8 +115,6 @@ def finetune(
         run_dir = resume or out_dir
         if run_dir is None or (resume is None and (source is None or data is None)):
             raise typer.BadParameter("give --source, --data and --out, or --resume RUN_DIR")
-        source = source or Path(cfg_provenance(resume, "source"))
-        data = data or Path(cfg_provenance(resume, "data"))
         result = run_finetune(cfg, source, data, run_dir, RichReporter(), resume=resume is not None)
     _report_result(result)
 

@@ -71,6 +71,22 @@ def test_existing_run_is_never_overwritten(tmp_path):
     assert (tmp_path / "run" / "latest.pt").read_bytes() == before
 
 
+def test_a_resume_without_data_reads_the_runs_own_record(tmp_path):
+    from cartoongan.errors import CartoonganError
+    from cartoongan.weights.checkpoint import save_checkpoint
+
+    data = blob_images(tmp_path / "data", n=4)
+    pretrain(tiny_config(iters=1), data, tmp_path / "run")
+    res = pretrain(resumed_config(tmp_path / "run", {"train": {"iters": 2}}), None, tmp_path / "run", resume=True)
+    assert res.step == 2
+    ckpt = load_checkpoint(res.latest)
+    assert ckpt["cartoongan"]["provenance"]["data"] == str(data)
+    ckpt["cartoongan"]["provenance"] = {}
+    save_checkpoint(res.latest, ckpt)
+    with pytest.raises(CartoonganError, match="latest.pt does not record its data; pass --data again"):
+        pretrain(resumed_config(tmp_path / "run", {"train": {"iters": 3}}), None, tmp_path / "run", resume=True)
+
+
 def test_messy_dataset_trains_and_names_the_corrupt_file(tmp_path):
     blob_images(tmp_path / "data", n=3)
     (tmp_path / "data" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))

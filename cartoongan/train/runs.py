@@ -84,6 +84,15 @@ def open_resumable(run_dir: Path, cfg: RunConfig, kind: str) -> dict:
     return ckpt
 
 
+def recorded_path(ckpt: dict, run_dir: Path, key: str) -> Path:
+    """A path a resumable run recorded in its latest.pt (its data or source), for --resume without
+    repeating it."""
+    value = ((ckpt.get("cartoongan") or {}).get("provenance") or {}).get(key)
+    if not value:
+        raise CartoonganError(f"{run_dir}/latest.pt does not record its {key}; pass --{key} again")
+    return Path(value)
+
+
 def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) -> None:
     try:
         trainer.restore(ckpt)
@@ -102,13 +111,15 @@ def _start(cfg: RunConfig, reporter: Reporter):
     return info
 
 
-def pretrain(cfg: RunConfig, data_path: str | Path, run_dir: str | Path, reporter: Reporter | None = None,
+def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, reporter: Reporter | None = None,
              resume: bool = False) -> TrainResult:
-    """Train a generator from scratch on a folder (or zip) of images; see Trainer for the loop."""
+    """Train a generator from scratch on a folder (or zip) of images; see Trainer for the loop.
+    A resumed run may leave data_path None: the run's own record is used."""
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir)
     check_run_dir(run_dir, data_path, resume)
     ckpt = open_resumable(run_dir, cfg, "pretrain") if resume else None
+    data_path = data_path or recorded_path(ckpt, run_dir, "data")
     info = _start(cfg, reporter)
     data = load_dataset(data_path, cfg.model.size, reporter)
     nets = new_networks(cfg, info.device)
@@ -117,6 +128,7 @@ def pretrain(cfg: RunConfig, data_path: str | Path, run_dir: str | Path, reporte
                       evaluator=_evaluator(cfg, data, run_dir, info, reporter))
     if resume:
         _restore(trainer, ckpt, run_dir, reporter)
+    del ckpt  # the trainer holds its own copies: don't keep the whole file in memory for the run
     return trainer.run()
 
 
@@ -141,13 +153,16 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, re
     return Networks(g=g, d=d, g_ema=g_ema, source=source)
 
 
-def finetune(cfg: RunConfig, source_path: str | Path, data_path: str | Path, run_dir: str | Path,
+def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Path | None, run_dir: str | Path,
              reporter: Reporter | None = None, resume: bool = False) -> TrainResult:
-    """Fine-tune a pretrained generator on a new domain with FreezeG/SG/D and the structure loss."""
+    """Fine-tune a pretrained generator on a new domain with FreezeG/SG/D and the structure loss.
+    A resumed run may leave source_path and data_path None: the run's own record is used."""
     reporter = reporter or NullReporter()
-    run_dir, source_path = Path(run_dir), Path(source_path)
+    run_dir = Path(run_dir)
     check_run_dir(run_dir, data_path, resume)
     ckpt = open_resumable(run_dir, cfg, "finetune") if resume else None
+    source_path = Path(source_path or recorded_path(ckpt, run_dir, "source"))
+    data_path = data_path or recorded_path(ckpt, run_dir, "data")
     ft = cfg.finetune
     info = _start(cfg, reporter)
     nets = _source_networks(cfg, source_path, info.device, reporter)
@@ -164,4 +179,5 @@ def finetune(cfg: RunConfig, source_path: str | Path, data_path: str | Path, run
     reporter.table("fine-tuning plan", ["net", "block", "resolution", "parameters", "state"], plan.rows(nets.g, nets.d))
     if resume:
         _restore(trainer, ckpt, run_dir, reporter)
+    del ckpt  # the trainer holds its own copies: don't keep the whole file in memory for the run
     return trainer.run()
