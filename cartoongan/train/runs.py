@@ -7,7 +7,7 @@ from pathlib import Path
 import tomllib
 import torch
 
-from ..config import RunConfig, from_dict, validate
+from ..config import RunConfig, apply_overrides, from_dict, validate
 from ..data.dataset import load_dataset
 from ..device import check_precision
 from ..errors import CartoonganError, CheckpointError, ConfigError, naming
@@ -39,11 +39,7 @@ def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError, ConfigError) as exc:
         raise CartoonganError(f"{path} is damaged ({exc}): restore it (latest.pt keeps a copy under "
                               "cartoongan.config) or start a new run") from None
-    for section, values in (overrides or {}).items():
-        for key, value in values.items():
-            if value is not None:
-                setattr(getattr(cfg, section), key, value)
-    return cfg
+    return apply_overrides(cfg, overrides or {})
 
 
 def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool) -> None:
