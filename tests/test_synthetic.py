@@ -74,3 +74,20 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert gif.n_frames == 3 * 8 and gif.size == (3 * 64, 64)
     for ckpt in (res.cartoon, res.swapped):
         assert ckpt.exists()
+
+
+def test_an_interrupted_synthesis_is_finished_and_a_finished_one_kept(tmp_path):
+    """The demo and the ablation reuse their synthesized data; a folder a stopped run left part-way
+    (params.jsonl already there) must be written again, not trained on."""
+    from cartoongan.data.synthetic import ensure_synthesized, synthesized_count
+
+    out = tmp_path / "cartoon"
+    synthesize("cartoon", 3, 16, out, seed=2)
+    lines = (out / "params.jsonl").read_text().splitlines(keepends=True)
+    (out / "params.jsonl").write_text("".join(lines[:1]))
+    (out / "000002.png").unlink()
+    ensure_synthesized("cartoon", 3, 16, out, seed=2)
+    assert synthesized_count(out) == 3 and (out / "000002.png").is_file()
+    stamp = (out / "000000.png").stat().st_mtime_ns
+    ensure_synthesized("cartoon", 3, 16, out, seed=2)
+    assert (out / "000000.png").stat().st_mtime_ns == stamp

@@ -194,3 +194,12 @@ def synthesized_count(folder: str | Path) -> int:
             return sum(1 for line in fh if line.endswith("\n"))
     except OSError:
         return 0
+
+
+def ensure_synthesized(domain: str, n: int, size: int, out: str | Path, seed: int = 0,
+                       reporter: Reporter | None = None) -> Path:
+    """`out` holding n synthesized faces: kept when an earlier run finished them all, else
+    (none yet, or a run stopped part-way) written again."""
+    if synthesized_count(out) < n:
+        synthesize(domain, n, size, out, seed, reporter)
+    return Path(out)

@@ -18,7 +18,7 @@ import torch
 from ..config import load_recipe
 from ..data.dataset import load_dataset
 from ..data.render import render_seeds
-from ..data.synthetic import synthesize
+from ..data.synthetic import ensure_synthesized
 from ..errors import CartoonganError, CheckpointError
 from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
@@ -157,8 +157,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     if not source.exists():
         raise CheckpointError(f"source model not found: {source}")
     data = out / "data" / "cartoon"
-    if not (data / "params.jsonl").exists():
-        synthesize("cartoon", n_cartoon, 64, data, seed=2, reporter=reporter)
+    ensure_synthesized("cartoon", n_cartoon, 64, data, seed=2, reporter=reporter)
     src_gen = build_generator(load_checkpoint(source)).eval()
     real = load_dataset(data, src_gen.size).images[:n_eval] if n_eval else None  # uint8 NCHW
     scorer = _Scorer(real, n_ppl, reporter)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import load_recipe
-from ..data.synthetic import synthesize, synthesized_count
+from ..data.synthetic import ensure_synthesized
 from ..errors import CheckpointError
 from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
@@ -62,15 +62,13 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
                           lambda names: set(names) <= DEMO_ENTRIES)
     seeds = seeds or list(range(8))
     cartoon_dir = out / "data" / "cartoon"
-    if synthesized_count(cartoon_dir) < n_cartoon:
-        synthesize("cartoon", n_cartoon, 64, cartoon_dir, seed=2, reporter=reporter)
+    ensure_synthesized("cartoon", n_cartoon, 64, cartoon_dir, seed=2, reporter=reporter)
     photo_dir = out / "data" / "photo"
     if source is None and BUNDLED_SOURCE.exists():
         source = BUNDLED_SOURCE
     if source is None:
         reporter.warn(f"no bundled source model at {BUNDLED_SOURCE}: pretraining one ({SOURCE_COMMAND})")
-        if synthesized_count(photo_dir) < 3000:
-            synthesize("photo", 3000, 64, photo_dir, seed=1, reporter=reporter)
+        ensure_synthesized("photo", 3000, 64, photo_dir, seed=1, reporter=reporter)
         cfg = load_recipe("demo64")
         if pretrain_iters:
             cfg.train.iters = pretrain_iters
