@@ -26,7 +26,7 @@ from ..outputs import atomic_write, check_output_dir
 from ..report import NullReporter, Reporter
 from ..train.runs import finetune, resumed_config
 from ..weights.checkpoint import load_checkpoint
-from ..weights.networks import build_generator
+from ..weights.networks import load_generator
 from .demo import BUNDLED_SOURCE
 from .sample import sample_checkpoints
 
@@ -158,7 +158,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
         raise CheckpointError(f"source model not found: {source}")
     data = out / "data" / "cartoon"
     ensure_synthesized("cartoon", n_cartoon, 64, data, seed=2, reporter=reporter)
-    src_gen = build_generator(load_checkpoint(source)).eval()
+    src_gen = load_generator(source, "cpu")
     real = load_dataset(data, src_gen.size).images[:n_eval] if n_eval else None  # uint8 NCHW
     scorer = _Scorer(real, n_ppl, reporter)
     src_images = render_seeds(src_gen, range(n_structure))
@@ -166,7 +166,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     for name, recipe in (("source (photo)", None), *methods):
         path, seconds = (source, 0.0) if recipe is None else _finetune(recipe, source, data, out / "runs" / recipe, iters, reporter)
         paths.append(path)
-        gen = build_generator(load_checkpoint(path)).eval()
+        gen = src_gen if recipe is None else load_generator(path, "cpu")
         ppl = scorer.ppl(gen)
         fid, kid = scorer.fid_kid(render_seeds(gen, range(n_eval))) if n_eval else (None, None)
         structure = generator_structure_scores(src_gen, gen, list(range(n_structure))).mean().item()
