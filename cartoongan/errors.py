@@ -29,6 +29,15 @@ class OutputError(CartoonganError):
     """An output path cannot be written: wrong kind of path, no permission, disk full."""
 
 
+def first_line(exc: BaseException, limit: int, empty: str | None = None) -> str:
+    """The first line of exc's message, cut to `limit` characters, for quoting in a one-line error;
+    `empty` (default: the exception's type name) when the message is blank."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__ if empty is None else empty
+    return text.splitlines()[0][:limit]
+
+
 @contextlib.contextmanager
 def naming(path) -> Iterator[None]:
     """Make every CartoonganError raised inside name `path` (prefixed unless the message already does)."""

@@ -10,7 +10,7 @@ import torch
 from ..config import RunConfig, apply_overrides, from_dict, validate
 from ..data.dataset import load_dataset
 from ..device import check_precision
-from ..errors import CartoonganError, CheckpointError, ConfigError, naming
+from ..errors import CartoonganError, CheckpointError, ConfigError, first_line, naming
 from ..models.discriminator import Discriminator
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
@@ -93,8 +93,7 @@ def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) ->
     try:
         trainer.restore(ckpt)
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{run_dir / 'latest.pt'} does not fit the run's config.toml ({reason}): "
+        raise CheckpointError(f"{run_dir / 'latest.pt'} does not fit the run's config.toml ({first_line(exc, 160)}): "
                               "restore the run's files or start a new run") from None
     reporter.info(f"resuming {run_dir} at step {trainer.step}")
 

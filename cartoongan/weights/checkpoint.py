@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..outputs import atomic_write, check_output_file
 
 FORMAT_VERSION = 1
@@ -59,15 +59,15 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported global"
         raise CheckpointError(
-            f"refusing to load {path}: it needs pickled code or classes to load ({first[:160]}); "
+            f"refusing to load {path}: it needs pickled code or classes to load "
+            f"({first_line(exc, 160, 'unsupported global')}); "
             "re-save it as plain tensors (state dicts) and try again"
         ) from None
     except Exception as exc:  # torch raises many types for foreign or truncated bytes
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (truncated or another format: "
-            f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+            f"{first_line(exc, 120)})"
         ) from None
     return ckpt
 

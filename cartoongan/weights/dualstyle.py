@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, naming
+from ..errors import CheckpointError, first_line, naming
 from ..models.dualstyle import DualStyleGenerator
 from ..models.encoders import GradualStyleEncoder, PSPEncoder
 from ..models.generator import Generator
@@ -58,7 +58,7 @@ def read_exstyle_codes(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"refusing to read {path}: {exc}; it must hold only a dict of numpy arrays") from None
     except Exception as exc:  # truncated or foreign bytes surface as many types
         raise CheckpointError(f"{path} is not a readable .npy of exemplar codes ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:100] if str(exc) else ''})") from None
+                              f"{first_line(exc, 100, '')})") from None
     return _check_codes(obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj, path)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..outputs import check_output_file
@@ -53,8 +53,8 @@ def read_pickle(path: str | os.PathLike) -> object:
     except RecursionError:
         raise CheckpointError(f"{path} is not a readable NVlabs pickle (nested too deeply)") from None
     except Exception as exc:  # truncated or random bytes raise many types
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable NVlabs pickle (truncated or another format: {first})") from None
+        raise CheckpointError(f"{path} is not a readable NVlabs pickle (truncated or another format: "
+                              f"{first_line(exc, 120)})") from None
 
 
 def detect_format(data: object) -> str:
@@ -401,9 +401,8 @@ def convert(path: str | os.PathLike) -> dict:
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else ""
         raise CheckpointError(f"{path} is a {fmt} pickle with malformed networks "
-                              f"({type(exc).__name__}: {first})") from None
+                              f"({type(exc).__name__}: {first_line(exc, 100, '')})") from None
 
 
 def _convert(path: Path, data, fmt: str) -> dict:
