@@ -295,10 +295,16 @@ def test_cli_photo_then_saved_code_then_sheet(tmp_path, release, model):
     assert Image.open(tmp_path / "all" / "sheet.png").size == (3 * SIZE, SIZE)
 
 
-def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release):
+def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkeypatch):
+    import cartoongan.pipelines.dualstyle as pipeline
+
     style_dir, photo = release
+    loads = []
+    real_load = pipeline.load_psp
+    monkeypatch.setattr(pipeline, "load_psp", lambda *a: loads.append(a[0]) or real_load(*a))
     res = _run(photo, "--model", style_dir, "--style", style_dir / "images" / "ex1.png", "--outdir", tmp_path / "s")
     assert res.exit_code == 0, res.output
+    assert len(loads) == 1  # the photo and the exemplar image are encoded with one loaded encoder
     assert Image.open(tmp_path / "s" / "overview.png").size == (4 * 256, 256)
     res = _run("--random", "3", "--model", style_dir, "--style-id", "2", "--outdir", tmp_path / "r")
     assert res.exit_code == 0, res.output

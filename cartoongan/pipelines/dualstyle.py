@@ -200,7 +200,7 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
     model, codes = load_model(model_dir, dev)
     _check_options(opts, model, codes)
     res = DualStyleResult()
-    photo = None
+    photo = zplus_encoder = None
     if Path(input_path).suffix.lower() == ".npy":
         instyle = read_intrinsic_code(Path(input_path), model).to(dev)
     else:
@@ -208,6 +208,7 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
         _check_encoder(encoder, model)
         photo = load_target(input_path, model.size, align, outdir)[0].to(dev)
         instyle = encoder.encode(photo)
+        zplus_encoder = None if opts.wplus else encoder  # the one an exemplar image is encoded with too
         reporter.info(f"encoded {input_path} into a {'W+' if opts.wplus else 'Z+'} code")
     res.instyle = outdir / "instyle.npy"
     with atomic_write(res.instyle) as fh:
@@ -215,7 +216,7 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
     if opts.all_styles:
         res.sheet = _contact_sheet(model, codes, instyle, opts, outdir / "sheet.png", reporter)
         return res
-    name, ex_zplus, exemplar_tile = _exemplar(model_dir, model, codes, opts, dev)
+    name, ex_zplus, exemplar_tile = _exemplar(model_dir, model, codes, opts, dev, zplus_encoder)
     res.style_name = name
     image = render(model, instyle, ex_zplus.to(dev), opts)
     res.result = save_png(to_uint8(image)[0], outdir / "result.png")
@@ -244,11 +245,14 @@ def _check_encoder(encoder: PSPEncoder, model: DualStyleGenerator) -> None:
         raise CheckpointError(f"the encoder gives {n} codes of {d}, the generator needs {model.n_latent} of {model.style_dim}")
 
 
-def _exemplar(model_dir: Path, model: DualStyleGenerator, codes: dict, opts: DualStyleOptions, dev):
-    """(name, Z+ code, overview tile or None) of the chosen exemplar."""
+def _exemplar(model_dir: Path, model: DualStyleGenerator, codes: dict, opts: DualStyleOptions, dev,
+              encoder: PSPEncoder | None = None):
+    """(name, Z+ code, overview tile or None) of the chosen exemplar; `encoder`: the Z+ encoder
+    already loaded for the input, if any."""
     if opts.style_image is not None:
-        encoder, _ = load_psp(encoder_path(model_dir, False, None if opts.wplus else opts.encoder), "z+", dev)
-        _check_encoder(encoder, model)
+        if encoder is None:
+            encoder, _ = load_psp(encoder_path(model_dir, False, None if opts.wplus else opts.encoder), "z+", dev)
+            _check_encoder(encoder, model)
         code = encode_exemplar(Path(opts.style_image), encoder)
         return Path(opts.style_image).name, code, tiles(load_photo(opts.style_image, TILE), TILE)[0]
     name, code = pick_style(codes, opts.style_id or 0)
