@@ -53,7 +53,9 @@ def infer_discriminator_config(sd: dict) -> dict:
     return dict(size=size, **_fit_widths(widths, "discriminator"))
 
 
-def _load_state(module: torch.nn.Module, sd: dict, what: str) -> None:
+def check_fit(module: torch.nn.Module, sd: dict, what: str, cause: str = "") -> None:
+    """CheckpointError unless the state dict `sd` loads strictly into module (the same keys and
+    shapes); the message counts what is missing, unexpected and mis-shaped, then `cause`."""
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     extra = [k for k in sd if k not in own]
@@ -61,7 +63,11 @@ def _load_state(module: torch.nn.Module, sd: dict, what: str) -> None:
     if missing or extra or bad:
         parts = [f"{len(v)} {n} (e.g. {v[0]})" for n, v in (("missing", missing), ("unexpected", extra),
                                                              ("mis-shaped", bad)) if v]
-        raise CheckpointError(f"{what} weights do not fit the network: {', '.join(parts)}")
+        raise CheckpointError(f"{what} weights do not fit the network: {', '.join(parts)}{cause}")
+
+
+def _load_state(module: torch.nn.Module, sd: dict, what: str) -> None:
+    check_fit(module, sd, what)
     module.load_state_dict(sd, strict=True)
 
 

@@ -25,6 +25,7 @@ from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..outputs import check_output_file
 from .checkpoint import FORMAT_VERSION
+from .networks import check_fit
 from .registry import sha256_of
 from .unpickle import PersistentObject, TFNetwork, UnsafePickleError, safe_load
 
@@ -380,12 +381,7 @@ def discriminator_state(spec: dict, p: dict[str, torch.Tensor]) -> tuple[dict, d
 
 def _checked(module: torch.nn.Module, sd: dict, what: str) -> dict:
     """sd if it loads strictly into module (right keys and shapes); CheckpointError otherwise."""
-    own = module.state_dict()
-    wrong = [k for k in own if k not in sd or tuple(sd[k].shape) != tuple(own[k].shape)]
-    extra = [k for k in sd if k not in own]
-    if wrong or extra:
-        raise CheckpointError(f"{what} does not fit a StyleGAN2 network of its stated size "
-                              f"(e.g. {(wrong or extra)[0]}): channel settings disagree with the weights")
+    check_fit(module, sd, what, ": the pickle's channel settings disagree with its weights")
     return sd
 
 
