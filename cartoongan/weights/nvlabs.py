@@ -24,7 +24,7 @@ from ..errors import CheckpointError, first_line
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..outputs import check_output_file
-from .checkpoint import FORMAT_VERSION
+from .checkpoint import FORMAT_VERSION, save_checkpoint
 from .networks import check_fit
 from .registry import sha256_of
 from .unpickle import PersistentObject, TFNetwork, UnsafePickleError, safe_load
@@ -178,7 +178,8 @@ def tf_generator(net: TFNetwork, name: str) -> tuple[dict, dict[str, torch.Tenso
         raise NotSupportedError(f"TF synthesis network '{syn_func}' is not supported (only G_synthesis_stylegan2, "
                                 "config E/F)")
     res = int(kw.get("resolution", 1024))
-    if any(k.startswith("synthesis/ToRGB_lod") for k in _tf_params(net)) or kw.get("architecture", "skip") != "skip":
+    params = _tf_params(net)
+    if any(k.startswith("synthesis/ToRGB_lod") for k in params) or kw.get("architecture", "skip") != "skip":
         raise NotSupportedError("only the 'skip' generator architecture is supported")
     spec = dict(
         z_dim=int(kw.get("latent_size", 512)), w_dim=int(kw.get("dlatent_size", 512)), resolution=res,
@@ -189,7 +190,7 @@ def tf_generator(net: TFNetwork, name: str) -> tuple[dict, dict[str, torch.Tenso
         activation=kw.get("nonlinearity", "lrelu"), use_noise=bool(kw.get("use_noise", True)),
     )
 
-    v = _TFVars(_tf_params(net), f"TF network '{name}'")
+    v = _TFVars(params, f"TF network '{name}'")
     out = {"mapping.w_avg": v("dlatent_avg")}
     for i in range(spec["mapping_layers"]):
         out[f"mapping.fc{i}.weight"] = v(f"mapping/Dense{i}/weight").t()
@@ -449,8 +450,6 @@ def looks_like_nvlabs_pickle(path: str | os.PathLike) -> bool:
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, dict]:
     """Convert the NVlabs pickle `src` and write the checkpoint to `dst` (only once it converted)."""
-    from .checkpoint import save_checkpoint
-
     src, dst = Path(src), Path(dst)
     check_output_file(dst, "-o", inputs=[src])
     ckpt = convert(src)
