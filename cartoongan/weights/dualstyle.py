@@ -26,7 +26,7 @@ from ..models.encoders import GradualStyleEncoder, PSPEncoder
 from ..models.generator import Generator
 from ..outputs import atomic_write
 from .checkpoint import check_checkpoint, read_torch_file
-from .networks import _load_state, describe, describe_checkpoint, infer_generator_config
+from .networks import _cpu_state, _load_state, describe, describe_checkpoint, infer_generator_config
 from .unpickle import ArraysUnpickler
 
 EXSTYLE_FILES = ("refined_exstyle_code.npy", "exstyle_code.npy")  # the official script's preference
@@ -107,7 +107,6 @@ def infer_dualstyle_config(sd: dict) -> dict:
     """DualStyleGenerator constructor arguments from an official-layout state dict."""
     inner = {k[len("generator."):]: v for k, v in sd.items() if k.startswith("generator.")}
     cfg = infer_generator_config(inner)
-    cfg.pop("lr_mlp", None)
     n_structure = sum(1 for k in sd if re.fullmatch(r"style\.\d+\.weight", k))
     modres = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"res\.(\d+)\.norm\.style\.weight", k)))
     if not n_structure or not modres or modres != list(range(len(modres))):
@@ -138,7 +137,7 @@ def load_dualstyle(path: str | os.PathLike, device: str | torch.device = "cpu") 
 
 def dualstyle_checkpoint(model: DualStyleGenerator) -> dict:
     """The official format: {"g_ema": state_dict}, nothing else."""
-    return {"g_ema": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    return {"g_ema": _cpu_state(model)}
 
 
 # ---- the pSp encoder ------------------------------------------------------------------------
@@ -199,9 +198,9 @@ def load_psp(path: str | os.PathLike, space: str | None = None, device: str | to
 def psp_checkpoint(encoder: GradualStyleEncoder, decoder: Generator | None = None,
                    latent_avg: torch.Tensor | None = None, opts: dict | None = None) -> dict:
     """The official pSp format: {"opts", "state_dict" (encoder.*, decoder.*), "latent_avg"}."""
-    sd = {f"encoder.{k}": v.detach().cpu() for k, v in encoder.state_dict().items()}
+    sd = {f"encoder.{k}": v for k, v in _cpu_state(encoder).items()}
     if decoder is not None:
-        sd.update({f"decoder.{k}": v.detach().cpu() for k, v in decoder.state_dict().items()})
+        sd.update({f"decoder.{k}": v for k, v in _cpu_state(decoder).items()})
     base = dict(encoder_type="GradualStyleEncoder", input_nc=encoder.config["in_ch"],
                 output_size=decoder.size if decoder is not None else 4 * 2 ** (encoder.n_styles // 2),
                 start_from_latent_avg=latent_avg is not None, learn_in_w=False)
