@@ -16,7 +16,7 @@ from ..report import NullReporter, Reporter
 from .images import EXTENSIONS, bombs_as_errors, save_png, square_resize
 
 
-def _sources(root: Path) -> list[tuple[str, callable]]:
+def image_sources(root: Path) -> list[tuple[str, callable]]:
     """(name, opener) for each candidate image under a folder or inside a .zip."""
     if root.is_file() and root.suffix.lower() == ".zip":
         try:
@@ -88,7 +88,7 @@ def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None) 
     """Decode every image under `root` (folder or .zip). Corrupt files are skipped and named in a warning."""
     reporter = reporter or NullReporter()
     root = Path(root)
-    sources = _sources(root)
+    sources = image_sources(root)
     arrays, names, skipped = [], [], []
     with reporter.progress(len(sources), f"loading {root.name}") as bar:
         for name, opener in sources:
@@ -116,7 +116,7 @@ def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None 
 
     reporter = reporter or NullReporter()
     root = Path(root)
-    sources = _sources(root)
+    sources = image_sources(root)
     arrays, names, faceless, unreadable = [], [], [], []
     with reporter.progress(len(sources), f"aligning {root.name}") as bar:
         for name, opener in sources:

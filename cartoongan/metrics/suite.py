@@ -7,7 +7,6 @@ name in two folders, or the same seed through two checkpoints.
 """
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.dataset import load_dataset
-from ..data.images import EXTENSIONS, bombs_as_errors
+from ..data.dataset import image_sources, load_dataset
+from ..data.images import bombs_as_errors
 from ..data.render import render_seeds
 from ..errors import ConfigError, DataError
 from ..device import set_math_mode
@@ -45,21 +44,14 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def _native_size(root: Path) -> int:
-    """Side of the first image of a folder or zip (all are squared to it): metrics see images as they are."""
+    """Side of the first readable image of a folder or zip, in load_dataset's order (all are squared
+    to it): metrics see images as they are."""
     try:
-        if root.is_file() and root.suffix.lower() == ".zip":
-            with zipfile.ZipFile(root) as zf:
-                names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS)
-                for name in names:
-                    size = _side(lambda: zf.open(name))
-                    if size:
-                        return size
-        elif root.is_dir():
-            for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS):
-                size = _side(lambda: open(path, "rb"))
-                if size:
-                    return size
-    except (OSError, zipfile.BadZipFile):
+        for _, opener in image_sources(root):
+            size = _side(opener)
+            if size:
+                return size
+    except (OSError, DataError):
         pass
     return 64  # nothing readable: load_dataset raises the right error
 
