@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import DataError
 from ..outputs import check_fresh_dir, check_outside
 from ..report import NullReporter, Reporter
-from .images import EXTENSIONS, bombs_as_errors, save_png, square_resize
+from .images import DECODE_ERRORS, EXTENSIONS, bombs_as_errors, save_png, square_resize
 
 
 def image_sources(root: Path) -> list[tuple[str, callable]]:
@@ -97,8 +97,7 @@ def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None) 
                     img.load()
                     arrays.append(square_resize(img, size))
                 names.append(name)
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zipfile.BadZipFile,
-                    Image.DecompressionBombError, Image.DecompressionBombWarning):
+            except (*DECODE_ERRORS, zipfile.BadZipFile):
                 skipped.append(name)
             bar.advance()
     if skipped:

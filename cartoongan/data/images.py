@@ -81,6 +81,11 @@ def bombs_as_errors() -> Iterator[None]:
         yield
 
 
+# what decoding an untrusted image file can raise inside bombs_as_errors (PIL's
+# UnidentifiedImageError is an OSError)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
 @contextlib.contextmanager
 def image_errors(name, what: str = "photo") -> Iterator[None]:
     """Open and decode a user's image inside: a missing file, a decompression bomb (PIL's warning

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data.dataset import image_sources, load_dataset
-from ..data.images import bombs_as_errors
+from ..data.images import DECODE_ERRORS, bombs_as_errors
 from ..data.render import render_seeds
 from ..errors import ConfigError, DataError
 from ..device import set_math_mode
@@ -61,7 +61,7 @@ def _side(opener) -> int | None:
     try:
         with bombs_as_errors(), opener() as fh, Image.open(fh) as img:
             return min(img.size)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except DECODE_ERRORS:
         return None
 
 
