@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -54,6 +56,60 @@ def set_math_mode(precision: str) -> None:
     torch.backends.cudnn.conv.fp32_precision = mode
     torch.backends.cuda.matmul.fp32_precision = mode
     torch.backends.mkldnn.matmul.fp32_precision = "ieee"
+
+
+# every per-backend fp32 precision switch torch has (those present in the running version)
+_PRECISION_SWITCHES = (("cudnn", "conv"), ("cudnn", "rnn"), ("cuda", "matmul"),
+                       ("mkldnn", "conv"), ("mkldnn", "rnn"), ("mkldnn", "matmul"))
+
+
+def _legacy_flags() -> dict:
+    """The legacy TF32 flags that can be read now: torch refuses to read one once a caller has set
+    the per-backend switches under it differently."""
+    b = torch.backends
+    getters = {"cudnn": lambda: b.cudnn.allow_tf32, "cuda_matmul": lambda: b.cuda.matmul.allow_tf32,
+               "matmul_precision": torch.get_float32_matmul_precision}
+    flags = {}
+    for name, get in getters.items():
+        try:
+            flags[name] = get()
+        except RuntimeError:
+            pass
+    return flags
+
+
+def _math_state() -> dict:
+    b = torch.backends
+    return {"legacy": _legacy_flags(),
+            "switches": {(be, op): getattr(getattr(b, be), op).fp32_precision
+                         for be, op in _PRECISION_SWITCHES if hasattr(getattr(b, be), op)}}
+
+
+def _restore_math_state(state: dict) -> None:
+    """Legacy flags first, then the per-backend switches (torch keeps both and its legacy getters
+    compare them), the order set_math_mode uses."""
+    b = torch.backends
+    legacy = state["legacy"]
+    if "cudnn" in legacy:
+        b.cudnn.allow_tf32 = legacy["cudnn"]
+    if "cuda_matmul" in legacy:
+        b.cuda.matmul.allow_tf32 = legacy["cuda_matmul"]
+    if "matmul_precision" in legacy:
+        torch.set_float32_matmul_precision(legacy["matmul_precision"])
+    for (be, op), value in state["switches"].items():
+        getattr(getattr(b, be), op).fp32_precision = value
+
+
+@contextmanager
+def math_mode(precision: str) -> Iterator[None]:
+    """set_math_mode(precision) for the block, then the caller's math mode back exactly: library
+    calls that need IEEE fp32 (Inception, KID during training) leave a training run's TF32 alone."""
+    state = _math_state()
+    set_math_mode(precision)
+    try:
+        yield
+    finally:
+        _restore_math_state(state)
 
 
 def tf32_enabled() -> bool:

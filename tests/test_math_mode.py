@@ -140,6 +140,7 @@ def test_metrics_on_two_folders_compute_in_ieee_fp32(tmp_path):
     set_math_mode("tf32")
     suite.compute_metrics(a, b, "kid", features=probe)
     assert seen == [False, False]
+    assert tf32_enabled()  # and the caller's mode is back afterwards
 
 
 def test_inception_features_compute_in_ieee_fp32_whoever_calls(tmp_path):
@@ -157,3 +158,45 @@ def test_inception_features_compute_in_ieee_fp32_whoever_calls(tmp_path):
     set_math_mode("tf32")
     InceptionFeatures(network=network, batch=2, resize=False)(torch.zeros(3, 3, 8, 8, dtype=torch.uint8))
     assert seen == [False, False]
+    assert tf32_enabled()
+
+
+def _every_math_switch():
+    """What each reader of the math mode sees now ('raises' where torch refuses to read it)."""
+    readers = {"cudnn legacy": lambda: torch.backends.cudnn.allow_tf32,
+               "matmul legacy": lambda: torch.backends.cuda.matmul.allow_tf32,
+               "matmul precision": torch.get_float32_matmul_precision}
+    for be in ("cudnn", "cuda", "mkldnn"):
+        for op in ("conv", "rnn", "matmul"):
+            switch = getattr(getattr(torch.backends, be), op, None)
+            if hasattr(switch, "fp32_precision"):
+                readers[f"{be}.{op}"] = lambda s=switch: s.fp32_precision
+    seen = {}
+    for name, read in readers.items():
+        try:
+            seen[name] = read()
+        except RuntimeError:
+            seen[name] = "raises"
+    return seen
+
+
+@pytest.mark.parametrize("start", ["fp32", "tf32", "mixed APIs"])
+@pytest.mark.parametrize("inner", ["fp32", "tf32"])
+def test_math_mode_block_gives_the_callers_state_back_exactly(start, inner):
+    """A library call that needs IEEE fp32 must not change what a user's process (or a training
+    run) had set, including a mix of torch's legacy and per-backend switches."""
+    from cartoongan.device import math_mode
+
+    if start == "mixed APIs":
+        torch.backends.cudnn.allow_tf32 = True
+        if hasattr(torch.backends.cudnn, "conv"):
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
+    else:
+        set_math_mode(start)
+    before = _every_math_switch()
+    with math_mode(inner):
+        assert tf32_enabled() is (inner != "fp32")
+    assert _every_math_switch() == before
+    with pytest.raises(KeyError), math_mode(inner):
+        raise KeyError("an error inside the block restores too")
+    assert _every_math_switch() == before

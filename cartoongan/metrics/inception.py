@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data.images import to_uint8
-from ..device import set_math_mode
+from ..device import math_mode
 from ..report import NullReporter, Reporter
 from ..weights.registry import locate
 
@@ -92,12 +92,11 @@ class InceptionFeatures:
     def __call__(self, images: np.ndarray | torch.Tensor, reporter: Reporter | None = None,
                  description: str = "inception features") -> np.ndarray:
         reporter = reporter or NullReporter()
-        # IEEE fp32 whoever calls: a training run's KID cache of the real images' features is made
-        # before the trainer sets its precision, and must match the fakes' features made later
-        set_math_mode("fp32")
         pixels = as_uint8_nchw(images)
         out = []
-        with reporter.progress(len(pixels), description) as bar:
+        # IEEE fp32 whoever calls: a training run's KID cache of the real images' features is made
+        # before the trainer sets its precision, and must match the fakes' features made later
+        with math_mode("fp32"), reporter.progress(len(pixels), description) as bar:
             for i in range(0, len(pixels), self.batch):
                 x = pixels[i: i + self.batch].to(self.device).float()
                 if self.resize:

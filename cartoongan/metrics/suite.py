@@ -19,7 +19,7 @@ from ..data.dataset import image_sources, load_dataset
 from ..data.images import DECODE_ERRORS, bombs_as_errors
 from ..data.render import render_seeds
 from ..errors import ConfigError, DataError
-from ..device import set_math_mode
+from ..device import math_mode
 from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
 
@@ -146,29 +146,31 @@ def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] =
     reporter = reporter or NullReporter()
     device = torch.device(device)
     names = parse_metrics(names)
-    set_math_mode("fp32")  # figures comparable across runs: Inception and LPIPS in IEEE fp32 on any GPU
-    a = load_images(real, n, device, truncation, reporter)
-    b = load_images(fake, n, device, truncation, reporter)
-    result: dict[str, float] = {}
-    if any(m in SET_METRICS for m in names):
-        from .fid import fid_from_features, kid_from_features
+    # figures comparable across runs: Inception and LPIPS in IEEE fp32 on any GPU; the caller's
+    # math mode (a training run's TF32) comes back afterwards
+    with math_mode("fp32"):
+        a = load_images(real, n, device, truncation, reporter)
+        b = load_images(fake, n, device, truncation, reporter)
+        result: dict[str, float] = {}
+        if any(m in SET_METRICS for m in names):
+            from .fid import fid_from_features, kid_from_features
 
-        if features is None:
-            from .inception import InceptionFeatures
+            if features is None:
+                from .inception import InceptionFeatures
 
-            features = InceptionFeatures(device)
-        fa = features(a.images, reporter, f"features of {Path(real).name}")
-        fb = features(b.images, reporter, f"features of {Path(fake).name}")
-        if "fid" in names:
-            result["fid"] = fid_from_features(fa, fb)
-        if "kid" in names:
-            result["kid"] = kid_from_features(fa, fb)
-    if any(m in PAIRED_METRICS for m in names):
-        pa, pb = pair(a, b)
-        if "lpips" in names:
-            result["lpips"] = mean_lpips(pa, pb, device, lpips_weights, reporter)
-        if "identity" in names:
-            from .identity import mean_identity
+                features = InceptionFeatures(device)
+            fa = features(a.images, reporter, f"features of {Path(real).name}")
+            fb = features(b.images, reporter, f"features of {Path(fake).name}")
+            if "fid" in names:
+                result["fid"] = fid_from_features(fa, fb)
+            if "kid" in names:
+                result["kid"] = kid_from_features(fa, fb)
+        if any(m in PAIRED_METRICS for m in names):
+            pa, pb = pair(a, b)
+            if "lpips" in names:
+                result["lpips"] = mean_lpips(pa, pb, device, lpips_weights, reporter)
+            if "identity" in names:
+                from .identity import mean_identity
 
-            result["identity"] = mean_identity(pa, pb, reporter)
-    return {m: result[m] for m in names}
+                result["identity"] = mean_identity(pa, pb, reporter)
+        return {m: result[m] for m in names}

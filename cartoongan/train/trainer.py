@@ -18,7 +18,7 @@ import torch
 
 from ..config import GRAPH_MODES, RunConfig
 from ..data.dataset import ImageDataset
-from ..device import set_math_mode
+from ..device import math_mode, set_math_mode
 from ..errors import OutputError, TrainingDiverged
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
@@ -338,11 +338,8 @@ class Trainer:
         if self.evaluator is None or not self.info.is_main:
             return None
         self._check_finite()
-        set_math_mode("fp32")  # KID as `cartoongan metrics` computes it, whatever the training precision
-        try:
+        with math_mode("fp32"):  # KID as `cartoongan metrics` computes it, whatever the training precision
             kid = self.evaluator(self.nets.g_ema)
-        finally:
-            set_math_mode(self.t.precision)
         row = {"step": self.step, "kimg": round(self.step * self.t.batch / 1000, 3), "kid": kid}
         self.log.append(row)
         self.out.append_log(row)
