@@ -7,6 +7,7 @@ conv_clamp is 1.5 and D's 0.5 so that the clamps bind (without them NVlabs' imag
 12, its D logits by 1.4).
 """
 import collections
+import hashlib
 import io
 import os
 import pickle
@@ -58,11 +59,24 @@ def _expected(psi: float) -> np.ndarray:
     return EXPECTED["images"][i * len(SEEDS):(i + 1) * len(SEEDS)]
 
 
+def test_provenance_hash_covers_bytes_after_the_pickle(ada_pkl, tmp_path):
+    """The unpickler stops at STOP: what follows must still be in the file's recorded sha256."""
+    from cartoongan.weights.nvlabs import read_pickle
+
+    padded = tmp_path / "padded.pkl"
+    padded.write_bytes(Path(ada_pkl).read_bytes() + b"trailing bytes")
+    _, digest = read_pickle(padded)
+    assert digest == hashlib.sha256(padded.read_bytes()).hexdigest()
+    assert digest != read_pickle(ada_pkl)[1]
+
+
 @pytest.mark.parametrize("which", ["ada", "tf"])
 def test_converted_generator_and_discriminator_match_nvlabs(which, ada_pkl, tf_pkl):
     ckpt = load_checkpoint(ada_pkl if which == "ada" else tf_pkl)
     meta = ckpt["cartoongan"]
     assert meta["provenance"]["format"] == (FORMAT_ADA if which == "ada" else FORMAT_TF)
+    # hashed while unpickling (one pass over the file), yet the whole file's sha256
+    assert meta["provenance"]["sha256"] == hashlib.sha256(Path(meta["provenance"]["source"]).read_bytes()).hexdigest()
     assert meta["generator"]["conv_clamp"] == 1.5 and meta["generator"]["lr_mlp"] == 0.01
     assert meta["discriminator"]["conv_clamp"] == 0.5
     assert {"g", "g_ema", "d", "latent_avg"} <= set(ckpt)

@@ -14,6 +14,7 @@ dense weights [in, out], affine biases minus 1, and its upsampling conv kernels 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -26,7 +27,6 @@ from ..models.generator import Generator
 from ..outputs import check_output_file
 from .checkpoint import FORMAT_VERSION, save_checkpoint
 from .networks import check_fit
-from .registry import sha256_of
 from .unpickle import PersistentObject, TFNetwork, UnsafePickleError, safe_load
 
 FORMAT_ADA = "stylegan2-ada-pytorch"
@@ -40,14 +40,46 @@ class NotSupportedError(CheckpointError):
 
 
 # ---- reading --------------------------------------------------------------------------------
-def read_pickle(path: str | os.PathLike) -> object:
-    """The pickle's content as inert data (see unpickle.py); CheckpointError on anything unsafe or broken."""
+class _HashingReader:
+    """A binary file whose bytes feed a sha256 as the unpickler reads them: the provenance hash of
+    a pickle of several hundred MB costs no second pass over the file."""
+
+    def __init__(self, fh):
+        self.fh, self.sha = fh, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.sha.update(data)
+        return data
+
+    def readline(self, n: int = -1) -> bytes:
+        data = self.fh.readline(n)
+        self.sha.update(data)
+        return data
+
+    def readinto(self, buf) -> int:
+        k = self.fh.readinto(buf)
+        self.sha.update(memoryview(buf)[:k])
+        return k
+
+    def hexdigest(self) -> str:
+        """The whole file's sha256, including anything after the pickle's STOP."""
+        for chunk in iter(lambda: self.fh.read(1 << 20), b""):
+            self.sha.update(chunk)
+        return self.sha.hexdigest()
+
+
+def read_pickle(path: str | os.PathLike) -> tuple[object, str]:
+    """(the pickle's content as inert data (see unpickle.py), the file's sha256); CheckpointError
+    on anything unsafe or broken."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}" if not path.exists() else f"not a file: {path}")
     try:
         with open(path, "rb") as fh:
-            return safe_load(fh)
+            reader = _HashingReader(fh)
+            data = safe_load(reader)
+            return data, reader.hexdigest()
     except UnsafePickleError as exc:
         raise CheckpointError(f"refusing to load {path}: {exc} (not an NVlabs network pickle; "
                               "nothing from it was run)") from None
@@ -391,10 +423,10 @@ def convert(path: str | os.PathLike) -> dict:
     """Read an NVlabs pickle and return an ordinary checkpoint: g_ema (and g, d where present),
     latent_avg, and `cartoongan` metadata naming the source file and its format."""
     path = Path(path)
-    data = read_pickle(path)
+    data, sha256 = read_pickle(path)
     fmt = detect_format(data)
     try:
-        return _convert(path, data, fmt)
+        return _convert(path, data, fmt, sha256)
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
@@ -402,7 +434,7 @@ def convert(path: str | os.PathLike) -> dict:
                               f"({type(exc).__name__}: {first_line(exc, 100, '')})") from None
 
 
-def _convert(path: Path, data, fmt: str) -> dict:
+def _convert(path: Path, data, fmt: str, sha256: str) -> dict:
     nets: dict[str, tuple[dict, dict]] = {}
     if fmt == FORMAT_ADA:
         for key, ours in (("G_ema", "g_ema"), ("G", "g")):
@@ -425,7 +457,7 @@ def _convert(path: Path, data, fmt: str) -> dict:
         if ours == "g_ema" and w_avg is not None:
             ckpt["latent_avg"] = w_avg.reshape(-1).clone()
     meta = {"version": FORMAT_VERSION, "generator": g_cfg, "kind": "converted",
-            "provenance": {"source": str(path.resolve()), "format": fmt, "sha256": sha256_of(path)}}
+            "provenance": {"source": str(path.resolve()), "format": fmt, "sha256": sha256}}
     if d_spec is not None:
         d_cfg, d_sd = discriminator_state(*d_spec)
         ckpt["d"] = _checked(Discriminator(**d_cfg), d_sd, "discriminator 'd'")
