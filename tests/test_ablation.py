@@ -18,7 +18,7 @@ def test_ablation_recipes_share_one_budget_and_differ_in_method():
     assert ft == [(0, 0, 0, 1), (2, 0, 0, 1), (0, 2, 0, 1), (0, 2, 3, 1)]
 
 
-def test_ablation_runs_every_method_and_writes_table_and_figure(tmp_path):
+def test_ablation_runs_every_method_and_writes_table_and_figure(tmp_path, monkeypatch):
     source = make_source(tmp_path / "src.pt", size=32)  # 4 blocks: room for --struct-loss 3
     res = run_ablation(tmp_path / "abl", source=source, iters=1, n_eval=0, n_structure=4, n_ppl=0, n_cartoon=8,
                        seeds=[0, 1, 2])
@@ -31,9 +31,17 @@ def test_ablation_runs_every_method_and_writes_table_and_figure(tmp_path):
     assert res.table.read_text() == res.markdown and res.markdown.count("\n") == 2 + len(res.rows)
     with Image.open(res.figure) as img:
         assert img.size == (3 * 32, (1 + len(METHODS)) * 32)  # one row per generator, one column per seed
-    # a second call reuses the finished runs
-    again = run_ablation(tmp_path / "abl", source=source, iters=1, n_eval=0, n_structure=4, n_ppl=0, seeds=[0])
+    # a second call reuses the finished runs; each generator is rendered once, for FID/KID and identity
+    import cartoongan.pipelines.ablation as ablation
+
+    rendered = []
+    render = ablation.render_seeds
+    monkeypatch.setattr(ablation, "render_seeds", lambda g, seeds, *a, **k: rendered.append(len(seeds)) or render(g, seeds, *a, **k))
+    monkeypatch.setattr(ablation._Scorer, "_load_inception", lambda self, real: setattr(self, "inception", "stub"))
+    monkeypatch.setattr(ablation._Scorer, "fid_kid", lambda self, fake: (float(len(fake)), 0.0))
+    again = run_ablation(tmp_path / "abl", source=source, iters=1, n_eval=6, n_structure=4, n_ppl=0, seeds=[0])
     assert [r[3] for r in again.rows] == [r[3] for r in res.rows] and [r[6] for r in again.rows] == ["—"] + ["reused"] * len(METHODS)
+    assert rendered == [6] * (1 + len(METHODS)) and all(v["fid"] == 6 for v in again.values)
 
 
 def test_markdown_table_shape():

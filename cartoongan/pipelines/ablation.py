@@ -131,6 +131,16 @@ class _Scorer:
         return perceptual_path_length(gen, lambda a, b: self.lpips(a, b).flatten(), n=self.n_ppl, space="w")
 
 
+def _measure(scorer: _Scorer, src_gen: Generator, gen: Generator, src_images: np.ndarray, images: np.ndarray,
+             n_eval: int, n_structure: int) -> dict:
+    """One generator's figures; images/src_images: its and the source's renders of seeds 0.. (uint8 NHWC)."""
+    fid, kid = scorer.fid_kid(images[:n_eval]) if n_eval else (None, None)
+    return {"fid": fid, "kid": kid,
+            "structure": generator_structure_scores(src_gen, gen, list(range(n_structure))).mean().item(),
+            "ppl": scorer.ppl(gen),
+            "identity": scorer.identity(src_images[:n_structure], images[:n_structure])}
+
+
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value * scale:.{digits}f}"
 
@@ -161,23 +171,23 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     src_gen = load_generator(source, "cpu")
     real = load_dataset(data, src_gen.size).images[:n_eval] if n_eval else None  # uint8 NCHW
     scorer = _Scorer(real, n_ppl, reporter)
-    src_images = render_seeds(src_gen, range(n_structure))
+    # one render per generator serves FID/KID (first n_eval seeds) and identity (first n_structure)
+    n_render = max(n_eval, n_structure)
+    src_images = render_seeds(src_gen, range(n_render))
     result, paths = AblationResult(), []
     for name, recipe in (("source (photo)", None), *methods):
         path, seconds = (source, 0.0) if recipe is None else _finetune(recipe, source, data, out / "runs" / recipe, iters, reporter)
         paths.append(path)
         gen = src_gen if recipe is None else load_generator(path, "cpu")
-        ppl = scorer.ppl(gen)
-        fid, kid = scorer.fid_kid(render_seeds(gen, range(n_eval))) if n_eval else (None, None)
-        structure = generator_structure_scores(src_gen, gen, list(range(n_structure))).mean().item()
-        identity = scorer.identity(src_images, render_seeds(gen, range(n_structure)))
-        row = [name, _fmt(fid), _fmt(kid, 1e3), _fmt(structure, digits=3), _fmt(ppl, digits=1), _fmt(identity, digits=3),
+        images = src_images if recipe is None else render_seeds(gen, range(n_render))
+        values = {"method": name, **_measure(scorer, src_gen, gen, src_images, images, n_eval, n_structure),
+                  "seconds": seconds}
+        row = [name, _fmt(values["fid"]), _fmt(values["kid"], 1e3), _fmt(values["structure"], digits=3),
+               _fmt(values["ppl"], digits=1), _fmt(values["identity"], digits=3),
                "—" if recipe is None else "reused" if seconds is None else f"{seconds:.0f}"]
         reporter.info(" | ".join(str(c) for c in row))
         result.rows.append(row)
-        result.values.append({"method": name, "fid": fid, "kid": kid, "structure": structure, "ppl": ppl,
-                              "identity": identity,
-                              "seconds": seconds})
+        result.values.append(values)
     result.markdown = markdown_table(result.rows)
     result.table = out / "ablation.md"
     with atomic_write(result.table, "w") as fh:
