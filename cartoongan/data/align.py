@@ -31,6 +31,7 @@ from ..outputs import check_output_file
 from ..weights.registry import locate
 from .images import image_errors, save_image, to_rgb
 
+FFHQ_SIZE = 1024  # FFHQ's own crops; projection's aligned.png, reusable (--no-align) by a model of any size
 SUPERSAMPLE = 4  # the quad is sampled at 4x the output size, then downscaled
 DETECT_AREA = 1024 * 1024  # the detector sees at most this many pixels (its time grows with the area)...
 DETECT_MIN = 384  # ...and a long side of at least this, so that faces in tiny photos reach its ~40 px minimum
@@ -269,13 +270,23 @@ def align_image(img: Image.Image, size: int = 256, landmarks: np.ndarray | None 
     with `all_faces`, or the face at the given landmarks [68, 2]. Raises NoFaceFound naming `name`."""
     if landmarks is not None:
         return [align_face(img, landmarks, size)]
+    if not all_faces:
+        return [align_face(*best_face(img, name), size)]
     img, faces = find_faces(img)
     if not faces:
         raise NoFaceFound(f"no face found in {name}")
-    if all_faces:
-        faces = sorted(faces, key=lambda f: f.landmarks[:, 0].mean())
-        return [align_face(img, f.landmarks, size) for f in faces]
-    return [align_face(img, faces[0].landmarks, size)]
+    faces = sorted(faces, key=lambda f: f.landmarks[:, 0].mean())
+    return [align_face(img, f.landmarks, size) for f in faces]
+
+
+def best_face(img: Image.Image, name: str = "the photo") -> tuple[Image.Image, np.ndarray]:
+    """(the photo as its faces were found in it (see find_faces), the landmarks [68, 2] of its
+    highest-scoring face): what align_face needs, to cut that face at several sizes. Raises
+    NoFaceFound naming `name`."""
+    img, faces = find_faces(img)
+    if not faces:
+        raise NoFaceFound(f"no face found in {name}")
+    return img, faces[0].landmarks
 
 
 def align_photo(path: str | Path, size: int = 256, landmarks: np.ndarray | None = None,

@@ -172,14 +172,16 @@ def _perceptual_for(cfg: ProjectConfig, lpips_weights, device):
 
 def load_target(photo: str | Path, size: int, align: bool, outdir: str | Path) -> tuple[torch.Tensor, Path | None]:
     """The photo as a generator's target [1, 3, size, size] in [-1, 1]: with `align` its FFHQ-aligned face
-    (the frame FFHQ-trained generators draw), also written to outdir/aligned.png; else a centre crop.
-    Returns (target, path of aligned.png or None)."""
+    (the frame FFHQ-trained generators draw), else a centre crop. The aligned face is also written at
+    FFHQ's 1024 px to outdir/aligned.png, for reuse with --no-align by a model of any size (target.png
+    holds the generator-size one). Returns (target, path of aligned.png or None)."""
     if not align:
         return load_photo(photo, size), None
-    from ..data.align import align_photo
+    from ..data.align import FFHQ_SIZE, align_face, best_face, read_photo
 
-    face = np.asarray(align_photo(photo, size)[0], dtype=np.uint8)  # raises NoFaceFound before anything is written
-    path = save_png(face, Path(outdir) / "aligned.png")
+    img, landmarks = best_face(read_photo(photo), str(photo))  # NoFaceFound before anything is written
+    face = np.asarray(align_face(img, landmarks, size), dtype=np.uint8)
+    path = save_image(align_face(img, landmarks, FFHQ_SIZE), Path(outdir) / "aligned.png")
     return torch.from_numpy(face.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1, path
 
 
