@@ -11,7 +11,7 @@ from enum import Enum
 
 import typer
 
-from cartoongan.config import AUGMENTS, PRECISIONS
+from cartoongan.config import AUGMENTS, COMPILE_MODES, PRECISIONS
 from cartoongan.errors import CartoonganError, ConfigError
 from cartoongan.models.generator import NOISE_MODES
 
@@ -86,6 +86,7 @@ def main() -> None:
 # the library's allowed values as Typer choices, shared by several commands
 Augment = choices("Augment", AUGMENTS)
 Precision = choices("Precision", PRECISIONS)
+CompileMode = choices("CompileMode", COMPILE_MODES)
 
 
 # Commands register on `app` when their module is imported: here, in the order `--help` lists them.

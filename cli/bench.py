@@ -7,13 +7,11 @@ from typing import Optional
 
 import typer
 
-from cartoongan.config import COMPILE_MODES
 from cartoongan.errors import ConfigError
 
-from .app import DEVICE, Precision, app, choices, user_errors
+from .app import DEVICE, CompileMode, Precision, app, user_errors
 from .console import RichReporter, out
 
-CompileMode = choices("CompileMode", COMPILE_MODES)
 
 
 @app.command()

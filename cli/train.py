@@ -10,15 +10,25 @@ from cartoongan.config import STRUCT_TAPS
 from cartoongan.errors import ConfigError
 from cartoongan.pipelines.swap import DEFAULT_RES, MAPPINGS
 
-from .app import Augment, Precision, app, choices, user_errors
+from .app import Augment, CompileMode, Precision, app, choices, user_errors
 from .console import RichReporter, fail, out
 
-def _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_, eval_every=None,
-                     eval_n=None) -> dict:
-    return {"train": {"iters": iters, "batch": batch, "lr": lr, "augment": augment.value if augment else None,
-                      "augment_p": augment_p,
-                      "precision": precision.value if precision else None, "device": device, "seed": seed,
-                      "compile": compile_, "eval_every": eval_every, "eval_n": eval_n}}
+# the flags pretrain and finetune share, each the [train] key it overrides (its argument's name,
+# but for compile_, which would shadow the builtin)
+TRAIN_FLAGS = ("iters", "batch", "lr", "augment", "augment_p", "precision", "device", "seed", "compile", "compile_mode",
+               "eval_every", "eval_n")
+FINETUNE_FLAGS = ("freeze_g", "freeze_sg", "freeze_d", "freeze_mapping", "freeze_noise", "struct_loss", "struct_weight",
+                  "struct_tap", "fresh_d")
+
+
+def _section(args: dict, keys: tuple[str, ...]) -> dict:
+    """A recipe section's overrides from a command's arguments (None: not given; choices by value)."""
+    values = {key: args[key + "_" if key == "compile" else key] for key in keys}
+    if values.get("compile_mode") is not None:  # a mode, even 'default', means: compile
+        if values["compile"] is False:
+            raise typer.BadParameter("--compile-mode compiles: drop --no-compile or the mode")
+        values["compile"] = True
+    return {key: getattr(v, "value", v) for key, v in values.items()}
 
 
 def _load_config(recipe: Optional[Path], resume: Optional[Path], overrides: dict, out_dir: Optional[Path] = None):
@@ -49,6 +59,8 @@ AUG_P = typer.Option(None, "--augment-p", help="Augmentation probability 0..1: w
 PREC = typer.Option(None, "--precision", help="fp32: IEEE fp32; tf32: TF32 math on CUDA (faster, ~1e-3); bf16: autocast on CUDA (regularisers fp32).")
 SEED = typer.Option(None, "--seed", help="Random seed of the run.")
 COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the networks (CUDA).")
+COMPILE_MODE = typer.Option(None, "--compile-mode", help="torch.compile mode (implies --compile); reduce-overhead "
+                            "replays CUDA graphs.")
 TDEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N")
 EVAL_EVERY = typer.Option(None, "--eval-every", min=0, help="KID vs the training set every K steps "
                           "(log.jsonl; best.pt keeps the lowest); 0 = off.")
@@ -62,16 +74,16 @@ def pretrain(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
     lr: Optional[float] = LR, augment: Optional[Augment] = AUG, augment_p: Optional[float] = AUG_P,
-    precision: Optional[Precision] = PREC, seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    precision: Optional[Precision] = PREC, seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE,
+    compile_mode: Optional[CompileMode] = COMPILE_MODE, device: Optional[str] = TDEVICE,
     eval_every: Optional[int] = EVAL_EVERY, eval_n: Optional[int] = EVAL_N,
 ):
     """Train a StyleGAN2 source generator from a folder of images (resumable; torchrun for several GPUs)."""
     from cartoongan.train.runs import pretrain as run_pretrain
 
+    overrides = {"train": _section(locals(), TRAIN_FLAGS)}
     with user_errors():
-        cfg = _load_config(recipe, resume, _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed,
-                                                            compile_, eval_every, eval_n),
-                           out_dir)
+        cfg = _load_config(recipe, resume, overrides, out_dir)
         run_dir = resume or out_dir
         if run_dir is None or (data is None and resume is None):
             raise typer.BadParameter("give --data and --out, or --resume RUN_DIR")
@@ -90,7 +102,8 @@ def finetune(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     recipe: Optional[Path] = RECIPE, iters: Optional[int] = ITERS, batch: Optional[int] = BATCH,
     lr: Optional[float] = LR, augment: Optional[Augment] = AUG, augment_p: Optional[float] = AUG_P,
-    precision: Optional[Precision] = PREC, seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE, device: Optional[str] = TDEVICE,
+    precision: Optional[Precision] = PREC, seed: Optional[int] = SEED, compile_: Optional[bool] = COMPILE,
+    compile_mode: Optional[CompileMode] = COMPILE_MODE, device: Optional[str] = TDEVICE,
     eval_every: Optional[int] = EVAL_EVERY, eval_n: Optional[int] = EVAL_N,
     freeze_g: Optional[int] = typer.Option(None, "--freeze-g", min=0, help="FreezeG: freeze the N lowest-resolution G blocks."),
     freeze_sg: Optional[int] = typer.Option(None, "--freeze-sg", min=0, help="FreezeSG: as --freeze-g N, and their w slots from the source mapping."),
@@ -105,11 +118,8 @@ def finetune(
     """Fine-tune a pretrained generator on cartoon faces (FreezeG/SG/D, structure loss)."""
     from cartoongan.train.runs import finetune as run_finetune
 
-    overrides = _train_overrides(iters, batch, lr, augment, augment_p, precision, device, seed, compile_, eval_every,
-                                 eval_n)
-    overrides["finetune"] = {"freeze_g": freeze_g, "freeze_sg": freeze_sg, "freeze_d": freeze_d,
-                             "freeze_mapping": freeze_mapping, "freeze_noise": freeze_noise, "struct_loss": struct_loss, "struct_weight": struct_weight,
-                             "struct_tap": struct_tap.value if struct_tap else None, "fresh_d": fresh_d}
+    args = locals()
+    overrides = {"train": _section(args, TRAIN_FLAGS), "finetune": _section(args, FINETUNE_FLAGS)}
     with user_errors():
         cfg = _load_config(recipe, resume, overrides, out_dir)
         run_dir = resume or out_dir

@@ -90,3 +90,46 @@ def test_closed_stdout_is_not_a_traceback(tmp_path):
     finally:
         os.close(write)
     assert res.returncode == 1 and res.stderr == ""
+
+
+TRAIN_ARGS = {"--iters": ("iters", 7), "--batch": ("batch", 3), "--lr": ("lr", 0.01), "--augment": ("augment", "none"),
+              "--augment-p": ("augment_p", 0.25), "--precision": ("precision", "tf32"), "--device": ("device", "cpu"),
+              "--seed": ("seed", 5), "--compile-mode": ("compile_mode", "reduce-overhead"),
+              "--eval-every": ("eval_every", 9), "--eval-n": ("eval_n", 4)}
+FINETUNE_ARGS = {"--freeze-g": ("freeze_g", 2), "--freeze-sg": ("freeze_sg", 1), "--freeze-d": ("freeze_d", 3),
+                 "--freeze-mapping": ("freeze_mapping", True), "--train-noise": ("freeze_noise", False),
+                 "--struct-loss": ("struct_loss", 2), "--struct-weight": ("struct_weight", 0.5),
+                 "--struct-tap": ("struct_tap", "features"), "--fresh-d": ("fresh_d", True)}
+
+
+def _flags(table: dict) -> list[str]:
+    out = []
+    for flag, (_, value) in table.items():
+        out += [flag] if isinstance(value, bool) else [flag, str(value)]
+    return out
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_every_training_flag_reaches_its_config_key(tmp_path, monkeypatch, command):
+    """The CLI builds its overrides from its own argument names: a flag that lands on no key, or on
+    another one, fails here. --compile-mode also turns compiling on."""
+    from types import SimpleNamespace
+
+    seen = []
+
+    def run(cfg, *args, **kw):
+        seen.append(cfg)
+        return SimpleNamespace(interrupted=False, step=0, latest=tmp_path / "latest.pt", run_dir=tmp_path)
+
+    monkeypatch.setattr(f"cartoongan.train.runs.{command}", run)
+    common = ["--recipe", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *_flags(TRAIN_ARGS)]
+    extra = ["--source", str(tmp_path / "src.pt"), *_flags(FINETUNE_ARGS)] if command == "finetune" else []
+    res = runner.invoke(app, [command, *common, *extra])
+    assert res.exit_code == 0, res.output
+    (cfg,) = seen
+    for section, table in (("train", TRAIN_ARGS), ("finetune", FINETUNE_ARGS if extra else {})):
+        for key, value in table.values():
+            assert getattr(getattr(cfg, section), key) == value, (section, key)
+    assert cfg.train.compile is True
+    res = runner.invoke(app, [command, *common, *extra, "--no-compile"])
+    assert res.exit_code == 2 and "--compile-mode compiles" in res.output and len(seen) == 1
