@@ -51,8 +51,9 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, beta: float) -> Non
     """ema <- beta * ema + (1 - beta) * model, for parameters; buffers are copied."""
     ema_p = list(ema.parameters())
     torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - beta)
-    # one launch for all buffers (noise maps, FIR kernels) rather than one per buffer
-    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
+    buffers = list(ema.buffers())
+    if buffers:  # one launch for all buffers (noise maps, FIR kernels) rather than one per buffer
+        torch._foreach_copy_(buffers, list(model.buffers()))
 
 
 def ema_beta(batch: int, half_life_kimg: float) -> float:
