@@ -69,6 +69,11 @@ class TrainConfig:
     cudnn_benchmark: bool = True  # let cuDNN time its algorithms per conv shape (CUDA; NVlabs trains so)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the run torch.compiles (compile, or a mode other than the default)."""
+        return self.compile or self.compile_mode != "default"
+
 
 @dataclass
 class FinetuneConfig:

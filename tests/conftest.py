@@ -39,6 +39,15 @@ def keep_cudnn_autotuning():
     torch.backends.cudnn.benchmark = before
 
 
+@pytest.fixture(autouse=True, scope="module")
+def keep_cudnn_autotuning_per_module():
+    """The same for a module's shared fixtures (test_cuda_e2e trains in one): the per-test fixture
+    above is set up after them, so it would restore the flag they left, to the later modules."""
+    before = torch.backends.cudnn.benchmark
+    yield
+    torch.backends.cudnn.benchmark = before
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

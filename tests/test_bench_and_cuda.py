@@ -90,6 +90,19 @@ def test_cuda_training_phases_never_wait_for_the_host(struct, ada):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_a_profiler_that_records_nothing_is_one_line_not_an_empty_table(monkeypatch):
+    """Without CUPTI torch's profiler sees no CUDA kernels at all: say so rather than print nothing."""
+    import contextlib
+
+    import cartoongan.bench.profile as prof
+    from cartoongan.errors import ConfigError
+
+    blind = contextlib.contextmanager(lambda activities: (yield type("P", (), {"key_averages": lambda self: []})()))
+    monkeypatch.setattr(prof, "profile", blind)
+    with pytest.raises(ConfigError, match="recorded no ops for the step phase"):
+        prof.profile_phases("tiny", "cpu", batch=2, runs=1)
+
+
 @pytest.mark.cuda
 def test_cuda_profile_lists_kernels():
     from cartoongan.bench.profile import PHASES, profile_phases

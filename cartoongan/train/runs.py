@@ -9,7 +9,7 @@ import torch
 
 from ..config import RunConfig, apply_overrides, from_dict, validate
 from ..data.dataset import load_dataset
-from ..device import check_precision
+from ..device import check_compile, check_precision
 from ..errors import CartoonganError, CheckpointError, ConfigError, first_line, naming
 from ..models.discriminator import Discriminator
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
@@ -102,6 +102,7 @@ def _start(cfg: RunConfig, reporter: Reporter):
     info = init_distributed(cfg.train.device)
     validate(cfg, info.world)
     check_precision(cfg.train.precision, info.device)
+    check_compile(cfg.train.compiled, info.device)
     torch.manual_seed(cfg.train.seed + info.rank)
     return info
 

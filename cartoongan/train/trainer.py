@@ -143,7 +143,7 @@ class Trainer:
         # algorithms once per shape pays for itself within the first iterations
         torch.backends.cudnn.benchmark = self.t.cudnn_benchmark
         self.d_fwd, self.g_syn = nets.d, nets.g.synthesis
-        compiled = self.t.compile or self.t.compile_mode != "default"
+        compiled = self.t.compiled
         if compiled:
             mode = None if self.t.compile_mode == "default" else self.t.compile_mode
             self.d_fwd, self.g_syn = torch.compile(nets.d, mode=mode), torch.compile(nets.g.synthesis, mode=mode)
