@@ -34,18 +34,6 @@ def check_precision(precision: str, dev: torch.device) -> None:
         raise ConfigError("--precision bf16 needs a CUDA device; use fp32 on the CPU")
 
 
-def check_compile(compiled: bool, dev: torch.device) -> None:
-    """torch.compile's CUDA kernels are Triton's, which builds a C launcher on first use: refuse a
-    compiled run on a GPU box that lacks what that needs, before any training starts."""
-    if not compiled or dev.type != "cuda":
-        return
-    from .ops.fir import triton_missing
-
-    missing = triton_missing()
-    if missing:
-        raise ConfigError(f"--compile on CUDA needs {missing}; or train without --compile")
-
-
 def set_math_mode(precision: str) -> None:
     """Choose how fp32 convolutions and matmuls compute on CUDA (no effect on the CPU).
 

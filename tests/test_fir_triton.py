@@ -79,7 +79,7 @@ def test_a_gpu_box_without_a_c_compiler_gets_one_line_not_a_launch_failure(monke
 def test_compiled_training_on_such_a_box_is_refused_before_it_starts(monkeypatch, fresh_triton_lookup):
     """torch.compile's CUDA kernels are Triton's too: --compile on a GPU box without a C compiler
     is one line at the start of the run, not an inductor traceback at the first step."""
-    from cartoongan.device import check_compile
+    from cartoongan.train.runs import check_compile
     from cartoongan.errors import ConfigError
 
     _missing(monkeypatch)

@@ -9,9 +9,10 @@ import torch
 
 from ..config import RunConfig, apply_overrides, from_dict, validate
 from ..data.dataset import load_dataset
-from ..device import check_compile, check_precision
+from ..device import check_precision
 from ..errors import CartoonganError, CheckpointError, ConfigError, first_line, naming
 from ..models.discriminator import Discriminator
+from ..ops.fir import triton_missing
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
 from ..weights.checkpoint import load_checkpoint
@@ -96,6 +97,16 @@ def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) ->
         raise CheckpointError(f"{run_dir / 'latest.pt'} does not fit the run's config.toml ({first_line(exc, 160)}): "
                               "restore the run's files or start a new run") from None
     reporter.info(f"resuming {run_dir} at step {trainer.step}")
+
+
+def check_compile(compiled: bool, dev: torch.device) -> None:
+    """torch.compile's CUDA kernels are Triton's, which builds a C launcher on first use: refuse a
+    compiled run on a GPU box that lacks what that needs, before any training starts."""
+    if not compiled or dev.type != "cuda":
+        return
+    missing = triton_missing()
+    if missing:
+        raise ConfigError(f"--compile on CUDA needs {missing}; or train without --compile")
 
 
 def _start(cfg: RunConfig, reporter: Reporter):
