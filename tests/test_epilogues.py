@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
 from cartoongan.models.discriminator import ConvLayer
-from cartoongan.models.generator import StyledConv
+from cartoongan.models.generator import ModulatedConv2d, StyledConv
 from cartoongan.models.layers import EqualLinear
 
 from .conftest import randomized
@@ -32,6 +32,39 @@ def textbook_styled_conv(layer: StyledConv, x, w, noise):
     y = layer.conv(x, w)
     y = y + layer.noise.weight * noise
     return F.leaky_relu(y + layer.activate.bias.view(1, -1, 1, 1), 0.2) * SQRT2
+
+
+def textbook_modulated_conv(conv: ModulatedConv2d, x, w):
+    """The paper's per-sample weights: W * scale * style, demodulated, as a grouped conv."""
+    style = F.linear(w, conv.modulation.weight * conv.modulation.scale) + conv.modulation.bias
+    weight = conv.weight * conv.scale * style[:, None, :, None, None]  # [B, out, in, k, k]
+    if conv.demodulate:
+        weight = weight / weight.square().sum(dim=(2, 3, 4), keepdim=True).add(1e-8).sqrt()
+    b, cin, h, _ = x.shape
+    out_ch, k = weight.shape[1], weight.shape[-1]
+    if not conv.upsample:
+        y = F.conv2d(x.reshape(1, b * cin, h, -1), weight.reshape(b * out_ch, cin, k, k), padding=k // 2, groups=b)
+        return y.reshape(b, out_ch, *y.shape[2:])
+    y = F.conv_transpose2d(x.reshape(1, b * cin, h, -1), weight.transpose(1, 2).reshape(b * cin, out_ch, k, k),
+                           stride=2, groups=b)
+    return conv.blur(y.reshape(b, out_ch, *y.shape[2:]))
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3), dict(kernel_size=3, upsample=True),
+                                dict(kernel_size=1, demodulate=False)])
+def test_modulated_conv_matches_the_papers_per_sample_weights_and_their_gradients(kw):
+    """The equalised-lr scale rides on the style inside one addmm: the output and every
+    parameter's gradient must still be those of W * scale * s."""
+    torch.manual_seed(0)
+    conv = randomized(ModulatedConv2d(3, 4, style_dim=8, **kw)).double()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for fn in (conv, lambda x, w: textbook_modulated_conv(conv, x, w)):
+        y = fn(x, w)
+        grads.append((y, *torch.autograd.grad(y.square().sum(), [x, w, *conv.parameters()])))
+    for ours, textbook in zip(*grads):
+        torch.testing.assert_close(ours, textbook, rtol=1e-10, atol=1e-12)
 
 
 def textbook_linear(layer: EqualLinear, x):

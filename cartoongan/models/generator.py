@@ -69,8 +69,11 @@ class ModulatedConv2d(nn.Module):
     def forward_undemodulated(self, x: torch.Tensor, w: torch.Tensor):
         """The conv output before demodulation, and the demodulation factors d [B, out_ch] (None
         without demodulation), so that callers can fuse the scaling with what follows."""
-        s = self.modulation(w)
-        weight = self.weight[0] * self.scale
+        # conv(x * s, W * scale) = conv(x * (s * scale), W): the equalised-lr scale rides on the
+        # [B, in_ch] style, inside the modulation's addmm, not on the weight (a weight-sized
+        # product and its backward per layer and call); demodulation is unchanged by it
+        s = self.modulation.forward_scaled(w, self.scale)
+        weight = self.weight[0]
         if self.grouped:
             return self._grouped_forward(x, s, weight), None
         x = x * s[:, :, None, None].to(x.dtype)

@@ -48,6 +48,12 @@ class EqualLinear(nn.Module):
         self.lr_mul = lr_mul
         self.activation = activation
 
+    def forward_scaled(self, x: torch.Tensor, gain: float) -> torch.Tensor:
+        """gain * forward(x) (no activation) as one addmm, the weight's scale and the gain as its
+        coefficients: a modulated conv's style, with the conv's own weight scale folded in.
+        x: [B, in_dim] -> [B, out_dim]."""
+        return torch.addmm(self.bias, x, self.weight.t(), beta=gain * self.lr_mul, alpha=gain * self.scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, in_dim] -> [B, out_dim]."""
         if not self.activation:  # (the modulations: lr_mul 1, so the bias goes in as it is)
