@@ -49,8 +49,9 @@ class EqualLinear(nn.Module):
         self.activation = activation
 
     def forward_scaled(self, x: torch.Tensor, gain: float) -> torch.Tensor:
-        """gain * forward(x) (no activation) as one addmm, the weight's scale and the gain as its
-        coefficients: a modulated conv's style, with the conv's own weight scale folded in.
+        """gain * (x @ weight.T * scale + bias * lr_mul), the layer before its activation, as one
+        addmm with the scales and the gain as its coefficients: no weight-sized product per call.
+        A modulated conv folds its own weight scale in as the gain; the activated layers, sqrt 2.
         x: [B, in_dim] -> [B, out_dim]."""
         return torch.addmm(self.bias, x, self.weight.t(), beta=gain * self.lr_mul, alpha=gain * self.scale)
 
@@ -58,9 +59,9 @@ class EqualLinear(nn.Module):
         """x: [B, in_dim] -> [B, out_dim]."""
         if not self.activation:  # (the modulations: lr_mul 1, so the bias goes in as it is)
             return F.linear(x, self.weight * self.scale, self.bias if self.lr_mul == 1 else self.bias * self.lr_mul)
-        # lrelu(a) * sqrt2 = lrelu(a * sqrt2): the gain rides on the weight and bias, the bias on
-        # the matmul, and the activation works in place (addmm's backward needs its inputs only)
-        return F.leaky_relu_(F.linear(x, self.weight * (self.scale * SQRT2), self.bias * (self.lr_mul * SQRT2)), 0.2)
+        # lrelu(a) * sqrt2 = lrelu(a * sqrt2): the gain rides on the matmul's coefficients with the
+        # scales, and the activation works in place (addmm's backward needs its inputs only)
+        return F.leaky_relu_(self.forward_scaled(x, SQRT2), 0.2)
 
 
 class EqualConv2d(nn.Module):

@@ -135,6 +135,7 @@ class Trainer:
         self.w_avg = nets.g_ema.w_avg.clone().to(self.dev) if nets.g_ema.w_avg is not None else None
         self.diverged = torch.zeros((), dtype=torch.bool, device=self.dev)
         self.stats: dict[str, list[torch.Tensor]] = {}
+        self.unchecked: list[torch.Tensor] = []
         self.log: list[dict] = []
         # runs.py allows bf16 on CUDA only; on the CPU it serves to test the same code path
         self.autocast = self.t.precision == "bf16"
@@ -157,8 +158,8 @@ class Trainer:
 
     def _track(self, name: str, value: torch.Tensor) -> None:
         value = value.detach().float()
-        self.diverged |= ~torch.isfinite(value)
         self.stats.setdefault(name, []).append(value)
+        self.unchecked.append(value)  # checked for NaN/inf together, when a save or a log line needs it
 
     def _latents(self, n: int):
         """z, optional z2 and crossover for style mixing (crossover drawn once per batch)."""
@@ -323,6 +324,9 @@ class Trainer:
             torch.manual_seed(self.t.seed + self.info.rank + 7919 * self.step)
 
     def _check_finite(self) -> None:
+        if self.unchecked:  # one check for every value tracked since the last, not three ops per value
+            self.diverged |= ~torch.isfinite(torch.stack(self.unchecked)).all()
+            self.unchecked.clear()
         if bool(self.diverged):
             latest = self.out.latest
             kept = f"the last good checkpoint is {latest}" if latest.exists() else "no checkpoint was written yet"
