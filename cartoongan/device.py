@@ -78,11 +78,17 @@ def _legacy_flags() -> dict:
     return flags
 
 
-def _math_state() -> dict:
+def _switches() -> dict:
+    """The per-backend fp32 precision switches this torch has: none before the API (2.9), where
+    `cuda.matmul` exists but raises on any attribute it does not know."""
     b = torch.backends
+    found = {(be, op): getattr(getattr(b, be), op, None) for be, op in _PRECISION_SWITCHES}
+    return {key: switch for key, switch in found.items() if hasattr(switch, "fp32_precision")}
+
+
+def _math_state() -> dict:
     return {"legacy": _legacy_flags(),
-            "switches": {(be, op): getattr(getattr(b, be), op).fp32_precision
-                         for be, op in _PRECISION_SWITCHES if hasattr(getattr(b, be), op)}}
+            "switches": {key: switch.fp32_precision for key, switch in _switches().items()}}
 
 
 def _restore_math_state(state: dict) -> None:
@@ -96,17 +102,20 @@ def _restore_math_state(state: dict) -> None:
         b.cuda.matmul.allow_tf32 = legacy["cuda_matmul"]
     if "matmul_precision" in legacy:
         torch.set_float32_matmul_precision(legacy["matmul_precision"])
-    for (be, op), value in state["switches"].items():
-        getattr(getattr(b, be), op).fp32_precision = value
+    switches = _switches()
+    for key, value in state["switches"].items():
+        switches[key].fp32_precision = value
 
 
 @contextmanager
 def math_mode(precision: str) -> Iterator[None]:
-    """set_math_mode(precision) for the block, then the caller's math mode back exactly: library
-    calls that need IEEE fp32 (Inception, KID during training) leave a training run's TF32 alone."""
+    """set_math_mode(precision) for the block, then the caller's math mode back: every switch and
+    legacy flag that could be read before (torch refuses to read a legacy flag that disagrees with
+    the switches under it; such a flag comes back agreeing with them). Library calls that need IEEE
+    fp32 (Inception, KID during training) so leave a training run's TF32 alone."""
     state = _math_state()
-    set_math_mode(precision)
     try:
+        set_math_mode(precision)
         yield
     finally:
         _restore_math_state(state)

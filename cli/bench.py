@@ -13,7 +13,6 @@ from .app import DEVICE, CompileMode, Precision, app, user_errors
 from .console import RichReporter, out
 
 
-
 @app.command()
 def bench(
     device: str = DEVICE,

@@ -28,6 +28,8 @@ def _section(args: dict, keys: tuple[str, ...]) -> dict:
         if values["compile"] is False:
             raise typer.BadParameter("--compile-mode compiles: drop --no-compile or the mode")
         values["compile"] = True
+    elif values.get("compile") is False:  # and a recipe's (or resumed run's) mode must not compile anyway
+        values["compile_mode"] = "default"
     return {key: getattr(v, "value", v) for key, v in values.items()}
 
 

@@ -129,7 +129,16 @@ def test_every_training_flag_reaches_its_config_key(tmp_path, monkeypatch, comma
     (cfg,) = seen
     for section, table in (("train", TRAIN_ARGS), ("finetune", FINETUNE_ARGS if extra else {})):
         for key, value in table.values():
-            assert getattr(getattr(cfg, section), key) == value, (section, key)
+            got = getattr(getattr(cfg, section), key)
+            assert got == value and type(got) is type(value), (section, key, got)  # choices as plain values
     assert cfg.train.compile is True
     res = runner.invoke(app, [command, *common, *extra, "--no-compile"])
     assert res.exit_code == 2 and "--compile-mode compiles" in res.output and len(seen) == 1
+    # --no-compile wins over a recipe's mode, which alone would compile
+    recipe = tmp_path / "graphs.toml"
+    recipe.write_text('[train]\ncompile_mode = "reduce-overhead"\n')
+    no_mode = [a for a in common if a not in ("--compile-mode", "reduce-overhead")]
+    no_mode[no_mode.index("tiny")] = str(recipe)
+    res = runner.invoke(app, [command, *no_mode, *extra, "--no-compile"])
+    assert res.exit_code == 0, res.output
+    assert not seen[-1].train.compiled and seen[-1].train.compile_mode == "default"

@@ -162,7 +162,9 @@ def test_compiled_training_on_cuda(tmp_path, mode):
     rows = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
     assert len(rows) >= 5 and all(np.isfinite(v) for r in rows for v in r.values() if isinstance(v, float))
     assert any("loss_struct" in k for r in rows for k in r)
-    # it compiled, and (reduce-overhead) replayed CUDA graphs: torch skips them silently, e.g. for
-    # an input left on the CPU, and the run would pass without testing them
+    # it compiled, and (reduce-overhead) recorded CUDA graphs and skipped none: torch skips them
+    # silently, e.g. for an input left on the CPU, and the run would pass without testing them
     assert counters["stats"]["unique_graphs"] > 0
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    if mode == "reduce-overhead":  # the synthesis's w+ is a non-static input of every recorded graph
+        assert counters["inductor"]["cudagraph_recorded_non_static_inputs"] > 0, dict(counters["inductor"])

@@ -200,3 +200,37 @@ def test_math_mode_block_gives_the_callers_state_back_exactly(start, inner):
     with pytest.raises(KeyError), math_mode(inner):
         raise KeyError("an error inside the block restores too")
     assert _every_math_switch() == before
+
+
+def test_math_mode_on_a_torch_before_the_per_backend_switches(monkeypatch):
+    """torch < 2.9 (pyproject allows 2.4) has only the legacy flags, and its cuBLAS module raises
+    on any attribute it does not know, fp32_precision included."""
+    from types import SimpleNamespace
+
+    from cartoongan.device import math_mode
+
+    class OldCuBLAS:
+        def __init__(self):
+            object.__setattr__(self, "allow_tf32", False)
+
+        def __getattr__(self, name):
+            raise AttributeError(f"Unknown attribute {name}")
+
+        def __setattr__(self, name, value):
+            if name != "allow_tf32":
+                raise AttributeError(f"Unknown attribute {name}")
+            object.__setattr__(self, name, value)
+
+    monkeypatch.setattr(torch.backends, "cudnn", SimpleNamespace(allow_tf32=True, benchmark=False))
+    monkeypatch.setattr(torch.backends.cuda, "matmul", OldCuBLAS())
+    monkeypatch.setattr(torch.backends, "mkldnn", SimpleNamespace())
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        with math_mode("fp32"):
+            # (a real old torch ties the matmul precision to the cuBLAS flag; this stand-in does not)
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)

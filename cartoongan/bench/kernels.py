@@ -97,8 +97,8 @@ def _fold_blur(weight: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 def folded_upsample_conv(conv: ModulatedConv2d, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """The upsampling modulated conv as ONE 6x6 stride-2 transposed conv with the blur folded in."""
-    s = conv.modulation(w)
-    weight = conv.weight[0] * conv.scale
+    s = conv.modulation.forward_scaled(w, conv.scale)  # as ModulatedConv2d: the weight's scale on the style
+    weight = conv.weight[0]
     kernel = _fold_blur(weight.transpose(0, 1), conv.blur.kernel)
     y = F.conv_transpose2d(x * s[:, :, None, None], kernel, stride=2, padding=2)
     d = torch.rsqrt(s.square() @ weight.square().sum(dim=(2, 3)).t() + 1e-8)

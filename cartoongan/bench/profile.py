@@ -13,7 +13,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from ..device import resolve_device
-from ..errors import ConfigError
+from ..errors import CartoonganError
 from ..report import NullReporter, Reporter
 from .speed import bench_trainer, default_batch, synchronize, trainer_phases
 
@@ -74,9 +74,9 @@ def profile_phases(name: str, device: str = "auto", precision: str = "fp32", bat
                 synchronize(dev)
             phase_rows = _rows(phase, prof.key_averages(), cuda, runs, top)
             if not phase_rows:  # an empty table would read as "nothing to see"
-                raise ConfigError("the profiler recorded no CUDA kernels: it needs CUPTI (torch's CUDA wheels "
-                                  "bring it as nvidia-cuda-cupti); time the phases with bench without --profile"
-                                  if cuda else f"the profiler recorded no ops for the {phase} phase")
+                what = ("no CUDA kernels: it needs CUPTI (torch's CUDA wheels bring it as nvidia-cuda-cupti)"
+                        if cuda else f"no ops for the {phase} phase")
+                raise CartoonganError(f"the profiler recorded {what}; time the phases with bench without --profile")
             rows += phase_rows
             bar.advance()
     return rows

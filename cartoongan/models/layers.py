@@ -57,7 +57,7 @@ class EqualLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, in_dim] -> [B, out_dim]."""
-        if not self.activation:  # (the modulations: lr_mul 1, so the bias goes in as it is)
+        if not self.activation:  # F.linear: inputs of any rank (the encoders); an lr_mul of 1 adds the bias as it is
             return F.linear(x, self.weight * self.scale, self.bias if self.lr_mul == 1 else self.bias * self.lr_mul)
         # lrelu(a) * sqrt2 = lrelu(a * sqrt2): the gain rides on the matmul's coefficients with the
         # scales, and the activation works in place (addmm's backward needs its inputs only)
