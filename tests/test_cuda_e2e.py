@@ -135,7 +135,7 @@ def test_ada_state_resumed_on_cuda_can_be_saved_again():
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compiled_training_on_cuda(tmp_path, mode):
+def test_compiled_training_on_cuda(tmp_path, mode, monkeypatch):
     """train.compile_mode on a GPU: with CUDA-graph replays (reduce-overhead) torch raises if a graph
     output is read after a later replay overwrote it, the hazard the D step's copied fakes avoid.
     Finetune with the structure loss, ADA and both lazy regularisers, at a small architecture so
@@ -148,6 +148,7 @@ def test_compiled_training_on_cuda(tmp_path, mode):
                       f"g_reg_every = 2\nlog_every = 1\nsample_every = 100\nckpt_every = 100\ncompile = true\n"
                       f"compile_mode = \"{mode}\"\n")
     from torch._dynamo.utils import counters
+    from torch._inductor import cudagraph_utils
 
     from cartoongan.ops.fir import triton_missing
 
@@ -155,6 +156,8 @@ def test_compiled_training_on_cuda(tmp_path, mode):
         pytest.skip(f"torch.compile on CUDA needs {triton_missing()}")
     faces, toons = blob_images(tmp_path / "f", n=8, size=32, seed=1), blob_images(tmp_path / "t", n=8, size=32, seed=2)
     counters.clear()
+    skipped = []  # why torch skipped CUDA graphs, for the failure message (it logs, and goes on)
+    monkeypatch.setattr(cudagraph_utils.cudagraphs_log, "warning", lambda msg, *a, **k: skipped.append(msg % a))
     _ok(["pretrain", "--recipe", str(recipe), "--data", str(faces), "--out", str(tmp_path / "src"), "--iters", "2",
          "--device", "cuda"])
     _ok(["finetune", "--recipe", str(recipe), "--source", str(tmp_path / "src" / "latest.pt"), "--data", str(toons),
@@ -165,6 +168,6 @@ def test_compiled_training_on_cuda(tmp_path, mode):
     # it compiled, and (reduce-overhead) recorded CUDA graphs and skipped none: torch skips them
     # silently, e.g. for an input left on the CPU, and the run would pass without testing them
     assert counters["stats"]["unique_graphs"] > 0
-    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    assert counters["inductor"]["cudagraph_skips"] == 0, skipped
     if mode == "reduce-overhead":  # the synthesis's w+ is a non-static input of every recorded graph
         assert counters["inductor"]["cudagraph_recorded_non_static_inputs"] > 0, dict(counters["inductor"])
