@@ -134,3 +134,17 @@ def test_memory_formats_compute_the_same_image(tiny_g):
         g.channels_last = setting
         outs.append(g(z, noise_mode="const"))
     assert outs[0].shape == (2, 3, 16, 16) and torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+def test_synthesis_and_discriminator_trace_as_one_graph_each():
+    """torch.compile (train.compile, bench --compile) pays only if dynamo sees each network whole:
+    a graph break splits it and leaves Python between the pieces on every call."""
+    import torch._dynamo as dynamo
+
+    g = Generator(32, 32, 2, channel_base=512, channel_max=32)
+    ws = torch.randn(2, g.n_latent, 32)
+    for kw in ({}, {"return_rgbs": True, "n_blocks": 3}, {"return_features": True, "noise_mode": "const"}):
+        explained = dynamo.explain(g.synthesis)(ws, **kw)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), (kw, explained.break_reasons)
+    explained = dynamo.explain(Discriminator(32, channel_base=512, channel_max=32))(torch.randn(2, 3, 32, 32))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

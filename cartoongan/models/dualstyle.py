@@ -186,12 +186,12 @@ class DualStyleGenerator(nn.Module):
         x = g.input(ws.shape[0]).to(ws.dtype)
         if g.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = conv(g.conv1, x, 0)
-        skip = g.to_rgb1(x, style_in(1))
-        for b in range(1, g.n_blocks):
-            x = conv(g.convs[2 * b - 2], x, 2 * b - 1)
-            x = conv(g.convs[2 * b - 1], x, 2 * b)
-            skip = g.to_rgbs[b - 1](x, style_in(2 * b + 1), skip)
+        skip = None
+        for layer, k, rgb in g.layer_order():
+            if rgb:
+                skip = layer(x, style_in(k), skip)
+            else:
+                x = conv(layer, x, k)
         return skip
 
     def map_structure(self, exstyle: torch.Tensor) -> torch.Tensor:

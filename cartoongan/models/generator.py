@@ -335,16 +335,25 @@ class Generator(nn.Module):
         # unbind, not ws[:, i]: its backward is one stack, where each select's backward would
         # write a zero-filled w+ gradient and add it to the others (two launches per slot)
         w = ws.unbind(1)
-        x = self.conv1(x, w[0], noise[0], use)
-        skip = self.to_rgb1(x, w[1])
-        self._record(out, x, skip, return_rgbs, return_features)
-        for b in range(1, n_blocks):
-            x = self.convs[2 * b - 2](x, w[2 * b - 1], noise[2 * b - 1], use)
-            x = self.convs[2 * b - 1](x, w[2 * b], noise[2 * b], use)
-            skip = self.to_rgbs[b - 1](x, w[2 * b + 1], skip)
-            self._record(out, x, skip, return_rgbs, return_features)
+        skip = None
+        for layer, k, rgb in self.layer_order(n_blocks):
+            if rgb:
+                skip = layer(x, w[k], skip)
+                self._record(out, x, skip, return_rgbs, return_features)
+            else:
+                x = layer(x, w[k], noise[k], use)
         out.image = skip
         return out
+
+    def layer_order(self, n_blocks: int | None = None) -> list[tuple[nn.Module, int, bool]]:
+        """The synthesis layers of the first n_blocks blocks in the order they run, each with its
+        w+ slot (also its noise index) and whether it is a toRGB (taking x and the running skip)
+        rather than a StyledConv (taking x and noise): one order for every synthesis loop."""
+        order = [(self.conv1, 0, False), (self.to_rgb1, 1, True)]
+        for b in range(1, self.n_blocks if n_blocks is None else n_blocks):
+            order += [(self.convs[2 * b - 2], 2 * b - 1, False), (self.convs[2 * b - 1], 2 * b, False),
+                      (self.to_rgbs[b - 1], 2 * b + 1, True)]
+        return order
 
     @staticmethod
     def _record(out: SynthesisOutput, x, skip, rgbs: bool, features: bool) -> None:
