@@ -119,7 +119,7 @@ def test_kid_during_training_is_computed_in_ieee_fp32(tmp_path):
     tr = trainer.Trainer.__new__(trainer.Trainer)  # only what evaluate() reads
     tr.evaluator, tr.info, tr.t, tr.step, tr.log = Probe(), type("I", (), {"is_main": True})(), cfg.train, 2, []
     tr.out = type("O", (), {"append_log": lambda self, row: None})()
-    tr.diverged, tr.unchecked, tr.nets = torch.zeros((), dtype=torch.bool), [], type("N", (), {"g_ema": None})()
+    tr.unchecked, tr.nets = [], type("N", (), {"g_ema": None})()
     set_math_mode("tf32")
     assert tr.evaluate() == 0.5
     assert seen == [False] and tf32_enabled()

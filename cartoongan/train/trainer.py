@@ -133,7 +133,6 @@ class Trainer:
         self.step = 0
         self.mean_path = torch.zeros((), device=self.dev)
         self.w_avg = nets.g_ema.w_avg.clone().to(self.dev) if nets.g_ema.w_avg is not None else None
-        self.diverged = torch.zeros((), dtype=torch.bool, device=self.dev)
         self.stats: dict[str, list[torch.Tensor]] = {}
         self.unchecked: list[torch.Tensor] = []
         self.log: list[dict] = []
@@ -324,14 +323,14 @@ class Trainer:
             torch.manual_seed(self.t.seed + self.info.rank + 7919 * self.step)
 
     def _check_finite(self) -> None:
-        if self.unchecked:  # one check for every value tracked since the last, not three ops per value
-            self.diverged |= ~torch.isfinite(torch.stack(self.unchecked)).all()
-            self.unchecked.clear()
-        if bool(self.diverged):
+        # one check for every value tracked since the last, not three ops per value; a bad value
+        # stays in the list, so that every later check fails too
+        if self.unchecked and not bool(torch.isfinite(torch.stack(self.unchecked)).all()):
             latest = self.out.latest
             kept = f"the last good checkpoint is {latest}" if latest.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(f"a loss became NaN or inf by step {self.step}; {kept}; "
                                    "lower --lr or raise the R1 weight and resume")
+        self.unchecked.clear()
 
     def save(self, numbered: bool) -> Path | None:
         self._check_finite()
