@@ -180,8 +180,9 @@ def load_target(photo: str | Path, size: int, align: bool, outdir: str | Path) -
     from ..data.align import FFHQ_SIZE, align_face, best_face, read_photo
 
     img, landmarks = best_face(read_photo(photo), str(photo))  # NoFaceFound before anything is written
-    face = np.asarray(align_face(img, landmarks, size), dtype=np.uint8)
-    path = save_image(align_face(img, landmarks, FFHQ_SIZE), Path(outdir) / "aligned.png")
+    full = align_face(img, landmarks, FFHQ_SIZE)
+    face = np.asarray(full if size == FFHQ_SIZE else align_face(img, landmarks, size), dtype=np.uint8)
+    path = save_image(full, Path(outdir) / "aligned.png")
     return torch.from_numpy(face.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1, path
 
 
