@@ -10,7 +10,8 @@ NEEDS  ?= $(STAMP)
 TORCH  := torch==2.14.1 torchvision==0.29.1
 DLIB   := dlib-bin==20.0.1.post1
 
-.PHONY: install test cuda-check demo demo-check ablation bench bench-kernels bench-reference bench-cuda clean
+.PHONY: install test cuda-check demo demo-check ablation bench bench-kernels bench-reference bench-cuda device-kit \
+	device-session clean
 
 install: $(STAMP)
 
@@ -70,5 +71,27 @@ bench-cuda: $(NEEDS)
 	-$(PY) -m cartoongan_cli bench --device cuda --precision bf16 --configs r256 --compile
 	-$(PY) -m cartoongan_cli bench --device cuda --precision bf16 --configs r256 --compile-mode reduce-overhead
 
+# here, before a call on a lent GPU (README, "On a lent GPU: one call"): what that offline box lacks,
+# in .device-kit/ (git-ignored; name it in the call's carry): the lpips wheel, a wheel of this package
+# (the fallback if an editable install fails there) and, from REF (a rosinality/stylegan2-pytorch
+# checkout or its git dir), the model.py and op/ that the reference benchmark imports
+LPIPS  := lpips==0.1.4
+device-kit: $(NEEDS)
+	rm -rf .device-kit && mkdir -p .device-kit/wheels .device-kit/self
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .device-kit/wheels $(LPIPS)
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w .device-kit/self .
+	@if [ -z "$(REF)" ]; then echo "device-kit: no REF given, so the session will skip the reference benchmarks"; \
+	elif [ -f "$(REF)/model.py" ]; then mkdir -p .device-kit/rosinality && \
+	  cp -r "$(REF)/model.py" "$(REF)/op" "$(REF)/LICENSE" "$(REF)/LICENSE-NVIDIA" .device-kit/rosinality/; \
+	else mkdir -p .device-kit/rosinality && \
+	  git --git-dir "$(REF)" archive HEAD model.py op LICENSE LICENSE-NVIDIA | tar -x -C .device-kit/rosinality; fi
+	$(PY) tools/device_session.py --list
+	du -sh .device-kit
+
+# there (the GPU box's own python3, nothing installed): every CUDA check and benchmark in one budget
+BUDGET ?= 540
+device-session:
+	python3 tools/device_session.py --budget $(BUDGET)
+
 clean:
-	rm -rf $(VENV) demo ablation *.egg-info
+	rm -rf $(VENV) demo ablation *.egg-info .device-kit device-out
