@@ -32,9 +32,11 @@ def _plan(tmp_path, body: str) -> Path:
 
 def _session(tmp_path, body: str, budget: float = 60, *extra: str):
     out = tmp_path / "out"
+    (tmp_path / "tmp").mkdir(exist_ok=True)  # the driver's state, step logs and SITE live in TMPDIR
     res = subprocess.run([sys.executable, str(SCRIPT), "--plan", str(_plan(tmp_path, body)), "--out", str(out),
                           "--budget", str(budget), "--kit", str(tmp_path / "no-kit"), *extra],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else []
     return res, {o["name"]: o for o in summary}, out
 
@@ -161,6 +163,34 @@ run = 'test -f "$OUT/done"'
     assert res.returncode == 0, json.dumps(by_name, indent=1)
     assert list(by_name) == ["starter", "beside", "alone"]  # recorded as they end
     assert by_name["beside"]["tail"] == ["finished"]
+
+
+def test_resume_runs_only_what_an_earlier_call_left_unsettled(tmp_path):
+    body = """
+[[step]]
+name = "ok"
+timeout = 30
+run = 'echo ok >> "$OUT/ran"'
+[[step]]
+name = "broken"
+timeout = 30
+run = 'echo broken >> "$OUT/ran"; exit 1'
+[[step]]
+name = "big"
+timeout = 30
+needs = 100
+run = 'echo big >> "$OUT/ran"'
+"""
+    res, by_name, out = _session(tmp_path, body, 50)
+    assert [o["status"] for o in by_name.values()] == ["passed", "failed", "skipped"]
+    res, by_name, out = _session(tmp_path, body, 500, "--resume")
+    assert (out / "ran").read_text().split() == ["ok", "broken", "big"]  # ok and broken ran once
+    assert [(o["name"], o["status"]) for o in by_name.values()] == [("ok", "passed"), ("broken", "failed"),
+                                                                    ("big", "passed")]
+    assert by_name["broken"]["why"] == "earlier call: exit code 1" and by_name["ok"]["why"] == "earlier call"
+    assert "| ok | passed |" in (out / "summary.md").read_text() and res.returncode == 1
+    res, by_name, out = _session(tmp_path, body, 500)  # without --resume, a call starts afresh
+    assert (out / "ran").read_text().split() == ["ok", "broken", "big", "ok", "broken", "big"]
 
 
 def test_plan_mistakes_are_one_line(tmp_path):

@@ -43,6 +43,8 @@ except ModuleNotFoundError:  # Python 3.10: the plan is small, but we still need
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PLAN = Path(__file__).resolve().parent / "device_plan.toml"
+# outcomes of every call on this machine, for --resume: a warm machine keeps /tmp, $OUT is emptied
+STATE = Path(tempfile.gettempdir()) / "cartoongan-device-session.json"
 TAIL_LINES = 25  # lines of each step's output kept in the summary: a pytest result or a bench table
 KILL_GRACE_S = 5.0
 
@@ -102,10 +104,11 @@ def select(steps: list[Step], only: list[str], skip: list[str]) -> list[Step]:
 class Session:
     """Runs steps under one deadline and keeps $OUT's log and summaries current."""
 
-    def __init__(self, out: Path, budget: float, env: dict[str, str], clock=time.monotonic):
+    def __init__(self, out: Path, budget: float, env: dict[str, str], clock=time.monotonic,
+                 earlier: list[Outcome] = ()):
         self.out, self.env, self.clock = out, env, clock
         self.deadline = clock() + budget
-        self.outcomes: list[Outcome] = []
+        self.outcomes: list[Outcome] = list(earlier)
         self.background: list[tuple[Step, subprocess.Popen, Path, float]] = []
         self.log = out / "session.log"
         self.log.write_text("")
@@ -172,6 +175,17 @@ class Session:
     def record(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
         write_summaries(self.out, self.outcomes, self.left())
+        STATE.write_text(json.dumps([o.__dict__ for o in self.outcomes]))
+
+
+def resume(steps: list[Step]) -> tuple[list[Step], list[Outcome]]:
+    """The steps an earlier call on this machine did not settle (skipped, stopped, never reached),
+    and the outcomes of those it did (passed or failed: a rerun would spend time to learn the same)."""
+    earlier = {o["name"]: Outcome(**o) for o in json.loads(STATE.read_text())} if STATE.is_file() else {}
+    settled = {n: o for n, o in earlier.items() if o.status in ("passed", "failed")}
+    for o in settled.values():
+        o.why = f"earlier call{': ' + o.why if o.why else ''}"
+    return [s for s in steps if s.name not in settled], [settled[s.name] for s in steps if s.name in settled]
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -227,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--only", default="", help="comma-separated step names")
     p.add_argument("--skip", default="", help="comma-separated step names")
+    p.add_argument("--resume", action="store_true", help="run only what an earlier call on this (warm) machine "
+                   "left unsettled: skipped, stopped or never reached")
     p.add_argument("--list", action="store_true", help="print the plan and exit")
     a = p.parse_args(argv)
     steps = select(load_plan(a.plan), _names(a.only), _names(a.skip))
@@ -239,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     a.out.mkdir(parents=True, exist_ok=True)
     kit = a.kit if a.kit.is_dir() else None
-    session = Session(a.out, a.budget, environment(a.out, kit, a.python))
+    steps, earlier = resume(steps) if a.resume else (steps, [])
+    session = Session(a.out, a.budget, environment(a.out, kit, a.python), earlier=earlier)
     code = session.run(steps)
     print((a.out / "summary.md").read_text().split("\n## ")[0])
     return code
