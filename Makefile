@@ -79,7 +79,7 @@ LPIPS  := lpips==0.1.4
 device-kit: $(NEEDS)
 	rm -rf .device-kit && mkdir -p .device-kit/wheels .device-kit/self
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .device-kit/wheels $(LPIPS)
-	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w .device-kit/self .
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w .device-kit/self . && rm -rf build
 	@if [ -z "$(REF)" ]; then echo "device-kit: no REF given, so the session will skip the reference benchmarks"; \
 	elif [ -f "$(REF)/model.py" ]; then mkdir -p .device-kit/rosinality && \
 	  cp -r "$(REF)/model.py" "$(REF)/op" "$(REF)/LICENSE" "$(REF)/LICENSE-NVIDIA" .device-kit/rosinality/; \

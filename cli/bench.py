@@ -32,6 +32,8 @@ def bench(
     kernels: bool = typer.Option(False, "--kernels", help="Time each speed choice against its alternative, op by op."),
     profile: bool = typer.Option(False, "--profile", help="Where each training phase's time goes: the ops (CPU) or "
                                  "kernels (CUDA) with the most self time, of one config [demo64 CPU, r256 CUDA]."),
+    flops: bool = typer.Option(False, "--flops", help="Count each phase's FLOPs per image instead of timing it "
+                               "(ours, with the structure loss, and the --reference's): the floor under a timing."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ):
     """Measure generator forward, training iteration and structure-loss iteration speed (img/s)."""
@@ -44,12 +46,15 @@ def bench(
     with user_errors():
         dev = resolve_device(device)
         check_precision(precision.value, dev)
-        if kernels and (reference is not None or configs or batch or profile):
-            raise ConfigError("--kernels times fixed shapes; drop --reference, --configs, --batch and --profile")
+        if kernels and (reference is not None or configs or batch or profile or flops):
+            raise ConfigError("--kernels times fixed shapes; drop --reference, --configs, --batch, --profile and "
+                              "--flops")
+        if flops and profile:
+            raise ConfigError("--flops and --profile are two views of the phases: give one")
         mode = compile_mode.value if compile_mode else ("default" if compile_ else None)
-        if (kernels or profile) and mode:
+        if (kernels or profile or flops) and mode:
             raise ConfigError("--compile and --compile-mode apply to the plain bench table and --reference only")
-        if (kernels or profile or reference is not None) and (grouped_modconv or not channels_last):
+        if (kernels or profile or flops or reference is not None) and (grouped_modconv or not channels_last):
             raise ConfigError("--grouped-modconv and --no-channels-last apply to the plain bench table only")
         if profile and (reference is not None or (configs and len(_names(configs)) != 1)):
             raise ConfigError("--profile looks at one config: give at most one --configs name and no --reference")
@@ -61,6 +66,12 @@ def bench(
             check_configs([name])
             rows = profile_phases(name, device, precision.value, batch, reporter=reporter)
             title = f"{name} on {dev}: self time per phase call ({'kernels' if dev.type == 'cuda' else 'ops'})"
+        elif flops:
+            from cartoongan.bench.flops import run_flop_count
+
+            names = _names(configs) if configs else default_configs(dev, reference=reference is not None)
+            rows = run_flop_count(names, device, batch, reference, reporter, precision.value)
+            reference = None  # the reference's figures go in the same tables
         elif kernels:
             from cartoongan.bench.kernels import run_kernel_bench, shapes_legend
 
@@ -84,6 +95,9 @@ def bench(
     if reference is not None:
         for row, row_goals in zip(rows, goals):
             _print_comparison(row, row_goals)
+        return
+    if flops:
+        _print_flops(rows)
         return
     _print_table(title, rows)
 
@@ -120,6 +134,27 @@ def _print_comparison(row: dict, goals) -> None:
     for line in lines:
         table.add_row(*["-" if v is None else str(v) for v in line])
     out.print(table)
+
+
+FLOP_MEASURES = (("G forward", "forward_gflop_img"), ("D+G step", "step_gflop_img"), ("R1 step", "r1_gflop_img"),
+                 ("path-length step", "path_gflop_img"), ("iteration, amortised", "iteration_gflop_img"),
+                 ("img/s at 100 TFLOP/s", "img_s_per_100_tflops"))
+
+
+def _print_flops(rows: list[dict]) -> None:
+    """One table per config: a line per phase, a column per side (fits 80 columns)."""
+    from rich.table import Table
+
+    for config in dict.fromkeys(r["config"] for r in rows):
+        sides = [r for r in rows if r["config"] == config]
+        table = Table(title=f"{config}, batch {sides[0]['batch']}: GFLOP per training image, one call of each "
+                            "phase; the last line is the floor that arithmetic alone sets")
+        table.add_column("measure")
+        for r in sides:
+            table.add_column(r["side"], justify="right")
+        for label, key in FLOP_MEASURES:
+            table.add_row(label, *[str(r[key]) for r in sides])
+        out.print(table)
 
 
 # short column headings so that the tables fit 80 columns

@@ -166,3 +166,20 @@ def test_cli_compiles_our_side_of_the_reference_comparison_in_the_mode_asked(che
         assert seen.pop() == mode
     res = runner.invoke(app, ["bench", "--reference", str(checkout), "--device", "cpu", "--compile-mode", "fast"])
     assert res.exit_code == 2 and "reduce-overhead" in res.output
+
+
+def test_flops_count_the_reference_beside_ours(checkout):
+    import sys
+
+    from cartoongan.bench.flops import run_flop_count
+
+    rows = run_flop_count(["r8"], "cpu", reference=checkout)
+    assert [r.side for r in rows] == ["ours", "ours+struct", "rosinality"]
+    ref = rows[2]
+    assert 0 < ref.forward_gflop_img < ref.step_gflop_img and ref.r1_gflop_img > 0 and ref.path_gflop_img > 0
+    assert sys.modules["op.conv2d_gradfix"].USED  # its R1 was counted as its train.py runs it
+    res = CliRunner().invoke(app, ["bench", "--flops", "--reference", str(checkout), "--configs", "r8", "--device",
+                                   "cpu"])
+    assert res.exit_code == 0 and "rosinality" in res.output and "r8, batch 2" in res.output, res.output
+    res = CliRunner().invoke(app, ["bench", "--flops", "--reference", str(checkout), "--configs", "tiny"])
+    assert res.exit_code == 2 and "rosinality's networks lack" in res.output

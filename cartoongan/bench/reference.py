@@ -234,6 +234,15 @@ def _peak_mb(phases: Phases, dev: torch.device) -> float | None:
     return round(peak_memory_mb(dev) - resident, 1)
 
 
+def check_reference_configs(configs: list[str]) -> None:
+    """Refuse a config that rosinality's networks can't build (the narrowed ones)."""
+    for name in configs:
+        extra = set(CONFIGS[name][0]) - REFERENCE_KEYS
+        if extra:
+            raise ConfigError(f"--configs {name}: sets {', '.join(sorted(extra))}, which rosinality's networks "
+                              "lack; compare with r64 or r256")
+
+
 def compare_with_reference(path: str | Path, configs: list[str], device: str = "auto", repeats: int = 5,
                            batch: int | None = None, reporter: Reporter | None = None,
                            precision: str = "fp32", compile_mode: str | None = None) -> list[ComparisonRow]:
@@ -246,11 +255,7 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
     check_configs(configs)
-    for name in configs:  # refuse a config the reference can't build before anything is timed
-        extra = set(CONFIGS[name][0]) - REFERENCE_KEYS
-        if extra:
-            raise ConfigError(f"--configs {name}: sets {', '.join(sorted(extra))}, which rosinality's networks "
-                              "lack; compare with r64 or r256")
+    check_reference_configs(configs)  # before anything is timed
     model, gradfix = load_reference(path, dev)
     rows = []
     with reporter.progress(len(configs), "ours vs reference") as bar:

@@ -96,8 +96,9 @@ class Phases:
     d_reg_every: int
     g_reg_every: int
 
-    def iteration_seconds(self, step: float, r1: float, path: float) -> float:
-        """One iteration with the lazy regularisers amortised over their intervals."""
+    def per_iteration(self, step: float, r1: float, path: float) -> float:
+        """A training iteration's worth of a per-call measure (seconds, FLOPs): the step, plus the
+        lazy regularisers amortised over their intervals."""
         return step + r1 / self.d_reg_every + path / self.g_reg_every
 
 
@@ -106,8 +107,8 @@ def time_phases(a: Phases, b: Phases | None, dev: torch.device, repeats: int):
     out = [time_pair(getattr(a, k), getattr(b, k) if b else None, dev, n, w)
            for k, n, w in (("forward", repeats, 2), ("step", repeats, 2), ("r1", max(1, repeats // 2), 1),
                            ("path", max(1, repeats // 2), 1))]
-    ours = (out[0][0], a.iteration_seconds(out[1][0], out[2][0], out[3][0]))
-    theirs = (out[0][1], b.iteration_seconds(out[1][1], out[2][1], out[3][1])) if b else None
+    ours = (out[0][0], a.per_iteration(out[1][0], out[2][0], out[3][0]))
+    theirs = (out[0][1], b.per_iteration(out[1][1], out[2][1], out[3][1])) if b else None
     return ours, theirs
 
 
