@@ -72,14 +72,13 @@ bench-cuda: $(NEEDS)
 	-$(PY) -m cartoongan_cli bench --device cuda --precision bf16 --configs r256 --compile-mode reduce-overhead
 
 # here, before a call on a lent GPU (README, "On a lent GPU: one call"): what that offline box lacks,
-# in .device-kit/ (git-ignored; name it in the call's carry): the lpips wheel, a wheel of this package
-# (the fallback if an editable install fails there) and, from REF (a rosinality/stylegan2-pytorch
-# checkout or its git dir), the model.py and op/ that the reference benchmark imports
+# in .device-kit/ (git-ignored; name it in the call's carry): the lpips wheel and, from REF (a
+# rosinality/stylegan2-pytorch checkout or its git dir), the model.py and op/ that the reference
+# benchmark imports
 LPIPS  := lpips==0.1.4
 device-kit: $(NEEDS)
-	rm -rf .device-kit && mkdir -p .device-kit/wheels .device-kit/self
+	rm -rf .device-kit && mkdir -p .device-kit/wheels
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .device-kit/wheels $(LPIPS)
-	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w .device-kit/self . && rm -rf build
 	@if [ -z "$(REF)" ]; then echo "device-kit: no REF given, so the session will skip the reference benchmarks"; \
 	elif [ -f "$(REF)/model.py" ]; then mkdir -p .device-kit/rosinality && \
 	  cp -r "$(REF)/model.py" "$(REF)/op" "$(REF)/LICENSE" "$(REF)/LICENSE-NVIDIA" .device-kit/rosinality/; \

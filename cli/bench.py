@@ -153,7 +153,7 @@ def _print_flops(rows: list[dict]) -> None:
         for r in sides:
             table.add_column(r["side"], justify="right")
         for label, key in FLOP_MEASURES:
-            table.add_row(label, *[str(r[key]) for r in sides])
+            table.add_row(label, *[f"{r[key]:g}" if isinstance(r[key], float) else str(r[key]) for r in sides])
         out.print(table)
 
 

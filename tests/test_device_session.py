@@ -72,24 +72,55 @@ run = 'pwd'
     assert "| after | passed |" in res.stdout  # the status table is printed last, for the reply's tail
 
 
+def _gone(pid: int) -> bool:
+    for _ in range(50):
+        if not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_a_step_past_its_timeout_is_stopped_with_its_children(tmp_path):
+    # the child ignores SIGINT and SIGTERM and outlives the step's shell: only SIGKILL to the group ends it
     started = time.monotonic()
     res, by_name, out = _session(tmp_path, """
 [[step]]
 name = "hangs"
-timeout = 1
-run = 'sleep 60 & echo $! > "$OUT/child.pid"; wait'
+timeout = 3
+run = 'bash -c "trap \\"\\" INT TERM; sleep 60" & echo $! > "$OUT/child.pid"; wait'
 [[step]]
 name = "next"
 timeout = 30
 run = 'true'
 """)
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 40
     assert by_name["hangs"]["status"] == "timeout" and by_name["next"]["status"] == "passed"
-    child = int((out / "child.pid").read_text())
-    time.sleep(0.2)
-    assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
+    assert _gone(int((out / "child.pid").read_text()))
     assert res.returncode == 1
+
+
+def test_a_driver_told_to_stop_ends_its_steps_and_says_so(tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "tmp").mkdir()
+    plan = _plan(tmp_path, """
+[[step]]
+name = "long"
+timeout = 100
+run = 'sleep 60 & echo $! > "$OUT/child.pid"; echo started; wait'
+""")
+    driver = subprocess.Popen([sys.executable, str(SCRIPT), "--plan", str(plan), "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    for _ in range(300):
+        if (out / "child.pid").is_file() and (out / "child.pid").read_text().strip():
+            break
+        time.sleep(0.05)
+    driver.terminate()
+    stdout, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 128 + 15 and "Traceback" not in stderr, stderr
+    (long,) = json.loads((out / "summary.json").read_text())
+    assert long["status"] == "killed" and long["why"] == "the driver got signal 15" and "started" in long["tail"]
+    assert "| long | killed |" in stdout and _gone(int((out / "child.pid").read_text()))
 
 
 def test_the_budget_skips_what_no_longer_fits_and_cuts_what_runs(tmp_path):
@@ -144,7 +175,7 @@ run = 'echo never'
 def test_a_background_step_runs_beside_the_next_and_an_exclusive_step_waits_for_it(tmp_path):
     # the background step can only finish once the step after it has started: run one after the
     # other, it would wait out its timeout; the exclusive step sees its file only if it waited
-    res, by_name, _ = _session(tmp_path, """
+    res, by_name, out = _session(tmp_path, """
 [[step]]
 name = "beside"
 background = true
@@ -162,7 +193,8 @@ run = 'test -f "$OUT/done"'
 """)
     assert res.returncode == 0, json.dumps(by_name, indent=1)
     assert list(by_name) == ["starter", "beside", "alone"]  # recorded as they end
-    assert by_name["beside"]["tail"] == ["finished"]
+    assert by_name["beside"]["tail"] == ["finished"] and (out / "beside.log").read_text() == "finished\n"
+    assert "----- beside: passed  (output in beside.log)" in (out / "session.log").read_text()
 
 
 def test_resume_runs_only_what_an_earlier_call_left_unsettled(tmp_path):
@@ -198,6 +230,24 @@ def test_plan_mistakes_are_one_line(tmp_path):
     assert res.returncode != 0 and "unknown keys ['timout']" in res.stderr and "Traceback" not in res.stderr
     res, _, _ = _session(tmp_path, '[[step]]\nname = "a"\ntimeout = 1\nrun = "true"\n', 60, "--only", "b")
     assert "no step named ['b']" in res.stderr and "Traceback" not in res.stderr
+    for line, says in (('needs = "60"', "needs = '60' is not a"), ('requires = "REF"', "requires = 'REF' is not a list"),
+                       ("background = 1", "background = 1 is not a <class 'bool'>")):
+        res, _, _ = _session(tmp_path, f'[[step]]\nname = "a"\ntimeout = 1\nrun = "true"\n{line}\n')
+        assert res.returncode == 1 and says in res.stderr and "Traceback" not in res.stderr, res.stderr
+    res, _, _ = _session(tmp_path, '[[step]]\nname = "a"\nrun = "true"\n')
+    assert "missing ['timeout']" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_step_that_prints_too_much_keeps_its_head_and_tail(tmp_path):
+    res, by_name, out = _session(tmp_path, """
+[[step]]
+name = "loud"
+timeout = 60
+run = 'echo first; head -c 3000000 /dev/zero | tr "\\0" x; echo; echo last'
+""")
+    log = (out / "session.log").read_text()
+    assert by_name["loud"]["status"] == "passed" and by_name["loud"]["tail"][-1] == "last"
+    assert (2 << 20) < len(log) < (2 << 20) + 1000 and "first" in log and "bytes left out" in log
 
 
 def test_the_kit_sets_ref_only_when_it_holds_rosinality(tmp_path):
@@ -219,11 +269,16 @@ def test_the_default_plan_fits_what_a_call_brings_back():
     assert names[0] == "setup" and PLAN[0].required
     # at most 8 files come back from $OUT: the driver's three and each junit file
     written = {m for s in PLAN for m in re.findall(r'\$OUT/([\w.-]+)', s.run)}
-    assert len(written | {"session.log", "summary.md", "summary.json"}) <= 8
+    logs = {f"{s.name}.log" for s in PLAN if s.background}
+    assert len(written | logs | {"session.log", "summary.md", "summary.json"}) <= 8
+    assert all(re.fullmatch(r"[\w.-]+", name) for name in written | logs)
     assert all(set(s.requires) <= {"REF", "KIT"} for s in PLAN)
-    # what is timed runs alone on the GPU
-    assert all(s.exclusive for s in PLAN if s.name in ("ref-fp32", "kernels"))
+    # whatever is timed runs alone on the GPU
+    assert all(s.exclusive for s in PLAN if "cartoongan_cli bench" in s.run)
     assert [s.name for s in PLAN if s.background] == ["suite"]
+    # the setup's Python is at least valid Python (it can only run on the GPU box)
+    script = PLAN[0].run.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    compile(script, "setup", "exec")
 
 
 def _bench_commands():
@@ -259,7 +314,6 @@ def test_every_bench_command_in_the_plan_parses_and_reaches_the_library(step, en
 
     monkeypatch.setattr(device, "resolve_device", lambda d: torch.device("cuda"))
     monkeypatch.setattr(device, "check_precision", lambda p, d: None)
-    monkeypatch.setattr(speed, "check_configs", lambda names: None)
     for mod, fn in ((speed, "run_bench"), (reference, "compare_with_reference"), (kernels, "run_kernel_bench"),
                     (profile, "profile_phases")):
         monkeypatch.setattr(mod, fn, reach(fn))

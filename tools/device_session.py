@@ -4,21 +4,22 @@ A session that is lent a GPU has 15 minutes of device time for everything, a col
 included, so the checks have to run as one prepared command that puts the most valuable ones first
 and never lets one slow step eat the rest. This driver reads a plan (tools/device_plan.toml), runs
 its steps in order under a deadline, and writes what happened under $OUT after every step, so a call
-killed at its limit still brings back everything that finished.
+cut short still brings back everything that finished.
 
-    python3 tools/device_session.py --budget 500            # on the GPU box, in the repo root
+    python3 tools/device_session.py --budget 540            # on the GPU box, in the repo root
+    python3 tools/device_session.py --resume --budget 200   # a second call on the still-warm box
     python3 tools/device_session.py --list                  # the plan, here or there
 
-Standard library only: it runs on the box's own python3, before anything is installed.
+Standard library only (Python 3.11+): it runs on the box's own python3, before anything is installed.
 
-A step is a bash command. The driver exports PY (the interpreter), OUT, KIT (the carried kit folder,
-see `make device-kit`), REF (rosinality's files inside it, or empty) and SITE (where carried wheels
-are installed; it is on PYTHONPATH for every step). Step keys:
+A step is a bash command, run with `bash -eo pipefail -c`. The driver exports PY (the interpreter),
+OUT, KIT (the carried kit folder, see `make device-kit`), REF (rosinality's files inside it, or
+empty) and SITE (where carried wheels are installed; first on PYTHONPATH for every step). Step keys:
     name        short name, used by --only/--skip and in the summary
     run         the bash command
     timeout     seconds the step may take at most (cut to what is left of the budget)
     needs       seconds it needs to be worth starting; skipped when less is left
-    background  start it and go on (its output joins the log when it ends)
+    background  start it and go on; its output goes to $OUT/NAME.log
     exclusive   wait for background steps first (timings must not share the GPU)
     required    stop the session if it fails (setup)
     requires    names of variables that must be non-empty, e.g. ["REF"]; skipped otherwise
@@ -38,7 +39,7 @@ from pathlib import Path
 
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: the plan is small, but we still need a TOML reader
+except ModuleNotFoundError:  # Python 3.10
     tomllib = None
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +47,9 @@ DEFAULT_PLAN = Path(__file__).resolve().parent / "device_plan.toml"
 # outcomes of every call on this machine, for --resume: a warm machine keeps /tmp, $OUT is emptied
 STATE = Path(tempfile.gettempdir()) / "cartoongan-device-session.json"
 TAIL_LINES = 25  # lines of each step's output kept in the summary: a pytest result or a bench table
-KILL_GRACE_S = 5.0
+LOG_CAP = 2 << 20  # bytes of one step's output kept in a log (head and tail); files over 16 MiB never come back
+# SIGINT first: pytest then still writes its junit file and short summary; bash and the rest get TERM, then KILL
+STOP_SIGNALS = ((signal.SIGINT, 8.0), (signal.SIGTERM, 3.0))
 
 
 @dataclass
@@ -64,31 +67,50 @@ class Step:
 @dataclass
 class Outcome:
     name: str
-    status: str  # passed, failed, timeout, skipped
+    status: str  # passed, failed, timeout, killed, skipped
     seconds: float = 0.0
     rc: int | None = None
     why: str = ""
     tail: list[str] = field(default_factory=list)
 
 
-KEYS = set(Step.__dataclass_fields__)
+@dataclass
+class Running:
+    step: Step
+    proc: subprocess.Popen
+    began: float
+    limit: float  # seconds from began
+    log: Path
+    offset: int  # where the step's output starts in log
+
+
+TYPES = {"name": str, "run": str, "timeout": (int, float), "needs": (int, float), "background": bool,
+         "exclusive": bool, "required": bool, "requires": list}
+
+
+class PlanError(SystemExit):
+    pass
 
 
 def load_plan(path: Path) -> list[Step]:
-    """The plan's steps, in order; a misspelt key or a repeated name is an error, not a surprise."""
+    """The plan's steps, in order. A misspelt key, a wrong type or a repeated name is one line now,
+    not a surprise on the GPU box."""
     if tomllib is None:
-        raise SystemExit("device_session: reading the plan needs Python 3.11 or newer (tomllib)")
-    data = tomllib.loads(path.read_text())
+        raise PlanError("device_session: reading the plan needs Python 3.11 or newer (tomllib)")
     steps = []
-    for raw in data.get("step", []):
-        unknown = set(raw) - KEYS
-        if unknown:
-            raise SystemExit(f"device_session: {path.name}: step {raw.get('name', '?')!r} has unknown keys "
-                             f"{sorted(unknown)}; known: {sorted(KEYS)}")
+    for raw in tomllib.loads(path.read_text()).get("step", []):
+        where = f"device_session: {path.name}: step {raw.get('name', len(steps) + 1)!r}"
+        unknown, missing = set(raw) - set(TYPES), {"name", "run", "timeout"} - set(raw)
+        if unknown or missing:
+            raise PlanError(f"{where}: unknown keys {sorted(unknown)}, missing {sorted(missing)}")
+        for key, value in raw.items():
+            if not isinstance(value, TYPES[key]) or isinstance(value, bool) != (TYPES[key] is bool) or (
+                    key == "requires" and not all(isinstance(v, str) for v in value)):
+                raise PlanError(f"{where}: {key} = {value!r} is not a {'list of str' if key == 'requires' else TYPES[key]}")
         steps.append(Step(**raw))
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
-        raise SystemExit(f"device_session: {path.name}: step names repeat: {names}")
+        raise PlanError(f"device_session: {path.name}: step names repeat: {names}")
     return steps
 
 
@@ -97,76 +119,100 @@ def select(steps: list[Step], only: list[str], skip: list[str]) -> list[Step]:
     names = {s.name for s in steps}
     bad = [n for n in only + skip if n not in names]
     if bad:
-        raise SystemExit(f"device_session: no step named {bad}; the plan has {[s.name for s in steps]}")
+        raise PlanError(f"device_session: no step named {bad}; the plan has {[s.name for s in steps]}")
     return [s for s in steps if (not only or s.name in only) and s.name not in skip]
+
+
+class Interrupted(Exception):
+    """The driver itself was told to stop (the call's own limit, Ctrl-C)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class Session:
     """Runs steps under one deadline and keeps $OUT's log and summaries current."""
 
-    def __init__(self, out: Path, budget: float, env: dict[str, str], clock=time.monotonic,
-                 earlier: list[Outcome] = ()):
-        self.out, self.env, self.clock = out, env, clock
-        self.deadline = clock() + budget
+    def __init__(self, out: Path, budget: float, env: dict[str, str], earlier: list[Outcome] = ()):
+        self.out, self.env = out, env
+        self.deadline = time.monotonic() + budget
         self.outcomes: list[Outcome] = list(earlier)
-        self.background: list[tuple[Step, subprocess.Popen, Path, float]] = []
+        self.running: list[Running] = []
         self.log = out / "session.log"
         self.log.write_text("")
+        write_summaries(out, self.outcomes, [], budget)
 
     def left(self) -> float:
-        return self.deadline - self.clock()
+        return self.deadline - time.monotonic()
 
     def run(self, steps: list[Step]) -> int:
-        for step in steps:
-            if step.exclusive:
-                self.wait_background()
-            outcome = self.start(step)
-            if outcome is not None:
-                self.record(outcome)
-                if step.required and outcome.status != "passed":
-                    for rest in steps[steps.index(step) + 1:]:
+        try:
+            for i, step in enumerate(steps):
+                self.collect(wait=step.exclusive)
+                outcome = self.start(step)
+                if outcome is not None:
+                    self.record(outcome)
+                if step.required and outcome is not None and outcome.status != "passed":
+                    for rest in steps[i + 1:]:
                         self.record(Outcome(rest.name, "skipped", why=f"required step {step.name} did not pass"))
                     break
-        self.wait_background()
+            self.collect(wait=True)
+        except Interrupted as stop_:
+            for r in list(self.running):
+                self.running.remove(r)
+                stop(r.proc, ((signal.SIGINT, 2.0),))
+                self.record(self.outcome(r, "killed", None, f"the driver got signal {stop_.signum}"))
+            return 128 + stop_.signum
         return exit_code(self.outcomes)
 
     def start(self, step: Step) -> Outcome | None:
+        """Start a step; a foreground one is waited for and its outcome returned."""
         missing = [v for v in step.requires if not self.env.get(v)]
         if missing:
             return Outcome(step.name, "skipped", why=f"{', '.join(missing)} not set")
         left = self.left()
         if left < max(step.needs, 1.0):
             return Outcome(step.name, "skipped", why=f"{left:.0f} s of budget left, it needs {step.needs:.0f} s")
-        self.append(f"\n===== {step.name}: {step.run}\n")
-        fd, name = tempfile.mkstemp(prefix=f"{step.name}-", suffix=".log")
-        log = Path(name)
-        with os.fdopen(fd, "w") as f:
-            # a new session, so that a timeout can end the whole tree (pytest's workers, nvcc)
-            proc = subprocess.Popen(["bash", "-c", step.run], cwd=ROOT, env=self.env, stdout=f,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        began = self.clock()
+        log = self.out / f"{step.name}.log" if step.background else self.log
+        self.append(f"\n===== {step.name}: {step.run.strip()}\n")
+        offset = log.stat().st_size if log.exists() else 0
+        with log.open("a") as f:
+            # its own process group, so that a stop reaches pytest's workers and nvcc too; not its own
+            # session, so that whatever survives still ends with the call
+            proc = subprocess.Popen(["bash", "-eo", "pipefail", "-c", step.run], cwd=ROOT, env=self.env, stdout=f,
+                                    stderr=subprocess.STDOUT, process_group=0)
+        r = Running(step, proc, time.monotonic(), min(step.timeout, left), log, offset)
+        self.running.append(r)
         if step.background:
-            self.background.append((step, proc, log, began))
             return None
-        return self.finish(step, proc, log, began, min(step.timeout, left))
+        outcome = self.wait(r)
+        return outcome
 
-    def finish(self, step: Step, proc: subprocess.Popen, log: Path, began: float, limit: float) -> Outcome:
+    def wait(self, r: Running) -> Outcome:
         try:
-            rc = proc.wait(timeout=max(limit - (self.clock() - began), 0.1))
-            status = "passed" if rc == 0 else "failed"
-            why = "" if rc == 0 else f"exit code {rc}"
+            rc = r.proc.wait(timeout=max(r.limit - (time.monotonic() - r.began), 0.1))
         except subprocess.TimeoutExpired:
-            stop(proc)
-            rc, status, why = None, "timeout", f"stopped after {limit:.0f} s"
-        text = log.read_text(errors="replace")
-        log.unlink()
-        self.append(text + f"\n----- {step.name}: {status} {why}\n")
-        return Outcome(step.name, status, round(self.clock() - began, 1), rc, why, text.splitlines()[-TAIL_LINES:])
+            stop(r.proc, STOP_SIGNALS)
+            rc = None
+        self.running.remove(r)
+        if rc is None:
+            return self.outcome(r, "timeout", None, f"stopped after {r.limit:.0f} s")
+        return self.outcome(r, "passed" if rc == 0 else "failed", rc, "" if rc == 0 else f"exit code {rc}")
 
-    def wait_background(self) -> None:
-        while self.background:
-            step, proc, log, began = self.background.pop(0)
-            self.record(self.finish(step, proc, log, began, min(step.timeout, self.left() + (self.clock() - began))))
+    def collect(self, wait: bool) -> None:
+        """Record background steps that have ended (all of them, waiting, when `wait`)."""
+        for r in [r for r in self.running if r.step.background]:
+            over = time.monotonic() - r.began > r.limit
+            if wait or over or r.proc.poll() is not None:
+                self.record(self.wait(r))
+
+    def outcome(self, r: Running, status: str, rc: int | None, why: str) -> Outcome:
+        text = cap(r.log, r.offset)
+        where = "" if r.log == self.log else f" (output in {r.log.name})"
+        self.append(f"\n----- {r.step.name}: {status} {why}{where}\n")
+        return Outcome(r.step.name, status, round(time.monotonic() - r.began, 1), rc, why,
+                       text.splitlines()[-TAIL_LINES:])
 
     def append(self, text: str) -> None:
         with self.log.open("a") as f:
@@ -174,8 +220,42 @@ class Session:
 
     def record(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
-        write_summaries(self.out, self.outcomes, self.left())
+        write_summaries(self.out, self.outcomes, [r.step.name for r in self.running], self.left())
         STATE.write_text(json.dumps([o.__dict__ for o in self.outcomes]))
+
+
+def cap(log: Path, offset: int) -> str:
+    """A step's output from `offset` on; past LOG_CAP only its head and tail stay in the file."""
+    with log.open("rb+") as f:
+        f.seek(offset)
+        data = f.read()
+        if len(data) > LOG_CAP:
+            half = LOG_CAP // 2
+            data = data[:half] + f"\n[... {len(data) - LOG_CAP} bytes left out ...]\n".encode() + data[-half:]
+            f.seek(offset)
+            f.write(data)
+            f.truncate()
+    return data.decode(errors="replace")
+
+
+def stop(proc: subprocess.Popen, signals) -> None:
+    """End a step's process group: each signal in turn while the step lives, then SIGKILL to the
+    whole group, whose other members may outlive the step's shell."""
+    for sig, grace in signals:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def resume(steps: list[Step]) -> tuple[list[Step], list[Outcome]]:
@@ -188,32 +268,17 @@ def resume(steps: list[Step]) -> tuple[list[Step], list[Outcome]]:
     return [s for s in steps if s.name not in settled], [settled[s.name] for s in steps if s.name in settled]
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """End a step's process group: SIGTERM (pytest writes its report), then SIGKILL."""
-    for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def exit_code(outcomes: list[Outcome]) -> int:
-    """0 when every step passed, 1 when one failed or timed out, 3 when some were only skipped."""
-    if any(o.status in ("failed", "timeout") for o in outcomes):
-        return 1
-    return 3 if any(o.status == "skipped" for o in outcomes) else 0
+    """0 when no step failed (skipped ones are in the summary), 1 when one failed or was stopped."""
+    return 1 if any(o.status in ("failed", "timeout", "killed") for o in outcomes) else 0
 
 
-def write_summaries(out: Path, outcomes: list[Outcome], left: float) -> None:
+def write_summaries(out: Path, outcomes: list[Outcome], running: list[str], left: float) -> None:
     """summary.json (machine-readable) and summary.md (a status table, then each step's tail)."""
     (out / "summary.json").write_text(json.dumps([o.__dict__ for o in outcomes], indent=1))
     lines = ["| step | status | s | note |", "|---|---|---|---|"]
     lines += [f"| {o.name} | {o.status} | {o.seconds:.0f} | {o.why} |" for o in outcomes]
+    lines += [f"| {name} | running | | |" for name in running]
     lines.append(f"\nbudget left: {left:.0f} s\n")
     for o in outcomes:
         if o.tail:
@@ -226,10 +291,15 @@ def environment(out: Path, kit: Path | None, python: str) -> dict[str, str]:
     env = dict(os.environ)
     site = Path(tempfile.gettempdir()) / "cartoongan-site"
     ref = kit / "rosinality" if kit else None
-    env.update(PY=python, OUT=str(out), KIT=str(kit or ""), SITE=str(site),
-               REF=str(ref) if ref and (ref / "model.py").is_file() else "", PYTHONUNBUFFERED="1")
+    env.update(PY=python, OUT=str(out.resolve()), KIT=str(kit.resolve()) if kit else "", SITE=str(site),
+               REF=str(ref.resolve()) if ref and (ref / "model.py").is_file() else "", PYTHONUNBUFFERED="1",
+               PWD=str(ROOT))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sum of timeouts: {sum(s.timeout for s in steps if not s.background):.0f} s, budget {a.budget:.0f} s")
         return 0
     a.out.mkdir(parents=True, exist_ok=True)
-    kit = a.kit if a.kit.is_dir() else None
     steps, earlier = resume(steps) if a.resume else (steps, [])
-    session = Session(a.out, a.budget, environment(a.out, kit, a.python), earlier=earlier)
+    session = Session(a.out, a.budget, environment(a.out, a.kit if a.kit.is_dir() else None, a.python), earlier)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     code = session.run(steps)
     print((a.out / "summary.md").read_text().split("\n## ")[0])
     return code
