@@ -147,8 +147,8 @@ def _print_flops(rows: list[dict]) -> None:
 
     for config in dict.fromkeys(r["config"] for r in rows):
         sides = [r for r in rows if r["config"] == config]
-        table = Table(title=f"{config}, batch {sides[0]['batch']}: GFLOP per training image, one call of each "
-                            "phase; the last line is the floor that arithmetic alone sets")
+        table = Table(title=f"{config}, batch {sides[0]['batch']}, on {sides[0]['device']}: GFLOP per training "
+                            "image, one call of each phase; the last line is the floor that arithmetic alone sets")
         table.add_column("measure")
         for r in sides:
             table.add_column(r["side"], justify="right")

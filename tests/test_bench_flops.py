@@ -18,12 +18,18 @@ def test_a_convolution_counts_its_multiply_adds_and_backward_only_what_is_asked(
     assert count_flops(lambda: F.conv2d(x, w, padding=1).sum().backward()) == 3 * forward  # and the weight's
 
 
+def test_composite_ops_count_through_what_they_are_made_of():
+    x, w = torch.randn(4, 8), torch.randn(16, 8)
+    with torch.inference_mode():  # F.linear stays one op here, which has no FLOP formula of its own
+        assert count_flops(lambda: F.linear(x, w)) == 2 * 4 * 8 * 16
+
+
 def test_phases_are_counted_per_image_with_the_regularisers_amortised():
     a, b = torch.randn(16, 32), torch.randn(32, 8)
     mm = 2 * 16 * 32 * 8
     phases = Phases(forward=lambda: a @ b, step=lambda: [a @ b for _ in range(3)], r1=lambda: [a @ b for _ in range(16)],
                     path=lambda: [a @ b for _ in range(8)], d_reg_every=16, g_reg_every=4)
-    row = phase_flops(phases, "x", 4, "ours")
+    row = phase_flops(phases, "x", "cpu", 4, "ours")
     gflop = mm / 4 / 1e9
     figures = [float(f"{g:.3g}") for g in (gflop, 3 * gflop, 16 * gflop, 8 * gflop, 3 * gflop + gflop + 2 * gflop)]
     assert [row.forward_gflop_img, row.step_gflop_img, row.r1_gflop_img, row.path_gflop_img,
@@ -41,7 +47,8 @@ def test_the_structure_loss_adds_the_source_render_and_the_cli_prints_the_table(
     assert abs(plain.img_s_per_100_tflops * plain.iteration_gflop_img / 100e3 - 1) < 0.02
     res = CliRunner().invoke(app, ["bench", "--flops", "--configs", "tiny", "--batch", "2", "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    assert "tiny, batch 2" in res.output and "ours+struct" in res.output and "GFLOP per training image" in res.output
+    words = " ".join(res.output.split())  # the title wraps at 80 columns
+    assert "tiny, batch 2, on cpu: GFLOP per training image" in words and "ours+struct" in res.output
     assert f" {plain.img_s_per_100_tflops} │" in res.output.split("img/s at 100 TFLOP/s")[1]
 
 

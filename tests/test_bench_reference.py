@@ -180,6 +180,6 @@ def test_flops_count_the_reference_beside_ours(checkout):
     assert sys.modules["op.conv2d_gradfix"].USED  # its R1 was counted as its train.py runs it
     res = CliRunner().invoke(app, ["bench", "--flops", "--reference", str(checkout), "--configs", "r8", "--device",
                                    "cpu"])
-    assert res.exit_code == 0 and "rosinality" in res.output and "r8, batch 2" in res.output, res.output
+    assert res.exit_code == 0 and "rosinality" in res.output and "r8, batch 2, on cpu" in res.output, res.output
     res = CliRunner().invoke(app, ["bench", "--flops", "--reference", str(checkout), "--configs", "tiny"])
     assert res.exit_code == 2 and "rosinality's networks lack" in res.output

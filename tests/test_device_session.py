@@ -225,6 +225,71 @@ run = 'echo big >> "$OUT/ran"'
     assert (out / "ran").read_text().split() == ["ok", "broken", "big", "ok", "broken", "big"]
 
 
+def test_resume_retries_a_required_step_that_failed_and_after_waits_for_its_step(tmp_path):
+    body = """
+[[step]]
+name = "setup"
+required = true
+timeout = 30
+run = 'test -f "$OUT/fixed"'
+[[step]]
+name = "build"
+timeout = 30
+run = 'test -f "$OUT/fixed" && exit 3'
+[[step]]
+name = "uses-build"
+after = ["build"]
+timeout = 30
+run = 'echo never'
+[[step]]
+name = "plain"
+timeout = 30
+run = 'true'
+"""
+    res, by_name, out = _session(tmp_path, body)
+    assert [o["status"] for o in by_name.values()] == ["failed", "skipped", "skipped", "skipped"]
+    (out / "fixed").write_text("")
+    res, by_name, out = _session(tmp_path, body, 60, "--resume")
+    assert [(n, o["status"]) for n, o in by_name.items()] == [("setup", "passed"), ("build", "failed"),
+                                                              ("uses-build", "skipped"), ("plain", "passed")]
+    assert by_name["uses-build"]["why"] == "build did not pass"
+
+
+def test_nothing_a_finished_step_started_outlives_it(tmp_path):
+    res, by_name, out = _session(tmp_path, """
+[[step]]
+name = "leaves-a-child"
+timeout = 30
+run = 'sleep 60 >/dev/null & echo $! > "$OUT/child.pid"'
+""")
+    assert by_name["leaves-a-child"]["status"] == "passed" and _gone(int((out / "child.pid").read_text()))
+
+
+def test_a_second_signal_does_not_cut_the_clean_up_short(tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "tmp").mkdir()
+    plan = _plan(tmp_path, """
+[[step]]
+name = "deaf"
+timeout = 100
+run = 'trap "" INT; sleep 60 & echo $! > "$OUT/child.pid"; wait; wait'
+""")
+    driver = subprocess.Popen([sys.executable, str(SCRIPT), "--plan", str(plan), "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    for _ in range(300):
+        if (out / "child.pid").is_file() and (out / "child.pid").read_text().strip():
+            break
+        time.sleep(0.05)
+    driver.terminate()
+    time.sleep(0.5)  # inside the clean-up's grace for SIGINT, which the step ignores
+    driver.terminate()
+    stdout, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 128 + 15 and "Traceback" not in stderr, stderr
+    assert [o["status"] for o in json.loads((out / "summary.json").read_text())] == ["killed"]
+    assert _gone(int((out / "child.pid").read_text()))
+
+
 def test_plan_mistakes_are_one_line(tmp_path):
     res, _, _ = _session(tmp_path, '[[step]]\nname = "a"\ntimeout = 1\nrun = "true"\ntimout = 3\n')
     assert res.returncode != 0 and "unknown keys ['timout']" in res.stderr and "Traceback" not in res.stderr
@@ -236,6 +301,11 @@ def test_plan_mistakes_are_one_line(tmp_path):
         assert res.returncode == 1 and says in res.stderr and "Traceback" not in res.stderr, res.stderr
     res, _, _ = _session(tmp_path, '[[step]]\nname = "a"\nrun = "true"\n')
     assert "missing ['timeout']" in res.stderr and "Traceback" not in res.stderr
+    for name in ("session", "a b", "x/y"):
+        res, _, _ = _session(tmp_path, f'[[step]]\nname = "{name}"\ntimeout = 1\nrun = "true"\n')
+        assert "it names files in $OUT" in res.stderr and "Traceback" not in res.stderr
+    res, _, _ = _session(tmp_path, '[[step]]\nname = "a"\ntimeout = 1\nrun = "true"\nafter = ["b"]\n')
+    assert "comes after ['b'], which no earlier step is" in res.stderr
 
 
 def test_a_step_that_prints_too_much_keeps_its_head_and_tail(tmp_path):
@@ -247,7 +317,7 @@ run = 'echo first; head -c 3000000 /dev/zero | tr "\\0" x; echo; echo last'
 """)
     log = (out / "session.log").read_text()
     assert by_name["loud"]["status"] == "passed" and by_name["loud"]["tail"][-1] == "last"
-    assert (2 << 20) < len(log) < (2 << 20) + 1000 and "first" in log and "bytes left out" in log
+    assert ds.LOG_CAP < len(log) < ds.LOG_CAP + 1000 and "first" in log and "bytes left out" in log
 
 
 def test_the_kit_sets_ref_only_when_it_holds_rosinality(tmp_path):
@@ -275,7 +345,8 @@ def test_the_default_plan_fits_what_a_call_brings_back():
     assert all(set(s.requires) <= {"REF", "KIT"} for s in PLAN)
     # whatever is timed runs alone on the GPU
     assert all(s.exclusive for s in PLAN if "cartoongan_cli bench" in s.run)
-    assert [s.name for s in PLAN if s.background] == ["suite"]
+    assert [s.name for s in PLAN if s.background] == ["suite", "ref-build"]
+    assert all(s.after == ["ref-build"] for s in PLAN if s.name.startswith("ref-") and s.name != "ref-build")
     # the setup's Python is at least valid Python (it can only run on the GPU box)
     script = PLAN[0].run.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
     compile(script, "setup", "exec")
@@ -286,7 +357,7 @@ def _bench_commands():
         for line in step.run.splitlines():
             if "cartoongan_cli bench" in line:
                 env = line.split('"$PY"')[0].split()
-                args = shlex.split(line.split("cartoongan_cli", 1)[1].replace("$REF", "/ref"))
+                args = shlex.split(line.split("cartoongan_cli", 1)[1].split("||")[0].replace("$REF", "/ref"))
                 yield step.name, env, args
 
 

@@ -23,12 +23,15 @@ empty) and SITE (where carried wheels are installed; first on PYTHONPATH for eve
     exclusive   wait for background steps first (timings must not share the GPU)
     required    stop the session if it fails (setup)
     requires    names of variables that must be non-empty, e.g. ["REF"]; skipped otherwise
+    after       names of earlier steps that must have passed (in this call or, with --resume, an
+                earlier one); skipped otherwise
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,7 +50,7 @@ DEFAULT_PLAN = Path(__file__).resolve().parent / "device_plan.toml"
 # outcomes of every call on this machine, for --resume: a warm machine keeps /tmp, $OUT is emptied
 STATE = Path(tempfile.gettempdir()) / "cartoongan-device-session.json"
 TAIL_LINES = 25  # lines of each step's output kept in the summary: a pytest result or a bench table
-LOG_CAP = 2 << 20  # bytes of one step's output kept in a log (head and tail); files over 16 MiB never come back
+LOG_CAP = 1 << 20  # bytes of one step's output kept in a log (head and tail): a file over 16 MiB never comes back
 # SIGINT first: pytest then still writes its junit file and short summary; bash and the rest get TERM, then KILL
 STOP_SIGNALS = ((signal.SIGINT, 8.0), (signal.SIGTERM, 3.0))
 
@@ -62,6 +65,7 @@ class Step:
     exclusive: bool = False
     required: bool = False
     requires: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -85,7 +89,9 @@ class Running:
 
 
 TYPES = {"name": str, "run": str, "timeout": (int, float), "needs": (int, float), "background": bool,
-         "exclusive": bool, "required": bool, "requires": list}
+         "exclusive": bool, "required": bool, "requires": list, "after": list}
+RESERVED = {"session", "summary"}  # names of the driver's own files in $OUT
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class PlanError(SystemExit):
@@ -104,10 +110,20 @@ def load_plan(path: Path) -> list[Step]:
         if unknown or missing:
             raise PlanError(f"{where}: unknown keys {sorted(unknown)}, missing {sorted(missing)}")
         for key, value in raw.items():
+            listed = TYPES[key] is list
             if not isinstance(value, TYPES[key]) or isinstance(value, bool) != (TYPES[key] is bool) or (
-                    key == "requires" and not all(isinstance(v, str) for v in value)):
-                raise PlanError(f"{where}: {key} = {value!r} is not a {'list of str' if key == 'requires' else TYPES[key]}")
+                    listed and not all(isinstance(v, str) for v in value)):
+                raise PlanError(f"{where}: {key} = {value!r} is not a {'list of str' if listed else TYPES[key]}")
+        if not re.fullmatch(r"[\w.-]+", raw["name"]) or raw["name"] in RESERVED:
+            raise PlanError(f"{where}: a name of letters, digits, '.', '_', '-' (not {sorted(RESERVED)}): it names "
+                            "files in $OUT")
         steps.append(Step(**raw))
+    known = set()
+    for step in steps:
+        if set(step.after) - known:
+            raise PlanError(f"device_session: {path.name}: step {step.name!r} comes after "
+                            f"{sorted(set(step.after) - known)}, which no earlier step is")
+        known.add(step.name)
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise PlanError(f"device_session: {path.name}: step names repeat: {names}")
@@ -150,30 +166,34 @@ class Session:
         try:
             for i, step in enumerate(steps):
                 self.collect(wait=step.exclusive)
-                outcome = self.start(step)
-                if outcome is not None:
-                    self.record(outcome)
-                if step.required and outcome is not None and outcome.status != "passed":
+                status = self.start(step)
+                if step.required and status != "passed":
                     for rest in steps[i + 1:]:
                         self.record(Outcome(rest.name, "skipped", why=f"required step {step.name} did not pass"))
                     break
             self.collect(wait=True)
         except Interrupted as stop_:
+            for sig in HANDLED:  # a second signal must not cut the clean-up short
+                signal.signal(sig, signal.SIG_IGN)
             for r in list(self.running):
-                self.running.remove(r)
-                stop(r.proc, ((signal.SIGINT, 2.0),))
-                self.record(self.outcome(r, "killed", None, f"the driver got signal {stop_.signum}"))
+                if r.proc.poll() is not None:
+                    self.finish(r)
+                else:
+                    stop(r.proc, ((signal.SIGINT, 2.0),))
+                    self.finish(r, "killed", f"the driver got signal {stop_.signum}")
             return 128 + stop_.signum
         return exit_code(self.outcomes)
 
-    def start(self, step: Step) -> Outcome | None:
-        """Start a step; a foreground one is waited for and its outcome returned."""
+    def start(self, step: Step) -> str | None:
+        """Start a step; a foreground one is waited for. Its status, None while in the background."""
         missing = [v for v in step.requires if not self.env.get(v)]
-        if missing:
-            return Outcome(step.name, "skipped", why=f"{', '.join(missing)} not set")
+        unmet = [a for a in step.after if self.status_of(a) != "passed"]
         left = self.left()
-        if left < max(step.needs, 1.0):
-            return Outcome(step.name, "skipped", why=f"{left:.0f} s of budget left, it needs {step.needs:.0f} s")
+        if missing or unmet or left < max(step.needs, 1.0):
+            why = (f"{', '.join(missing)} not set" if missing else
+                   f"{', '.join(unmet)} did not pass" if unmet else
+                   f"{left:.0f} s of budget left, it needs {step.needs:.0f} s")
+            return self.record(Outcome(step.name, "skipped", why=why))
         log = self.out / f"{step.name}.log" if step.background else self.log
         self.append(f"\n===== {step.name}: {step.run.strip()}\n")
         offset = log.stat().st_size if log.exists() else 0
@@ -184,44 +204,56 @@ class Session:
                                     stderr=subprocess.STDOUT, process_group=0)
         r = Running(step, proc, time.monotonic(), min(step.timeout, left), log, offset)
         self.running.append(r)
-        if step.background:
-            return None
-        outcome = self.wait(r)
-        return outcome
+        self.write()  # the summary lists it as running, should the call be cut short
+        return None if step.background else self.wait(r)
 
-    def wait(self, r: Running) -> Outcome:
+    def wait(self, r: Running) -> str:
+        """Wait for a step until its limit (stopping it there) and record how it ended."""
         try:
             rc = r.proc.wait(timeout=max(r.limit - (time.monotonic() - r.began), 0.1))
         except subprocess.TimeoutExpired:
             stop(r.proc, STOP_SIGNALS)
-            rc = None
-        self.running.remove(r)
-        if rc is None:
-            return self.outcome(r, "timeout", None, f"stopped after {r.limit:.0f} s")
-        return self.outcome(r, "passed" if rc == 0 else "failed", rc, "" if rc == 0 else f"exit code {rc}")
+            return self.finish(r, "timeout", f"stopped after {r.limit:.0f} s")
+        return self.finish(r)
 
     def collect(self, wait: bool) -> None:
         """Record background steps that have ended (all of them, waiting, when `wait`)."""
         for r in [r for r in self.running if r.step.background]:
             over = time.monotonic() - r.began > r.limit
             if wait or over or r.proc.poll() is not None:
-                self.record(self.wait(r))
+                self.wait(r)
 
-    def outcome(self, r: Running, status: str, rc: int | None, why: str) -> Outcome:
+    def finish(self, r: Running, status: str | None = None, why: str = "") -> str:
+        """Record an ended step (by its exit code unless `status` is given), then forget it."""
+        rc = r.proc.returncode if status is None else None
+        end_group(r.proc)  # nothing a step started outlives it: ninja, a daemon, a stray worker
+        if status is None:
+            status, why = ("passed", "") if rc == 0 else ("failed", f"exit code {rc}")
         text = cap(r.log, r.offset)
         where = "" if r.log == self.log else f" (output in {r.log.name})"
         self.append(f"\n----- {r.step.name}: {status} {why}{where}\n")
-        return Outcome(r.step.name, status, round(time.monotonic() - r.began, 1), rc, why,
-                       text.splitlines()[-TAIL_LINES:])
+        self.record(Outcome(r.step.name, status, round(time.monotonic() - r.began, 1), rc, why,
+                            text.splitlines()[-TAIL_LINES:]))
+        self.running.remove(r)  # after recording: an interruption in between still finds it here
+        return status
+
+    def status_of(self, name: str) -> str | None:
+        return next((o.status for o in reversed(self.outcomes) if o.name == name), None)
 
     def append(self, text: str) -> None:
         with self.log.open("a") as f:
             f.write(text)
 
-    def record(self, outcome: Outcome) -> None:
+    def record(self, outcome: Outcome) -> str:
         self.outcomes.append(outcome)
-        write_summaries(self.out, self.outcomes, [r.step.name for r in self.running], self.left())
+        self.write()
         STATE.write_text(json.dumps([o.__dict__ for o in self.outcomes]))
+        return outcome.status
+
+    def write(self) -> None:
+        done = {o.name for o in self.outcomes}
+        write_summaries(self.out, self.outcomes, [r.step.name for r in self.running if r.step.name not in done],
+                        self.left())
 
 
 def cap(log: Path, offset: int) -> str:
@@ -239,8 +271,8 @@ def cap(log: Path, offset: int) -> str:
 
 
 def stop(proc: subprocess.Popen, signals) -> None:
-    """End a step's process group: each signal in turn while the step lives, then SIGKILL to the
-    whole group, whose other members may outlive the step's shell."""
+    """Stop a running step: each signal to its process group in turn, with its grace, until the
+    step's shell has ended; the group's other members are ended by end_group."""
     for sig, grace in signals:
         try:
             os.killpg(proc.pid, sig)
@@ -251,6 +283,11 @@ def stop(proc: subprocess.Popen, signals) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+    end_group(proc)
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """SIGKILL to whatever is left of a step's process group, then reap its shell."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -259,10 +296,13 @@ def stop(proc: subprocess.Popen, signals) -> None:
 
 
 def resume(steps: list[Step]) -> tuple[list[Step], list[Outcome]]:
-    """The steps an earlier call on this machine did not settle (skipped, stopped, never reached),
-    and the outcomes of those it did (passed or failed: a rerun would spend time to learn the same)."""
+    """The steps an earlier call on this machine did not settle (skipped, stopped, never reached;
+    a required step unless it passed), and the outcomes of those it did (passed, or failed: a rerun
+    would spend time to learn the same)."""
     earlier = {o["name"]: Outcome(**o) for o in json.loads(STATE.read_text())} if STATE.is_file() else {}
-    settled = {n: o for n, o in earlier.items() if o.status in ("passed", "failed")}
+    required = {s.name for s in steps if s.required}
+    settled = {n: o for n, o in earlier.items()
+               if o.status == "passed" or (o.status == "failed" and n not in required)}
     for o in settled.values():
         o.why = f"earlier call{': ' + o.why if o.why else ''}"
     return [s for s in steps if s.name not in settled], [settled[s.name] for s in steps if s.name in settled]
@@ -320,13 +360,14 @@ def main(argv: list[str] | None = None) -> int:
         for s in steps:
             flags = [k for k in ("background", "exclusive", "required") if getattr(s, k)]
             command = " ; ".join(line.strip() for line in s.run.splitlines() if line.strip())
-            print(f"{s.name:14} {s.timeout:4.0f} s  {' '.join(flags + s.requires):20} {command[:90]}")
+            needs = s.requires + [f"after {a}" for a in s.after]
+            print(f"{s.name:14} {s.timeout:4.0f} s  {' '.join(flags + needs):20} {command[:90]}")
         print(f"sum of timeouts: {sum(s.timeout for s in steps if not s.background):.0f} s, budget {a.budget:.0f} s")
         return 0
     a.out.mkdir(parents=True, exist_ok=True)
     steps, earlier = resume(steps) if a.resume else (steps, [])
     session = Session(a.out, a.budget, environment(a.out, a.kit if a.kit.is_dir() else None, a.python), earlier)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in HANDLED:
         signal.signal(sig, _interrupt)
     code = session.run(steps)
     print((a.out / "summary.md").read_text().split("\n## ")[0])

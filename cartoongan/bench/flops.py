@@ -33,8 +33,14 @@ class FlopCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         formula = flop_registry.get(func._overloadpacket)
+        if formula is None:
+            # a composite op (F.linear under inference_mode, say) counts through what it is made of
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
         if formula is not None:
             name = str(func._overloadpacket)
             self.by_op[name] = self.by_op.get(name, 0) + formula(*args, **kwargs, out_val=out)
@@ -55,6 +61,7 @@ def count_flops(fn: Callable[[], None]) -> int:
 @dataclass
 class FlopRow:
     config: str
+    device: str  # custom kernels (rosinality's on CUDA, our Triton FIR) count nothing: the device matters
     batch: int
     side: str  # ours, ours+struct (FreezeSG 2, structure loss 3), rosinality
     forward_gflop_img: float  # generator forward
@@ -65,11 +72,11 @@ class FlopRow:
     img_s_per_100_tflops: int  # the floor: img/s that 100 TFLOP/s would give if nothing else cost
 
 
-def phase_flops(phases: Phases, config: str, batch: int, side: str) -> FlopRow:
+def phase_flops(phases: Phases, config: str, device: str, batch: int, side: str) -> FlopRow:
     """Each phase's FLOPs per training image (the unit of img/s), from one call each, to 3 figures."""
     per_img = {k: count_flops(getattr(phases, k)) / batch / 1e9 for k in ("forward", "step", "r1", "path")}
     iteration = phases.per_iteration(per_img["step"], per_img["r1"], per_img["path"])
-    return FlopRow(config, batch, side, *(_figures(per_img[k]) for k in ("forward", "step", "r1", "path")),
+    return FlopRow(config, device, batch, side, *(_figures(per_img[k]) for k in ("forward", "step", "r1", "path")),
                    _figures(iteration), round(100e3 / iteration))
 
 
@@ -97,9 +104,10 @@ def run_flop_count(configs: list[str], device: str = "auto", batch: int | None =
             n = batch or default_batch(name, dev)
             for struct, side in ((False, "ours"), (True, "ours+struct")):
                 tr = bench_trainer(name, dev, n, precision, None, struct=struct)
-                rows.append(phase_flops(trainer_phases(tr, n), name, n, side))
+                rows.append(phase_flops(trainer_phases(tr, n), name, str(dev), n, side))
                 del tr
             if model is not None:
-                rows.append(phase_flops(_ReferenceLoop(model, gradfix, name, dev, n).phases(), name, n, "rosinality"))
+                phases = _ReferenceLoop(model, gradfix, name, dev, n).phases()
+                rows.append(phase_flops(phases, name, str(dev), n, "rosinality"))
             bar.advance()
     return rows
