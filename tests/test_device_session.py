@@ -30,15 +30,32 @@ def _plan(tmp_path, body: str) -> Path:
     return p
 
 
-def _session(tmp_path, body: str, budget: float = 60, *extra: str):
+def _driver(tmp_path, body: str, *extra: str) -> tuple[list[str], dict[str, str], Path]:
+    """The driver's command line, environment and $OUT for a plan; its state, step logs and SITE
+    live in a TMPDIR of the test's own."""
     out = tmp_path / "out"
-    (tmp_path / "tmp").mkdir(exist_ok=True)  # the driver's state, step logs and SITE live in TMPDIR
-    res = subprocess.run([sys.executable, str(SCRIPT), "--plan", str(_plan(tmp_path, body)), "--out", str(out),
-                          "--budget", str(budget), "--kit", str(tmp_path / "no-kit"), *extra],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    command = [sys.executable, str(SCRIPT), "--plan", str(_plan(tmp_path, body)), "--out", str(out),
+               "--kit", str(tmp_path / "no-kit"), *extra]
+    return command, {**os.environ, "TMPDIR": str(tmp_path / "tmp")}, out
+
+
+def _session(tmp_path, body: str, budget: float = 60, *extra: str):
+    command, env, out = _driver(tmp_path, body, "--budget", str(budget), *extra)
+    res = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else []
     return res, {o["name"]: o for o in summary}, out
+
+
+def _driver_with_a_child(tmp_path, body: str) -> tuple[subprocess.Popen, Path]:
+    """A driver started on a plan whose step writes its child's pid to $OUT/child.pid, once it has."""
+    command, env, out = _driver(tmp_path, body)
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for _ in range(300):
+        if (out / "child.pid").is_file() and (out / "child.pid").read_text().strip():
+            break
+        time.sleep(0.05)
+    return driver, out
 
 
 def test_steps_run_in_order_and_the_summary_says_how_each_ended(tmp_path):
@@ -100,21 +117,12 @@ run = 'true'
 
 
 def test_a_driver_told_to_stop_ends_its_steps_and_says_so(tmp_path):
-    out = tmp_path / "out"
-    (tmp_path / "tmp").mkdir()
-    plan = _plan(tmp_path, """
+    driver, out = _driver_with_a_child(tmp_path, """
 [[step]]
 name = "long"
 timeout = 100
 run = 'sleep 60 & echo $! > "$OUT/child.pid"; echo started; wait'
 """)
-    driver = subprocess.Popen([sys.executable, str(SCRIPT), "--plan", str(plan), "--out", str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
-    for _ in range(300):
-        if (out / "child.pid").is_file() and (out / "child.pid").read_text().strip():
-            break
-        time.sleep(0.05)
     driver.terminate()
     stdout, stderr = driver.communicate(timeout=60)
     assert driver.returncode == 128 + 15 and "Traceback" not in stderr, stderr
@@ -266,21 +274,12 @@ run = 'sleep 60 >/dev/null & echo $! > "$OUT/child.pid"'
 
 
 def test_a_second_signal_does_not_cut_the_clean_up_short(tmp_path):
-    out = tmp_path / "out"
-    (tmp_path / "tmp").mkdir()
-    plan = _plan(tmp_path, """
+    driver, out = _driver_with_a_child(tmp_path, """
 [[step]]
 name = "deaf"
 timeout = 100
 run = 'trap "" INT; sleep 60 & echo $! > "$OUT/child.pid"; wait; wait'
 """)
-    driver = subprocess.Popen([sys.executable, str(SCRIPT), "--plan", str(plan), "--out", str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
-    for _ in range(300):
-        if (out / "child.pid").is_file() and (out / "child.pid").read_text().strip():
-            break
-        time.sleep(0.05)
     driver.terminate()
     time.sleep(0.5)  # inside the clean-up's grace for SIGINT, which the step ignores
     driver.terminate()
