@@ -71,7 +71,6 @@ def bench(
 
             names = _names(configs) if configs else default_configs(dev, reference=reference is not None)
             rows = run_flop_count(names, device, batch, reference, reporter, precision.value)
-            reference = None  # the reference's figures go in the same tables
         elif kernels:
             from cartoongan.bench.kernels import run_kernel_bench, shapes_legend
 
@@ -92,12 +91,12 @@ def bench(
     if as_json:
         out.print_json(json.dumps(rows))
         return
+    if flops:  # the reference's figures, if any, are columns of the same tables
+        _print_flops(rows)
+        return
     if reference is not None:
         for row, row_goals in zip(rows, goals):
             _print_comparison(row, row_goals)
-        return
-    if flops:
-        _print_flops(rows)
         return
     _print_table(title, rows)
 

@@ -38,12 +38,10 @@ class FlopCounter(TorchDispatchMode):
             # a composite op (F.linear under inference_mode, say) counts through what it is made of
             with self:
                 out = func.decompose(*args, **kwargs)
-            if out is not NotImplemented:
-                return out
+            return func(*args, **kwargs) if out is NotImplemented else out
         out = func(*args, **kwargs)
-        if formula is not None:
-            name = str(func._overloadpacket)
-            self.by_op[name] = self.by_op.get(name, 0) + formula(*args, **kwargs, out_val=out)
+        name = str(func._overloadpacket)
+        self.by_op[name] = self.by_op.get(name, 0) + formula(*args, **kwargs, out_val=out)
         return out
 
     @property
