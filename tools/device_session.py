@@ -157,7 +157,7 @@ class Session:
         self.running: list[Running] = []
         self.log = out / "session.log"
         self.log.write_text("")
-        write_summaries(out, self.outcomes, [], budget)
+        self.write()
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
