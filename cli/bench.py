@@ -20,7 +20,8 @@ def bench(
                                           "[default: tiny,demo64,r64 on the CPU, tiny,r64,r256 on CUDA; "
                                           "with --reference: r64 on the CPU, r256 on CUDA]."),
     precision: Precision = typer.Option(Precision("fp32"), "--precision", help="Math mode of our side (see pretrain --help)."),
-    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed repeats per phase (median reported)."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="Timed repeats per phase, median reported "
+                                          "[default: 5; with --profile, profiled calls per phase: 2]."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch (default per config and device)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile our networks (plain table and --reference)."),
     compile_mode: Optional[CompileMode] = typer.Option(None, "--compile-mode", help="torch.compile mode (implies "
@@ -51,6 +52,9 @@ def bench(
                               "--flops")
         if flops and profile:
             raise ConfigError("--flops and --profile are two views of the phases: give one")
+        if flops and repeats is not None:
+            raise ConfigError("--flops counts one call of each phase exactly: drop --repeats")
+        timed_repeats = repeats or 5
         mode = compile_mode.value if compile_mode else ("default" if compile_ else None)
         if (kernels or profile or flops) and mode:
             raise ConfigError("--compile and --compile-mode apply to the plain bench table and --reference only")
@@ -64,7 +68,7 @@ def bench(
 
             name = _names(configs)[0] if configs else ("r256" if dev.type == "cuda" else "demo64")
             check_configs([name])
-            rows = profile_phases(name, device, precision.value, batch, reporter=reporter)
+            rows = profile_phases(name, device, precision.value, batch, runs=repeats or 2, reporter=reporter)
             title = f"{name} on {dev}: self time per phase call ({'kernels' if dev.type == 'cuda' else 'ops'})"
         elif flops:
             from cartoongan.bench.flops import run_flop_count
@@ -74,17 +78,17 @@ def bench(
         elif kernels:
             from cartoongan.bench.kernels import run_kernel_bench, shapes_legend
 
-            rows = run_kernel_bench(device, repeats, reporter)
+            rows = run_kernel_bench(device, timed_repeats, reporter)
             title = f"speed choices, fwd+bwd ms ({shapes_legend()}); x = alternative / ours"
         elif reference is not None:
             from cartoongan.bench.reference import compare_with_reference, goal_rows
 
             names = _names(configs) if configs else default_configs(dev, reference=True)
-            rows = compare_with_reference(reference, names, device, repeats, batch, reporter, precision.value, mode)
+            rows = compare_with_reference(reference, names, device, timed_repeats, batch, reporter, precision.value, mode)
             goals = [goal_rows(r) for r in rows]
         else:
             names = _names(configs) if configs else default_configs(dev)
-            rows = run_bench(names, device, precision.value, repeats, batch, mode, reporter, channels_last,
+            rows = run_bench(names, device, precision.value, timed_repeats, batch, mode, reporter, channels_last,
                              grouped_modconv)
             title = "cartoongan bench (img/s, higher is better)"
     rows = [asdict(r) for r in rows]

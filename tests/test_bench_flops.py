@@ -54,6 +54,7 @@ def test_the_structure_loss_adds_the_source_render_and_the_cli_prints_the_table(
 
 def test_flops_refuses_what_it_cannot_count():
     for extra, says in ((["--profile"], "--flops and --profile"), (["--kernels"], "--kernels times fixed shapes"),
-                        (["--compile"], "--compile and --compile-mode apply to")):
+                        (["--compile"], "--compile and --compile-mode apply to"),
+                        (["--repeats", "3"], "drop --repeats")):
         res = CliRunner().invoke(app, ["bench", "--flops", "--device", "cpu", *extra])
         assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, res.output

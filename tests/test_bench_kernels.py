@@ -120,6 +120,22 @@ def test_cli_profile_refuses_what_it_would_ignore(extra):
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
 
 
+def test_cli_profile_profiles_as_many_calls_as_repeats_asks(monkeypatch):
+    from cartoongan_cli.app import app
+    from typer.testing import CliRunner
+
+    from cartoongan.bench import profile
+
+    seen = []
+    real = profile.profile_phases
+    monkeypatch.setattr(profile, "profile_phases", lambda *a, **kw: seen.append(kw["runs"]) or real(*a, **kw))
+    for extra, runs in (([], 2), (["--repeats", "1"], 1)):
+        res = CliRunner().invoke(app, ["bench", "--profile", "--configs", "tiny", "--batch", "2", "--device", "cpu",
+                                       *extra])
+        assert res.exit_code == 0 and "(other)" in res.output, res.output
+        assert seen[-1] == runs
+
+
 def test_kernel_bench_adds_the_triton_rows_where_triton_can_run(monkeypatch):
     """On CUDA with Triton the bench times the opt-in Triton FIR kernel too (here the switch is forced
     on the CPU, where both sides take the reference path, to check the rows' plumbing)."""
