@@ -134,6 +134,27 @@ def test_ada_state_resumed_on_cuda_can_be_saved_again():
     assert state["pending"].device.type == "cpu" and state["pending"].tolist() == [5.0, 8.0]
 
 
+def test_ada_update_waits_for_the_gpu_once():
+    """ADA's update every `interval` D steps reads r_t back: one wait for the GPU, not one per entry."""
+    import warnings
+
+    from cartoongan.train.augment import AdaController
+
+    ada = AdaController(interval=4)
+    for _ in range(4):
+        ada.observe(torch.ones(8, 1, device="cuda"))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ada.maybe_update()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1, [str(w.message) for w in caught]
+    assert ada.p > 0
+
+
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compiled_training_on_cuda(tmp_path, mode, monkeypatch):
     """train.compile_mode on a GPU: with CUDA-graph replays (reduce-overhead) torch raises if a graph

@@ -85,6 +85,20 @@ def test_augment_identity_at_zero_and_differentiable():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+def test_ada_sums_its_pending_statistics_where_the_newest_are():
+    """On a GPU each observation stays there; summing them on the CPU would read each back (a wait
+    for the GPU per entry): the sum is made on the newest entry's device, a resumed CPU entry moved
+    there ('meta' stands in for the GPU), and only a save brings it to the CPU."""
+    ada = AdaController(interval=4)
+    ada.load_state_dict({"p": 0.1, "pending": torch.tensor([1.0, 4.0]), "steps": 2})
+    ada.observe(torch.ones(4, 1, device="meta"))
+    assert ada._pending_total().device.type == "meta"
+    ada = AdaController(interval=4)
+    ada.load_state_dict({"p": 0.1, "pending": torch.tensor([1.0, 4.0]), "steps": 2})
+    ada.observe(-torch.ones(2, 1))
+    assert ada.state_dict()["pending"].tolist() == [-1.0, 6.0]
+
+
 def test_ada_controller_moves_toward_target():
     ada = AdaController(target=0.6, interval=2, kimg=0.01, batch=4)
     for _ in range(2):

@@ -121,7 +121,8 @@ class AdaController:
         self.steps += 1
 
     def maybe_update(self, reduce=None) -> float:
-        """Every `interval` observations, move p by sign(r_t - target) * batch * interval / (kimg * 1000)."""
+        """Every `interval` observations, move p by sign(r_t - target) * batch * interval / (kimg * 1000).
+        `reduce` sums the [sign sum, count] tensor across processes; the one host read is r_t itself."""
         if self.steps < self.interval:
             return self.p
         stats = self._pending_total()
@@ -134,12 +135,16 @@ class AdaController:
         return self.p
 
     def _pending_total(self) -> torch.Tensor:
-        """[sign sum, count] of the observations since the last update, on the CPU (a resumed run's
-        first entry was loaded there, the new ones are on the device)."""
-        return torch.stack([t.cpu() for t in self.pending]).sum(0) if self.pending else torch.zeros(2)
+        """[sign sum, count] of the observations since the last update, on the newest one's device:
+        a resumed run's first entry was loaded on the CPU, the new ones are on the GPU, and reading
+        each back would wait for the GPU once per entry."""
+        if not self.pending:
+            return torch.zeros(2)
+        dev = self.pending[-1].device
+        return torch.stack([t.to(dev) for t in self.pending]).sum(0)
 
     def state_dict(self) -> dict:
-        return {"p": self.p, "pending": self._pending_total(), "steps": self.steps}
+        return {"p": self.p, "pending": self._pending_total().cpu(), "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.p = float(state["p"])

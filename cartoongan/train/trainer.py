@@ -215,7 +215,7 @@ class Trainer:
         self._track("fake_score", fake_logits.float().mean())
         if self.t.augment == "ada":
             self.ada.observe(real_logits.float())
-            self.ada.maybe_update(lambda s: sum_across(s.to(self.dev), self.info).cpu())
+            self.ada.maybe_update(lambda s: sum_across(s, self.info))
 
     def r1_step(self) -> None:
         real = self._reals(self.local_batch).requires_grad_(True)
