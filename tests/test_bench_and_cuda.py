@@ -40,6 +40,20 @@ def test_cuda_generator_matches_cpu():
 
 
 @pytest.mark.cuda
+def test_noise_maps_are_drawn_on_the_torch_generators_device():
+    """make_noise draws with a given torch.Generator on that generator's device: a CPU one gives a
+    GPU model the CPU's maps, a CUDA one draws on the GPU (randn refuses a generator elsewhere)."""
+    from cartoongan import Generator
+
+    g = Generator(32, 64, 2, channel_base=1024, channel_max=64)
+    on_cpu = g.make_noise(2, torch.Generator().manual_seed(1))
+    from_cpu = g.cuda().make_noise(2, torch.Generator().manual_seed(1))
+    assert all(m.is_cuda and torch.equal(m.cpu(), c) for m, c in zip(from_cpu, on_cpu))
+    a, b = (g.make_noise(2, torch.Generator("cuda").manual_seed(1)) for _ in range(2))
+    assert all(x.is_cuda and torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_training_steps(tmp_path, precision):
     from cartoongan.train.runs import pretrain

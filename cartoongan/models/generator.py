@@ -294,14 +294,12 @@ class Generator(nn.Module):
 
     # ---- synthesis -------------------------------------------------------------------
     def make_noise(self, batch: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        """Fresh noise maps [batch, 1, r, r] for every conv, to share between two forward passes."""
+        """Fresh noise maps [batch, 1, r, r] for every conv, to share between two forward passes;
+        drawn by `generator` on its own device (a CPU one gives the same maps on every device)."""
         dev = self.input.input.device
-        out = []
-        for i in range(self.num_layers):
-            res = 2 ** ((i + 5) // 2)
-            out.append(torch.randn(batch, 1, res, res, generator=generator).to(dev) if generator
-                       else torch.randn(batch, 1, res, res, device=dev))
-        return out
+        draw_on = generator.device if generator is not None else dev
+        sizes = [2 ** ((i + 5) // 2) for i in range(self.num_layers)]
+        return [torch.randn(batch, 1, r, r, generator=generator, device=draw_on).to(dev) for r in sizes]
 
     def _noise_list(self, noise_mode: str, noises) -> list:
         if noises is not None:
