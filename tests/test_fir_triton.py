@@ -32,6 +32,16 @@ def test_backend_switch_is_checked_and_restored():
     assert fir._backend == before
 
 
+def test_the_triton_kernel_takes_only_batches_its_int32_pixel_index_can_count(monkeypatch):
+    """Past 2**28 input pixels a (2x upsampled) output's pixel index would overflow int32 in the
+    kernel: the reference filters those (meta tensors stand in for the GPU's, with no memory)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with fir.fir_backend("triton"):
+        small = torch.empty(4, 8, 256, 256, device="meta").to(memory_format=torch.channels_last)
+        large = torch.empty(4096, 8, 256, 256, device="meta").to(memory_format=torch.channels_last)
+        assert fir._triton_takes(small) and not fir._triton_takes(large)
+
+
 @pytest.fixture
 def fresh_triton_lookup(monkeypatch):
     """triton_missing() is looked up once per process: clear it around a test that fakes the machine,

@@ -86,9 +86,11 @@ def _triton_apply():
 
 def _triton_takes(x: torch.Tensor) -> bool:
     """Whether the Triton kernel filters x: NHWC activations on CUDA (or in Triton's CPU interpreter).
-    The kernel tiles channels fastest, so NCHW reads would not coalesce: the reference takes those."""
+    The kernel tiles channels fastest, so NCHW reads would not coalesce: the reference takes those.
+    Its pixel index is int32 (int64 division costs more): B*H*W under 2**28 keeps even a 2x
+    upsampled output's pixel count (4 B*H*W, plus the padding's) below 2**31."""
     return (_backend != "torch" and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-            and x.shape[1] > 1 and x.stride(1) == 1)
+            and x.shape[1] > 1 and x.stride(1) == 1 and x.shape[0] * x.shape[2] * x.shape[3] < 2**28)
 
 
 def _autocast_input(x: torch.Tensor) -> torch.Tensor:
