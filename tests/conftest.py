@@ -31,21 +31,35 @@ def tiny_d():
     return make
 
 
+def _process_switches():
+    """Save the process-wide switches training and rendering set (cudnn.benchmark, the TF32 math
+    mode), and give back a function that restores them."""
+    from cartoongan.device import _math_state, _restore_math_state
+
+    benchmark, math = torch.backends.cudnn.benchmark, _math_state()
+
+    def restore():
+        torch.backends.cudnn.benchmark = benchmark
+        _restore_math_state(math)
+    return restore
+
+
 @pytest.fixture(autouse=True)
-def keep_cudnn_autotuning():
-    """Training sets the process-wide cudnn.benchmark flag: each test starts from the same state."""
-    before = torch.backends.cudnn.benchmark
+def keep_process_switches():
+    """Trainer sets cudnn.benchmark and a math mode, load_generator IEEE fp32, for the whole process:
+    each test starts from the same state, or a CUDA test's precision would depend on test order."""
+    restore = _process_switches()
     yield
-    torch.backends.cudnn.benchmark = before
+    restore()
 
 
 @pytest.fixture(autouse=True, scope="module")
-def keep_cudnn_autotuning_per_module():
+def keep_process_switches_per_module():
     """The same for a module's shared fixtures (test_cuda_e2e trains in one): the per-test fixture
-    above is set up after them, so it would restore the flag they left, to the later modules."""
-    before = torch.backends.cudnn.benchmark
+    above is set up after them, so it would restore what they left, to the later modules."""
+    restore = _process_switches()
     yield
-    torch.backends.cudnn.benchmark = before
+    restore()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -187,13 +187,14 @@ def _ddp_rank_weights(rank, world, port, data, out):
     dist.destroy_process_group()
 
 
-def test_bf16_autocast_path_trains_a_finetune_step():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_bf16_autocast_path_trains_a_finetune_step(device):
     """The bf16 code path (autocast around G, D and the structure loss; regularisers in fp32), run
-    on the CPU's autocast so that CI exercises what CUDA users get with --precision bf16."""
+    on the CPU's autocast too, so that CI exercises what CUDA users get with --precision bf16."""
     from cartoongan.bench.speed import bench_trainer
 
-    tr = bench_trainer("tiny", torch.device("cpu"), 4, "bf16", None, struct=True)
-    ws = tr.nets.g.ws_from_z(torch.randn(2, tr.nets.g.style_dim))
+    tr = bench_trainer("tiny", torch.device(device), 4, "bf16", None, struct=True)
+    ws = tr.nets.g.ws_from_z(torch.randn(2, tr.nets.g.style_dim, device=device))
     with torch.no_grad(), tr._amp():
         assert tr.nets.g.synthesis(ws).image.dtype == torch.bfloat16
     before = {k: v.clone() for k, v in tr.nets.g.state_dict().items()}
