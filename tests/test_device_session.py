@@ -205,6 +205,24 @@ run = 'test -f "$OUT/done"'
     assert "----- beside: passed  (output in beside.log)" in (out / "session.log").read_text()
 
 
+def test_a_background_step_past_its_timeout_is_stopped_while_a_foreground_step_runs(tmp_path):
+    res, by_name, _ = _session(tmp_path, """
+[[step]]
+name = "hung"
+background = true
+timeout = 1
+run = 'sleep 60'
+[[step]]
+name = "long"
+timeout = 30
+run = 'sleep 6'
+""")
+    assert res.returncode == 1, json.dumps(by_name, indent=1)  # a timeout is not a pass
+    assert list(by_name) == ["hung", "long"]  # recorded as they end: hung first
+    assert by_name["hung"]["status"] == "timeout" and by_name["hung"]["seconds"] < 4
+    assert by_name["long"]["status"] == "passed"
+
+
 def test_resume_runs_only_what_an_earlier_call_left_unsettled(tmp_path):
     body = """
 [[step]]

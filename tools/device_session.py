@@ -53,6 +53,7 @@ TAIL_LINES = 25  # lines of each step's output kept in the summary: a pytest res
 LOG_CAP = 1 << 20  # bytes of one step's output kept in a log (head and tail): a file over 16 MiB never comes back
 # SIGINT first: pytest then still writes its junit file and short summary; bash and the rest get TERM, then KILL
 STOP_SIGNALS = ((signal.SIGINT, 8.0), (signal.SIGTERM, 3.0))
+POLL_S = 1.0  # how often a foreground step's wait looks at the background steps
 
 
 @dataclass
@@ -208,12 +209,19 @@ class Session:
         return None if step.background else self.wait(r)
 
     def wait(self, r: Running) -> str:
-        """Wait for a step until its limit (stopping it there) and record how it ended."""
-        try:
-            rc = r.proc.wait(timeout=max(r.limit - (time.monotonic() - r.began), 0.1))
-        except subprocess.TimeoutExpired:
-            stop(r.proc, STOP_SIGNALS)
-            return self.finish(r, "timeout", f"stopped after {r.limit:.0f} s")
+        """Wait for a step until its limit (stopping it there) and record how it ended. While a
+        foreground step runs, the background steps are looked at every POLL_S: one past its own
+        limit (a hung nvcc) is stopped then, not once the foreground step is over."""
+        while r.proc.poll() is None:
+            left = r.limit - (time.monotonic() - r.began)
+            if left <= 0:
+                stop(r.proc, STOP_SIGNALS)
+                return self.finish(r, "timeout", f"stopped after {r.limit:.0f} s")
+            try:
+                r.proc.wait(timeout=min(left, POLL_S))
+            except subprocess.TimeoutExpired:
+                if not r.step.background:
+                    self.collect(wait=False)
         return self.finish(r)
 
     def collect(self, wait: bool) -> None:
