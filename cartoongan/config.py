@@ -162,38 +162,55 @@ def load_recipe(path: str | Path | None) -> RunConfig:
     return apply_overrides(cfg, data)
 
 
+# keys a pretrain/finetune flag of the same name (dashed) sets: a message names both
+FLAGGED_KEYS = {"iters", "batch", "lr", "augment", "augment_p", "precision", "compile_mode", "eval_every", "eval_n",
+                "struct_loss", "struct_weight", "struct_tap"}
+
+
+def _named(section: str, key: str) -> str:
+    """How a message names a setting: its flag and recipe key, or the recipe key alone."""
+    return f"--{key.replace('_', '-')} ([{section}] {key})" if key in FLAGGED_KEYS else f"[{section}] {key}"
+
+
 def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
-    """Reject impossible values with a message naming the flag."""
+    """Reject impossible values with a message naming the flag, or the recipe key without one."""
     from .models.architecture import log2_size
 
-    t, m = cfg.train, cfg.model
+    t, m, f = cfg.train, cfg.model, cfg.finetune
     try:
         log2_size(m.size)
     except ValueError as exc:
-        raise ConfigError(f"--size: {exc}") from None
-    checks = [
-        (t.iters >= 1, "--iters must be >= 1"),
-        (t.batch >= 1, "--batch must be >= 1"),
-        (t.batch % world_size == 0, f"--batch {t.batch} must be divisible by the {world_size} processes"),
-        (t.lr > 0 and math.isfinite(t.lr), "--lr must be > 0"),
-        (t.r1_gamma >= 0 and t.path_weight >= 0, "regulariser weights must be >= 0"),
-        (t.d_reg_every >= 1 and t.g_reg_every >= 0, "regularisation intervals must be positive"),
-        (0 <= t.mixing <= 1, "mixing probability must be in [0, 1]"),
-        (0 <= t.augment_p <= 1, "--augment-p must be in [0, 1]"),
-        (t.augment in AUGMENTS, f"--augment must be {' or '.join(AUGMENTS)}, got '{t.augment}'"),
-        (t.precision in PRECISIONS, f"--precision must be {', '.join(PRECISIONS)}, got '{t.precision}'"),
-        (t.compile_mode in COMPILE_MODES, f"compile_mode must be {', '.join(COMPILE_MODES)}, got '{t.compile_mode}'"),
-        (cfg.finetune.struct_tap in STRUCT_TAPS,
-         f"--struct-tap must be {' or '.join(STRUCT_TAPS)}, got '{cfg.finetune.struct_tap}'"),
-        (cfg.finetune.struct_weight >= 0 and math.isfinite(cfg.finetune.struct_weight),
-         f"--struct-weight must be a finite number >= 0, got {cfg.finetune.struct_weight}"),
-        (t.ema_kimg > 0, "ema_kimg must be > 0"),
-        (min(t.sample_every, t.ckpt_every, t.log_every, t.n_sample) >= 1, "intervals must be >= 1"),
-        (t.eval_every >= 0 and t.eval_n >= 2, "--eval-every must be >= 0 and --eval-n >= 2"),
+        raise ConfigError(f"[model] size: {exc}") from None
+
+    checks = [(getattr(m, key) >= 1, "model", key, ">= 1")
+              for key in ("style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max")]
+    checks += [(getattr(t, key) >= 1, "train", key, ">= 1")
+               for key in ("iters", "batch", "d_reg_every", "path_batch_shrink", "ada_interval", "sample_every",
+                           "ckpt_every", "log_every", "n_sample")]
+    checks += [
+        (t.lr > 0 and math.isfinite(t.lr), "train", "lr", "a finite number > 0"),
+        (t.g_reg_every >= 0, "train", "g_reg_every", ">= 0 (0 turns path length off)"),
+        (t.r1_gamma >= 0 and math.isfinite(t.r1_gamma), "train", "r1_gamma", "a finite number >= 0"),
+        (t.path_weight >= 0 and math.isfinite(t.path_weight), "train", "path_weight", "a finite number >= 0"),
+        (0 <= t.mixing <= 1, "train", "mixing", "in [0, 1]"),
+        (0 <= t.augment_p <= 1, "train", "augment_p", "in [0, 1]"),
+        (0 < t.ada_target <= 1, "train", "ada_target", "in (0, 1]"),
+        (t.ada_kimg > 0 and math.isfinite(t.ada_kimg), "train", "ada_kimg", "a finite number > 0"),
+        (t.ema_kimg > 0 and math.isfinite(t.ema_kimg), "train", "ema_kimg", "a finite number > 0"),
+        (t.augment in AUGMENTS, "train", "augment", f"{' or '.join(AUGMENTS)}, got '{t.augment}'"),
+        (t.precision in PRECISIONS, "train", "precision", f"{', '.join(PRECISIONS)}, got '{t.precision}'"),
+        (t.compile_mode in COMPILE_MODES, "train", "compile_mode", f"{', '.join(COMPILE_MODES)}, got '{t.compile_mode}'"),
+        (t.eval_every >= 0, "train", "eval_every", ">= 0 (0 is off)"),
+        (t.eval_n >= 2, "train", "eval_n", ">= 2 (KID compares sets)"),
+        (f.struct_tap in STRUCT_TAPS, "finetune", "struct_tap", f"{' or '.join(STRUCT_TAPS)}, got '{f.struct_tap}'"),
+        (f.struct_weight >= 0 and math.isfinite(f.struct_weight), "finetune", "struct_weight",
+         f"a finite number >= 0, got {f.struct_weight}"),
     ]
-    for ok, message in checks:
+    for ok, section, key, what in checks:
         if not ok:
-            raise ConfigError(message)
+            raise ConfigError(f"{_named(section, key)} must be {what}")
+    if t.batch % world_size:
+        raise ConfigError(f"--batch {t.batch} must be divisible by the {world_size} processes")
     return cfg
 
 

@@ -133,6 +133,19 @@ def check_output_file(path: str | os.PathLike, what: str = "--output",
     return path
 
 
+def check_keeps_inputs(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterable[str | os.PathLike],
+                       what: str = "--outdir") -> None:
+    """Refuse (OutputError) an output folder where one of the files the command writes there
+    (`names`) is one of its inputs: a photo named target.png in project's --outdir, say."""
+    outdir = Path(outdir)
+    for name in names:
+        out = outdir / name
+        for src in inputs:
+            if out.exists() and Path(src).exists() and os.path.samefile(out, src):
+                raise OutputError(f"{what} {outdir} would overwrite the input {src} (the command writes {name} "
+                                  "there): choose another folder")
+
+
 def visible_entries(folder: Path) -> list[str]:
     """Names in `folder`, without hidden ones (.DS_Store, .gitkeep, temporary files), sorted."""
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))

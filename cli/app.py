@@ -58,6 +58,24 @@ def user_errors():
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except (MemoryError, RuntimeError) as exc:
+        line = out_of_memory(exc)
+        if line is None:
+            raise
+        fail(line)
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """The line to print when `exc` is an allocation failure (of the GPU or of the host), else None.
+    A checkpoint already written stays intact: saves are atomic."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError) or "CUDA out of memory" in str(exc):
+        return ("the GPU ran out of memory: lower --batch (or what the command renders at once), or free the GPU "
+                "(nvidia-smi lists what holds it)")
+    if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc):
+        return "out of memory: lower --batch, or ask for less at once (--size, --seeds, --interpolate, --n)"
+    return None
 
 
 def valid_seeds(value: str) -> str:

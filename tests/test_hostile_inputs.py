@@ -423,3 +423,93 @@ def test_every_photo_reader_refuses_bombs_and_names_the_file(tmp_path, monkeypat
             with pytest.raises(DataError, match=expected) as exc:
                 read(path)
             assert str(path) in str(exc.value)
+
+
+# ---- outputs that would overwrite what the command reads, or a run's files ------------------
+@pytest.mark.parametrize("target", ["log.jsonl", "latest.pt", "config.toml"])
+def test_plot_never_turns_a_runs_files_into_a_picture(tmp_path, assets, target):
+    run = Path(shutil.copytree(assets["run"], tmp_path / "run"))
+    before = snapshot(run)
+    line = error_line(runner.invoke(app, ["plot", str(run), "-o", str(run / target)]))
+    assert "name a .png file" in line
+    assert snapshot(run) == before
+
+
+def test_plot_of_a_file_that_is_not_a_log_is_one_line(tmp_path, assets):
+    line = error_line(runner.invoke(app, ["plot", str(assets["photo"]), "-o", str(tmp_path / "c.png")]))
+    assert "is not a log.jsonl" in line and not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("command,name", [("project", "target.png"), ("project", "proj.png"),
+                                          ("toonify", "toonify.png")])
+def test_an_input_photo_inside_outdir_under_an_output_name_is_kept(tmp_path, assets, command, name):
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    photo = shutil.copy(assets["photo"], outdir / name)
+    before = snapshot(outdir)
+    argv = [command, str(photo), "--source", str(assets["a"]), "--no-align", "--steps", "1", "--loss", "mse",
+            "--outdir", str(outdir)] + (["--target", str(assets["b"])] if command == "toonify" else [])
+    line = error_line(runner.invoke(app, argv))
+    assert "would overwrite the input" in line and name in line
+    assert snapshot(outdir) == before
+
+
+# ---- impossible settings in a recipe or a checkpoint ------------------------------------------
+@pytest.mark.parametrize("table,key,value", [("model", "style_dim", 0), ("model", "channel_max", -8),
+                                             ("model", "n_mlp", -1), ("train", "path_batch_shrink", 0),
+                                             ("train", "n_sample", 0), ("train", "ada_target", "nan")])
+def test_impossible_recipe_values_name_their_key(tmp_path, assets, table, key, value):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"[{table}]\n{key} = {value}\n")
+    out = tmp_path / "run"
+    line = error_line(runner.invoke(app, ["pretrain", "--data", str(assets["data"]), "--out", str(out),
+                                          "--recipe", str(recipe), "--iters", "1"]), 2)
+    assert f"[{table}] {key} must be" in line and not out.exists()
+
+
+def test_a_recipe_value_that_has_a_flag_names_both(tmp_path, assets):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[train]\nlr = nan\n")
+    line = error_line(runner.invoke(app, ["pretrain", "--data", str(assets["data"]), "--out", str(tmp_path / "r"),
+                                          "--recipe", str(recipe)]), 2)
+    assert "--lr ([train] lr) must be a finite number > 0" in line
+
+
+def test_a_checkpoint_recording_an_empty_architecture_is_refused(tmp_path, assets):
+    def zero_style(c):
+        c["cartoongan"]["generator"]["style_dim"] = 0
+    path = _edit(assets["b"], tmp_path, zero_style)
+    line = error_line(runner.invoke(app, ["sample", str(path), "--outdir", str(tmp_path / "o")]))
+    assert "whole numbers >= 1 for style_dim" in line
+
+
+# ---- running out of memory -----------------------------------------------------------------
+@pytest.mark.parametrize("error,says", [
+    (lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                          "tried to allocate 1099511627776 bytes"), "out of memory: lower --batch"),
+    (lambda: MemoryError(), "out of memory: lower --batch"),
+    (lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "the GPU ran out of memory"),
+], ids=["cpu allocator", "python", "cuda"])
+def test_running_out_of_memory_is_one_line(tmp_path, assets, monkeypatch, error, says):
+    from cartoongan.pipelines import sample
+
+    def exhausted(*args, **kwargs):
+        raise error()
+    monkeypatch.setattr(sample, "sample_checkpoints", exhausted)
+    line = error_line(runner.invoke(app, ["sample", str(assets["a"]), "--outdir", str(tmp_path / "o")]))
+    assert says in line
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(tmp_path, assets, monkeypatch):
+    from cartoongan.pipelines import sample
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(sample, "sample_checkpoints", broken)
+    res = runner.invoke(app, ["sample", str(assets["a"]), "--outdir", str(tmp_path / "o")])
+    assert isinstance(res.exception, RuntimeError) and "a bug" in str(res.exception)
+
+
+def test_a_seed_range_of_billions_is_refused_at_once(tmp_path, assets):
+    res = runner.invoke(app, ["sample", str(assets["a"]), "--seeds", "0-4294967295", "--outdir", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "more than 100000 seeds" in " ".join(res.output.split()), res.output

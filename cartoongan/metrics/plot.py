@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, OutputError
 from ..outputs import atomic_write, check_output_file
 
 LOSS_KEYS = ("loss_d", "loss_g", "loss_struct", "r1", "path_length")
@@ -16,8 +16,13 @@ def read_log(run_dir: str | Path) -> list[dict]:
     path = path / "log.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise DataError(f"no training log at {path}: pass a run folder written by pretrain/finetune")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a log.jsonl (it is not text): pass a run folder written by "
+                        "pretrain/finetune") from None
     rows = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
@@ -58,6 +63,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     out = Path(out) if out else (Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent) / "curves.png"
     check_output_file(out, "--out")
+    if out.suffix.lower() != ".png":  # nor a run's log.jsonl, latest.pt or config.toml, turned into a picture
+        raise OutputError(f"--out {out}: plot writes a PNG; name a .png file, e.g. {out.with_suffix('.png').name}")
     rows = read_log(run_dir)
     chosen = panels(rows)
     fig, axes = plt.subplots(len(chosen), 1, figsize=(7, 2.6 * len(chosen)), sharex=True, squeeze=False)

@@ -7,6 +7,9 @@ import numpy as np
 import torch
 
 
+MAX_SEEDS = 100_000  # an image each: more is a typo (0-4294967295), not a render to wait hours for
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0-3,7' -> [0, 1, 2, 3, 7]. Raises ValueError naming the bad part."""
     seeds: list[int] = []
@@ -20,6 +23,8 @@ def parse_seeds(text: str) -> list[int]:
             raise ValueError(f"range '{part}' runs backwards")
         if hi > 2**32 - 1:
             raise ValueError(f"seed {hi} exceeds 2**32 - 1")
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            raise ValueError(f"'{text}' asks for more than {MAX_SEEDS} seeds (an image each): give a shorter range")
         seeds.extend(range(lo, hi + 1))
     if not seeds:
         raise ValueError("no seeds given")

@@ -19,7 +19,7 @@ from ..data.images import load_photo, save_image, save_png, to_uint8
 from ..errors import CartoonganError, DataError
 from ..metrics.lpips import lpips_vgg
 from ..models.generator import Generator
-from ..outputs import atomic_write, check_output_dir
+from ..outputs import atomic_write, check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
 
@@ -125,6 +125,10 @@ def project(gen: Generator, target: torch.Tensor, cfg: ProjectConfig, perceptual
     return result
 
 
+# what project writes into --outdir (aligned.png with alignment, proj.gif with --video)
+PROJECTION_FILES = ("target.png", "proj.png", "projected_w.npz", "proj.gif", "aligned.png")
+
+
 def save_projection(result: Projection, target: torch.Tensor, outdir: str | Path) -> dict[str, Path]:
     """target.png, proj.png, projected_w.npz (w: [1, n_latent, style_dim]) and proj.gif when frames exist."""
     outdir = Path(outdir)
@@ -192,6 +196,7 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
     """`cartoongan project`: invert a photo (FFHQ-aligned first with `align`) with the source generator
     and write the results."""
     check_output_dir(outdir, "--outdir")
+    check_keeps_inputs(outdir, PROJECTION_FILES, [photo, source])
     gen = load_generator(source, device)
     dev = gen.input.input.device
     target, aligned = load_target(photo, gen.size, align, outdir)

@@ -8,10 +8,10 @@ import torch
 
 from ..data.images import make_grid, save_png, to_uint8
 from ..errors import CartoonganError
-from ..outputs import check_output_dir
+from ..outputs import check_keeps_inputs, check_output_dir
 from ..report import Reporter
 from ..weights.networks import load_generator
-from .project import ProjectConfig, _perceptual_for, load_target, project, save_projection
+from .project import PROJECTION_FILES, ProjectConfig, _perceptual_for, load_target, project, save_projection
 from .swap import check_compatible
 
 
@@ -22,6 +22,7 @@ def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], ou
     writes the projection files and toonify.png (photo | projection | each target). With `align` the
     photo's face is FFHQ-aligned first (and written to aligned.png)."""
     check_output_dir(outdir, "--outdir")
+    check_keeps_inputs(outdir, (*PROJECTION_FILES, "toonify.png"), [photo, source, *targets])
     source_g = load_generator(source, device)
     dev = source_g.input.input.device
     target_gs = [load_generator(t, dev) for t in targets]

@@ -79,9 +79,10 @@ def generator_config(ckpt: dict, which: str = "g_ema") -> dict:
     meta = ckpt.get("cartoongan") or {}
     if isinstance(meta, dict) and isinstance(meta.get("generator"), dict):
         cfg = dict(meta["generator"])
-        bad = [k for k in GENERATOR_KEYS if not isinstance(cfg.get(k), int) or isinstance(cfg.get(k), bool)]
+        bad = [k for k in GENERATOR_KEYS
+               if not isinstance(cfg.get(k), int) or isinstance(cfg.get(k), bool) or cfg.get(k) < 1]
         if bad:
-            raise CheckpointError(f"its recorded generator configuration lacks whole numbers for {', '.join(bad)}")
+            raise CheckpointError(f"its recorded generator configuration lacks whole numbers >= 1 for {', '.join(bad)}")
         return cfg
     return infer_generator_config(ckpt[which])
 
