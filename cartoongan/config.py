@@ -194,7 +194,7 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
         (t.path_weight >= 0 and math.isfinite(t.path_weight), "train", "path_weight", "a finite number >= 0"),
         (0 <= t.mixing <= 1, "train", "mixing", "in [0, 1]"),
         (0 <= t.augment_p <= 1, "train", "augment_p", "in [0, 1]"),
-        (0 < t.ada_target <= 1, "train", "ada_target", "in (0, 1]"),
+        (-1 <= t.ada_target <= 1, "train", "ada_target", "in [-1, 1], where E[sign(D(real))] lies"),
         (t.ada_kimg > 0 and math.isfinite(t.ada_kimg), "train", "ada_kimg", "a finite number > 0"),
         (t.ema_kimg > 0 and math.isfinite(t.ema_kimg), "train", "ema_kimg", "a finite number > 0"),
         (t.augment in AUGMENTS, "train", "augment", f"{' or '.join(AUGMENTS)}, got '{t.augment}'"),

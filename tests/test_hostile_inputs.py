@@ -198,7 +198,8 @@ def test_disk_full_is_one_line_and_leaves_old_files_and_no_temp_files(tmp_path, 
     after = snapshot(tmp_path)
     assert after["old.pt"] == before["old.pt"] and Path(old).is_file()
     assert not [name for name in after if name.endswith(".tmp")]
-    assert set(after) <= set(before) | {"o/params.jsonl"}  # nothing half-written appeared
+    # nothing half-written appeared (a run's .lock is empty: the kernel's flock is the lock)
+    assert set(after) <= set(before) | {"o/params.jsonl", "o/.lock"}
 
 
 # ---- run folders ------------------------------------------------------------------------------
@@ -513,3 +514,34 @@ def test_other_runtime_errors_are_not_called_out_of_memory(tmp_path, assets, mon
 def test_a_seed_range_of_billions_is_refused_at_once(tmp_path, assets):
     res = runner.invoke(app, ["sample", str(assets["a"]), "--seeds", "0-4294967295", "--outdir", str(tmp_path / "o")])
     assert res.exit_code == 2 and "more than 100000 seeds" in " ".join(res.output.split()), res.output
+
+
+def test_a_run_another_process_is_training_is_left_to_it(tmp_path, assets):
+    """Two `--resume`s of one run would both train and overwrite each other's checkpoints and log:
+    the second stops at once, naming the first; once that one has ended the run resumes."""
+    import fcntl
+
+    run = Path(shutil.copytree(assets["run"], tmp_path / "run"))
+    with open(run / ".lock", "a+") as held:  # as a training process holds it (flock is per open file)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.seek(0)
+        held.truncate()
+        held.write("4242\n")
+        held.flush()
+        before = snapshot(run)
+        line = error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"]))
+        assert "is being trained by another process (pid 4242)" in line
+        assert snapshot(run) == before
+    res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(run / "latest.pt")["cartoongan"]["step"] == 3
+
+
+def test_a_source_with_nan_weights_is_refused_before_training(tmp_path, assets):
+    def poison(c):
+        next(iter(c["g_ema"].values())).fill_(float("nan"))
+    source = _edit(assets["a"], tmp_path, poison)
+    out = tmp_path / "run"
+    line = error_line(runner.invoke(app, ["finetune", "--source", str(source), "--data", str(assets["data"]),
+                                          "--out", str(out), "--recipe", "tiny", "--iters", "1"]))
+    assert "holds NaN or inf weights (in g_ema" in line and not (out / "latest.pt").exists()

@@ -122,11 +122,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         return loss * float("nan") if calls["n"] >= 4 else loss
 
     monkeypatch.setattr(training, "g_nonsaturating_loss", poisoned)
-    with pytest.raises(TrainingDiverged, match="NaN"):
+    with pytest.raises(TrainingDiverged, match="NaN") as kept:
         pretrain(tiny_config(iters=10, ckpt_every=2, log_every=1), data, tmp_path / "run")
+    assert "the last good checkpoint is" in str(kept.value) and "resume" in str(kept.value)
     ckpt = load_checkpoint(tmp_path / "run" / "latest.pt")
     assert ckpt["cartoongan"]["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["g"].values())
+    # diverged before its first save: nothing to resume, so the message says to start again
+    calls["n"] = 0
+    with pytest.raises(TrainingDiverged, match="nothing resumes: delete") as lost:
+        pretrain(tiny_config(iters=10, ckpt_every=8, log_every=1), data, tmp_path / "early")
+    assert str(tmp_path / "early") in str(lost.value) and not (tmp_path / "early" / "latest.pt").exists()
 
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
@@ -365,5 +371,5 @@ def test_an_unknown_compile_mode_is_one_clear_error():
     from cartoongan.config import validate
     from cartoongan.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="compile_mode must be default, reduce-overhead"):
+    with pytest.raises(ConfigError, match=r"compile_mode\) must be default, reduce-overhead"):
         validate(tiny_config(compile_mode="fastest"))

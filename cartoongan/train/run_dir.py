@@ -5,14 +5,19 @@ data-parallel run writes.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from ..config import RunConfig, to_toml
 from ..data.images import make_grid, save_png
+from ..errors import CartoonganError
 from ..data.render import render_seeds
 from ..models.generator import Generator
 from ..outputs import atomic_write, writing
@@ -27,6 +32,31 @@ class RunDirectory:
     @property
     def latest(self) -> Path:
         return self.path / "latest.pt"
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the run's .lock while training: a second process training the same run (a second
+        --resume, say) stops at once instead of overwriting this one's checkpoints and log. The
+        lock is the kernel's (flock): a killed process leaves none behind."""
+        if not self.writes:
+            yield
+            return
+        with writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path / ".lock", "a+")
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                pid = fh.read().strip()
+                raise CartoonganError(f"{self.path} is being trained by another process{f' (pid {pid})' if pid else ''}: "
+                                      "wait for it to end, or stop it, then resume") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            yield
 
     def start(self, cfg: RunConfig) -> None:
         """Create the folder and write the resolved config.toml."""

@@ -154,6 +154,11 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, re
                               "pass --fresh-d to start D from random weights")
     if d.size != source.size:
         raise CheckpointError(f"{source_path}: D is {d.size}px but G is {source.size}px")
+    nets = [("g_ema", source), ("g", g), ("d", d)]
+    bad = [name for name, net in nets if not all(torch.isfinite(p).all() for p in net.parameters())]
+    if bad:
+        raise CheckpointError(f"{source_path} holds NaN or inf weights (in {', '.join(bad)}): fine-tune from "
+                              "another checkpoint")
     for key in ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max"):
         setattr(cfg.model, key, source.config[key])
     g_ema = copy.deepcopy(source)

@@ -327,9 +327,11 @@ class Trainer:
         # stays in the list, so that every later check fails too
         if self.unchecked and not bool(torch.isfinite(torch.stack(self.unchecked)).all()):
             latest = self.out.latest
-            kept = f"the last good checkpoint is {latest}" if latest.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(f"a loss became NaN or inf by step {self.step}; {kept}; "
-                                   "lower --lr or raise the R1 weight and resume")
+            fix = (f"the last good checkpoint is {latest}; lower --lr or raise the R1 weight and resume"
+                   if latest.exists() else
+                   f"no checkpoint was written yet, so nothing resumes: delete {self.run_dir} and start again "
+                   "with a lower --lr or a larger R1 weight")
+            raise TrainingDiverged(f"a loss became NaN or inf by step {self.step}; {fix}")
         self.unchecked.clear()
 
     def save(self, numbered: bool) -> Path | None:
@@ -367,7 +369,8 @@ class Trainer:
         """Train to cfg.train.iters. A failed write (disk full) stops with an OutputError that says
         which checkpoint the run keeps."""
         try:
-            return self._run()
+            with self.out.exclusive():
+                return self._run()
         except OutputError as exc:
             latest = self.out.latest
             if not latest.is_file():
