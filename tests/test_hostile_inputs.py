@@ -545,3 +545,9 @@ def test_a_source_with_nan_weights_is_refused_before_training(tmp_path, assets):
     line = error_line(runner.invoke(app, ["finetune", "--source", str(source), "--data", str(assets["data"]),
                                           "--out", str(out), "--recipe", "tiny", "--iters", "1"]))
     assert "holds NaN or inf weights (in g_ema" in line and not (out / "latest.pt").exists()
+
+
+def test_an_image_passed_as_the_dataset_is_called_a_file_not_missing(tmp_path, assets):
+    line = error_line(runner.invoke(app, ["pretrain", "--data", str(assets["photo"]), "--out", str(tmp_path / "r"),
+                                          "--recipe", "tiny", "--iters", "1"]))
+    assert "is a file, not a dataset" in line and "not found" not in line

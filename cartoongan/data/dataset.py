@@ -25,6 +25,8 @@ def image_sources(root: Path) -> list[tuple[str, callable]]:
             raise DataError(f"{root} is not a readable zip archive") from None
         names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS and not n.endswith("/"))
         return [(n, (lambda n=n: io.BytesIO(zf.read(n)))) for n in names]
+    if root.is_file():
+        raise DataError(f"{root} is a file, not a dataset: pass a folder of images (e.g. {root.parent}) or a .zip")
     if not root.is_dir():
         raise DataError(f"dataset not found: {root} (pass a folder of images or a .zip)")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)

@@ -47,6 +47,24 @@ def check_checkpoint(path: str | os.PathLike, ckpt) -> dict:
     return ckpt
 
 
+# first bytes of files that get passed as checkpoints by mistake; torch.load would call an image
+# "a pickle that needs code" (its bytes are no zip, so it tries the legacy pickle format)
+FOREIGN_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+                 b"\x93NUMPY": "a NumPy array (.npy)", b"BM": "a BMP image"}
+
+
+def _refuse_known_non_checkpoints(path: Path) -> None:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    kind = next((what for magic, what in FOREIGN_MAGIC.items() if head.startswith(magic)), None)
+    if kind:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is {kind}; pass a .pt file written by "
+                              "torch.save (cartoongan, rosinality's train.py)")
+
+
 def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Any torch.save file, read with weights_only=True (tensors and plain data only); one-line
     CheckpointError for a missing, unsafe or unreadable file."""
@@ -55,6 +73,7 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint path is not a file: {path}")
+    _refuse_known_non_checkpoints(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
