@@ -490,7 +490,7 @@ def test_a_checkpoint_recording_an_empty_architecture_is_refused(tmp_path, asset
                           "tried to allocate 1099511627776 bytes"), "out of memory: lower --batch"),
     (lambda: MemoryError(), "out of memory: lower --batch"),
     (lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "the GPU ran out of memory"),
-], ids=["cpu allocator", "python", "cuda"])
+], ids=["host allocator", "python", "gpu"])
 def test_running_out_of_memory_is_one_line(tmp_path, assets, monkeypatch, error, says):
     from cartoongan.pipelines import sample
 
