@@ -190,7 +190,12 @@ def test_no_face_is_one_line_and_writes_nothing(tmp_path):
         align_photo(tmp_path / "blocks.png")
 
 
-@pytest.mark.parametrize("content,message", [(np.zeros((5, 2)), "(68, 2)"), (None, "not found")])
+_ELSEWHERE = np.random.default_rng(1).random((68, 2)) * 40  # a face's spread of points, placed off the photo
+
+
+@pytest.mark.parametrize("content,message", [(np.zeros((5, 2)), "(68, 2)"), (None, "not found"),
+                                             (_ELSEWHERE + 5000, "lie outside"), (_ELSEWHERE + 1e9, "lie outside")],
+                         ids=["shape", "missing", "another photo's", "far off"])
 def test_bad_landmarks_file(tmp_path, content, message):
     lm = tmp_path / "lm.npy"
     if content is not None:

@@ -264,6 +264,10 @@ def _damage(run: Path, fault: str) -> list[str]:
         ckpt = load_checkpoint(run / "latest.pt")
         save_checkpoint(run / "latest.pt", {k: ckpt[k] for k in ("g_ema", "g", "d", "cartoongan")})
         return ["--iters", "5"]
+    elif fault == "truncated latest.pt":
+        data = (run / "latest.pt").read_bytes()
+        (run / "latest.pt").write_bytes(data[: len(data) // 2])
+        return ["--iters", "5"]
     elif fault.startswith("--iters"):
         return fault.split()
     return []
@@ -274,6 +278,7 @@ def _damage(run: Path, fault: str) -> list[str]:
     ("unknown key in config.toml", 1, "config.toml"),
     ("config.toml of another model", 1, "latest.pt"),
     ("exported latest.pt", 1, "latest.pt"),
+    ("truncated latest.pt", 1, "newest numbered checkpoint is"),
     ("--iters 1", 2, "step 2"),
     ("--iters 2", 2, "step 2"),
     ("finished, no --iters", 2, "step 2"),
@@ -544,7 +549,11 @@ def test_a_source_with_nan_weights_is_refused_before_training(tmp_path, assets):
     out = tmp_path / "run"
     line = error_line(runner.invoke(app, ["finetune", "--source", str(source), "--data", str(assets["data"]),
                                           "--out", str(out), "--recipe", "tiny", "--iters", "1"]))
-    assert "holds NaN or inf weights (in g_ema" in line and not (out / "latest.pt").exists()
+    assert "generator 'g_ema' holds NaN or inf weights" in line and str(source) in line
+    assert not (out / "latest.pt").exists()
+    # rendering it would write black pictures with exit 0
+    line = error_line(runner.invoke(app, ["sample", str(source), "--outdir", str(tmp_path / "o")]))
+    assert "holds NaN or inf weights" in line and not (tmp_path / "o").exists()
 
 
 def test_an_image_passed_as_the_dataset_is_called_a_file_not_missing(tmp_path, assets):

@@ -219,6 +219,10 @@ def align_face(img: Image.Image, landmarks: np.ndarray, size: int = 256) -> Imag
     if size < 8:
         raise DataError(f"the aligned size must be at least 8 px, got {size}")
     quad = face_quad(landmarks)
+    cx, cy = np.asarray(landmarks, dtype=np.float64).mean(0)
+    if not (0 <= cx < img.width and 0 <= cy < img.height):  # a face cut by the frame still has its centre inside
+        raise DataError(f"the landmarks lie outside the {img.width}x{img.height} photo (their centre is at "
+                        f"{cx:.0f}, {cy:.0f}): were they found on another image?")
     img, quad = _shrink(img, quad, size)
     border = max(round(quad.side * 0.1), 3)
     img, quad = _crop(img, quad, border)

@@ -16,7 +16,7 @@ from ..ops.fir import triton_missing
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
 from ..weights.checkpoint import load_checkpoint
-from ..weights.networks import build_discriminator, build_generator
+from ..weights.networks import build_discriminator, build_generator, check_finite
 from .distributed import init_distributed
 from .freeze import make_plan
 from .evaluate import KidEvaluator
@@ -65,7 +65,14 @@ def open_resumable(run_dir: Path, cfg: RunConfig, kind: str) -> dict:
     """The run's latest.pt, once it is sure that resuming it to cfg.train.iters does something.
     Refuses (nothing changes) an export, a run of the other kind, or --iters <= the current step."""
     latest = run_dir / "latest.pt"
-    ckpt = load_checkpoint(latest)
+    try:
+        ckpt = load_checkpoint(latest)
+    except CheckpointError as exc:
+        numbered = sorted((run_dir / "checkpoints").glob("[0-9]*.pt"))
+        if not numbered:
+            raise
+        raise CheckpointError(f"{exc}; the run's newest numbered checkpoint is {numbered[-1]}: copy it over "
+                              f"{latest} to resume from there") from None
     meta = ckpt.get("cartoongan") or {}
     step = meta.get("step")
     missing = [k for k in RESUME_KEYS if k not in ckpt] + ([] if isinstance(step, int) else ["cartoongan.step"])
@@ -154,11 +161,8 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, re
                               "pass --fresh-d to start D from random weights")
     if d.size != source.size:
         raise CheckpointError(f"{source_path}: D is {d.size}px but G is {source.size}px")
-    nets = [("g_ema", source), ("g", g), ("d", d)]
-    bad = [name for name, net in nets if not all(torch.isfinite(p).all() for p in net.parameters())]
-    if bad:
-        raise CheckpointError(f"{source_path} holds NaN or inf weights (in {', '.join(bad)}): fine-tune from "
-                              "another checkpoint")
+    with naming(source_path):
+        check_finite(d, "discriminator 'd'")  # G's were checked as they were built
     for key in ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max"):
         setattr(cfg.model, key, source.config[key])
     g_ema = copy.deepcopy(source)

@@ -66,6 +66,13 @@ def check_fit(module: torch.nn.Module, sd: dict, what: str, cause: str = "") -> 
         raise CheckpointError(f"{what} weights do not fit the network: {', '.join(parts)}{cause}")
 
 
+def check_finite(module: torch.nn.Module, what: str) -> None:
+    """Refuse weights holding NaN or inf (a diverged export): they would render black images or
+    train on garbage without a word."""
+    if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+        raise CheckpointError(f"{what} holds NaN or inf weights: use another checkpoint")
+
+
 def _load_state(module: torch.nn.Module, sd: dict, what: str) -> None:
     check_fit(module, sd, what)
     module.load_state_dict(sd, strict=True)
@@ -98,6 +105,7 @@ def build_generator(ckpt: dict, which: str = "g_ema", device: str | torch.device
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint's generator configuration is invalid: {exc}") from None
     _load_state(gen, ckpt[which], f"generator '{which}'")
+    check_finite(gen, f"generator '{which}'")
     if torch.is_tensor(ckpt.get("latent_avg")):
         gen.w_avg = ckpt["latent_avg"].detach().float().reshape(-1)[: gen.style_dim].clone()
     return gen.to(device)
