@@ -554,6 +554,13 @@ def test_a_source_with_nan_weights_is_refused_before_training(tmp_path, assets):
     # rendering it would write black pictures with exit 0
     line = error_line(runner.invoke(app, ["sample", str(source), "--outdir", str(tmp_path / "o")]))
     assert "holds NaN or inf weights" in line and not (tmp_path / "o").exists()
+    # a NaN discriminator is refused as it is built, like a generator
+    def poison_d(c):
+        next(iter(c["d"].values())).fill_(float("nan"))
+    source = _edit(assets["a"], tmp_path, poison_d)
+    line = error_line(runner.invoke(app, ["finetune", "--source", str(source), "--data", str(assets["data"]),
+                                          "--out", str(out), "--recipe", "tiny", "--iters", "1"]))
+    assert "discriminator 'd' holds NaN or inf weights" in line and str(source) in line
 
 
 def test_an_image_passed_as_the_dataset_is_called_a_file_not_missing(tmp_path, assets):

@@ -16,7 +16,7 @@ from ..ops.fir import triton_missing
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
 from ..weights.checkpoint import load_checkpoint
-from ..weights.networks import build_discriminator, build_generator, check_finite
+from ..weights.networks import build_discriminator, build_generator
 from .distributed import init_distributed
 from .freeze import make_plan
 from .evaluate import KidEvaluator
@@ -161,8 +161,6 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, re
                               "pass --fresh-d to start D from random weights")
     if d.size != source.size:
         raise CheckpointError(f"{source_path}: D is {d.size}px but G is {source.size}px")
-    with naming(source_path):
-        check_finite(d, "discriminator 'd'")  # G's were checked as they were built
     for key in ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max"):
         setattr(cfg.model, key, source.config[key])
     g_ema = copy.deepcopy(source)

@@ -130,6 +130,7 @@ def build_discriminator(ckpt: dict, device: str | torch.device = "cpu") -> Discr
         else infer_discriminator_config(ckpt["d"])
     disc = Discriminator(**cfg)
     _load_state(disc, ckpt["d"], "discriminator 'd'")
+    check_finite(disc, "discriminator 'd'")
     return disc.to(device)
 
 
