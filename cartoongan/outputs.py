@@ -126,9 +126,8 @@ def check_output_file(path: str | os.PathLike, what: str = "--output",
         raise OutputError(f"{what} {path} is a folder: name a file, e.g. {path / 'out.pt'}")
     if path.exists() and not path.is_file():
         raise OutputError(f"{what} {path} exists and is not a regular file: name a file")
-    for src in inputs:
-        if path.exists() and Path(src).exists() and os.path.samefile(path, src):
-            raise OutputError(f"{what} {path} is also an input of this command: write to another file")
+    if _input_at(path, inputs) is not None:
+        raise OutputError(f"{what} {path} is also an input of this command: write to another file")
     _check_creatable(path.parent, f"{what} {path}: folder")
     return path
 
@@ -137,13 +136,19 @@ def check_keeps_inputs(outdir: str | os.PathLike, names: Iterable[str], inputs: 
                        what: str = "--outdir") -> None:
     """Refuse (OutputError) an output folder where one of the files the command writes there
     (`names`) is one of its inputs: a photo named target.png in project's --outdir, say."""
-    outdir = Path(outdir)
+    inputs = list(inputs)
     for name in names:
-        out = outdir / name
-        for src in inputs:
-            if out.exists() and Path(src).exists() and os.path.samefile(out, src):
-                raise OutputError(f"{what} {outdir} would overwrite the input {src} (the command writes {name} "
-                                  "there): choose another folder")
+        src = _input_at(Path(outdir) / name, inputs)
+        if src is not None:
+            raise OutputError(f"{what} {outdir} would overwrite the input {src} (the command writes {name} "
+                              "there): choose another folder")
+
+
+def _input_at(path: Path, inputs: Iterable[str | os.PathLike]):
+    """The one of `inputs` that is the file at `path` (the same file by any name), or None."""
+    if not path.exists():
+        return None
+    return next((src for src in inputs if Path(src).exists() and os.path.samefile(path, src)), None)
 
 
 def visible_entries(folder: Path) -> list[str]:
