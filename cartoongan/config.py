@@ -208,7 +208,8 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
     ]
     for ok, section, key, what in checks:
         if not ok:
-            raise ConfigError(f"{_named(section, key)} must be {what}")
+            value = getattr({"model": m, "train": t, "finetune": f}[section], key)
+            raise ConfigError(f"{_named(section, key)} must be {what}" + ("" if "got" in what else f", got {value!r}"))
     if t.batch % world_size:
         raise ConfigError(f"--batch {t.batch} must be divisible by the {world_size} processes")
     return cfg

@@ -132,6 +132,20 @@ def check_output_file(path: str | os.PathLike, what: str = "--output",
     return path
 
 
+def check_checkpoint_output(path: str | os.PathLike, what: str = "--output",
+                            inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """check_output_file, and refuse a training run's own checkpoint files (latest.pt, best.pt,
+    checkpoints/*.pt beside a config.toml): an export written there would replace what the run
+    resumes from with a file it cannot resume."""
+    path = check_output_file(path, what, inputs)
+    numbered = path.parent.name == "checkpoints"
+    run = path.parent.parent if numbered else path.parent
+    if (run / "config.toml").is_file() and (numbered or path.name in ("latest.pt", "best.pt")):
+        raise OutputError(f"{what} {path} is a checkpoint file of the training run {run}; writing there would "
+                          "replace what the run resumes from: name another file")
+    return path
+
+
 def check_keeps_inputs(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterable[str | os.PathLike],
                        what: str = "--outdir") -> None:
     """Refuse (OutputError) an output folder where one of the files the command writes there

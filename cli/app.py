@@ -7,9 +7,22 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import sys
 from enum import Enum
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.24 carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # older typer uses click itself, whose NoArgsIsHelpError came in 8.2
+    from click.exceptions import ClickException
+
+    try:
+        from click.exceptions import NoArgsIsHelpError
+    except ImportError:
+        class NoArgsIsHelpError(Exception):
+            """Never raised: this click prints the help and exits by itself."""
 
 from cartoongan.config import AUGMENTS, COMPILE_MODES, PRECISIONS
 from cartoongan.errors import CartoonganError, ConfigError
@@ -23,7 +36,28 @@ def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     return Enum(name, {re.sub(r"\W", "_", v): v for v in values}, type=str)
 
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+class OneLineErrors(TyperGroup):
+    """The command group whose usage errors (a bad flag value, a missing argument, an unknown
+    command) are one `error:` line like every other error, instead of the usage text and a box."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as exc:  # `cartoongan` alone, `cartoongan data`: the help is the answer
+            exc.show()
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            message = " ".join(exc.format_message().split()).rstrip(".")
+            ctx = getattr(exc, "ctx", None)
+            fail(message + (f" (see `{ctx.command_path} --help`)" if ctx is not None else ""), exc.exit_code)
+        except typer.Abort:
+            fail("aborted")
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune a StyleGAN2 face generator into a cartoon-face generator.")
 
 

@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+# torch.compile on a CPU-only box that has a CUDA toolkit (nvcc in /usr/local) logs a warning that no
+# CUDA runtime is found, as if something were wrong: nothing is, a CPU run needs none
+logging.getLogger("torch.utils.cpp_extension").addFilter(
+    lambda record: not record.getMessage().startswith("No CUDA runtime is found"))
 
 # Messages name paths and recipe tables ("[train]"), so text is escaped before it reaches rich's
 # markup parser; `out` (stdout) prints results only and takes no markup at all.

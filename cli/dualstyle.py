@@ -1,6 +1,7 @@
 """`cartoongan dualstyle`: exemplar-based stylisation with DualStyleGAN's released models."""
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -22,9 +23,12 @@ def _weights(text: Optional[str]) -> Optional[list[float]]:
     if text is None:
         return None
     try:
-        return [float(v) for v in text.split(",")]
+        values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ConfigError(f"--weight takes comma-separated numbers (one per w+ slot), got '{text}'") from None
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--weight takes comma-separated finite numbers (one per w+ slot), got '{text}'")
+    return values
 
 
 def _style_id(text: str) -> tuple[Optional[int], bool]:

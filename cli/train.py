@@ -54,7 +54,7 @@ def _report_result(result) -> None:
 RECIPE = typer.Option(None, "--recipe", help="TOML recipe (a path, or a name from recipes/, e.g. tiny).")
 ITERS = typer.Option(None, "--iters", min=1, help="Total training steps (overrides the recipe).")
 BATCH = typer.Option(None, "--batch", min=1, help="Total batch over all processes (each GPU gets batch / world size).")
-LR = typer.Option(None, "--lr", min=0.0, help="Learning rate.")
+LR = typer.Option(None, "--lr", help="Learning rate (> 0).")  # validate() refuses 0, negatives and NaN alike
 AUG = typer.Option(None, "--augment", help="ada: adaptive augmentation, p tuned as D overfits; none: no tuning.")
 AUG_P = typer.Option(None, "--augment-p", help="Augmentation probability 0..1: where ADA starts (--augment ada), "
                      "or fixed (--augment none).")
@@ -124,6 +124,9 @@ def finetune(
     overrides = {"train": _section(args, TRAIN_FLAGS), "finetune": _section(args, FINETUNE_FLAGS)}
     with user_errors():
         cfg = _load_config(recipe, resume, overrides, out_dir)
+        if struct_weight is not None and cfg.finetune.struct_loss == 0:
+            raise ConfigError("--struct-weight weighs the structure loss, which is off: add --struct-loss N "
+                              "(the resolutions it compares, e.g. 3)")
         run_dir = resume or out_dir
         if run_dir is None or (resume is None and (source is None or data is None)):
             raise typer.BadParameter("give --source, --data and --out, or --resume RUN_DIR")

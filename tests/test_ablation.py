@@ -1,9 +1,11 @@
 """`cartoongan ablation`: the four methods, one budget, one table and figure (tiny networks)."""
+import pytest
 from cartoongan_cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
 from cartoongan.config import load_recipe
+from cartoongan.errors import ConfigError
 from cartoongan.pipelines.ablation import COLUMNS, METHODS, markdown_table, run_ablation
 
 from .test_finetune import make_source
@@ -42,6 +44,20 @@ def test_ablation_runs_every_method_and_writes_table_and_figure(tmp_path, monkey
     again = run_ablation(tmp_path / "abl", source=source, iters=1, n_eval=6, n_structure=4, n_ppl=0, seeds=[0])
     assert [r[3] for r in again.rows] == [r[3] for r in res.rows] and [r[6] for r in again.rows] == ["—"] + ["reused"] * len(METHODS)
     assert rendered == [6] * (1 + len(METHODS)) and all(v["fid"] == 6 for v in again.values)
+    # runs fine-tuned from another source are not passed off as this one's
+    other = make_source(tmp_path / "other.pt", size=32, seed=1)
+    with pytest.raises(ConfigError, match="not the model .* choose another --out"):
+        run_ablation(tmp_path / "abl", source=other, iters=1, n_eval=0, n_structure=4, n_ppl=0, seeds=[0])
+
+
+def test_ablation_refuses_a_training_run_as_out(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("")
+    (run / "latest.pt").write_bytes(b"")
+    result = runner.invoke(app, ["ablation", "--out", str(run)])
+    assert result.exit_code == 1 and "is not empty" in result.output and "ablation writes" in result.output
+    assert sorted(p.name for p in run.iterdir()) == ["config.toml", "latest.pt"]
 
 
 def test_markdown_table_shape():

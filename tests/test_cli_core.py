@@ -142,3 +142,15 @@ def test_every_training_flag_reaches_its_config_key(tmp_path, monkeypatch, comma
     res = runner.invoke(app, [command, *no_mode, *extra, "--no-compile"])
     assert res.exit_code == 0, res.output
     assert not seen[-1].train.compiled and seen[-1].train.compile_mode == "default"
+
+
+def test_the_cuda_home_warning_of_a_cpu_box_is_not_shown_but_others_are(caplog):
+    import logging
+
+    import cartoongan_cli.console  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    with caplog.at_level(logging.WARNING):
+        logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+        logger.warning("Error checking compiler version for %s", "c++")
+    assert [r.getMessage() for r in caplog.records] == ["Error checking compiler version for c++"]

@@ -317,9 +317,13 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
             f, word = tmp_path / "code.npy", "intrinsic code"
         res = runner.invoke(app, ["info", str(f), "--json"])
         assert res.exit_code == 0 and word in res.output, res.output
+    nan_code = tmp_path / "nan_code.npy"  # a black picture is not a result
+    np.save(nan_code, np.full((1, N, DIM), np.nan, np.float32))
     for args, code, text in (
         ([photo, "--model", style_dir, "--style-id", "7"], 2, "styles 0-2"),
         ([photo, "--model", style_dir, "--weight", "1,1"], 2, "needs 10 values"),
+        ([photo, "--model", style_dir, "--weight", ",".join(["nan"] + ["1"] * (N - 1))], 2, "finite numbers"),
+        ([nan_code, "--model", style_dir], 1, "NaN or inf"),
         ([photo, "--model", style_dir, "--encoder", tmp_path / "none.pt"], 1, "not found"),
         ([tmp_path / "r" / "random.png", "--model", tmp_path], 1, "no generator.pt"),
     ):

@@ -199,7 +199,8 @@ def test_freeze_counts_out_of_range_name_the_limit():
 @pytest.mark.parametrize("args,expect", [
     (["--freeze-g", "9"], "--freeze-g 9 is out of range"),
     (["--struct-loss", "7"], "--struct-loss 7 is out of range"),
-    (["--struct-weight", "-1"], "--struct-weight"),
+    (["--struct-weight", "-1", "--struct-loss", "1"], "--struct-weight ([finetune] struct_weight) must be"),
+    (["--struct-weight", "2"], "the structure loss, which is off"),
 ])
 def test_finetune_bad_values(tmp_path, args, expect):
     src = make_source(tmp_path / "src.pt")
@@ -227,6 +228,14 @@ def test_finetune_resume_reloads_the_source(tmp_path):
     base = ["--recipe", "tiny", "--freeze-sg", "1", "--struct-loss", "1"]
     assert runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), "--out", str(tmp_path / "r"),
                                "--iters", "2", *base]).exit_code == 0
+    other = make_source(tmp_path / "other.pt", seed=1)
+    res = runner.invoke(app, ["finetune", "--resume", str(tmp_path / "r"), "--iters", "3", "--source", str(other)])
+    assert res.exit_code == 2 and "is not the model" in res.output and str(src.resolve()) in res.output
+    src.rename(tmp_path / "moved.pt")  # the recorded source is gone: named, not blamed on the run
     res = runner.invoke(app, ["finetune", "--resume", str(tmp_path / "r"), "--iters", "3"])
+    assert res.exit_code == 1 and "no longer there" in res.output and len(res.output.strip().splitlines()) == 1
+    # the same weights under another name are the same source
+    res = runner.invoke(app, ["finetune", "--resume", str(tmp_path / "r"), "--iters", "3",
+                              "--source", str(tmp_path / "moved.pt")])
     assert res.exit_code == 0, res.output
     assert load_checkpoint(tmp_path / "r" / "latest.pt")["cartoongan"]["step"] == 3

@@ -203,23 +203,37 @@ def test_disk_full_is_one_line_and_leaves_old_files_and_no_temp_files(tmp_path, 
 
 
 # ---- run folders ------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["swap", "export", "convert"])
+@pytest.mark.parametrize("name", ["latest.pt", "best.pt", "checkpoints/000002.pt"])
+def test_a_runs_checkpoint_files_are_not_overwritten_by_exports(tmp_path, assets, command, name):
+    run = tmp_path / "run"
+    shutil.copytree(assets["run"], run)
+    before = snapshot(run)
+    line = error_line(runner.invoke(app, FILE_COMMANDS[command](str(run / name))))
+    assert f"checkpoint file of the training run {run}" in line and snapshot(run) == before
+
+
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])
-@pytest.mark.parametrize("where", ["dataset folder", "other non-empty folder", "inside the dataset", "existing run"])
+@pytest.mark.parametrize("where", ["dataset folder", "other non-empty folder", "inside the dataset", "existing run",
+                                   "unsaved run beside other files"])
 def test_run_folder_must_be_new_empty_or_resumed(tmp_path, assets, command, where):
     data = blob_images(tmp_path / "data", n=2)
-    out = {"dataset folder": data, "other non-empty folder": tmp_path / "docs",
-           "inside the dataset": data / "run", "existing run": tmp_path / "run"}[where]
-    if where == "other non-empty folder":
+    out = {"dataset folder": data, "other non-empty folder": tmp_path / "docs", "inside the dataset": data / "run",
+           "existing run": tmp_path / "run", "unsaved run beside other files": tmp_path / "mixed"}[where]
+    if where in ("other non-empty folder", "unsaved run beside other files"):
         out.mkdir()
         (out / "notes.txt").write_text("mine")
+    if where == "unsaved run beside other files":  # a failed run's leftovers may go, the notes may not
+        (out / "config.toml").write_text("")
     if where == "existing run":
         shutil.copytree(assets["run"], out)
     before = snapshot(tmp_path)
     argv = ([command, "--data", str(data), "--out", str(out), "--recipe", "tiny"]
             + (["--source", str(assets["a"])] if command == "finetune" else []))
     res = runner.invoke(app, argv)
-    line = error_line(res, 2 if where == "existing run" else 1)
-    assert str(out) in line and ("--resume" in line if where == "existing run" else "folder" in line)
+    line = error_line(res, 2 if where in ("existing run", "unsaved run beside other files") else 1)
+    expect = {"existing run": "--resume", "unsaved run beside other files": "beside other files"}.get(where, "folder")
+    assert str(out) in line and expect in line
     assert snapshot(tmp_path) == before
 
 
@@ -567,3 +581,23 @@ def test_an_image_passed_as_the_dataset_is_called_a_file_not_missing(tmp_path, a
     line = error_line(runner.invoke(app, ["pretrain", "--data", str(assets["photo"]), "--out", str(tmp_path / "r"),
                                           "--recipe", "tiny", "--iters", "1"]))
     assert "is a file, not a dataset" in line and "not found" not in line
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["finetune", "--freeze-sg", "x"], "'--freeze-sg'"),
+    (["sample"], "Missing argument"),
+    (["sampel", "a.pt"], "No such command 'sampel'"),
+    (["data", "synth", "--n", "2", "--bogus"], "--bogus"),
+    (["pretrain", "--lr", "nan", "--data", "d", "--out", "o", "--recipe", "tiny"], "--lr ([train] lr) must be a finite"),
+])
+def test_usage_errors_are_one_line_that_points_at_help(tmp_path, argv, says):
+    res = runner.invoke(app, argv)
+    line = error_line(res, 2)
+    assert says in line and len(res.output.strip().splitlines()) == 1, res.output
+    assert "--lr" in argv or line.endswith("--help`)")
+
+
+@pytest.mark.parametrize("argv", [[], ["data"]])
+def test_a_group_without_a_command_shows_its_help(argv):
+    res = runner.invoke(app, argv)
+    assert "Usage:" in res.output and "Commands" in res.output and "error:" not in res.output

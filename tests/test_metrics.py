@@ -213,7 +213,16 @@ def test_training_logs_kid_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     best, latest = load_checkpoint(tmp_path / "run" / "best.pt"), load_checkpoint(res.latest)
     assert best["cartoongan"]["step"] == 2 and latest["cartoongan"]["step"] == 3
     assert latest["train_state"]["best_kid"] == 0.1
-    assert np.load(tmp_path / "run" / evaluate.CACHE).shape == (8, 8)  # the training set, computed once
+    assert np.load(tmp_path / "run" / evaluate.CACHE)["features"].shape == (8, 8)  # the training set, computed once
+
+
+def test_kid_during_training_on_one_image_is_refused_before_training(tmp_path):
+    data = blob_images(tmp_path / "data", n=1)
+    res = runner.invoke(app, ["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--recipe", "tiny",
+                              "--eval-every", "1"])
+    assert res.exit_code == 2 and "at least 2 training images" in res.output, res.output
+    assert res.output.count("error:") == 1 and res.output.strip().splitlines()[-1].startswith("error:")
+    assert not (tmp_path / "run").exists()  # refused before the run began
 
 
 def test_kid_evaluator_measures_g_ema_against_the_training_set(tmp_path, tiny_g):
@@ -230,10 +239,17 @@ def test_a_damaged_feature_cache_is_recomputed(tmp_path, tiny_g):
     g = tiny_g(size=16)
     train = torch.randint(0, 255, (6, 3, 16, 16), dtype=torch.uint8)
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / evaluate.CACHE).write_bytes(b"\x93NUMPY truncated")
+    (tmp_path / "run" / evaluate.CACHE).write_bytes(b"PK\x03\x04 truncated")
     ev = evaluate.KidEvaluator(train, 6, torch.device("cpu"), tmp_path / "run", features=stub_features)
     assert ev.real.shape[0] == 6 and math.isfinite(ev(g))
-    assert np.load(tmp_path / "run" / evaluate.CACHE).shape[0] == 6  # rewritten whole
+    assert np.load(tmp_path / "run" / evaluate.CACHE)["features"].shape[0] == 6  # rewritten whole
+    # another dataset of the same size in the same run folder does not reuse these features
+    calls = []
+    counting = lambda images, *a: calls.append(len(images)) or stub_features(images, *a)  # noqa: E731
+    evaluate.KidEvaluator(train, 6, torch.device("cpu"), tmp_path / "run", features=counting)
+    assert calls == []
+    evaluate.KidEvaluator(255 - train, 6, torch.device("cpu"), tmp_path / "run", features=counting)
+    assert calls == [6]
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import socket
@@ -130,9 +131,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in ckpt["g"].values())
     # diverged before its first save: nothing to resume, so the message says to start again
     calls["n"] = 0
-    with pytest.raises(TrainingDiverged, match="nothing resumes: delete") as lost:
+    with pytest.raises(TrainingDiverged, match="nothing resumes: start again") as lost:
         pretrain(tiny_config(iters=10, ckpt_every=8, log_every=1), data, tmp_path / "early")
     assert str(tmp_path / "early") in str(lost.value) and not (tmp_path / "early" / "latest.pt").exists()
+    # ... and the same folder takes the new run, whose log starts afresh
+    monkeypatch.setattr(training, "g_nonsaturating_loss", real_loss)
+    pretrain(tiny_config(iters=2, ckpt_every=2, log_every=1), data, tmp_path / "early")
+    log = [json.loads(line) for line in (tmp_path / "early" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2] and all(math.isfinite(row["loss_g"]) for row in log)
 
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path):

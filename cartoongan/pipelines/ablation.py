@@ -22,11 +22,11 @@ from ..data.synthetic import ensure_synthesized
 from ..errors import CartoonganError, CheckpointError
 from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
-from ..outputs import atomic_write, check_output_dir
+from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
-from ..train.runs import finetune, resumed_config
+from ..train.runs import check_same_source, finetune, resumed_config
 from ..weights.checkpoint import load_checkpoint
-from ..weights.networks import load_generator
+from ..weights.networks import load_generator, weights_digest
 from .demo import BUNDLED_SOURCE
 from .sample import sample_checkpoints
 
@@ -36,6 +36,7 @@ METHODS = (  # (table name, recipe)
     ("FreezeSG", "ablation64_freezesg"),
     ("FreezeSG + structure loss", "ablation64_structure_loss"),
 )
+OWN_ENTRIES = {"data", "runs", "samples", "ablation.md", "figure.png"}  # an earlier ablation's: reused
 COLUMNS = ("method", "FID ↓", "KID×10³ ↓", "structure ↑", "PPL (W) ↓", "identity ↑", "fine-tune s")
 
 
@@ -48,17 +49,21 @@ class AblationResult:
     figure: Path | None = None
 
 
-def _finetune(recipe: str, source: Path, data: Path, run: Path, iters: int | None,
+def _finetune(recipe: str, source: Path, digest: str, data: Path, run: Path, iters: int | None,
               reporter: Reporter) -> tuple[Path, float | None]:
     """Fine-tune (or continue / reuse an earlier run of) one method; returns latest.pt and the seconds
-    spent (None: a finished run was reused)."""
+    spent (None: a finished run was reused). digest: the source's weights_digest, which an earlier
+    run must share to be reused."""
     start = time.perf_counter()
     cfg = load_recipe(recipe)
     iters = iters or cfg.train.iters
     latest = run / "latest.pt"
     if latest.exists():
-        if load_checkpoint(latest).get("cartoongan", {}).get("step", 0) >= iters:
+        ckpt = load_checkpoint(latest)
+        check_same_source(ckpt, run, source, digest, fix="choose another --out for this source")
+        if ckpt.get("cartoongan", {}).get("step", 0) >= iters:
             return latest, None
+        del ckpt
         path = finetune(resumed_config(run, {"train": {"iters": iters}}), source, data, run, reporter, resume=True).latest
     else:
         cfg.train.iters = iters
@@ -161,7 +166,8 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     structure score; n_ppl: PPL samples (0 skips PPL). Existing runs under out/runs are reused.
     """
     reporter = reporter or NullReporter()
-    out = check_output_dir(out, "--out")
+    out = check_fresh_dir(out, "--out", "ablation writes data/, runs/, samples/, ablation.md and figure.png there",
+                          reusable=lambda names: set(names) <= OWN_ENTRIES)
     seeds = seeds or list(range(8))
     source = Path(source) if source else BUNDLED_SOURCE
     if not source.exists():
@@ -169,6 +175,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     data = out / "data" / "cartoon"
     ensure_synthesized("cartoon", n_cartoon, 64, data, seed=2, reporter=reporter)
     src_gen = load_generator(source, "cpu")
+    digest = weights_digest(src_gen)
     real = load_dataset(data, src_gen.size).images[:n_eval] if n_eval else None  # uint8 NCHW
     scorer = _Scorer(real, n_ppl, reporter)
     # one render per generator serves FID/KID (first n_eval seeds) and identity (first n_structure)
@@ -176,7 +183,10 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     src_images = render_seeds(src_gen, range(n_render))
     result, paths = AblationResult(), []
     for name, recipe in (("source (photo)", None), *methods):
-        path, seconds = (source, 0.0) if recipe is None else _finetune(recipe, source, data, out / "runs" / recipe, iters, reporter)
+        if recipe is None:
+            path, seconds = source, 0.0
+        else:
+            path, seconds = _finetune(recipe, source, digest, data, out / "runs" / recipe, iters, reporter)
         paths.append(path)
         gen = src_gen if recipe is None else load_generator(path, "cpu")
         images = src_images if recipe is None else render_seeds(gen, range(n_render))

@@ -96,6 +96,8 @@ def read_intrinsic_code(path: Path, model: DualStyleGenerator) -> torch.Tensor:
     if arr.dtype.kind != "f" or arr.ndim != 3 or arr.shape[1:] != (model.n_latent, model.style_dim):
         raise DataError(f"{path} holds a {arr.dtype} array of shape {arr.shape}; the model needs "
                         f"(1, {model.n_latent}, {model.style_dim}) floats")
+    if not np.isfinite(arr).all():
+        raise DataError(f"{path} holds NaN or inf values: encode the photo again")
     return torch.from_numpy(arr.astype(np.float32))
 
 

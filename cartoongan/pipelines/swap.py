@@ -9,7 +9,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..models.generator import Generator
-from ..outputs import check_output_file
+from ..outputs import check_checkpoint_output
 from ..weights.checkpoint import save_checkpoint
 from ..weights.networks import generator_checkpoint, load_generator
 
@@ -74,7 +74,7 @@ def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path:
                      res: int = DEFAULT_RES, mapping: str = "source", blend_width: float | None = None) -> Path:
     """Load two checkpoints' g_ema, swap their layers, and write the result as a new checkpoint
     (`out_path` is checked first)."""
-    check_output_file(out_path, "--output", inputs=[source_path, target_path])
+    check_checkpoint_output(out_path, "--output", inputs=[source_path, target_path])
     source = load_generator(source_path, "cpu")
     target = load_generator(target_path, "cpu")
     try:

@@ -1,11 +1,13 @@
 """KID during training: g_ema's samples against the training set, and which step was best.
 
 The training set's Inception features are computed once per run and cached in the run directory
-(eval_real_features.npy), so an evaluation only costs the generated images' features.
+(eval_real_features.npz, with a digest of the images: another dataset recomputes it), so an evaluation only costs the generated images' features.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +21,7 @@ from ..outputs import atomic_write
 from ..report import NullReporter, Reporter
 
 Features = Callable[..., np.ndarray]  # (uint8 [N, H, W, 3], reporter, description) -> [N, D]
-CACHE = "eval_real_features.npy"
+CACHE = "eval_real_features.npz"  # features, and the digest of the images they are of
 
 
 def default_features(device: torch.device) -> Features:
@@ -29,13 +31,23 @@ def default_features(device: torch.device) -> Features:
     return InceptionFeatures(device)
 
 
-def _read_cache(path: Path, n: int) -> np.ndarray | None:
-    """The cached training-set features, or None when absent, damaged or of another dataset size."""
+def images_digest(images: torch.Tensor, samples: int = 64) -> str:
+    """A sha256 of the set's size, shape and up to `samples` evenly spaced images: tells another
+    dataset from this one (for a few thousand 256 px faces, hashing them all would cost seconds)."""
+    h = hashlib.sha256(repr(tuple(images.shape)).encode())
+    for i in np.linspace(0, len(images) - 1, min(samples, len(images))).round().astype(int):
+        h.update(images[int(i)].cpu().contiguous().numpy())
+    return h.hexdigest()
+
+
+def _read_cache(path: Path, digest: str) -> np.ndarray | None:
+    """The cached training-set features, or None when absent, damaged or of another dataset."""
     try:
-        real = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+        with np.load(path, allow_pickle=False) as cache:
+            real, recorded = cache["features"], str(cache["digest"])
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
         return None
-    return real if real.ndim == 2 and real.shape[0] == n else None
+    return real if real.ndim == 2 and recorded == digest else None
 
 
 class KidEvaluator:
@@ -48,13 +60,13 @@ class KidEvaluator:
         self.reporter = reporter or NullReporter()
         self.features = features or default_features(device)
         self.best = math.inf
-        cache = Path(run_dir) / CACHE
-        self.real = _read_cache(cache, len(train_images))
+        cache, digest = Path(run_dir) / CACHE, images_digest(train_images)
+        self.real = _read_cache(cache, digest)
         if self.real is None:
             self.real = self.features(train_images.cpu().permute(0, 2, 3, 1).numpy(), self.reporter,
                                       "features of the training set")
             with atomic_write(cache) as fh:
-                np.save(fh, self.real)
+                np.savez(fh, features=self.real, digest=np.array(digest))
 
     @torch.no_grad()
     def __call__(self, g_ema: Generator) -> float:

@@ -20,8 +20,23 @@ from ..data.images import make_grid, save_png
 from ..errors import CartoonganError
 from ..data.render import render_seeds
 from ..models.generator import Generator
-from ..outputs import atomic_write, writing
+from ..outputs import atomic_write, visible_entries, writing
+from .evaluate import CACHE as EVAL_CACHE
 from ..weights.checkpoint import save_checkpoint
+
+
+# what a run that failed before its first checkpoint leaves behind: a new run may take the folder over
+UNSAVED_ENTRIES = {"config.toml", "log.jsonl", "samples", "checkpoints", EVAL_CACHE}
+
+
+def holds_unsaved_run(folder: Path) -> bool:
+    """Whether `folder` holds only what a run that never saved a checkpoint wrote (config.toml,
+    log, samples; no latest.pt, no checkpoints): starting a new run there loses nothing."""
+    names = set(visible_entries(folder))
+    if "config.toml" not in names or not names <= UNSAVED_ENTRIES:
+        return False
+    numbered = folder / "checkpoints"
+    return not (numbered.is_dir() and any(numbered.iterdir()))
 
 
 class RunDirectory:
@@ -59,12 +74,20 @@ class RunDirectory:
             yield
 
     def start(self, cfg: RunConfig) -> None:
-        """Create the folder and write the resolved config.toml."""
+        """Create the folder and write the resolved config.toml. A run that has no latest.pt yet
+        starts afresh: what an earlier attempt wrote before failing (log, samples) goes first."""
         if self.writes:
             with writing(self.path):
                 self.path.mkdir(parents=True, exist_ok=True)
+                if not self.latest.exists():
+                    self._clear_unsaved()
             with atomic_write(self.path / "config.toml", "w") as fh:  # a refused write keeps the old one
                 fh.write(to_toml(cfg))
+
+    def _clear_unsaved(self) -> None:
+        (self.path / "log.jsonl").unlink(missing_ok=True)  # the feature cache stays: it knows its dataset
+        for png in (self.path / "samples").glob("[0-9]*.png"):
+            png.unlink()
 
     def save(self, ckpt: dict, step: int, numbered: bool) -> Path | None:
         """latest.pt, plus checkpoints/NNNNNN.pt when `numbered`; both written atomically."""

@@ -16,9 +16,10 @@ from ..ops.fir import triton_missing
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
 from ..weights.checkpoint import load_checkpoint
-from ..weights.networks import build_discriminator, build_generator
+from ..weights.networks import build_discriminator, build_generator, weights_digest
 from .distributed import init_distributed
 from .freeze import make_plan
+from .run_dir import holds_unsaved_run
 from .evaluate import KidEvaluator
 from .trainer import Networks, Trainer, TrainResult, new_networks
 
@@ -27,6 +28,9 @@ def _evaluator(cfg: RunConfig, data, run_dir: Path, info, reporter: Reporter) ->
     """KID against the training set every cfg.train.eval_every steps (main process), or None."""
     if not cfg.train.eval_every or not info.is_main:
         return None
+    if len(data) < 2:  # KID compares two sets of at least two features each
+        raise ConfigError(f"--eval-every needs at least 2 training images for KID; the dataset has {len(data)}: "
+                          "add images or pass --eval-every 0")
     return KidEvaluator(data.images, cfg.train.eval_n, info.device, run_dir, reporter)
 
 
@@ -43,18 +47,23 @@ def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
     return apply_overrides(cfg, overrides or {})
 
 
-def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool) -> None:
-    """Before any work: a new run needs a new or empty folder outside its dataset; a resumed run a
-    folder it can write in. Raises ConfigError or OutputError (nothing is written)."""
+def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool, reporter: Reporter) -> None:
+    """Before any work: a new run needs a new or empty folder outside its dataset (or one that an
+    earlier attempt left before its first checkpoint: the run starts there afresh); a resumed run
+    a folder it can write in. Raises ConfigError or OutputError (nothing is written)."""
     if resume:
         check_output_dir(run_dir, "--resume")
         return
     if (run_dir / "latest.pt").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --out")
-    if (run_dir / "config.toml").exists():
-        raise ConfigError(f"{run_dir} holds a run that saved no checkpoint (nothing to resume): "
-                          "delete it or choose another --out")
     check_outside(run_dir, data_path, "--out", "its samples would be read as training images next time")
+    if run_dir.is_dir() and holds_unsaved_run(run_dir):
+        reporter.warn(f"{run_dir} holds a run that stopped before its first checkpoint: starting afresh there")
+        check_output_dir(run_dir, "--out")
+        return
+    if (run_dir / "config.toml").exists():
+        raise ConfigError(f"{run_dir} holds a run that saved no checkpoint, beside other files: "
+                          "delete it or choose another --out")
     check_fresh_dir(run_dir, "--out", "a run needs a folder of its own")
 
 
@@ -97,6 +106,26 @@ def recorded_path(ckpt: dict, run_dir: Path, key: str) -> Path:
     return Path(value)
 
 
+def recorded_source(ckpt: dict, run_dir: Path) -> Path:
+    """The source model a resumed finetune run recorded, refused (one line) when it is gone."""
+    path = recorded_path(ckpt, run_dir, "source")
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} was fine-tuned from {path}, which is no longer there: put it back, "
+                              "or pass --source with the same model")
+    return path
+
+
+def check_same_source(ckpt: dict, run_dir: Path, source_path: Path, digest: str,
+                      fix: str = "pass that one, or start a new run") -> None:
+    """Refuse a source whose weights differ from the ones the run started from: its frozen layers
+    and structure-loss targets would silently change mid-run. Runs that predate the record pass."""
+    provenance = (ckpt.get("cartoongan") or {}).get("provenance") or {}
+    recorded = provenance.get("source_digest")
+    if recorded and recorded != digest:
+        raise ConfigError(f"{source_path} is not the model {run_dir} was fine-tuned from "
+                          f"({provenance.get('source', 'recorded in its latest.pt')}): {fix}")
+
+
 def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) -> None:
     try:
         trainer.restore(ckpt)
@@ -131,7 +160,7 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
     A resumed run may leave data_path None: the run's own record is used."""
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, data_path, resume)
+    check_run_dir(run_dir, data_path, resume, reporter)
     ckpt = open_resumable(run_dir, cfg, "pretrain") if resume else None
     data_path = data_path or recorded_path(ckpt, run_dir, "data")
     info = _start(cfg, reporter)
@@ -173,13 +202,16 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
     A resumed run may leave source_path and data_path None: the run's own record is used."""
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, data_path, resume)
+    check_run_dir(run_dir, data_path, resume, reporter)
     ckpt = open_resumable(run_dir, cfg, "finetune") if resume else None
-    source_path = Path(source_path or recorded_path(ckpt, run_dir, "source"))
+    source_path = Path(source_path) if source_path else recorded_source(ckpt, run_dir)
     data_path = data_path or recorded_path(ckpt, run_dir, "data")
     ft = cfg.finetune
     info = _start(cfg, reporter)
     nets = _source_networks(cfg, source_path, info.device, reporter)
+    digest = weights_digest(nets.source)
+    if resume:
+        check_same_source(ckpt, run_dir, source_path, digest)
     if not 0 <= ft.struct_loss <= nets.g.n_blocks - 1:
         raise ConfigError(f"--struct-loss {ft.struct_loss} is out of range: a {nets.g.size}px network "
                           f"allows 0..{nets.g.n_blocks - 1}")
@@ -188,7 +220,8 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
         nets.source = None  # nothing reads it: save the memory
     data = load_dataset(data_path, nets.g.size, reporter)
     trainer = Trainer(cfg, nets, data, run_dir, info, plan=plan, reporter=reporter, kind="finetune",
-                      provenance={"source": str(source_path.resolve()), "data": str(data_path), "images": len(data)},
+                      provenance={"source": str(source_path.resolve()), "source_digest": digest, "data": str(data_path),
+                                  "images": len(data)},
                       evaluator=_evaluator(cfg, data, run_dir, info, reporter))
     reporter.table("fine-tuning plan", ["net", "block", "resolution", "parameters", "state"], plan.rows(nets.g, nets.d))
     if resume:

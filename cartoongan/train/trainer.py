@@ -329,7 +329,7 @@ class Trainer:
             latest = self.out.latest
             fix = (f"the last good checkpoint is {latest}; lower --lr or raise the R1 weight and resume"
                    if latest.exists() else
-                   f"no checkpoint was written yet, so nothing resumes: delete {self.run_dir} and start again "
+                   f"no checkpoint was written to {self.run_dir} yet, so nothing resumes: start again (the same --out will do) "
                    "with a lower --lr or a larger R1 weight")
             raise TrainingDiverged(f"a loss became NaN or inf by step {self.step}; {fix}")
         self.unchecked.clear()

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, first_line
-from ..outputs import atomic_write, check_output_file
+from ..outputs import atomic_write, check_checkpoint_output
 
 FORMAT_VERSION = 1
 
@@ -155,7 +155,7 @@ def _torch_save(obj, fh) -> None:
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_training_nets: bool = True) -> Path:
     """`cartoongan export`: write `src` without optimiser and RNG state to `dst` (checked first)."""
-    check_output_file(dst, "--output", inputs=[src])
+    check_checkpoint_output(dst, "--output", inputs=[src])
     return save_checkpoint(dst, slim_checkpoint(load_checkpoint(src), keep_training_nets))
 
 

@@ -72,6 +72,8 @@ def _check_codes(obj, path: Path) -> dict[str, np.ndarray]:
         code = code.reshape((1,) + code.shape) if code.ndim == 2 else code
         if code.ndim != 3 or code.shape[0] != 1:
             raise CheckpointError(f"{path}: code of {name!r} has shape {code.shape}, expected (1, n_latent, style_dim)")
+        if not np.isfinite(code).all():
+            raise CheckpointError(f"{path}: code of {name!r} holds NaN or inf values: re-encode that exemplar")
         codes[name] = code.astype(np.float32)
     shapes = {c.shape for c in codes.values()}
     if len(shapes) != 1:

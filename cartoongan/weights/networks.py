@@ -1,6 +1,7 @@
 """Networks from checkpoints: architecture inferred from tensor shapes, state loaded strictly."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -71,6 +72,17 @@ def check_finite(module: torch.nn.Module, what: str) -> None:
     train on garbage without a word."""
     if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
         raise CheckpointError(f"{what} holds NaN or inf weights: use another checkpoint")
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short sha256 of a network's tensors (names, dtypes, shapes, bytes), whatever file format
+    they came from: what a fine-tuning run records of its source, to know it again on resume."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
+    return h.hexdigest()[:16]
 
 
 def _load_state(module: torch.nn.Module, sd: dict, what: str) -> None:

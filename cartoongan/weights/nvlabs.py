@@ -24,7 +24,7 @@ import torch
 from ..errors import CheckpointError, first_line
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
-from ..outputs import check_output_file
+from ..outputs import check_checkpoint_output
 from .checkpoint import FORMAT_VERSION, save_checkpoint
 from .networks import check_fit
 from .unpickle import PersistentObject, TFNetwork, UnsafePickleError, safe_load
@@ -483,6 +483,6 @@ def looks_like_nvlabs_pickle(path: str | os.PathLike) -> bool:
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, dict]:
     """Convert the NVlabs pickle `src` and write the checkpoint to `dst` (only once it converted)."""
     src, dst = Path(src), Path(dst)
-    check_output_file(dst, "-o", inputs=[src])
+    check_checkpoint_output(dst, "-o", inputs=[src])
     ckpt = convert(src)
     return save_checkpoint(dst, ckpt), ckpt
