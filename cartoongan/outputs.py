@@ -138,9 +138,10 @@ def check_checkpoint_output(path: str | os.PathLike, what: str = "--output",
     checkpoints/*.pt beside a config.toml): an export written there would replace what the run
     resumes from with a file it cannot resume."""
     path = check_output_file(path, what, inputs)
-    numbered = path.parent.name == "checkpoints"
-    run = path.parent.parent if numbered else path.parent
-    if (run / "config.toml").is_file() and (numbered or path.name in ("latest.pt", "best.pt")):
+    folder = Path(os.path.realpath(path.parent))  # `-o 000002.pt` typed inside checkpoints/, or a link to it
+    numbered = folder.name.lower() == "checkpoints"
+    run = folder.parent if numbered else folder
+    if (run / "config.toml").is_file() and (numbered or path.name.lower() in ("latest.pt", "best.pt")):
         raise OutputError(f"{what} {path} is a checkpoint file of the training run {run}; writing there would "
                           "replace what the run resumes from: name another file")
     return path

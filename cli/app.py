@@ -46,7 +46,8 @@ class OneLineErrors(TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except NoArgsIsHelpError as exc:  # `cartoongan` alone, `cartoongan data`: the help is the answer
-            exc.show()
+            if exc.format_message().strip():  # click's own help text; typer's rich one is printed already
+                exc.show()
             sys.exit(exc.exit_code)
         except ClickException as exc:
             message = " ".join(exc.format_message().split()).rstrip(".")

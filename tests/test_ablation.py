@@ -1,4 +1,6 @@
 """`cartoongan ablation`: the four methods, one budget, one table and figure (tiny networks)."""
+import shutil
+
 import pytest
 from cartoongan_cli.app import app
 from PIL import Image
@@ -45,7 +47,10 @@ def test_ablation_runs_every_method_and_writes_table_and_figure(tmp_path, monkey
     assert [r[3] for r in again.rows] == [r[3] for r in res.rows] and [r[6] for r in again.rows] == ["—"] + ["reused"] * len(METHODS)
     assert rendered == [6] * (1 + len(METHODS)) and all(v["fid"] == 6 for v in again.values)
     # runs fine-tuned from another source are not passed off as this one's
+    # (checked for every method before any work: the first method's run is missing, and is not trained)
     other = make_source(tmp_path / "other.pt", size=32, seed=1)
+    shutil.rmtree(tmp_path / "abl" / "runs" / METHODS[0][1])
+    monkeypatch.setattr(ablation, "finetune", lambda *a, **k: pytest.fail("fine-tuned before the check"))
     with pytest.raises(ConfigError, match="not the model .* choose another --out"):
         run_ablation(tmp_path / "abl", source=other, iters=1, n_eval=0, n_structure=4, n_ppl=0, seeds=[0])
 

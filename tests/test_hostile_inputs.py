@@ -213,6 +213,21 @@ def test_a_runs_checkpoint_files_are_not_overwritten_by_exports(tmp_path, assets
     assert f"checkpoint file of the training run {run}" in line and snapshot(run) == before
 
 
+@pytest.mark.parametrize("how", ["typed inside checkpoints/", "through a link"])
+def test_a_runs_checkpoints_are_known_by_any_path(tmp_path, assets, monkeypatch, how):
+    run = tmp_path / "run"
+    shutil.copytree(assets["run"], run)
+    before = snapshot(run)
+    if how == "through a link":
+        (tmp_path / "ck").symlink_to(run / "checkpoints")
+        target = str(tmp_path / "ck" / "000002.pt")
+    else:
+        monkeypatch.chdir(run / "checkpoints")
+        target = "000002.pt"
+    line = error_line(runner.invoke(app, ["export", str(assets["a"]), "-o", target]))
+    assert "checkpoint file of the training run" in line and snapshot(run) == before
+
+
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])
 @pytest.mark.parametrize("where", ["dataset folder", "other non-empty folder", "inside the dataset", "existing run",
                                    "unsaved run beside other files"])
@@ -554,6 +569,39 @@ def test_a_run_another_process_is_training_is_left_to_it(tmp_path, assets):
     res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"])
     assert res.exit_code == 0, res.output
     assert load_checkpoint(run / "latest.pt")["cartoongan"]["step"] == 3
+
+
+def test_a_run_training_before_its_first_checkpoint_is_not_taken_over(tmp_path, assets):
+    """Before its first checkpoint a run in progress looks like a failed one (config.toml, log,
+    samples): its lock tells them apart, before any data is read."""
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("")
+    (run / "log.jsonl").write_text('{"step": 1}\n')
+    with open(run / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        before = snapshot(run)
+        res = runner.invoke(app, ["pretrain", "--data", str(assets["data"]), "--out", str(run), "--recipe", "tiny"])
+        line = error_line(res)
+        assert "is being trained by another process (pid 4242)" in line and "afresh" not in res.output
+        assert "loading data" not in res.output and snapshot(run) == before
+
+
+def test_an_unlistable_run_folder_is_not_taken_for_an_unsaved_run(tmp_path, monkeypatch):
+    from cartoongan.train import run_dir
+
+    (tmp_path / "config.toml").write_text("")
+    assert run_dir.holds_unsaved_run(tmp_path)
+
+    def unlistable(folder):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(run_dir, "visible_entries", unlistable)
+    assert not run_dir.holds_unsaved_run(tmp_path)  # check_fresh_dir then says it cannot be listed
 
 
 def test_a_source_with_nan_weights_is_refused_before_training(tmp_path, assets):

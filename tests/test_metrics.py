@@ -250,6 +250,10 @@ def test_a_damaged_feature_cache_is_recomputed(tmp_path, tiny_g):
     assert calls == []
     evaluate.KidEvaluator(255 - train, 6, torch.device("cpu"), tmp_path / "run", features=counting)
     assert calls == [6]
+    np.save(tmp_path / "plain.npy", np.zeros((6, 8)))  # a plain array under the cache's name (a renamed old cache)
+    (tmp_path / "plain.npy").replace(tmp_path / "run" / evaluate.CACHE)
+    evaluate.KidEvaluator(train, 6, torch.device("cpu"), tmp_path / "run", features=counting)
+    assert calls == [6, 6]
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 

@@ -134,6 +134,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match="nothing resumes: start again") as lost:
         pretrain(tiny_config(iters=10, ckpt_every=8, log_every=1), data, tmp_path / "early")
     assert str(tmp_path / "early") in str(lost.value) and not (tmp_path / "early" / "latest.pt").exists()
+    assert "the same --out will do" in str(lost.value)
     # ... and the same folder takes the new run, whose log starts afresh
     monkeypatch.setattr(training, "g_nonsaturating_loss", real_loss)
     pretrain(tiny_config(iters=2, ckpt_every=2, log_every=1), data, tmp_path / "early")

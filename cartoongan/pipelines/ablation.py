@@ -49,21 +49,30 @@ class AblationResult:
     figure: Path | None = None
 
 
-def _finetune(recipe: str, source: Path, digest: str, data: Path, run: Path, iters: int | None,
+def earlier_steps(runs: Path, methods: tuple[tuple[str, str], ...], source: Path, digest: str) -> dict[str, int]:
+    """The step of each method's earlier run under `runs` (by recipe), once each is known to come
+    from this source (digest: its weights_digest); checked before any work, so that a mixed folder
+    is refused before the first fine-tune, not after it."""
+    steps = {}
+    for _, recipe in methods:
+        latest = runs / recipe / "latest.pt"
+        if latest.exists():
+            ckpt = load_checkpoint(latest)
+            check_same_source(ckpt, latest.parent, source, digest, fix="choose another --out for this source")
+            steps[recipe] = int((ckpt.get("cartoongan") or {}).get("step") or 0)
+    return steps
+
+
+def _finetune(recipe: str, source: Path, data: Path, run: Path, iters: int | None, step: int | None,
               reporter: Reporter) -> tuple[Path, float | None]:
     """Fine-tune (or continue / reuse an earlier run of) one method; returns latest.pt and the seconds
-    spent (None: a finished run was reused). digest: the source's weights_digest, which an earlier
-    run must share to be reused."""
+    spent (None: a finished run was reused). step: where the earlier run stands (None: there is none)."""
     start = time.perf_counter()
     cfg = load_recipe(recipe)
     iters = iters or cfg.train.iters
-    latest = run / "latest.pt"
-    if latest.exists():
-        ckpt = load_checkpoint(latest)
-        check_same_source(ckpt, run, source, digest, fix="choose another --out for this source")
-        if ckpt.get("cartoongan", {}).get("step", 0) >= iters:
-            return latest, None
-        del ckpt
+    if step is not None:
+        if step >= iters:
+            return run / "latest.pt", None
         path = finetune(resumed_config(run, {"train": {"iters": iters}}), source, data, run, reporter, resume=True).latest
     else:
         cfg.train.iters = iters
@@ -172,10 +181,10 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     source = Path(source) if source else BUNDLED_SOURCE
     if not source.exists():
         raise CheckpointError(f"source model not found: {source}")
+    src_gen = load_generator(source, "cpu")
+    steps = earlier_steps(out / "runs", methods, source, weights_digest(src_gen))
     data = out / "data" / "cartoon"
     ensure_synthesized("cartoon", n_cartoon, 64, data, seed=2, reporter=reporter)
-    src_gen = load_generator(source, "cpu")
-    digest = weights_digest(src_gen)
     real = load_dataset(data, src_gen.size).images[:n_eval] if n_eval else None  # uint8 NCHW
     scorer = _Scorer(real, n_ppl, reporter)
     # one render per generator serves FID/KID (first n_eval seeds) and identity (first n_structure)
@@ -186,7 +195,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
         if recipe is None:
             path, seconds = source, 0.0
         else:
-            path, seconds = _finetune(recipe, source, digest, data, out / "runs" / recipe, iters, reporter)
+            path, seconds = _finetune(recipe, source, data, out / "runs" / recipe, iters, steps.get(recipe), reporter)
         paths.append(path)
         gen = src_gen if recipe is None else load_generator(path, "cpu")
         images = src_images if recipe is None else render_seeds(gen, range(n_render))

@@ -96,9 +96,10 @@ def read_intrinsic_code(path: Path, model: DualStyleGenerator) -> torch.Tensor:
     if arr.dtype.kind != "f" or arr.ndim != 3 or arr.shape[1:] != (model.n_latent, model.style_dim):
         raise DataError(f"{path} holds a {arr.dtype} array of shape {arr.shape}; the model needs "
                         f"(1, {model.n_latent}, {model.style_dim}) floats")
+    arr = arr.astype(np.float32)  # checked after the cast: 1e300 in float64 is inf in float32
     if not np.isfinite(arr).all():
         raise DataError(f"{path} holds NaN or inf values: encode the photo again")
-    return torch.from_numpy(arr.astype(np.float32))
+    return torch.from_numpy(arr)
 
 
 def pick_style(codes: dict[str, np.ndarray], style_id: int) -> tuple[str, torch.Tensor]:

@@ -45,7 +45,8 @@ def _read_cache(path: Path, digest: str) -> np.ndarray | None:
     try:
         with np.load(path, allow_pickle=False) as cache:
             real, recorded = cache["features"], str(cache["digest"])
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
+        # TypeError: a plain .npy under this name, which np.load returns as an array
         return None
     return real if real.ndim == 2 and recorded == digest else None
 

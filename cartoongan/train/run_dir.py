@@ -26,17 +26,42 @@ from ..weights.checkpoint import save_checkpoint
 
 
 # what a run that failed before its first checkpoint leaves behind: a new run may take the folder over
-UNSAVED_ENTRIES = {"config.toml", "log.jsonl", "samples", "checkpoints", EVAL_CACHE}
+# (eval_real_features.npy: the feature cache of earlier versions)
+UNSAVED_ENTRIES = {"config.toml", "log.jsonl", "samples", "checkpoints", EVAL_CACHE, "eval_real_features.npy"}
 
 
 def holds_unsaved_run(folder: Path) -> bool:
     """Whether `folder` holds only what a run that never saved a checkpoint wrote (config.toml,
-    log, samples; no latest.pt, no checkpoints): starting a new run there loses nothing."""
-    names = set(visible_entries(folder))
-    if "config.toml" not in names or not names <= UNSAVED_ENTRIES:
+    log, samples; no latest.pt, no checkpoints): starting a new run there loses nothing. False
+    when the folder cannot be listed (the caller's own checks then say why)."""
+    try:
+        names = set(visible_entries(folder))
+        if "config.toml" not in names or not names <= UNSAVED_ENTRIES:
+            return False
+        numbered = folder / "checkpoints"
+        return not (numbered.is_dir() and any(numbered.iterdir()))
+    except OSError:
         return False
-    numbered = folder / "checkpoints"
-    return not (numbered.is_dir() and any(numbered.iterdir()))
+
+
+def _in_training(folder: Path, pid: str) -> str:
+    pid = pid.strip()
+    return (f"{folder} is being trained by another process{f' (pid {pid})' if pid else ''}: "
+            "wait for it to end, or stop it, then resume")
+
+
+def check_not_in_training(folder: Path) -> None:
+    """Refuse (CartoonganError) a run folder whose .lock another process holds: it is training."""
+    try:
+        fd = os.open(folder / ".lock", os.O_RDONLY)
+    except OSError:  # no lock file: nobody has trained here since it was written
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise CartoonganError(_in_training(folder, os.pread(fd, 32, 0).decode(errors="replace"))) from None
+    finally:
+        os.close(fd)  # closing drops the shared lock taken for the test
 
 
 class RunDirectory:
@@ -64,9 +89,7 @@ class RunDirectory:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.seek(0)
-                pid = fh.read().strip()
-                raise CartoonganError(f"{self.path} is being trained by another process{f' (pid {pid})' if pid else ''}: "
-                                      "wait for it to end, or stop it, then resume") from None
+                raise CartoonganError(_in_training(self.path, fh.read())) from None
             fh.seek(0)
             fh.truncate()
             fh.write(f"{os.getpid()}\n")

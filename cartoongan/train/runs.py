@@ -19,18 +19,18 @@ from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import build_discriminator, build_generator, weights_digest
 from .distributed import init_distributed
 from .freeze import make_plan
-from .run_dir import holds_unsaved_run
+from .run_dir import check_not_in_training, holds_unsaved_run
 from .evaluate import KidEvaluator
 from .trainer import Networks, Trainer, TrainResult, new_networks
 
 
 def _evaluator(cfg: RunConfig, data, run_dir: Path, info, reporter: Reporter) -> KidEvaluator | None:
     """KID against the training set every cfg.train.eval_every steps (main process), or None."""
-    if not cfg.train.eval_every or not info.is_main:
-        return None
-    if len(data) < 2:  # KID compares two sets of at least two features each
+    if cfg.train.eval_every and len(data) < 2:  # KID compares two sets of at least two features each
         raise ConfigError(f"--eval-every needs at least 2 training images for KID; the dataset has {len(data)}: "
                           "add images or pass --eval-every 0")
+    if not cfg.train.eval_every or not info.is_main:
+        return None
     return KidEvaluator(data.images, cfg.train.eval_n, info.device, run_dir, reporter)
 
 
@@ -58,6 +58,7 @@ def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool, reporter: 
         raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --out")
     check_outside(run_dir, data_path, "--out", "its samples would be read as training images next time")
     if run_dir.is_dir() and holds_unsaved_run(run_dir):
+        check_not_in_training(run_dir)  # a run before its first checkpoint looks the same while it trains
         reporter.warn(f"{run_dir} holds a run that stopped before its first checkpoint: starting afresh there")
         check_output_dir(run_dir, "--out")
         return

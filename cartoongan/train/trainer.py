@@ -37,7 +37,7 @@ from .losses import (
     r1_penalty,
     structure_loss,
 )
-from .run_dir import RunDirectory
+from .run_dir import RunDirectory, holds_unsaved_run
 
 
 @dataclass
@@ -327,9 +327,10 @@ class Trainer:
         # stays in the list, so that every later check fails too
         if self.unchecked and not bool(torch.isfinite(torch.stack(self.unchecked)).all()):
             latest = self.out.latest
+            again = "the same --out will do" if holds_unsaved_run(self.run_dir) else "in a new --out"
             fix = (f"the last good checkpoint is {latest}; lower --lr or raise the R1 weight and resume"
                    if latest.exists() else
-                   f"no checkpoint was written to {self.run_dir} yet, so nothing resumes: start again (the same --out will do) "
+                   f"no checkpoint was written to {self.run_dir} yet, so nothing resumes: start again ({again}) "
                    "with a lower --lr or a larger R1 weight")
             raise TrainingDiverged(f"a loss became NaN or inf by step {self.step}; {fix}")
         self.unchecked.clear()

@@ -72,9 +72,10 @@ def _check_codes(obj, path: Path) -> dict[str, np.ndarray]:
         code = code.reshape((1,) + code.shape) if code.ndim == 2 else code
         if code.ndim != 3 or code.shape[0] != 1:
             raise CheckpointError(f"{path}: code of {name!r} has shape {code.shape}, expected (1, n_latent, style_dim)")
+        code = code.astype(np.float32)  # checked after the cast: 1e300 in float64 is inf in float32
         if not np.isfinite(code).all():
             raise CheckpointError(f"{path}: code of {name!r} holds NaN or inf values: re-encode that exemplar")
-        codes[name] = code.astype(np.float32)
+        codes[name] = code
     shapes = {c.shape for c in codes.values()}
     if len(shapes) != 1:
         raise CheckpointError(f"{path}: exemplar codes of different shapes {sorted(shapes)}")
