@@ -163,7 +163,7 @@ def load_recipe(path: str | Path | None) -> RunConfig:
 
 
 # keys a pretrain/finetune flag of the same name (dashed) sets: a message names both
-FLAGGED_KEYS = {"iters", "batch", "lr", "augment", "augment_p", "precision", "compile_mode", "eval_every", "eval_n",
+FLAGGED_KEYS = {"iters", "batch", "lr", "augment", "augment_p", "precision", "compile_mode", "eval_every", "eval_n", "seed",
                 "struct_loss", "struct_weight", "struct_tap"}
 
 
@@ -182,8 +182,15 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
     except ValueError as exc:
         raise ConfigError(f"[model] size: {exc}") from None
 
-    checks = [(getattr(m, key) >= 1, "model", key, ">= 1")
-              for key in ("style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max")]
+    # upper bounds far past any StyleGAN2 (1024 px, w of 512, 8 mapping layers, base 32768): a typo
+    # is refused here, not by an overflow or the OOM killer when the networks are built
+    checks = [(1 <= getattr(m, key) <= top, "model", key, f"in [1, {top}]")
+              for key, top in (("style_dim", 4096), ("n_mlp", 64), ("channel_multiplier", 64),
+                               ("channel_base", 2**20), ("channel_max", 4096))]
+    checks += [(m.size <= 4096, "model", "size", "<= 4096"),
+               (0 <= t.seed <= 2**32 - 1, "train", "seed", "in [0, 2**32 - 1]"),
+               (t.eval_n <= 100_000, "train", "eval_n", "<= 100000"),
+               (t.n_sample <= 1024, "train", "n_sample", "<= 1024 (samples per grid)")]
     checks += [(getattr(t, key) >= 1, "train", key, ">= 1")
                for key in ("iters", "batch", "d_reg_every", "path_batch_shrink", "ada_interval", "sample_every",
                            "ckpt_every", "log_every", "n_sample")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -118,12 +119,12 @@ def check_output_dir(path: str | os.PathLike, what: str = "--outdir") -> Path:
 
 
 def check_output_file(path: str | os.PathLike, what: str = "--output",
-                      inputs: Iterable[str | os.PathLike] = ()) -> Path:
+                      inputs: Iterable[str | os.PathLike] = (), example: str = "out.pt") -> Path:
     """Refuse (OutputError) an output file that is a folder, a device, one of the command's inputs,
-    or whose folder cannot be created or written."""
+    or whose folder cannot be created or written. example: a file name for the folder message."""
     path = Path(path)
     if path.is_dir():
-        raise OutputError(f"{what} {path} is a folder: name a file, e.g. {path / 'out.pt'}")
+        raise OutputError(f"{what} {path} is a folder: name a file, e.g. {path / example}")
     if path.exists() and not path.is_file():
         raise OutputError(f"{what} {path} exists and is not a regular file: name a file")
     if _input_at(path, inputs) is not None:
@@ -156,6 +157,23 @@ def check_keeps_inputs(outdir: str | os.PathLike, names: Iterable[str], inputs: 
         src = _input_at(Path(outdir) / name, inputs)
         if src is not None:
             raise OutputError(f"{what} {outdir} would overwrite the input {src} (the command writes {name} "
+                              "there): choose another folder")
+
+
+def check_keeps_inputs_like(outdir: str | os.PathLike, pattern: str, inputs: Iterable[str | os.PathLike | None],
+                            what: str = "--outdir") -> None:
+    """check_keeps_inputs for outputs named by a pattern (a regex of paths relative to `outdir`,
+    e.g. seedNNNN.png for any seed): refuse the folder where an input has such a name."""
+    base = Path(os.path.realpath(outdir))
+    for src in inputs:
+        if src is None or not Path(src).is_file():
+            continue
+        try:
+            rel = Path(os.path.realpath(src)).relative_to(base).as_posix()
+        except ValueError:  # not under outdir
+            continue
+        if re.fullmatch(pattern, rel):
+            raise OutputError(f"{what} {outdir} would overwrite the input {src} (the command writes {rel} "
                               "there): choose another folder")
 
 

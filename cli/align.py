@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, user_errors
+from .app import IMAGE_SIZE_MAX, app, user_errors
 from .console import out
 
 
@@ -14,7 +14,7 @@ from .console import out
 def align(
     photo: Path = typer.Argument(..., help="Photo with a face (any size or mode; EXIF orientation is applied)."),
     output: Path = typer.Option(..., "-o", "--output", help="Aligned PNG to write (OUT_0.png, OUT_1.png, ... with --all-faces)."),
-    size: int = typer.Option(256, "--size", min=8, help="Side of the aligned square, in pixels."),
+    size: int = typer.Option(256, "--size", min=8, max=IMAGE_SIZE_MAX, help="Side of the aligned square, in pixels."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="A .npy (68, 2) array of x, y landmarks "
                                              "(dlib's 68-point order) to use instead of detecting."),
     all_faces: bool = typer.Option(False, "--all-faces", help="Write one crop per detected face, left to right."),

@@ -40,11 +40,14 @@ class OneLineErrors(TyperGroup):
     """The command group whose usage errors (a bad flag value, a missing argument, an unknown
     command) are one `error:` line like every other error, instead of the usage text and a box."""
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):
+    def main(self, args=None, *rest, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, *rest, standalone_mode=False, **kwargs)
+        if "" in (sys.argv[1:] if args is None else list(args)):
+            # Path("") is ".": `--out ""` (an unset shell variable) would train into the current folder
+            fail("an argument is an empty string (an unset shell variable?): give every value, path or name", 2)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(args, *rest, standalone_mode=False, **kwargs)
         except NoArgsIsHelpError as exc:  # `cartoongan` alone, `cartoongan data`: the help is the answer
             if exc.format_message().strip():  # click's own help text; typer's rich one is printed already
                 exc.show()
@@ -123,13 +126,22 @@ def valid_seeds(value: str) -> str:
     return value
 
 
-def finite_nonnegative(value: float) -> float:
+def finite_nonnegative(value: float | None) -> float | None:
+    if value is None:  # an optional flag not given
+        return value
     if not math.isfinite(value) or value < 0:
         raise typer.BadParameter(f"must be a finite number >= 0, got {value}")
     return value
 
 
 DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
+
+# Upper bounds of sizes and counts: far beyond any real use, and low enough that a typo (a size
+# of 1e12, a count of a billion) is one line at once instead of an overflow, the OOM killer, or a
+# folder filling the disk. Seeds: numpy's RandomState takes 32 bits.
+SEED_MAX = 2**32 - 1
+IMAGE_SIZE_MAX = 4096
+COUNT_MAX = 100_000
 
 
 def main() -> None:

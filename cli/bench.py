@@ -20,7 +20,7 @@ def bench(
                                           "[default: tiny,demo64,r64 on the CPU, tiny,r64,r256 on CUDA; "
                                           "with --reference: r64 on the CPU, r256 on CUDA]."),
     precision: Precision = typer.Option(Precision("fp32"), "--precision", help="Math mode of our side (see pretrain --help)."),
-    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="Timed repeats per phase, median reported "
+    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, max=1000, help="Timed repeats per phase, median reported "
                                           "[default: 5; with --profile, profiled calls per phase: 2]."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch (default per config and device)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile our networks (plain table and --reference)."),
@@ -47,6 +47,8 @@ def bench(
     with user_errors():
         dev = resolve_device(device)
         check_precision(precision.value, dev)
+        if configs is not None and not _names(configs):
+            raise ConfigError(f"--configs '{configs}' names no config: give e.g. tiny,r64")
         if kernels and (reference is not None or configs or batch or profile or flops):
             raise ConfigError("--kernels times fixed shapes; drop --reference, --configs, --batch, --profile and "
                               "--flops")

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from cartoongan.errors import ConfigError
+
 from .app import app, user_errors
 from .console import RichReporter, out
 
@@ -47,6 +49,8 @@ def convert(
     from cartoongan.weights.nvlabs import convert_file
 
     with user_errors():
+        if output is None and pkl.suffix.lower() == ".pt":
+            raise ConfigError(f"{pkl} already ends in .pt, the default output name: give -o for the converted file")
         path, ckpt = convert_file(pkl, output or pkl.with_suffix(".pt"))
     meta = ckpt["cartoongan"]
     nets = ", ".join(k for k in ("g_ema", "g", "d", "latent_avg") if k in ckpt)

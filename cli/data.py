@@ -7,7 +7,7 @@ import typer
 
 from cartoongan.data.synthetic import DOMAINS
 
-from .app import app, choices, user_errors
+from .app import COUNT_MAX, IMAGE_SIZE_MAX, SEED_MAX, app, choices, user_errors
 from .console import RichReporter, out
 
 data_app = typer.Typer(no_args_is_help=True, help="Make datasets: built-in synthetic faces, or clean a folder of photos.")
@@ -20,10 +20,10 @@ Domain = choices("Domain", DOMAINS)
 @data_app.command("synth")
 def data_synth(
     domain: Domain = typer.Option(..., "--domain", help="Which built-in domain to draw."),
-    n: int = typer.Option(1000, "--n", min=1, help="Number of faces."),
-    size: int = typer.Option(64, "--size", min=8, help="Resolution."),
+    n: int = typer.Option(1000, "--n", min=1, max=COUNT_MAX, help="Number of faces."),
+    size: int = typer.Option(64, "--size", min=8, max=1024, help="Resolution."),
     out_dir: Path = typer.Option(..., "--out", help="Folder to write NNNNNN.png and params.jsonl."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Random seed (same seed, same faces)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed (same seed, same faces)."),
 ):
     """Procedural faces from one shared parameter distribution, drawn as photos or cartoons."""
     from cartoongan.data.synthetic import synthesize
@@ -36,7 +36,7 @@ def data_synth(
 @data_app.command("prepare")
 def data_prepare(
     src: Path = typer.Argument(..., help="Folder (recursive) or .zip of photos."),
-    size: int = typer.Option(256, "--size", min=8, help="Output resolution."),
+    size: int = typer.Option(256, "--size", min=8, max=IMAGE_SIZE_MAX, help="Output resolution."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for the square RGB PNGs."),
     align: bool = typer.Option(False, "--align", help="FFHQ-align the face of each photo (skipping photos without one) "
                                "instead of centre-cropping."),

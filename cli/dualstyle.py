@@ -10,7 +10,7 @@ import typer
 
 from cartoongan.errors import ConfigError
 
-from .app import DEVICE, app, user_errors
+from .app import DEVICE, app, finite_nonnegative, user_errors
 from .console import RichReporter, out
 
 
@@ -46,13 +46,13 @@ def dualstyle(
     style_id: str = typer.Option("0", "--style-id", help="Exemplar position in the code file, or 'all' for a contact sheet."),
     style: Optional[Path] = typer.Option(None, "--style", help="Encode this exemplar picture instead of using a stored code."),
     weight: Optional[str] = typer.Option(None, "--weight", help="n_latent comma-separated blend weights (default 0.75 x 7, then 1)."),
-    trunc: Optional[float] = typer.Option(None, "--trunc", min=0.0, help="Intrinsic truncation towards 0 (default 0.75; 0.5 with --random)."),
+    trunc: Optional[float] = typer.Option(None, "--trunc", callback=finite_nonnegative, help="Intrinsic truncation towards 0 (default 0.75; 0.5 with --random)."),
     preserve_color: bool = typer.Option(False, "--preserve-color", help="Keep the content's colours (its codes replace the exemplar's colour codes)."),
     wplus: bool = typer.Option(False, "--wplus", help="Intrinsic codes in W+ (encoder_wplus.pt, or a W+ .npy)."),
     no_res: bool = typer.Option(False, "--no-res", help="Skip the extrinsic path: the intrinsic StyleGAN2 alone."),
     noise_mode: DSNoise = typer.Option(DSNoise.const, "--noise-mode", help="const (stored maps, repeatable) | random."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="pSp file (default: encoder.pt or encoder_wplus.pt one level above --model)."),
-    random: int = typer.Option(0, "--random", min=0, help="Render N random faces (seeds 0..N-1) in the chosen style instead."),
+    random: int = typer.Option(0, "--random", min=0, max=1000, help="Render N random faces (seeds 0..N-1) in the chosen style instead."),
     align: bool = typer.Option(True, "--align/--no-align", help="FFHQ-align the photo's face first (saved as "
                                "aligned.png); --no-align for crops that are already aligned."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Output folder."),

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import DEVICE, app, finite_nonnegative, user_errors
+from .app import COUNT_MAX, DEVICE, app, finite_nonnegative, user_errors
 from .console import RichReporter, out
 
 
@@ -17,7 +17,7 @@ def metrics(
     fake: Path = typer.Argument(..., help="Images to score: a folder, a .zip or a checkpoint."),
     names: str = typer.Option("fid,kid", "--metrics", help="Comma list of fid, kid, lpips, identity "
                               "(lpips/identity pair same-named files, or the same seeds of two checkpoints)."),
-    n: Optional[int] = typer.Option(None, "--n", min=2, help="Images per source: the first N of a folder "
+    n: Optional[int] = typer.Option(None, "--n", min=2, max=COUNT_MAX, help="Images per source: the first N of a folder "
                                     "(default all), seeds 0..N-1 of a checkpoint (default 1000)."),
     trunc: float = typer.Option(1.0, "--trunc", callback=finite_nonnegative, help="Truncation psi for checkpoints."),
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="torchvision vgg16-397923af.pth "

@@ -8,7 +8,7 @@ import typer
 
 from cartoongan.pipelines.project import LOSSES, SPACES
 
-from .app import DEVICE, app, choices, user_errors
+from .app import DEVICE, SEED_MAX, app, choices, user_errors
 from .console import RichReporter, out
 
 Space = choices("Space", SPACES)
@@ -32,6 +32,9 @@ ALIGN = typer.Option(True, "--align/--no-align", help="FFHQ-align the photo's fa
                      "--no-align for crops that are already aligned (they are centre-cropped).")
 
 
+SEED = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed (the samples of the w average, the noise maps' start).")
+
+
 @app.command()
 def project(
     photo: Path = typer.Argument(..., help="Photo to invert (any size or mode; its face is aligned unless --no-align)."),
@@ -39,7 +42,7 @@ def project(
     outdir: Path = typer.Option(Path("out"), "--outdir"),
     steps: int = STEPS, space: Space = SPACE, loss: Distance = LOSS, lpips_weights: Optional[Path] = LPIPS_W,
     save_video: bool = typer.Option(False, "--save-video", help="Also write proj.gif of the optimisation."),
-    seed: int = typer.Option(0, "--seed"), device: str = DEVICE, align: bool = ALIGN,
+    seed: int = SEED, device: str = DEVICE, align: bool = ALIGN,
 ):
     """Find the latent of a photo (StyleGAN2 projector): aligned.png, target.png, proj.png, projected_w.npz."""
     from cartoongan.pipelines.project import project_photo
@@ -58,7 +61,7 @@ def toonify(
     target: List[Path] = typer.Option(..., "--target", help="Fine-tuned or swapped generator(s); repeat the flag."),
     outdir: Path = typer.Option(Path("out"), "--outdir"),
     steps: int = STEPS, space: Space = SPACE, loss: Distance = LOSS, lpips_weights: Optional[Path] = LPIPS_W,
-    seed: int = typer.Option(0, "--seed"), device: str = DEVICE, align: bool = ALIGN,
+    seed: int = SEED, device: str = DEVICE, align: bool = ALIGN,
 ):
     """Project a photo with the source, then render the same latent through each target side by side."""
     from cartoongan.pipelines.toonify import toonify as run_toonify

@@ -1,6 +1,7 @@
 """DualStyleGAN: the model against its equations, the official file formats, the restricted reader, the CLI."""
 import math
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +318,8 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
             f, word = tmp_path / "code.npy", "intrinsic code"
         res = runner.invoke(app, ["info", str(f), "--json"])
         assert res.exit_code == 0 and word in res.output, res.output
+    (tmp_path / "e").mkdir()
+    shutil.copy(photo, tmp_path / "e" / "result.png")  # the photo, where the result would go
     nan_code = tmp_path / "nan_code.npy"  # a black picture is not a result
     np.save(nan_code, np.full((1, N, DIM), np.nan, np.float32))
     for args, code, text in (
@@ -324,6 +327,8 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
         ([photo, "--model", style_dir, "--weight", "1,1"], 2, "needs 10 values"),
         ([photo, "--model", style_dir, "--weight", ",".join(["nan"] + ["1"] * (N - 1))], 2, "finite numbers"),
         ([nan_code, "--model", style_dir], 1, "NaN or inf"),
+        ([photo, "--model", style_dir, "--trunc", "inf"], 2, "finite number"),
+        ([tmp_path / "e" / "result.png", "--model", style_dir], 1, "would overwrite the input"),
         ([photo, "--model", style_dir, "--encoder", tmp_path / "none.pt"], 1, "not found"),
         ([tmp_path / "r" / "random.png", "--model", tmp_path], 1, "no generator.pt"),
     ):

@@ -172,6 +172,10 @@ def test_swap_blend_width_is_a_smooth_mix(tmp_path):
     w = lambda g: g.to_rgbs[0].conv.weight  # 8 px block: mostly source  # noqa: E731
     t = ((w(out) - w(source)) / (w(target) - w(source))).mean().item()
     assert 0 < t < 0.5
+    # a blend narrow enough to overflow exp() is the hard switch, not a crash
+    from cartoongan.pipelines.swap import target_fraction
+
+    assert [target_fraction(r, 8, 1e-300) for r in (4, 8, 16, 32)] == [0.0, 0.0, 1.0, 1.0]
 
 
 def test_swap_cli_writes_provenance_and_refuses_mismatch(tmp_path):

@@ -649,3 +649,71 @@ def test_usage_errors_are_one_line_that_points_at_help(tmp_path, argv, says):
 def test_a_group_without_a_command_shows_its_help(argv):
     res = runner.invoke(app, argv)
     assert "Usage:" in res.output and "Commands" in res.output and "error:" not in res.output
+
+
+# ---- values no real use needs, refused at once (before any work) -------------------------------
+def _nan_checkpoint(t: Path, assets) -> Path:
+    ckpt = load_checkpoint(assets["a"])
+    ckpt["g_ema"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in ckpt["g_ema"].items()}
+    return save_checkpoint(t / "nan.pt", ckpt)
+
+
+REFUSED = {  # argv (from tmp_path and assets), exit code, words of the line
+    "a training seed past 32 bits": (lambda t, a: ["pretrain", "--data", str(a["data"]), "--out", str(t / "r"),
+                                                    "--recipe", "tiny", "--seed", "99999999999999999999"],
+                                     2, "--seed ([train] seed) must be in [0, 2**32 - 1]"),
+    "a synth seed past 32 bits": (lambda t, a: ["data", "synth", "--domain", "cartoon", "--n", "1", "--seed", str(2**32),
+                                                "--out", str(t / "s")], 2, "'--seed'"),
+    "a synth size of 1e12": (lambda t, a: ["data", "synth", "--domain", "cartoon", "--n", "1", "--size", "1000000000000",
+                                           "--out", str(t / "s")], 2, "'--size'"),
+    "a synth count of 1e12": (lambda t, a: ["data", "synth", "--domain", "cartoon", "--n", "1000000000000",
+                                            "--out", str(t / "s")], 2, "'--n'"),
+    "a prepare size of 1e12": (lambda t, a: ["data", "prepare", str(a["data"]), "--size", "1000000000000",
+                                             "--out", str(t / "p")], 2, "'--size'"),
+    "an interpolation of a million frames": (lambda t, a: ["sample", str(a["a"]), "--seeds", "0-999", "--interpolate",
+                                                           "1000", "--outdir", str(t / "o")], 2, "at most 5000"),
+    "a projected w that is a plain .npy": (lambda t, a: (np.save(t / "w.npy", np.zeros((1, 4, 32))),
+                                                         ["sample", str(a["a"]), "--projected-w", str(t / "w.npy"),
+                                                          "--outdir", str(t / "o")])[1], 1, "not a projected_w.npz"),
+    "an empty --configs": (lambda t, a: ["bench", "--configs", ","], 2, "names no config"),
+    "an empty path": (lambda t, a: ["pretrain", "--data", str(a["data"]), "--out", "", "--recipe", "tiny"],
+                      2, "empty string"),
+    "--n-eval 1 for FID": (lambda t, a: ["ablation", "--out", str(t / "ab"), "--n-eval", "1"], 2, "--n-eval 1"),
+    "convert of a .pt without -o": (lambda t, a: ["convert", str(a["a"])], 2, "already ends in .pt"),
+    "export of NaN weights": (lambda t, a: ["export", str(_nan_checkpoint(t, a)), "-o", str(t / "x.pt")],
+                              1, "holds NaN or inf weights"),
+    "demo from a damaged source": (lambda t, a: (Path(t / "bad.pt").write_bytes(b"PK\x03\x04 cut"),
+                                                 ["demo", "--out", str(t / "demo"), "--source", str(t / "bad.pt")])[1],
+                                   1, "bad.pt"),
+    "align -o a folder": (lambda t, a: ["align", str(a["photo"]), "-o", str(t)], 1, "aligned.png"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_impossible_values_are_refused_before_any_work(tmp_path, assets, case):
+    make_argv, code, words = REFUSED[case]
+    argv = make_argv(tmp_path, assets)
+    before = snapshot(tmp_path)
+    line = error_line(runner.invoke(app, argv), code)
+    assert words in line
+    assert snapshot(tmp_path) == before  # nothing written: no run, no dataset, no demo data
+
+
+@pytest.mark.parametrize("name", ["grid.png", "seed0000.png"])
+def test_sample_never_overwrites_its_checkpoint(tmp_path, assets, name):
+    folder = tmp_path / "sx"
+    folder.mkdir()
+    shutil.copy(assets["a"], folder / name)  # a checkpoint under an output's name
+    before = snapshot(folder)
+    line = error_line(runner.invoke(app, ["sample", str(folder / name), "--seeds", "0", "--outdir", str(folder)]))
+    assert "would overwrite the input" in line and snapshot(folder) == before
+
+
+def test_plot_skips_values_no_axis_can_hold(tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "loss_g": -1e308, "loss_d": 1.0}\n'
+                                        '{"step": 2, "loss_g": 1e308, "loss_d": 0.5}\n'
+                                        '{"step": 3, "loss_g": 0.7, "loss_d": NaN}\n')
+    res = runner.invoke(app, ["plot", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    with Image.open(tmp_path / "curves.png") as img:
+        assert img.size[0] > 100

@@ -231,11 +231,14 @@ def test_torch_checkpoints_named_pkl_still_load_as_checkpoints(tmp_path, tiny_g)
 
 def test_malformed_networks_fail_with_one_line(tmp_path):
     spec, w = fx.TINY, fx.random_generator_weights(fx.TINY, 0)
-    for damage in ("drop_resolution", "drop_weight", "bad_shape"):
+    for damage in ("drop_resolution", "inf_resolution", "zero_resolution", "negative_resolution", "drop_weight",
+                   "bad_shape"):
         g = fx.generator_object(spec, w)
         st = g.meta["state"]
         if damage == "drop_resolution":
             del st["img_resolution"]
+        elif damage.endswith("_resolution"):
+            st["img_resolution"] = {"inf": float("inf"), "zero": 0, "negative": -16}[damage.split("_")[0]]
         else:
             b8 = st["_modules"]["synthesis"].meta["state"]["_modules"]["b8"].meta["state"]
             params = b8["_modules"]["conv0"].meta["state"]["_parameters"]

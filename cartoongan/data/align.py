@@ -309,7 +309,7 @@ def align_file(photo: str | Path, out: str | Path, size: int = 256, landmarks: s
                all_faces: bool = False) -> list[Path]:
     """`cartoongan align`: align a photo and write the crop(s); nothing is written when no face is found.
     The output path is checked before any work; each crop is written atomically."""
-    check_output_file(out, "-o", inputs=[photo])
+    check_output_file(out, "-o", inputs=[photo], example="aligned.png")
     lm = load_landmarks(landmarks) if landmarks is not None else None
     crops = align_photo(photo, size, lm, all_faces)
     paths = crop_paths(out, len(crops)) if all_faces else [Path(out)]

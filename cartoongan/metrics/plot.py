@@ -33,9 +33,15 @@ def read_log(run_dir: str | Path) -> list[dict]:
     return rows
 
 
+def _plottable(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= 1e30
+
+
 def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) of one key over the rows that have it."""
-    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    """(steps, values) of one key over the rows that have it as a plottable number: NaN, inf and
+    values past 1e30 (a diverged loss) are left out, as matplotlib cannot scale an axis to them."""
+    pts = [(r["step"], r[key]) for r in rows
+           if _plottable(r.get(key)) and _plottable(r["step"])]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -62,7 +68,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     out = Path(out) if out else (Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent) / "curves.png"
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", example="curves.png")
     if out.suffix.lower() != ".png":  # nor a run's log.jsonl, latest.pt or config.toml, turned into a picture
         raise OutputError(f"--out {out}: plot writes a PNG; name a .png file, e.g. {out.with_suffix('.png').name}")
     rows = read_log(run_dir)

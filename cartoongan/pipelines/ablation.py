@@ -19,7 +19,7 @@ from ..config import load_recipe
 from ..data.dataset import load_dataset
 from ..data.render import render_seeds
 from ..data.synthetic import ensure_synthesized
-from ..errors import CartoonganError, CheckpointError
+from ..errors import CartoonganError, CheckpointError, ConfigError
 from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
 from ..outputs import atomic_write, check_fresh_dir
@@ -175,6 +175,8 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     structure score; n_ppl: PPL samples (0 skips PPL). Existing runs under out/runs are reused.
     """
     reporter = reporter or NullReporter()
+    if n_eval == 1:
+        raise ConfigError("--n-eval 1: FID and KID compare sets of at least 2 images; pass 2 or more, or 0 to skip them")
     out = check_fresh_dir(out, "--out", "ablation writes data/, runs/, samples/, ablation.md and figure.png there",
                           reusable=lambda names: set(names) <= OWN_ENTRIES)
     seeds = seeds or list(range(8))

@@ -12,6 +12,7 @@ from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
 from ..train.runs import finetune, pretrain, resumed_config
 from ..weights.checkpoint import load_checkpoint
+from ..weights.networks import load_generator
 from .sample import sample_checkpoints
 from .swap import swap_checkpoints
 
@@ -61,6 +62,8 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
     out = check_fresh_dir(out, "--out", "the demo writes data, runs and pictures there",
                           lambda names: set(names) <= DEMO_ENTRIES)
     seeds = seeds or list(range(8))
+    if source is not None:  # a missing or damaged --source is refused before any data is made
+        load_generator(source, "cpu")
     cartoon_dir = out / "data" / "cartoon"
     ensure_synthesized("cartoon", n_cartoon, 64, cartoon_dir, seed=2, reporter=reporter)
     photo_dir = out / "data" / "photo"

@@ -23,7 +23,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..models.dualstyle import DualStyleGenerator, default_weights
 from ..models.encoders import PSPEncoder
 from ..models.latents import z_from_seed
-from ..outputs import atomic_write, check_output_dir
+from ..outputs import atomic_write, check_keeps_inputs_like, check_output_dir
 from ..report import NullReporter, Reporter
 from .project import load_target
 from ..weights.dualstyle import GENERATOR_FILE, find_exstyle_file, load_dualstyle, load_psp, read_exstyle_codes
@@ -192,6 +192,10 @@ def encode_exemplar(path: Path, encoder: PSPEncoder) -> torch.Tensor:
 
 
 # ---- the command ------------------------------------------------------------------------------
+# what stylize and random_portraits write under --outdir, as a pattern
+DUALSTYLE_FILES = r"result\.png|instyle\.npy|overview\.png|sheet\.png|aligned\.png|random(_\d{4,})?\.png"
+
+
 def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOptions, device: str = "auto",
             reporter: Reporter | None = None, align: bool = False) -> DualStyleResult:
     """`cartoongan dualstyle INPUT`: writes result.png, instyle.npy and overview.png (or sheet.png
@@ -199,6 +203,7 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
     aligned.png, the frame pSp was trained on; else it must be an aligned crop) or an intrinsic code .npy."""
     reporter = reporter or NullReporter()
     outdir = check_output_dir(outdir, "--outdir")
+    check_keeps_inputs_like(outdir, DUALSTYLE_FILES, [input_path, opts.style_image])
     dev = resolve_device(device)
     model, codes = load_model(model_dir, dev)
     _check_options(opts, model, codes)

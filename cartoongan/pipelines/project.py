@@ -155,7 +155,8 @@ def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: i
             w = np.asarray(data["w"])
     except FileNotFoundError:
         raise DataError(f"projected w not found: {path}") from None
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):
+    except (KeyError, ValueError, OSError, EOFError, TypeError, zipfile.BadZipFile):
+        # TypeError: a plain .npy, which np.load returns as an array, not an archive
         raise DataError(f"{path} is not a projected_w.npz with a 'w' array") from None
     if w.dtype.kind not in "fiu" or w.ndim not in (2, 3) or w.size == 0:
         raise DataError(f"{path}: 'w' is a {w.dtype} array of shape {w.shape}, expected floats of shape "

@@ -10,9 +10,9 @@ from PIL import Image
 
 from ..data.images import make_grid, save_image, save_png
 from ..data.render import render_ws, seeds_to_ws
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..models.generator import Generator
-from ..outputs import check_output_dir
+from ..outputs import check_keeps_inputs_like, check_output_dir
 from ..weights.networks import load_generator
 
 
@@ -85,6 +85,11 @@ def _unique_names(paths: list[Path]) -> list[str]:
     return [f"{i}_{p.parent.name}_{p.stem}" for i, p in enumerate(paths)]
 
 
+MAX_GIF_FRAMES = 5000
+# what sample writes under --outdir (one generator, or a folder per generator), as a pattern
+SAMPLE_FILES = r"([^/]+/)?(seed|proj)\d{4,}\.png|grid\.png|compare\.png|interpolation\.gif"
+
+
 def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, truncation: float = 1.0,
                        noise_mode: str = "const", interpolate: int = 0, device: str = "auto",
                        ws: torch.Tensor | None = None, projected_w: str | Path | None = None) -> SampleResult:
@@ -96,6 +101,10 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
     from .project import load_projected_w
 
     check_output_dir(outdir, "--outdir")
+    if interpolate and len(seeds) * interpolate > MAX_GIF_FRAMES:  # all frames are held for the GIF
+        raise ConfigError(f"--interpolate {interpolate} over {len(seeds)} seeds makes {len(seeds) * interpolate} frames; "
+                          f"one GIF holds at most {MAX_GIF_FRAMES}: pass fewer seeds or frames")
+    check_keeps_inputs_like(outdir, SAMPLE_FILES, [*paths, projected_w])
     gens = [load_generator(p, device) for p in paths]
     dev = gens[0].input.input.device
     first = gens[0]

@@ -34,7 +34,7 @@ def target_fraction(res: int, switch_res: int, blend_width: float | None) -> flo
     if not blend_width:
         return 0.0 if res <= switch_res else 1.0
     x = (math.log2(res) - math.log2(switch_res) - 0.5) / blend_width
-    return 1.0 / (1.0 + math.exp(-x))
+    return 0.5 * (1.0 + math.tanh(x / 2))  # the logistic, without exp's overflow for narrow blends
 
 
 @torch.no_grad()

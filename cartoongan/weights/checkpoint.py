@@ -156,7 +156,12 @@ def _torch_save(obj, fh) -> None:
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_training_nets: bool = True) -> Path:
     """`cartoongan export`: write `src` without optimiser and RNG state to `dst` (checked first)."""
     check_checkpoint_output(dst, "--output", inputs=[src])
-    return save_checkpoint(dst, slim_checkpoint(load_checkpoint(src), keep_training_nets))
+    slim = slim_checkpoint(load_checkpoint(src), keep_training_nets)
+    for key in ("g_ema", "g", "d"):  # a diverged export would be refused by everything that loads it
+        if isinstance(slim.get(key), dict) and not all(
+                bool(torch.isfinite(t).all()) for t in slim[key].values() if torch.is_tensor(t) and t.is_floating_point()):
+            raise CheckpointError(f"{src}: '{key}' holds NaN or inf weights: export another checkpoint")
+    return save_checkpoint(dst, slim)
 
 
 def slim_checkpoint(ckpt: dict, keep_training_nets: bool = True) -> dict:

@@ -140,7 +140,10 @@ def _attr(obj: PersistentObject, path: str, default=None):
 
 
 def _log2(r: int) -> int:
-    return int(round(np.log2(r)))
+    r = int(r)
+    if r < 4 or r & (r - 1):
+        raise ValueError(f"img_resolution {r} is not a power of two >= 4")
+    return r.bit_length() - 1
 
 
 def _number(x) -> float | None:
@@ -429,7 +432,8 @@ def convert(path: str | os.PathLike) -> dict:
         return _convert(path, data, fmt, sha256)
     except CheckpointError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError,
+            ZeroDivisionError) as exc:  # OverflowError: int(inf) of a damaged size field
         raise CheckpointError(f"{path} is a {fmt} pickle with malformed networks "
                               f"({type(exc).__name__}: {first_line(exc, 100, '')})") from None
 
