@@ -686,6 +686,10 @@ REFUSED = {  # argv (from tmp_path and assets), exit code, words of the line
                                                  ["demo", "--out", str(t / "demo"), "--source", str(t / "bad.pt")])[1],
                                    1, "bad.pt"),
     "align -o a folder": (lambda t, a: ["align", str(a["photo"]), "-o", str(t)], 1, "aligned.png"),
+    "metrics of a missing second set": (lambda t, a: ["metrics", str(a["data"]), str(t / "none")], 1, "not found"),
+    "a folder with no image at all": (lambda t, a: ((t / "txt").mkdir(), (t / "txt" / "a.txt").write_text("x"),
+                                                    ["data", "prepare", str(t / "txt"), "--out", str(t / "p")])[2],
+                                      1, "no readable images"),
 }
 
 
@@ -694,8 +698,9 @@ def test_impossible_values_are_refused_before_any_work(tmp_path, assets, case):
     make_argv, code, words = REFUSED[case]
     argv = make_argv(tmp_path, assets)
     before = snapshot(tmp_path)
-    line = error_line(runner.invoke(app, argv), code)
-    assert words in line
+    res = runner.invoke(app, argv)
+    line = error_line(res, code)
+    assert words in line and len(res.output.strip().splitlines()) == 1, res.output  # no progress bar first
     assert snapshot(tmp_path) == before  # nothing written: no run, no dataset, no demo data
 
 

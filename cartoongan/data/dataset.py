@@ -86,11 +86,19 @@ class ImageDataset:
         return x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
 
 
+def _some_image_sources(root: Path) -> list[tuple[str, callable]]:
+    """image_sources, refused (before any progress bar) when there is no image file at all."""
+    sources = image_sources(root)
+    if not sources:
+        raise DataError(f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))})")
+    return sources
+
+
 def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None) -> ImageDataset:
     """Decode every image under `root` (folder or .zip). Corrupt files are skipped and named in a warning."""
     reporter = reporter or NullReporter()
     root = Path(root)
-    sources = image_sources(root)
+    sources = _some_image_sources(root)
     arrays, names, skipped = [], [], []
     with reporter.progress(len(sources), f"loading {root.name}") as bar:
         for name, opener in sources:
@@ -117,7 +125,7 @@ def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None 
 
     reporter = reporter or NullReporter()
     root = Path(root)
-    sources = image_sources(root)
+    sources = _some_image_sources(root)
     arrays, names, faceless, unreadable = [], [], [], []
     with reporter.progress(len(sources), f"aligning {root.name}") as bar:
         for name, opener in sources:
@@ -135,8 +143,7 @@ def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None 
         if skipped:
             reporter.warn(f"skipped {len(skipped)} {what} in {root}: {_shown(skipped)}")
     if not arrays:
-        raise DataError(f"no faces found in {root}" if sources else
-                        f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))})")
+        raise DataError(f"no faces found in {root}")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return ImageDataset(images, names, faceless + unreadable)
 

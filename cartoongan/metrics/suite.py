@@ -148,6 +148,9 @@ def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] =
     names = parse_metrics(names)
     # figures comparable across runs: Inception and LPIPS in IEEE fp32 on any GPU; the caller's
     # math mode (a training run's TF32) comes back afterwards
+    for source in (real, fake):  # both, before the first is loaded: one line, no progress bar first
+        if not Path(source).exists():
+            raise DataError(f"not found: {source} (pass a folder of images, a .zip or a checkpoint)")
     with math_mode("fp32"):
         a = load_images(real, n, device, truncation, reporter)
         b = load_images(fake, n, device, truncation, reporter)
