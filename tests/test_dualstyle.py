@@ -328,6 +328,7 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
         ([photo, "--model", style_dir, "--weight", ",".join(["nan"] + ["1"] * (N - 1))], 2, "finite numbers"),
         ([nan_code, "--model", style_dir], 1, "NaN or inf"),
         ([photo, "--model", style_dir, "--trunc", "inf"], 2, "finite number"),
+        ([photo, "--model", style_dir, "--no-align", "--weight", ",".join(["1e38"] * N)], 2, "NaN or inf"),
         ([tmp_path / "e" / "result.png", "--model", style_dir], 1, "would overwrite the input"),
         ([photo, "--model", style_dir, "--encoder", tmp_path / "none.pt"], 1, "not found"),
         ([tmp_path / "r" / "random.png", "--model", tmp_path], 1, "no generator.pt"),

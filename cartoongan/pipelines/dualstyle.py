@@ -147,7 +147,11 @@ def render(model: DualStyleGenerator, instyle: torch.Tensor, ex_zplus: torch.Ten
         raise ConfigError(f"--weight needs {model.n_latent} values (one per w+ slot), got {len(weights)}")
     ws = model.intrinsic_ws(instyle, space, opts.truncation)
     ex = extrinsic_code(model, ex_zplus, instyle, opts) if opts.use_res else None
-    return model.synthesis(ws, ex, weights, use_res=opts.use_res, noise_mode=opts.noise_mode)
+    images = model.synthesis(ws, ex, weights, use_res=opts.use_res, noise_mode=opts.noise_mode)
+    if not bool(torch.isfinite(images).all()):  # finite weights can still overflow: not a black picture
+        raise ConfigError("the render holds NaN or inf values: --weight or --trunc is far out of range "
+                          "(weights are about 0..1, truncation 0..1)")
+    return images
 
 
 @torch.no_grad()
