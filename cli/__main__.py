@@ -1,4 +1,4 @@
 """`python -m cartoongan_cli ...` (also what torchrun launches with -m)."""
-from cartoongan_cli.app import main
+from cartoongan_cli import main
 
 main()

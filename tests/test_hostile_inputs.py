@@ -393,18 +393,33 @@ def _edit(path: Path, tmp_path: Path, edit) -> Path:
     return tmp_path / "edited.pt"
 
 
+def _integer_weights(c):
+    c["g_ema"].update({k: v.long() for k, v in c["g_ema"].items() if v.is_floating_point()})
+
+
+@pytest.mark.parametrize("argv", [lambda p, t: ["sample", str(p), "--outdir", str(t / "o")],
+                                  lambda p, t: ["export", str(p), "-o", str(t / "x.pt")],
+                                  lambda p, t: ["swap", str(p), str(p), "-o", str(t / "s.pt")]],
+                         ids=["sample", "export", "swap"])
+def test_integer_weights_are_refused_not_rendered_grey(tmp_path, assets, argv):
+    path = _edit(assets["b"], tmp_path, _integer_weights)
+    line = error_line(runner.invoke(app, argv(path, tmp_path)))
+    assert "not floating-point" in line and not (tmp_path / "o").exists() and not (tmp_path / "x.pt").exists()
+
+
 @pytest.mark.parametrize("command", ["info", "sample"])
 @pytest.mark.parametrize("edit,expected", [
     (lambda c: c.update(latent_avg=torch.zeros(7)), "latent_avg"),
     (lambda c: c.update(latent_avg="zeros"), "latent_avg"),
     (lambda c: c.update(g_ema=[1, 2]), "state dict"),
     (lambda c: c.update(g_ema=torch.zeros(3)), "state dict"),
-    (lambda c: c["g_ema"].update({"style.1.weight": "w"}), "state dict"),
+    (lambda c: c["g_ema"].update({"style.1.weight": "w"}), "holds a str at 'style.1.weight', not a tensor"),
     (lambda c: c.update(cartoongan="v1"), "'cartoongan'"),
+    (lambda c: c["cartoongan"].update(provenance="abc"), "'cartoongan.provenance' is a str"),
     (lambda c: c["cartoongan"]["generator"].pop("size"), "size"),
     (lambda c: c["g_ema"].update({"style.1.weight": torch.zeros(5)}) or c.pop("cartoongan"), "style.1.weight"),
 ], ids=["latent_avg size", "latent_avg type", "g_ema list", "g_ema tensor", "g_ema value", "meta type",
-        "meta generator", "1-d weight"])
+        "provenance type", "meta generator", "1-d weight"])
 def test_mismatched_checkpoint_contents(tmp_path, assets, command, edit, expected):
     path = _edit(assets["b"], tmp_path, edit)
     argv = ["info", str(path)] if command == "info" else ["sample", str(path), "--outdir", str(tmp_path / "o")]
@@ -722,3 +737,64 @@ def test_plot_skips_values_no_axis_can_hold(tmp_path):
     assert res.exit_code == 0, res.output
     with Image.open(tmp_path / "curves.png") as img:
         assert img.size[0] > 100
+
+
+# ---- images and archives as they come ----------------------------------------------------------
+def test_exif_orientation_is_applied_to_dataset_images(tmp_path):
+    """A phone's portrait JPEG is stored sideways with an Orientation tag: trained on upright."""
+    from cartoongan.data.dataset import load_dataset
+
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[:16, :16] = (255, 0, 0)  # red top-left as stored; Orientation 6 shows it top-right
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "d").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "d" / "a.jpg", exif=exif, quality=95)
+    image = load_dataset(tmp_path / "d", 32).images[0].permute(1, 2, 0).numpy().astype(int)
+    assert image[4, 28, 0] > 200 and image[4, 4, 0] < 60  # red now top-right
+
+
+def test_metrics_size_a_set_by_its_common_side_not_its_first_file(tmp_path):
+    from cartoongan.metrics.suite import _native_size
+
+    blob_images(tmp_path / "d", n=3, size=32)
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "d" / "0.png")  # sorts first
+    assert _native_size(tmp_path / "d") == 32
+
+
+def test_zip_members_that_cannot_be_read_are_skipped_and_named(tmp_path, monkeypatch):
+    from cartoongan.data import dataset
+
+    blob_images(tmp_path / "d", n=3, size=24)
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as zf:
+        for p in sorted((tmp_path / "d").glob("*.png")):
+            zf.write(p, p.name)
+        zf.writestr("huge.png", b"\0" * 4096)
+    names = sorted(p.name for p in (tmp_path / "d").glob("*.png"))
+    real_read = zipfile.ZipFile.read
+    monkeypatch.setattr(dataset, "MAX_MEMBER_BYTES", 2048)  # huge.png inflates past it: never read
+
+    def read(self, name, pwd=None):
+        assert name != "huge.png"
+        if name == names[0]:
+            raise RuntimeError(f"File {name!r} is encrypted, password required for extraction")
+        return real_read(self, name, pwd)
+
+    monkeypatch.setattr(zipfile.ZipFile, "read", read)
+    warnings = []
+    reporter = type("R", (), {"warn": lambda self, m: warnings.append(m),
+                              "progress": lambda self, *a, **k: __import__("contextlib").nullcontext(
+                                  type("B", (), {"advance": lambda self, *a, **k: None})())})()
+    data = dataset.load_dataset(tmp_path / "d.zip", 16, reporter)
+    assert len(data) == 2 and "huge.png" in warnings[0] and names[0] in warnings[0]
+
+
+def test_a_source_whose_g_and_g_ema_differ_is_refused_before_training(tmp_path, assets):
+    ckpt = load_checkpoint(assets["a"])
+    other = load_checkpoint(tiny_ckpt(tmp_path / "wide.pt", 3, channel_max=16))
+    ckpt["g"] = other["g_ema"]
+    ckpt.pop("cartoongan")  # as rosinality's files: each network's architecture read from its shapes
+    save_checkpoint(tmp_path / "mixed.pt", ckpt)
+    res = runner.invoke(app, ["finetune", "--source", str(tmp_path / "mixed.pt"), "--data", str(assets["data"]),
+                              "--out", str(tmp_path / "f"), "--recipe", "tiny", "--iters", "1"])
+    assert "'g' and 'g_ema' are different networks" in error_line(res) and not (tmp_path / "f").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,13 +25,32 @@ def image_sources(root: Path) -> list[tuple[str, callable]]:
         except zipfile.BadZipFile:
             raise DataError(f"{root} is not a readable zip archive") from None
         names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS and not n.endswith("/"))
-        return [(n, (lambda n=n: io.BytesIO(zf.read(n)))) for n in names]
+        return [(n, (lambda n=n: _zip_member(zf, n))) for n in names]
     if root.is_file():
         raise DataError(f"{root} is a file, not a dataset: pass a folder of images (e.g. {root.parent}) or a .zip")
     if not root.is_dir():
         raise DataError(f"dataset not found: {root} (pass a folder of images or a .zip)")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
     return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files]
+
+
+# a member bigger than this is no face picture (a 4096 px PNG is at most 64 MiB): skipped unread,
+# as a zip bomb's would otherwise be inflated into memory whole
+MAX_MEMBER_BYTES = 256 * 2**20
+
+
+class UnreadableMember(OSError):
+    """A zip member that cannot be read: the loaders skip it (and name it) like a corrupt image."""
+
+
+def _zip_member(zf: zipfile.ZipFile, name: str) -> io.BytesIO:
+    if zf.getinfo(name).file_size > MAX_MEMBER_BYTES:
+        raise UnreadableMember(f"{name} inflates to over {MAX_MEMBER_BYTES >> 20} MiB")
+    try:
+        return io.BytesIO(zf.read(name))
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error) as exc:
+        # a bad CRC, an encrypted member (RuntimeError), a compression method zipfile lacks
+        raise UnreadableMember(f"{name}: {exc}") from None
 
 
 # a dataset moves onto a CUDA device when it takes at most this share of the device's free memory
@@ -136,7 +156,7 @@ def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None 
                 names.append(name)
             except NoFaceFound:
                 faceless.append(name)
-            except DataError:
+            except (DataError, OSError):  # OSError: a zip member that cannot be read
                 unreadable.append(name)
             bar.advance()
     for what, skipped in (("photo(s) with no face", faceless), ("unreadable image(s)", unreadable)):

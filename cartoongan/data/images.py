@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import DataError
 from ..outputs import atomic_write
@@ -32,8 +32,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def square_resize(img: Image.Image, size: int) -> np.ndarray:
-    """Centre-crop to a square, Lanczos-resize to size x size, -> [size, size, 3] uint8."""
-    img = to_rgb(img)
+    """Upright (EXIF orientation), centre-crop to a square, Lanczos-resize to size x size,
+    -> [size, size, 3] uint8."""
+    img = to_rgb(ImageOps.exif_transpose(img))  # a phone's portrait JPEG is stored sideways
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2

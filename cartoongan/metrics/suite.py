@@ -7,6 +7,7 @@ name in two folders, or the same seed through two checkpoints.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,17 +44,16 @@ def is_checkpoint(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES
 
 
-def _native_size(root: Path) -> int:
-    """Side of the first readable image of a folder or zip, in load_dataset's order (all are squared
-    to it): metrics see images as they are."""
+def _native_size(root: Path, n: int | None = None) -> int:
+    """The most common side among the images of a folder or zip (the first n of them, in
+    load_dataset's order; all are squared to it): metrics see images as they are, and one odd
+    file (a thumbnail sorting first) does not resize the whole set."""
     try:
-        for _, opener in image_sources(root):
-            size = _side(opener)
-            if size:
-                return size
+        sides = [_side(opener) for _, opener in image_sources(root)[:n]]
     except (OSError, DataError):
-        pass
-    return 64  # nothing readable: load_dataset raises the right error
+        sides = []
+    sides = [s for s in sides if s]
+    return Counter(sides).most_common(1)[0][0] if sides else 64  # none readable: load_dataset says so
 
 
 def _side(opener) -> int | None:
@@ -81,7 +81,7 @@ def load_images(source: str | Path, n: int | None, device: torch.device, truncat
     path = Path(source)
     if is_checkpoint(path):
         return render_checkpoint(path, n or DEFAULT_SAMPLES, device, truncation, reporter)
-    data = load_dataset(path, _native_size(path), reporter)
+    data = load_dataset(path, _native_size(path, n), reporter)
     keep = len(data) if n is None else min(n, len(data))
     return ImageSet(data.images[:keep].permute(0, 2, 3, 1).numpy(), data.names[:keep], False)
 

@@ -44,6 +44,16 @@ def holds_unsaved_run(folder: Path) -> bool:
         return False
 
 
+def _row_step(line: str) -> float:
+    """A log line's step (inf for a torn or foreign line, which a resumed log drops)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return math.inf
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else math.inf
+
+
 def _in_training(folder: Path, pid: str) -> str:
     pid = pid.strip()
     return (f"{folder} is being trained by another process{f' (pid {pid})' if pid else ''}: "
@@ -96,16 +106,32 @@ class RunDirectory:
             fh.flush()
             yield
 
-    def start(self, cfg: RunConfig) -> None:
-        """Create the folder and write the resolved config.toml. A run that has no latest.pt yet
-        starts afresh: what an earlier attempt wrote before failing (log, samples) goes first."""
+    def start(self, cfg: RunConfig, step: int = 0) -> None:
+        """Create the folder and write the resolved config.toml (called with the lock held). A run
+        that has no latest.pt yet starts afresh: what an earlier attempt wrote before failing (log,
+        samples) goes first. A resumed one (at `step`) drops the log rows past its checkpoint, which
+        a killed process wrote and the resumed run writes again, and a killed save's temp files."""
         if self.writes:
             with writing(self.path):
                 self.path.mkdir(parents=True, exist_ok=True)
+                for tmp in (*self.path.glob(".*.pt.*.tmp"), *self.path.glob("checkpoints/.*.pt.*.tmp")):
+                    tmp.unlink()  # atomic_write's, left by a kill mid-save: as large as a checkpoint
                 if not self.latest.exists():
                     self._clear_unsaved()
+                elif step:
+                    self._truncate_log(step)
             with atomic_write(self.path / "config.toml", "w") as fh:  # a refused write keeps the old one
                 fh.write(to_toml(cfg))
+
+    def _truncate_log(self, step: int) -> None:
+        path = self.path / "log.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        kept = [line for line in lines if _row_step(line) <= step]
+        if len(kept) != len(lines):
+            with atomic_write(path, "w") as fh:
+                fh.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
 
     def _clear_unsaved(self) -> None:
         (self.path / "log.jsonl").unlink(missing_ok=True)  # the feature cache stays: it knows its dataset
@@ -116,9 +142,11 @@ class RunDirectory:
         """latest.pt, plus checkpoints/NNNNNN.pt when `numbered`; both written atomically."""
         if not self.writes:
             return None
+        # latest.pt first: a kill between the two writes leaves the run resumable
+        latest = save_checkpoint(self.latest, ckpt)
         if numbered:
             save_checkpoint(self.path / "checkpoints" / f"{step:06d}.pt", ckpt)
-        return save_checkpoint(self.latest, ckpt)
+        return latest
 
     def save_best(self, ckpt: dict) -> Path | None:
         """best.pt: the checkpoint with the lowest KID so far (--eval-every), written atomically."""

@@ -36,15 +36,36 @@ def _evaluator(cfg: RunConfig, data, run_dir: Path, info, reporter: Reporter) ->
 
 def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
     """The config of an existing run (RUN_DIR/config.toml), with `iters` etc. optionally raised."""
-    path = run_dir / "config.toml"
-    if not (run_dir / "latest.pt").is_file() or not path.is_file():
-        raise ConfigError(f"--resume {run_dir}: no latest.pt and config.toml there to continue from")
+    path, latest = run_dir / "config.toml", run_dir / "latest.pt"
+    if not latest.is_file():
+        numbered = sorted((run_dir / "checkpoints").glob("[0-9]*.pt"))
+        raise ConfigError(f"--resume {run_dir}: no latest.pt there" + (
+            f"; the run's newest checkpoint is {numbered[-1]}: copy it to {latest} to resume from there"
+            if numbered else " to continue from"))
+    if not path.is_file():  # latest.pt keeps the run's config too
+        return apply_overrides(_checkpoint_config(latest, path), overrides or {})
     try:
-        cfg = from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+        missing = [name for name in RunConfig().to_dict() if not isinstance(table.get(name), dict)]
+        if missing:  # defaults would silently replace the run's batch, lr, ... for the rest of it
+            raise ConfigError(f"it lacks [{'], ['.join(missing)}]")
+        cfg = from_dict(table)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError, ConfigError) as exc:
         raise CartoonganError(f"{path} is damaged ({exc}): restore it (latest.pt keeps a copy under "
-                              "cartoongan.config) or start a new run") from None
+                              "cartoongan.config), delete it to resume with that copy, or start a new run") from None
     return apply_overrides(cfg, overrides or {})
+
+
+def _checkpoint_config(latest: Path, path: Path) -> RunConfig:
+    """The config a run's latest.pt recorded, for a run whose config.toml is gone."""
+    meta = load_checkpoint(latest).get("cartoongan")
+    recorded = meta.get("config") if isinstance(meta, dict) else None
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"{path} is missing and {latest} records no config: restore config.toml or start a new run")
+    try:
+        return from_dict(recorded)
+    except ConfigError as exc:
+        raise ConfigError(f"{path} is missing and the config {latest} records is invalid ({exc})") from None
 
 
 def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool, reporter: Reporter) -> None:
@@ -56,6 +77,10 @@ def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool, reporter: 
         return
     if (run_dir / "latest.pt").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --out")
+    numbered = sorted((run_dir / "checkpoints").glob("[0-9]*.pt")) if run_dir.is_dir() else []
+    if numbered:  # a run killed between its checkpoint files
+        raise ConfigError(f"{run_dir} holds a run without latest.pt: copy its newest checkpoint {numbered[-1]} "
+                          f"to {run_dir / 'latest.pt'} and pass --resume {run_dir}, or choose another --out")
     check_outside(run_dir, data_path, "--out", "its samples would be read as training images next time")
     if run_dir.is_dir() and holds_unsaved_run(run_dir):
         check_not_in_training(run_dir)  # a run before its first checkpoint looks the same while it trains
@@ -83,12 +108,15 @@ def open_resumable(run_dir: Path, cfg: RunConfig, kind: str) -> dict:
             raise
         raise CheckpointError(f"{exc}; the run's newest numbered checkpoint is {numbered[-1]}: copy it over "
                               f"{latest} to resume from there") from None
-    meta = ckpt.get("cartoongan") or {}
+    meta = ckpt.get("cartoongan") if isinstance(ckpt.get("cartoongan"), dict) else {}
     step = meta.get("step")
-    missing = [k for k in RESUME_KEYS if k not in ckpt] + ([] if isinstance(step, int) else ["cartoongan.step"])
+    good_step = isinstance(step, int) and not isinstance(step, bool) and step >= 0
+    missing = [k for k in RESUME_KEYS if k not in ckpt] + ([] if good_step else ["a step >= 0 (cartoongan.step)"])
     if missing:
         raise CheckpointError(f"{latest} lacks training state ({', '.join(missing)}), e.g. it was exported: "
                               "it cannot be resumed")
+    if meta.get("kind", kind) not in ("pretrain", "finetune"):
+        raise CheckpointError(f"{latest} records an unknown kind of run ({meta['kind']!r}): it cannot be resumed")
     if meta.get("kind", kind) != kind:
         raise ConfigError(f"{run_dir} is a {meta['kind']} run: continue it with "
                           f"`cartoongan {meta['kind']} --resume {run_dir}`")
@@ -98,10 +126,15 @@ def open_resumable(run_dir: Path, cfg: RunConfig, kind: str) -> dict:
     return ckpt
 
 
+def _provenance(ckpt: dict) -> dict:
+    provenance = (ckpt.get("cartoongan") or {}).get("provenance")
+    return provenance if isinstance(provenance, dict) else {}  # a hand-edited file: as if unrecorded
+
+
 def recorded_path(ckpt: dict, run_dir: Path, key: str) -> Path:
     """A path a resumable run recorded in its latest.pt (its data or source), for --resume without
     repeating it."""
-    value = ((ckpt.get("cartoongan") or {}).get("provenance") or {}).get(key)
+    value = _provenance(ckpt).get(key)
     if not value:
         raise CartoonganError(f"{run_dir}/latest.pt does not record its {key}; pass --{key} again")
     return Path(value)
@@ -120,7 +153,7 @@ def check_same_source(ckpt: dict, run_dir: Path, source_path: Path, digest: str,
                       fix: str = "pass that one, or start a new run") -> None:
     """Refuse a source whose weights differ from the ones the run started from: its frozen layers
     and structure-loss targets would silently change mid-run. Runs that predate the record pass."""
-    provenance = (ckpt.get("cartoongan") or {}).get("provenance") or {}
+    provenance = _provenance(ckpt)
     recorded = provenance.get("source_digest")
     if recorded and recorded != digest:
         raise ConfigError(f"{source_path} is not the model {run_dir} was fine-tuned from "
@@ -168,7 +201,7 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
     data = load_dataset(data_path, cfg.model.size, reporter)
     nets = new_networks(cfg, info.device)
     trainer = Trainer(cfg, nets, data, run_dir, info, reporter=reporter, kind="pretrain",
-                      provenance={"data": str(data_path), "images": len(data)},
+                      provenance={"data": str(Path(data_path).resolve()), "images": len(data)},
                       evaluator=_evaluator(cfg, data, run_dir, info, reporter))
     if resume:
         _restore(trainer, ckpt, run_dir, reporter)
@@ -191,6 +224,9 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, re
                               "pass --fresh-d to start D from random weights")
     if d.size != source.size:
         raise CheckpointError(f"{source_path}: D is {d.size}px but G is {source.size}px")
+    if g.config != source.config:
+        raise CheckpointError(f"{source_path}: its 'g' and 'g_ema' are different networks: "
+                              "use a checkpoint whose two generators match")
     for key in ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max"):
         setattr(cfg.model, key, source.config[key])
     g_ema = copy.deepcopy(source)
@@ -221,7 +257,8 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
         nets.source = None  # nothing reads it: save the memory
     data = load_dataset(data_path, nets.g.size, reporter)
     trainer = Trainer(cfg, nets, data, run_dir, info, plan=plan, reporter=reporter, kind="finetune",
-                      provenance={"source": str(source_path.resolve()), "source_digest": digest, "data": str(data_path),
+                      provenance={"source": str(source_path.resolve()), "source_digest": digest,
+                                  "data": str(Path(data_path).resolve()),
                                   "images": len(data)},
                       evaluator=_evaluator(cfg, data, run_dir, info, reporter))
     reporter.table("fine-tuning plan", ["net", "block", "resolution", "parameters", "state"], plan.rows(nets.g, nets.d))

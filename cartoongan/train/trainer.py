@@ -380,7 +380,7 @@ class Trainer:
 
     def _run(self) -> TrainResult:
         t = self.t
-        self.out.start(self.cfg)
+        self.out.start(self.cfg, self.step)
         result = TrainResult(self.run_dir, self.step)
         tick_time, tick_step = time.perf_counter(), self.step
         with _StopFlag() as stop, self.reporter.progress(t.iters, self.kind, completed=self.step) as bar:

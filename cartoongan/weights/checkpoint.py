@@ -8,13 +8,16 @@ inferred from tensor shapes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pickle
+import signal
+import threading
 from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, first_line
+from ..errors import CheckpointError, first_line, naming
 from ..outputs import atomic_write, check_checkpoint_output
 
 FORMAT_VERSION = 1
@@ -99,10 +102,17 @@ def _check_layout(path: Path, ckpt: dict) -> None:
     """The types and sizes every reader relies on, checked where the file is read."""
     for key in ("g_ema", "g", "d"):
         if key in ckpt and not _is_state_dict(ckpt[key]):
-            raise CheckpointError(f"{path}: '{key}' is a {type(ckpt[key]).__name__}, expected a state dict "
-                                  "(parameter name -> tensor): not a StyleGAN2 checkpoint")
-    if not isinstance(ckpt.get("cartoongan", {}), dict):
-        raise CheckpointError(f"{path}: 'cartoongan' is a {type(ckpt['cartoongan']).__name__}, expected a dict")
+            value = ckpt[key]
+            odd = next((k for k, v in value.items() if not torch.is_tensor(v)), None) if isinstance(value, dict) else None
+            what = (f"'{key}' holds a {type(value[odd]).__name__} at {odd!r}, not a tensor" if odd is not None
+                    else f"'{key}' is a {type(value).__name__}, expected a state dict (parameter name -> tensor)")
+            raise CheckpointError(f"{path}: {what}: not a StyleGAN2 checkpoint")
+    meta = ckpt.get("cartoongan", {})
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: 'cartoongan' is a {type(meta).__name__}, expected a dict")
+    if not isinstance(meta.get("provenance", {}), dict):
+        raise CheckpointError(f"{path}: 'cartoongan.provenance' is a {type(meta['provenance']).__name__}, "
+                              "expected a dict: the file was edited by hand")
     avg = ckpt.get("latent_avg")
     if avg is None:
         return
@@ -120,9 +130,29 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
     """Write atomically: temp file in the same folder, fsync, rename. A kill or a failed write
     (disk full: OutputError naming `path`) leaves the previous file at `path` intact and no temp file."""
     path = Path(path)
-    with atomic_write(path, durable=True) as fh:
+    with _signals_deferred(), atomic_write(path, durable=True) as fh:
         _torch_save(ckpt, fh)
     return path
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold Ctrl-C and SIGTERM until the file in progress is complete: a second Ctrl-C (which
+    stops a run at once) or a SIGTERM then takes effect right after the save, instead of tearing
+    it into a traceback from torch.save's writer. Python handlers run in the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+            for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        for sig in caught[:4]:  # in order, now with their own handlers: two Ctrl-Cs still stop at once
+            signal.raise_signal(sig)
 
 
 class _RecordingWriter:
@@ -156,11 +186,16 @@ def _torch_save(obj, fh) -> None:
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_training_nets: bool = True) -> Path:
     """`cartoongan export`: write `src` without optimiser and RNG state to `dst` (checked first)."""
     check_checkpoint_output(dst, "--output", inputs=[src])
+    from .networks import build_discriminator, build_generator  # networks imports this module
+
     slim = slim_checkpoint(load_checkpoint(src), keep_training_nets)
-    for key in ("g_ema", "g", "d"):  # a diverged export would be refused by everything that loads it
-        if isinstance(slim.get(key), dict) and not all(
-                bool(torch.isfinite(t).all()) for t in slim[key].values() if torch.is_tensor(t) and t.is_floating_point()):
-            raise CheckpointError(f"{src}: '{key}' holds NaN or inf weights: export another checkpoint")
+    # what every reader of the export will check (fit, dtype, NaN): refused here, not after sharing it
+    with naming(src):
+        for key in ("g_ema", "g"):
+            if key in slim:
+                build_generator(slim, key)
+        if "d" in slim:
+            build_discriminator(slim)
     return save_checkpoint(dst, slim)
 
 

@@ -61,9 +61,11 @@ def check_fit(module: torch.nn.Module, sd: dict, what: str, cause: str = "") -> 
     missing = [k for k in own if k not in sd]
     extra = [k for k in sd if k not in own]
     bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or extra or bad:
+    # integer weights would load (cast) without a word and render flat grey
+    typed = [k for k in own if k in sd and own[k].is_floating_point() and not sd[k].is_floating_point()]
+    if missing or extra or bad or typed:
         parts = [f"{len(v)} {n} (e.g. {v[0]})" for n, v in (("missing", missing), ("unexpected", extra),
-                                                             ("mis-shaped", bad)) if v]
+                                                             ("mis-shaped", bad), ("not floating-point", typed)) if v]
         raise CheckpointError(f"{what} weights do not fit the network: {', '.join(parts)}{cause}")
 
 

@@ -1,0 +1,152 @@
+"""Runs that were killed, interrupted or edited: what a kill mid-save leaves must resume, what a
+killed process logged must not be logged twice, and a hand-edited run must not train on defaults."""
+import json
+import shutil
+import signal
+import sys
+
+import pytest
+import torch
+from cartoongan_cli.app import app
+from typer.testing import CliRunner
+
+import cartoongan_cli
+from cartoongan import load_checkpoint, save_checkpoint
+from cartoongan.errors import CartoonganError, ConfigError
+from cartoongan.train import run_dir as run_dir_module
+from cartoongan.train.runs import pretrain, resumed_config
+from cartoongan.weights import checkpoint as checkpoint_module
+
+from .helpers import blob_images, tiny_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A 4-step run with checkpoints at 2 and 4 (read-only: tests copy it)."""
+    root = tmp_path_factory.mktemp("interrupted")
+    data = blob_images(root / "data", n=4)
+    pretrain(tiny_config(iters=4, ckpt_every=2, sample_every=4, log_every=1), data, root / "run")
+    return root / "run"
+
+
+def _copy(finished, tmp_path):
+    return shutil.copytree(finished, tmp_path / "run")
+
+
+def _steps(run) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_latest_is_written_before_the_numbered_copy(tmp_path, monkeypatch):
+    """A kill between the two files of a save leaves latest.pt, so the run resumes."""
+    folder = run_dir_module.RunDirectory(tmp_path / "run")
+    real = run_dir_module.save_checkpoint
+    order = []
+
+    def recording(path, ckpt):
+        order.append(path.name)
+        if path.parent.name == "checkpoints":
+            raise KeyboardInterrupt  # killed between the two writes
+        return real(path, ckpt)
+
+    monkeypatch.setattr(run_dir_module, "save_checkpoint", recording)
+    with pytest.raises(KeyboardInterrupt):
+        folder.save({"x": 1}, 10, numbered=True)
+    assert order == ["latest.pt", "000010.pt"] and (tmp_path / "run" / "latest.pt").is_file()
+
+
+def test_a_run_with_checkpoints_but_no_latest_says_which_to_copy(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    (run / "latest.pt").unlink()
+    with pytest.raises(ConfigError, match=r"newest checkpoint is .*000004\.pt: copy it to"):
+        resumed_config(run)
+    res = runner.invoke(app, ["pretrain", "--data", str(tmp_path), "--out", str(run), "--recipe", "tiny"])
+    assert res.exit_code == 2 and "copy its newest checkpoint" in res.output and "000004.pt" in res.output
+
+
+def test_resume_drops_a_killed_saves_temp_files_and_the_log_rows_past_its_checkpoint(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    ckpt = load_checkpoint(run / "checkpoints" / "000002.pt")
+    save_checkpoint(run / "latest.pt", ckpt)  # as if killed after step 4's log rows, before its save
+    (run / ".latest.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    (run / "checkpoints" / ".000004.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    assert _steps(run) == [1, 2, 3, 4]
+    res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"])
+    assert res.exit_code == 0, res.output
+    assert _steps(run) == [1, 2, 3, 4, 5]  # 3 and 4 once each, from the resumed process
+    assert not list(run.rglob(".*.tmp"))
+
+
+def test_resume_without_config_toml_uses_the_copy_in_latest(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    (run / "config.toml").unlink()
+    cfg = resumed_config(run, {"train": {"iters": 5}})
+    assert cfg.train.batch == tiny_config().train.batch and cfg.train.iters == 5
+
+
+def test_a_config_toml_missing_a_section_is_refused_not_filled_with_defaults(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text[: text.index("[train]")])  # [model] only
+    with pytest.raises(CartoonganError, match=r"lacks \[train\], \[finetune\]"):
+        resumed_config(run)
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda m: m.update(step=-5), "a step >= 0"),
+    (lambda m: m.update(step=True), "a step >= 0"),
+    (lambda m: m.update(kind=5), "unknown kind of run"),
+])
+def test_a_latest_with_an_impossible_step_or_kind_is_not_resumed(finished, tmp_path, edit, words):
+    run = _copy(finished, tmp_path)
+    ckpt = load_checkpoint(run / "latest.pt")
+    edit(ckpt["cartoongan"])
+    save_checkpoint(run / "latest.pt", ckpt)
+    res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "9"])
+    assert res.exit_code == 1 and words in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_the_dataset_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    """A relative --data resumed from another folder must not pick up that folder's data/."""
+    blob_images(tmp_path / "data", n=4)
+    monkeypatch.chdir(tmp_path)
+    pretrain(tiny_config(iters=1), "data", tmp_path / "run")
+    recorded = load_checkpoint(tmp_path / "run" / "latest.pt")["cartoongan"]["provenance"]["data"]
+    assert recorded == str(tmp_path / "data")
+
+
+def test_signals_during_a_save_wait_for_the_file(tmp_path):
+    """A second Ctrl-C (or a SIGTERM) mid-save takes effect once the file is whole."""
+    seen = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: seen.append("after" if (tmp_path / "c.pt").exists()
+                                                                        else "during"))
+    real = checkpoint_module._torch_save
+
+    def interrupted(obj, fh):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        real(obj, fh)
+
+    try:
+        checkpoint_module._torch_save = interrupted
+        save_checkpoint(tmp_path / "c.pt", {"x": 1})
+    finally:
+        checkpoint_module._torch_save = real
+        signal.signal(signal.SIGINT, old)
+    assert seen == ["after", "after"] and torch.load(tmp_path / "c.pt") == {"x": 1}
+
+
+def test_ctrl_c_while_the_app_imports_is_one_line(monkeypatch, capsys):
+    class Interrupted:
+        def find_spec(self, name, path=None, target=None):
+            if name == "cartoongan_cli.app":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "cartoongan_cli.app")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    with pytest.raises(SystemExit) as stop:
+        cartoongan_cli.main()
+    assert stop.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
