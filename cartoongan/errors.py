@@ -35,7 +35,11 @@ def first_line(exc: BaseException, limit: int, empty: str | None = None) -> str:
     text = str(exc).strip()
     if not text:
         return type(exc).__name__ if empty is None else empty
-    return text.splitlines()[0][:limit]
+    line = text.splitlines()[0]
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0]  # at a word's end, not in the middle of one
+    return (cut if len(cut) > limit // 2 else line[:limit]) + "…"
 
 
 @contextlib.contextmanager

@@ -98,8 +98,27 @@ def test_unreadable_files(tmp_path, tiny_g, content, match):
 def test_missing_and_directory(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")
-    with pytest.raises(CheckpointError, match="not a file"):
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file: name a .pt inside it$"):
         load_checkpoint(tmp_path)
+    (tmp_path / "latest.pt").write_bytes(b"")  # a run folder: its latest.pt is named
+    with pytest.raises(CheckpointError, match=r"a training run's is .*latest\.pt"):
+        load_checkpoint(tmp_path)
+
+
+def test_convert_of_a_torch_checkpoint_says_it_needs_none(tmp_path, tiny_g):
+    from cartoongan.weights.nvlabs import read_pickle
+    from cartoongan.weights.networks import generator_checkpoint
+
+    save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g()))
+    with pytest.raises(CheckpointError, match="is a PyTorch checkpoint, not an NVlabs pickle: use it as it is"):
+        read_pickle(tmp_path / "g.pt")
+
+
+def test_quoted_causes_are_cut_at_a_word():
+    from cartoongan.errors import first_line
+
+    cut = first_line(ValueError("PytorchStreamReader failed reading zip archive: failed finding central directory"), 50)
+    assert cut.endswith("…") and len(cut) <= 51 and cut[:-1] == "PytorchStreamReader failed reading zip archive:"
 
 
 def test_dict_without_generator(tmp_path):

@@ -787,6 +787,11 @@ def test_zip_members_that_cannot_be_read_are_skipped_and_named(tmp_path, monkeyp
                                   type("B", (), {"advance": lambda self, *a, **k: None})())})()
     data = dataset.load_dataset(tmp_path / "d.zip", 16, reporter)
     assert len(data) == 2 and "huge.png" in warnings[0] and names[0] in warnings[0]
+    warnings.clear()  # and pictures far smaller than the training size are named as upscaled
+    monkeypatch.setattr(zipfile.ZipFile, "read", real_read)
+    data = dataset.load_dataset(tmp_path / "d", 128, reporter)
+    assert len(data) == 3 and warnings == [f"3 image(s) in {tmp_path / 'd'} are under a quarter of 128 px and "
+                                           f"were upscaled: {', '.join(names)}"]
 
 
 def test_a_source_whose_g_and_g_ema_differ_is_refused_before_training(tmp_path, assets):

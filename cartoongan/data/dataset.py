@@ -119,19 +119,24 @@ def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None) 
     reporter = reporter or NullReporter()
     root = Path(root)
     sources = _some_image_sources(root)
-    arrays, names, skipped = [], [], []
+    arrays, names, skipped, tiny = [], [], [], []
     with reporter.progress(len(sources), f"loading {root.name}") as bar:
         for name, opener in sources:
             try:
                 with bombs_as_errors(), opener() as fh, Image.open(fh) as img:
                     img.load()
                     arrays.append(square_resize(img, size))
+                    if min(img.size) < size / 4:  # a thumbnail blown up: a blur the model learns from
+                        tiny.append(name)
                 names.append(name)
             except (*DECODE_ERRORS, zipfile.BadZipFile):
                 skipped.append(name)
             bar.advance()
     if skipped:
         reporter.warn(f"skipped {len(skipped)} unreadable image(s) in {root}: {_shown(skipped)}")
+    if tiny:
+        reporter.warn(f"{len(tiny)} image(s) in {root} are under a quarter of {size} px and were upscaled: "
+                      f"{_shown(tiny)}")
     if not arrays:
         raise DataError(f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))})")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

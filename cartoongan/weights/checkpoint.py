@@ -75,7 +75,8 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint path is not a file: {path}")
+        hint = f" (a training run's is {path / 'latest.pt'})" if (path / "latest.pt").is_file() else ""
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: name a .pt inside it{hint}")
     _refuse_known_non_checkpoints(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):

@@ -74,7 +74,12 @@ def read_pickle(path: str | os.PathLike) -> tuple[object, str]:
     on anything unsafe or broken."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}" if not path.exists() else f"not a file: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}" if not path.exists() else
+                              f"{path} is a folder, not a checkpoint file: name the .pkl inside it")
+    with open(path, "rb") as fh:
+        if fh.read(4) == b"PK\x03\x04":  # torch.save's zip: already a checkpoint, nothing to convert
+            raise CheckpointError(f"{path} is a PyTorch checkpoint, not an NVlabs pickle: use it as it is "
+                                  "(sample, finetune --source ...), or `cartoongan export` to slim it")
     try:
         with open(path, "rb") as fh:
             reader = _HashingReader(fh)
