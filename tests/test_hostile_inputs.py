@@ -740,7 +740,7 @@ def test_plot_skips_values_no_axis_can_hold(tmp_path):
 
 
 # ---- images and archives as they come ----------------------------------------------------------
-def test_exif_orientation_is_applied_to_dataset_images(tmp_path):
+def test_exif_orientation_is_applied_to_dataset_images(tmp_path, monkeypatch):
     """A phone's portrait JPEG is stored sideways with an Orientation tag: trained on upright."""
     from cartoongan.data.dataset import load_dataset
 
@@ -752,6 +752,15 @@ def test_exif_orientation_is_applied_to_dataset_images(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "d" / "a.jpg", exif=exif, quality=95)
     image = load_dataset(tmp_path / "d", 32).images[0].permute(1, 2, 0).numpy().astype(int)
     assert image[4, 28, 0] > 200 and image[4, 4, 0] < 60  # red now top-right
+    # damaged EXIF (reading it raises, as struct.error does for a bad tag value): the picture as stored
+    import struct
+
+    def damaged(self, *a):
+        raise struct.error("required argument is not an integer")
+
+    monkeypatch.setattr(Image.Exif, "get", damaged)
+    image = load_dataset(tmp_path / "d", 32).images[0].permute(1, 2, 0).numpy().astype(int)
+    assert image[4, 4, 0] > 200
 
 
 def test_metrics_size_a_set_by_its_common_side_not_its_first_file(tmp_path):

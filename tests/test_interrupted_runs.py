@@ -117,25 +117,40 @@ def test_the_dataset_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
     assert recorded == str(tmp_path / "data")
 
 
-def test_signals_during_a_save_wait_for_the_file(tmp_path):
-    """A second Ctrl-C (or a SIGTERM) mid-save takes effect once the file is whole."""
+def test_signals_during_a_save_wait_for_the_file(tmp_path, monkeypatch):
+    """Ctrl-Cs and a SIGTERM mid-save take effect once the file is whole (SIGTERM first), and the
+    handlers are the caller's again afterwards."""
     seen = []
-    old = signal.signal(signal.SIGINT, lambda signum, frame: seen.append("after" if (tmp_path / "c.pt").exists()
-                                                                        else "during"))
+
+    def handler(signum, frame):
+        seen.append((signal.Signals(signum).name, (tmp_path / "c.pt").exists()))
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     real = checkpoint_module._torch_save
 
     def interrupted(obj, fh):
-        signal.raise_signal(signal.SIGINT)
-        signal.raise_signal(signal.SIGINT)
+        for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):
+            signal.raise_signal(sig)
         real(obj, fh)
 
+    monkeypatch.setattr(checkpoint_module, "_torch_save", interrupted)
     try:
-        checkpoint_module._torch_save = interrupted
         save_checkpoint(tmp_path / "c.pt", {"x": 1})
+        restored = [signal.getsignal(sig) is handler for sig in (signal.SIGINT, signal.SIGTERM)]
     finally:
-        checkpoint_module._torch_save = real
-        signal.signal(signal.SIGINT, old)
-    assert seen == ["after", "after"] and torch.load(tmp_path / "c.pt") == {"x": 1}
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    assert seen == [("SIGTERM", True), ("SIGINT", True), ("SIGINT", True)] and restored == [True, True]
+    assert torch.load(tmp_path / "c.pt") == {"x": 1}
+
+
+def test_numbered_checkpoints_go_by_step_past_a_million(tmp_path):
+    from cartoongan.train.runs import numbered_checkpoints
+
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("990000.pt", "1000000.pt", "notes.pt"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"")
+    assert [p.name for p in numbered_checkpoints(tmp_path)] == ["990000.pt", "1000000.pt"]
 
 
 def test_ctrl_c_while_the_app_imports_is_one_line(monkeypatch, capsys):

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
 
 from ..errors import DataError
 from ..outputs import check_output_file
 from ..weights.registry import locate
-from .images import image_errors, save_image, to_rgb
+from .images import image_errors, save_image, to_rgb, upright
 
 FFHQ_SIZE = 1024  # FFHQ's own crops; projection's aligned.png, reusable (--no-align) by a model of any size
 SUPERSAMPLE = 4  # the quad is sampled at 4x the output size, then downscaled
@@ -61,8 +61,7 @@ def read_photo(path, name: str | None = None) -> Image.Image:
             k = DECODE_MAX / max(img.size)
             img.draft(img.mode, (math.ceil(img.width * k), math.ceil(img.height * k)))
         img.load()
-        upright = ImageOps.exif_transpose(img)
-        return to_rgb(upright)
+        return to_rgb(upright(img))
 
 
 @functools.lru_cache(maxsize=1)

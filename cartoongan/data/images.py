@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..errors import DataError
 from ..outputs import atomic_write
@@ -31,10 +31,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# EXIF orientation (tag 0x0112) -> the transpose that shows the picture upright
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The picture as a viewer shows it: a phone's portrait JPEG is stored sideways with an EXIF
+    orientation. Only the tag is read (ImageOps.exif_transpose rewrites the EXIF block, which
+    fails on damaged tags); an unreadable tag counts as upright."""
+    try:
+        method = _ORIENTATIONS.get(img.getexif().get(0x0112, 1))
+    except Exception:  # damaged EXIF comes in many types; the pixels are still good
+        method = None
+    return img.transpose(method) if method is not None else img
+
+
 def square_resize(img: Image.Image, size: int) -> np.ndarray:
     """Upright (EXIF orientation), centre-crop to a square, Lanczos-resize to size x size,
     -> [size, size, 3] uint8."""
-    img = to_rgb(ImageOps.exif_transpose(img))  # a phone's portrait JPEG is stored sideways
+    img = to_rgb(upright(img))
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2

@@ -34,11 +34,18 @@ def _evaluator(cfg: RunConfig, data, run_dir: Path, info, reporter: Reporter) ->
     return KidEvaluator(data.images, cfg.train.eval_n, info.device, run_dir, reporter)
 
 
+def numbered_checkpoints(run_dir: Path) -> list[Path]:
+    """RUN/checkpoints/NNNNNN.pt by step (past step 999999 the names grow a digit: not by name)."""
+    folder = run_dir / "checkpoints"
+    found = [p for p in folder.glob("[0-9]*.pt") if p.stem.isdigit()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.stem))
+
+
 def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
     """The config of an existing run (RUN_DIR/config.toml), with `iters` etc. optionally raised."""
     path, latest = run_dir / "config.toml", run_dir / "latest.pt"
     if not latest.is_file():
-        numbered = sorted((run_dir / "checkpoints").glob("[0-9]*.pt"))
+        numbered = numbered_checkpoints(run_dir)
         raise ConfigError(f"--resume {run_dir}: no latest.pt there" + (
             f"; the run's newest checkpoint is {numbered[-1]}: copy it to {latest} to resume from there"
             if numbered else " to continue from"))
@@ -77,7 +84,7 @@ def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool, reporter: 
         return
     if (run_dir / "latest.pt").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --out")
-    numbered = sorted((run_dir / "checkpoints").glob("[0-9]*.pt")) if run_dir.is_dir() else []
+    numbered = numbered_checkpoints(run_dir)
     if numbered:  # a run killed between its checkpoint files
         raise ConfigError(f"{run_dir} holds a run without latest.pt: copy its newest checkpoint {numbered[-1]} "
                           f"to {run_dir / 'latest.pt'} and pass --resume {run_dir}, or choose another --out")
@@ -103,7 +110,7 @@ def open_resumable(run_dir: Path, cfg: RunConfig, kind: str) -> dict:
     try:
         ckpt = load_checkpoint(latest)
     except CheckpointError as exc:
-        numbered = sorted((run_dir / "checkpoints").glob("[0-9]*.pt"))
+        numbered = numbered_checkpoints(run_dir)
         if not numbered:
             raise
         raise CheckpointError(f"{exc}; the run's newest numbered checkpoint is {numbered[-1]}: copy it over "

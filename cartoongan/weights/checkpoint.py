@@ -152,8 +152,10 @@ def _signals_deferred():
     finally:
         for sig, handler in held.items():
             signal.signal(sig, handler)
-        for sig in caught[:4]:  # in order, now with their own handlers: two Ctrl-Cs still stop at once
-            signal.raise_signal(sig)
+    # after a whole file only (an error of the save itself goes up as it is), now with their own
+    # handlers: SIGTERM first, as a Ctrl-C handler may raise and end the replay; two Ctrl-Cs still stop
+    for sig in sorted(caught[:4], key=lambda s: s != signal.SIGTERM):
+        signal.raise_signal(sig)
 
 
 class _RecordingWriter:
