@@ -190,10 +190,10 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
     checks += [(m.size <= 4096, "model", "size", "<= 4096"),
                (0 <= t.seed <= 2**32 - 1, "train", "seed", "in [0, 2**32 - 1]"),
                (t.eval_n <= 100_000, "train", "eval_n", "<= 100000"),
-               (t.n_sample <= 1024, "train", "n_sample", "<= 1024 (samples per grid)")]
+               (1 <= t.n_sample <= 1024, "train", "n_sample", "in [1, 1024] (samples per grid)")]
     checks += [(getattr(t, key) >= 1, "train", key, ">= 1")
                for key in ("iters", "batch", "d_reg_every", "path_batch_shrink", "ada_interval", "sample_every",
-                           "ckpt_every", "log_every", "n_sample")]
+                           "ckpt_every", "log_every")]
     checks += [
         (t.lr > 0 and math.isfinite(t.lr), "train", "lr", "a finite number > 0"),
         (t.g_reg_every >= 0, "train", "g_reg_every", ">= 0 (0 turns path length off)"),
@@ -204,19 +204,18 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
         (-1 <= t.ada_target <= 1, "train", "ada_target", "in [-1, 1], where E[sign(D(real))] lies"),
         (t.ada_kimg > 0 and math.isfinite(t.ada_kimg), "train", "ada_kimg", "a finite number > 0"),
         (t.ema_kimg > 0 and math.isfinite(t.ema_kimg), "train", "ema_kimg", "a finite number > 0"),
-        (t.augment in AUGMENTS, "train", "augment", f"{' or '.join(AUGMENTS)}, got '{t.augment}'"),
-        (t.precision in PRECISIONS, "train", "precision", f"{', '.join(PRECISIONS)}, got '{t.precision}'"),
-        (t.compile_mode in COMPILE_MODES, "train", "compile_mode", f"{', '.join(COMPILE_MODES)}, got '{t.compile_mode}'"),
+        (t.augment in AUGMENTS, "train", "augment", " or ".join(AUGMENTS)),
+        (t.precision in PRECISIONS, "train", "precision", ", ".join(PRECISIONS)),
+        (t.compile_mode in COMPILE_MODES, "train", "compile_mode", ", ".join(COMPILE_MODES)),
         (t.eval_every >= 0, "train", "eval_every", ">= 0 (0 is off)"),
         (t.eval_n >= 2, "train", "eval_n", ">= 2 (KID compares sets)"),
-        (f.struct_tap in STRUCT_TAPS, "finetune", "struct_tap", f"{' or '.join(STRUCT_TAPS)}, got '{f.struct_tap}'"),
-        (f.struct_weight >= 0 and math.isfinite(f.struct_weight), "finetune", "struct_weight",
-         f"a finite number >= 0, got {f.struct_weight}"),
+        (f.struct_tap in STRUCT_TAPS, "finetune", "struct_tap", " or ".join(STRUCT_TAPS)),
+        (f.struct_weight >= 0 and math.isfinite(f.struct_weight), "finetune", "struct_weight", "a finite number >= 0"),
     ]
     for ok, section, key, what in checks:
         if not ok:
             value = getattr({"model": m, "train": t, "finetune": f}[section], key)
-            raise ConfigError(f"{_named(section, key)} must be {what}" + ("" if "got" in what else f", got {value!r}"))
+            raise ConfigError(f"{_named(section, key)} must be {what}, got {value!r}")
     if t.batch % world_size:
         raise ConfigError(f"--batch {t.batch} must be divisible by the {world_size} processes")
     return cfg

@@ -115,7 +115,7 @@ def open_resumable(run_dir: Path, cfg: RunConfig, kind: str) -> dict:
             raise
         raise CheckpointError(f"{exc}; the run's newest numbered checkpoint is {numbered[-1]}: copy it over "
                               f"{latest} to resume from there") from None
-    meta = ckpt.get("cartoongan") if isinstance(ckpt.get("cartoongan"), dict) else {}
+    meta = ckpt.get("cartoongan") or {}  # a dict: load_checkpoint refuses anything else
     step = meta.get("step")
     good_step = isinstance(step, int) and not isinstance(step, bool) and step >= 0
     missing = [k for k in RESUME_KEYS if k not in ckpt] + ([] if good_step else ["a step >= 0 (cartoongan.step)"])
@@ -134,8 +134,8 @@ def open_resumable(run_dir: Path, cfg: RunConfig, kind: str) -> dict:
 
 
 def _provenance(ckpt: dict) -> dict:
-    provenance = (ckpt.get("cartoongan") or {}).get("provenance")
-    return provenance if isinstance(provenance, dict) else {}  # a hand-edited file: as if unrecorded
+    """What a checkpoint recorded of its inputs (load_checkpoint has refused any but a dict)."""
+    return (ckpt.get("cartoongan") or {}).get("provenance") or {}
 
 
 def recorded_path(ckpt: dict, run_dir: Path, key: str) -> Path:
