@@ -49,8 +49,8 @@ def path_length_samples(gen: Generator, distance: Distance, n: int, space: str =
     out = []
     for i in range(0, n, batch):
         m = min(batch, n - i)
-        z = torch.randn(2 * m, gen.style_dim, generator=rng).to(dev)
-        t = (torch.rand(m, 1, generator=rng) * (sampling == "full")).to(dev)
+        z = torch.randn(2 * m, gen.style_dim, generator=rng, device="cpu").to(dev)
+        t = (torch.rand(m, 1, generator=rng, device="cpu") * (sampling == "full")).to(dev)
         with torch.no_grad():
             if space == "z":
                 z0, z1 = z[:m], z[m:]

@@ -283,7 +283,8 @@ class Generator(nn.Module):
     def estimate_w_avg(self, n: int = 4096, seed: int = 0) -> torch.Tensor:
         """Set and return w_avg: the mean of n mapped z ~ N(0, I) drawn from a fixed seed. [style_dim]"""
         gen = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.style_dim, generator=gen).to(self.input.input.device)
+        # drawn on the CPU, whose RNG stream is the same on every machine: one seed, one w_avg
+        z = torch.randn(n, self.style_dim, generator=gen, device="cpu").to(self.input.input.device)
         self.w_avg = self.mapping(z).mean(0)
         return self.w_avg
 

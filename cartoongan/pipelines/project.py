@@ -85,7 +85,7 @@ def project(gen: Generator, target: torch.Tensor, cfg: ProjectConfig, perceptual
         perceptual = perceptual.to(dev)
     with torch.no_grad():
         gz = torch.Generator().manual_seed(cfg.seed)
-        w_samples = gen.mapping(torch.randn(cfg.w_avg_samples, gen.style_dim, generator=gz).to(dev))
+        w_samples = gen.mapping(torch.randn(cfg.w_avg_samples, gen.style_dim, generator=gz, device="cpu").to(dev))
         w_avg, w_std = w_samples.mean(0, keepdim=True), (w_samples - w_samples.mean(0)).square().sum(1).mean().sqrt()
     n_w = gen.n_latent if cfg.space == "w+" else 1
     w_opt = w_avg.repeat(n_w, 1)[None].clone().requires_grad_(True)

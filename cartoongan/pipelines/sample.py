@@ -69,8 +69,8 @@ def interpolation_gif(gens: list[Generator], ws: torch.Tensor, path: Path, steps
                       noise_mode: str = "const", fps: int = 12) -> Path:
     """Linear walk in w+ through ws (closing the loop), one column per generator, as a looping GIF."""
     keys = torch.cat([ws, ws[:1]])
-    t = torch.arange(steps, dtype=torch.float32) / steps
-    frames_ws = torch.cat([torch.lerp(keys[i][None], keys[i + 1][None], t[:, None, None].to(ws.device))
+    t = torch.arange(steps, dtype=torch.float32, device=ws.device) / steps
+    frames_ws = torch.cat([torch.lerp(keys[i][None], keys[i + 1][None], t[:, None, None])
                            for i in range(len(keys) - 1)])
     per_gen = [render_ws(g, frames_ws, noise_mode) for g in gens]
     frames = [Image.fromarray(make_grid(np.stack([imgs[f] for imgs in per_gen]), cols=len(gens)))

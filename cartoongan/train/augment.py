@@ -139,7 +139,7 @@ class AdaController:
         a resumed run's first entry was loaded on the CPU, the new ones are on the GPU, and reading
         each back would wait for the GPU once per entry."""
         if not self.pending:
-            return torch.zeros(2)
+            return torch.zeros(2, device="cpu")
         dev = self.pending[-1].device
         return torch.stack([t.to(dev) for t in self.pending]).sum(0)
 

@@ -164,8 +164,10 @@ class Trainer:
         """z, optional z2 and crossover for style mixing (crossover drawn once per batch)."""
         g = self.nets.g
         z = torch.randn(n, g.style_dim, device=self.dev)
-        if self.t.mixing > 0 and torch.rand(()).item() < self.t.mixing:
-            return z, torch.randn(n, g.style_dim, device=self.dev), int(torch.randint(1, g.n_latent, ()).item())
+        # the host decides whether and where to mix from the CPU RNG: a GPU draw read back would stall
+        if self.t.mixing > 0 and torch.rand((), device="cpu").item() < self.t.mixing:
+            crossover = int(torch.randint(1, g.n_latent, (), device="cpu").item())
+            return z, torch.randn(n, g.style_dim, device=self.dev), crossover
         return z, None, None
 
     def _ws(self, z, z2, crossover, for_structure: bool = False):

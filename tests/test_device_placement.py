@@ -1,0 +1,115 @@
+"""Every tensor the library makes while it works says which device it goes to.
+
+On CUDA, a tensor made on torch's default device (the CPU) and then combined with the run's tensors
+stops the command ("Expected all tensors to be on the same device"): the LPIPS projection path did
+exactly that, unseen by a CPU suite where every device is the CPU. This audit makes that class of bug
+visible here: it watches the factory functions while every subcommand runs and fails on any call
+from the library that names no device. Module constructors are left out: networks are built and then
+moved (or loaded with map_location), which is right on every device.
+"""
+import sys
+
+import numpy as np
+import pytest
+import torch
+from cartoongan_cli.app import app
+from PIL import Image
+from torch.overrides import TorchFunctionMode
+from typer.testing import CliRunner
+
+from .helpers import blob_images
+
+runner = CliRunner()
+
+FACTORIES = {torch.zeros, torch.ones, torch.empty, torch.full, torch.rand, torch.randn, torch.randint,
+             torch.arange, torch.tensor, torch.as_tensor, torch.linspace, torch.eye, torch.normal,
+             torch.randperm, torch.scalar_tensor, torch.empty_strided}
+
+
+def _library_caller():
+    """(file, line, function) of the library frame that called into torch, or None when the call
+    comes from outside the library or while a module is being built."""
+    frames, frame = [], sys._getframe(2)
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    if any(f.f_code.co_name == "__init__" and isinstance(f.f_locals.get("self"), torch.nn.Module) for f in frames):
+        return None
+    for f in frames:
+        path = f.f_code.co_filename.replace("\\", "/")
+        if "/cartoongan/" in path:
+            return f"{path.split('cartoongan', 1)[-1]}:{f.f_lineno} in {f.f_code.co_name}"
+        if "/torch/" not in path:
+            return None  # a test's own tensors, or a third-party package's
+    return None
+
+
+class DevicelessFactories(TorchFunctionMode):
+    """Records library calls of a factory function that leave the device to torch's default, and
+    seeded draws whose generator lives on another device than the tensor asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in FACTORIES:
+            gen = kwargs.get("generator")
+            device = kwargs.get("device")
+            mismatch = gen is not None and device is not None and torch.device(device).type != gen.device.type
+            if device is None or mismatch:
+                where = _library_caller()
+                if where is not None:
+                    self.calls.add(f"torch.{func.__name__} at {where}")
+        return func(*args, **kwargs)
+
+
+def test_the_audit_sees_a_deviceless_factory_in_the_library():
+    """The watcher itself: a library function that makes a tensor without a device is reported,
+    the same call with a device is not, and a test's own tensors are not."""
+    from cartoongan.ops import fir
+
+    with DevicelessFactories() as watch:
+        fir.make_kernel()  # torch.tensor(taps) with no device: called here, outside a constructor
+        torch.zeros(3)
+    assert len(watch.calls) == 1 and "make_kernel" in next(iter(watch.calls)), watch.calls
+    with DevicelessFactories() as watch:
+        torch.nn.Linear(2, 2)  # a constructor, from a test
+        torch.randn(2, generator=torch.Generator(), device="cpu")
+    assert watch.calls == set()
+
+
+def _ok(args):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    root = tmp_path_factory.mktemp("placement")
+    Image.fromarray((np.random.RandomState(0).rand(40, 36, 3) * 255).astype(np.uint8)).save(root / "photo.png")
+    return root, blob_images(root / "faces", n=8, size=32, seed=1), blob_images(root / "toons", n=8, size=32, seed=2)
+
+
+def test_every_subcommand_names_the_device_of_what_it_makes(chain):
+    """pretrain with ADA augmenting (R1 and path length every step), finetune with FreezeSG, the
+    structure loss and KID evaluation, swap, sample with an interpolation GIF, project with LPIPS,
+    and toonify: no tensor from the library is left on the default device."""
+    root, faces, toons = chain
+    src, ft = root / "src", root / "ft"
+    regularise = ["--augment", "ada", "--augment-p", "0.5", "--device", "cpu"]
+    with DevicelessFactories() as watch:
+        _ok(["pretrain", "--recipe", "tiny", "--data", str(faces), "--out", str(src), "--iters", "3", *regularise])
+        _ok(["finetune", "--recipe", "tiny", "--source", str(src / "latest.pt"), "--data", str(toons), "--out",
+             str(ft), "--iters", "3", "--freeze-sg", "1", "--struct-loss", "2", "--eval-every", "3", *regularise])
+        _ok(["swap", str(src / "latest.pt"), str(ft / "latest.pt"), "-o", str(root / "swap.pt")])
+        _ok(["sample", str(src / "latest.pt"), str(root / "swap.pt"), "--seeds", "0-1", "--interpolate", "3",
+             "--trunc", "0.7", "--outdir", str(root / "s"), "--device", "cpu"])
+        _ok(["project", str(root / "photo.png"), "--source", str(src / "latest.pt"), "--steps", "2",
+             "--outdir", str(root / "p"), "--no-align", "--device", "cpu"])
+        _ok(["toonify", str(root / "photo.png"), "--source", str(src / "latest.pt"), "--target", str(root / "swap.pt"),
+             "--steps", "2", "--loss", "mse", "--outdir", str(root / "t"), "--no-align", "--device", "cpu"])
+    assert sorted(watch.calls) == []
+    assert (root / "s" / "interpolation.gif").is_file() and (root / "p" / "proj.png").is_file()
