@@ -20,9 +20,9 @@ def align(
     all_faces: bool = typer.Option(False, "--all-faces", help="Write one crop per detected face, left to right."),
 ):
     """Align a face the FFHQ way (dlib landmarks, eyes level, FFHQ framing) for projection and toonify."""
-    from cartoongan.data.align import align_file
+    from cartoongan.data.align import NoFaceFound, align_file
 
-    with user_errors():
+    with user_errors({NoFaceFound: "use a photo with a clear, frontal face, or give its landmarks with --landmarks FILE.npy"}):
         paths = align_file(photo, output, size, landmarks, all_faces)
     for path in paths:
         out.print(f"wrote {path}")

@@ -86,14 +86,17 @@ NoiseMode = choices("NoiseMode", NOISE_MODES)
 
 
 @contextlib.contextmanager
-def user_errors():
-    """Expected problems become one line on stderr and exit code 1 (2 for usage, 130 for Ctrl-C)."""
+def user_errors(fixes: dict[type[CartoonganError], str] | None = None):
+    """Expected problems become one line on stderr and exit code 1 (2 for usage, 130 for Ctrl-C).
+    `fixes`: for an error the library cannot give a fix of (it does not know the command's flags),
+    what the user can do, added to its line."""
     try:
         yield
     except ConfigError as exc:  # an impossible flag or recipe value: a usage error
         fail(str(exc), 2)
     except CartoonganError as exc:
-        fail(str(exc))
+        fix = next((text for kind, text in (fixes or {}).items() if isinstance(exc, kind)), None)
+        fail(f"{exc}: {fix}" if fix else str(exc))
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except (MemoryError, RuntimeError) as exc:

@@ -61,7 +61,9 @@ def dualstyle(
     """Stylise a face after an exemplar with DualStyleGAN (official generator.pt / encoder.pt / exstyle codes)."""
     from cartoongan.pipelines.dualstyle import DualStyleOptions, random_portraits, stylize
 
-    with user_errors():
+    from .project import no_face_fix
+
+    with user_errors(no_face_fix()):
         sid, all_styles = _style_id(style_id)
         opts = DualStyleOptions(style_id=sid, all_styles=all_styles, style_image=style, weights=_weights(weight),
                                 truncation=trunc if trunc is not None else (0.5 if random else 0.75),

@@ -32,6 +32,13 @@ ALIGN = typer.Option(True, "--align/--no-align", help="FFHQ-align the photo's fa
                      "--no-align for crops that are already aligned (they are centre-cropped).")
 
 
+def no_face_fix():
+    """What to do when a photo to project shows no face the detector finds."""
+    from cartoongan.data.align import NoFaceFound
+
+    return {NoFaceFound: "use a photo with a clear, frontal face, or --no-align for a face that is already cropped"}
+
+
 SEED = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed (the samples of the w average, the noise maps' start).")
 
 
@@ -47,7 +54,7 @@ def project(
     """Find the latent of a photo (StyleGAN2 projector): aligned.png, target.png, proj.png, projected_w.npz."""
     from cartoongan.pipelines.project import project_photo
 
-    with user_errors():
+    with user_errors(no_face_fix()):
         paths = project_photo(photo, source, outdir, _project_config(steps, space, loss, seed), lpips_weights,
                               save_video, device, RichReporter(), align=align)
     for path in paths.values():
@@ -66,7 +73,7 @@ def toonify(
     """Project a photo with the source, then render the same latent through each target side by side."""
     from cartoongan.pipelines.toonify import toonify as run_toonify
 
-    with user_errors():
+    with user_errors(no_face_fix()):
         path = run_toonify(photo, source, target, outdir, _project_config(steps, space, loss, seed), lpips_weights,
                            device, RichReporter(), align=align)
     out.print(f"wrote {path}")

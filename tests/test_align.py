@@ -288,7 +288,10 @@ def test_toonify_aligns_by_default_and_a_photo_without_a_face_writes_nothing(tmp
     res = runner.invoke(app, ["toonify", str(tmp_path / "sky.png"), "--source", str(tiny_ckpt), "--target", str(tiny_ckpt),
                               "--steps", "1", "--loss", "mse", "--outdir", str(tmp_path / "t")])
     assert res.exit_code == 1 and "no face found in" in res.output and "sky.png" in res.output
+    assert "--no-align" in res.output.replace("\n", "")  # the fix, on the same one line
     assert not (tmp_path / "t").exists()
+    res = runner.invoke(app, ["align", str(tmp_path / "sky.png"), "-o", str(tmp_path / "a.png")])
+    assert res.exit_code == 1 and res.output.count("error:") == 1 and "--landmarks" in res.output.replace("\n", "")
 
 
 def test_dlib_model_files_are_registered_and_verified():

@@ -117,7 +117,8 @@ def image_errors(name, what: str = "photo") -> Iterator[None]:
         raise DataError(f"{name} is too large to decode safely ({str(exc).split(', could')[0]}): "
                         "downscale it and try again") from None
     except (OSError, SyntaxError, ValueError):
-        raise DataError(f"{name} is not a readable image") from None
+        raise DataError(f"{name} is not a readable image (damaged, or not an image format PIL reads): "
+                        "save it again as PNG or JPEG") from None
 
 
 def load_photo(path: str | Path, size: int) -> torch.Tensor:
