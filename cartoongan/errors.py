@@ -25,6 +25,10 @@ class TrainingDiverged(CartoonganError):
     """A loss became NaN or infinite."""
 
 
+class Interrupted(CartoonganError):
+    """The user stopped a command before it could finish cleanly (a second Ctrl-C); exit code 130."""
+
+
 class OutputError(CartoonganError):
     """An output path cannot be written: wrong kind of path, no permission, disk full."""
 

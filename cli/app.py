@@ -25,7 +25,7 @@ except ImportError:  # older typer uses click itself, whose NoArgsIsHelpError ca
             """Never raised: this click prints the help and exits by itself."""
 
 from cartoongan.config import AUGMENTS, COMPILE_MODES, PRECISIONS
-from cartoongan.errors import CartoonganError, ConfigError
+from cartoongan.errors import CartoonganError, ConfigError, Interrupted
 from cartoongan.models.generator import NOISE_MODES
 
 from .console import fail, out
@@ -94,6 +94,8 @@ def user_errors(fixes: dict[type[CartoonganError], str] | None = None):
         yield
     except ConfigError as exc:  # an impossible flag or recipe value: a usage error
         fail(str(exc), 2)
+    except Interrupted as exc:
+        fail(str(exc), 130)
     except CartoonganError as exc:
         fix = next((text for kind, text in (fixes or {}).items() if isinstance(exc, kind)), None)
         fail(f"{exc}: {fix}" if fix else str(exc))

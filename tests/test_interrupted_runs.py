@@ -4,6 +4,7 @@ import json
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +166,33 @@ def test_ctrl_c_while_the_app_imports_is_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         cartoongan_cli.main()
     assert stop.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
+
+
+@pytest.mark.parametrize("ckpt_every,words", [(2, "latest.pt holds step 2: continue with --resume"),
+                                              (100, "nothing was saved yet: the same command starts the run again")])
+def test_a_second_ctrl_c_says_what_the_run_kept_and_that_holds(tmp_path, monkeypatch, ckpt_every, words):
+    """A second Ctrl-C stops at once, mid-step: the line names the step it left unsaved and what the
+    run can do next, and doing that works."""
+    from cartoongan.train.trainer import Trainer
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text((Path(cartoongan_cli.__file__).parents[1] / "recipes" / "tiny.toml").read_text()
+                      .replace("ckpt_every = 10", f"ckpt_every = {ckpt_every}"))
+    data = blob_images(tmp_path / "data", n=4)
+    run = tmp_path / "run"
+    real = Trainer.train_step
+
+    def stopped_at_three(self):
+        if self.step == 3:
+            raise KeyboardInterrupt  # what _StopFlag raises on the second SIGINT
+        real(self)
+
+    monkeypatch.setattr(Trainer, "train_step", stopped_at_three)
+    command = ["pretrain", "--data", str(data), "--out", str(run), "--recipe", str(recipe), "--iters", "4"]
+    res = runner.invoke(app, command)
+    assert res.exit_code == 130 and res.output.count("error:") == 1, res.output
+    assert "stopped at once at step 3" in res.output and words in " ".join(res.output.split()), res.output
+    monkeypatch.setattr(Trainer, "train_step", real)
+    res = runner.invoke(app, ["pretrain", "--resume", str(run)] if ckpt_every == 2 else command)
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(run / "latest.pt")["cartoongan"]["step"] == 4

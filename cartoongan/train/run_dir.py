@@ -78,6 +78,7 @@ class RunDirectory:
     def __init__(self, path: str | Path, writes: bool = True):
         self.path = Path(path)
         self.writes = writes  # False on the non-main ranks of a data-parallel run
+        self.saved_step: int | None = None  # the step latest.pt holds, once start() or save() knows it
 
     @property
     def latest(self) -> Path:
@@ -118,8 +119,10 @@ class RunDirectory:
                     tmp.unlink()  # atomic_write's, left by a kill mid-save: as large as a checkpoint
                 if not self.latest.exists():
                     self._clear_unsaved()
-                elif step:
-                    self._truncate_log(step)
+                else:
+                    self.saved_step = step
+                    if step:
+                        self._truncate_log(step)
             with atomic_write(self.path / "config.toml", "w") as fh:  # a refused write keeps the old one
                 fh.write(to_toml(cfg))
 
@@ -144,6 +147,7 @@ class RunDirectory:
             return None
         # latest.pt first: a kill between the two writes leaves the run resumable
         latest = save_checkpoint(self.latest, ckpt)
+        self.saved_step = step
         if numbered:
             save_checkpoint(self.path / "checkpoints" / f"{step:06d}.pt", ckpt)
         return latest

@@ -19,7 +19,7 @@ import torch
 from ..config import GRAPH_MODES, RunConfig
 from ..data.dataset import ImageDataset
 from ..device import math_mode, set_math_mode
-from ..errors import OutputError, TrainingDiverged
+from ..errors import Interrupted, OutputError, TrainingDiverged
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..report import NullReporter, Reporter
@@ -379,6 +379,15 @@ class Trainer:
             if not latest.is_file():
                 raise
             raise OutputError(f"{exc}; the run keeps {latest}: continue with --resume {self.run_dir}") from None
+        except KeyboardInterrupt:  # a second Ctrl-C: no save, but say what the run kept
+            raise Interrupted(self._stopped_at_once()) from None
+
+    def _stopped_at_once(self) -> str:
+        head = f"stopped at once at step {self.step} (a second Ctrl-C), without saving it"
+        saved = self.out.saved_step
+        if saved is None or not self.out.latest.is_file():
+            return f"{head}; nothing was saved yet: the same command starts the run again"
+        return f"{head}; {self.out.latest} holds step {saved}: continue with --resume {self.run_dir}"
 
     def _run(self) -> TrainResult:
         t = self.t
