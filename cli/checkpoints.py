@@ -23,7 +23,11 @@ def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
     if as_json:
         out.print_json(json.dumps(summary, default=str))
         return
-    RichReporter().table(str(ckpt), ["field", "value"], [(k, v) for k, v in summary.items()])
+    report = RichReporter()
+    report.table(str(ckpt), ["field", "value"], [(k, v) for k, v in summary.items()])
+    for name, check in summary.get("networks", {}).items():
+        if check != "loads":
+            report.warn(f"{name} would be refused: {check}")
 
 
 @app.command()

@@ -407,6 +407,32 @@ def test_integer_weights_are_refused_not_rendered_grey(tmp_path, assets, argv):
     assert "not floating-point" in line and not (tmp_path / "o").exists() and not (tmp_path / "x.pt").exists()
 
 
+def _nan_discriminator(c):
+    c["d"] = {k: v.clone() for k, v in c["d"].items()}
+    next(v for v in c["d"].values() if v.is_floating_point()).view(-1)[0] = float("nan")
+
+
+@pytest.mark.parametrize("name,edit,expected", [
+    ("a", lambda c: c.update(g_ema={k: v.long() for k, v in c["g_ema"].items()}),
+     {"g_ema": "not floating-point", "g": "loads", "d": "loads"}),
+    ("a", _nan_discriminator, {"g_ema": "loads", "g": "loads", "d": "holds NaN or inf"}),
+    ("b", lambda c: None, {"g_ema": "loads"}),
+], ids=["integer g_ema", "NaN in d", "sound"])
+def test_info_says_which_network_every_command_would_refuse(tmp_path, assets, name, edit, expected):
+    """info describes a damaged checkpoint (exit 0) and warns, per network, with the line that a
+    command loading it would stop on; a sound one gets no warning."""
+    path = _edit(assets[name], tmp_path, edit)
+    res = runner.invoke(app, ["info", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    checks = __import__("json").loads(res.output)["networks"]
+    assert set(checks) == set(expected) and all(want in checks[k] for k, want in expected.items()), checks
+    res = runner.invoke(app, ["info", str(path)])
+    warned = [k for k, v in expected.items() if v != "loads"]
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and text.count("warning:") == len(warned)
+    assert all(f"{k} would be refused" in text for k in warned)
+
+
 @pytest.mark.parametrize("command", ["info", "sample"])
 @pytest.mark.parametrize("edit,expected", [
     (lambda c: c.update(latent_avg=torch.zeros(7)), "latent_avg"),

@@ -200,7 +200,25 @@ def describe(ckpt: dict) -> dict:
         "kind": meta.get("kind"),
         "provenance": meta.get("provenance"),
         "format": "cartoongan" if meta else "rosinality",
+        "networks": network_checks(ckpt),
     }
+
+
+def network_checks(ckpt: dict) -> dict[str, str]:
+    """For each network the checkpoint holds (g_ema, g, d): "loads", or the line with which every
+    command would refuse it (weights that do not fit, integer or NaN weights)."""
+    builders = {"g_ema": lambda: build_generator(ckpt, "g_ema"), "g": lambda: build_generator(ckpt, "g"),
+                "d": lambda: build_discriminator(ckpt)}
+    checks = {}
+    for name, build in builders.items():
+        if name not in ckpt:
+            continue
+        try:
+            build()
+            checks[name] = "loads"
+        except CheckpointError as exc:
+            checks[name] = str(exc)
+    return checks
 
 
 def describe_checkpoint(path: str | Path) -> dict:
