@@ -216,6 +216,28 @@ def test_training_logs_kid_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     assert np.load(tmp_path / "run" / evaluate.CACHE)["features"].shape == (8, 8)  # the training set, computed once
 
 
+def test_a_best_checkpoint_newer_than_the_resumed_one_is_only_replaced_by_a_lower_kid(tmp_path, monkeypatch):
+    """Killed after best.pt (step 3) was written but before latest.pt caught up (it holds step 2):
+    the resumed run re-evaluates steps 3 and 4 with worse KIDs than best.pt's, which must survive."""
+    import shutil
+
+    from cartoongan import load_checkpoint
+
+    data = blob_images(tmp_path / "data", n=8)
+    monkeypatch.setattr(evaluate, "default_features", lambda device: stub_features)
+    kids = iter([0.3, 0.25, 0.1, 0.2, 0.15, 0.12])
+    real_call = evaluate.KidEvaluator.__call__
+    monkeypatch.setattr(evaluate.KidEvaluator, "__call__", lambda self, g: (real_call(self, g), next(kids))[1])
+    run = tmp_path / "run"
+    pretrain(tiny_config(iters=4, eval_every=1, eval_n=4, ckpt_every=2, sample_every=4), data, run)
+    shutil.copy(run / "checkpoints" / "000002.pt", run / "latest.pt")  # the kill: latest.pt one save behind
+    res = pretrain(tiny_config(iters=4, eval_every=1, eval_n=4, ckpt_every=2, sample_every=4), None, run,
+                   resume=True)
+    best = load_checkpoint(run / "best.pt")
+    assert best["cartoongan"]["step"] == 3 and best["train_state"]["best_kid"] == 0.1
+    assert load_checkpoint(res.latest)["train_state"]["best_kid"] == 0.1
+
+
 def test_kid_during_training_on_one_image_is_refused_before_training(tmp_path):
     data = blob_images(tmp_path / "data", n=1)
     res = runner.invoke(app, ["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--recipe", "tiny",

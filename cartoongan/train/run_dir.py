@@ -22,7 +22,7 @@ from ..data.render import render_seeds
 from ..models.generator import Generator
 from ..outputs import atomic_write, visible_entries, writing
 from .evaluate import CACHE as EVAL_CACHE
-from ..weights.checkpoint import save_checkpoint
+from ..weights.checkpoint import load_checkpoint, save_checkpoint
 
 
 # what a run that failed before its first checkpoint leaves behind: a new run may take the folder over
@@ -152,9 +152,26 @@ class RunDirectory:
             save_checkpoint(self.path / "checkpoints" / f"{step:06d}.pt", ckpt)
         return latest
 
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
     def save_best(self, ckpt: dict) -> Path | None:
         """best.pt: the checkpoint with the lowest KID so far (--eval-every), written atomically."""
-        return save_checkpoint(self.path / "best.pt", ckpt) if self.writes else None
+        return save_checkpoint(self.best, ckpt) if self.writes else None
+
+    def best_after(self, step: int) -> tuple[int, float] | None:
+        """(step, KID) of a best.pt written after `step`: a kill between a new best and the next
+        latest.pt leaves one, newer than the checkpoint a run resumes from. None when there is
+        none (or it cannot be read: the next better KID replaces it then)."""
+        if not self.best.is_file():
+            return None
+        try:
+            ckpt = load_checkpoint(self.best)
+            best_step, kid = int(ckpt["cartoongan"]["step"]), float(ckpt["train_state"]["best_kid"])
+        except (CartoonganError, KeyError, TypeError, ValueError):
+            return None
+        return (best_step, kid) if best_step > step and math.isfinite(kid) else None
 
     @torch.no_grad()
     def save_samples(self, g_ema: Generator, step: int, n: int) -> Path | None:

@@ -316,6 +316,7 @@ class Trainer:
         if self.evaluator is not None and ts.get("best_kid") is not None:
             self.evaluator.best = float(ts["best_kid"])
         self.step = int(ckpt["cartoongan"]["step"])
+        self._keep_a_newer_best()
         if torch.is_tensor(ckpt.get("latent_avg")):
             self.w_avg = ckpt["latent_avg"].to(self.dev)
         torch.set_rng_state(ts["rng_cpu"])
@@ -323,6 +324,16 @@ class Trainer:
             torch.cuda.set_rng_state(ts["rng_cuda"], self.dev)
         if self.info.world > 1:  # ranks must not share a random stream
             torch.manual_seed(self.t.seed + self.info.rank + 7919 * self.step)
+
+    def _keep_a_newer_best(self) -> None:
+        """A best.pt newer than the checkpoint resumed (its log row is dropped with the rows past
+        that step) is still this run's lowest KID: only a lower one may replace it, or the resumed
+        run would overwrite a better model with a worse one."""
+        newer = self.out.best_after(self.step) if self.evaluator is not None and self.info.is_main else None
+        if newer is not None and newer[1] < self.evaluator.best:
+            self.evaluator.best = newer[1]
+            self.reporter.info(f"{self.out.best} (step {newer[0]}, KID {newer[1]:.4g}) is newer than the step "
+                               f"resumed, {self.step}: kept; only a lower KID replaces it")
 
     def _check_finite(self) -> None:
         # one check for every value tracked since the last, not three ops per value; a bad value
