@@ -33,13 +33,14 @@ def test_training_sets_the_math_mode_of_its_precision(tmp_path, precision, tf32,
     assert tf32_enabled() is tf32
 
 
-@pytest.mark.parametrize("benchmark", [True, False])
-def test_training_lets_cudnn_time_its_algorithms_unless_told_not_to(tmp_path, benchmark):
+# not named `benchmark`: pytest-benchmark (installed on the GPU box) owns that fixture name
+@pytest.mark.parametrize("timed", [True, False])
+def test_training_lets_cudnn_time_its_algorithms_unless_told_not_to(tmp_path, timed):
     before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = not benchmark
+    torch.backends.cudnn.benchmark = not timed
     try:
-        pretrain(tiny_config(iters=1, cudnn_benchmark=benchmark), blob_images(tmp_path / "d", n=4), tmp_path / "run")
-        assert torch.backends.cudnn.benchmark is benchmark
+        pretrain(tiny_config(iters=1, cudnn_benchmark=timed), blob_images(tmp_path / "d", n=4), tmp_path / "run")
+        assert torch.backends.cudnn.benchmark is timed
     finally:
         torch.backends.cudnn.benchmark = before
 
