@@ -25,8 +25,17 @@ class TrainingDiverged(CartoonganError):
     """A loss became NaN or infinite."""
 
 
-class Interrupted(CartoonganError):
-    """The user stopped a command before it could finish cleanly (a second Ctrl-C); exit code 130."""
+class Interrupted(CartoonganError, KeyboardInterrupt):
+    """The user stopped a command with Ctrl-C (exit code 130): `what` the run kept, then `hint`, how
+    to go on, which a pipeline that trains as one of its stages replaces with its own. Still a
+    KeyboardInterrupt, for library callers that stop on one."""
+
+    def __init__(self, what: str, hint: str = ""):
+        super().__init__(f"{what}: {hint}" if hint else what)
+        self.what, self.hint = what, hint
+
+    def with_hint(self, hint: str) -> "Interrupted":
+        return Interrupted(self.what, hint)
 
 
 class OutputError(CartoonganError):

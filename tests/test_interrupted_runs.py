@@ -184,7 +184,8 @@ def test_a_second_ctrl_c_says_what_the_run_kept_and_that_holds(tmp_path, monkeyp
 
     def stopped_at_three(self):
         if self.step == 3:
-            raise KeyboardInterrupt  # what _StopFlag raises on the second SIGINT
+            self._stop.requested = True  # the first Ctrl-C ...
+            raise KeyboardInterrupt  # ... and what _StopFlag raises on the second, mid-step
         real(self)
 
     monkeypatch.setattr(Trainer, "train_step", stopped_at_three)
@@ -196,3 +197,75 @@ def test_a_second_ctrl_c_says_what_the_run_kept_and_that_holds(tmp_path, monkeyp
     res = runner.invoke(app, ["pretrain", "--resume", str(run)] if ckpt_every == 2 else command)
     assert res.exit_code == 0, res.output
     assert load_checkpoint(run / "latest.pt")["cartoongan"]["step"] == 4
+
+
+def test_a_second_ctrl_c_held_through_the_stop_save_names_the_step_it_saved(tmp_path, monkeypatch):
+    """The usual double Ctrl-C: the second arrives while the first one's save is written, is held
+    until latest.pt is whole, and is raised then: the line says latest.pt holds that step."""
+    from cartoongan.train.trainer import Trainer
+
+    real_step, real_save = Trainer.train_step, run_dir_module.save_checkpoint
+
+    def first_ctrl_c_at_three(self):
+        real_step(self)
+        if self.step == 3:
+            self._stop.requested = True
+
+    def second_ctrl_c_replayed(path, ckpt):
+        out = real_save(path, ckpt)
+        raise KeyboardInterrupt  # as _signals_deferred replays it, once the file is whole
+
+    monkeypatch.setattr(Trainer, "train_step", first_ctrl_c_at_three)
+    monkeypatch.setattr(run_dir_module, "save_checkpoint", second_ctrl_c_replayed)
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["pretrain", "--data", str(blob_images(tmp_path / "data", n=4)), "--out", str(run),
+                              "--recipe", "tiny", "--iters", "6"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 130 and "stopped at once after step 3" in text and "holds step 3" in text, res.output
+    assert load_checkpoint(run / "latest.pt")["cartoongan"]["step"] == 3
+
+
+def test_a_ctrl_c_before_the_training_loop_is_plain_interrupted(tmp_path, monkeypatch):
+    def ctrl_c(self, cfg, step=0):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_dir_module.RunDirectory, "start", ctrl_c)
+    res = runner.invoke(app, ["pretrain", "--data", str(blob_images(tmp_path / "data", n=4)), "--out",
+                              str(tmp_path / "run"), "--recipe", "tiny", "--iters", "2"])
+    # the loop never started: no step to name, and no "second Ctrl-C"
+    assert res.exit_code == 130 and res.output.strip().splitlines()[-1] == "error: interrupted", res.output
+
+
+def test_ctrl_c_in_the_demo_stops_it_and_says_to_run_the_demo_again(tmp_path, monkeypatch):
+    """A first Ctrl-C during the demo's fine-tune saved and returned; the demo went on to swap and
+    sample a half-trained model. It stops there now, saying how to continue (the demo has no
+    --resume), and running it again does continue."""
+    from cartoongan.errors import Interrupted
+    from cartoongan.pipelines import demo
+    from cartoongan.train.trainer import Trainer
+
+    real_step = Trainer.train_step
+
+    def ctrl_c_at_two(self):
+        real_step(self)
+        if self.step == 2 and self.kind == "finetune":
+            self._stop.requested = True
+
+    monkeypatch.setattr(Trainer, "train_step", ctrl_c_at_two)
+    src = tmp_path / "src.pt"
+    shutil.copy(_tiny_source(tmp_path), src)
+    with pytest.raises(Interrupted, match=r"interrupted at step 2; saved .*: run the demo again with --out") as exc:
+        demo.run_demo(tmp_path / "demo", source=src, finetune_iters=4, n_cartoon=8, seeds=[0])
+    assert isinstance(exc.value, KeyboardInterrupt) and not (tmp_path / "demo" / "compare.png").exists()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    result = demo.run_demo(tmp_path / "demo", source=src, finetune_iters=4, n_cartoon=8, seeds=[0])
+    assert result.compare.is_file() and load_checkpoint(result.cartoon)["cartoongan"]["step"] == 4
+
+
+def _tiny_source(tmp_path):
+    """A 64 px photo-domain checkpoint of the demo's architecture, briefly pretrained."""
+    from cartoongan.config import load_recipe
+
+    cfg = load_recipe("demo64")
+    cfg.train.iters, cfg.train.batch = 1, 2
+    return pretrain(cfg, blob_images(tmp_path / "photos", n=4, size=64), tmp_path / "source").latest

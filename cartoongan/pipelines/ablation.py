@@ -24,7 +24,7 @@ from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
 from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
-from ..train.runs import check_same_source, finetune, resumed_config
+from ..train.runs import check_same_source, finetune, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import load_generator, weights_digest
 from .demo import BUNDLED_SOURCE
@@ -70,13 +70,15 @@ def _finetune(recipe: str, source: Path, data: Path, run: Path, iters: int | Non
     start = time.perf_counter()
     cfg = load_recipe(recipe)
     iters = iters or cfg.train.iters
+    again = f"run the ablation again with --out {run.parent.parent} to continue"
     if step is not None:
         if step >= iters:
             return run / "latest.pt", None
-        path = finetune(resumed_config(run, {"train": {"iters": iters}}), source, data, run, reporter, resume=True).latest
+        cfg = resumed_config(run, {"train": {"iters": iters}})
+        path = run_to_end(lambda: finetune(cfg, source, data, run, reporter, resume=True), again)
     else:
         cfg.train.iters = iters
-        path = finetune(cfg, source, data, run, reporter).latest
+        path = run_to_end(lambda: finetune(cfg, source, data, run, reporter), again)
     return path, time.perf_counter() - start
 
 

@@ -10,7 +10,7 @@ from ..data.synthetic import ensure_synthesized
 from ..errors import CheckpointError
 from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
-from ..train.runs import finetune, pretrain, resumed_config
+from ..train.runs import finetune, pretrain, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import load_generator
 from .sample import sample_checkpoints
@@ -36,6 +36,10 @@ class DemoResult:
     swapped: Path
 
 
+def _again(out: Path) -> str:
+    return f"run the demo again with --out {out} to continue"
+
+
 def _run_finetune(source: Path, data: Path, run: Path, iters: int, reporter: Reporter) -> Path:
     """Fine-tune, or pick up an earlier demo run where it stopped (re-running `make demo` is cheap)."""
     latest = run / "latest.pt"
@@ -44,10 +48,11 @@ def _run_finetune(source: Path, data: Path, run: Path, iters: int, reporter: Rep
         if step >= iters:
             reporter.info(f"fine-tuned model already at step {step}: {latest}")
             return latest
-        return finetune(resumed_config(run, {"train": {"iters": iters}}), source, data, run, reporter, resume=True).latest
+        cfg = resumed_config(run, {"train": {"iters": iters}})
+        return run_to_end(lambda: finetune(cfg, source, data, run, reporter, resume=True), _again(run.parent))
     cfg = load_recipe("demo_finetune")
     cfg.train.iters = iters
-    return finetune(cfg, source, data, run, reporter).latest
+    return run_to_end(lambda: finetune(cfg, source, data, run, reporter), _again(run.parent))
 
 
 def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Path | None = None,
@@ -76,7 +81,8 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
         if pretrain_iters:
             cfg.train.iters = pretrain_iters
         run = out / "source"
-        source = (pretrain(cfg, photo_dir, run, reporter, resume=(run / "latest.pt").exists())).latest
+        resume = (run / "latest.pt").exists()
+        source = run_to_end(lambda: pretrain(cfg, photo_dir, run, reporter, resume=resume), _again(out))
     source = Path(source)
     if not source.exists():
         raise CheckpointError(f"source model not found: {source}")

@@ -146,7 +146,11 @@ class RunDirectory:
         if not self.writes:
             return None
         # latest.pt first: a kill between the two writes leaves the run resumable
-        latest = save_checkpoint(self.latest, ckpt)
+        try:
+            latest = save_checkpoint(self.latest, ckpt)
+        except KeyboardInterrupt:  # a Ctrl-C held during the save, replayed once the file is whole
+            self.saved_step = step
+            raise
         self.saved_step = step
         if numbered:
             save_checkpoint(self.path / "checkpoints" / f"{step:06d}.pt", ckpt)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Callable
 
 import tomllib
 import torch
@@ -10,7 +11,7 @@ import torch
 from ..config import RunConfig, apply_overrides, from_dict, validate
 from ..data.dataset import load_dataset
 from ..device import check_precision
-from ..errors import CartoonganError, CheckpointError, ConfigError, first_line, naming
+from ..errors import CartoonganError, CheckpointError, ConfigError, Interrupted, first_line, naming
 from ..models.discriminator import Discriminator
 from ..ops.fir import triton_missing
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
@@ -273,3 +274,16 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
         _restore(trainer, ckpt, run_dir, reporter)
     del ckpt  # the trainer holds its own copies: don't keep the whole file in memory for the run
     return trainer.run()
+
+
+def run_to_end(train: Callable[[], TrainResult], hint: str) -> Path:
+    """latest.pt of a training stage run to its end by a pipeline (demo, ablation). A Ctrl-C stops
+    the pipeline there, with `hint` (how to go on: the pipeline's own command, not --resume):
+    the first as an Interrupted once the stage has saved, the second as the trainer's."""
+    try:
+        result = train()
+    except Interrupted as exc:
+        raise exc.with_hint(hint) from None
+    if result.interrupted:
+        raise Interrupted(f"interrupted at step {result.step}; saved {result.latest}", hint)
+    return result.latest

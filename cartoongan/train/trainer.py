@@ -131,6 +131,7 @@ class Trainer:
         self.d_optim = lazy_adam(nets.d.parameters(), self.t.lr, self.t.d_reg_every)
         self.ada = AdaController(self.t.ada_target, self.t.ada_interval, self.t.ada_kimg, self.t.batch, self.t.augment_p)
         self.step = 0
+        self._stop: _StopFlag | None = None  # the running loop's Ctrl-C flag
         self.mean_path = torch.zeros((), device=self.dev)
         self.w_avg = nets.g_ema.w_avg.clone().to(self.dev) if nets.g_ema.w_avg is not None else None
         self.stats: dict[str, list[torch.Tensor]] = {}
@@ -390,15 +391,20 @@ class Trainer:
             if not latest.is_file():
                 raise
             raise OutputError(f"{exc}; the run keeps {latest}: continue with --resume {self.run_dir}") from None
-        except KeyboardInterrupt:  # a second Ctrl-C: no save, but say what the run kept
-            raise Interrupted(self._stopped_at_once()) from None
+        except KeyboardInterrupt:
+            if self._stop is None or not self._stop.requested:
+                raise  # a Ctrl-C before the loop: nothing of this run's to speak of
+            raise self._stopped_at_once() from None  # the second one: say what the run kept
 
-    def _stopped_at_once(self) -> str:
-        head = f"stopped at once at step {self.step} (a second Ctrl-C), without saving it"
+    def _stopped_at_once(self) -> Interrupted:
+        if not self.info.is_main:  # rank 0 writes the checkpoints, and its line says what they hold
+            return Interrupted(f"stopped at once at step {self.step} (a second Ctrl-C)", "rank 0's line says what the run kept")
         saved = self.out.saved_step
+        head = (f"stopped at once after step {self.step} (a second Ctrl-C)" if saved == self.step else
+                f"stopped at once at step {self.step} (a second Ctrl-C), without saving it")
         if saved is None or not self.out.latest.is_file():
-            return f"{head}; nothing was saved yet: the same command starts the run again"
-        return f"{head}; {self.out.latest} holds step {saved}: continue with --resume {self.run_dir}"
+            return Interrupted(f"{head}; nothing was saved yet", "the same command starts the run again")
+        return Interrupted(f"{head}; {self.out.latest} holds step {saved}", f"continue with --resume {self.run_dir}")
 
     def _run(self) -> TrainResult:
         t = self.t
@@ -406,6 +412,7 @@ class Trainer:
         result = TrainResult(self.run_dir, self.step)
         tick_time, tick_step = time.perf_counter(), self.step
         with _StopFlag() as stop, self.reporter.progress(t.iters, self.kind, completed=self.step) as bar:
+            self._stop = stop
             while self.step < t.iters:
                 self.train_step()
                 fields = {}
