@@ -417,7 +417,11 @@ def _nan_discriminator(c):
      {"g_ema": "not floating-point", "g": "loads", "d": "loads"}),
     ("a", _nan_discriminator, {"g_ema": "loads", "g": "loads", "d": "holds NaN or inf"}),
     ("b", lambda c: None, {"g_ema": "loads"}),
-], ids=["integer g_ema", "NaN in d", "sound"])
+    ("a", lambda c: c.update(g=Generator(16, **{**TINY, "channel_max": 16}).state_dict()) or c.pop("cartoongan"),
+     {"g_ema": "loads", "g": "another architecture than g_ema", "d": "loads"}),
+    ("b", lambda c: c["cartoongan"]["generator"].update(size=2**20), {"g_ema": "do not fit"}),
+], ids=["integer g_ema", "NaN in d", "sound", "g of another architecture (rosinality)",
+        "recorded size 2**20"])
 def test_info_says_which_network_every_command_would_refuse(tmp_path, assets, name, edit, expected):
     """info describes a damaged checkpoint (exit 0) and warns, per network, with the line that a
     command loading it would stop on; a sound one gets no warning."""

@@ -69,10 +69,10 @@ def check_fit(module: torch.nn.Module, sd: dict, what: str, cause: str = "") -> 
         raise CheckpointError(f"{what} weights do not fit the network: {', '.join(parts)}{cause}")
 
 
-def check_finite(module: torch.nn.Module, what: str) -> None:
-    """Refuse weights holding NaN or inf (a diverged export): they would render black images or
-    train on garbage without a word."""
-    if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+def check_finite(module: torch.nn.Module, sd: dict, what: str) -> None:
+    """Refuse weights holding NaN or inf (a diverged export) among the state dict `sd`'s values for
+    module's parameters: they would render black images or train on garbage without a word."""
+    if not all(bool(torch.isfinite(sd[name]).all()) for name, _ in module.named_parameters()):
         raise CheckpointError(f"{what} holds NaN or inf weights: use another checkpoint")
 
 
@@ -90,6 +90,13 @@ def weights_digest(module: torch.nn.Module) -> str:
 def _load_state(module: torch.nn.Module, sd: dict, what: str) -> None:
     check_fit(module, sd, what)
     module.load_state_dict(sd, strict=True)
+
+
+def _check_state(module: torch.nn.Module, sd: dict, what: str) -> None:
+    """What every command refuses a network's weights for (misfit, integer, NaN or inf), checked
+    against a module that may be an empty shell (on the meta device)."""
+    check_fit(module, sd, what)
+    check_finite(module, sd, what)
 
 
 GENERATOR_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max")
@@ -118,8 +125,10 @@ def build_generator(ckpt: dict, which: str = "g_ema", device: str | torch.device
         gen = Generator(**generator_config(ckpt, which))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint's generator configuration is invalid: {exc}") from None
-    _load_state(gen, ckpt[which], f"generator '{which}'")
-    check_finite(gen, f"generator '{which}'")
+    _check_state(gen, ckpt[which], f"generator '{which}'")
+    if gen.input.input.is_meta:  # a shell, for checking alone
+        return gen
+    gen.load_state_dict(ckpt[which], strict=True)
     if torch.is_tensor(ckpt.get("latent_avg")):
         gen.w_avg = ckpt["latent_avg"].detach().float().reshape(-1)[: gen.style_dim].clone()
     return gen.to(device)
@@ -143,8 +152,10 @@ def build_discriminator(ckpt: dict, device: str | torch.device = "cpu") -> Discr
     cfg = meta.get("discriminator") if isinstance(meta, dict) and isinstance(meta.get("discriminator"), dict) \
         else infer_discriminator_config(ckpt["d"])
     disc = Discriminator(**cfg)
-    _load_state(disc, ckpt["d"], "discriminator 'd'")
-    check_finite(disc, "discriminator 'd'")
+    _check_state(disc, ckpt["d"], "discriminator 'd'")
+    if next(disc.parameters()).is_meta:  # a shell, for checking alone
+        return disc
+    disc.load_state_dict(ckpt["d"], strict=True)
     return disc.to(device)
 
 
@@ -205,19 +216,28 @@ def describe(ckpt: dict) -> dict:
 
 
 def network_checks(ckpt: dict) -> dict[str, str]:
-    """For each network the checkpoint holds (g_ema, g, d): "loads", or the line with which every
-    command would refuse it (weights that do not fit, integer or NaN weights)."""
+    """For each network the checkpoint holds (g_ema, g, d): "loads", or the line with which a
+    command would refuse it (weights that do not fit, integer or NaN weights; for finetune's
+    --source, a g or d of another architecture than g_ema). Built as empty shells on the meta
+    device: no memory for the weights, and a recorded size of 2**20 costs nothing."""
     builders = {"g_ema": lambda: build_generator(ckpt, "g_ema"), "g": lambda: build_generator(ckpt, "g"),
                 "d": lambda: build_discriminator(ckpt)}
-    checks = {}
+    checks, nets = {}, {}
     for name, build in builders.items():
         if name not in ckpt:
             continue
         try:
-            build()
+            with torch.device("meta"):
+                nets[name] = build()
             checks[name] = "loads"
         except CheckpointError as exc:
             checks[name] = str(exc)
+    ref = nets.get("g_ema")
+    if ref is not None and "g" in nets and nets["g"].config != ref.config:
+        checks["g"] = "another architecture than g_ema: finetune refuses the checkpoint as its --source"
+    if ref is not None and "d" in nets and nets["d"].size != ref.size:
+        checks["d"] = (f"{nets['d'].size} px where g_ema is {ref.size} px: finetune refuses the checkpoint "
+                       "as its --source")
     return checks
 
 
