@@ -8,7 +8,9 @@ from the library that names no device. Module constructors are left out: network
 moved (or loaded with map_location), which is right on every device.
 """
 import sys
+from pathlib import Path
 
+import cartoongan
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,7 @@ from typer.testing import CliRunner
 from .helpers import blob_images
 
 runner = CliRunner()
+LIBRARY = Path(cartoongan.__file__).resolve().parent  # not a path test: a checkout may be named cartoongan
 
 FACTORIES = {torch.zeros, torch.ones, torch.empty, torch.full, torch.rand, torch.randn, torch.randint,
              torch.arange, torch.tensor, torch.as_tensor, torch.linspace, torch.eye, torch.normal,
@@ -31,10 +34,10 @@ def _library_caller():
     is not the library (a test, a third-party package, torch itself: torch 2.11's Adam makes its
     step counter without a device, on purpose) or a module is being built."""
     frame = sys._getframe(2)
-    path = frame.f_code.co_filename.replace("\\", "/")
-    if "/cartoongan/" not in path:
+    path = Path(frame.f_code.co_filename)
+    if LIBRARY not in path.parents:
         return None
-    where = f"{path.split('cartoongan', 1)[-1]}:{frame.f_lineno} in {frame.f_code.co_name}"
+    where = f"{path.relative_to(LIBRARY)}:{frame.f_lineno} in {frame.f_code.co_name}"
     while frame is not None:
         if frame.f_code.co_name == "__init__" and isinstance(frame.f_locals.get("self"), torch.nn.Module):
             return None

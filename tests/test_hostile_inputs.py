@@ -499,7 +499,7 @@ def test_every_photo_reader_refuses_bombs_and_names_the_file(tmp_path, monkeypat
     for read, missing in ((lambda p: load_photo(p, 8), "photo not found"), (read_photo, "photo not found"),
                           (load_exemplar, "exemplar not found")):
         for path, expected in ((bomb, "too large to decode safely"), (junk, "is not a readable image.*save it again as PNG"),
-                               (tmp_path / "gone.png", missing)):
+                               (tmp_path / "gone.png", missing), (tmp_path, "is a folder, not an image file")):
             with pytest.raises(DataError, match=expected) as exc:
                 read(path)
             assert str(path) in str(exc.value)

@@ -113,6 +113,8 @@ def image_errors(name, what: str = "photo") -> Iterator[None]:
             yield
     except FileNotFoundError:
         raise DataError(f"{what} not found: {name}") from None
+    except IsADirectoryError:
+        raise DataError(f"{name} is a folder, not an image file: name the {what} itself") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{name} is too large to decode safely ({str(exc).split(', could')[0]}): "
                         "downscale it and try again") from None

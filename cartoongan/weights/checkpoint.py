@@ -27,8 +27,9 @@ FORMAT_VERSION = 1
 SAFE_GLOBALS = [argparse.Namespace]
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
     """Read a checkpoint without executing code from it (torch.load with weights_only=True).
+    `mmap`: map the tensors' bytes instead of reading them, for a caller that reads the metadata.
 
     NVlabs network pickles (.pkl, or any raw pickle stream) are converted on the fly by
     weights.nvlabs through a restricted unpickler, so every command accepts them too.
@@ -37,7 +38,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     if Path(path).is_file() and looks_like_nvlabs_pickle(path):
         return convert(path)
-    return check_checkpoint(path, read_torch_file(path, map_location))
+    return check_checkpoint(path, read_torch_file(path, map_location, mmap))
 
 
 def check_checkpoint(path: str | os.PathLike, ckpt) -> dict:
@@ -68,7 +69,7 @@ def _refuse_known_non_checkpoints(path: Path) -> None:
                               "torch.save (cartoongan, rosinality's train.py)")
 
 
-def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False):
     """Any torch.save file, read with weights_only=True (tensors and plain data only); one-line
     CheckpointError for a missing, unsafe or unreadable file."""
     path = Path(path)
@@ -80,7 +81,7 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     _refuse_known_non_checkpoints(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap or None)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refusing to load {path}: it needs pickled code or classes to load "
