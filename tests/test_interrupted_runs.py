@@ -269,3 +269,25 @@ def _tiny_source(tmp_path):
     cfg = load_recipe("demo64")
     cfg.train.iters, cfg.train.batch = 1, 2
     return pretrain(cfg, blob_images(tmp_path / "photos", n=4, size=64), tmp_path / "source").latest
+
+
+def test_a_pipeline_stage_stopped_by_ctrl_c_carries_the_pipelines_own_hint(tmp_path):
+    """run_to_end, as demo and ablation run their stages: a finished stage gives its latest.pt; a
+    first Ctrl-C (the stage saved and returned) and a second (the trainer's Interrupted) both stop
+    the pipeline with its hint in place of --resume."""
+    from cartoongan.errors import Interrupted
+    from cartoongan.train.runs import run_to_end
+    from cartoongan.train.trainer import TrainResult
+
+    done = TrainResult(tmp_path, 4, latest=tmp_path / "latest.pt")
+    assert run_to_end(lambda: done, "again") == tmp_path / "latest.pt"
+    stopped = TrainResult(tmp_path, 2, interrupted=True, latest=tmp_path / "latest.pt")
+    with pytest.raises(Interrupted, match=r"^interrupted at step 2; saved .*latest.pt: run the ablation again$"):
+        run_to_end(lambda: stopped, "run the ablation again")
+
+    def second_ctrl_c():
+        raise Interrupted("stopped at once at step 3 (a second Ctrl-C); x holds step 2", "continue with --resume R")
+
+    with pytest.raises(Interrupted, match=r"holds step 2: run the ablation again$") as exc:
+        run_to_end(second_ctrl_c, "run the ablation again")
+    assert "--resume" not in str(exc.value) and isinstance(exc.value, KeyboardInterrupt)
