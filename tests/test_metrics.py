@@ -238,6 +238,27 @@ def test_a_best_checkpoint_newer_than_the_resumed_one_is_only_replaced_by_a_lowe
     assert load_checkpoint(res.latest)["train_state"]["best_kid"] == 0.1
 
 
+def test_only_this_runs_own_newer_best_is_kept(tmp_path, tiny_g):
+    """best_after reads a best.pt's step and KID, and ignores one of another kind or model config
+    (pasted from another run), one at or before the resumed step, and one with no finite KID."""
+    from cartoongan import save_checkpoint
+    from cartoongan.train.run_dir import RunDirectory
+    from cartoongan.weights.networks import generator_checkpoint
+
+    model = {"size": 16, "style_dim": 32}
+    folder = RunDirectory(tmp_path)
+
+    def best(step=5, kind="finetune", kid=0.1, size=16):
+        ckpt = generator_checkpoint(tiny_g(), kind=kind, step=step, config={"model": {**model, "size": size}})
+        ckpt["train_state"] = {"best_kid": kid}
+        save_checkpoint(tmp_path / "best.pt", ckpt)
+        return folder.best_after(3, "finetune", model)
+
+    assert best() == (5, 0.1)
+    assert best(kind="pretrain") is None and best(size=32) is None
+    assert best(step=3) is None and best(kid=float("nan")) is None and best(kid=None) is None
+
+
 def test_kid_during_training_on_one_image_is_refused_before_training(tmp_path):
     data = blob_images(tmp_path / "data", n=1)
     res = runner.invoke(app, ["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--recipe", "tiny",

@@ -164,18 +164,21 @@ class RunDirectory:
         """best.pt: the checkpoint with the lowest KID so far (--eval-every), written atomically."""
         return save_checkpoint(self.best, ckpt) if self.writes else None
 
-    def best_after(self, step: int) -> tuple[int, float] | None:
-        """(step, KID) of a best.pt written after `step`: a kill between a new best and the next
-        latest.pt leaves one, newer than the checkpoint a run resumes from. None when there is
-        none (or it cannot be read: the next better KID replaces it then)."""
+    def best_after(self, step: int, kind: str, model: dict) -> tuple[int, float] | None:
+        """(step, KID) of a best.pt written after `step` by a run of this `kind` and `model` config:
+        a kill between a new best and the next latest.pt leaves one, newer than the checkpoint a
+        run resumes from. None when there is none, or it is another run's, or it cannot be read
+        (the next better KID replaces it then)."""
         if not self.best.is_file():
             return None
         try:
             ckpt = load_checkpoint(self.best, mmap=True)  # its step and KID: no need to read 1 GB
-            best_step, kid = int(ckpt["cartoongan"]["step"]), float(ckpt["train_state"]["best_kid"])
+            meta = ckpt["cartoongan"]
+            best_step, kid = int(meta["step"]), float(ckpt["train_state"]["best_kid"])
+            ours = meta.get("kind") == kind and meta["config"]["model"] == model
         except (CartoonganError, KeyError, TypeError, ValueError):
             return None
-        return (best_step, kid) if best_step > step and math.isfinite(kid) else None
+        return (best_step, kid) if ours and best_step > step and math.isfinite(kid) else None
 
     @torch.no_grad()
     def save_samples(self, g_ema: Generator, step: int, n: int) -> Path | None:

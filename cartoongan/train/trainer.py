@@ -330,7 +330,9 @@ class Trainer:
         """A best.pt newer than the checkpoint resumed (its log row is dropped with the rows past
         that step) is still this run's lowest KID: only a lower one may replace it, or the resumed
         run would overwrite a better model with a worse one."""
-        newer = self.out.best_after(self.step) if self.evaluator is not None and self.info.is_main else None
+        if self.evaluator is None or not self.info.is_main:
+            return
+        newer = self.out.best_after(self.step, self.kind, self.cfg.to_dict()["model"])
         if newer is not None and newer[1] < self.evaluator.best:
             self.evaluator.best = newer[1]
             self.reporter.info(f"{self.out.best} (step {newer[0]}, KID {newer[1]:.4g}) is newer than the step "
