@@ -57,7 +57,7 @@ def earlier_steps(runs: Path, methods: tuple[tuple[str, str], ...], source: Path
     for _, recipe in methods:
         latest = runs / recipe / "latest.pt"
         if latest.exists():
-            ckpt = load_checkpoint(latest)
+            ckpt = load_checkpoint(latest, mmap=True)  # its record and step alone
             check_same_source(ckpt, latest.parent, source, digest, fix="choose another --out for this source")
             steps[recipe] = int((ckpt.get("cartoongan") or {}).get("step") or 0)
     return steps

@@ -44,7 +44,7 @@ def _run_finetune(source: Path, data: Path, run: Path, iters: int, reporter: Rep
     """Fine-tune, or pick up an earlier demo run where it stopped (re-running `make demo` is cheap)."""
     latest = run / "latest.pt"
     if latest.exists():
-        step = load_checkpoint(latest).get("cartoongan", {}).get("step", 0)
+        step = load_checkpoint(latest, mmap=True).get("cartoongan", {}).get("step", 0)  # its step alone
         if step >= iters:
             reporter.info(f"fine-tuned model already at step {step}: {latest}")
             return latest

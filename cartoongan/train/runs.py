@@ -66,7 +66,7 @@ def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
 
 def _checkpoint_config(latest: Path, path: Path) -> RunConfig:
     """The config a run's latest.pt recorded, for a run whose config.toml is gone."""
-    meta = load_checkpoint(latest).get("cartoongan")
+    meta = load_checkpoint(latest, mmap=True).get("cartoongan")  # its metadata alone: mapped, not read
     recorded = meta.get("config") if isinstance(meta, dict) else None
     if not isinstance(recorded, dict):
         raise ConfigError(f"{path} is missing and {latest} records no config: restore config.toml or start a new run")
