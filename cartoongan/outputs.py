@@ -148,33 +148,45 @@ def check_checkpoint_output(path: str | os.PathLike, what: str = "--output",
     return path
 
 
-def check_keeps_inputs(outdir: str | os.PathLike, names: Iterable[str], inputs: Iterable[str | os.PathLike],
-                       what: str = "--outdir") -> None:
-    """Refuse (OutputError) an output folder where one of the files the command writes there
-    (`names`) is one of its inputs: a photo named target.png in project's --outdir, say."""
-    inputs = list(inputs)
-    for name in names:
-        src = _input_at(Path(outdir) / name, inputs)
-        if src is not None:
-            raise OutputError(f"{what} {outdir} would overwrite the input {src} (the command writes {name} "
-                              "there): choose another folder")
-
-
-def check_keeps_inputs_like(outdir: str | os.PathLike, pattern: str, inputs: Iterable[str | os.PathLike | None],
-                            what: str = "--outdir") -> None:
-    """check_keeps_inputs for outputs named by a pattern (a regex of paths relative to `outdir`,
-    e.g. seedNNNN.png for any seed): refuse the folder where an input has such a name."""
+def check_keeps_inputs(outdir: str | os.PathLike, outputs: str | Iterable[str],
+                       inputs: Iterable[str | os.PathLike | None], what: str = "--outdir") -> None:
+    """Refuse (OutputError) an output folder where a file the command writes there is one of its
+    inputs, by any name (through a symlink or a hard link too): a photo named target.png in
+    project's --outdir, say. `outputs`: the names the command writes, or a regex of the paths it
+    writes relative to `outdir` (seedNNNN.png for any seed: sample's SAMPLE_FILES)."""
+    pattern = outputs if isinstance(outputs, str) else "|".join(map(re.escape, outputs))
     base = Path(os.path.realpath(outdir))
-    for src in inputs:
-        if src is None or not Path(src).is_file():
-            continue
+    files = [Path(src) for src in inputs if src is not None and Path(src).is_file()]
+    for src in files:
         try:
             rel = Path(os.path.realpath(src)).relative_to(base).as_posix()
         except ValueError:  # not under outdir
             continue
         if re.fullmatch(pattern, rel):
-            raise OutputError(f"{what} {outdir} would overwrite the input {src} (the command writes {rel} "
-                              "there): choose another folder")
+            _refuse_input(outdir, src, rel, what)
+    for rel in _written_paths(base, pattern):  # hard links: another name for an input
+        src = next((f for f in files if os.path.samefile(base / rel, f)), None)
+        if src is not None:
+            _refuse_input(outdir, src, rel, what)
+
+
+def _refuse_input(outdir, src, rel: str, what: str):
+    raise OutputError(f"{what} {outdir} would overwrite the input {src} (the command writes {rel} "
+                      "there): choose another folder")
+
+
+def _written_paths(base: Path, pattern: str) -> list[str]:
+    """The files already in `base`, one folder deep at most (as outputs go), whose paths relative
+    to it the command would write."""
+    if not base.is_dir():
+        return []
+    found = []
+    for entry in base.iterdir():
+        for path in (entry.iterdir() if entry.is_dir() and not entry.is_symlink() else [entry]):
+            rel = path.relative_to(base).as_posix()
+            if path.is_file() and re.fullmatch(pattern, rel):
+                found.append(rel)
+    return found
 
 
 def _input_at(path: Path, inputs: Iterable[str | os.PathLike]):

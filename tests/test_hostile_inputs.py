@@ -749,6 +749,23 @@ def test_impossible_values_are_refused_before_any_work(tmp_path, assets, case):
     assert snapshot(tmp_path) == before  # nothing written: no run, no dataset, no demo data
 
 
+@pytest.mark.parametrize("command,name", [("sample", "seed0000.png"), ("sample", "b/seed0001.png"),
+                                          ("project", "proj.png")])
+def test_an_input_hard_linked_under_an_output_name_is_kept(tmp_path, assets, command, name):
+    """The same file by another name: a hard link in --outdir to the checkpoint (sample) or the
+    photo (project) the command reads, at a path it would write."""
+    outdir = tmp_path / "out"
+    (outdir / "b").mkdir(parents=True)
+    src = shutil.copy(assets["a"] if command == "sample" else assets["photo"], tmp_path / "input")
+    os.link(src, outdir / name)
+    before = snapshot(tmp_path)
+    argv = (["sample", str(src), str(assets["b"]), "--seeds", "0-1", "--outdir", str(outdir)] if command == "sample"
+            else ["project", str(src), "--source", str(assets["a"]), "--no-align", "--steps", "1", "--loss", "mse",
+                  "--outdir", str(outdir)])
+    line = error_line(runner.invoke(app, argv))
+    assert "would overwrite the input" in line and name in line and snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("name", ["grid.png", "seed0000.png"])
 def test_sample_never_overwrites_its_checkpoint(tmp_path, assets, name):
     folder = tmp_path / "sx"

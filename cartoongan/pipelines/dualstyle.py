@@ -23,7 +23,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..models.dualstyle import DualStyleGenerator, default_weights
 from ..models.encoders import PSPEncoder
 from ..models.latents import z_from_seed
-from ..outputs import atomic_write, check_keeps_inputs_like, check_output_dir
+from ..outputs import atomic_write, check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
 from .project import load_target
 from ..weights.dualstyle import GENERATOR_FILE, find_exstyle_file, load_dualstyle, load_psp, read_exstyle_codes
@@ -207,7 +207,7 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
     aligned.png, the frame pSp was trained on; else it must be an aligned crop) or an intrinsic code .npy."""
     reporter = reporter or NullReporter()
     outdir = check_output_dir(outdir, "--outdir")
-    check_keeps_inputs_like(outdir, DUALSTYLE_FILES, [input_path, opts.style_image])
+    check_keeps_inputs(outdir, DUALSTYLE_FILES, [input_path, opts.style_image])
     dev = resolve_device(device)
     model, codes = load_model(model_dir, dev)
     _check_options(opts, model, codes)

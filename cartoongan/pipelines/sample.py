@@ -12,7 +12,7 @@ from ..data.images import make_grid, save_image, save_png
 from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError
 from ..models.generator import Generator
-from ..outputs import check_keeps_inputs_like, check_output_dir
+from ..outputs import check_keeps_inputs, check_output_dir
 from ..weights.networks import load_generator
 
 
@@ -104,7 +104,7 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
     if interpolate and len(seeds) * interpolate > MAX_GIF_FRAMES:  # all frames are held for the GIF
         raise ConfigError(f"--interpolate {interpolate} over {len(seeds)} seeds makes {len(seeds) * interpolate} frames; "
                           f"one GIF holds at most {MAX_GIF_FRAMES}: pass fewer seeds or frames")
-    check_keeps_inputs_like(outdir, SAMPLE_FILES, [*paths, projected_w])
+    check_keeps_inputs(outdir, SAMPLE_FILES, [*paths, projected_w])
     gens = [load_generator(p, device) for p in paths]
     dev = gens[0].input.input.device
     first = gens[0]
