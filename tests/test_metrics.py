@@ -306,3 +306,19 @@ def test_metrics_folder_whose_first_image_is_corrupt(tmp_path):
     (folder / "000_corrupt.png").write_bytes(b"not a png")
     images = suite.load_images(folder, None, torch.device("cpu"))
     assert len(images.images) == 4
+
+
+def test_a_folder_source_decodes_only_the_images_n_asks_for(tmp_path, monkeypatch):
+    """--n 3 of a large folder reads its first 3 readable images in name order, not all of them
+    (which it did, then kept 3), skipping an unreadable one on the way."""
+    from cartoongan.data import dataset
+
+    folder = blob_images(tmp_path / "many", n=12)
+    (folder / "img001.png").write_bytes(b"not a png")
+    decoded = []
+    real = dataset.square_resize
+    monkeypatch.setattr(dataset, "square_resize", lambda img, size: decoded.append(size) or real(img, size))
+    got = suite.load_images(folder, 3, torch.device("cpu"))
+    assert got.keys == ["img000.png", "img002.png", "img003.png"] and got.images.shape[0] == 3
+    assert len(decoded) == 3
+    assert len(suite.load_images(folder, None, torch.device("cpu")).keys) == 11

@@ -114,14 +114,19 @@ def _some_image_sources(root: Path) -> list[tuple[str, callable]]:
     return sources
 
 
-def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None) -> ImageDataset:
-    """Decode every image under `root` (folder or .zip). Corrupt files are skipped and named in a warning."""
+def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None,
+                 limit: int | None = None) -> ImageDataset:
+    """Decode every image under `root` (folder or .zip), or its first `limit` readable ones in name
+    order. Corrupt files are skipped and named in a warning."""
     reporter = reporter or NullReporter()
     root = Path(root)
     sources = _some_image_sources(root)
     arrays, names, skipped, tiny = [], [], [], []
-    with reporter.progress(len(sources), f"loading {root.name}") as bar:
+    total = len(sources) if limit is None else min(limit, len(sources))
+    with reporter.progress(total, f"loading {root.name}") as bar:
         for name, opener in sources:
+            if limit is not None and len(arrays) >= limit:
+                break
             try:
                 with bombs_as_errors(), opener() as fh, Image.open(fh) as img:
                     img.load()

@@ -82,9 +82,8 @@ def load_images(source: str | Path, n: int | None, device: torch.device, truncat
     path = Path(source)
     if is_checkpoint(path):
         return render_checkpoint(path, n or DEFAULT_SAMPLES, device, truncation, reporter)
-    data = load_dataset(path, _native_size(path, n), reporter)
-    keep = len(data) if n is None else min(n, len(data))
-    return ImageSet(data.images[:keep].permute(0, 2, 3, 1).numpy(), data.names[:keep], False)
+    data = load_dataset(path, _native_size(path, n), reporter, limit=n)  # not all 70,000 for --n 1000
+    return ImageSet(data.images.permute(0, 2, 3, 1).numpy(), data.names, False)
 
 
 def parse_metrics(text: str | list[str]) -> list[str]:

@@ -189,7 +189,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     steps = earlier_steps(out / "runs", methods, source, weights_digest(src_gen))
     data = out / "data" / "cartoon"
     ensure_synthesized("cartoon", n_cartoon, 64, data, seed=2, reporter=reporter)
-    real = load_dataset(data, src_gen.size).images[:n_eval] if n_eval else None  # uint8 NCHW
+    real = load_dataset(data, src_gen.size, limit=n_eval).images if n_eval else None  # uint8 NCHW
     scorer = _Scorer(real, n_ppl, reporter)
     # one render per generator serves FID/KID (first n_eval seeds) and identity (first n_structure)
     n_render = max(n_eval, n_structure)
