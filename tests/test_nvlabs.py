@@ -248,3 +248,16 @@ def test_malformed_networks_fail_with_one_line(tmp_path):
                 params["weight"] = torch.nn.Parameter(torch.zeros(3, 3, 3, 3), requires_grad=False)
         fx.dump({"G_ema": g}, tmp_path / f"{damage}.pkl")
         _assert_refused(tmp_path, tmp_path / f"{damage}.pkl")
+
+
+def test_an_unreadable_pickle_is_one_line(tmp_path, ada_pkl, monkeypatch):
+    """A pickle the user may not read (as root, chmod cannot show it: open is made to refuse)."""
+    from cartoongan.errors import CheckpointError
+    from cartoongan.weights import nvlabs
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(nvlabs, "open", refused, raising=False)
+    with pytest.raises(CheckpointError, match="cannot be read .permission denied."):
+        nvlabs.read_pickle(ada_pkl)

@@ -76,15 +76,19 @@ def read_pickle(path: str | os.PathLike) -> tuple[object, str]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}" if not path.exists() else
                               f"{path} is a folder, not a checkpoint file: name the .pkl inside it")
-    with open(path, "rb") as fh:
-        if fh.read(4) == b"PK\x03\x04":  # torch.save's zip: already a checkpoint, nothing to convert
-            raise CheckpointError(f"{path} is a PyTorch checkpoint, not an NVlabs pickle: use it as it is "
-                                  "(sample, finetune --source ...), or `cartoongan export` to slim it")
     try:
         with open(path, "rb") as fh:
+            if fh.read(4) == b"PK\x03\x04":  # torch.save's zip: already a checkpoint, nothing to convert
+                raise CheckpointError(f"{path} is a PyTorch checkpoint, not an NVlabs pickle: use it as it is "
+                                      "(sample, finetune --source ...), or `cartoongan export` to slim it")
+            fh.seek(0)
             reader = _HashingReader(fh)
             data = safe_load(reader)
             return data, reader.hexdigest()
+    except CheckpointError:
+        raise
+    except PermissionError:
+        raise CheckpointError(f"{path} cannot be read (permission denied)") from None
     except UnsafePickleError as exc:
         raise CheckpointError(f"refusing to load {path}: {exc} (not an NVlabs network pickle; "
                               "nothing from it was run)") from None
