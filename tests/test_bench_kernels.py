@@ -147,3 +147,20 @@ def test_kernel_bench_adds_the_triton_rows_where_triton_can_run(monkeypatch):
         ("small", "depthwise blur", "triton"), ("small", "depthwise up2x", "triton"),
         ("tiny", "depthwise convs", "triton"), ("tiny", "depthwise convs", "triton")]
     assert fir._backend == "torch"  # the switch is undone
+
+
+def test_op_counts_restore_only_the_rngs_of_their_device(monkeypatch):
+    """A CPU row forks no GPU's RNG (which would start CUDA on a GPU box); a GPU row forks its own."""
+    import contextlib
+
+    forked = []
+
+    @contextlib.contextmanager
+    def recording(devices=None, **kw):
+        forked.append(devices)
+        yield
+
+    monkeypatch.setattr(torch.random, "fork_rng", recording)
+    count_ops(lambda: torch.ones(2) + 1, torch.device("cpu"))
+    count_ops(lambda: torch.ones(2) + 1, torch.device("cuda", 0))
+    assert forked == [[], [torch.device("cuda", 0)]]

@@ -77,12 +77,15 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_ops(fn: Callable[[], object]) -> int:
-    """How many compute ops (aten, views and other aliasing ops excluded) one call of fn dispatches:
-    on a GPU each is roughly one kernel launch, so this counts launch overhead on any device.
-    Runs from a fixed seed, so that random choices (style mixing, say) match between the two sides
-    of a row."""
-    with torch.random.fork_rng(), _OpCounter() as counter:  # CPU and CUDA generators restored after
+def count_ops(fn: Callable[[], object], dev: torch.device | None = None) -> int:
+    """How many compute ops (aten, views and other aliasing ops excluded) one call of fn on `dev`
+    dispatches: on a GPU each is roughly one kernel launch, so this counts launch overhead on any
+    device. Runs from a fixed seed, so that random choices (style mixing, say) match between the
+    two sides of a row."""
+    # the RNGs fn draws from are restored after: the CPU's, and dev's when it is a GPU (forking
+    # every GPU's would start CUDA on a GPU box for a CPU row)
+    cuda = [dev] if dev is not None and dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), _OpCounter() as counter:
         torch.manual_seed(0)
         fn()
     return counter.count
@@ -311,11 +314,11 @@ def run_kernel_bench(device: str = "auto", repeats: int = 5, reporter: Reporter 
             runs = repeats if choice == SECOND_BACKWARD else 3 * repeats  # the old form takes seconds
             ours, alt = _train_pass(ours), _train_pass(alt)
             seconds = time_pair(ours, alt, dev, runs)
-            rows.append(_row(choice, label, ours_name, alt_name, seconds, (count_ops(ours), count_ops(alt))))
+            rows.append(_row(choice, label, ours_name, alt_name, seconds, (count_ops(ours, dev), count_ops(alt, dev))))
             bar.advance()
         for choice, ours_name, ours, alt_name, alt in model_cases:
             lazy = choice in REGULARISER_ROWS  # slow steps: fewer runs, as `bench` times them
             seconds = time_pair(ours, alt, dev, max(1, repeats // 2) if lazy else repeats, 1 if lazy else 2)
-            rows.append(_row(choice, MODEL_CONFIG, ours_name, alt_name, seconds, (count_ops(ours), count_ops(alt))))
+            rows.append(_row(choice, MODEL_CONFIG, ours_name, alt_name, seconds, (count_ops(ours, dev), count_ops(alt, dev))))
             bar.advance()
     return rows
