@@ -243,3 +243,17 @@ def test_finetune_resume_reloads_the_source(tmp_path):
                               "--source", str(tmp_path / "moved.pt")])
     assert res.exit_code == 0, res.output
     assert load_checkpoint(tmp_path / "r" / "latest.pt")["cartoongan"]["step"] == 3
+
+
+@pytest.mark.parametrize("freeze_g,freeze_sg", [(3, 2), (0, 2), (2, 0)])
+def test_the_plan_table_names_the_blocks_whose_w_slots_come_from_the_source(freeze_g, freeze_sg):
+    """FreezeSG 2 takes w+ slots 0-3: blocks 0 and 1 wholly, block 2's first conv too (slot 3);
+    FreezeG alone takes none, however many blocks it freezes."""
+    g, d = Generator(64, style_dim=32, n_mlp=2, channel_base=512, channel_max=32), Discriminator(64, channel_base=512, channel_max=32)
+    rows = make_plan(FinetuneConfig(freeze_g=freeze_g, freeze_sg=freeze_sg), g, d).rows(g, d)
+    labels = {name: state for net, name, _, _, state in rows if net == "G" and name.startswith("block")}
+    wholly = [n for n in labels if n.endswith("(w slots from source)")]
+    partly = [n for n in labels if n.endswith("(first w slot from source)")]
+    assert (wholly, partly) == ((["block 0 (w slots from source)", "block 1 (w slots from source)"],
+                                 ["block 2 (first w slot from source)"]) if freeze_sg else ([], []))
+    assert sum(state == "frozen" for state in labels.values()) == max(freeze_g, freeze_sg)

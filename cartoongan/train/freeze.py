@@ -49,7 +49,9 @@ class FreezePlan:
             rows.append(("G", "noise strengths", "all", count([m for m in g.modules() if isinstance(m, NoiseInjection)]),
                          "frozen"))
         for b in range(g.n_blocks):
-            name = f"block {b}" + (" (w slots from source)" if b < self.g_frozen and self.source_slots else "")
+            from_source = [s < self.source_slots for s in g.block_w_slots(b)]  # FreezeSG's slots
+            name = f"block {b}" + (" (w slots from source)" if all(from_source) else
+                                   " (first w slot from source)" if any(from_source) else "")
             rows.append(("G", name, f"{g.resolutions[b]}px", count(g.block_modules(b)), state(b < self.g_frozen)))
         for k in range(1, d.n_blocks + 1):
             res = d.size // 2 ** (k - 1)
