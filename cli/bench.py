@@ -17,11 +17,11 @@ from .console import RichReporter, out
 def bench(
     device: str = DEVICE,
     configs: Optional[str] = typer.Option(None, "--configs", help="Comma-separated: tiny, demo64, r64, r256 "
-                                          "[default: tiny,demo64,r64 on the CPU, tiny,r64,r256 on CUDA; "
-                                          "with --reference: r64 on the CPU, r256 on CUDA]."),
+                                          "(default: tiny,demo64,r64 on the CPU, tiny,r64,r256 on CUDA; "
+                                          "with --reference: r64 on the CPU, r256 on CUDA)."),
     precision: Precision = typer.Option(Precision("fp32"), "--precision", help="Math mode of our side (see pretrain --help)."),
     repeats: Optional[int] = typer.Option(None, "--repeats", min=1, max=1000, help="Timed repeats per phase, median reported "
-                                          "[default: 5; with --profile, profiled calls per phase: 2]."),
+                                          "(default: 5; with --profile, profiled calls per phase: 2)."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch (default per config and device)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile our networks (plain table and --reference)."),
     compile_mode: Optional[CompileMode] = typer.Option(None, "--compile-mode", help="torch.compile mode (implies "
@@ -32,7 +32,7 @@ def bench(
                                              "time it at the same configs and print the ratios."),
     kernels: bool = typer.Option(False, "--kernels", help="Time each speed choice against its alternative, op by op."),
     profile: bool = typer.Option(False, "--profile", help="Where each training phase's time goes: the ops (CPU) or "
-                                 "kernels (CUDA) with the most self time, of one config [demo64 CPU, r256 CUDA]."),
+                                 "kernels (CUDA) with the most self time, of one config (demo64 CPU, r256 CUDA)."),
     flops: bool = typer.Option(False, "--flops", help="Count each phase's FLOPs per image instead of timing it "
                                "(ours, with the structure loss, and the --reference's): the floor under a timing."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),

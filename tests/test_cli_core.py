@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +155,14 @@ def test_the_cuda_home_warning_of_a_cpu_box_is_not_shown_but_others_are(caplog):
         logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
         logger.warning("Error checking compiler version for %s", "c++")
     assert [r.getMessage() for r in caplog.records] == ["Error checking compiler version for c++"]
+
+
+def test_generators_of_one_name_get_folders_named_after_their_own_folders(tmp_path, monkeypatch):
+    """sample's per-generator folders, when two checkpoints share a stem: a file given from the
+    current folder is named after that folder too (it was '1__swapped')."""
+    from cartoongan.pipelines.sample import _unique_names
+
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    names = _unique_names([tmp_path / "src" / "swapped.pt", Path("swapped.pt")])
+    assert names == ["0_src_swapped", "1_run_swapped"]

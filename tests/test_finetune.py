@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -224,6 +225,27 @@ def test_source_without_d_needs_fresh_d(tmp_path):
     assert res.exit_code == 0, res.output
     assert "random weights" in res.output and "fine-tuning plan" in res.output
     assert load_checkpoint(tmp_path / "r2" / "latest.pt")["cartoongan"]["kind"] == "finetune"
+
+
+def test_fresh_d_with_a_source_that_has_d_says_it_does_nothing(tmp_path):
+    src = make_source(tmp_path / "src.pt")
+    res = runner.invoke(app, ["finetune", "--source", str(src), "--data", str(blob_images(tmp_path / "data", n=2)),
+                              "--recipe", "tiny", "--iters", "1", "--out", str(tmp_path / "r"), "--fresh-d"])
+    assert res.exit_code == 0 and "--fresh-d) does nothing" in " ".join(res.output.split()), res.output
+
+
+def test_a_data_parallel_rank_that_writes_nothing_reports_nothing(capsys):
+    """Under torchrun only rank 0 writes: another rank's result (no latest.pt of its own) printed
+    'done: ..., checkpoint None'; interrupted, it says so without naming a file."""
+    from cartoongan_cli import train as train_cli
+
+    from cartoongan.train.trainer import TrainResult
+
+    train_cli._report_result(TrainResult(Path("run"), 2))
+    assert capsys.readouterr().out == ""
+    with pytest.raises(SystemExit) as stopped:
+        train_cli._report_result(TrainResult(Path("run"), 2, interrupted=True))
+    assert stopped.value.code == 130 and "None" not in capsys.readouterr().err
 
 
 def test_finetune_resume_reloads_the_source(tmp_path):

@@ -82,7 +82,7 @@ def _unique_names(paths: list[Path]) -> list[str]:
     stems = [p.stem for p in paths]
     if len(set(stems)) == len(stems):
         return stems
-    return [f"{i}_{p.parent.name}_{p.stem}" for i, p in enumerate(paths)]
+    return [f"{i}_{p.resolve().parent.name}_{p.stem}" for i, p in enumerate(paths)]  # resolved: a file in "." has a parent
 
 
 MAX_GIF_FRAMES = 5000

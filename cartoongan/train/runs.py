@@ -223,6 +223,9 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, re
         source = build_generator(ckpt, "g_ema", device)
         g = build_generator(ckpt, "g", device) if "g" in ckpt else copy.deepcopy(source)
         d = build_discriminator(ckpt, device) if "d" in ckpt else None
+    if d is not None and cfg.finetune.fresh_d:
+        reporter.warn(f"{source_path} has a discriminator: fresh_d (--fresh-d) does nothing, D starts from the "
+                      "source's")
     if d is None and cfg.finetune.fresh_d:
         reporter.warn(f"{source_path} has no discriminator: starting D from random weights (--fresh-d)")
         gc = source.config
