@@ -16,7 +16,7 @@ def sample(
     trunc: float = typer.Option(1.0, "--trunc", callback=finite_nonnegative, help="Truncation psi (1 = none)."),
     noise_mode: NoiseMode = typer.Option(NoiseMode("const"), "--noise-mode", help="Noise maps: fresh random, the stored constants, or none."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Output folder."),
-    interpolate: int = typer.Option(0, "--interpolate", min=0, max=1000, help="Also write interpolation.gif with K frames per seed."),
+    interpolate: int = typer.Option(0, "--interpolate", min=0, max=1000, help="Also write interpolation.gif: K frames from each seed to the next, looping back to the first."),
     projected_w: Optional[Path] = typer.Option(None, "--projected-w", help="Render w+ from a projected_w.npz instead of seeds."),
     device: str = DEVICE,
 ):
