@@ -322,3 +322,18 @@ def test_a_folder_source_decodes_only_the_images_n_asks_for(tmp_path, monkeypatc
     assert got.keys == ["img000.png", "img002.png", "img003.png"] and got.images.shape[0] == 3
     assert len(decoded) == 3
     assert len(suite.load_images(folder, None, torch.device("cpu")).keys) == 11
+
+
+def test_metrics_say_when_n_is_more_than_a_folder_holds_and_which_images_have_no_partner(tmp_path, monkeypatch):
+    from cartoongan.report import ListReporter
+
+    a, b = blob_images(tmp_path / "a", n=5), blob_images(tmp_path / "b", n=3, seed=1)
+    (b / "img002.png").rename(b / "other.png")
+    reporter = ListReporter()
+    suite.compute_metrics(a, b, ["kid"], n=4, features=stub_features, reporter=reporter)
+    assert reporter.warnings == [f"{b} has 3 readable image(s), fewer than --n 4: using those"]
+    monkeypatch.setattr(suite, "mean_lpips", lambda pa, pb, *args, **kw: float(len(pa)))  # the pairs' count
+    reporter = ListReporter()
+    got = suite.compute_metrics(a, b, ["lpips"], reporter=reporter)
+    assert got["lpips"] == 2  # img000 and img001 of both
+    assert reporter.warnings == ["paired metrics: 2 pair(s) of the same name; 4 image(s) without a partner left out"]

@@ -91,3 +91,14 @@ def test_an_interrupted_synthesis_is_finished_and_a_finished_one_kept(tmp_path):
     stamp = (out / "000000.png").stat().st_mtime_ns
     ensure_synthesized("cartoon", 3, 16, out, seed=2)
     assert (out / "000000.png").stat().st_mtime_ns == stamp
+
+
+def test_synthesis_into_an_earlier_one_says_it_replaces_it(tmp_path):
+    from cartoongan.data.synthetic import synthesize
+    from cartoongan.report import ListReporter
+
+    synthesize("photo", 4, 16, tmp_path / "s")
+    reporter = ListReporter()
+    synthesize("cartoon", 2, 16, tmp_path / "s", reporter=reporter)
+    assert reporter.warnings == [f"{tmp_path / 's'} holds an earlier synthesis of 4 face(s): replacing it with 2 cartoon face(s)"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["000000.png", "000001.png", "params.jsonl"]

@@ -172,6 +172,9 @@ def synthesize(domain: str, n: int, size: int, out: str | Path, seed: int = 0, r
         raise ConfigError("--n must be >= 1 and --size >= 8")
     out = check_fresh_dir(out, "--out", "data synth writes NNNNNN.png and params.jsonl there", is_synth_folder)
     stale = [p for p in out.glob("[0-9]" * 6 + ".png") if int(p.stem) >= n] if out.is_dir() else []
+    earlier = synthesized_count(out)
+    if earlier:  # a run's recorded --data may be this folder: say what goes
+        reporter.warn(f"{out} holds an earlier synthesis of {earlier} face(s): replacing it with {n} {domain} face(s)")
     rng = np.random.RandomState(seed)
     log_path = out / "params.jsonl"
     with writing(log_path):

@@ -154,6 +154,9 @@ def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] =
     with math_mode("fp32"):
         a = load_images(real, n, device, truncation, reporter)
         b = load_images(fake, n, device, truncation, reporter)
+        for source, got in ((real, a), (fake, b)):
+            if n is not None and len(got.keys) < n:
+                reporter.warn(f"{source} has {len(got.keys)} readable image(s), fewer than --n {n}: using those")
         result: dict[str, float] = {}
         if any(m in SET_METRICS for m in names):
             from .fid import fid_from_features, kid_from_features
@@ -170,6 +173,10 @@ def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] =
                 result["kid"] = kid_from_features(fa, fb)
         if any(m in PAIRED_METRICS for m in names):
             pa, pb = pair(a, b)
+            unpaired = len(a.keys) + len(b.keys) - 2 * len(pa)
+            if unpaired:
+                reporter.warn(f"paired metrics: {len(pa)} pair(s) of the same name; {unpaired} image(s) without a "
+                              "partner left out")
             if "lpips" in names:
                 result["lpips"] = mean_lpips(pa, pb, device, lpips_weights, reporter)
             if "identity" in names:
