@@ -10,7 +10,7 @@ import typer
 from cartoongan.errors import ConfigError
 
 from .app import app, user_errors
-from .console import RichReporter, out
+from .console import RichReporter, out, result_table
 
 @app.command()
 def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
@@ -24,7 +24,7 @@ def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
         out.print_json(json.dumps(summary, default=str))
         return
     report = RichReporter()
-    report.table(str(ckpt), ["field", "value"], [(k, v) for k, v in summary.items()])
+    result_table(str(ckpt), ["field", "value"], [(k, v) for k, v in summary.items()])
     for name, check in summary.get("networks", {}).items():
         if check != "loads":
             report.warn(f"{name} would be refused: {check}")

@@ -21,6 +21,17 @@ console = Console(stderr=True)
 out = Console(markup=False)
 
 
+def result_table(title, columns, rows) -> None:
+    """A command's result as a table on stdout (`info X > file` keeps it; progress and warnings
+    stay on stderr). `out` takes no markup, so nothing is escaped."""
+    table = Table(title=str(title))
+    for c in columns:
+        table.add_column(str(c), overflow="fold")
+    for r in rows:
+        table.add_row(*[str(x) for x in r])
+    out.print(table)
+
+
 class _Bar:
     def __init__(self, progress: Progress, task):
         self._p, self._t = progress, task

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .app import COUNT_MAX, DEVICE, app, finite_nonnegative, user_errors
-from .console import RichReporter, out
+from .console import RichReporter, out, result_table
 
 
 @app.command()
@@ -36,4 +36,4 @@ def metrics(
     if as_json:
         out.print_json(json.dumps(result))
         return
-    RichReporter().table(f"{real} vs {fake}", ["metric", "value"], [(k, f"{v:.6g}") for k, v in result.items()])
+    result_table(f"{real} vs {fake}", ["metric", "value"], [(k, f"{v:.6g}") for k, v in result.items()])

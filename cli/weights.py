@@ -8,7 +8,7 @@ from typing import List
 import typer
 
 from .app import app, fail
-from .console import RichReporter, out
+from .console import out, result_table
 
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained files (Inception, LPIPS, dlib): list, fetch and verify.")
 app.add_typer(weights_app, name="weights")
@@ -32,7 +32,7 @@ def weights_list():
     for e in _entries([]):
         path, ok = check(e.key)
         rows.append((e.key, e.requirement, "yes" if path else "no", "yes" if ok else "no", e.licence))
-    RichReporter().table("pretrained files", ["key", "package", "installed", "verified", "licence"], rows)
+    result_table("pretrained files", ["key", "package", "installed", "verified", "licence"], rows)
 
 
 @weights_app.command("fetch")

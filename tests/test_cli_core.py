@@ -7,7 +7,7 @@ from cartoongan_cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from cartoongan import save_checkpoint
+from cartoongan import load_checkpoint, save_checkpoint
 from cartoongan.weights.networks import generator_checkpoint
 
 runner = CliRunner()
@@ -75,6 +75,23 @@ def test_info_json(two_ckpts):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["resolution"] == 16 and data["style_dim"] == 32 and data["format"] == "cartoongan"
+
+
+def test_result_tables_are_on_stdout_warnings_on_stderr(two_ckpts, tmp_path):
+    """`info X > file` keeps the table (it went to stderr, leaving the file empty); a warning stays
+    out of the file. weights list likewise."""
+    import subprocess
+    import sys
+
+    ckpt = load_checkpoint(two_ckpts[0])
+    ckpt["g_ema"] = {k: v.long() for k, v in ckpt["g_ema"].items()}
+    torch.save(ckpt, tmp_path / "int.pt")
+    res = subprocess.run([sys.executable, "-m", "cartoongan_cli", "info", str(tmp_path / "int.pt")],
+                         capture_output=True, text=True, env={**__import__("os").environ, "COLUMNS": "120"})
+    assert res.returncode == 0 and "resolution" in res.stdout and "warning" not in res.stdout, res
+    assert "g_ema would be refused" in res.stderr
+    res = runner.invoke(app, ["weights", "list"])
+    assert res.exit_code == 0 and "inception_fid" in res.stdout
 
 
 def test_closed_stdout_is_not_a_traceback(tmp_path):
