@@ -115,8 +115,10 @@ def generator_config(ckpt: dict, which: str = "g_ema") -> dict:
     return infer_generator_config(ckpt[which])
 
 
-def build_generator(ckpt: dict, which: str = "g_ema", device: str | torch.device = "cpu") -> Generator:
-    """A Generator holding the checkpoint's `which` weights (g_ema, or g), with w_avg when stored."""
+def _generator_shell(ckpt: dict, which: str) -> tuple[Generator, str]:
+    """(a Generator of the checkpoint's `which` architecture, checked to take those weights, the
+    key taken: g_ema falls back to g), without loading them. Built on torch's default device:
+    network_checks builds it on the meta device, an empty shell that costs nothing."""
     if which not in ckpt:
         which = "g" if which == "g_ema" and "g" in ckpt else which
     if which not in ckpt or not isinstance(ckpt[which], dict):
@@ -126,8 +128,12 @@ def build_generator(ckpt: dict, which: str = "g_ema", device: str | torch.device
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint's generator configuration is invalid: {exc}") from None
     _check_state(gen, ckpt[which], f"generator '{which}'")
-    if gen.input.input.is_meta:  # a shell, for checking alone
-        return gen
+    return gen, which
+
+
+def build_generator(ckpt: dict, which: str = "g_ema", device: str | torch.device = "cpu") -> Generator:
+    """A Generator holding the checkpoint's `which` weights (g_ema, or g), with w_avg when stored."""
+    gen, which = _generator_shell(ckpt, which)
     gen.load_state_dict(ckpt[which], strict=True)
     if torch.is_tensor(ckpt.get("latent_avg")):
         gen.w_avg = ckpt["latent_avg"].detach().float().reshape(-1)[: gen.style_dim].clone()
@@ -144,8 +150,9 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "auto")
         return build_generator(load_checkpoint(path), device=dev).eval()
 
 
-def build_discriminator(ckpt: dict, device: str | torch.device = "cpu") -> Discriminator:
-    """A Discriminator holding the checkpoint's `d` weights."""
+def _discriminator_shell(ckpt: dict) -> Discriminator:
+    """A Discriminator of the checkpoint's architecture whose weights `d` would load, without
+    loading them (see _generator_shell)."""
     if not isinstance(ckpt.get("d"), dict):
         raise CheckpointError("checkpoint has no discriminator ('d')")
     meta = ckpt.get("cartoongan") or {}
@@ -153,8 +160,12 @@ def build_discriminator(ckpt: dict, device: str | torch.device = "cpu") -> Discr
         else infer_discriminator_config(ckpt["d"])
     disc = Discriminator(**cfg)
     _check_state(disc, ckpt["d"], "discriminator 'd'")
-    if next(disc.parameters()).is_meta:  # a shell, for checking alone
-        return disc
+    return disc
+
+
+def build_discriminator(ckpt: dict, device: str | torch.device = "cpu") -> Discriminator:
+    """A Discriminator holding the checkpoint's `d` weights."""
+    disc = _discriminator_shell(ckpt)
     disc.load_state_dict(ckpt["d"], strict=True)
     return disc.to(device)
 
@@ -220,8 +231,8 @@ def network_checks(ckpt: dict) -> dict[str, str]:
     command would refuse it (weights that do not fit, integer or NaN weights; for finetune's
     --source, a g or d of another architecture than g_ema). Built as empty shells on the meta
     device: no memory for the weights, and a recorded size of 2**20 costs nothing."""
-    builders = {"g_ema": lambda: build_generator(ckpt, "g_ema"), "g": lambda: build_generator(ckpt, "g"),
-                "d": lambda: build_discriminator(ckpt)}
+    builders = {"g_ema": lambda: _generator_shell(ckpt, "g_ema")[0], "g": lambda: _generator_shell(ckpt, "g")[0],
+                "d": lambda: _discriminator_shell(ckpt)}
     checks, nets = {}, {}
     for name, build in builders.items():
         if name not in ckpt:
