@@ -156,23 +156,12 @@ def check_keeps_inputs(outdir: str | os.PathLike, outputs: str | Iterable[str],
     writes relative to `outdir` (seedNNNN.png for any seed: sample's SAMPLE_FILES)."""
     pattern = outputs if isinstance(outputs, str) else "|".join(map(re.escape, outputs))
     base = Path(os.path.realpath(outdir))
-    files = [Path(src) for src in inputs if src is not None and Path(src).is_file()]
-    for src in files:
-        try:
-            rel = Path(os.path.realpath(src)).relative_to(base).as_posix()
-        except ValueError:  # not under outdir
-            continue
-        if re.fullmatch(pattern, rel):
-            _refuse_input(outdir, src, rel, what)
-    for rel in _written_paths(base, pattern):  # hard links: another name for an input
-        src = next((f for f in files if os.path.samefile(base / rel, f)), None)
+    files = [src for src in inputs if src is not None and Path(src).is_file()]
+    for rel in _written_paths(base, pattern):  # samefile: the input itself, a symlink or a hard link
+        src = _input_at(base / rel, files)
         if src is not None:
-            _refuse_input(outdir, src, rel, what)
-
-
-def _refuse_input(outdir, src, rel: str, what: str):
-    raise OutputError(f"{what} {outdir} would overwrite the input {src} (the command writes {rel} "
-                      "there): choose another folder")
+            raise OutputError(f"{what} {outdir} would overwrite the input {src} (the command writes {rel} "
+                              "there): choose another folder")
 
 
 def _written_paths(base: Path, pattern: str) -> list[str]:
