@@ -184,8 +184,8 @@ def test_a_second_ctrl_c_says_what_the_run_kept_and_that_holds(tmp_path, monkeyp
 
     def stopped_at_three(self):
         if self.step == 3:
-            self._stop.requested = True  # the first Ctrl-C ...
-            raise KeyboardInterrupt  # ... and what _StopFlag raises on the second, mid-step
+            signal.raise_signal(signal.SIGINT)  # the first Ctrl-C ...
+            signal.raise_signal(signal.SIGINT)  # ... and the second, mid-step: _StopFlag raises KeyboardInterrupt
         real(self)
 
     monkeypatch.setattr(Trainer, "train_step", stopped_at_three)
@@ -209,7 +209,7 @@ def test_a_second_ctrl_c_held_through_the_stop_save_names_the_step_it_saved(tmp_
     def first_ctrl_c_at_three(self):
         real_step(self)
         if self.step == 3:
-            self._stop.requested = True
+            signal.raise_signal(signal.SIGINT)  # the first Ctrl-C
 
     def second_ctrl_c_replayed(path, ckpt):
         out = real_save(path, ckpt)
@@ -249,7 +249,7 @@ def test_ctrl_c_in_the_demo_stops_it_and_says_to_run_the_demo_again(tmp_path, mo
     def ctrl_c_at_two(self):
         real_step(self)
         if self.step == 2 and self.kind == "finetune":
-            self._stop.requested = True
+            signal.raise_signal(signal.SIGINT)  # the first Ctrl-C
 
     monkeypatch.setattr(Trainer, "train_step", ctrl_c_at_two)
     src = tmp_path / "src.pt"

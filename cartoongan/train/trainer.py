@@ -131,7 +131,6 @@ class Trainer:
         self.d_optim = lazy_adam(nets.d.parameters(), self.t.lr, self.t.d_reg_every)
         self.ada = AdaController(self.t.ada_target, self.t.ada_interval, self.t.ada_kimg, self.t.batch, self.t.augment_p)
         self.step = 0
-        self._stop: _StopFlag | None = None  # the running loop's Ctrl-C flag
         self.mean_path = torch.zeros((), device=self.dev)
         self.w_avg = nets.g_ema.w_avg.clone().to(self.dev) if nets.g_ema.w_avg is not None else None
         self.stats: dict[str, list[torch.Tensor]] = {}
@@ -393,10 +392,6 @@ class Trainer:
             if not latest.is_file():
                 raise
             raise OutputError(f"{exc}; the run keeps {latest}: continue with --resume {self.run_dir}") from None
-        except KeyboardInterrupt:
-            if self._stop is None or not self._stop.requested:
-                raise  # a Ctrl-C before the loop: nothing of this run's to speak of
-            raise self._stopped_at_once() from None  # the second one: say what the run kept
 
     def _stopped_at_once(self) -> Interrupted:
         if not self.info.is_main:  # rank 0 writes the checkpoints, and its line says what they hold
@@ -412,33 +407,43 @@ class Trainer:
         t = self.t
         self.out.start(self.cfg, self.step)
         result = TrainResult(self.run_dir, self.step)
-        tick_time, tick_step = time.perf_counter(), self.step
         with _StopFlag() as stop, self.reporter.progress(t.iters, self.kind, completed=self.step) as bar:
-            self._stop = stop
-            while self.step < t.iters:
-                self.train_step()
-                fields = {}
-                last = self.step == t.iters
-                if self.step % t.log_every == 0 or last or stop.requested:
-                    if self.dev.type == "cuda":
-                        torch.cuda.synchronize(self.dev)
-                    now = time.perf_counter()
-                    row = self.write_log(now - tick_time, (self.step - tick_step) * t.batch)
-                    tick_time, tick_step = now, self.step
-                    fields = {k: row[k] for k in ("loss_g", "loss_d", "ada_p", "img_per_s") if k in row}
-                if self.step % t.sample_every == 0 or last:
-                    self.out.save_samples(self.nets.g_ema, self.step, t.n_sample)
-                if t.eval_every and (self.step % t.eval_every == 0 or last):
-                    kid = self.evaluate()
-                    fields = {**fields, "kid": kid} if kid is not None else fields
-                if self.step % t.ckpt_every == 0 or last or stop.requested:
-                    result.latest = self.save(numbered=self.step % t.ckpt_every == 0 or last)
-                bar.advance(1, **fields)
-                if stop.requested:
-                    result.interrupted = True
-                    break
+            try:
+                self._steps(stop, bar, result)
+            except KeyboardInterrupt:
+                if not stop.requested:
+                    raise  # not the second Ctrl-C of this loop: nothing of the run's to speak of
+                raise self._stopped_at_once() from None  # the second one: say what the run kept
         result.step, result.log = self.step, self.log
         return result
+
+    def _steps(self, stop: _StopFlag, bar, result: TrainResult) -> None:
+        """Train to cfg.train.iters, or to the step after a Ctrl-C, logging, sampling, evaluating
+        and saving on the way (result.latest, result.interrupted)."""
+        t = self.t
+        tick_time, tick_step = time.perf_counter(), self.step
+        while self.step < t.iters:
+            self.train_step()
+            fields = {}
+            last = self.step == t.iters
+            if self.step % t.log_every == 0 or last or stop.requested:
+                if self.dev.type == "cuda":
+                    torch.cuda.synchronize(self.dev)
+                now = time.perf_counter()
+                row = self.write_log(now - tick_time, (self.step - tick_step) * t.batch)
+                tick_time, tick_step = now, self.step
+                fields = {k: row[k] for k in ("loss_g", "loss_d", "ada_p", "img_per_s") if k in row}
+            if self.step % t.sample_every == 0 or last:
+                self.out.save_samples(self.nets.g_ema, self.step, t.n_sample)
+            if t.eval_every and (self.step % t.eval_every == 0 or last):
+                kid = self.evaluate()
+                fields = {**fields, "kid": kid} if kid is not None else fields
+            if self.step % t.ckpt_every == 0 or last or stop.requested:
+                result.latest = self.save(numbered=self.step % t.ckpt_every == 0 or last)
+            bar.advance(1, **fields)
+            if stop.requested:
+                result.interrupted = True
+                break
 
 
 def new_networks(cfg: RunConfig, device: torch.device) -> Networks:
