@@ -28,3 +28,13 @@ def tiny_config(**train) -> RunConfig:
     for key, value in train.items():
         setattr(cfg.train, key, value)
     return cfg
+
+
+def invoke_ok(args: list[str]):
+    """Run the CLI in-process and require exit code 0 (the output is the failure's message)."""
+    from cartoongan_cli.app import app
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return res

@@ -7,14 +7,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from cartoongan_cli.app import app
 from PIL import Image
-from typer.testing import CliRunner
 
-from .helpers import blob_images
+from .helpers import blob_images, invoke_ok
 
 pytestmark = pytest.mark.cuda
-runner = CliRunner()
 
 RECIPE = """
 [model]
@@ -37,12 +34,6 @@ n_sample = 4
 """
 
 
-def _ok(args):
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return res
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One pretrain -> finetune -> swap chain per precision, shared by the checks below."""
@@ -53,12 +44,12 @@ def runs(tmp_path_factory):
     out = {}
     for precision in ("fp32", "tf32", "bf16"):
         d = root / precision
-        _ok(["pretrain", "--recipe", str(root / "r.toml"), "--data", str(faces), "--out", str(d / "src"),
+        invoke_ok(["pretrain", "--recipe", str(root / "r.toml"), "--data", str(faces), "--out", str(d / "src"),
              "--iters", "4", "--precision", precision, "--device", "cuda"])
-        _ok(["finetune", "--recipe", str(root / "r.toml"), "--source", str(d / "src" / "latest.pt"), "--data",
+        invoke_ok(["finetune", "--recipe", str(root / "r.toml"), "--source", str(d / "src" / "latest.pt"), "--data",
              str(toons), "--out", str(d / "ft"), "--iters", "4", "--freeze-sg", "2", "--struct-loss", "3",
              "--precision", precision, "--device", "cuda"])
-        _ok(["swap", str(d / "src" / "latest.pt"), str(d / "ft" / "latest.pt"), "-o", str(d / "swap.pt")])
+        invoke_ok(["swap", str(d / "src" / "latest.pt"), str(d / "ft" / "latest.pt"), "-o", str(d / "swap.pt")])
         out[precision] = d
     return root, out
 
@@ -79,11 +70,11 @@ def test_training_chain_augments_and_regularises_on_cuda(runs, precision):
 def test_sample_and_toonify_on_cuda(runs):
     root, out = runs
     d = out["fp32"]
-    _ok(["sample", str(d / "src" / "latest.pt"), str(d / "swap.pt"), "--seeds", "0-2", "--outdir", str(d / "s"),
+    invoke_ok(["sample", str(d / "src" / "latest.pt"), str(d / "swap.pt"), "--seeds", "0-2", "--outdir", str(d / "s"),
          "--device", "cuda"])
     assert Image.open(d / "s" / "compare.png").size == (3 * 256, 2 * 256)
     Image.fromarray((np.random.RandomState(0).rand(300, 280, 3) * 255).astype(np.uint8)).save(root / "photo.png")
-    _ok(["toonify", str(root / "photo.png"), "--source", str(d / "src" / "latest.pt"), "--target", str(d / "swap.pt"),
+    invoke_ok(["toonify", str(root / "photo.png"), "--source", str(d / "src" / "latest.pt"), "--target", str(d / "swap.pt"),
          "--steps", "3", "--loss", "mse", "--outdir", str(d / "t"), "--device", "cuda", "--no-align"])
     assert Image.open(d / "t" / "toonify.png").size == (3 * 256, 256)
 
@@ -179,9 +170,9 @@ def test_compiled_training_on_cuda(tmp_path, mode, monkeypatch):
     counters.clear()
     skipped = []  # why torch skipped CUDA graphs, for the failure message (it logs, and goes on)
     monkeypatch.setattr(cudagraph_utils.cudagraphs_log, "warning", lambda msg, *a, **k: skipped.append(msg % a))
-    _ok(["pretrain", "--recipe", str(recipe), "--data", str(faces), "--out", str(tmp_path / "src"), "--iters", "2",
+    invoke_ok(["pretrain", "--recipe", str(recipe), "--data", str(faces), "--out", str(tmp_path / "src"), "--iters", "2",
          "--device", "cuda"])
-    _ok(["finetune", "--recipe", str(recipe), "--source", str(tmp_path / "src" / "latest.pt"), "--data", str(toons),
+    invoke_ok(["finetune", "--recipe", str(recipe), "--source", str(tmp_path / "src" / "latest.pt"), "--data", str(toons),
          "--out", str(tmp_path / "ft"), "--iters", "6", "--freeze-sg", "1", "--struct-loss", "2", "--device", "cuda"])
     rows = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
     assert len(rows) >= 5 and all(np.isfinite(v) for r in rows for v in r.values() if isinstance(v, float))

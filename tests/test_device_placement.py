@@ -14,14 +14,11 @@ import cartoongan
 import numpy as np
 import pytest
 import torch
-from cartoongan_cli.app import app
 from PIL import Image
 from torch.overrides import TorchFunctionMode
-from typer.testing import CliRunner
 
-from .helpers import blob_images
+from .helpers import blob_images, invoke_ok
 
-runner = CliRunner()
 LIBRARY = Path(cartoongan.__file__).resolve().parent  # not a path test: a checkout may be named cartoongan
 
 FACTORIES = {torch.zeros, torch.ones, torch.empty, torch.full, torch.rand, torch.randn, torch.randint,
@@ -81,12 +78,6 @@ def test_the_audit_sees_a_deviceless_factory_in_the_library():
     assert watch.calls == set()
 
 
-def _ok(args):
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return res
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("placement")
@@ -112,15 +103,15 @@ def test_every_subcommand_names_the_device_of_what_it_makes(chain):
     kid = ["--eval-every", "3"] if _installed("inception_fid") else []
     lpips = [] if _installed("lpips_vgg16", "lpips_vgg_lin") else ["--loss", "mse"]
     with DevicelessFactories() as watch:
-        _ok(["pretrain", "--recipe", "tiny", "--data", str(faces), "--out", str(src), "--iters", "3", *regularise])
-        _ok(["finetune", "--recipe", "tiny", "--source", str(src / "latest.pt"), "--data", str(toons), "--out",
+        invoke_ok(["pretrain", "--recipe", "tiny", "--data", str(faces), "--out", str(src), "--iters", "3", *regularise])
+        invoke_ok(["finetune", "--recipe", "tiny", "--source", str(src / "latest.pt"), "--data", str(toons), "--out",
              str(ft), "--iters", "3", "--freeze-sg", "1", "--struct-loss", "2", *kid, *regularise])
-        _ok(["swap", str(src / "latest.pt"), str(ft / "latest.pt"), "-o", str(root / "swap.pt")])
-        _ok(["sample", str(src / "latest.pt"), str(root / "swap.pt"), "--seeds", "0-1", "--interpolate", "3",
+        invoke_ok(["swap", str(src / "latest.pt"), str(ft / "latest.pt"), "-o", str(root / "swap.pt")])
+        invoke_ok(["sample", str(src / "latest.pt"), str(root / "swap.pt"), "--seeds", "0-1", "--interpolate", "3",
              "--trunc", "0.7", "--outdir", str(root / "s"), "--device", "cpu"])
-        _ok(["project", str(root / "photo.png"), "--source", str(src / "latest.pt"), "--steps", "2",
+        invoke_ok(["project", str(root / "photo.png"), "--source", str(src / "latest.pt"), "--steps", "2",
              "--outdir", str(root / "p"), "--no-align", "--device", "cpu", *lpips])
-        _ok(["toonify", str(root / "photo.png"), "--source", str(src / "latest.pt"), "--target", str(root / "swap.pt"),
+        invoke_ok(["toonify", str(root / "photo.png"), "--source", str(src / "latest.pt"), "--target", str(root / "swap.pt"),
              "--steps", "2", "--loss", "mse", "--outdir", str(root / "t"), "--no-align", "--device", "cpu"])
     assert sorted(watch.calls) == []
     assert (root / "s" / "interpolation.gif").is_file() and (root / "p" / "proj.png").is_file()
