@@ -180,8 +180,8 @@ def test_r1_through_ada_differentiates_twice_without_grid_samplers_double_backwa
     assert torch.allclose(penalty, old_penalty, rtol=1e-5)
     for p, q in zip(param_grads, old_param_grads):
         assert (p is None) == (q is None)
-        if p is not None:
-            assert torch.allclose(p, q, rtol=1e-4, atol=1e-6 * q.abs().max().item())
+        if p is not None:  # float32 sums in another order (AVX2 vs AVX-512): near-zero entries differ
+            assert torch.allclose(p, q, rtol=1e-4, atol=1e-5 * q.abs().max().item())
 
 
 def test_resample_under_bf16_autocast_keeps_dtypes():
