@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -380,3 +381,50 @@ def test_an_unknown_compile_mode_is_one_clear_error():
 
     with pytest.raises(ConfigError, match=r"compile_mode\) must be default, reduce-overhead"):
         validate(tiny_config(compile_mode="fastest"))
+
+
+def _compiled_or_eager_steps(monkeypatch, backend: str | None):
+    """Four finetune iterations (FreezeG 2, structure loss 3, ADA at p = 0.5, both lazy regularisers
+    at step 0), mixing in the first two only; with `backend`, D and the synthesis go through the real
+    torch.compile. Gives the trainer and the count of compiled graphs after each iteration."""
+    import cartoongan.train.trainer as trainer
+    from torch._dynamo.utils import counters
+
+    from cartoongan.bench.speed import bench_trainer
+
+    real_compile = torch.compile
+    if backend:
+        monkeypatch.setattr(trainer.torch, "compile", lambda fn, mode=None: real_compile(fn, backend=backend))
+    torch._dynamo.reset()
+    counters.clear()
+    tr = bench_trainer("tiny", torch.device("cpu"), 4, "fp32", "default" if backend else None, struct=True)
+    monkeypatch.setattr(trainer.torch, "compile", real_compile)
+    # FreezeG rather than FreezeSG: w+ from the target mapping alone is an expand unless it mixes
+    tr.plan = dataclasses.replace(tr.plan, source_slots=0)
+    tr.t.augment, tr.t.augment_p = "ada", 0.5
+    torch.manual_seed(1)
+    graphs = []
+    for mixing in (1.0, 1.0, 0.0, 0.0):
+        tr.t.mixing = mixing
+        tr.train_step()
+        graphs.append(counters["stats"]["unique_graphs"])
+    return tr, graphs, dict(counters["graph_break"])
+
+
+def test_compiled_training_traces_whole_graphs_compiles_once_and_follows_eager(monkeypatch):
+    """What --compile hands torch.compile, traced for real (dynamo and AOTAutograd; the aot_eager
+    backend runs the traced graphs as they are, so nothing is built): D and the synthesis, with the
+    FIR autograd Functions and the structure loss's toRGB taps, trace with no graph break; after the
+    first iteration nothing compiles again (a recompile per step would cost a GPU run minutes and,
+    under reduce-overhead, a CUDA graph each), mixed or unmixed w+ alike; and the losses and
+    weights follow the eager trainer's."""
+    compiled, graphs, breaks = _compiled_or_eager_steps(monkeypatch, "aot_eager")
+    eager, _, _ = _compiled_or_eager_steps(monkeypatch, None)
+    assert breaks == {}
+    # synthesis without and with grad, D on detached and on differentiable inputs
+    assert graphs[0] == graphs[-1] == 4, graphs
+    assert set(compiled.stats) == set(eager.stats) >= {"loss_d", "loss_g", "loss_struct", "r1", "path_length"}
+    for name, values in eager.stats.items():
+        assert torch.allclose(torch.stack(compiled.stats[name]), torch.stack(values), rtol=1e-4, atol=1e-6), name
+    for p, q in zip(compiled.nets.g.parameters(), eager.nets.g.parameters()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)

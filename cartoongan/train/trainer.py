@@ -181,7 +181,9 @@ class Trainer:
         k = self.plan.source_slots
         if k:
             ws = torch.cat([src_ws[:, :k], ws[:, k:]], dim=1)
-        return ws, src_ws
+        # one stride pattern whether or not the batch mixes (broadcast w+ is an expand, a mixed one a
+        # cat): a compiled synthesis guards on strides and would compile, and record graphs, twice
+        return ws.contiguous(), src_ws
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return augment(x, self.ada.p) if self.t.augment == "ada" or self.t.augment_p > 0 else x
