@@ -111,6 +111,21 @@ def test_cuda_profile_shares_count_kernels_not_the_annotations_around_them():
     assert [(r.op, r.share) for r in rows] == [("conv_kernel", 60.0), ("adam_kernel", 40.0)]
 
 
+def test_profile_call_counts_print_whole_unless_the_runs_differed():
+    """Counts are per call of a phase: 88 calls in 2 runs print as 44, not 44.0; 89 as 44.5."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from cartoongan.bench.profile import _rows
+
+    events = [SimpleNamespace(key=k, count=n, self_cpu_time_total=us, device_type=DeviceType.CPU)
+              for k, n, us in (("aten::conv2d", 88, 900.0), ("aten::add", 89, 50.0), ("aten::mul", 7, 30.0),
+                               ("aten::sum", 6, 20.0))]
+    rows = _rows("step", events, cuda=False, runs=2, top=2)
+    assert [(r.op, str(r.calls)) for r in rows] == [("aten::conv2d", "44"), ("aten::add", "44.5"), ("(other)", "6.5")]
+
+
 @pytest.mark.parametrize("extra", [["--configs", "tiny,demo64"], ["--kernels"], ["--reference", "."], ["--compile"]])
 def test_cli_profile_refuses_what_it_would_ignore(extra):
     from cartoongan_cli.app import app

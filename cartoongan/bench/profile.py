@@ -24,9 +24,13 @@ PHASES = ("step", "r1", "path")
 class ProfileRow:
     phase: str  # step (D + G + EMA), r1 or path
     op: str  # an aten op (CPU) or a kernel (CUDA); "(other)" sums the rest
-    calls: float  # per call of the phase
+    calls: int | float  # per call of the phase: a whole number unless the runs differed
     ms: float  # self time per call of the phase
     share: float  # percent of the phase's self time
+
+
+def _per_call(count: int, runs: int) -> int | float:
+    return count // runs if count % runs == 0 else round(count / runs, 1)
 
 
 def _self_time(event, cuda: bool) -> float:
@@ -42,12 +46,12 @@ def _rows(phase: str, events, cuda: bool, runs: int, top: int) -> list[ProfileRo
              and not (cuda and getattr(e, "is_user_annotation", False))]
     total = sum(_self_time(e, cuda) for e in timed) or 1.0
     timed.sort(key=lambda e: _self_time(e, cuda), reverse=True)
-    rows = [ProfileRow(phase, e.key[:60], round(e.count / runs, 1), round(_self_time(e, cuda) / runs / 1000, 3),
+    rows = [ProfileRow(phase, e.key[:60], _per_call(e.count, runs), round(_self_time(e, cuda) / runs / 1000, 3),
                        round(100 * _self_time(e, cuda) / total, 1)) for e in timed[:top]]
     rest = timed[top:]
     if rest:
         t = sum(_self_time(e, cuda) for e in rest)
-        rows.append(ProfileRow(phase, "(other)", round(sum(e.count for e in rest) / runs, 1),
+        rows.append(ProfileRow(phase, "(other)", _per_call(sum(e.count for e in rest), runs),
                                round(t / runs / 1000, 3), round(100 * t / total, 1)))
     return rows
 
