@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 
 from rich.console import Console
@@ -18,7 +19,31 @@ logging.getLogger("torch.utils.cpp_extension").addFilter(
 # Messages name paths and recipe tables ("[train]"), so text is escaped before it reaches rich's
 # markup parser; `out` (stdout) prints results only and takes no markup at all.
 console = Console(stderr=True)
-out = Console(markup=False)
+
+
+def _no_terminal() -> bool:
+    """Whether rich would fall back to 80 columns: no stream is a terminal and COLUMNS is unset."""
+    for fd in (0, 1, 2):
+        try:
+            os.get_terminal_size(fd)
+            return False
+        except OSError:
+            pass
+    return "COLUMNS" not in os.environ
+
+
+class _Results(Console):
+    """stdout. Results are read by scripts and files as often as by people: a line of text (a path,
+    Markdown) is never broken; with no terminal to fit, a table is as wide as its cells instead of
+    folding them at 80 columns; in a terminal it folds to fit."""
+
+    def print(self, *objects, **kwargs) -> None:
+        if all(isinstance(o, str) for o in objects):
+            kwargs.setdefault("soft_wrap", True)
+        super().print(*objects, **kwargs)
+
+
+out = _Results(markup=False, width=1000 if _no_terminal() else None)
 
 
 def result_table(title, columns, rows) -> None:

@@ -94,6 +94,32 @@ def test_result_tables_are_on_stdout_warnings_on_stderr(two_ckpts, tmp_path):
     assert res.exit_code == 0 and "inception_fid" in res.stdout
 
 
+def test_piped_results_keep_table_cells_and_lines_whole(capsys):
+    """With no terminal rich folds stdout at 80 columns: a table's cells broke mid-word
+    ("fid-helper-pyto / rch==0.1.3") and a long "wrote PATH" line broke in two, for a script or a
+    file to misread. Now a piped table is as wide as its cells; in a terminal (COLUMNS) it folds."""
+    import os
+    import subprocess
+    import sys
+
+    from cartoongan_cli.console import out
+    from cartoongan_cli.weights import _entries
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    res = subprocess.run([sys.executable, "-m", "cartoongan_cli", "weights", "list"], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0
+    packages = {e.requirement for e in _entries([])}
+    assert max(map(len, packages)) > 15  # a cell that 80 columns had folded
+    assert all(any(p in line for line in res.stdout.splitlines()) for p in packages), res.stdout
+    folded = subprocess.run([sys.executable, "-m", "cartoongan_cli", "weights", "list"], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, env={**env, "COLUMNS": "60"}, timeout=120)
+    assert max(map(len, folded.stdout.splitlines())) <= 60
+    path = "/" + "/".join(["a-long-folder-name"] * 12) + "/seed0000.png"
+    out.print(f"wrote {path}")
+    assert capsys.readouterr().out == f"wrote {path}\n"
+
+
 def test_closed_stdout_is_not_a_traceback(tmp_path):
     """`cartoongan ... | head` closing the pipe early: exit quietly, nothing on stderr."""
     import os
