@@ -383,7 +383,7 @@ def test_an_unknown_compile_mode_is_one_clear_error():
         validate(tiny_config(compile_mode="fastest"))
 
 
-def _compiled_or_eager_steps(monkeypatch, backend: str | None):
+def _compiled_or_eager_steps(monkeypatch, backend: str | None, precision: str):
     """Four finetune iterations (FreezeG 2, structure loss 3, ADA at p = 0.5, both lazy regularisers
     at step 0), mixing in the first two only; with `backend`, D and the synthesis go through the real
     torch.compile. Gives the trainer and the count of compiled graphs after each iteration."""
@@ -397,7 +397,7 @@ def _compiled_or_eager_steps(monkeypatch, backend: str | None):
         monkeypatch.setattr(trainer.torch, "compile", lambda fn, mode=None: real_compile(fn, backend=backend))
     torch._dynamo.reset()
     counters.clear()
-    tr = bench_trainer("tiny", torch.device("cpu"), 4, "fp32", "default" if backend else None, struct=True)
+    tr = bench_trainer("tiny", torch.device("cpu"), 4, precision, "default" if backend else None, struct=True)
     monkeypatch.setattr(trainer.torch, "compile", real_compile)
     # FreezeG rather than FreezeSG: w+ from the target mapping alone is an expand unless it mixes
     tr.plan = dataclasses.replace(tr.plan, source_slots=0)
@@ -411,15 +411,16 @@ def _compiled_or_eager_steps(monkeypatch, backend: str | None):
     return tr, graphs, dict(counters["graph_break"])
 
 
-def test_compiled_training_traces_whole_graphs_compiles_once_and_follows_eager(monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_training_traces_whole_graphs_compiles_once_and_follows_eager(monkeypatch, precision):
     """What --compile hands torch.compile, traced for real (dynamo and AOTAutograd; the aot_eager
     backend runs the traced graphs as they are, so nothing is built): D and the synthesis, with the
     FIR autograd Functions and the structure loss's toRGB taps, trace with no graph break; after the
     first iteration nothing compiles again (a recompile per step would cost a GPU run minutes and,
-    under reduce-overhead, a CUDA graph each), mixed or unmixed w+ alike; and the losses and
-    weights follow the eager trainer's."""
-    compiled, graphs, breaks = _compiled_or_eager_steps(monkeypatch, "aot_eager")
-    eager, _, _ = _compiled_or_eager_steps(monkeypatch, None)
+    under reduce-overhead, a CUDA graph each), mixed or unmixed w+ alike, and under bf16 D takes
+    reals and fakes in one dtype; the losses and weights follow the eager trainer's."""
+    compiled, graphs, breaks = _compiled_or_eager_steps(monkeypatch, "aot_eager", precision)
+    eager, _, _ = _compiled_or_eager_steps(monkeypatch, None, precision)
     assert breaks == {}
     # synthesis without and with grad, D on detached and on differentiable inputs
     assert graphs[0] == graphs[-1] == 4, graphs

@@ -209,6 +209,9 @@ class Trainer:
             fake = self.g_syn(ws).image
             if self.graphs:
                 fake = fake.clone()
+        # under bf16 the fakes come in bf16: reals in the same dtype go through ADA with the same
+        # rounding (nothing for D to tell them apart by), and a compiled D serves both with one graph
+        real = real.to(fake.dtype)
         with self._amp():
             real_logits = self.d_fwd(self._augment(real))
             fake_logits = self.d_fwd(self._augment(fake))
