@@ -19,9 +19,22 @@ def test_bench_cli_json_measures_and_restores_switches():
     (row,) = json.loads(res.stdout)
     assert row["config"] == "tiny" and row["batch"] == 2 and row["device"] == "cpu"
     assert min(row["g_forward_img_s"], row["train_iter_img_s"], row["struct_iter_img_s"], row["peak_mem_mb"]) > 0
+    assert row["variant"] == "eager, grouped modconv"
     assert ModulatedConv2d.grouped is False
     res = runner.invoke(app, ["bench", "--configs", "huge", "--device", "cpu"])
     assert res.exit_code == 2 and "unknown huge" in res.output
+
+
+def test_a_bench_row_names_every_choice_that_was_not_the_default():
+    """Rows of `make bench-cuda`'s compiled, NCHW or Triton runs read like the plain ones otherwise."""
+    from cartoongan.bench.speed import bench_variant
+    from cartoongan.ops.fir import fir_backend
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert bench_variant(cuda, None, True) == "eager"
+    with fir_backend("triton"):
+        assert bench_variant(cuda, "reduce-overhead", False) == "reduce-overhead, nchw, fir triton"
+        assert bench_variant(cpu, "default", True) == "default"  # the CPU always filters with the reference
 
 
 @pytest.mark.cuda

@@ -18,6 +18,7 @@ from ..data.dataset import ImageDataset
 from ..device import peak_memory_mb, reset_peak_memory, resolve_device
 from ..errors import ConfigError
 from ..models.generator import ModulatedConv2d
+from ..ops.fir import active_fir_backend
 from ..report import NullReporter, Reporter
 from ..train.distributed import DistInfo
 from ..train.freeze import make_plan
@@ -53,6 +54,7 @@ class BenchRow:
     device: str
     batch: int
     precision: str
+    variant: str  # what else was not the default: "eager", or the compile mode, then nchw, grouped, fir triton
     g_forward_img_s: float
     train_iter_img_s: float
     struct_iter_img_s: float | None
@@ -177,6 +179,20 @@ def bench_config(name: str, device: str = "auto", precision: str = "fp32", repea
                              structure)
 
 
+def bench_variant(dev: torch.device, compile_mode: str | None, channels_last: bool) -> str:
+    """The row's choices besides config and precision, so that two rows (or two runs' JSON) say
+    what differed: "eager" or the compile mode, then "nchw", "grouped modconv", "fir triton" where
+    used (the Triton FIR kernel takes CUDA tensors only)."""
+    parts = [compile_mode or "eager"]
+    if not channels_last:
+        parts.append("nchw")
+    if ModulatedConv2d.grouped:
+        parts.append("grouped modconv")
+    if dev.type == "cuda" and active_fir_backend() != "torch":
+        parts.append(f"fir {active_fir_backend()}")
+    return ", ".join(parts)
+
+
 def _bench_config(name, dev, precision, repeats, batch, compile_mode, channels_last, structure) -> BenchRow:
     batch = batch or default_batch(name, dev)
     reset_peak_memory(dev)
@@ -187,7 +203,8 @@ def _bench_config(name, dev, precision, repeats, batch, compile_mode, channels_l
         st = bench_trainer(name, dev, batch, precision, compile_mode, struct=True, channels_last=channels_last)
         (_, t_struct), _ = time_phases(trainer_phases(st, batch), None, dev, repeats)
     peak = peak_memory_mb(dev)
-    return BenchRow(name, str(dev), batch, precision, round(batch / t_fwd, 2), round(batch / t_iter, 2),
+    return BenchRow(name, str(dev), batch, precision, bench_variant(dev, compile_mode, channels_last),
+                    round(batch / t_fwd, 2), round(batch / t_iter, 2),
                     round(batch / t_struct, 2) if t_struct else None, round(peak, 1))
 
 

@@ -44,6 +44,11 @@ def fir_backend(name: str):
         _backend = before
 
 
+def active_fir_backend() -> str:
+    """The backend CUDA tensors are filtered with now: CARTOONGAN_FIR, or fir_backend's within it."""
+    return _backend
+
+
 @functools.cache
 def triton_missing() -> str | None:
     """What the Triton backend lacks on this machine, or None when it can run: the triton package,
