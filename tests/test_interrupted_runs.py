@@ -1,5 +1,6 @@
 """Runs that were killed, interrupted or edited: what a kill mid-save leaves must resume, what a
 killed process logged must not be logged twice, and a hand-edited run must not train on defaults."""
+import contextlib
 import json
 import shutil
 import signal
@@ -143,6 +144,37 @@ def test_signals_during_a_save_wait_for_the_file(tmp_path, monkeypatch):
             signal.signal(sig, h)
     assert seen == [("SIGTERM", True), ("SIGINT", True), ("SIGINT", True)] and restored == [True, True]
     assert torch.load(tmp_path / "c.pt") == {"x": 1}
+
+
+def test_a_ctrl_c_landing_after_a_steps_save_check_still_saves_the_step_it_stops_at(tmp_path):
+    """The stop flag was read twice per step: a Ctrl-C landing between the save check and the
+    break (here, as the progress bar advances) stopped the run with that step unsaved, and before
+    the first checkpoint with nothing saved (CI saw "interrupted at step 5" without --resume).
+    Now the step's one reading decides: the run goes one step on, saves it and stops there."""
+    from cartoongan.report import NullReporter
+
+    class CtrlCAtTheFirstStep(NullReporter):
+        @contextlib.contextmanager
+        def progress(self, total, description, completed=0):
+            if description != "pretrain":  # loading the data
+                with super().progress(total, description, completed) as bar:
+                    yield bar
+                return
+
+            class Bar:
+                pressed = False
+
+                def advance(self, n=1, **fields):
+                    if not Bar.pressed:
+                        Bar.pressed = True
+                        signal.raise_signal(signal.SIGINT)
+            yield Bar()
+
+    data = blob_images(tmp_path / "data", n=4)
+    result = pretrain(tiny_config(iters=50, ckpt_every=100, sample_every=100, log_every=100), data, tmp_path / "run",
+                      CtrlCAtTheFirstStep())
+    assert result.interrupted and result.latest == tmp_path / "run" / "latest.pt"
+    assert result.step == 2 and load_checkpoint(result.latest)["cartoongan"]["step"] == 2
 
 
 def test_numbered_checkpoints_go_by_step_past_a_million(tmp_path):

@@ -431,7 +431,10 @@ class Trainer:
             self.train_step()
             fields = {}
             last = self.step == t.iters
-            if self.step % t.log_every == 0 or last or stop.requested:
+            # read once: a Ctrl-C landing between the save below and the break would stop the run
+            # with this step unsaved (and, before the first checkpoint, with nothing saved at all)
+            stopping = stop.requested
+            if self.step % t.log_every == 0 or last or stopping:
                 if self.dev.type == "cuda":
                     torch.cuda.synchronize(self.dev)
                 now = time.perf_counter()
@@ -443,10 +446,10 @@ class Trainer:
             if t.eval_every and (self.step % t.eval_every == 0 or last):
                 kid = self.evaluate()
                 fields = {**fields, "kid": kid} if kid is not None else fields
-            if self.step % t.ckpt_every == 0 or last or stop.requested:
+            if self.step % t.ckpt_every == 0 or last or stopping:
                 result.latest = self.save(numbered=self.step % t.ckpt_every == 0 or last)
             bar.advance(1, **fields)
-            if stop.requested:
+            if stopping:
                 result.interrupted = True
                 break
 
