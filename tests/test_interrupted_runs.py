@@ -165,8 +165,8 @@ def test_a_ctrl_c_landing_after_a_steps_save_check_still_saves_the_step_it_stops
                 pressed = False
 
                 def advance(self, n=1, **fields):
-                    if not Bar.pressed:
-                        Bar.pressed = True
+                    if not self.pressed:
+                        self.pressed = True
                         signal.raise_signal(signal.SIGINT)
             yield Bar()
 

@@ -383,9 +383,9 @@ def test_an_unknown_compile_mode_is_one_clear_error():
         validate(tiny_config(compile_mode="fastest"))
 
 
-def _compiled_or_eager_steps(monkeypatch, backend: str | None, precision: str):
-    """Four finetune iterations (FreezeG 2, structure loss 3, ADA at p = 0.5, both lazy regularisers
-    at step 0), mixing in the first two only; with `backend`, D and the synthesis go through the real
+def _compiled_or_eager_steps(monkeypatch, backend: str | None):
+    """Four bf16 finetune iterations (FreezeG 2, structure loss 3, ADA at p = 0.5, both lazy
+    regularisers at step 0), mixing in the first two only; with `backend`, D and the synthesis go through the real
     torch.compile. Gives the trainer and the count of compiled graphs after each iteration."""
     import cartoongan.train.trainer as trainer
     from torch._dynamo.utils import counters
@@ -397,7 +397,7 @@ def _compiled_or_eager_steps(monkeypatch, backend: str | None, precision: str):
         monkeypatch.setattr(trainer.torch, "compile", lambda fn, mode=None: real_compile(fn, backend=backend))
     torch._dynamo.reset()
     counters.clear()
-    tr = bench_trainer("tiny", torch.device("cpu"), 4, precision, "default" if backend else None, struct=True)
+    tr = bench_trainer("tiny", torch.device("cpu"), 4, "bf16", "default" if backend else None, struct=True)
     monkeypatch.setattr(trainer.torch, "compile", real_compile)
     # FreezeG rather than FreezeSG: w+ from the target mapping alone is an expand unless it mixes
     tr.plan = dataclasses.replace(tr.plan, source_slots=0)
@@ -419,8 +419,8 @@ def test_compiled_training_traces_whole_graphs_compiles_once_and_follows_eager(m
     under reduce-overhead, a CUDA graph each), mixed or unmixed w+ alike, and D takes reals and
     fakes in one dtype; the losses and weights follow the eager trainer's. At bf16 only:
     fp32 shows no hazard bf16 does not (it passed alike), and each precision costs 20-30 s."""
-    compiled, graphs, breaks = _compiled_or_eager_steps(monkeypatch, "aot_eager", "bf16")
-    eager, _, _ = _compiled_or_eager_steps(monkeypatch, None, "bf16")
+    compiled, graphs, breaks = _compiled_or_eager_steps(monkeypatch, "aot_eager")
+    eager, _, _ = _compiled_or_eager_steps(monkeypatch, None)
     assert breaks == {}
     # synthesis without and with grad, D on detached and on differentiable inputs
     assert graphs[0] == graphs[-1] == 4, graphs
