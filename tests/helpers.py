@@ -1,4 +1,5 @@
 """Small datasets and configs the tests make for themselves."""
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +39,10 @@ def invoke_ok(args: list[str]):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     return res
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a test's own torch.distributed rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

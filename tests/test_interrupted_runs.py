@@ -2,9 +2,11 @@
 killed process logged must not be logged twice, and a hand-edited run must not train on defaults."""
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,11 +17,12 @@ from typer.testing import CliRunner
 import cartoongan_cli
 from cartoongan import load_checkpoint, save_checkpoint
 from cartoongan.errors import CartoonganError, ConfigError
+from cartoongan.report import NullReporter
 from cartoongan.train import run_dir as run_dir_module
 from cartoongan.train.runs import pretrain, resumed_config
 from cartoongan.weights import checkpoint as checkpoint_module
 
-from .helpers import blob_images, tiny_config
+from .helpers import blob_images, free_port, tiny_config
 
 runner = CliRunner()
 
@@ -146,35 +149,85 @@ def test_signals_during_a_save_wait_for_the_file(tmp_path, monkeypatch):
     assert torch.load(tmp_path / "c.pt") == {"x": 1}
 
 
+class CtrlCAtTheFirstStep(NullReporter):
+    """Presses Ctrl-C as the training bar first advances: after step 1's stop check and save."""
+
+    @contextlib.contextmanager
+    def progress(self, total, description, completed=0):
+        if description != "pretrain":  # loading the data
+            with super().progress(total, description, completed) as bar:
+                yield bar
+            return
+
+        class Bar:
+            pressed = False
+
+            def advance(self, n=1, **fields):
+                if not self.pressed:
+                    self.pressed = True
+                    signal.raise_signal(signal.SIGINT)
+        yield Bar()
+
+
 def test_a_ctrl_c_landing_after_a_steps_save_check_still_saves_the_step_it_stops_at(tmp_path):
     """The stop flag was read twice per step: a Ctrl-C landing between the save check and the
     break (here, as the progress bar advances) stopped the run with that step unsaved, and before
     the first checkpoint with nothing saved (CI saw "interrupted at step 5" without --resume).
     Now the step's one reading decides: the run goes one step on, saves it and stops there."""
-    from cartoongan.report import NullReporter
-
-    class CtrlCAtTheFirstStep(NullReporter):
-        @contextlib.contextmanager
-        def progress(self, total, description, completed=0):
-            if description != "pretrain":  # loading the data
-                with super().progress(total, description, completed) as bar:
-                    yield bar
-                return
-
-            class Bar:
-                pressed = False
-
-                def advance(self, n=1, **fields):
-                    if not self.pressed:
-                        self.pressed = True
-                        signal.raise_signal(signal.SIGINT)
-            yield Bar()
-
     data = blob_images(tmp_path / "data", n=4)
     result = pretrain(tiny_config(iters=50, ckpt_every=100, sample_every=100, log_every=100), data, tmp_path / "run",
                       CtrlCAtTheFirstStep())
     assert result.interrupted and result.latest == tmp_path / "run" / "latest.pt"
     assert result.step == 2 and load_checkpoint(result.latest)["cartoongan"]["step"] == 2
+
+
+@pytest.mark.parametrize("first, second, named", [(signal.SIGTERM, signal.SIGINT, "a second Ctrl-C"),
+                                                  (signal.SIGINT, signal.SIGTERM, "a SIGTERM while stopping")])
+def test_sigterm_and_ctrl_c_each_ask_to_stop_and_a_second_one_stops_at_once(first, second, named):
+    from cartoongan.train.trainer import _StopFlag
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with _StopFlag() as stop:
+        signal.raise_signal(first)
+        assert stop.requested and not stop.again
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(second)
+    assert stop.again == named
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_ranks_stop_together_when_the_ctrl_c_reaches_only_one(tmp_path):
+    """torchrun forwards a Ctrl-C to each worker at its own moment. A rank that stopped alone left
+    the others in the next gradient all-reduce, unsaved, until torchrun killed them. Here only
+    rank 1 is interrupted (after step 1): both ranks stop after step 3, the step after the vote
+    that carries it, and rank 0 saves that step."""
+    import torch.multiprocessing as mp
+
+    data = blob_images(tmp_path / "data", n=8)
+    ranks = mp.start_processes(_rank_interrupted_alone, args=(2, free_port(), data, tmp_path), nprocs=2,
+                               join=False, start_method="spawn")
+    deadline = time.monotonic() + 300
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("a rank never finished: the ranks did not stop at the same step")
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results == [{"step": 3, "interrupted": True}] * 2
+    assert load_checkpoint(tmp_path / "run" / "latest.pt")["cartoongan"]["step"] == 3
+
+
+def _rank_interrupted_alone(rank, world, port, data, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    reporter = CtrlCAtTheFirstStep() if rank == 1 else NullReporter()
+    cfg = tiny_config(iters=50, batch=4, ckpt_every=100, sample_every=100, log_every=100)
+    result = pretrain(cfg, data, out / "run", reporter)
+    (out / f"rank{rank}.json").write_text(json.dumps({"step": result.step, "interrupted": result.interrupted}))
+    dist.destroy_process_group()
 
 
 def test_numbered_checkpoints_go_by_step_past_a_million(tmp_path):

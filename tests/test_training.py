@@ -3,7 +3,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from cartoongan.config import load_recipe
 from cartoongan.errors import ConfigError, TrainingDiverged
 from cartoongan.train.runs import pretrain, resumed_config
 
-from .helpers import blob_images, tiny_config
+from .helpers import blob_images, free_port, tiny_config
 
 runner = CliRunner()
 
@@ -143,7 +142,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert [row["step"] for row in log] == [1, 2] and all(math.isfinite(row["loss_g"]) for row in log)
 
 
-def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_and_exits_cleanly(tmp_path, stop):
+    """A scheduler's preemption (SIGTERM) keeps the run's last step as a Ctrl-C does."""
     data = blob_images(tmp_path / "data", n=4)
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "cartoongan_cli", "pretrain", "--data", str(data), "--out", str(run),
@@ -151,7 +152,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     deadline = time.time() + 120
     while not (run / "log.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     output = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 130, output
     assert "--resume" in output and "Traceback" not in output
@@ -159,17 +160,11 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     assert step >= 5
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_gloo_ranks_stay_identical(tmp_path):
     import torch.multiprocessing as mp
 
     data = blob_images(tmp_path / "data", n=8)
-    mp.spawn(_ddp_rank_weights, args=(2, _free_port(), data, tmp_path), nprocs=2, join=True)
+    mp.spawn(_ddp_rank_weights, args=(2, free_port(), data, tmp_path), nprocs=2, join=True)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     moved = False
     start = torch.load(tmp_path / "start0.pt")

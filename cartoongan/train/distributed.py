@@ -71,3 +71,48 @@ def sum_across(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     t = t.clone()
     dist.all_reduce(t)
     return t
+
+
+class StopVote:
+    """Makes every rank stop after the same step when a Ctrl-C (or torchrun's forwarding of one)
+    reaches the ranks at different moments.
+
+    A rank that stopped alone would leave the others waiting in the next gradient all-reduce, never
+    saving, until torchrun kills them. Each step every rank casts its own flag into an asynchronous
+    MAX all-reduce on a CPU (gloo) group and reads the previous step's result, so all ranks decide
+    on the same step, one step after the first flag, without a host-GPU sync per step. One process:
+    the flag itself, at once."""
+
+    def __init__(self, info: DistInfo):
+        self._group = dist.new_group(backend="gloo") if info.world > 1 else None
+        self._pending: tuple[dist.Work, torch.Tensor] | None = None
+
+    def poll(self, requested: bool) -> bool:
+        """Whether the run stops after this step; `requested` is this rank's own flag."""
+        if self._group is None:
+            return requested
+        decided = self._result()
+        flag = torch.tensor([int(requested)], dtype=torch.int32)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        self._pending = (work, flag)
+        return decided
+
+    def _result(self) -> bool:
+        if self._pending is None:
+            return False
+        work, flag = self._pending
+        work.wait()
+        self._pending = None
+        return bool(flag.item())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        # after a normal end every rank has cast the same votes, so the last one completes; after an
+        # error (a second Ctrl-C) the others may be gone, and waiting could hang
+        if exc_type is None:
+            self._result()
+        if self._group is not None:
+            dist.destroy_process_group(self._group)
+        return False

@@ -25,7 +25,7 @@ from ..models.generator import Generator
 from ..report import NullReporter, Reporter
 from ..weights.networks import training_checkpoint
 from .augment import AdaController, augment
-from .distributed import DistInfo, average_gradients, broadcast_module, sum_across
+from .distributed import DistInfo, StopVote, average_gradients, broadcast_module, sum_across
 from .evaluate import KidEvaluator
 from .freeze import FreezePlan
 from .losses import (
@@ -84,25 +84,29 @@ def load_optimizer_state(optim: torch.optim.Optimizer, state: dict) -> None:
 
 
 class _StopFlag:
-    """Turns Ctrl-C into a flag checked between steps, so the state saved is never half-updated."""
+    """Turns Ctrl-C, and SIGTERM (a scheduler's preemption, torchrun passing either on), into a
+    flag checked between steps, so the state saved is never half-updated. A second one stops at
+    once (KeyboardInterrupt); `again` then names it."""
 
     def __init__(self):
         self.requested = False
-        self._old = None
+        self.again = ""
+        self._old = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C stops at once
+        if self.requested:
+            self.again = "a second Ctrl-C" if signum == signal.SIGINT else "a SIGTERM while stopping"
             raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class Trainer:
@@ -398,12 +402,12 @@ class Trainer:
                 raise
             raise OutputError(f"{exc}; the run keeps {latest}: continue with --resume {self.run_dir}") from None
 
-    def _stopped_at_once(self) -> Interrupted:
+    def _stopped_at_once(self, why: str) -> Interrupted:
         if not self.info.is_main:  # rank 0 writes the checkpoints, and its line says what they hold
-            return Interrupted(f"stopped at once at step {self.step} (a second Ctrl-C)", "rank 0's line says what the run kept")
+            return Interrupted(f"stopped at once at step {self.step} ({why})", "rank 0's line says what the run kept")
         saved = self.out.saved_step
-        head = (f"stopped at once after step {self.step} (a second Ctrl-C)" if saved == self.step else
-                f"stopped at once at step {self.step} (a second Ctrl-C), without saving it")
+        head = (f"stopped at once after step {self.step} ({why})" if saved == self.step else
+                f"stopped at once at step {self.step} ({why}), without saving it")
         if saved is None or not self.out.latest.is_file():
             return Interrupted(f"{head}; nothing was saved yet", "the same command starts the run again")
         return Interrupted(f"{head}; {self.out.latest} holds step {saved}", f"continue with --resume {self.run_dir}")
@@ -412,19 +416,21 @@ class Trainer:
         t = self.t
         self.out.start(self.cfg, self.step)
         result = TrainResult(self.run_dir, self.step)
-        with _StopFlag() as stop, self.reporter.progress(t.iters, self.kind, completed=self.step) as bar:
+        with (_StopFlag() as stop, StopVote(self.info) as vote,
+              self.reporter.progress(t.iters, self.kind, completed=self.step) as bar):
             try:
-                self._steps(stop, bar, result)
+                self._steps(lambda: vote.poll(stop.requested), bar, result)
             except KeyboardInterrupt:
                 if not stop.requested:
-                    raise  # not the second Ctrl-C of this loop: nothing of the run's to speak of
-                raise self._stopped_at_once() from None  # the second one: say what the run kept
+                    raise  # not the loop's second stop: nothing of the run's to speak of
+                raise self._stopped_at_once(stop.again or "a second Ctrl-C") from None  # say what the run kept
         result.step, result.log = self.step, self.log
         return result
 
-    def _steps(self, stop: _StopFlag, bar, result: TrainResult) -> None:
-        """Train to cfg.train.iters, or to the step after a Ctrl-C, logging, sampling, evaluating
-        and saving on the way (result.latest, result.interrupted)."""
+    def _steps(self, stopping_now, bar, result: TrainResult) -> None:
+        """Train to cfg.train.iters, or to the step after a Ctrl-C (`stopping_now()`: whether this
+        step is the last), logging, sampling, evaluating and saving on the way (result.latest,
+        result.interrupted)."""
         t = self.t
         tick_time, tick_step = time.perf_counter(), self.step
         while self.step < t.iters:
@@ -433,7 +439,7 @@ class Trainer:
             last = self.step == t.iters
             # read once: a Ctrl-C landing between the save below and the break would stop the run
             # with this step unsaved (and, before the first checkpoint, with nothing saved at all)
-            stopping = stop.requested
+            stopping = stopping_now()
             if self.step % t.log_every == 0 or last or stopping:
                 if self.dev.type == "cuda":
                     torch.cuda.synchronize(self.dev)
