@@ -11,6 +11,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cartoongan.report import NullReporter
+
 # torch.compile on a CPU-only box that has a CUDA toolkit (nvcc in /usr/local) logs a warning that no
 # CUDA runtime is found, as if something were wrong: nothing is, a CPU run needs none
 logging.getLogger("torch.utils.cpp_extension").addFilter(
@@ -88,6 +90,10 @@ class RichReporter:
 
     @contextlib.contextmanager
     def progress(self, total: int, description: str, completed: int = 0):
+        if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: one terminal shows rank 0's bars only
+            with NullReporter().progress(total, description, completed) as bar:
+                yield bar
+            return
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                       console=console, transient=False) as prog:

@@ -94,6 +94,23 @@ def test_result_tables_are_on_stdout_warnings_on_stderr(two_ckpts, tmp_path):
     assert res.exit_code == 0 and "inception_fid" in res.stdout
 
 
+@pytest.mark.parametrize("rank, drawn", [(None, True), ("0", True), ("1", False)])
+def test_only_torchruns_rank_0_draws_progress_bars(monkeypatch, capsys, rank, drawn):
+    """Every torchrun worker writes to the one terminal: two ranks' bars overwrote each other."""
+    from cartoongan_cli.console import RichReporter
+
+    monkeypatch.delenv("RANK", raising=False)
+    if rank is not None:
+        monkeypatch.setenv("RANK", rank)
+    reporter = RichReporter()
+    with reporter.progress(3, "pretrain") as bar:
+        bar.advance(3, loss_g=0.5)
+    reporter.warn("a warning every rank gives")
+    err = capsys.readouterr().err
+    assert ("pretrain" in err and "3/3" in err) == drawn, err
+    assert "a warning every rank gives" in err
+
+
 def test_piped_results_keep_table_cells_and_lines_whole(capsys):
     """With no terminal rich folds stdout at 80 columns: a table's cells broke mid-word
     ("fid-helper-pyto / rch==0.1.3") and a long "wrote PATH" line broke in two, for a script or a
