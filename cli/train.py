@@ -48,10 +48,10 @@ def _load_config(recipe: Optional[Path], resume: Optional[Path], overrides: dict
 def _report_result(result) -> None:
     if result.latest is None:  # a data-parallel rank other than 0: rank 0 writes and reports the run
         if result.interrupted:
-            fail(f"interrupted at step {result.step}", 130)
+            fail(result.stopped, 130)
         return
     if result.interrupted:
-        fail(f"interrupted at step {result.step}; saved {result.latest}; continue with --resume {result.run_dir}", 130)
+        fail(f"{result.stopped}; continue with --resume {result.run_dir}", 130)
     out.print(f"done: step {result.step}, checkpoint {result.latest}, samples in {result.run_dir / 'samples'}")
 
 

@@ -288,5 +288,5 @@ def run_to_end(train: Callable[[], TrainResult], hint: str) -> Path:
     except Interrupted as exc:
         raise exc.with_hint(hint) from None
     if result.interrupted:
-        raise Interrupted(f"interrupted at step {result.step}; saved {result.latest}", hint)
+        raise Interrupted(result.stopped, hint)
     return result.latest

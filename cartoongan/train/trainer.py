@@ -58,6 +58,13 @@ class TrainResult:
     latest: Path | None = None
     log: list[dict] = field(default_factory=list)
 
+    @property
+    def stopped(self) -> str:
+        """What an interrupted run kept, for its one line: 'interrupted at step N; saved PATH'
+        (without the path on a rank other than 0, which saves nothing)."""
+        saved = f"; saved {self.latest}" if self.latest is not None else ""
+        return f"interrupted at step {self.step}{saved}"
+
 
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
