@@ -106,8 +106,9 @@ def test_cuda_training_phases_never_wait_for_the_host(struct, ada):
         tr.t.augment, tr.ada.p, tr.ada.interval = "ada", 0.5, 10**6
     assert tr.data.images.is_cuda
     phases = trainer_phases(tr, 8)
-    for run in (phases.step, phases.r1, phases.path):
-        run()  # warm-up: lazy optimizer state, cuDNN plans
+    for _ in range(3):  # warm-up: lazy optimizer state, cuDNN plans (their keys hold pointer
+        for run in (phases.step, phases.r1, phases.path):  # alignment: more than one round of buffers)
+            run()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..device import resolve_device
+from ..device import math_mode, resolve_device
 from ..models.discriminator import ConvLayer
 from ..models.generator import Generator, ModulatedConv2d, StyledConv
 from ..models import layers
@@ -306,7 +306,7 @@ def run_kernel_bench(device: str = "auto", repeats: int = 5, reporter: Reporter 
     rows = []
     with reporter.progress(len(layer_cases) + len(model_cases), "op alternatives") as bar:
         for label, (choice, ours_name, ours, alt_name, alt) in layer_cases:
-            with torch.no_grad():
+            with torch.no_grad(), math_mode("fp32"):  # the 1e-3 below is IEEE fp32's, not TF32's
                 a, b = ours(), alt()
                 err = (a - b).abs().max() / a.abs().max()
             if err > 1e-3:
