@@ -7,7 +7,7 @@ ratio can be read as the same work done faster or as work left out. Counted: wha
 formulas cover (convolutions and their backward, matrix products); elementwise passes are
 memory-bound and left to the bytes side. On CUDA, rosinality's fused upfirdn2d and bias-act
 kernels are custom ops the count cannot see, so its FIR work counts only on the CPU (where its
-fallback runs convolutions).
+fallback runs convolutions); ours count as the reference op whatever CARTOONGAN_FIR says.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from ..device import resolve_device
+from ..ops.fir import fir_backend
 from ..report import NullReporter, Reporter
 from .speed import Phases, bench_trainer, check_configs, default_batch, trainer_phases
 
@@ -50,8 +51,10 @@ class FlopCounter(TorchDispatchMode):
 
 
 def count_flops(fn: Callable[[], None]) -> int:
-    """FLOPs of one call of fn (forward and any backward it runs)."""
-    with FlopCounter() as counter:
+    """FLOPs of one call of fn (forward and any backward it runs). Our FIR filters run as the
+    reference op while counting: the same arithmetic as the Triton kernel, which the counter
+    cannot see, so a count does not depend on CARTOONGAN_FIR."""
+    with fir_backend("torch"), FlopCounter() as counter:
         fn()
     return counter.total
 
@@ -59,7 +62,7 @@ def count_flops(fn: Callable[[], None]) -> int:
 @dataclass
 class FlopRow:
     config: str
-    device: str  # custom kernels (rosinality's on CUDA, our Triton FIR) count nothing: the device matters
+    device: str  # rosinality's custom CUDA kernels count nothing: the device matters
     batch: int
     side: str  # ours, ours+struct (FreezeSG 2, structure loss 3), rosinality
     forward_gflop_img: float  # generator forward
