@@ -90,7 +90,8 @@ class RichReporter:
 
     @contextlib.contextmanager
     def progress(self, total: int, description: str, completed: int = 0):
-        if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: one terminal shows rank 0's bars only
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
+            # torchrun's other ranks: the one terminal shows rank 0's bars only
             with NullReporter().progress(total, description, completed) as bar:
                 yield bar
             return

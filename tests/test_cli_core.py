@@ -94,14 +94,16 @@ def test_result_tables_are_on_stdout_warnings_on_stderr(two_ckpts, tmp_path):
     assert res.exit_code == 0 and "inception_fid" in res.stdout
 
 
-@pytest.mark.parametrize("rank, drawn", [(None, True), ("0", True), ("1", False)])
-def test_only_torchruns_rank_0_draws_progress_bars(monkeypatch, capsys, rank, drawn):
+@pytest.mark.parametrize("rank, world, drawn", [(None, None, True), ("0", "2", True), ("1", "2", False),
+                                               ("1", None, True)])  # a cluster's RANK, no torchrun
+def test_only_torchruns_rank_0_draws_progress_bars(monkeypatch, capsys, rank, world, drawn):
     """Every torchrun worker writes to the one terminal: two ranks' bars overwrote each other."""
     from cartoongan_cli.console import RichReporter
 
-    monkeypatch.delenv("RANK", raising=False)
-    if rank is not None:
-        monkeypatch.setenv("RANK", rank)
+    for name, value in (("RANK", rank), ("WORLD_SIZE", world)):
+        monkeypatch.delenv(name, raising=False)
+        if value is not None:
+            monkeypatch.setenv(name, value)
     reporter = RichReporter()
     with reporter.progress(3, "pretrain") as bar:
         bar.advance(3, loss_g=0.5)

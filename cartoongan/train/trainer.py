@@ -92,12 +92,12 @@ def load_optimizer_state(optim: torch.optim.Optimizer, state: dict) -> None:
 
 class _StopFlag:
     """Turns Ctrl-C, and SIGTERM (a scheduler's preemption, torchrun passing either on), into a
-    flag checked between steps, so the state saved is never half-updated. A second one stops at
-    once (KeyboardInterrupt); `again` then names it."""
+    flag checked between steps, so the state saved is never half-updated. A second Ctrl-C stops at
+    once (KeyboardInterrupt); a repeated SIGTERM does not, as launchers may deliver one twice (the
+    scheduler to every process, torchrun again to its workers) and their SIGKILL follows anyway."""
 
     def __init__(self):
         self.requested = False
-        self.again = ""
         self._old = {}
 
     def __enter__(self):
@@ -106,8 +106,7 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
-            self.again = "a second Ctrl-C" if signum == signal.SIGINT else "a SIGTERM while stopping"
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -409,12 +408,12 @@ class Trainer:
                 raise
             raise OutputError(f"{exc}; the run keeps {latest}: continue with --resume {self.run_dir}") from None
 
-    def _stopped_at_once(self, why: str) -> Interrupted:
+    def _stopped_at_once(self) -> Interrupted:
         if not self.info.is_main:  # rank 0 writes the checkpoints, and its line says what they hold
-            return Interrupted(f"stopped at once at step {self.step} ({why})", "rank 0's line says what the run kept")
+            return Interrupted(f"stopped at once at step {self.step} (a second Ctrl-C)", "rank 0's line says what the run kept")
         saved = self.out.saved_step
-        head = (f"stopped at once after step {self.step} ({why})" if saved == self.step else
-                f"stopped at once at step {self.step} ({why}), without saving it")
+        head = (f"stopped at once after step {self.step} (a second Ctrl-C)" if saved == self.step else
+                f"stopped at once at step {self.step} (a second Ctrl-C), without saving it")
         if saved is None or not self.out.latest.is_file():
             return Interrupted(f"{head}; nothing was saved yet", "the same command starts the run again")
         return Interrupted(f"{head}; {self.out.latest} holds step {saved}", f"continue with --resume {self.run_dir}")
@@ -430,7 +429,10 @@ class Trainer:
             except KeyboardInterrupt:
                 if not stop.requested:
                     raise  # not the loop's second stop: nothing of the run's to speak of
-                raise self._stopped_at_once(stop.again or "a second Ctrl-C") from None  # say what the run kept
+                raise self._stopped_at_once() from None  # say what the run kept
+        # a stop asked for during the last step: that step is saved, and a pipeline (demo, ablation)
+        # must not go on to its next stage as if nobody had asked
+        result.interrupted |= stop.requested
         result.step, result.log = self.step, self.log
         return result
 
