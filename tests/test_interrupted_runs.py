@@ -371,6 +371,34 @@ def test_ctrl_c_in_the_demo_stops_it_and_says_to_run_the_demo_again(tmp_path, mo
     assert result.compare.is_file() and load_checkpoint(result.cartoon)["cartoongan"]["step"] == 4
 
 
+def test_a_demo_stopped_after_pretraining_its_source_uses_that_source_when_run_again(tmp_path, monkeypatch):
+    """With no bundled source the demo pretrains one. Stopped in a later stage, the demo run
+    again resumed the finished pretraining, which is refused as having nothing to do, so the demo
+    could never finish. A finished stage is now used as it is."""
+    from cartoongan.errors import Interrupted
+    from cartoongan.pipelines import demo
+    from cartoongan.train.trainer import Trainer
+
+    real_step = Trainer.train_step
+
+    def ctrl_c_in_the_finetune(self):
+        real_step(self)
+        if self.kind == "finetune":
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(demo, "BUNDLED_SOURCE", tmp_path / "no-bundled-source.pt")
+    monkeypatch.setattr(demo, "N_PHOTO", 8)
+    monkeypatch.setattr(Trainer, "train_step", ctrl_c_in_the_finetune)
+    kwargs = dict(finetune_iters=2, n_cartoon=8, seeds=[0], pretrain_iters=1)
+    with pytest.raises(Interrupted, match="run the demo again"):
+        demo.run_demo(tmp_path / "demo", **kwargs)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    result = demo.run_demo(tmp_path / "demo", **kwargs)
+    assert result.source == tmp_path / "demo" / "source" / "latest.pt"
+    assert load_checkpoint(result.source)["cartoongan"]["step"] == 1
+    assert result.compare.is_file() and load_checkpoint(result.cartoon)["cartoongan"]["step"] == 2
+
+
 def _tiny_source(tmp_path):
     """A 64 px photo-domain checkpoint of the demo's architecture, briefly pretrained."""
     from cartoongan.config import load_recipe

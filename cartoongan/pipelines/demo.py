@@ -23,7 +23,8 @@ BUNDLED_SOURCE = Path(__file__).resolve().parent.parent / "pretrained" / "demo64
 DEMO_ENTRIES = {"data", "source", "finetune", "samples", "swapped.pt", "compare.png", "interpolation.gif"}
 
 
-SOURCE_COMMAND = ("cartoongan data synth --domain photo --n 3000 --size 64 --seed 1 --out PHOTOS && "
+N_PHOTO = 3000  # synthetic photos the source is pretrained on when no bundled one is there
+SOURCE_COMMAND = (f"cartoongan data synth --domain photo --n {N_PHOTO} --size 64 --seed 1 --out PHOTOS && "
                   "cartoongan pretrain --recipe demo64 --data PHOTOS --out RUN")
 
 
@@ -40,19 +41,43 @@ def _again(out: Path) -> str:
     return f"run the demo again with --out {out} to continue"
 
 
-def _run_finetune(source: Path, data: Path, run: Path, iters: int, reporter: Reporter) -> Path:
-    """Fine-tune, or pick up an earlier demo run where it stopped (re-running `make demo` is cheap)."""
+def _finished(run: Path, iters: int, what: str, reporter: Reporter) -> Path | None:
+    """latest.pt of an earlier demo's stage that reached `iters` (re-running `make demo` is cheap),
+    else None: the stage has to be trained, or resumed, to its end."""
     latest = run / "latest.pt"
-    if latest.exists():
-        step = load_checkpoint(latest, mmap=True).get("cartoongan", {}).get("step", 0)  # its step alone
-        if step >= iters:
-            reporter.info(f"fine-tuned model already at step {step}: {latest}")
-            return latest
+    if not latest.exists():
+        return None
+    step = load_checkpoint(latest, mmap=True).get("cartoongan", {}).get("step", 0)  # its step alone
+    if step < iters:
+        return None
+    reporter.info(f"{what} already at step {step}: {latest}")
+    return latest
+
+
+def _run_finetune(source: Path, data: Path, run: Path, iters: int, reporter: Reporter) -> Path:
+    """Fine-tune, or pick up an earlier demo run where it stopped."""
+    done = _finished(run, iters, "fine-tuned model", reporter)
+    if done is not None:
+        return done
+    if (run / "latest.pt").exists():
         cfg = resumed_config(run, {"train": {"iters": iters}})
         return run_to_end(lambda: finetune(cfg, source, data, run, reporter, resume=True), _again(run.parent))
     cfg = load_recipe("demo_finetune")
     cfg.train.iters = iters
     return run_to_end(lambda: finetune(cfg, source, data, run, reporter), _again(run.parent))
+
+
+def _run_pretrain(photos: Path, run: Path, iters: int | None, reporter: Reporter) -> Path:
+    """Pretrain the source (no bundled one), or pick up an earlier demo's: a finished one is used as
+    it is (resuming it was refused as having nothing to do, after a stop in a later stage)."""
+    cfg = load_recipe("demo64")
+    if iters:
+        cfg.train.iters = iters
+    done = _finished(run, cfg.train.iters, "source model", reporter)
+    if done is not None:
+        return done
+    resume = (run / "latest.pt").exists()
+    return run_to_end(lambda: pretrain(cfg, photos, run, reporter, resume=resume), _again(run.parent))
 
 
 def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Path | None = None,
@@ -76,13 +101,8 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
         source = BUNDLED_SOURCE
     if source is None:
         reporter.warn(f"no bundled source model at {BUNDLED_SOURCE}: pretraining one ({SOURCE_COMMAND})")
-        ensure_synthesized("photo", 3000, 64, photo_dir, seed=1, reporter=reporter)
-        cfg = load_recipe("demo64")
-        if pretrain_iters:
-            cfg.train.iters = pretrain_iters
-        run = out / "source"
-        resume = (run / "latest.pt").exists()
-        source = run_to_end(lambda: pretrain(cfg, photo_dir, run, reporter, resume=resume), _again(out))
+        ensure_synthesized("photo", N_PHOTO, 64, photo_dir, seed=1, reporter=reporter)
+        source = _run_pretrain(photo_dir, out / "source", pretrain_iters, reporter)
     source = Path(source)
     if not source.exists():
         raise CheckpointError(f"source model not found: {source}")
