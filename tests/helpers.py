@@ -1,4 +1,5 @@
 """Small datasets and configs the tests make for themselves."""
+import os
 import socket
 from pathlib import Path
 
@@ -46,3 +47,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def launch_as_rank(rank: int, world: int, port: int) -> None:
+    """Make a spawned test process look like torchrun's worker `rank` of `world` on this machine
+    (one thread each, so two ranks share CI's two cores)."""
+    import torch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)

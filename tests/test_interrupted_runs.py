@@ -2,7 +2,6 @@
 killed process logged must not be logged twice, and a hand-edited run must not train on defaults."""
 import contextlib
 import json
-import os
 import shutil
 import signal
 import sys
@@ -22,7 +21,7 @@ from cartoongan.train import run_dir as run_dir_module
 from cartoongan.train.runs import pretrain, resumed_config
 from cartoongan.weights import checkpoint as checkpoint_module
 
-from .helpers import blob_images, free_port, tiny_config
+from .helpers import blob_images, free_port, launch_as_rank, tiny_config
 
 runner = CliRunner()
 
@@ -149,8 +148,12 @@ def test_signals_during_a_save_wait_for_the_file(tmp_path, monkeypatch):
     assert torch.load(tmp_path / "c.pt") == {"x": 1}
 
 
-class CtrlCAtTheFirstStep(NullReporter):
-    """Presses Ctrl-C as the training bar first advances: after step 1's stop check and save."""
+class SignalOnTheTrainingBar(NullReporter):
+    """Raises `signum` as the training bar advances for the `at`-th time (None: its last), that is
+    after that step's stop check and save."""
+
+    def __init__(self, signum: int, at: int | None = None):
+        self.signum, self.at = signum, at
 
     @contextlib.contextmanager
     def progress(self, total, description, completed=0):
@@ -158,14 +161,15 @@ class CtrlCAtTheFirstStep(NullReporter):
             with super().progress(total, description, completed) as bar:
                 yield bar
             return
+        signum, at = self.signum, total - completed if self.at is None else self.at
 
         class Bar:
-            pressed = False
+            advances = 0
 
             def advance(self, n=1, **fields):
-                if not self.pressed:
-                    self.pressed = True
-                    signal.raise_signal(signal.SIGINT)
+                self.advances += 1
+                if self.advances == at:
+                    signal.raise_signal(signum)
         yield Bar()
 
 
@@ -176,7 +180,7 @@ def test_a_ctrl_c_landing_after_a_steps_save_check_still_saves_the_step_it_stops
     Now the step's one reading decides: the run goes one step on, saves it and stops there."""
     data = blob_images(tmp_path / "data", n=4)
     result = pretrain(tiny_config(iters=50, ckpt_every=100, sample_every=100, log_every=100), data, tmp_path / "run",
-                      CtrlCAtTheFirstStep())
+                      SignalOnTheTrainingBar(signal.SIGINT, at=1))
     assert result.interrupted and result.latest == tmp_path / "run" / "latest.pt"
     assert result.step == 2 and load_checkpoint(result.latest)["cartoongan"]["step"] == 2
 
@@ -201,21 +205,9 @@ def test_a_stop_asked_for_during_the_last_step_is_reported(tmp_path):
     """The last step read the stop flag before its samples, KID and save, the longest part of a
     run: a SIGTERM landing there was dropped, and demo or ablation went on to the next stage."""
 
-    class SigtermAtTheLastStep(NullReporter):
-        @contextlib.contextmanager
-        def progress(self, total, description, completed=0):
-            class Bar:
-                done = completed
-
-                def advance(self, n=1, **fields):
-                    self.done += n
-                    if description == "pretrain" and self.done == total:
-                        signal.raise_signal(signal.SIGTERM)
-            yield Bar()
-
     data = blob_images(tmp_path / "data", n=4)
     result = pretrain(tiny_config(iters=2, ckpt_every=100, sample_every=100, log_every=100), data, tmp_path / "run",
-                      SigtermAtTheLastStep())
+                      SignalOnTheTrainingBar(signal.SIGTERM))
     assert result.interrupted and result.step == 2
     assert load_checkpoint(result.latest)["cartoongan"]["step"] == 2
 
@@ -244,10 +236,8 @@ def test_ranks_stop_together_when_the_ctrl_c_reaches_only_one(tmp_path):
 def _rank_interrupted_alone(rank, world, port, data, out):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    reporter = CtrlCAtTheFirstStep() if rank == 1 else NullReporter()
+    launch_as_rank(rank, world, port)
+    reporter = SignalOnTheTrainingBar(signal.SIGINT, at=1) if rank == 1 else NullReporter()
     cfg = tiny_config(iters=50, batch=4, ckpt_every=100, sample_every=100, log_every=100)
     result = pretrain(cfg, data, out / "run", reporter)
     (out / f"rank{rank}.json").write_text(json.dumps({"step": result.step, "interrupted": result.interrupted}))

@@ -19,7 +19,7 @@ from cartoongan.config import load_recipe
 from cartoongan.errors import ConfigError, TrainingDiverged
 from cartoongan.train.runs import pretrain, resumed_config
 
-from .helpers import blob_images, free_port, tiny_config
+from .helpers import blob_images, free_port, launch_as_rank, tiny_config
 
 runner = CliRunner()
 
@@ -180,9 +180,7 @@ def _ddp_rank_weights(rank, world, port, data, out):
 
     import cartoongan.train.trainer as training
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    launch_as_rank(rank, world, port)
     original_run = training.Trainer.run
 
     def run_and_record(self):
