@@ -11,7 +11,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cartoongan.errors import ConfigError
 from cartoongan.report import NullReporter
+from cartoongan.train.distributed import launch_env
 
 # torch.compile on a CPU-only box that has a CUDA toolkit (nvcc in /usr/local) logs a warning that no
 # CUDA runtime is found, as if something were wrong: nothing is, a CPU run needs none
@@ -90,7 +92,7 @@ class RichReporter:
 
     @contextlib.contextmanager
     def progress(self, total: int, description: str, completed: int = 0):
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
+        if _other_rank():
             # torchrun's other ranks: the one terminal shows rank 0's bars only
             with NullReporter().progress(total, description, completed) as bar:
                 yield bar
@@ -100,6 +102,13 @@ class RichReporter:
                       console=console, transient=False) as prog:
             task = prog.add_task(escape(description), total=total, completed=completed, info="")
             yield _Bar(prog, task)
+
+
+def _other_rank() -> bool:
+    try:
+        return launch_env()[0] != 0
+    except ConfigError:  # the command itself says what is wrong with the environment, when it starts
+        return False
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -2,6 +2,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -173,6 +174,25 @@ def test_two_process_gloo_ranks_stay_identical(tmp_path):
         moved |= not torch.equal(a[key], start[key])
     assert moved
     assert (tmp_path / "run" / "latest.pt").exists()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE is 2 but RANK is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 .* is not a rank of WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_PORT": "29500"}, "WORLD_SIZE is 2 but MASTER_ADDR is not set"),
+])
+def test_a_hand_set_torchrun_environment_is_one_line_naming_the_variable(tmp_path, monkeypatch, env, message):
+    """torchrun writes these; a user who sets WORLD_SIZE by hand got a KeyError or ValueError traceback."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    data = blob_images(tmp_path / "data", n=2)
+    res = CliRunner().invoke(app, ["pretrain", "--recipe", "tiny", "--data", str(data), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2, (res.exit_code, res.output)
+    assert re.search(message, res.output) and "torchrun --nproc_per_node" in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "run" / "latest.pt").exists()
 
 
 def _ddp_rank_weights(rank, world, port, data, out):

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ..device import resolve_device
+from ..errors import ConfigError
 
 
 @dataclass
@@ -26,12 +27,40 @@ class DistInfo:
         return self.rank == 0
 
 
+_LAUNCH_HINT = "start a multi-process run with `torchrun --nproc_per_node N -m cartoongan_cli ...`, or unset WORLD_SIZE"
+
+
+def launch_env(environ=os.environ) -> tuple[int, int, int]:
+    """(rank, local rank, world size) that torchrun put in the environment; (0, 0, 1) without it.
+
+    Raises ConfigError for values torchrun would never write (a hand-set WORLD_SIZE without RANK)."""
+    def number(name: str, default: str | None) -> int:
+        text = environ.get(name, default)
+        if text is None:
+            raise ConfigError(f"WORLD_SIZE is {environ['WORLD_SIZE']} but {name} is not set: {_LAUNCH_HINT}")
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{name}={text!r} is not a whole number: {_LAUNCH_HINT}") from None
+
+    world = number("WORLD_SIZE", "1")
+    if world <= 1:
+        return 0, 0, 1
+    rank, local = number("RANK", None), number("LOCAL_RANK", "0")
+    if not 0 <= rank < world or local < 0:
+        raise ConfigError(f"RANK={rank} (LOCAL_RANK={local}) is not a rank of WORLD_SIZE={world}: {_LAUNCH_HINT}")
+    return rank, local, world
+
+
 def init_distributed(device_spec: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); else a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local, world = launch_env()
     if world <= 1:
         return DistInfo(device=resolve_device(device_spec))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing and not dist.is_initialized():
+        verb = "is" if len(missing) == 1 else "are"
+        raise ConfigError(f"WORLD_SIZE is {world} but {' and '.join(missing)} {verb} not set: {_LAUNCH_HINT}")
     device = resolve_device(device_spec)
     if device.type == "cuda":
         device = torch.device("cuda", local)
