@@ -1,4 +1,4 @@
-# Every target creates .venv and installs what it needs on first use.
+# Every target but clean and device-session creates .venv and installs what it needs on first use.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

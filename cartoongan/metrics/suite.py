@@ -50,7 +50,7 @@ def _native_size(root: Path, n: int | None = None) -> int:
     file (a thumbnail sorting first) does not resize the whole set."""
     try:
         sources = image_sources(root)[:n]
-        sides = [_side(opener) for _, opener in sources[:: max(1, len(sources) // 256)]]  # a sample
+        sides = [_side(opener) for _, opener in sources[:: max(1, -(-len(sources) // 256))]]  # <= 256 of them
     except (OSError, DataError):
         sides = []
     sides = [s for s in sides if s]
