@@ -75,14 +75,14 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     Exploit.marker = marker
     path = tmp_path / "evil.pt"
     torch.save({"g_ema": {}, "payload": Exploit()}, path)
-    with pytest.raises(CheckpointError, match="refusing"):
+    with pytest.raises(CheckpointError, match=r"refusing .*\(refused global (posix|nt)\.system\)"):
         load_checkpoint(path)
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("content,match", [
-    (b"hello, I am text\n", "not a readable"),
-    (None, "not a readable"),  # truncated real checkpoint
+    (b"hello, I am text\n", "not a readable .*its first bytes are not a pickle or a zip archive"),
+    (None, "not a readable .*cut short"),  # truncated real checkpoint
     (b"\x89PNG\r\n\x1a\n" + bytes(40), "not a PyTorch checkpoint: it is a PNG image"),  # renamed picture
 ])
 def test_unreadable_files(tmp_path, tiny_g, content, match):

@@ -11,8 +11,10 @@ import argparse
 import contextlib
 import os
 import pickle
+import re
 import signal
 import threading
+import zipfile
 from pathlib import Path
 
 import torch
@@ -85,15 +87,33 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refusing to load {path}: it needs pickled code or classes to load "
-            f"({first_line(exc, 160, 'unsupported global')}); "
+            f"({_refused_global(exc)}); "
             "re-save it as plain tensors (state dicts) and try again"
         ) from None
     except Exception as exc:  # torch raises many types for foreign or truncated bytes
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (truncated or another format: "
-            f"{first_line(exc, 120)})"
+            f"{_unreadable_reason(path, exc)})"
         ) from None
     return ckpt
+
+
+def _refused_global(exc: pickle.UnpicklingError) -> str:
+    """What weights_only refused, out of torch's paragraph whose first line is generic advice."""
+    found = re.search(r"(?:unsupported|blocked)[^\n]*?GLOBAL ([\w.]+)", str(exc), re.IGNORECASE)
+    return f"refused global {found.group(1)}" if found else first_line(exc, 160, "unsupported global")
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    # the legacy pickle reader fails on foreign bytes with a KeyError of one byte's value ('105'),
+    # and a zip cut short fails with a bare EINVAL from seeking to its missing directory
+    if isinstance(exc, KeyError):
+        return "its first bytes are not a pickle or a zip archive"
+    with open(path, "rb") as fh:
+        is_zip_start = fh.read(4) == b"PK\x03\x04"
+    if is_zip_start and not zipfile.is_zipfile(path):
+        return "a zip archive without its end: the file was cut short, e.g. by an interrupted copy"
+    return first_line(exc, 120)
 
 
 def _is_state_dict(value) -> bool:
