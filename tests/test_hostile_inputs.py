@@ -674,6 +674,13 @@ def test_an_image_passed_as_the_dataset_is_called_a_file_not_missing(tmp_path, a
     line = error_line(runner.invoke(app, ["pretrain", "--data", str(assets["photo"]), "--out", str(tmp_path / "r"),
                                           "--recipe", "tiny", "--iters", "1"]))
     assert "is a file, not a dataset" in line and "not found" not in line
+    assert f"(e.g. {assets['photo'].parent})" in line
+
+
+def test_a_checkpoint_passed_as_the_dataset_gets_no_folder_suggested(tmp_path, assets):
+    line = error_line(runner.invoke(app, ["finetune", "--source", str(assets["a"]), "--data", str(assets["a"]),
+                                          "--out", str(tmp_path / "r"), "--recipe", "tiny", "--iters", "1"]))
+    assert "is a file, not a dataset" in line and "e.g." not in line
 
 
 @pytest.mark.parametrize("argv,says", [

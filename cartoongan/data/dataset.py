@@ -27,7 +27,9 @@ def image_sources(root: Path) -> list[tuple[str, callable]]:
         names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS and not n.endswith("/"))
         return [(n, (lambda n=n: _zip_member(zf, n))) for n in names]
     if root.is_file():
-        raise DataError(f"{root} is a file, not a dataset: pass a folder of images (e.g. {root.parent}) or a .zip")
+        # the folder beside is only a good guess when the file is one of its pictures
+        beside = f" (e.g. {root.parent})" if root.suffix.lower() in EXTENSIONS else ""
+        raise DataError(f"{root} is a file, not a dataset: pass a folder of images{beside} or a .zip")
     if not root.is_dir():
         raise DataError(f"dataset not found: {root} (pass a folder of images or a .zip)")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
