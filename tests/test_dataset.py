@@ -1,0 +1,58 @@
+import tracemalloc
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cartoongan.data.dataset import load_dataset
+
+
+def _flat(path, rgb, side=24):
+    Image.fromarray(np.full((side, side, 3), rgb, np.uint8)).save(path)
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """a.png red, b.png corrupt, c.png green, d.png blue: the corrupt file sits between good ones."""
+    root = tmp_path / "d"
+    root.mkdir()
+    _flat(root / "a.png", (255, 0, 0))
+    (root / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(30))
+    _flat(root / "c.png", (0, 255, 0))
+    _flat(root / "d.png", (0, 0, 255))
+    return root
+
+
+def _colours(data):
+    return [tuple(int(v) for v in img[:, 0, 0]) for img in data.images]
+
+
+def test_each_image_stays_beside_its_name_past_a_skipped_file(mixed):
+    data = load_dataset(mixed, 16)
+    assert data.names == ["a.png", "c.png", "d.png"] and data.skipped == ["b.png"]
+    assert data.images.shape == (3, 3, 16, 16) and data.images.is_contiguous()
+    assert _colours(data) == [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+
+
+def test_a_limit_counts_readable_images(mixed):
+    data = load_dataset(mixed, 16, limit=2)
+    assert data.names == ["a.png", "c.png"]
+    assert _colours(data) == [(255, 0, 0), (0, 255, 0)]
+
+
+def test_decoded_images_are_not_held_twice_while_loading(tmp_path):
+    # numpy reports its buffers to tracemalloc, torch does not: the old list-then-stack loader
+    # traced the whole dataset twice over; decoding straight into one tensor traces ~one image
+    root = tmp_path / "d"
+    root.mkdir()
+    for i in range(24):
+        _flat(root / f"{i:02d}.png", (i, 2 * i, 3 * i), side=64)
+    tracemalloc.start()
+    try:
+        data = load_dataset(root, 64)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    dataset_bytes = data.images.numel()
+    assert len(data) == 24
+    assert peak < dataset_bytes / 2, f"traced {peak} bytes for a {dataset_bytes}-byte dataset"
