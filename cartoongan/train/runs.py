@@ -20,6 +20,7 @@ from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import build_discriminator, build_generator, weights_digest
 from .distributed import init_distributed
 from .freeze import make_plan
+from .memory import check_batch_fits
 from .run_dir import check_not_in_training, holds_unsaved_run
 from .evaluate import KidEvaluator
 from .trainer import Networks, Trainer, TrainResult, new_networks
@@ -206,6 +207,7 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
     ckpt = open_resumable(run_dir, cfg, "pretrain") if resume else None
     data_path = data_path or recorded_path(ckpt, run_dir, "data")
     info = _start(cfg, reporter)
+    check_batch_fits(cfg.model, cfg.train.batch, info.device)
     data = load_dataset(data_path, cfg.model.size, reporter)
     nets = new_networks(cfg, info.device)
     trainer = Trainer(cfg, nets, data, run_dir, info, reporter=reporter, kind="pretrain",
@@ -257,6 +259,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
     ft = cfg.finetune
     info = _start(cfg, reporter)
     nets = _source_networks(cfg, source_path, info.device, reporter)
+    check_batch_fits(cfg.model, cfg.train.batch, info.device)
     digest = weights_digest(nets.source)
     if resume:
         check_same_source(ckpt, run_dir, source_path, digest)
