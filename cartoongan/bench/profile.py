@@ -72,7 +72,8 @@ def profile_phases(name: str, device: str = "auto", precision: str = "fp32", bat
             fn = getattr(phases, phase)
             fn()
             synchronize(dev)
-            with profile(activities=activities) as prof:
+            # one cycle: acc_events only quiets torch 2.11's warning that later cycles would clear this one
+            with profile(activities=activities, acc_events=True) as prof:
                 for _ in range(runs):
                     fn()
                 synchronize(dev)
