@@ -41,25 +41,25 @@ def _again(out: Path) -> str:
     return f"run the demo again with --out {out} to continue"
 
 
-def _finished(run: Path, iters: int, what: str, reporter: Reporter) -> Path | None:
-    """latest.pt of an earlier demo's stage that reached `iters` (re-running `make demo` is cheap),
-    else None: the stage has to be trained, or resumed, to its end."""
+def _earlier(run: Path, iters: int, what: str, reporter: Reporter) -> tuple[Path | None, bool]:
+    """What an earlier demo left of a stage: (its latest.pt when it reached `iters`, so re-running
+    `make demo` is cheap, else None; whether there is a run to resume)."""
     latest = run / "latest.pt"
     if not latest.exists():
-        return None
+        return None, False
     step = load_checkpoint(latest, mmap=True).get("cartoongan", {}).get("step", 0)  # its step alone
     if step < iters:
-        return None
+        return None, True
     reporter.info(f"{what} already at step {step}: {latest}")
-    return latest
+    return latest, True
 
 
 def _run_finetune(source: Path, data: Path, run: Path, iters: int, reporter: Reporter) -> Path:
     """Fine-tune, or pick up an earlier demo run where it stopped."""
-    done = _finished(run, iters, "fine-tuned model", reporter)
+    done, resume = _earlier(run, iters, "fine-tuned model", reporter)
     if done is not None:
         return done
-    if (run / "latest.pt").exists():
+    if resume:
         cfg = resumed_config(run, {"train": {"iters": iters}})
         return run_to_end(lambda: finetune(cfg, source, data, run, reporter, resume=True), _again(run.parent))
     cfg = load_recipe("demo_finetune")
@@ -73,10 +73,9 @@ def _run_pretrain(photos: Path, run: Path, iters: int | None, reporter: Reporter
     cfg = load_recipe("demo64")
     if iters:
         cfg.train.iters = iters
-    done = _finished(run, cfg.train.iters, "source model", reporter)
+    done, resume = _earlier(run, cfg.train.iters, "source model", reporter)
     if done is not None:
         return done
-    resume = (run / "latest.pt").exists()
     return run_to_end(lambda: pretrain(cfg, photos, run, reporter, resume=resume), _again(run.parent))
 
 
