@@ -81,6 +81,8 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         hint = f" (a training run's is {path / 'latest.pt'})" if (path / "latest.pt").is_file() else ""
         raise CheckpointError(f"{path} is a folder, not a checkpoint file: name a .pt inside it{hint}")
     _refuse_known_non_checkpoints(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch or copy it again")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap or None)
