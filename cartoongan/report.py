@@ -49,6 +49,7 @@ class ListReporter(NullReporter):
         self.infos: list[str] = []
         self.warnings: list[str] = []
         self.tables: list[tuple[str, list, list]] = []
+        self.bars: list[_CountingProgress] = []
 
     def info(self, message: str) -> None:
         self.infos.append(message)
@@ -58,3 +59,19 @@ class ListReporter(NullReporter):
 
     def table(self, title, columns, rows) -> None:
         self.tables.append((title, list(columns), [list(r) for r in rows]))
+
+    @contextlib.contextmanager
+    def progress(self, total: int, description: str, completed: int = 0) -> Iterator[Progress]:
+        bar = _CountingProgress(description, total, completed)
+        self.bars.append(bar)
+        yield bar
+
+
+class _CountingProgress:
+    """A bar's description, total and how far it was advanced."""
+
+    def __init__(self, description: str, total: int, completed: int):
+        self.description, self.total, self.completed = description, total, completed
+
+    def advance(self, n: int = 1, **fields) -> None:
+        self.completed += n

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from .app import DEVICE, NoiseMode, app, finite_nonnegative, user_errors, valid_seeds
-from .console import out
+from .console import RichReporter, out
 
 @app.command()
 def sample(
@@ -27,7 +27,7 @@ def sample(
     seed_list = parse_seeds(seeds)
     with user_errors():
         res = sample_checkpoints(ckpts, seed_list, outdir, trunc, noise_mode.value, interpolate, device,
-                                 projected_w=projected_w)
+                                 projected_w=projected_w, reporter=RichReporter())
     for path in [res.grid, res.compare, res.gif]:
         if path:
             out.print(f"wrote {path}")

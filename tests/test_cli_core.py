@@ -29,6 +29,44 @@ def test_sample_one_checkpoint(tmp_path, two_ckpts):
     assert Image.open(out / "grid.png").size == (64, 16)
 
 
+@pytest.mark.parametrize("n_ckpts", [1, 2])
+def test_many_seeds_are_all_written_and_the_picture_shows_the_first(tmp_path, two_ckpts, monkeypatch, n_ckpts):
+    from cartoongan.pipelines import sample as sample_mod
+    from cartoongan.report import ListReporter
+
+    monkeypatch.setattr(sample_mod, "GRID_MAX", 4)
+    reporter = ListReporter()
+    res = sample_mod.sample_checkpoints(list(two_ckpts[:n_ckpts]), list(range(11)), tmp_path / "o", device="cpu",
+                                        reporter=reporter)
+    for folder in res.folders:
+        assert sorted(p.name for p in folder.glob("seed*.png")) == [f"seed{i:04d}.png" for i in range(11)]
+    picture = res.grid or res.compare
+    assert Image.open(picture).size == (4 * 16, n_ckpts * 16)
+    assert reporter.infos == [f"{picture.name} shows the first 4 of the 11 images"]
+    assert [(b.description, b.total, b.completed) for b in reporter.bars] == [("rendering", 11 * n_ckpts, 11 * n_ckpts)]
+
+
+def test_rendering_holds_a_batch_not_every_image(tmp_path, tiny_g):
+    """The images are written a batch at a time: what numpy holds (tracemalloc sees its buffers)
+    grows by less than an image per seed, where rendering every image first held each one twice."""
+    import tracemalloc
+
+    from cartoongan.pipelines.sample import sample_checkpoints
+
+    ckpt = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g(64, seed=1)))
+    sample_checkpoints([ckpt], [0], tmp_path / "warm", device="cpu")  # first-call caches out of the count
+    peaks = {}
+    for n in (192, 384):
+        tracemalloc.start()
+        try:
+            sample_checkpoints([ckpt], list(range(n)), tmp_path / f"o{n}", device="cpu")
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    per_seed = (peaks[384] - peaks[192]) / 192
+    assert per_seed < 64 * 64 * 3, peaks
+
+
 def test_sample_several_checkpoints_same_w(tmp_path, two_ckpts):
     out = tmp_path / "cmp"
     res = runner.invoke(app, ["sample", *map(str, two_ckpts), "--seeds", "3,4", "--outdir", str(out), "--interpolate", "2",

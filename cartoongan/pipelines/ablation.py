@@ -215,7 +215,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     result.table = out / "ablation.md"
     with atomic_write(result.table, "w") as fh:
         fh.write(result.markdown)
-    pictures = sample_checkpoints(paths, seeds, out / "samples", noise_mode="const", device="cpu")
+    pictures = sample_checkpoints(paths, seeds, out / "samples", noise_mode="const", device="cpu", reporter=reporter)
     result.figure = Path(pictures.compare.replace(out / "figure.png")) if pictures.compare else None
     reporter.table("ablation (rows: source, then each method)", COLUMNS, result.rows)
     return result

@@ -109,7 +109,7 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
     cartoon = _run_finetune(source, cartoon_dir, out / "finetune", iters, reporter)
     swapped = swap_checkpoints(source, cartoon, out / "swapped.pt", res=16)
     pictures = sample_checkpoints([source, cartoon, swapped], seeds, out / "samples", truncation=0.8,
-                                  noise_mode="const", interpolate=8)
+                                  noise_mode="const", interpolate=8, reporter=reporter)
     compare = _copy(pictures.compare, out / "compare.png")
     gif = _copy(pictures.gif, out / "interpolation.gif")
     return DemoResult(compare, gif, source, cartoon, swapped)

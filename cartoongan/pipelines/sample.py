@@ -13,6 +13,7 @@ from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError
 from ..models.generator import Generator
 from ..outputs import check_keeps_inputs, check_output_dir
+from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
 
 
@@ -25,54 +26,74 @@ class SampleResult:
     gif: Path | None = None
 
 
+GRID_MAX = 64  # grid.png / compare.png show this many latents at most: every one is still its own file
+RENDER_BATCH = 8
+
+
 def sample(gens: list[Generator], names: list[str], seeds: list[int], outdir: Path, truncation: float = 1.0,
-           noise_mode: str = "const", interpolate: int = 0, fps: int = 12) -> SampleResult:
+           noise_mode: str = "const", interpolate: int = 0, fps: int = 12,
+           reporter: Reporter | None = None) -> SampleResult:
     """Render the same w (mapped by the first generator) through every generator.
 
     One generator: outdir/seedNNNN.png and outdir/grid.png. Several: outdir/<name>/seedNNNN.png
-    per generator and outdir/compare.png (rows: generators, columns: seeds). With interpolate=K,
-    outdir/interpolation.gif walks through the seeds' w with K frames per step (all generators
-    side by side).
+    per generator and outdir/compare.png (rows: generators, columns: seeds). The pictures show the
+    first GRID_MAX seeds. With interpolate=K, outdir/interpolation.gif walks through the seeds' w
+    with K frames per step (all generators side by side).
     """
+    reporter = reporter or NullReporter()
     ws = seeds_to_ws(gens[0], seeds, truncation)
     result = _write_renders(gens, names, ws, Path(outdir), [f"seed{s:04d}.png" for s in seeds],
-                            min(len(seeds), 8), noise_mode)
+                            min(len(seeds), 8), noise_mode, reporter)
     if interpolate > 0:
-        result.gif = interpolation_gif(gens, ws, Path(outdir) / "interpolation.gif", interpolate, noise_mode, fps)
+        result.gif = interpolation_gif(gens, ws, Path(outdir) / "interpolation.gif", interpolate, noise_mode, fps,
+                                       reporter)
     return result
 
 
 def _write_renders(gens: list[Generator], names: list[str], ws: torch.Tensor, outdir: Path, filenames: list[str],
-                   single_cols: int, noise_mode: str) -> SampleResult:
-    """Render ws through each generator and save one file per latent. One generator: files in outdir
+                   single_cols: int, noise_mode: str, reporter: Reporter) -> SampleResult:
+    """Render ws through each generator and save one file per latent, a batch at a time (memory
+    stays one batch plus the picture's tiles, whatever the count). One generator: files in outdir
     and grid.png (single_cols wide). Several: outdir/<name>/ each and compare.png (rows: generators)."""
-    result = SampleResult()
-    rows = []
-    for gen, name in zip(gens, names):
+    for gen, name in zip(gens, names):  # all checked before anything is written
         if ws.shape[1:] != (gen.n_latent, gen.style_dim):
             raise CheckpointError(f"w+ has shape {tuple(ws.shape[1:])}, generator {name} needs "
                                   f"({gen.n_latent}, {gen.style_dim})")
-        imgs = render_ws(gen, ws, noise_mode)
-        rows.append(imgs)
-        folder = outdir if len(gens) == 1 else outdir / name
-        for filename, img in zip(filenames, imgs):
-            save_png(img, folder / filename)
-        result.folders.append(folder)
+    result = SampleResult()
+    shown = min(len(ws), GRID_MAX)
+    rows = []
+    with reporter.progress(len(ws) * len(gens), "rendering") as bar:
+        for gen, name in zip(gens, names):
+            folder = outdir if len(gens) == 1 else outdir / name
+            tiles = []
+            for i in range(0, len(ws), RENDER_BATCH):
+                imgs = render_ws(gen, ws[i: i + RENDER_BATCH], noise_mode, RENDER_BATCH)
+                for filename, img in zip(filenames[i: i + RENDER_BATCH], imgs):
+                    save_png(img, folder / filename)
+                tiles.extend(imgs[: max(shown - i, 0)])
+                bar.advance(len(imgs))
+            rows.append(np.stack(tiles))
+            result.folders.append(folder)
+    picture = "grid.png" if len(gens) == 1 else "compare.png"
+    if len(ws) > shown:
+        reporter.info(f"{picture} shows the first {shown} of the {len(ws)} images")
     if len(gens) == 1:
-        result.grid = save_png(make_grid(rows[0], cols=single_cols), outdir / "grid.png")
+        result.grid = save_png(make_grid(rows[0], cols=min(single_cols, shown)), outdir / picture)
     else:
-        result.compare = save_png(make_grid(np.concatenate(rows), cols=len(ws)), outdir / "compare.png")
+        result.compare = save_png(make_grid(np.concatenate(rows), cols=shown), outdir / picture)
     return result
 
 
 def interpolation_gif(gens: list[Generator], ws: torch.Tensor, path: Path, steps: int,
-                      noise_mode: str = "const", fps: int = 12) -> Path:
+                      noise_mode: str = "const", fps: int = 12, reporter: Reporter | None = None) -> Path:
     """Linear walk in w+ through ws (closing the loop), one column per generator, as a looping GIF."""
+    reporter = reporter or NullReporter()
     keys = torch.cat([ws, ws[:1]])
     t = torch.arange(steps, dtype=torch.float32, device=ws.device) / steps
     frames_ws = torch.cat([torch.lerp(keys[i][None], keys[i + 1][None], t[:, None, None])
                            for i in range(len(keys) - 1)])
-    per_gen = [render_ws(g, frames_ws, noise_mode) for g in gens]
+    with reporter.progress(len(frames_ws) * len(gens), "interpolating") as bar:
+        per_gen = [render_ws(g, frames_ws, noise_mode, RENDER_BATCH, bar) for g in gens]
     frames = [Image.fromarray(make_grid(np.stack([imgs[f] for imgs in per_gen]), cols=len(gens)))
               for f in range(len(frames_ws))]
     return save_image(frames[0], path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
@@ -92,7 +113,8 @@ SAMPLE_FILES = r"([^/]+/)?(seed|proj)\d{4,}\.png|grid\.png|compare\.png|interpol
 
 def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, truncation: float = 1.0,
                        noise_mode: str = "const", interpolate: int = 0, device: str = "auto",
-                       ws: torch.Tensor | None = None, projected_w: str | Path | None = None) -> SampleResult:
+                       ws: torch.Tensor | None = None, projected_w: str | Path | None = None,
+                       reporter: Reporter | None = None) -> SampleResult:
     """Load each checkpoint's g_ema and render the same latents through all of them (see `sample`).
 
     ws: optional w+ [N, n_latent, style_dim] used instead of the seeds' w; projected_w: the same
@@ -115,12 +137,12 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
     if projected_w is not None:
         ws = load_projected_w(projected_w, gens[0].n_latent, gens[0].style_dim, f"the generator of {paths[0]}")
     if ws is None:
-        return sample(gens, _unique_names(paths), seeds, outdir, truncation, noise_mode, interpolate)
-    return sample_ws(gens, _unique_names(paths), ws.to(dev), outdir, noise_mode)
+        return sample(gens, _unique_names(paths), seeds, outdir, truncation, noise_mode, interpolate, reporter=reporter)
+    return sample_ws(gens, _unique_names(paths), ws.to(dev), outdir, noise_mode, reporter)
 
 
 def sample_ws(gens: list[Generator], names: list[str], ws: torch.Tensor, outdir: Path,
-              noise_mode: str = "const") -> SampleResult:
+              noise_mode: str = "const", reporter: Reporter | None = None) -> SampleResult:
     """Render given w+ [N, n_latent, style_dim] through each generator: projNNNN.png files and a grid."""
     return _write_renders(gens, names, ws, Path(outdir), [f"proj{i:04d}.png" for i in range(len(ws))], len(ws),
-                          noise_mode)
+                          noise_mode, reporter or NullReporter())
