@@ -193,9 +193,13 @@ def test_no_face_is_one_line_and_writes_nothing(tmp_path):
 _ELSEWHERE = np.random.default_rng(1).random((68, 2)) * 40  # a face's spread of points, placed off the photo
 
 
-@pytest.mark.parametrize("content,message", [(np.zeros((5, 2)), "(68, 2)"), (None, "not found"),
-                                             (_ELSEWHERE + 5000, "lie outside"), (_ELSEWHERE + 1e9, "lie outside")],
-                         ids=["shape", "missing", "another photo's", "far off"])
+_TWO_NAN = np.where(np.arange(68)[:, None] < 2, np.nan, _ELSEWHERE + 100)
+
+
+@pytest.mark.parametrize("content,message", [(np.zeros((5, 2)), "not float64 (5, 2)"), (None, "not found"),
+                                             (_ELSEWHERE + 5000, "lie outside"), (_ELSEWHERE + 1e9, "lie outside"),
+                                             (_TWO_NAN, "2 of the 68 points are NaN or inf")],
+                         ids=["shape", "missing", "another photo's", "far off", "NaN"])
 def test_bad_landmarks_file(tmp_path, content, message):
     lm = tmp_path / "lm.npy"
     if content is not None:

@@ -143,8 +143,11 @@ class Quad:
 def face_quad(landmarks: np.ndarray) -> Quad:
     """The FFHQ crop square of a face from its 68 landmarks [68, 2] (x, y)."""
     lm = np.asarray(landmarks, dtype=np.float64)
-    if lm.shape != (68, 2) or not np.isfinite(lm).all():
-        raise DataError(f"landmarks must be a finite (68, 2) array of x, y; got shape {lm.shape}")
+    if lm.shape != (68, 2):
+        raise DataError(f"landmarks must be a (68, 2) array of x, y; got shape {lm.shape}")
+    if not np.isfinite(lm).all():
+        bad = int((~np.isfinite(lm)).any(axis=1).sum())
+        raise DataError(f"landmarks must be finite x, y: {bad} of the 68 points are NaN or inf")
     eye_l, eye_r = lm[36:42].mean(0), lm[42:48].mean(0)  # the 6 points around each eye
     mouth_l, mouth_r = lm[48], lm[54]  # outer mouth corners
     eyes = (eye_l + eye_r) / 2
