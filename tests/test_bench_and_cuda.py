@@ -125,7 +125,7 @@ def test_a_profiler_that_records_nothing_is_one_line_not_an_empty_table(monkeypa
     import cartoongan.bench.profile as prof
     from cartoongan.errors import CartoonganError
 
-    blind = contextlib.contextmanager(lambda activities: (yield type("P", (), {"key_averages": lambda self: []})()))
+    blind = contextlib.contextmanager(lambda activities, **options: (yield type("P", (), {"key_averages": lambda self: []})()))
     monkeypatch.setattr(prof, "profile", blind)
     with pytest.raises(CartoonganError, match="recorded no ops for the step phase; time the phases with bench wi"):
         prof.profile_phases("tiny", "cpu", batch=2, runs=1)
