@@ -192,7 +192,7 @@ class _Rows:
     arrays stacked and then transposed held the dataset three times over at the peak."""
 
     def __init__(self, capacity: int, size: int):
-        self.images = torch.empty(capacity, 3, size, size, dtype=torch.uint8)
+        self.images = torch.empty(capacity, 3, size, size, dtype=torch.uint8, device="cpu")  # decoded on the host
         self.n = 0
 
     def add(self, hwc: np.ndarray) -> None:
