@@ -6,7 +6,6 @@ no message at all. So a CPU batch that clearly cannot fit is refused up front in
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch

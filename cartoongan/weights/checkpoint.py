@@ -59,7 +59,8 @@ FOREIGN_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"G
                  b"\x93NUMPY": "a NumPy array (.npy)", b"BM": "a BMP image"}
 
 
-def _refuse_known_non_checkpoints(path: Path) -> None:
+def _refuse_known_non_checkpoints(path: Path) -> bytes:
+    """The file's first 8 bytes, once they are not those of an empty file or a known non-checkpoint."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
@@ -69,6 +70,9 @@ def _refuse_known_non_checkpoints(path: Path) -> None:
     if kind:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is {kind}; pass a .pt file written by "
                               "torch.save (cartoongan, rosinality's train.py)")
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch or copy it again")
+    return head
 
 
 def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False):
@@ -80,9 +84,7 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         hint = f" (a training run's is {path / 'latest.pt'})" if (path / "latest.pt").is_file() else ""
         raise CheckpointError(f"{path} is a folder, not a checkpoint file: name a .pt inside it{hint}")
-    _refuse_known_non_checkpoints(path)
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch or copy it again")
+    head = _refuse_known_non_checkpoints(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap or None)
@@ -95,7 +97,7 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as exc:  # torch raises many types for foreign or truncated bytes
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (truncated or another format: "
-            f"{_unreadable_reason(path, exc)})"
+            f"{_unreadable_reason(path, head, exc)})"
         ) from None
     return ckpt
 
@@ -106,14 +108,12 @@ def _refused_global(exc: pickle.UnpicklingError) -> str:
     return f"refused global {found.group(1)}" if found else first_line(exc, 160, "unsupported global")
 
 
-def _unreadable_reason(path: Path, exc: Exception) -> str:
+def _unreadable_reason(path: Path, head: bytes, exc: Exception) -> str:
     # the legacy pickle reader fails on foreign bytes with a KeyError of one byte's value ('105'),
     # and a zip cut short fails with a bare EINVAL from seeking to its missing directory
     if isinstance(exc, KeyError):
         return "its first bytes are not a pickle or a zip archive"
-    with open(path, "rb") as fh:
-        is_zip_start = fh.read(4) == b"PK\x03\x04"
-    if is_zip_start and not zipfile.is_zipfile(path):
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
         return "a zip archive without its end: the file was cut short, e.g. by an interrupted copy"
     return first_line(exc, 120)
 
