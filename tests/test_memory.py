@@ -4,12 +4,12 @@ import sys
 import pytest
 import torch
 
-from cartoongan.config import ModelConfig
+from cartoongan.config import load_recipe
 from cartoongan.errors import ConfigError
 from cartoongan.train import memory
 from cartoongan.train.memory import _cgroup_room, bytes_per_image, check_batch_fits
 
-TINY = ModelConfig(size=32, style_dim=64, n_mlp=2, channel_multiplier=1, channel_base=1024, channel_max=64)
+TINY = load_recipe("tiny").model  # the network the PEAK_RSS step trains
 
 # one CPU training step of the tiny recipe (R1 and path length fall on step 0), then the peak RSS
 # of this process's own memory: VmHWM, as ru_maxrss keeps the parent's size from before the exec
