@@ -73,3 +73,14 @@ def test_markdown_table_shape():
 def test_ablation_cli_missing_source(tmp_path):
     result = runner.invoke(app, ["ablation", "--out", str(tmp_path), "--source", str(tmp_path / "none.pt")])
     assert result.exit_code == 1 and "source model not found" in result.output
+
+
+def test_ablation_source_without_discriminator_is_refused_before_any_work(tmp_path, tiny_g):
+    from cartoongan.weights.networks import generator_checkpoint
+    from cartoongan.weights.checkpoint import save_checkpoint
+
+    source = save_checkpoint(tmp_path / "g_only.pt", generator_checkpoint(tiny_g(16)))  # a convert_weight.py export
+    result = runner.invoke(app, ["ablation", "--out", str(tmp_path / "abl"), "--source", str(source), "--iters", "1"])
+    assert result.exit_code == 1 and "has no discriminator ('d')" in result.output, result.output
+    assert "--fresh-d" not in result.output  # a flag ablation does not have
+    assert not (tmp_path / "abl" / "data").exists()  # refused before the cartoon set was made

@@ -82,6 +82,8 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
 @pytest.mark.parametrize("content,match", [
     (b"hello, I am text\n", "not a readable .*its first bytes are not a pickle or a zip archive"),
+    (b"notes\n", "not a readable .*its first bytes are not a pickle or a zip archive"),  # not "refusing"
+    (b"\x07\x01" + bytes(60), "not a readable .*its first bytes are not a pickle or a zip archive"),
     (None, "not a readable .*cut short"),  # truncated real checkpoint
     (b"", r"is empty \(0 bytes\)"),
     (b"\x89PNG\r\n\x1a\n" + bytes(40), "not a PyTorch checkpoint: it is a PNG image"),  # renamed picture

@@ -336,6 +336,17 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
         res = _run(*args, "--outdir", tmp_path / "e")
         assert res.exit_code == code, res.output
         assert text in res.output and "Traceback" not in res.output, res.output
+    # each release file passed where a StyleGAN2 checkpoint belongs is named for what it is
+    for f, text in ((style_dir / "generator.pt", "is a DualStyleGAN generator, not a StyleGAN2 one"),
+                    (style_dir.parent / "encoder.pt", "is a pSp encoder, not a StyleGAN2 checkpoint")):
+        res = runner.invoke(app, ["sample", str(f), "--seeds", "0", "--outdir", str(tmp_path / "g"), "--device", "cpu"])
+        assert res.exit_code == 1 and text in res.output, res.output
+    (tmp_path / "cut.png").write_bytes(photo.read_bytes()[:300])
+    for exemplar, text in ((tmp_path / "cut.png", "cut.png is not a readable image"),
+                           (tmp_path / "none.png", "exemplar not found")):
+        res = _run(photo, "--model", style_dir, "--style", exemplar, "--outdir", tmp_path / "f")
+        assert res.exit_code == 1 and text in res.output, res.output
+        assert not (tmp_path / "f" / "instyle.npy").exists()  # refused before the photo was encoded
 
 
 @pytest.mark.cuda

@@ -185,6 +185,9 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     source = Path(source) if source else BUNDLED_SOURCE
     if not source.exists():
         raise CheckpointError(f"source model not found: {source}")
+    if "d" not in load_checkpoint(source, mmap=True):  # before any rendering, not at the first method
+        raise CheckpointError(f"{source} has no discriminator ('d'): every method fine-tunes the source's G and D "
+                              "(FreezeD keeps D's layers); pass a training checkpoint with both, e.g. a run's latest.pt")
     src_gen = load_generator(source, "cpu")
     steps = earlier_steps(out / "runs", methods, source, weights_digest(src_gen))
     data = out / "data" / "cartoon"

@@ -247,6 +247,9 @@ def _check_options(opts: DualStyleOptions, model: DualStyleGenerator, codes: dic
         raise ConfigError("--style IMAGE and --style-id all exclude each other")
     if opts.style_image is None and not opts.all_styles:
         pick_style(codes, opts.style_id or 0)
+    if opts.style_image is not None:  # a bad exemplar fails now, not after the photo's encoding
+        with image_errors(opts.style_image, "exemplar"), Image.open(opts.style_image) as img:
+            img.load()
     if opts.noise_mode not in ("const", "random"):
         raise ConfigError(f"noise mode must be const or random, got {opts.noise_mode!r}")
 

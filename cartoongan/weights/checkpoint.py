@@ -46,6 +46,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def check_checkpoint(path: str | os.PathLike, ckpt) -> dict:
     """ckpt, as read from `path` by read_torch_file, if it holds a StyleGAN2 generator in a layout
     we know; else one-line CheckpointError naming the file."""
+    from .dualstyle import is_dualstyle_state, is_psp_file  # dualstyle builds on this module
+
+    if isinstance(ckpt, dict) and is_dualstyle_state(ckpt.get("g_ema")):
+        raise CheckpointError(f"{path} is a DualStyleGAN generator, not a StyleGAN2 one: use its folder with "
+                              "`cartoongan dualstyle --model FOLDER`")
+    if is_psp_file(ckpt):
+        raise CheckpointError(f"{path} is a pSp encoder, not a StyleGAN2 checkpoint: `cartoongan dualstyle` "
+                              "finds it beside --model, or takes it as --encoder")
     if not isinstance(ckpt, dict) or not ({"g_ema", "g"} & set(ckpt)):
         keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} holds no generator ('g_ema' or 'g'); found {keys}: pass a StyleGAN2 checkpoint")
@@ -85,6 +93,12 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         hint = f" (a training run's is {path / 'latest.pt'})" if (path / "latest.pt").is_file() else ""
         raise CheckpointError(f"{path} is a folder, not a checkpoint file: name a .pt inside it{hint}")
     head = _refuse_known_non_checkpoints(path)
+    if not head.startswith((b"\x80", b"PK")):
+        # torch.save writes a zip, or (legacy) a pickle of protocol 2+, whose first byte is PROTO;
+        # anything else would reach the weights-only unpickler as "unsupported operand", which
+        # reads like a refused class
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another format: "
+                              "its first bytes are not a pickle or a zip archive)")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap or None)
@@ -109,10 +123,7 @@ def _refused_global(exc: pickle.UnpicklingError) -> str:
 
 
 def _unreadable_reason(path: Path, head: bytes, exc: Exception) -> str:
-    # the legacy pickle reader fails on foreign bytes with a KeyError of one byte's value ('105'),
-    # and a zip cut short fails with a bare EINVAL from seeking to its missing directory
-    if isinstance(exc, KeyError):
-        return "its first bytes are not a pickle or a zip archive"
+    # a zip cut short fails with a bare EINVAL from seeking to its missing directory
     if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
         return "a zip archive without its end: the file was cut short, e.g. by an interrupted copy"
     return first_line(exc, 120)
