@@ -94,7 +94,7 @@ def run_flop_count(configs: list[str], device: str = "auto", batch: int | None =
 
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
-    check_configs(configs)
+    check_configs(configs, dev, batch)
     model = None
     if reference is not None:
         check_reference_configs(configs)

@@ -254,7 +254,7 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
     torch.compiles our networks (the reference stays eager, as its train.py runs)."""
     reporter = reporter or NullReporter()
     dev = resolve_device(device)
-    check_configs(configs)
+    check_configs(configs, dev, batch)
     check_reference_configs(configs)  # before anything is timed
     model, gradfix = load_reference(path, dev)
     rows = []

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..config import RunConfig
+from ..config import ModelConfig, RunConfig
 from ..data.dataset import ImageDataset
 from ..device import peak_memory_mb, reset_peak_memory, resolve_device
 from ..errors import ConfigError
@@ -23,6 +23,7 @@ from ..report import NullReporter, Reporter
 from ..train.distributed import DistInfo
 from ..train.freeze import make_plan
 from ..train.losses import ema_beta, ema_update
+from ..train.memory import check_batch_fits
 from ..train.trainer import Networks, Trainer, new_networks
 
 # name: (model overrides, batch on CPU, batch on CUDA)
@@ -118,11 +119,10 @@ def bench_trainer(name: str, dev: torch.device, batch: int, precision: str, comp
                   channels_last: bool = True) -> Trainer:
     """A Trainer at config `name` on random uint8 images (FreezeSG 2 + structure loss 3 when `struct`,
     less where the network has fewer blocks)."""
-    model, _, _ = CONFIGS[name]
     cfg = RunConfig()
-    for k, v in model.items():
-        setattr(cfg.model, k, v)
+    cfg.model = config_model(name)
     cfg.train.batch, cfg.train.precision = batch, precision
+    check_batch_fits(cfg.model, batch, dev)  # the kernel's OOM killer would end the bench without a word
     cfg.train.compile, cfg.train.compile_mode = compile_mode is not None, compile_mode or "default"
     cfg.train.augment = "none"
     torch.manual_seed(0)
@@ -208,17 +208,29 @@ def _bench_config(name, dev, precision, repeats, batch, compile_mode, channels_l
                     round(batch / t_struct, 2) if t_struct else None, round(peak, 1))
 
 
-def check_configs(configs: list[str]) -> None:
+def config_model(name: str) -> ModelConfig:
+    """The ModelConfig of bench config `name`."""
+    model = ModelConfig()
+    for k, v in CONFIGS[name][0].items():
+        setattr(model, k, v)
+    return model
+
+
+def check_configs(configs: list[str], dev: torch.device | None = None, batch: int | None = None) -> None:
+    """ConfigError for an unknown config name or, given `dev`, a batch (default: each config's)
+    that cannot fit: before any bar or network, not after the configs listed first."""
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise ConfigError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    for name in configs if dev is not None else []:
+        check_batch_fits(config_model(name), batch or default_batch(name, dev), dev)
 
 
 def run_bench(configs: list[str], device: str = "auto", precision: str = "fp32", repeats: int = 5,
               batch: int | None = None, compile_mode: str | None = None, reporter: Reporter | None = None,
               channels_last: bool = True, grouped_modconv: bool = False) -> list[BenchRow]:
     reporter = reporter or NullReporter()
-    check_configs(configs)
+    check_configs(configs, resolve_device(device), batch)
     rows = []
     with reporter.progress(len(configs), "benchmarking") as bar:
         for name in configs:
