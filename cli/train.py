@@ -145,7 +145,8 @@ Mapping = choices("Mapping", MAPPINGS)
 def swap(
     source: Path = typer.Argument(..., metavar="SOURCE", help="Generator whose low-resolution blocks (structure) are kept."),
     target: Path = typer.Argument(..., metavar="TARGET", help="Generator whose high-resolution blocks (style) are kept."),
-    res: int = typer.Option(DEFAULT_RES, "--res", help="Blocks at this resolution and below come from SOURCE."),
+    res: Optional[int] = typer.Option(None, "--res", help=f"Blocks at this resolution and below come from SOURCE "
+                                      f"(default {DEFAULT_RES}, or half the models' size where that is less)."),
     mapping: Mapping = typer.Option(Mapping("source"), "--mapping", help="Whose mapping network the result uses."),
     blend_width: Optional[float] = typer.Option(None, "--blend-width", help="Smooth logistic blend (octaves) instead of a hard switch."),
     output: Path = typer.Option(Path("swapped.pt"), "-o", "--output", help="Checkpoint to write."),

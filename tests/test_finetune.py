@@ -185,8 +185,16 @@ def test_swap_cli_writes_provenance_and_refuses_mismatch(tmp_path):
     res = runner.invoke(app, ["swap", str(a), str(b), "-o", str(tmp_path / "s.pt")])
     assert res.exit_code == 0, res.output
     ckpt = load_checkpoint(tmp_path / "s.pt")
-    assert ckpt["cartoongan"]["provenance"]["res"] == 16 and ckpt["cartoongan"]["kind"] == "swap"
-    build_generator(ckpt)
+    # the default switch (16) at the 16 px models' full size would copy SOURCE: half their size instead
+    assert ckpt["cartoongan"]["provenance"]["res"] == 8 and ckpt["cartoongan"]["kind"] == "swap"
+    swapped, target = build_generator(ckpt), build_generator(load_checkpoint(b))
+    assert torch.equal(swapped.to_rgbs[-1].conv.weight, target.to_rgbs[-1].conv.weight)
+    res = runner.invoke(app, ["swap", str(a), str(b), "--res", "16", "-o", str(tmp_path / "full.pt")])
+    assert res.exit_code == 2 and "--res 16 is the models' full size" in res.output and "[4, 8]" in res.output, res.output
+    assert not (tmp_path / "full.pt").exists()
+    for extra in (["--mapping", "target"], ["--blend-width", "1"]):  # then not a copy: allowed
+        res = runner.invoke(app, ["swap", str(a), str(b), "--res", "16", *extra, "-o", str(tmp_path / "f.pt")])
+        assert res.exit_code == 0, (extra, res.output)
     c = make_source(tmp_path / "c.pt", size=32)
     res = runner.invoke(app, ["swap", str(a), str(c), "-o", str(tmp_path / "x.pt")])
     assert res.exit_code == 1 and "differ in size: 16 vs 32" in res.output and "Traceback" not in res.output

@@ -43,16 +43,26 @@ def _blend_into(dst: list[torch.Tensor], src: list[torch.Tensor], tgt: list[torc
         d.copy_(torch.lerp(s.float(), g.float(), t).to(d.dtype) if 0 < t < 1 else (s if t == 0 else g))
 
 
-def swap_layers(source: Generator, target: Generator, res: int = DEFAULT_RES, mapping: str = "source",
+def default_res(size: int) -> int:
+    """DEFAULT_RES, or half the model's size where that is lower: a switch at the full size takes
+    every block from the source."""
+    return min(DEFAULT_RES, size // 2)
+
+
+def swap_layers(source: Generator, target: Generator, res: int | None = None, mapping: str = "source",
                 blend_width: float | None = None) -> Generator:
     """A new generator: blocks at resolution <= res (and the constant) from source, the rest from target.
 
-    mapping: which network's mapping (and w_avg) the result uses. blend_width: optional smooth
-    logistic transition (in octaves) instead of a hard switch.
+    res: None for default_res(size). mapping: which network's mapping (and w_avg) the result uses.
+    blend_width: optional smooth logistic transition (in octaves) instead of a hard switch.
     """
     check_compatible(source, target)
+    res = default_res(source.size) if res is None else res
     if res not in source.resolutions:
         raise ConfigError(f"--res must be one of {source.resolutions}, got {res}")
+    if res == source.size and mapping == "source" and not blend_width:
+        raise ConfigError(f"--res {res} is the models' full size: every block and the mapping would come from "
+                          f"SOURCE, a copy of it; choose a lower --res from {source.resolutions[:-1]}")
     if mapping not in MAPPINGS:
         raise ConfigError(f"--mapping must be {' or '.join(MAPPINGS)}, got '{mapping}'")
     if blend_width is not None and not (blend_width >= 0 and math.isfinite(blend_width)):
@@ -71,9 +81,9 @@ def swap_layers(source: Generator, target: Generator, res: int = DEFAULT_RES, ma
 
 
 def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path: str | Path,
-                     res: int = DEFAULT_RES, mapping: str = "source", blend_width: float | None = None) -> Path:
-    """Load two checkpoints' g_ema, swap their layers, and write the result as a new checkpoint
-    (`out_path` is checked first)."""
+                     res: int | None = None, mapping: str = "source", blend_width: float | None = None) -> Path:
+    """Load two checkpoints' g_ema, swap their layers (res None: default_res), and write the result
+    as a new checkpoint (`out_path` is checked first)."""
     check_checkpoint_output(out_path, "--output", inputs=[source_path, target_path])
     source = load_generator(source_path, "cpu")
     target = load_generator(target_path, "cpu")
@@ -81,6 +91,7 @@ def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path:
         swapped = swap_layers(source, target, res, mapping, blend_width)
     except CheckpointError as exc:
         raise CheckpointError(f"cannot swap {source_path} with {target_path}: {exc}") from None
+    res = default_res(source.size) if res is None else res
     provenance = {"source": str(Path(source_path).resolve()), "target": str(Path(target_path).resolve()),
                   "res": res, "mapping": mapping, "blend_width": blend_width}
     return save_checkpoint(out_path, generator_checkpoint(swapped, kind="swap", provenance=provenance))
