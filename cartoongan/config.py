@@ -211,6 +211,9 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
         (t.eval_n >= 2, "train", "eval_n", ">= 2 (KID compares sets)"),
         (f.struct_tap in STRUCT_TAPS, "finetune", "struct_tap", " or ".join(STRUCT_TAPS)),
         (f.struct_weight >= 0 and math.isfinite(f.struct_weight), "finetune", "struct_weight", "a finite number >= 0"),
+        # weight 0 would keep the loss's cost (the source renders every G step) without its effect
+        (f.struct_weight > 0 or f.struct_loss == 0, "finetune", "struct_weight",
+         "> 0 while the structure loss is on (set --struct-loss 0 to turn it off)"),
     ]
     for ok, section, key, what in checks:
         if not ok:
