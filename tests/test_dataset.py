@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from cartoongan.data.dataset import load_dataset
+from cartoongan.report import ListReporter
 
 
 def _flat(path, rgb, side=24):
@@ -56,3 +57,20 @@ def test_decoded_images_are_not_held_twice_while_loading(tmp_path):
     dataset_bytes = data.images.numel()
     assert len(data) == 24
     assert peak < dataset_bytes / 2, f"traced {peak} bytes for a {dataset_bytes}-byte dataset"
+
+
+def test_tiff_modes_and_a_dangling_link(tmp_path):
+    """TIFF files count as images, in the modes scanners and tools write them (a float picture
+    in [0, 1] is no black square); a link to a missing file is named as skipped, not dropped unseen."""
+    root = tmp_path / "d"
+    root.mkdir()
+    grey = np.full((24, 24), 0.5, np.float32)
+    Image.fromarray(grey).save(root / "float.tif")  # mode F
+    Image.fromarray((grey * 65535).astype(np.uint16)).save(root / "deep.tiff")  # mode I;16
+    Image.fromarray(np.full((24, 24, 3), 128, np.uint8)).convert("CMYK").save(root / "print.tif")
+    (root / "gone.png").symlink_to(tmp_path / "moved.png")
+    reporter = ListReporter()
+    data = load_dataset(root, 16, reporter)
+    assert data.names == ["deep.tiff", "float.tif", "print.tif"] and data.skipped == ["gone.png"]
+    assert all(abs(int(img.float().mean()) - 127) <= 2 for img in data.images), [img.float().mean() for img in data.images]
+    assert any("gone.png" in w for w in reporter.warnings), reporter.warnings

@@ -32,7 +32,9 @@ def image_sources(root: Path) -> list[tuple[str, callable]]:
         raise DataError(f"{root} is a file, not a dataset: pass a folder of images{beside} or a .zip")
     if not root.is_dir():
         raise DataError(f"dataset not found: {root} (pass a folder of images or a .zip)")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    # a link to a missing file stays in: its open fails, so it is named among the unreadable ones
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS
+                   and (p.is_file() or (p.is_symlink() and not p.exists())))
     return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files]
 
 
