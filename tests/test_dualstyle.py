@@ -318,10 +318,13 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
             f, word = tmp_path / "code.npy", "intrinsic code"
         res = runner.invoke(app, ["info", str(f), "--json"])
         assert res.exit_code == 0 and word in res.output, res.output
+        assert "non_finite" not in res.output
     (tmp_path / "e").mkdir()
     shutil.copy(photo, tmp_path / "e" / "result.png")  # the photo, where the result would go
     nan_code = tmp_path / "nan_code.npy"  # a black picture is not a result
     np.save(nan_code, np.full((1, N, DIM), np.nan, np.float32))
+    res = runner.invoke(app, ["info", str(nan_code), "--json"])
+    assert res.exit_code == 0 and f"{N * DIM} of {N * DIM} values are NaN or inf" in res.output, res.output
     for args, code, text in (
         ([photo, "--model", style_dir, "--style-id", "7"], 2, "styles 0-2"),
         ([photo, "--model", style_dir, "--weight", "1,1"], 2, "needs 10 values"),

@@ -214,6 +214,17 @@ def psp_checkpoint(encoder: GradualStyleEncoder, decoder: Generator | None = Non
 
 
 # ---- `cartoongan info` ---------------------------------------------------------------------
+def _non_finite(arrays) -> dict:
+    """{"non_finite": "K of N values are NaN or inf: …"} when any number is, else {}: such a code
+    renders a black picture, which dualstyle refuses."""
+    arrays = [a for a in arrays if a.dtype.kind in "fc"]
+    bad = sum(int(a.size - np.count_nonzero(np.isfinite(a))) for a in arrays)
+    if not bad:
+        return {}
+    total = sum(a.size for a in arrays)
+    return {"non_finite": f"{bad} of {total} values are NaN or inf: not usable as a code"}
+
+
 def describe_file(path: str | os.PathLike) -> dict:
     """A summary for `cartoongan info` of an exemplar-code .npy, a DualStyleGAN generator.pt, a pSp
     encoder file or an ordinary checkpoint (networks.describe), each file read once."""
@@ -221,15 +232,16 @@ def describe_file(path: str | os.PathLike) -> dict:
     if path.suffix.lower() == ".npy":
         try:  # a plain array (a saved intrinsic code) loads without pickles
             arr = np.load(path, allow_pickle=False)
-            return {"kind": "array (an intrinsic code when shaped (1, n_latent, style_dim))",
-                    "shape": list(arr.shape), "dtype": str(arr.dtype)}
         except (ValueError, OSError):
-            pass
+            arr = None
+        if arr is not None:
+            return {"kind": "array (an intrinsic code when shaped (1, n_latent, style_dim))",
+                    "shape": list(arr.shape), "dtype": str(arr.dtype), **_non_finite([arr])}
         codes = read_exstyle_codes(path)
         names = list(codes)
         return {"kind": "DualStyleGAN exemplar codes (Z+)", "exemplars": len(names),
                 "code_shape": list(next(iter(codes.values())).shape),
-                "first": names[:3], "last": names[-1]}
+                "first": names[:3], "last": names[-1], **_non_finite(codes.values())}
     from .nvlabs import looks_like_nvlabs_pickle
 
     if path.is_file() and looks_like_nvlabs_pickle(path):  # load_checkpoint converts those
