@@ -15,9 +15,9 @@ def ablation(
     out_dir: Path = typer.Option(Path("ablation"), "--out", help="Folder for data, runs, table and figure."),
     source: Optional[Path] = typer.Option(None, "--source", help="Photo-domain checkpoint (default: the bundled 64 px one)."),
     iters: Optional[int] = typer.Option(None, "--iters", min=1, help="Fine-tuning steps per method (default: the ablation64 recipes)."),
-    n_eval: int = typer.Option(200, "--n-eval", min=0, help="Samples for FID/KID (0 skips them)."),
-    n_structure: int = typer.Option(64, "--n-structure", min=1, help="Seeds for the structure score."),
-    n_ppl: int = typer.Option(100, "--n-ppl", min=0, help="PPL samples (0 skips PPL)."),
+    n_eval: int = typer.Option(200, "--n-eval", min=0, max=50000, help="Samples for FID/KID (0 skips them)."),
+    n_structure: int = typer.Option(64, "--n-structure", min=1, max=50000, help="Seeds for the structure score."),
+    n_ppl: int = typer.Option(100, "--n-ppl", min=0, max=100000, help="PPL samples (0 skips PPL)."),
 ):
     """FreezeD+ADA, FreezeG, FreezeSG and FreezeSG+structure loss from one source with one budget: a Markdown
     table (FID/KID vs the cartoon set, structure score vs the source, PPL) and a figure of the same seeds."""

@@ -24,6 +24,7 @@ from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
 from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
+from ..train.memory import host_memory_available
 from ..train.runs import check_same_source, finetune, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import load_generator, weights_digest
@@ -167,6 +168,16 @@ def markdown_table(rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_renders_fit(n: int, size: int) -> None:
+    """ConfigError when the source's renders and one method's (uint8, held side by side) cannot fit
+    in the host's free memory: the kernel's OOM killer would end the run without a word."""
+    need, free = 2 * n * 3 * size * size, host_memory_available()
+    if free is not None and need > free:
+        fits = free // (2 * 3 * size * size)
+        raise ConfigError(f"--n-eval/--n-structure {n} holds two sets of {n} renders at {size} px "
+                          f"({need / 2**30:.1f} GiB) and {free / 2**30:.1f} GiB is free: use {fits} or less")
+
+
 def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str | Path | None = None,
                  iters: int | None = None, n_eval: int = 200, n_structure: int = 64, n_ppl: int = 100,
                  n_cartoon: int = 1000, seeds: list[int] | None = None,
@@ -189,6 +200,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
         raise CheckpointError(f"{source} has no discriminator ('d'): every method fine-tunes the source's G and D "
                               "(FreezeD keeps D's layers); pass a training checkpoint with both, e.g. a run's latest.pt")
     src_gen = load_generator(source, "cpu")
+    _check_renders_fit(max(n_eval, n_structure), src_gen.size)
     steps = earlier_steps(out / "runs", methods, source, weights_digest(src_gen))
     data = out / "data" / "cartoon"
     ensure_synthesized("cartoon", n_cartoon, 64, data, seed=2, reporter=reporter)
