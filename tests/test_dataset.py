@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from cartoongan.data.dataset import load_dataset
+from cartoongan.errors import DataError
 from cartoongan.report import ListReporter
 
 
@@ -74,3 +75,16 @@ def test_tiff_modes_and_a_dangling_link(tmp_path):
     assert data.names == ["deep.tiff", "float.tif", "print.tif"] and data.skipped == ["gone.png"]
     assert all(abs(int(img.float().mean()) - 127) <= 2 for img in data.images), [img.float().mean() for img in data.images]
     assert any("gone.png" in w for w in reporter.warnings), reporter.warnings
+
+
+def test_a_dataset_the_host_cannot_hold_is_refused_before_decoding(mixed, monkeypatch):
+    import cartoongan.data.dataset as dataset
+
+    decoded = []
+    real = dataset.square_resize
+    monkeypatch.setattr(dataset, "square_resize", lambda *a: decoded.append(1) or real(*a))
+    monkeypatch.setattr(dataset, "host_memory_available", lambda: 3 * 3 * 16 * 16 - 1)  # under 3 images of 16 px
+    with pytest.raises(DataError, match=r"4 images at 16 px take 0\.0 GiB .* use a folder of 2 images or fewer"):
+        load_dataset(mixed, 16)
+    assert not decoded
+    assert len(load_dataset(mixed, 16, limit=2)) == 2  # the first 2 fit

@@ -7,7 +7,8 @@ import torch
 from cartoongan.config import load_recipe
 from cartoongan.errors import ConfigError
 from cartoongan.train import memory
-from cartoongan.train.memory import _cgroup_room, bytes_per_image, check_batch_fits
+from cartoongan.hostmem import _cgroup_room
+from cartoongan.train.memory import bytes_per_image, check_batch_fits
 
 TINY = load_recipe("tiny").model  # the network the PEAK_RSS step trains
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
+from ..hostmem import gib, host_memory_available
 from ..outputs import check_fresh_dir, check_outside
 from ..report import NullReporter, Reporter
 from .images import DECODE_ERRORS, EXTENSIONS, bombs_as_errors, save_png, square_resize
@@ -127,6 +128,7 @@ def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None,
     sources = _some_image_sources(root)
     names, skipped, tiny = [], [], []
     total = len(sources) if limit is None else min(limit, len(sources))
+    _check_fits(root, total, size)
     rows = _Rows(total, size)
     with reporter.progress(total, f"loading {root.name}") as bar:
         for name, opener in sources:
@@ -187,6 +189,14 @@ def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None 
         raise DataError(f"no faces found in {root}")
     images = rows.done()
     return ImageDataset(images, names, faceless + unreadable)
+
+
+def _check_fits(root: Path, n: int, size: int) -> None:
+    """DataError, before any decoding, when n images of `size` px cannot be held in host memory."""
+    need, free = n * 3 * size * size, host_memory_available()
+    if free is not None and need > free:
+        raise DataError(f"{root}: {n} images at {size} px take {gib(need)} in memory and {gib(free)} is free: "
+                        f"use a folder of {free // (3 * size * size)} images or fewer")
 
 
 class _Rows:

@@ -24,7 +24,7 @@ from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
 from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
-from ..train.memory import host_memory_available
+from ..hostmem import gib, host_memory_available
 from ..train.runs import check_same_source, finetune, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import load_generator, weights_digest
@@ -175,7 +175,7 @@ def _check_renders_fit(n: int, size: int) -> None:
     if free is not None and need > free:
         fits = free // (2 * 3 * size * size)
         raise ConfigError(f"--n-eval/--n-structure {n} holds two sets of {n} renders at {size} px "
-                          f"({need / 2**30:.1f} GiB) and {free / 2**30:.1f} GiB is free: use {fits} or less")
+                          f"({gib(need)}) and {gib(free)} is free: use {fits} or less")
 
 
 def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str | Path | None = None,
