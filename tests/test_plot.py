@@ -32,4 +32,7 @@ def test_plot_without_kid_or_ada_and_missing_log(tmp_path):
     rows = [{"step": s, "loss_d": 1.0, "loss_g": 0.5, "ada_p": 0.0} for s in range(3)]
     assert [t for t, _ in panels(rows)] == ["losses"]
     result = runner.invoke(app, ["plot", str(tmp_path / "nothing")])
-    assert result.exit_code == 1 and "no training log" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "run folder not found" in result.output and "Traceback" not in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["plot", str(tmp_path / "empty")])
+    assert result.exit_code == 1 and "no training log at" in result.output and "Traceback" not in result.output

@@ -13,6 +13,8 @@ LOSS_KEYS = ("loss_d", "loss_g", "loss_struct", "r1", "path_length")
 def read_log(run_dir: str | Path) -> list[dict]:
     """The rows of RUN/log.jsonl (a run folder or the file itself); a torn last line is ignored."""
     path = Path(run_dir)
+    if not path.exists():
+        raise DataError(f"run folder not found: {path}")
     path = path / "log.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise DataError(f"no training log at {path}: pass a run folder written by pretrain/finetune")
