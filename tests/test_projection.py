@@ -54,6 +54,19 @@ def test_project_writes_files_and_sample_reads_projected_w(tmp_path, tiny_source
     assert Image.open(tmp_path / "s" / "proj0000.png").size == (32, 32)
 
 
+def test_a_crop_far_smaller_than_the_generator_is_warned_of(tmp_path, tiny_source):
+    from cartoongan.report import ListReporter
+
+    _, path = tiny_source
+    cfg = ProjectConfig(steps=1, loss="mse", w_avg_samples=100)
+    for side, warned in ((7, True), (8, False)):  # a quarter of 32 px is 8
+        Image.fromarray(np.full((side, side + 5, 3), 90, np.uint8)).save(tmp_path / "crop.png")
+        reporter = ListReporter()
+        project_photo(tmp_path / "crop.png", path, tmp_path / f"o{side}", cfg, reporter=reporter)
+        assert any("7 px on its short side, under a quarter of 32 px" in w for w in reporter.warnings) == warned, \
+            reporter.warnings
+
+
 def test_lpips_path_with_an_explicit_random_backbone(tmp_path, tiny_source):
     import lpips
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..errors import DataError
 from ..outputs import atomic_write
+from ..report import Reporter
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -128,9 +129,14 @@ def image_errors(name, what: str = "photo") -> Iterator[None]:
                         "save it again as PNG or JPEG") from None
 
 
-def load_photo(path: str | Path, size: int) -> torch.Tensor:
-    """Any image file -> centre-cropped, resized [1, 3, size, size] in [-1, 1]."""
+def load_photo(path: str | Path, size: int, reporter: Reporter | None = None) -> torch.Tensor:
+    """Any image file -> centre-cropped, resized [1, 3, size, size] in [-1, 1]. With a `reporter`,
+    a picture under a quarter of `size` gets a warning: it is blown up into a blur."""
     with image_errors(path), Image.open(path) as img:
         img.load()
         arr = square_resize(img, size)
+        side = min(img.size)
+    if reporter is not None and side < size / 4:
+        reporter.warn(f"{path} is {side} px on its short side, under a quarter of {size} px: it was upscaled, "
+                      "so the result matches a blur; use a larger picture")
     return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1

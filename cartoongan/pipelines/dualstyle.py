@@ -218,7 +218,7 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
     else:
         encoder, _ = load_psp(encoder_path(model_dir, opts.wplus, opts.encoder), "w+" if opts.wplus else "z+", dev)
         _check_encoder(encoder, model)
-        photo = load_target(input_path, model.size, align, outdir)[0].to(dev)
+        photo = load_target(input_path, model.size, align, outdir, reporter)[0].to(dev)
         instyle = encoder.encode(photo)
         zplus_encoder = None if opts.wplus else encoder  # the one an exemplar image is encoded with too
         reporter.info(f"encoded {input_path} into a {'W+' if opts.wplus else 'Z+'} code")

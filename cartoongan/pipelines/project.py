@@ -175,13 +175,15 @@ def _perceptual_for(cfg: ProjectConfig, lpips_weights, device):
     return lpips_vgg(lpips_weights).to(device) if "lpips" in cfg.loss else None
 
 
-def load_target(photo: str | Path, size: int, align: bool, outdir: str | Path) -> tuple[torch.Tensor, Path | None]:
+def load_target(photo: str | Path, size: int, align: bool, outdir: str | Path,
+                reporter: Reporter | None = None) -> tuple[torch.Tensor, Path | None]:
     """The photo as a generator's target [1, 3, size, size] in [-1, 1]: with `align` its FFHQ-aligned face
     (the frame FFHQ-trained generators draw), else a centre crop. The aligned face is also written at
     FFHQ's 1024 px to outdir/aligned.png, for reuse with --no-align by a model of any size (target.png
-    holds the generator-size one). Returns (target, path of aligned.png or None)."""
+    holds the generator-size one). Returns (target, path of aligned.png or None). `reporter` warns
+    of a crop too small for the generator."""
     if not align:
-        return load_photo(photo, size), None
+        return load_photo(photo, size, reporter), None
     from ..data.align import FFHQ_SIZE, align_face, best_face, read_photo
 
     img, landmarks = best_face(read_photo(photo), str(photo))  # NoFaceFound before anything is written
@@ -200,7 +202,7 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
     check_keeps_inputs(outdir, PROJECTION_FILES, [photo, source])
     gen = load_generator(source, device)
     dev = gen.input.input.device
-    target, aligned = load_target(photo, gen.size, align, outdir)
+    target, aligned = load_target(photo, gen.size, align, outdir, reporter)
     perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
     result = project(gen, target, cfg, perceptual, reporter, video_every=max(1, cfg.steps // 60) if save_video else 0)
     paths = save_projection(result, target, outdir)

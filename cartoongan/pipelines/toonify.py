@@ -31,7 +31,7 @@ def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], ou
             check_compatible(source_g, g)
         except CartoonganError as exc:
             raise CartoonganError(f"{path} cannot render the source's latents: {exc}") from None
-    photo_t, _ = load_target(photo, source_g.size, align, outdir)
+    photo_t, _ = load_target(photo, source_g.size, align, outdir, reporter)
     perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
     result = project(source_g, photo_t, cfg, perceptual, reporter)
     save_projection(result, photo_t, outdir)
