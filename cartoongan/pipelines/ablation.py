@@ -20,11 +20,11 @@ from ..data.dataset import load_dataset
 from ..data.render import render_seeds
 from ..data.synthetic import ensure_synthesized
 from ..errors import CartoonganError, CheckpointError, ConfigError
+from ..hostmem import gib, host_memory_available
 from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
 from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
-from ..hostmem import gib, host_memory_available
 from ..train.runs import check_same_source, finetune, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import load_generator, weights_digest
