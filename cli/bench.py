@@ -69,7 +69,7 @@ def bench(
             from cartoongan.bench.speed import check_configs
 
             name = _names(configs)[0] if configs else ("r256" if dev.type == "cuda" else "demo64")
-            check_configs([name])
+            check_configs([name], dev, batch)
             rows = profile_phases(name, device, precision.value, batch, runs=repeats or 2, reporter=reporter)
             title = f"{name} on {dev}: self time per phase call ({'kernels' if dev.type == 'cuda' else 'ops'})"
         elif flops:
