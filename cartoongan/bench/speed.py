@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..config import ModelConfig, RunConfig
+from ..config import ModelConfig, RunConfig, apply_overrides
 from ..data.dataset import ImageDataset
 from ..device import peak_memory_mb, reset_peak_memory, resolve_device
 from ..errors import ConfigError
@@ -210,10 +210,7 @@ def _bench_config(name, dev, precision, repeats, batch, compile_mode, channels_l
 
 def config_model(name: str) -> ModelConfig:
     """The ModelConfig of bench config `name`."""
-    model = ModelConfig()
-    for k, v in CONFIGS[name][0].items():
-        setattr(model, k, v)
-    return model
+    return apply_overrides(RunConfig(), {"model": CONFIGS[name][0]}).model
 
 
 def check_configs(configs: list[str], dev: torch.device | None = None, batch: int | None = None) -> None:
