@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from .app import IMAGE_SIZE_MAX, app, user_errors
-from .console import out
+from .console import fail, out
 
 
 @app.command()
@@ -22,6 +22,8 @@ def align(
     """Align a face the FFHQ way (dlib landmarks, eyes level, FFHQ framing) for projection and toonify."""
     from cartoongan.data.align import NoFaceFound, align_file
 
+    if landmarks is not None and all_faces:
+        fail("--all-faces cannot be used with --landmarks, which place one face: drop one of them", 2)
     with user_errors({NoFaceFound: "use a photo with a clear, frontal face, or give its landmarks with --landmarks FILE.npy"}):
         paths = align_file(photo, output, size, landmarks, all_faces)
     for path in paths:

@@ -121,9 +121,11 @@ def out_of_memory(exc: BaseException) -> str | None:
     return None
 
 
-def valid_seeds(value: str) -> str:
+def valid_seeds(value: str | None) -> str | None:
     from cartoongan.models.latents import parse_seeds
 
+    if value is None:  # an optional flag not given
+        return value
     try:
         parse_seeds(value)
     except ValueError as exc:

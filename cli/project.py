@@ -9,7 +9,7 @@ import typer
 from cartoongan.pipelines.project import LOSSES, SPACES
 
 from .app import DEVICE, SEED_MAX, app, choices, user_errors
-from .console import RichReporter, out
+from .console import RichReporter, fail, out
 
 Space = choices("Space", SPACES)
 
@@ -17,9 +17,12 @@ Space = choices("Space", SPACES)
 Distance = choices("Distance", LOSSES)
 
 
-def _project_config(steps: int, space: Space, loss: Distance, seed: int):
+def _project_config(steps: int, space: Space, loss: Distance, seed: int, lpips_weights: Path | None = None):
     from cartoongan.pipelines.project import ProjectConfig
 
+    if lpips_weights is not None and "lpips" not in loss.value:
+        fail(f"--lpips-weights does nothing with --loss {loss.value} (no LPIPS distance is measured): "
+             "drop it, or use --loss lpips", 2)
     return ProjectConfig(steps=steps, space=space.value, loss=loss.value, seed=seed)
 
 
@@ -55,7 +58,7 @@ def project(
     from cartoongan.pipelines.project import project_photo
 
     with user_errors(no_face_fix()):
-        paths = project_photo(photo, source, outdir, _project_config(steps, space, loss, seed), lpips_weights,
+        paths = project_photo(photo, source, outdir, _project_config(steps, space, loss, seed, lpips_weights), lpips_weights,
                               save_video, device, RichReporter(), align=align)
     for path in paths.values():
         out.print(f"wrote {path}")
@@ -74,6 +77,6 @@ def toonify(
     from cartoongan.pipelines.toonify import toonify as run_toonify
 
     with user_errors(no_face_fix()):
-        path = run_toonify(photo, source, target, outdir, _project_config(steps, space, loss, seed), lpips_weights,
+        path = run_toonify(photo, source, target, outdir, _project_config(steps, space, loss, seed, lpips_weights), lpips_weights,
                            device, RichReporter(), align=align)
     out.print(f"wrote {path}")

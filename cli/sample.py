@@ -7,13 +7,13 @@ from typing import List, Optional
 import typer
 
 from .app import DEVICE, NoiseMode, app, finite_nonnegative, user_errors, valid_seeds
-from .console import RichReporter, out
+from .console import RichReporter, fail, out
 
 @app.command()
 def sample(
     ckpts: List[Path] = typer.Argument(..., metavar="CKPT", help="One or more checkpoints; several render the same w side by side."),
-    seeds: str = typer.Option("0-7", "--seeds", callback=valid_seeds, help="Seeds, e.g. 0-3,7 (z = RandomState(seed).randn(1, 512))."),
-    trunc: float = typer.Option(1.0, "--trunc", callback=finite_nonnegative, help="Truncation psi (1 = none)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", callback=valid_seeds, help="Seeds, e.g. 0-3,7 (z = RandomState(seed).randn(1, 512)); default 0-7."),
+    trunc: Optional[float] = typer.Option(None, "--trunc", callback=finite_nonnegative, help="Truncation psi (default 1 = none)."),
     noise_mode: NoiseMode = typer.Option(NoiseMode("const"), "--noise-mode", help="Noise maps: fresh random, the stored constants, or none."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Output folder."),
     interpolate: int = typer.Option(0, "--interpolate", min=0, max=1000, help="Also write interpolation.gif: K frames from each seed to the next, looping back to the first."),
@@ -24,10 +24,16 @@ def sample(
     from cartoongan.models.latents import parse_seeds
     from cartoongan.pipelines.sample import sample_checkpoints
 
-    seed_list = parse_seeds(seeds)
+    if projected_w is not None:  # its w+ are rendered as they are: seeds and truncation would do nothing
+        unused = [flag for flag, given in (("--seeds", seeds is not None), ("--trunc", trunc is not None),
+                                           ("--interpolate", interpolate > 0)) if given]
+        if unused:
+            fail(f"{', '.join(unused)} cannot be used with --projected-w, which renders the projected w+ as they "
+                 "are: drop " + ("it" if len(unused) == 1 else "them"), 2)
+    seed_list = parse_seeds(seeds or "0-7")
     with user_errors():
-        res = sample_checkpoints(ckpts, seed_list, outdir, trunc, noise_mode.value, interpolate, device,
-                                 projected_w=projected_w, reporter=RichReporter())
+        res = sample_checkpoints(ckpts, seed_list, outdir, 1.0 if trunc is None else trunc, noise_mode.value,
+                                 interpolate, device, projected_w=projected_w, reporter=RichReporter())
     for path in [res.grid, res.compare, res.gif]:
         if path:
             out.print(f"wrote {path}")

@@ -879,3 +879,84 @@ def test_a_source_whose_g_and_g_ema_differ_is_refused_before_training(tmp_path, 
     res = runner.invoke(app, ["finetune", "--source", str(tmp_path / "mixed.pt"), "--data", str(assets["data"]),
                               "--out", str(tmp_path / "f"), "--recipe", "tiny", "--iters", "1"])
     assert "'g' and 'g_ema' are different networks" in error_line(res) and not (tmp_path / "f").exists()
+
+
+# ---- damaged .npy files, and flags that would do nothing ------------------------------------
+def _npy_faults(tmp_path: Path) -> dict[str, Path]:
+    """A zero-byte file, a truncated array, a header claiming ~37 TB, and an .npz, each as `.npy`."""
+    whole = tmp_path / "whole.npy"
+    np.save(whole, np.zeros((4, 6, 32), np.float32))
+    faults = {name: tmp_path / f"{name}.npy" for name in ("empty", "truncated", "huge", "npz")}
+    faults["empty"].write_bytes(b"")
+    faults["truncated"].write_bytes(whole.read_bytes()[:200])
+    with open(faults["huge"], "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (10**9, 18, 512)})
+        fh.write(bytes(64))
+    np.savez(tmp_path / "w.npz", w=np.zeros((68, 2)))
+    shutil.copy(tmp_path / "w.npz", faults["npz"])
+    return faults
+
+
+NPY_MESSAGES = {"empty": "is empty (0 bytes)", "truncated": "is truncated or damaged", "huge": "is truncated or damaged",
+                "npz": "is a NumPy .npz archive"}
+
+
+@pytest.mark.parametrize("fault", list(NPY_MESSAGES))
+@pytest.mark.parametrize("command", ["info", "align"])
+def test_damaged_npy_files_are_named_for_what_is_wrong(tmp_path, assets, command, fault):
+    path = _npy_faults(tmp_path)[fault]
+    argv = (["info", str(path)] if command == "info" else
+            ["align", str(assets["photo"]), "-o", str(tmp_path / "a.png"), "--landmarks", str(path)])
+    line = error_line(runner.invoke(app, argv))
+    assert str(path) in line and NPY_MESSAGES[fault] in line, line
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_an_npz_passed_as_a_checkpoint_is_named_as_one(tmp_path):
+    path = _w(tmp_path, np.zeros((1, 6, 32), np.float32))
+    line = error_line(runner.invoke(app, ["info", str(path)]))
+    assert "NumPy .npz archive" in line and "--projected-w" in line and "truncated" not in line
+
+
+@pytest.mark.parametrize("extra,named", [(["--seeds", "0-3"], "--seeds"), (["--trunc", "0.5"], "--trunc"),
+                                         (["--interpolate", "3", "--seeds", "1"], "--seeds, --interpolate")])
+def test_sample_flags_that_projected_w_ignores_are_refused(tmp_path, assets, extra, named):
+    path = _w(tmp_path, np.zeros((1, 6, 32), np.float32))
+    res = runner.invoke(app, ["sample", str(assets["a"]), "--projected-w", str(path), "--outdir", str(tmp_path / "o"),
+                              *extra])
+    assert error_line(res, 2).startswith(f"error: {named} cannot be used with --projected-w")
+    assert not (tmp_path / "o").exists()
+
+
+def test_flags_that_would_do_nothing_in_project_and_align_are_refused(tmp_path, assets):
+    res = runner.invoke(app, ["project", str(assets["photo"]), "--source", str(assets["a"]), "--outdir",
+                              str(tmp_path / "p"), "--steps", "1", "--no-align", "--loss", "mse",
+                              "--lpips-weights", str(assets["a"])])
+    assert "--lpips-weights does nothing with --loss mse" in error_line(res, 2) and not (tmp_path / "p").exists()
+    np.save(tmp_path / "lm.npy", np.zeros((68, 2)))
+    res = runner.invoke(app, ["align", str(assets["photo"]), "-o", str(tmp_path / "a.png"), "--landmarks",
+                              str(tmp_path / "lm.npy"), "--all-faces"])
+    assert "--all-faces cannot be used with --landmarks" in error_line(res, 2) and not (tmp_path / "a.png").exists()
+
+
+def test_a_pickled_tensor_reaching_past_its_storage_is_refused_not_grown(tmp_path):
+    import collections
+    import pickle
+    import warnings
+
+    with warnings.catch_warnings():  # TypedStorage is deprecated, and it is what old pickles hold
+        warnings.simplefilter("ignore")
+        storage = torch.zeros(4).storage().__reduce__()
+
+    class Storage:
+        def __reduce__(self):
+            return storage
+
+    class Tensor:  # offset 10**9 into 4 values: torch would grow the storage to 4 GB to fit it
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (Storage(), 10**9, (4,), (1,), False, collections.OrderedDict())
+
+    with open(tmp_path / "past.pkl", "wb") as fh:
+        pickle.dump({"G_ema": Tensor()}, fh)
+    line = error_line(runner.invoke(app, ["info", str(tmp_path / "past.pkl")]))
+    assert "reaches past its storage of 4 values" in line

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from ..errors import DataError
+from ..npyfile import check_npy_file
 from ..outputs import check_output_file
 from ..weights.registry import locate
 from .images import image_errors, save_image, to_rgb, upright
@@ -259,10 +260,9 @@ def find_faces(img: Image.Image) -> tuple[Image.Image, list[Face]]:
 
 def load_landmarks(path: str | Path) -> np.ndarray:
     """A .npy file holding a (68, 2) array of x, y -> float64 [68, 2]."""
+    check_npy_file(path, "landmarks")
     try:
         lm = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"landmarks not found: {path}") from None
     except (ValueError, OSError):
         raise DataError(f"{path} is not a .npy array") from None
     if lm.shape != (68, 2) or not np.issubdtype(lm.dtype, np.number):

@@ -20,6 +20,7 @@ from PIL import Image
 from ..data.images import image_errors, load_photo, make_grid, save_png, to_rgb, to_uint8
 from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
+from ..npyfile import check_npy_file
 from ..models.dualstyle import DualStyleGenerator, default_weights
 from ..models.encoders import PSPEncoder
 from ..models.latents import z_from_seed
@@ -86,6 +87,7 @@ def load_model(model_dir: Path, device: torch.device) -> tuple[DualStyleGenerato
 
 def read_intrinsic_code(path: Path, model: DualStyleGenerator) -> torch.Tensor:
     """A saved intrinsic code (.npy, plain float array, never a pickle) -> [B, n_latent, style_dim]."""
+    check_npy_file(path, "intrinsic code")
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError:

@@ -80,7 +80,20 @@ def _refuse_known_non_checkpoints(path: Path) -> bytes:
                               "torch.save (cartoongan, rosinality's train.py)")
     if not head:
         raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch or copy it again")
+    if head.startswith(b"PK") and _is_npz(path):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is a NumPy .npz archive (projected latents "
+                              "go to `cartoongan sample CKPT --projected-w FILE`)")
     return head
+
+
+def _is_npz(path: Path) -> bool:
+    """Whether a zip file is np.savez's: top-level .npy members only (torch.save's sit in a folder)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return bool(names) and all(n.endswith(".npy") and "/" not in n for n in names)
 
 
 def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, first_line, naming
+from ..npyfile import check_npy_file
 from ..models.dualstyle import DualStyleGenerator
 from ..models.encoders import GradualStyleEncoder, PSPEncoder
 from ..models.generator import Generator
@@ -38,6 +39,7 @@ def read_exstyle_codes(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """An `(refined_)exstyle_code.npy` -> {exemplar name: float32 [1, n_latent, style_dim]}, in
     file order. Raises CheckpointError for anything else (and never runs code from the file)."""
     path = Path(path)
+    check_npy_file(path, "exemplar codes", CheckpointError)
     try:
         with open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
@@ -230,6 +232,7 @@ def describe_file(path: str | os.PathLike) -> dict:
     encoder file or an ordinary checkpoint (networks.describe), each file read once."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
+        check_npy_file(path, "code file", CheckpointError)
         try:  # a plain array (a saved intrinsic code) loads without pickles
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError):

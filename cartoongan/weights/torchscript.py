@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .unpickle import UnsafePickleError
+from .unpickle import UnsafePickleError, check_extent
 
 # storage classes as TorchScript pickles name them -> the dtype of their raw bytes
 _STORAGE_DTYPES = {
@@ -60,11 +60,7 @@ def _rebuild_tensor(flat, offset, size, stride, requires_grad=False, hooks=None,
     if not torch.is_tensor(flat):
         raise UnsafePickleError("tensor rebuilt from something other than a storage")
     offset, size, stride = int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
-        raise pickle.UnpicklingError(f"tensor of size {size} and stride {stride} is malformed")
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
-    if last >= flat.numel():
-        raise pickle.UnpicklingError(f"tensor of size {size} reaches past its storage of {flat.numel()} values")
+    check_extent(size, stride, offset, flat.numel())
     return flat.as_strided(size, stride, offset).clone()
 
 

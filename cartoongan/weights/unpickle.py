@@ -131,11 +131,22 @@ def _storage_from_bytes(data):
     return storage
 
 
+def check_extent(size: tuple, stride: tuple, offset: int, numel: int) -> None:
+    """Refuse a tensor view that does not lie inside its storage of `numel` values: torch would grow
+    the storage to fit, so a 200-byte pickle could ask for gigabytes."""
+    if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
+        raise pickle.UnpicklingError(f"tensor of size {size} and stride {stride} is malformed")
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
+    if last >= numel:
+        raise pickle.UnpicklingError(f"tensor of size {size} reaches past its storage of {numel} values")
+
+
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
-        raise UnsafePickleError("tensor rebuilt from something other than a storage")
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    return torch._utils._rebuild_tensor(storage, int(offset), size, stride)
+    if not isinstance(storage, torch.TypedStorage):  # an untyped one has no dtype to view it with
+        raise UnsafePickleError("tensor rebuilt from something other than a typed storage")
+    offset, size, stride = int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    check_extent(size, stride, offset, storage._size())  # size() warns that TypedStorage is deprecated
+    return torch._utils._rebuild_tensor(storage, offset, size, stride)
 
 
 def _rebuild_parameter(data, requires_grad=False, hooks=None, state=None):
