@@ -960,3 +960,12 @@ def test_a_pickled_tensor_reaching_past_its_storage_is_refused_not_grown(tmp_pat
         pickle.dump({"G_ema": Tensor()}, fh)
     line = error_line(runner.invoke(app, ["info", str(tmp_path / "past.pkl")]))
     assert "reaches past its storage of 4 values" in line
+
+
+def test_swapping_a_generator_with_itself_is_refused(tmp_path, assets):
+    shutil.copy(assets["b"], tmp_path / "copy.pt")  # the same weights under another name, too
+    for target in (assets["b"], tmp_path / "copy.pt"):
+        res = runner.invoke(app, ["swap", str(assets["b"]), str(target), "-o", str(tmp_path / "s.pt")])
+        assert "hold the same generator" in error_line(res, 2) and not (tmp_path / "s.pt").exists()
+    invoke = runner.invoke(app, ["swap", str(assets["b"]), str(assets["a"]), "-o", str(tmp_path / "s.pt")])
+    assert invoke.exit_code == 0 and (tmp_path / "s.pt").exists(), invoke.output

@@ -80,6 +80,11 @@ def swap_layers(source: Generator, target: Generator, res: int | None = None, ma
     return out
 
 
+def _same_weights(a: Generator, b: Generator) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path: str | Path,
                      res: int | None = None, mapping: str = "source", blend_width: float | None = None) -> Path:
     """Load two checkpoints' g_ema, swap their layers (res None: default_res), and write the result
@@ -87,6 +92,9 @@ def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path:
     check_checkpoint_output(out_path, "--output", inputs=[source_path, target_path])
     source = load_generator(source_path, "cpu")
     target = load_generator(target_path, "cpu")
+    if _same_weights(source, target):
+        raise ConfigError(f"{source_path} and {target_path} hold the same generator: a swap of it with itself "
+                          "is a copy; pass the fine-tuned (cartoon) generator as TARGET")
     try:
         swapped = swap_layers(source, target, res, mapping, blend_width)
     except CheckpointError as exc:
