@@ -123,9 +123,6 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
     from .project import load_projected_w
 
     check_output_dir(outdir, "--outdir")
-    if interpolate and len(seeds) < 2 and ws is None and projected_w is None:
-        raise ConfigError(f"--interpolate walks from seed to seed, and --seeds gives one ({seeds[0]}): "
-                          "pass two or more, e.g. --seeds 0-3")
     if interpolate and len(seeds) * interpolate > MAX_GIF_FRAMES:  # all frames are held for the GIF
         raise ConfigError(f"--interpolate {interpolate} over {len(seeds)} seeds makes {len(seeds) * interpolate} frames; "
                           f"one GIF holds at most {MAX_GIF_FRAMES}: pass fewer seeds or frames")
