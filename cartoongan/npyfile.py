@@ -14,14 +14,25 @@ import numpy as np
 
 from .errors import DataError
 
-_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0,
-            (3, 0): getattr(np.lib.format, "_read_array_header", None)}
+def _read_header(fh) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) of the .npy at `fh`, which is left at the first data byte."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    elif version == (3, 0):  # utf-8 field names; numpy has no public reader of it
+        shape, _, dtype = np.lib.format._read_array_header(fh, version)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    return shape, dtype
 
 
-def check_npy_file(path: str | os.PathLike, what: str = ".npy file", error: type[Exception] = DataError) -> None:
+def check_npy_file(path: str | os.PathLike, what: str = ".npy file",
+                   error: type[Exception] = DataError) -> tuple[tuple, np.dtype, int]:
     """Raise `error` (one line; `what` names the file when it is missing) unless `path` is a .npy
-    whose data are all there. Object arrays (pickled dicts) are only checked for their header: their
-    size is not in it."""
+    whose data are all there; else its (shape, dtype, offset of the data). Object arrays (pickled
+    dicts) are only checked for their header: their size is not in it."""
     path = Path(path)
     if not path.exists():
         raise error(f"{what} not found: {path}")
@@ -34,17 +45,12 @@ def check_npy_file(path: str | os.PathLike, what: str = ".npy file", error: type
         raise error(f"{path} is a NumPy .npz archive, not a .npy array: save the one array with np.save")
     with open(path, "rb") as fh:
         try:
-            version = np.lib.format.read_magic(fh)
-            read_header = _READERS.get(version)
-            if read_header is None:
-                raise ValueError(f".npy format version {version} is not supported")
-            shape, _, dtype = (read_header(fh) if version != (3, 0) else read_header(fh, version))
+            shape, dtype = _read_header(fh)
         except (ValueError, OSError, EOFError) as exc:
             raise error(f"{path} is not a readable .npy file ({str(exc).splitlines()[0][:100]})") from None
         start = fh.tell()
-    if dtype.hasobject:
-        return
-    need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    need = 0 if dtype.hasobject else int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
     if size - start < need:
         raise error(f"{path} is truncated or damaged: its header says {dtype} {tuple(shape)} ({need:,} bytes) "
                     f"and the file holds {size - start:,}; save or copy it again")
+    return shape, dtype, start

@@ -39,23 +39,14 @@ def read_exstyle_codes(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """An `(refined_)exstyle_code.npy` -> {exemplar name: float32 [1, n_latent, style_dim]}, in
     file order. Raises CheckpointError for anything else (and never runs code from the file)."""
     path = Path(path)
-    check_npy_file(path, "exemplar codes", CheckpointError)
+    shape, dtype, start = check_npy_file(path, "exemplar codes", CheckpointError)
+    if dtype != np.dtype(object) or shape != ():
+        raise CheckpointError(f"{path} holds a plain {dtype} array of shape {shape}, not a dict of "
+                              "exemplar codes (a saved intrinsic code? pass it as INPUT)")
     try:
         with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise CheckpointError(f"{path}: .npy format version {version} is not supported")
-            shape, _, dtype = read_header(fh)
-            if dtype != np.dtype(object) or shape != ():
-                raise CheckpointError(f"{path} holds a plain {dtype} array of shape {shape}, not a dict of "
-                                      "exemplar codes (a saved intrinsic code? pass it as INPUT)")
+            fh.seek(start)
             obj = ArraysUnpickler(io.BytesIO(fh.read())).load()
-    except FileNotFoundError:
-        raise CheckpointError(f"exemplar codes not found: {path}") from None
-    except CheckpointError:
-        raise
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"refusing to read {path}: {exc}; it must hold only a dict of numpy arrays") from None
     except Exception as exc:  # truncated or foreign bytes surface as many types
