@@ -130,6 +130,20 @@ def apply_overrides(cfg: RunConfig, data: dict) -> RunConfig:
     return cfg
 
 
+def changed_settings(before: dict, after: RunConfig, ignore: tuple[str, ...] = ("train.iters",)) -> list[str]:
+    """'[section] key old -> new' for each setting `after` holds differently from the config dict
+    `before` (a run's recorded config.to_dict()); keys `before` lacks are skipped (older runs)."""
+    changes = []
+    for name, values in after.to_dict().items():
+        old_section = before.get(name) if isinstance(before, dict) else None
+        if not isinstance(old_section, dict):
+            continue
+        for key, value in values.items():
+            if f"{name}.{key}" not in ignore and key in old_section and old_section[key] != value:
+                changes.append(f"[{name}] {key} {old_section[key]!r} -> {value!r}")
+    return changes
+
+
 def recipe_names() -> list[str]:
     """Names of the recipes that ship with the package (recipes/*.toml)."""
     return sorted(p.name.removesuffix(".toml") for p in resources.files("cartoongan.recipes").iterdir()

@@ -276,6 +276,36 @@ def test_finetune_resume_reloads_the_source(tmp_path):
     assert load_checkpoint(tmp_path / "r" / "latest.pt")["cartoongan"]["step"] == 3
 
 
+def test_resume_names_the_settings_its_flags_change_and_records_them(tmp_path):
+    """A flag given with --resume applies from the resumed step: the run says which settings differ
+    from the ones it recorded (nothing when only --iters grows), and config.toml keeps the new ones."""
+    src = make_source(tmp_path / "src.pt")
+    data = blob_images(tmp_path / "data", n=4)
+    run = tmp_path / "r"
+    assert runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), "--out", str(run),
+                               "--recipe", "tiny", "--iters", "1", "--freeze-sg", "2"]).exit_code == 0
+    res = runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "2"])
+    assert res.exit_code == 0 and "changed settings" not in res.output, res.output
+    res = runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "3", "--freeze-sg", "1", "--lr", "0.001"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "from step 2 on" in said, res.output
+    assert "[finetune] freeze_sg 2 -> 1" in said and "[train] lr 0.002 -> 0.001" in said and "iters" not in said
+    assert "freeze_sg = 1" in (run / "config.toml").read_text()
+
+
+def test_resume_with_a_source_whose_file_was_trained_on_says_it_changed(tmp_path):
+    """The recorded source path, overwritten by other weights (its own run resumed in place): not
+    'X is not the model the run was fine-tuned from (X)'."""
+    src = make_source(tmp_path / "src.pt")
+    data = blob_images(tmp_path / "data", n=4)
+    assert runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), "--out", str(tmp_path / "r"),
+                               "--recipe", "tiny", "--iters", "1"]).exit_code == 0
+    make_source(src, seed=1)
+    res = runner.invoke(app, ["finetune", "--resume", str(tmp_path / "r"), "--iters", "2"])
+    assert res.exit_code == 2 and "has changed since" in res.output and "is not the model" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and load_checkpoint(tmp_path / "r" / "latest.pt")["cartoongan"]["step"] == 1
+
+
 @pytest.mark.parametrize("freeze_g,freeze_sg", [(3, 2), (0, 2), (2, 0)])
 def test_the_plan_table_names_the_blocks_whose_w_slots_come_from_the_source(freeze_g, freeze_sg):
     """FreezeSG 2 takes w+ slots 0-3: blocks 0 and 1 wholly, block 2's first conv too (slot 3);

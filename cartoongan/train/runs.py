@@ -8,7 +8,7 @@ from typing import Callable
 import tomllib
 import torch
 
-from ..config import RunConfig, apply_overrides, from_dict, validate
+from ..config import RunConfig, apply_overrides, changed_settings, from_dict, validate
 from ..data.dataset import load_dataset
 from ..device import check_precision
 from ..errors import CartoonganError, CheckpointError, ConfigError, Interrupted, first_line, naming
@@ -164,18 +164,28 @@ def check_same_source(ckpt: dict, run_dir: Path, source_path: Path, digest: str,
     and structure-loss targets would silently change mid-run. Runs that predate the record pass."""
     provenance = _provenance(ckpt)
     recorded = provenance.get("source_digest")
-    if recorded and recorded != digest:
-        raise ConfigError(f"{source_path} is not the model {run_dir} was fine-tuned from "
-                          f"({provenance.get('source', 'recorded in its latest.pt')}): {fix}")
+    if not recorded or recorded == digest:
+        return
+    was = provenance.get("source")
+    if was and Path(was).resolve() == Path(source_path).resolve():  # same file, other weights
+        raise ConfigError(f"{source_path} has changed since {run_dir} was fine-tuned from it (its weights "
+                          f"differ, e.g. its own run trained on): put the original back, or start a new run")
+    raise ConfigError(f"{source_path} is not the model {run_dir} was fine-tuned from "
+                      f"({was or 'recorded in its latest.pt'}): {fix}")
 
 
 def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) -> None:
+    recorded = (ckpt.get("cartoongan") or {}).get("config")
     try:
         trainer.restore(ckpt)
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{run_dir / 'latest.pt'} does not fit the run's config.toml ({first_line(exc, 160)}): "
                               "restore the run's files or start a new run") from None
     reporter.info(f"resuming {run_dir} at step {trainer.step}")
+    changes = changed_settings(recorded, trainer.cfg) if isinstance(recorded, dict) else []
+    if changes:  # a flag given with --resume applies from here on; say so, since it changes the run
+        reporter.warn(f"resumed with changed settings (they apply from step {trainer.step} on): "
+                      + "; ".join(changes))
 
 
 def check_compile(compiled: bool, dev: torch.device) -> None:
