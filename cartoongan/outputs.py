@@ -133,12 +133,27 @@ def check_output_file(path: str | os.PathLike, what: str = "--output",
     return path
 
 
+# names that promise another format: a checkpoint written under one is misread by every tool that
+# goes by the name (an image viewer, np.load, NVlabs' loader for .pkl, ...)
+NOT_CHECKPOINT_SUFFIXES = {
+    ".png": "a PNG image", ".jpg": "a JPEG image", ".jpeg": "a JPEG image", ".gif": "a GIF", ".webp": "a WebP image",
+    ".bmp": "a BMP image", ".tif": "a TIFF image", ".tiff": "a TIFF image", ".npy": "a NumPy array",
+    ".npz": "a NumPy archive", ".pkl": "an NVlabs pickle", ".toml": "a TOML file", ".json": "a JSON file",
+    ".jsonl": "a JSON-lines log", ".txt": "a text file", ".md": "a Markdown file", ".zip": "a zip archive",
+}
+
+
 def check_checkpoint_output(path: str | os.PathLike, what: str = "--output",
                             inputs: Iterable[str | os.PathLike] = ()) -> Path:
-    """check_output_file, and refuse a training run's own checkpoint files (latest.pt, best.pt,
-    checkpoints/*.pt beside a config.toml): an export written there would replace what the run
-    resumes from with a file it cannot resume."""
+    """check_output_file, and refuse a name that promises another format (out.png, w.npz, g.pkl)
+    and a training run's own checkpoint files (latest.pt, best.pt, checkpoints/*.pt beside a
+    config.toml): an export written there would replace what the run resumes from with a file it
+    cannot resume."""
     path = check_output_file(path, what, inputs)
+    kind = NOT_CHECKPOINT_SUFFIXES.get(path.suffix.lower())
+    if kind:
+        raise OutputError(f"{what} {path} names {kind}, and this writes a PyTorch checkpoint: "
+                          f"name a .pt file, e.g. {path.with_suffix('.pt')}")
     folder = Path(os.path.realpath(path.parent))  # `-o 000002.pt` typed inside checkpoints/, or a link to it
     numbered = folder.name.lower() == "checkpoints"
     run = folder.parent if numbered else folder

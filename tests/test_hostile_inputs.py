@@ -213,6 +213,14 @@ def test_a_runs_checkpoint_files_are_not_overwritten_by_exports(tmp_path, assets
     assert f"checkpoint file of the training run {run}" in line and snapshot(run) == before
 
 
+@pytest.mark.parametrize("command", ["swap", "export", "convert"])
+@pytest.mark.parametrize("name", ["out.png", "w.NPZ", "g.pkl"])
+def test_a_checkpoint_is_not_written_under_another_formats_name(tmp_path, assets, command, name):
+    before = snapshot(tmp_path)
+    line = error_line(runner.invoke(app, FILE_COMMANDS[command](str(tmp_path / name))))
+    assert "this writes a PyTorch checkpoint: name a .pt file" in line and snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("how", ["typed inside checkpoints/", "through a link"])
 def test_a_runs_checkpoints_are_known_by_any_path(tmp_path, assets, monkeypatch, how):
     run = tmp_path / "run"
