@@ -31,6 +31,9 @@ def sample(
             fail(f"{', '.join(unused)} cannot be used with --projected-w, which renders the projected w+ as they "
                  "are: drop " + ("it" if len(unused) == 1 else "them"), 2)
     seed_list = parse_seeds(seeds or "0-7")
+    if interpolate and len(seed_list) < 2:  # the walk from a seed back to itself: one still frame, K times
+        fail(f"--interpolate walks from seed to seed, and --seeds gives one ({seed_list[0]}): pass two or more, "
+             "e.g. --seeds 0-3", 2)
     with user_errors():
         res = sample_checkpoints(ckpts, seed_list, outdir, 1.0 if trunc is None else trunc, noise_mode.value,
                                  interpolate, device, projected_w=projected_w, reporter=RichReporter())

@@ -977,3 +977,14 @@ def test_swapping_a_generator_with_itself_is_refused(tmp_path, assets):
         assert "hold the same generator" in error_line(res, 2) and not (tmp_path / "s.pt").exists()
     invoke = runner.invoke(app, ["swap", str(assets["b"]), str(assets["a"]), "-o", str(tmp_path / "s.pt")])
     assert invoke.exit_code == 0 and (tmp_path / "s.pt").exists(), invoke.output
+
+
+def test_interpolating_one_seed_is_refused(tmp_path, assets):
+    """The CLI refuses it (a GIF of one frame repeated); the demo's library path, which may render
+    one seed, is not the CLI's and keeps working (its Ctrl-C tests)."""
+    res = runner.invoke(app, ["sample", str(assets["a"]), "--seeds", "5", "--interpolate", "4",
+                              "--outdir", str(tmp_path / "o")])
+    assert "--seeds gives one (5)" in error_line(res, 2) and not (tmp_path / "o").exists()
+    res = runner.invoke(app, ["sample", str(assets["a"]), "--seeds", "5-6", "--interpolate", "2",
+                              "--outdir", str(tmp_path / "o")])
+    assert res.exit_code == 0 and (tmp_path / "o" / "interpolation.gif").is_file(), res.output
