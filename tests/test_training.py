@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from cartoongan import load_checkpoint
 from cartoongan.config import load_recipe
 from cartoongan.errors import ConfigError, TrainingDiverged
+from cartoongan.report import ListReporter
 from cartoongan.train.runs import pretrain, resumed_config
 
 from .helpers import blob_images, free_port, launch_as_rank, tiny_config
@@ -383,9 +384,12 @@ def test_a_compile_mode_in_a_recipe_compiles_without_the_compile_flag(tmp_path, 
 
     modes = []
     monkeypatch.setattr(trainer.torch, "compile", lambda fn, mode=None: modes.append(mode) or fn)
+    reporter = ListReporter()
     pretrain(tiny_config(iters=1, compile=False, compile_mode="max-autotune-no-cudagraphs"),
-             blob_images(tmp_path / "d", n=4), tmp_path / "run")
+             blob_images(tmp_path / "d", n=4), tmp_path / "run", reporter)
     assert modes == ["max-autotune-no-cudagraphs"] * 2
+    # on the CPU the first compile is minutes of C++ builds: the run says so before it goes quiet
+    assert any(m.startswith("--compile on the CPU") for m in reporter.infos), reporter.infos
 
 
 def test_an_unknown_compile_mode_is_one_clear_error():

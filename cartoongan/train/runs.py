@@ -203,6 +203,9 @@ def _start(cfg: RunConfig, reporter: Reporter):
     validate(cfg, info.world)
     check_precision(cfg.train.precision, info.device)
     check_compile(cfg.train.compiled, info.device)
+    if cfg.train.compiled and info.device.type == "cpu":  # minutes of g++ with no step shown: say why
+        reporter.info("--compile on the CPU: inductor builds C++ kernels with the system compiler first "
+                      "(minutes, cached for later runs); CUDA graph modes do nothing here")
     torch.manual_seed(cfg.train.seed + info.rank)
     return info
 
