@@ -59,7 +59,8 @@ def earlier_steps(runs: Path, methods: tuple[tuple[str, str], ...], source: Path
         latest = runs / recipe / "latest.pt"
         if latest.exists():
             ckpt = load_checkpoint(latest, mmap=True)  # its record and step alone
-            check_same_source(ckpt, latest.parent, source, digest, fix="choose another --out for this source")
+            check_same_source(ckpt, latest.parent, source, digest, fix="choose another --out for this source",
+                              changed_fix="put the original back, or choose another --out for this source")
             steps[recipe] = int((ckpt.get("cartoongan") or {}).get("step") or 0)
     return steps
 

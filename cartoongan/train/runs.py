@@ -159,7 +159,8 @@ def recorded_source(ckpt: dict, run_dir: Path) -> Path:
 
 
 def check_same_source(ckpt: dict, run_dir: Path, source_path: Path, digest: str,
-                      fix: str = "pass that one, or start a new run") -> None:
+                      fix: str = "pass that one, or start a new run",
+                      changed_fix: str = "put the original back, or start a new run") -> None:
     """Refuse a source whose weights differ from the ones the run started from: its frozen layers
     and structure-loss targets would silently change mid-run. Runs that predate the record pass."""
     provenance = _provenance(ckpt)
@@ -169,7 +170,7 @@ def check_same_source(ckpt: dict, run_dir: Path, source_path: Path, digest: str,
     was = provenance.get("source")
     if was and Path(was).resolve() == Path(source_path).resolve():  # same file, other weights
         raise ConfigError(f"{source_path} has changed since {run_dir} was fine-tuned from it (its weights "
-                          f"differ, e.g. its own run trained on): put the original back, or start a new run")
+                          f"differ, e.g. its own run trained on): {changed_fix}")
     raise ConfigError(f"{source_path} is not the model {run_dir} was fine-tuned from "
                       f"({was or 'recorded in its latest.pt'}): {fix}")
 
