@@ -603,6 +603,14 @@ def test_a_seed_range_of_billions_is_refused_at_once(tmp_path, assets):
     assert res.exit_code == 2 and "more than 100000 seeds" in " ".join(res.output.split()), res.output
 
 
+@pytest.mark.parametrize("seeds", ["\u0663", "1-\u0663", "\uff17"])
+def test_seeds_are_ascii_digits_only(tmp_path, assets, seeds):
+    """int() reads Arabic-Indic 3 and fullwidth 7 as numbers: a pasted seed list in another script
+    would quietly render seeds nobody typed."""
+    res = runner.invoke(app, ["sample", str(assets["a"]), "--seeds", seeds, "--outdir", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "is not a seed or a range" in res.output and not (tmp_path / "o").exists()
+
+
 def test_a_run_another_process_is_training_is_left_to_it(tmp_path, assets):
     """Two `--resume`s of one run would both train and overwrite each other's checkpoints and log:
     the second stops at once, naming the first; once that one has ended the run resumes."""

@@ -15,7 +15,7 @@ def parse_seeds(text: str) -> list[int]:
     seeds: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)  # ASCII only: \d takes other scripts' digits too
         if not m:
             raise ValueError(f"'{part}' is not a seed or a range like 0-3")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
