@@ -173,4 +173,5 @@ BENCH_HEADINGS = {
 
 
 def _names(csv: str) -> list[str]:
-    return [c.strip() for c in csv.split(",") if c.strip()]
+    # once each, in the order given: a repeated name would only time the same config again
+    return list(dict.fromkeys(c.strip() for c in csv.split(",") if c.strip()))

@@ -13,10 +13,10 @@ def test_bench_cli_json_measures_and_restores_switches():
 
     from cartoongan.models.generator import ModulatedConv2d
 
-    res = runner.invoke(app, ["bench", "--configs", "tiny", "--device", "cpu", "--repeats", "1", "--batch", "2",
+    res = runner.invoke(app, ["bench", "--configs", "tiny, tiny", "--device", "cpu", "--repeats", "1", "--batch", "2",
                               "--grouped-modconv", "--json"])
     assert res.exit_code == 0, res.output
-    (row,) = json.loads(res.stdout)
+    (row,) = json.loads(res.stdout)  # a name given twice is timed once
     assert row["config"] == "tiny" and row["batch"] == 2 and row["device"] == "cpu"
     assert min(row["g_forward_img_s"], row["train_iter_img_s"], row["struct_iter_img_s"], row["peak_mem_mb"]) > 0
     assert row["variant"] == "eager, grouped modconv"
