@@ -254,7 +254,12 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, re
     if g.config != source.config:
         raise CheckpointError(f"{source_path}: its 'g' and 'g_ema' are different networks: "
                               "use a checkpoint whose two generators match")
-    for key in ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max"):
+    keys = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max")
+    differ = [f"{key} {getattr(cfg.model, key)} -> {source.config[key]}" for key in keys
+              if getattr(cfg.model, key) != source.config[key]]
+    if differ:  # a 256 px recipe over a 1024 px model, say: its batch and R1 were tuned for another net
+        reporter.info(f"the network is {source_path}'s, not the recipe's [model]: {', '.join(differ)}")
+    for key in keys:
         setattr(cfg.model, key, source.config[key])
     g_ema = copy.deepcopy(source)
     return Networks(g=g, d=d, g_ema=g_ema, source=source)
