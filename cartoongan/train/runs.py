@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -204,11 +205,16 @@ def _start(cfg: RunConfig, reporter: Reporter):
     validate(cfg, info.world)
     check_precision(cfg.train.precision, info.device)
     check_compile(cfg.train.compiled, info.device)
-    if cfg.train.compiled and info.device.type == "cpu":  # minutes of g++ with no step shown: say why
-        reporter.info("--compile on the CPU: inductor builds C++ kernels with the system compiler first "
-                      "(minutes, cached for later runs); CUDA graph modes do nothing here")
     torch.manual_seed(cfg.train.seed + info.rank)
     return info
+
+
+def _run(trainer: Trainer, reporter: Reporter) -> TrainResult:
+    """Train, once every refusal is behind: a CPU compile first goes quiet for minutes, so say why."""
+    if trainer.cfg.train.compiled and trainer.info.device.type == "cpu":
+        reporter.info("--compile on the CPU: inductor builds C++ kernels with the system compiler first "
+                      "(minutes, cached for later runs); CUDA graph modes do nothing here")
+    return trainer.run()
 
 
 def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, reporter: Reporter | None = None,
@@ -230,7 +236,7 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
     if resume:
         _restore(trainer, ckpt, run_dir, reporter)
     del ckpt  # the trainer holds its own copies: don't keep the whole file in memory for the run
-    return trainer.run()
+    return _run(trainer, reporter)
 
 
 def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, reporter: Reporter) -> Networks:
@@ -254,12 +260,7 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, re
     if g.config != source.config:
         raise CheckpointError(f"{source_path}: its 'g' and 'g_ema' are different networks: "
                               "use a checkpoint whose two generators match")
-    keys = ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max")
-    differ = [f"{key} {getattr(cfg.model, key)} -> {source.config[key]}" for key in keys
-              if getattr(cfg.model, key) != source.config[key]]
-    if differ:  # a 256 px recipe over a 1024 px model, say: its batch and R1 were tuned for another net
-        reporter.info(f"the network is {source_path}'s, not the recipe's [model]: {', '.join(differ)}")
-    for key in keys:
+    for key in ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max"):
         setattr(cfg.model, key, source.config[key])
     g_ema = copy.deepcopy(source)
     return Networks(g=g, d=d, g_ema=g_ema, source=source)
@@ -277,6 +278,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
     data_path = data_path or recorded_path(ckpt, run_dir, "data")
     ft = cfg.finetune
     info = _start(cfg, reporter)
+    asked = dataclasses.replace(cfg.model)
     nets = _source_networks(cfg, source_path, info.device, reporter)
     check_batch_fits(cfg.model, cfg.train.batch, info.device)
     digest = weights_digest(nets.source)
@@ -294,11 +296,15 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
                                   "data": str(Path(data_path).resolve()),
                                   "images": len(data)},
                       evaluator=_evaluator(cfg, data, run_dir, info, reporter))
+    replaced = [f"{key} {old} -> {new}" for key, old in dataclasses.asdict(asked).items()
+                if old != (new := getattr(cfg.model, key))]
+    if replaced:  # said after every refusal; e.g. a 256 px recipe's batch and R1 over a 1024 px model
+        reporter.info(f"the network is {source_path}'s, not the recipe's [model]: {', '.join(replaced)}")
     reporter.table("fine-tuning plan", ["net", "block", "resolution", "parameters", "state"], plan.rows(nets.g, nets.d))
     if resume:
         _restore(trainer, ckpt, run_dir, reporter)
     del ckpt  # the trainer holds its own copies: don't keep the whole file in memory for the run
-    return trainer.run()
+    return _run(trainer, reporter)
 
 
 def run_to_end(train: Callable[[], TrainResult], hint: str) -> Path:
