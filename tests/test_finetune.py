@@ -319,17 +319,3 @@ def test_the_plan_table_names_the_blocks_whose_w_slots_come_from_the_source(free
                                  ["block 2 (first w slot from source)"]) if freeze_sg else ([], []))
     assert sum(state == "frozen" for state in labels.values()) == max(freeze_g, freeze_sg)
 
-
-def test_a_recipe_model_other_than_the_sources_is_named_and_the_source_wins(tmp_path):
-    """The network is the source's whatever the recipe's [model] says (a 256 px recipe over a 16 px
-    model): the run says which settings it replaced, records the source's, and a resume says nothing."""
-    src = make_source(tmp_path / "src.pt")
-    run = tmp_path / "r"
-    res = runner.invoke(app, ["finetune", "--source", str(src), "--data", str(blob_images(tmp_path / "data", n=2)),
-                              "--recipe", "ffhq256", "--iters", "1", "--batch", "2", "--device", "cpu",
-                              "--augment", "none", "--out", str(run)])
-    said = " ".join(res.output.split())
-    assert res.exit_code == 0 and "not the recipe's [model]: size 256 -> 16" in said, res.output
-    assert "size = 16" in (run / "config.toml").read_text()
-    res = runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "2"])
-    assert res.exit_code == 0 and "[model]" not in res.output and "changed settings" not in res.output, res.output

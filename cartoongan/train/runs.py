@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -278,7 +277,6 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
     data_path = data_path or recorded_path(ckpt, run_dir, "data")
     ft = cfg.finetune
     info = _start(cfg, reporter)
-    asked = dataclasses.replace(cfg.model)
     nets = _source_networks(cfg, source_path, info.device, reporter)
     check_batch_fits(cfg.model, cfg.train.batch, info.device)
     digest = weights_digest(nets.source)
@@ -296,10 +294,6 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
                                   "data": str(Path(data_path).resolve()),
                                   "images": len(data)},
                       evaluator=_evaluator(cfg, data, run_dir, info, reporter))
-    replaced = [f"{key} {old} -> {new}" for key, old in dataclasses.asdict(asked).items()
-                if old != (new := getattr(cfg.model, key))]
-    if replaced:  # said after every refusal; e.g. a 256 px recipe's batch and R1 over a 1024 px model
-        reporter.info(f"the network is {source_path}'s, not the recipe's [model]: {', '.join(replaced)}")
     reporter.table("fine-tuning plan", ["net", "block", "resolution", "parameters", "state"], plan.rows(nets.g, nets.d))
     if resume:
         _restore(trainer, ckpt, run_dir, reporter)
