@@ -130,12 +130,15 @@ def apply_overrides(cfg: RunConfig, data: dict) -> RunConfig:
     return cfg
 
 
-def changed_settings(before: dict, after: RunConfig, ignore: tuple[str, ...] = ("train.iters",)) -> list[str]:
+def changed_settings(before, after: RunConfig, ignore: tuple[str, ...] = ("train.iters",)) -> list[str]:
     """'[section] key old -> new' for each setting `after` holds differently from the config dict
-    `before` (a run's recorded config.to_dict()); keys `before` lacks are skipped (older runs)."""
+    `before` (a run's recorded config.to_dict(), read from its file: anything but a dict of dicts
+    compares as nothing); keys `before` lacks are skipped (older runs)."""
+    if not isinstance(before, dict):
+        return []
     changes = []
     for name, values in after.to_dict().items():
-        old_section = before.get(name) if isinstance(before, dict) else None
+        old_section = before.get(name)
         if not isinstance(old_section, dict):
             continue
         for key, value in values.items():

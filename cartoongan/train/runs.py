@@ -183,7 +183,7 @@ def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) ->
         raise CheckpointError(f"{run_dir / 'latest.pt'} does not fit the run's config.toml ({first_line(exc, 160)}): "
                               "restore the run's files or start a new run") from None
     reporter.info(f"resuming {run_dir} at step {trainer.step}")
-    changes = changed_settings(recorded, trainer.cfg) if isinstance(recorded, dict) else []
+    changes = changed_settings(recorded, trainer.cfg)
     if changes:  # a flag given with --resume applies from here on; say so, since it changes the run
         reporter.warn(f"resumed with changed settings (they apply from step {trainer.step} on): "
                       + "; ".join(changes))
@@ -208,10 +208,10 @@ def _start(cfg: RunConfig, reporter: Reporter):
     return info
 
 
-def _run(trainer: Trainer, reporter: Reporter) -> TrainResult:
+def _run(trainer: Trainer) -> TrainResult:
     """Train, once every refusal is behind: a CPU compile first goes quiet for minutes, so say why."""
     if trainer.cfg.train.compiled and trainer.info.device.type == "cpu":
-        reporter.info("--compile on the CPU: inductor builds C++ kernels with the system compiler first "
+        trainer.reporter.info("--compile on the CPU: inductor builds C++ kernels with the system compiler first "
                       "(minutes, cached for later runs); CUDA graph modes do nothing here")
     return trainer.run()
 
@@ -235,7 +235,7 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
     if resume:
         _restore(trainer, ckpt, run_dir, reporter)
     del ckpt  # the trainer holds its own copies: don't keep the whole file in memory for the run
-    return _run(trainer, reporter)
+    return _run(trainer)
 
 
 def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, reporter: Reporter) -> Networks:
@@ -298,7 +298,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
     if resume:
         _restore(trainer, ckpt, run_dir, reporter)
     del ckpt  # the trainer holds its own copies: don't keep the whole file in memory for the run
-    return _run(trainer, reporter)
+    return _run(trainer)
 
 
 def run_to_end(train: Callable[[], TrainResult], hint: str) -> Path:
