@@ -66,6 +66,9 @@ def test_fid_matches_the_scipy_reference_and_its_closed_forms():
     assert fid_from_features(a, a + shift) == pytest.approx((shift ** 2).sum(), rel=1e-9)
     with pytest.raises(ValueError):
         fid_from_features(a, b[:, :5])
+    # One set against itself cancels large terms; the round-off must not come out as a negative FID.
+    self_fids = [fid_from_features(x, x) for x in (rng.normal(size=(20, 64)) * 3 for _ in range(12))]
+    assert min(self_fids) == 0.0 and max(self_fids) < 1e-9
 
 
 def test_kid_is_nvlabs_unbiased_mmd():
@@ -337,3 +340,29 @@ def test_metrics_say_when_n_is_more_than_a_folder_holds_and_which_images_have_no
     got = suite.compute_metrics(a, b, ["lpips"], reporter=reporter)
     assert got["lpips"] == 2  # img000 and img001 of both
     assert reporter.warnings == ["paired metrics: 2 pair(s) of the same name; 4 image(s) without a partner left out"]
+
+
+def test_metrics_refuse_what_they_can_before_reading_or_scoring_an_image(tmp_path, monkeypatch, tiny_g):
+    """Each refusal used to come after loading (or rendering 1000 seeds of) a source, and a one-image
+    set after minutes of Inception features of the other; now no image is read, or none scored."""
+    from cartoongan.weights.checkpoint import save_checkpoint
+    from cartoongan.weights.networks import generator_checkpoint
+
+    a, one = blob_images(tmp_path / "a", n=6), blob_images(tmp_path / "one", n=1)
+    ckpt = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g(size=16)))
+    (tmp_path / "notes.toml").write_text("x = 1\n")
+    loaded, scored = [], []
+    real_load = suite.load_images
+    monkeypatch.setattr(suite, "load_images", lambda src, *args, **kw: loaded.append(src) or real_load(src, *args, **kw))
+    counting = lambda images, *args: scored.append(len(images)) or stub_features(images)  # noqa: E731
+    with pytest.raises(DataError, match="at least 2 images per set, got 1 and 6"):
+        suite.compute_metrics(one, a, ["fid"], features=counting)
+    assert loaded == [one, a] and scored == []
+    loaded.clear()
+    with pytest.raises(DataError, match="notes.toml is a file, not a dataset"):
+        suite.compute_metrics(a, tmp_path / "notes.toml", ["kid"], features=counting)
+    with pytest.raises(ConfigError, match="not a folder and a checkpoint"):
+        suite.compute_metrics(ckpt, a, ["fid", "lpips"], features=counting)
+    with pytest.raises(CartoonganError, match="--lpips-weights .*no such file"):
+        suite.compute_metrics(a, a, ["lpips"], lpips_weights=tmp_path / "vgg.pth")
+    assert loaded == [] and scored == []

@@ -15,9 +15,14 @@ def _check(a: np.ndarray, b: np.ndarray, least: int) -> tuple[np.ndarray, np.nda
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"features must be [N, D] with the same D, got {a.shape} and {b.shape}")
-    if min(len(a), len(b)) < least:
-        raise DataError(f"FID/KID need at least {least} images per set, got {len(a)} and {len(b)}")
+    require_images(len(a), len(b), least)
     return a, b
+
+
+def require_images(n_a: int, n_b: int, least: int = 2) -> None:
+    """A DataError unless both sets hold at least `least` images (callers check before extracting features)."""
+    if min(n_a, n_b) < least:
+        raise DataError(f"FID/KID need at least {least} images per set, got {n_a} and {n_b}")
 
 
 def _trace_sqrt_product(a: np.ndarray, b: np.ndarray, s_a: np.ndarray, s_b: np.ndarray) -> float:
@@ -47,7 +52,11 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
     a, b = _check(a, b, 2)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     mean_term = ((a.mean(0) - b.mean(0)) ** 2).sum()
-    return float(mean_term + np.trace(s_a) + np.trace(s_b) - 2 * _trace_sqrt_product(a, b, s_a, s_b))
+    fid = mean_term + np.trace(s_a) + np.trace(s_b) - 2 * _trace_sqrt_product(a, b, s_a, s_b)
+    # A squared distance between Gaussians: the sum of large terms that cancel for one set against
+    # itself leaves round-off like -2e-13, which a user reads as a bug. (KID stays signed: its
+    # unbiased estimator is truly negative for close sets.)
+    return float(max(fid, 0.0))
 
 
 def kid_from_features(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000,

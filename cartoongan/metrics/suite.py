@@ -95,11 +95,15 @@ def parse_metrics(text: str | list[str]) -> list[str]:
     return names
 
 
-def pair(real: ImageSet, fake: ImageSet) -> tuple[np.ndarray, np.ndarray]:
-    """The images of both sets that share a key, in the same order: two uint8 [P, H, W, 3] arrays."""
-    if real.from_checkpoint != fake.from_checkpoint:
+def _check_pairable(real_is_checkpoint: bool, fake_is_checkpoint: bool) -> None:
+    if real_is_checkpoint != fake_is_checkpoint:
         raise ConfigError("paired metrics (lpips, identity) need two folders with the same file names "
                           "or two checkpoints (same seeds), not a folder and a checkpoint")
+
+
+def pair(real: ImageSet, fake: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """The images of both sets that share a key, in the same order: two uint8 [P, H, W, 3] arrays."""
+    _check_pairable(real.from_checkpoint, fake.from_checkpoint)
     index = {Path(k).stem: i for i, k in enumerate(fake.keys)}
     matches = [(i, index[Path(k).stem]) for i, k in enumerate(real.keys) if Path(k).stem in index]
     if not matches:
@@ -118,12 +122,13 @@ def _to_float(images: np.ndarray, size: int, device: torch.device) -> torch.Tens
 
 @torch.no_grad()
 def mean_lpips(a: np.ndarray, b: np.ndarray, device: torch.device, weights: str | Path | None = None,
-               reporter: Reporter | None = None, batch: int = 8) -> float:
-    """Mean LPIPS (VGG) over pairs of uint8 [P, H, W, 3] images (resized to the smaller side)."""
+               reporter: Reporter | None = None, batch: int = 8, net: torch.nn.Module | None = None) -> float:
+    """Mean LPIPS (VGG) over pairs of uint8 [P, H, W, 3] images (resized to the smaller side).
+    net: an LPIPS module already built (weights is then unused)."""
     from .lpips import lpips_vgg
 
     reporter = reporter or NullReporter()
-    net = lpips_vgg(weights).to(device)
+    net = (net or lpips_vgg(weights)).to(device)
     size = min(a.shape[1], b.shape[1])
     total = 0.0
     with reporter.progress(len(a), "lpips") as bar:
@@ -148,10 +153,24 @@ def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] =
     names = parse_metrics(names)
     # figures comparable across runs: Inception and LPIPS in IEEE fp32 on any GPU; the caller's
     # math mode (a training run's TF32) comes back afterwards
-    for source in (real, fake):  # both, before the first is loaded: one line, no progress bar first
-        if not Path(source).exists():
-            raise DataError(f"not found: {source} (pass a folder of images, a .zip or a checkpoint)")
+    _check_sources(real, fake, names)
     with math_mode("fp32"):
+        # the networks before any image: missing weights or a bad --lpips-weights cost one line, not a
+        # minute of loading and rendering first
+        if any(m in SET_METRICS for m in names) and features is None:
+            from .inception import InceptionFeatures
+
+            features = InceptionFeatures(device)
+        lpips_net = None
+        if "lpips" in names:
+            from .lpips import lpips_vgg
+
+            lpips_net = lpips_vgg(lpips_weights)
+        embedder = None
+        if "identity" in names:
+            from .identity import FaceEmbedder
+
+            embedder = FaceEmbedder()
         a = load_images(real, n, device, truncation, reporter)
         b = load_images(fake, n, device, truncation, reporter)
         for source, got in ((real, a), (fake, b)):
@@ -159,12 +178,9 @@ def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] =
                 reporter.warn(f"{source} has {len(got.keys)} readable image(s), fewer than --n {n}: using those")
         result: dict[str, float] = {}
         if any(m in SET_METRICS for m in names):
-            from .fid import fid_from_features, kid_from_features
+            from .fid import fid_from_features, kid_from_features, require_images
 
-            if features is None:
-                from .inception import InceptionFeatures
-
-                features = InceptionFeatures(device)
+            require_images(len(a.images), len(b.images))  # before minutes of Inception features
             fa = features(a.images, reporter, f"features of {Path(real).name}")
             fb = features(b.images, reporter, f"features of {Path(fake).name}")
             if "fid" in names:
@@ -178,9 +194,21 @@ def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] =
                 reporter.warn(f"paired metrics: {len(pa)} pair(s) of the same name; {unpaired} image(s) without a "
                               "partner left out")
             if "lpips" in names:
-                result["lpips"] = mean_lpips(pa, pb, device, lpips_weights, reporter)
+                result["lpips"] = mean_lpips(pa, pb, device, reporter=reporter, net=lpips_net)
             if "identity" in names:
                 from .identity import mean_identity
 
-                result["identity"] = mean_identity(pa, pb, reporter)
+                result["identity"] = mean_identity(pa, pb, reporter, embedder)
         return {m: result[m] for m in names}
+
+
+def _check_sources(real: str | Path, fake: str | Path, names: list[str]) -> None:
+    """What can be told of both sources without reading an image: one line before any progress bar."""
+    for source in (real, fake):
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"not found: {source} (pass a folder of images, a .zip or a checkpoint)")
+        if path.is_file() and not is_checkpoint(path):
+            image_sources(path)  # a zip opens, any other file is named as no dataset
+    if any(m in PAIRED_METRICS for m in names):
+        _check_pairable(is_checkpoint(Path(real)), is_checkpoint(Path(fake)))
