@@ -88,3 +88,19 @@ def test_a_dataset_the_host_cannot_hold_is_refused_before_decoding(mixed, monkey
         load_dataset(mixed, 16)
     assert not decoded
     assert len(load_dataset(mixed, 16, limit=2)) == 2  # the first 2 fit
+
+
+def test_a_training_run_folder_is_no_dataset(tmp_path):
+    """`--data runs/x` used to train on (and `metrics` to score) the run's own sample grids."""
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(run / "samples" / "000004.png")
+    (run / "config.toml").write_text("[train]\n")
+    (run / "log.jsonl").write_text("")
+    with pytest.raises(DataError, match="training run folder.*face images$"):
+        load_dataset(run, 32)
+    (run / "latest.pt").write_bytes(b"")
+    with pytest.raises(DataError, match=f"pass its checkpoint {run / 'latest.pt'}"):
+        load_dataset(run, 32)
+    (run / "log.jsonl").unlink()  # an image folder that merely holds a config.toml is still one
+    assert len(load_dataset(run, 32).images) == 1

@@ -363,6 +363,11 @@ def test_metrics_refuse_what_they_can_before_reading_or_scoring_an_image(tmp_pat
         suite.compute_metrics(a, tmp_path / "notes.toml", ["kid"], features=counting)
     with pytest.raises(ConfigError, match="not a folder and a checkpoint"):
         suite.compute_metrics(ckpt, a, ["fid", "lpips"], features=counting)
+    run = blob_images(tmp_path / "run", n=2)
+    (run / "config.toml").write_text("[train]\n")
+    (run / "log.jsonl").write_text("")
+    with pytest.raises(DataError, match="is a training run folder"):
+        suite.compute_metrics(a, run, ["fid"], features=counting)
     with pytest.raises(CartoonganError, match="--lpips-weights .*no such file"):
         suite.compute_metrics(a, a, ["lpips"], lpips_weights=tmp_path / "vgg.pth")
     assert loaded == [] and scored == []

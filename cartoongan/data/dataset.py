@@ -33,10 +33,20 @@ def image_sources(root: Path) -> list[tuple[str, callable]]:
         raise DataError(f"{root} is a file, not a dataset: pass a folder of images{beside} or a .zip")
     if not root.is_dir():
         raise DataError(f"dataset not found: {root} (pass a folder of images or a .zip)")
+    if is_run_folder(root):  # it would train on, or score, its own sample grids
+        checkpoint = root / "latest.pt"
+        score = f"; to score the run, pass its checkpoint {checkpoint}" if checkpoint.is_file() else ""
+        raise DataError(f"{root} is a training run folder, not a dataset (its pictures are sample grids): "
+                        f"pass a folder of face images{score}")
     # a link to a missing file stays in: its open fails, so it is named among the unreadable ones
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS
                    and (p.is_file() or (p.is_symlink() and not p.exists())))
     return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files]
+
+
+def is_run_folder(root: Path) -> bool:
+    """Whether a folder is one pretrain/finetune wrote (train/run_dir.py): its config and its log."""
+    return (root / "config.toml").is_file() and (root / "log.jsonl").is_file()
 
 
 # a member bigger than this is no face picture (a 4096 px PNG is at most 64 MiB): skipped unread,

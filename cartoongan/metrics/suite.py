@@ -208,7 +208,7 @@ def _check_sources(real: str | Path, fake: str | Path, names: list[str]) -> None
         path = Path(source)
         if not path.exists():
             raise DataError(f"not found: {source} (pass a folder of images, a .zip or a checkpoint)")
-        if path.is_file() and not is_checkpoint(path):
-            image_sources(path)  # a zip opens, any other file is named as no dataset
+        if not is_checkpoint(path):
+            image_sources(path)  # names a file or a run folder that is no dataset (a listing: no image read)
     if any(m in PAIRED_METRICS for m in names):
         _check_pairable(is_checkpoint(Path(real)), is_checkpoint(Path(fake)))
