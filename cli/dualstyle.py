@@ -72,6 +72,9 @@ def dualstyle(
         if random:
             if all_styles or style is not None:
                 raise ConfigError("--random renders one stored style: give --style-id N, not 'all' or --style")
+            if input_path is not None:  # it was ignored, and its face never showed up in random.png
+                raise ConfigError(f"--random renders new faces, so INPUT {input_path} would be unused: "
+                                  "give INPUT or --random N, not both")
             res = random_portraits(model, random, outdir, opts, device, RichReporter())
         else:
             if input_path is None:

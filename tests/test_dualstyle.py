@@ -327,6 +327,8 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
     assert res.exit_code == 0 and f"{N * DIM} of {N * DIM} values are NaN or inf" in res.output, res.output
     for args, code, text in (
         ([photo, "--model", style_dir, "--style-id", "7"], 2, "styles 0-2"),
+        ([photo, "--model", style_dir, "--random", "2"], 2, "not both"),
+        ([style_dir / "exstyle_code.npy", "--model", style_dir], 1, "is a pickled .npy (exemplar codes"),
         ([photo, "--model", style_dir, "--weight", "1,1"], 2, "needs 10 values"),
         ([photo, "--model", style_dir, "--weight", ",".join(["nan"] + ["1"] * (N - 1))], 2, "finite numbers"),
         ([nan_code, "--model", style_dir], 1, "NaN or inf"),

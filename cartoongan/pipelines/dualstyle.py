@@ -91,7 +91,9 @@ def read_intrinsic_code(path: Path, model: DualStyleGenerator) -> torch.Tensor:
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError:
-        raise DataError(f"{path} is not a plain array of floats (pickled .npy files are refused)") from None
+        # pickles are never loaded; the one users pass here by mistake is the release's exemplar codes
+        raise DataError(f"{path} is a pickled .npy (exemplar codes such as exstyle_code.npy are one), not a plain "
+                        "array of floats: INPUT takes an intrinsic code, e.g. the instyle.npy dualstyle wrote") from None
     except OSError as exc:
         raise DataError(f"{path} is not a readable .npy ({exc})") from None
     arr = arr[None] if arr.ndim == 2 else arr
