@@ -75,6 +75,9 @@ def encoder_path(model_dir: Path, wplus: bool, override: Path | None = None) -> 
 def load_model(model_dir: Path, device: torch.device) -> tuple[DualStyleGenerator, dict[str, np.ndarray]]:
     """The folder's generator.pt and its exemplar codes, checked against each other."""
     model_dir = Path(model_dir)
+    if model_dir.is_file():  # the generator.pt itself, most often: its codes sit beside it
+        raise CheckpointError(f"--model {model_dir} is a file: pass the folder of one DualStyleGAN style "
+                              f"(e.g. {model_dir.parent}, which holds {GENERATOR_FILE} and the exemplar codes)")
     if not (model_dir / GENERATOR_FILE).is_file():
         raise CheckpointError(f"{model_dir} has no {GENERATOR_FILE}: pass the folder of one DualStyleGAN style")
     model = load_dualstyle(model_dir / GENERATOR_FILE, device)
