@@ -104,3 +104,22 @@ def test_a_training_run_folder_is_no_dataset(tmp_path):
         load_dataset(run, 32)
     (run / "log.jsonl").unlink()  # an image folder that merely holds a config.toml is still one
     assert len(load_dataset(run, 32).images) == 1
+
+
+def test_a_run_folder_inside_the_data_is_left_out_and_named(tmp_path):
+    """`--data demo/` read the demo run's sample grids as faces, among the real images."""
+    root = tmp_path / "demo"
+    for sub in ("data/cartoon", "finetune/samples"):
+        (root / sub).mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(root / "data" / "cartoon" / f"{i}.png")
+    Image.new("RGB", (64, 64)).save(root / "finetune" / "samples" / "000004.png")
+    (root / "finetune" / "config.toml").write_text("[train]\n")
+    (root / "finetune" / "log.jsonl").write_text("")
+    reporter = ListReporter()
+    data = load_dataset(root, 32, reporter)
+    assert sorted(data.names) == [f"data/cartoon/{i}.png" for i in range(3)]
+    assert reporter.warnings == [f"left out the training run folder(s) inside {root} (finetune): their pictures "
+                                 "are sample grids, not faces"]
+    (root / "finetune" / "log.jsonl").unlink()  # no longer a run: its picture is data like any other
+    assert len(load_dataset(root, 32, ListReporter()).names) == 4

@@ -20,13 +20,18 @@ from .images import DECODE_ERRORS, EXTENSIONS, bombs_as_errors, save_png, square
 
 def image_sources(root: Path) -> list[tuple[str, callable]]:
     """(name, opener) for each candidate image under a folder or inside a .zip."""
+    return _listing(root)[0]
+
+
+def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path]]:
+    """image_sources, and the training run folders found under a folder source whose files it left out."""
     if root.is_file() and root.suffix.lower() == ".zip":
         try:
             zf = zipfile.ZipFile(root)
         except zipfile.BadZipFile:
             raise DataError(f"{root} is not a readable zip archive") from None
         names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS and not n.endswith("/"))
-        return [(n, (lambda n=n: _zip_member(zf, n))) for n in names]
+        return [(n, (lambda n=n: _zip_member(zf, n))) for n in names], []
     if root.is_file():
         # the folder beside is only a good guess when the file is one of its pictures
         beside = f" (e.g. {root.parent})" if root.suffix.lower() in EXTENSIONS else ""
@@ -38,10 +43,13 @@ def image_sources(root: Path) -> list[tuple[str, callable]]:
         score = f"; to score the run, pass its checkpoint {checkpoint}" if checkpoint.is_file() else ""
         raise DataError(f"{root} is a training run folder, not a dataset (its pictures are sample grids): "
                         f"pass a folder of face images{score}")
+    # a run written inside the data (`--data demo/`): its sample grids are no faces to learn or score
+    runs = sorted(log.parent for log in root.rglob("log.jsonl") if is_run_folder(log.parent))
     # a link to a missing file stays in: its open fails, so it is named among the unreadable ones
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS
-                   and (p.is_file() or (p.is_symlink() and not p.exists())))
-    return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files]
+                   and (p.is_file() or (p.is_symlink() and not p.exists()))
+                   and not any(run in p.parents for run in runs))
+    return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files], runs
 
 
 def is_run_folder(root: Path) -> bool:
@@ -121,9 +129,13 @@ class ImageDataset:
         return x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
 
 
-def _some_image_sources(root: Path) -> list[tuple[str, callable]]:
+def _some_image_sources(root: Path, reporter: Reporter) -> list[tuple[str, callable]]:
     """image_sources, refused (before any progress bar) when there is no image file at all."""
-    sources = image_sources(root)
+    sources, runs = _listing(root)
+    if runs:
+        shown = ", ".join(str(r.relative_to(root)) for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
+        reporter.warn(f"left out the training run folder(s) inside {root} ({shown}): their pictures are "
+                      "sample grids, not faces")
     if not sources:
         raise DataError(f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))})")
     return sources
@@ -135,7 +147,7 @@ def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None,
     order. Corrupt files are skipped and named in a warning."""
     reporter = reporter or NullReporter()
     root = Path(root)
-    sources = _some_image_sources(root)
+    sources = _some_image_sources(root, reporter)
     names, skipped, tiny = [], [], []
     total = len(sources) if limit is None else min(limit, len(sources))
     _check_fits(root, total, size)
@@ -175,7 +187,7 @@ def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None 
 
     reporter = reporter or NullReporter()
     root = Path(root)
-    sources = _some_image_sources(root)
+    sources = _some_image_sources(root, reporter)
     names, faceless, unreadable = [], [], []
     rows = _Rows(len(sources), size)
     with reporter.progress(len(sources), f"aligning {root.name}") as bar:
