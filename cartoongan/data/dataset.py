@@ -23,15 +23,13 @@ def image_sources(root: Path) -> list[tuple[str, callable]]:
     return _listing(root)[0]
 
 
-def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path]]:
-    """image_sources, and the training run folders found under a folder source whose files it left out."""
+def check_dataset_root(root: Path) -> None:
+    """Refuse (DataError) a path that is no dataset, from the path alone (no listing, no image read):
+    missing, a file other than a .zip, or a training run folder."""
     if root.is_file() and root.suffix.lower() == ".zip":
-        try:
-            zf = zipfile.ZipFile(root)
-        except zipfile.BadZipFile:
-            raise DataError(f"{root} is not a readable zip archive") from None
-        names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS and not n.endswith("/"))
-        return [(n, (lambda n=n: _zip_member(zf, n))) for n in names], []
+        if not zipfile.is_zipfile(root):  # its end record alone: cheap, where opening it lists every member
+            raise _unreadable_zip(root)
+        return
     if root.is_file():
         # the folder beside is only a good guess when the file is one of its pictures
         beside = f" (e.g. {root.parent})" if root.suffix.lower() in EXTENSIONS else ""
@@ -43,10 +41,27 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path]]:
         score = f"; to score the run, pass its checkpoint {checkpoint}" if checkpoint.is_file() else ""
         raise DataError(f"{root} is a training run folder, not a dataset (its pictures are sample grids): "
                         f"pass a folder of face images{score}")
+
+
+def _unreadable_zip(root: Path) -> DataError:
+    return DataError(f"{root} is not a readable zip archive")
+
+
+def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path]]:
+    """image_sources, and the training run folders found under a folder source whose files it left out."""
+    check_dataset_root(root)
+    if root.is_file():  # a .zip
+        try:
+            zf = zipfile.ZipFile(root)
+        except zipfile.BadZipFile:  # an end record that passed, over a damaged directory
+            raise _unreadable_zip(root) from None
+        names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS and not n.endswith("/"))
+        return [(n, (lambda n=n: _zip_member(zf, n))) for n in names], []
+    entries = list(root.rglob("*"))  # one walk of the tree serves both questions below
     # a run written inside the data (`--data demo/`): its sample grids are no faces to learn or score
-    runs = sorted(log.parent for log in root.rglob("log.jsonl") if is_run_folder(log.parent))
+    runs = sorted(p.parent for p in entries if p.name == "log.jsonl" and is_run_folder(p.parent))
     # a link to a missing file stays in: its open fails, so it is named among the unreadable ones
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS
+    files = sorted(p for p in entries if p.suffix.lower() in EXTENSIONS
                    and (p.is_file() or (p.is_symlink() and not p.exists()))
                    and not any(run in p.parents for run in runs))
     return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files], runs
@@ -133,7 +148,7 @@ def _some_image_sources(root: Path, reporter: Reporter) -> list[tuple[str, calla
     """image_sources, refused (before any progress bar) when there is no image file at all."""
     sources, runs = _listing(root)
     if runs:
-        shown = ", ".join(str(r.relative_to(root)) for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
+        shown = _shown([str(r.relative_to(root)) for r in runs], 3)
         reporter.warn(f"left out the training run folder(s) inside {root} ({shown}): their pictures are "
                       "sample grids, not faces")
     if not sources:

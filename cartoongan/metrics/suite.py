@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.dataset import image_sources, load_dataset
+from ..data.dataset import check_dataset_root, image_sources, load_dataset
 from ..data.images import DECODE_ERRORS, bombs_as_errors
 from ..data.render import render_seeds
 from ..errors import ConfigError, DataError
@@ -121,14 +121,12 @@ def _to_float(images: np.ndarray, size: int, device: torch.device) -> torch.Tens
 
 
 @torch.no_grad()
-def mean_lpips(a: np.ndarray, b: np.ndarray, device: torch.device, weights: str | Path | None = None,
-               reporter: Reporter | None = None, batch: int = 8, net: torch.nn.Module | None = None) -> float:
-    """Mean LPIPS (VGG) over pairs of uint8 [P, H, W, 3] images (resized to the smaller side).
-    net: an LPIPS module already built (weights is then unused)."""
-    from .lpips import lpips_vgg
-
+def mean_lpips(a: np.ndarray, b: np.ndarray, net: torch.nn.Module, device: torch.device,
+               reporter: Reporter | None = None, batch: int = 8) -> float:
+    """Mean LPIPS over pairs of uint8 [P, H, W, 3] images (resized to the smaller side); net: an
+    LPIPS module (lpips.lpips_vgg), built by the caller before any image is read."""
     reporter = reporter or NullReporter()
-    net = (net or lpips_vgg(weights)).to(device)
+    net = net.to(device)
     size = min(a.shape[1], b.shape[1])
     total = 0.0
     with reporter.progress(len(a), "lpips") as bar:
@@ -194,7 +192,7 @@ def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] =
                 reporter.warn(f"paired metrics: {len(pa)} pair(s) of the same name; {unpaired} image(s) without a "
                               "partner left out")
             if "lpips" in names:
-                result["lpips"] = mean_lpips(pa, pb, device, reporter=reporter, net=lpips_net)
+                result["lpips"] = mean_lpips(pa, pb, lpips_net, device, reporter)
             if "identity" in names:
                 from .identity import mean_identity
 
@@ -209,6 +207,6 @@ def _check_sources(real: str | Path, fake: str | Path, names: list[str]) -> None
         if not path.exists():
             raise DataError(f"not found: {source} (pass a folder of images, a .zip or a checkpoint)")
         if not is_checkpoint(path):
-            image_sources(path)  # names a file or a run folder that is no dataset (a listing: no image read)
+            check_dataset_root(path)  # a file or a run folder that is no dataset, named without a listing
     if any(m in PAIRED_METRICS for m in names):
         _check_pairable(is_checkpoint(Path(real)), is_checkpoint(Path(fake)))
