@@ -190,6 +190,22 @@ def test_no_face_is_one_line_and_writes_nothing(tmp_path):
         align_photo(tmp_path / "blocks.png")
 
 
+@pytest.mark.parametrize("name", ["face.pt", "face", "face.npz"])
+def test_output_named_for_no_image_format_is_refused_before_the_photo_is_read(tmp_path, name):
+    """save_image writes a PNG under any unknown suffix: face.pt would be a PNG that every loader misreads."""
+    photo = tmp_path / "broken.png"
+    photo.write_bytes(b"not an image")  # read first, it would fail with "not a readable image"
+    res = runner.invoke(app, ["align", str(photo), "-o", str(tmp_path / name)])
+    assert res.exit_code == 1 and "this writes an image; name a .png file" in res.output, res.output
+    assert "face.png" in res.output and not (tmp_path / name).exists()
+
+
+def test_output_suffix_picks_the_format(tmp_path):
+    res = runner.invoke(app, ["align", str(DATA / "astronaut.jpg"), "-o", str(tmp_path / "face.JPG"), "--size", "32"])
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "face.JPG").format == "JPEG"
+
+
 _ELSEWHERE = np.random.default_rng(1).random((68, 2)) * 40  # a face's spread of points, placed off the photo
 
 

@@ -30,7 +30,7 @@ from ..errors import DataError
 from ..npyfile import check_npy_file
 from ..outputs import check_output_file
 from ..weights.registry import locate
-from .images import image_errors, save_image, to_rgb, upright
+from .images import check_image_output, image_errors, save_image, to_rgb, upright
 
 FFHQ_SIZE = 1024  # FFHQ's own crops; projection's aligned.png, reusable (--no-align) by a model of any size
 SUPERSAMPLE = 4  # the quad is sampled at 4x the output size, then downscaled
@@ -312,6 +312,7 @@ def align_file(photo: str | Path, out: str | Path, size: int = 256, landmarks: s
     """`cartoongan align`: align a photo and write the crop(s); nothing is written when no face is found.
     The output path is checked before any work; each crop is written atomically."""
     check_output_file(out, "-o", inputs=[photo], example="aligned.png")
+    check_image_output(out, "-o")
     lm = load_landmarks(landmarks) if landmarks is not None else None
     crops = align_photo(photo, size, lm, all_faces)
     paths = crop_paths(out, len(crops)) if all_faces else [Path(out)]

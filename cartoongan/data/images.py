@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, OutputError
 from ..outputs import atomic_write
 from ..report import Reporter
 
@@ -87,6 +87,16 @@ def make_grid(tiles: np.ndarray, cols: int, pad: int = 0) -> np.ndarray:
 def save_png(array: np.ndarray, path: Path) -> Path:
     """[H, W, 3] uint8 -> a PNG at `path`, written atomically (OutputError naming it on failure)."""
     return save_image(Image.fromarray(array), path)
+
+
+def check_image_output(path: str | Path, what: str = "-o") -> Path:
+    """Refuse an image output whose name promises no image format (face.pt, face): save_image would
+    write a PNG under it, which every tool that goes by the name misreads."""
+    path = Path(path)
+    if path.suffix.lower() not in EXTENSIONS:
+        raise OutputError(f"{what} {path}: this writes an image; name a .png file (or "
+                          f"{', '.join(sorted(EXTENSIONS - {'.png'}))}), e.g. {path.with_suffix('.png').name}")
+    return path
 
 
 def save_image(img: Image.Image, path: Path, **options) -> Path:
