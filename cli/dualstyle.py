@@ -52,7 +52,7 @@ def dualstyle(
     no_res: bool = typer.Option(False, "--no-res", help="Skip the extrinsic path: the intrinsic StyleGAN2 alone."),
     noise_mode: DSNoise = typer.Option(DSNoise.const, "--noise-mode", help="const (stored maps, repeatable) | random."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="pSp file (default: encoder.pt or encoder_wplus.pt one level above --model)."),
-    random: int = typer.Option(0, "--random", min=0, max=1000, help="Render N random faces (seeds 0..N-1) in the chosen style instead."),
+    random: Optional[int] = typer.Option(None, "--random", min=1, max=1000, help="Render N random faces (seeds 0..N-1) in the chosen style instead."),
     align: bool = typer.Option(True, "--align/--no-align", help="FFHQ-align the photo's face first (saved as "
                                "aligned.png); --no-align for crops that are already aligned."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Output folder."),
@@ -66,10 +66,10 @@ def dualstyle(
     with user_errors(no_face_fix()):
         sid, all_styles = _style_id(style_id)
         opts = DualStyleOptions(style_id=sid, all_styles=all_styles, style_image=style, weights=_weights(weight),
-                                truncation=trunc if trunc is not None else (0.5 if random else 0.75),
+                                truncation=trunc if trunc is not None else (0.5 if random is not None else 0.75),
                                 preserve_color=preserve_color, wplus=wplus, use_res=not no_res,
                                 noise_mode=noise_mode.value, encoder=encoder)
-        if random:
+        if random is not None:
             if all_styles or style is not None:
                 raise ConfigError("--random renders one stored style: give --style-id N, not 'all' or --style")
             if input_path is not None:  # it was ignored, and its face never showed up in random.png

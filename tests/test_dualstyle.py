@@ -328,6 +328,7 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
     for args, code, text in (
         ([photo, "--model", style_dir, "--style-id", "7"], 2, "styles 0-2"),
         ([photo, "--model", style_dir, "--random", "2"], 2, "not both"),
+        (["--model", style_dir, "--random", "0"], 2, "greater than or equal to 1"),  # not "give INPUT"
         ([style_dir / "exstyle_code.npy", "--model", style_dir], 1, "is a pickled .npy (exemplar codes"),
         ([photo, "--model", style_dir, "--weight", "1,1"], 2, "needs 10 values"),
         ([photo, "--model", style_dir, "--weight", ",".join(["nan"] + ["1"] * (N - 1))], 2, "finite numbers"),
