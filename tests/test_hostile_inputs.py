@@ -6,6 +6,7 @@ run folders, resume faults, rich markup in messages, mismatched but well-formed 
 """
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -511,6 +512,37 @@ def test_every_photo_reader_refuses_bombs_and_names_the_file(tmp_path, monkeypat
             with pytest.raises(DataError, match=expected) as exc:
                 read(path)
             assert str(path) in str(exc.value)
+
+
+def test_every_photo_reader_names_a_checkpoint_or_array_in_the_photos_place(tmp_path, assets):
+    """The likeliest wrong file for a photo is another argument's: `project --source S TARGET.pt`,
+    a projected_w.npz, a DualStyleGAN code .npy. Each is named for what it is, not 'damaged'."""
+    from cartoongan.data.align import read_photo
+    from cartoongan.data.images import load_photo
+    from cartoongan.errors import DataError
+    from cartoongan.pipelines.dualstyle import load_exemplar
+
+    np.save(tmp_path / "code.npy", np.zeros((1, 4), np.float32))
+    np.savez(tmp_path / "projected_w.npz", w=np.zeros((1, 4), np.float32))
+    legacy = tmp_path / "old.pt"
+    torch.save({"g_ema": {}}, legacy, _use_new_zipfile_serialization=False)
+    zipped_other = tmp_path / "notes.pt"  # a zip that is neither: no claim about it
+    with zipfile.ZipFile(zipped_other, "w") as zf:
+        zf.writestr("readme.txt", "hi")
+    cases = ((assets["a"], "is a PyTorch checkpoint, not an image"), (legacy, "is a PyTorch checkpoint, not an image"),
+             (tmp_path / "code.npy", "is a NumPy array (.npy), not an image"),
+             (tmp_path / "projected_w.npz", "is a NumPy archive (.npz), not an image"),
+             (zipped_other, "is not a readable image"))
+    for read, what in ((lambda p: load_photo(p, 8), "photo"), (read_photo, "photo"), (load_exemplar, "exemplar")):
+        for path, expected in cases:
+            with pytest.raises(DataError, match=re.escape(expected)) as exc:
+                read(path)
+            assert str(path) in str(exc.value)
+            if "not an image" in expected:
+                assert f"pass the {what} (PNG or JPEG) here" in str(exc.value)
+    line = error_line(runner.invoke(app, ["project", "--source", str(assets["a"]), str(assets["a"]),
+                                          "--no-align", "--steps", "1", "--outdir", str(tmp_path / "p")]))
+    assert "is a PyTorch checkpoint, not an image: pass the photo" in line and not (tmp_path / "p").exists()
 
 
 # ---- outputs that would overwrite what the command reads, or a run's files ------------------

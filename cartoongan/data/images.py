@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -135,8 +136,37 @@ def image_errors(name, what: str = "photo") -> Iterator[None]:
         raise DataError(f"{name} is too large to decode safely ({str(exc).split(', could')[0]}): "
                         "downscale it and try again") from None
     except (OSError, SyntaxError, ValueError):
+        kind = _other_format(name)
+        if kind:  # a checkpoint or array in the photo's place: arguments swapped or mistyped
+            raise DataError(f"{name} is {kind}, not an image: pass the {what} (PNG or JPEG) here") from None
         raise DataError(f"{name} is not a readable image (damaged, or not an image format PIL reads): "
                         "save it again as PNG or JPEG") from None
+
+
+def _other_format(path) -> str | None:
+    """What a file PIL cannot decode is instead, going by its first bytes: a PyTorch checkpoint
+    (torch.save's zip, or its legacy pickle), a NumPy array or archive; None for anything else."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy array (.npy)"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return None
+        if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            return "a PyTorch checkpoint"
+        if names and all(n.endswith(".npy") for n in names):
+            return "a NumPy archive (.npz)"
+        return None
+    if head[:1] == b"\x80" and Path(path).suffix.lower() in (".pt", ".pth", ".ckpt"):
+        return "a PyTorch checkpoint"  # the pre-1.6 pickle format (a pickle protocol byte)
+    return None
 
 
 def load_photo(path: str | Path, size: int, reporter: Reporter | None = None) -> torch.Tensor:
