@@ -478,6 +478,29 @@ def test_decompression_bomb_photo(tmp_path, assets, monkeypatch, command, side):
     assert str(photo) in line and "too large" in line
 
 
+def test_dataset_names_too_large_images_apart_from_damaged_ones(tmp_path, monkeypatch):
+    """An image over PIL's bomb limit is whole: calling it unreadable sends the user looking for damage."""
+    from cartoongan.data.dataset import load_aligned_dataset, load_dataset
+    from cartoongan.errors import DataError
+    from cartoongan.report import ListReporter
+
+    data = blob_images(tmp_path / "d", n=2, size=24)  # 24 x 32 = 768 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("L", (40, 40)).save(data / "big.png")  # just over the limit: PIL's warning, not its error
+    (data / "junk.png").write_bytes(b"not an image")
+    rep = ListReporter()
+    ds = load_dataset(data, 8, rep)
+    assert len(ds) == 2 and sorted(ds.skipped) == ["big.png", "junk.png"]
+    huge = [w for w in rep.warnings if "big.png" in w]
+    assert len(huge) == 1 and "over PIL's decompression-bomb limit (1000 pixels)" in huge[0] and "junk" not in huge[0]
+    assert any("skipped 1 unreadable image(s)" in w and "junk.png" in w for w in rep.warnings), rep.warnings
+    pytest.importorskip("dlib")
+    rep = ListReporter()
+    with pytest.raises(DataError, match="no faces found"):  # blobs have no face; the warnings come first
+        load_aligned_dataset(data, 8, rep)
+    assert any("decompression-bomb limit" in w and "big.png" in w and "junk" not in w for w in rep.warnings), rep.warnings
+
+
 def test_zip_dataset_with_a_corrupt_member_skips_it(tmp_path):
     blob_images(tmp_path / "imgs", n=2)
     with zipfile.ZipFile(tmp_path / "d.zip", "w", zipfile.ZIP_STORED) as zf:

@@ -15,7 +15,7 @@ from ..errors import DataError
 from ..hostmem import gib, host_memory_available
 from ..outputs import check_fresh_dir, check_outside
 from ..report import NullReporter, Reporter
-from .images import DECODE_ERRORS, EXTENSIONS, bombs_as_errors, save_png, square_resize
+from .images import BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, ImageTooLarge, bombs_as_errors, save_png, square_resize
 
 
 def image_sources(root: Path) -> list[tuple[str, callable]]:
@@ -163,7 +163,7 @@ def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None,
     reporter = reporter or NullReporter()
     root = Path(root)
     sources = _some_image_sources(root, reporter)
-    names, skipped, tiny = [], [], []
+    names, skipped, huge, tiny = [], [], [], []
     total = len(sources) if limit is None else min(limit, len(sources))
     _check_fits(root, total, size)
     rows = _Rows(total, size)
@@ -176,6 +176,8 @@ def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None,
                     img.load()
                     square = square_resize(img, size)
                     small = min(img.size) < size / 4  # a thumbnail blown up: a blur the model learns from
+            except BOMB_ERRORS:
+                huge.append(name)
             except (*DECODE_ERRORS, zipfile.BadZipFile):
                 skipped.append(name)
             else:
@@ -186,13 +188,20 @@ def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None,
             bar.advance()
     if skipped:
         reporter.warn(f"skipped {len(skipped)} unreadable image(s) in {root}: {_shown(skipped)}")
+    _warn_huge(root, huge, reporter)
     if tiny:
         reporter.warn(f"{len(tiny)} image(s) in {root} are under a quarter of {size} px and were upscaled: "
                       f"{_shown(tiny)}")
     if not names:
         raise DataError(f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))})")
     images = rows.done()
-    return ImageDataset(images, names, skipped)
+    return ImageDataset(images, names, skipped + huge)
+
+
+def _warn_huge(root: Path, huge: list[str], reporter: Reporter) -> None:
+    if huge:  # readable, so "unreadable" would send the user looking for damage that is not there
+        reporter.warn(f"skipped {len(huge)} image(s) in {root} over PIL's decompression-bomb limit "
+                      f"({Image.MAX_IMAGE_PIXELS} pixels), too large to decode safely: downscale them: {_shown(huge)}")
 
 
 def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None = None) -> ImageDataset:
@@ -203,7 +212,7 @@ def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None 
     reporter = reporter or NullReporter()
     root = Path(root)
     sources = _some_image_sources(root, reporter)
-    names, faceless, unreadable = [], [], []
+    names, faceless, unreadable, huge = [], [], [], []
     rows = _Rows(len(sources), size)
     with reporter.progress(len(sources), f"aligning {root.name}") as bar:
         for name, opener in sources:
@@ -213,6 +222,8 @@ def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None 
                 face = np.asarray(align_image(img, size, name=name)[0], dtype=np.uint8)
             except NoFaceFound:
                 faceless.append(name)
+            except ImageTooLarge:
+                huge.append(name)
             except (DataError, OSError):  # OSError: a zip member that cannot be read
                 unreadable.append(name)
             else:
@@ -222,10 +233,11 @@ def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None 
     for what, skipped in (("photo(s) with no face", faceless), ("unreadable image(s)", unreadable)):
         if skipped:
             reporter.warn(f"skipped {len(skipped)} {what} in {root}: {_shown(skipped)}")
+    _warn_huge(root, huge, reporter)
     if not names:
         raise DataError(f"no faces found in {root}")
     images = rows.done()
-    return ImageDataset(images, names, faceless + unreadable)
+    return ImageDataset(images, names, faceless + unreadable + huge)
 
 
 def _check_fits(root: Path, n: int, size: int) -> None:

@@ -116,6 +116,12 @@ def bombs_as_errors() -> Iterator[None]:
         yield
 
 
+class ImageTooLarge(DataError):
+    """A picture over PIL's decompression-bomb limit: readable, but refused (downscale it)."""
+
+
+BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
 # what decoding an untrusted image file can raise inside bombs_as_errors (PIL's
 # UnidentifiedImageError is an OSError)
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
@@ -132,8 +138,8 @@ def image_errors(name, what: str = "photo") -> Iterator[None]:
         raise DataError(f"{what} not found: {name}") from None
     except IsADirectoryError:
         raise DataError(f"{name} is a folder, not an image file: name the {what} itself") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{name} is too large to decode safely ({str(exc).split(', could')[0]}): "
+    except BOMB_ERRORS as exc:
+        raise ImageTooLarge(f"{name} is too large to decode safely ({str(exc).split(', could')[0]}): "
                         "downscale it and try again") from None
     except (OSError, SyntaxError, ValueError):
         kind = _other_format(name)
