@@ -1,4 +1,6 @@
 import copy
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -291,6 +293,29 @@ def test_resume_names_the_settings_its_flags_change_and_records_them(tmp_path):
     assert res.exit_code == 0 and "from step 2 on" in said, res.output
     assert "[finetune] freeze_sg 2 -> 1" in said and "[train] lr 0.002 -> 0.001" in said and "iters" not in said
     assert "freeze_sg = 1" in (run / "config.toml").read_text()
+
+
+def test_resume_names_other_data_and_a_changed_image_count(tmp_path):
+    """--data given with --resume, or the run's folder grown since: the run goes on (adding images is
+    a fair thing to do) but says so, since its log no longer describes one dataset."""
+    src = make_source(tmp_path / "src.pt")
+    data = blob_images(tmp_path / "data", n=4)
+    run = tmp_path / "r"
+    assert runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), "--out", str(run),
+                               "--recipe", "tiny", "--iters", "1"]).exit_code == 0
+    res = runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "2", "--data", str(data)])
+    assert res.exit_code == 0 and "resumed from step" not in res.output, res.output  # the same data
+    blob_images(tmp_path / "more", n=3, seed=1)
+    res = runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "3", "--data", str(tmp_path / "more")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert (f"resumed from step 2 on other data: {(tmp_path / 'more').resolve()} (3 images), "
+            f"where it had {data.resolve()} (4 images)") in said, said
+    shutil.copy(tmp_path / "more" / sorted(os.listdir(tmp_path / "more"))[0], tmp_path / "more" / "extra.png")
+    res = runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "4"])  # its recorded data, grown
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "now holding 4 images, where it had 3" in said, said
+    assert load_checkpoint(run / "latest.pt")["cartoongan"]["provenance"]["images"] == 4
 
 
 def test_resume_with_a_source_whose_file_was_trained_on_says_it_changed(tmp_path):

@@ -187,6 +187,22 @@ def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) ->
     if changes:  # a flag given with --resume applies from here on; say so, since it changes the run
         reporter.warn(f"resumed with changed settings (they apply from step {trainer.step} on): "
                       + "; ".join(changes))
+    data = changed_data(_provenance(ckpt), trainer.provenance)
+    if data:  # as for settings: the run goes on, but it is no longer the run its log describes
+        reporter.warn(f"resumed from step {trainer.step} on {data}")
+
+
+def changed_data(recorded: dict, now: dict) -> str | None:
+    """How a resumed run's data differs from what its latest.pt recorded: another folder, or the same
+    one holding another number of images; None when the same (or when the run predates the record)."""
+    was, count = recorded.get("data"), recorded.get("images")
+    if not was:
+        return None
+    if was != now["data"]:
+        return f"other data: {now['data']} ({now['images']} images), where it had {was} ({count} images)"
+    if isinstance(count, int) and count != now["images"]:
+        return f"{was} now holding {now['images']} images, where it had {count}"
+    return None
 
 
 def check_compile(compiled: bool, dev: torch.device) -> None:
