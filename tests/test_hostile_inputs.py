@@ -901,12 +901,17 @@ def test_exif_orientation_is_applied_to_dataset_images(tmp_path, monkeypatch):
     assert image[4, 4, 0] > 200
 
 
-def test_metrics_size_a_set_by_its_common_side_not_its_first_file(tmp_path):
-    from cartoongan.metrics.suite import _native_size
+def test_metrics_size_a_set_by_its_common_side_not_its_first_file(tmp_path, monkeypatch):
+    from cartoongan.data import dataset
+    from cartoongan.metrics.suite import load_images
 
     blob_images(tmp_path / "d", n=3, size=32)
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "d" / "0.png")  # sorts first
-    assert _native_size(tmp_path / "d") == 32
+    walks = []
+    listing = dataset._listing
+    monkeypatch.setattr(dataset, "_listing", lambda root: walks.append(root) or listing(root))
+    assert load_images(tmp_path / "d", None, torch.device("cpu")).images.shape == (4, 32, 32, 3)
+    assert len(walks) == 1  # the size is found in the same listing the images load from
 
 
 def test_zip_members_that_cannot_be_read_are_skipped_and_named(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import zipfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,13 +157,33 @@ def _some_image_sources(root: Path, reporter: Reporter) -> list[tuple[str, calla
     return sources
 
 
-def load_dataset(root: str | Path, size: int, reporter: Reporter | None = None,
+def native_side(sources: list[tuple[str, callable]], n: int | None = None) -> int:
+    """The most common shorter side among the first n sources (up to 256 of them, evenly spread):
+    a set seen as it is, where one odd file (a thumbnail sorting first) does not resize it all.
+    64 when none is readable (load_dataset then says so)."""
+    sources = sources[:n]
+    sides = [_side(opener) for _, opener in sources[:: max(1, -(-len(sources) // 256))]]
+    sides = [s for s in sides if s]
+    return Counter(sides).most_common(1)[0][0] if sides else 64
+
+
+def _side(opener) -> int | None:
+    try:
+        with bombs_as_errors(), opener() as fh, Image.open(fh) as img:
+            return min(img.size)
+    except (*DECODE_ERRORS, zipfile.BadZipFile):
+        return None
+
+
+def load_dataset(root: str | Path, size: int | None, reporter: Reporter | None = None,
                  limit: int | None = None) -> ImageDataset:
     """Decode every image under `root` (folder or .zip), or its first `limit` readable ones in name
-    order. Corrupt files are skipped and named in a warning."""
+    order, squared to `size` (None: the set's own most common side, see native_side). Corrupt files
+    are skipped and named in a warning."""
     reporter = reporter or NullReporter()
     root = Path(root)
     sources = _some_image_sources(root, reporter)
+    size = size or native_side(sources, limit)
     names, skipped, huge, tiny = [], [], [], []
     total = len(sources) if limit is None else min(limit, len(sources))
     _check_fits(root, total, size)

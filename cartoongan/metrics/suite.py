@@ -7,17 +7,14 @@ name in two folders, or the same seed through two checkpoints.
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from ..data.dataset import check_dataset_root, image_sources, load_dataset
-from ..data.images import DECODE_ERRORS, bombs_as_errors
+from ..data.dataset import check_dataset_root, load_dataset
 from ..data.render import render_seeds
 from ..errors import ConfigError, DataError
 from ..device import math_mode
@@ -44,28 +41,6 @@ def is_checkpoint(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES
 
 
-def _native_size(root: Path, n: int | None = None) -> int:
-    """The most common side among the images of a folder or zip (the first n of them, in
-    load_dataset's order; all are squared to it): metrics see images as they are, and one odd
-    file (a thumbnail sorting first) does not resize the whole set."""
-    try:
-        sources = image_sources(root)[:n]
-        sides = [_side(opener) for _, opener in sources[:: max(1, -(-len(sources) // 256))]]  # <= 256 of them
-    except (OSError, DataError):
-        sides = []
-    sides = [s for s in sides if s]
-    return Counter(sides).most_common(1)[0][0] if sides else 64  # none readable: load_dataset says so
-
-
-def _side(opener) -> int | None:
-    """Shorter side of an image, or None when it is unreadable (load_dataset skips and names those)."""
-    try:
-        with bombs_as_errors(), opener() as fh, Image.open(fh) as img:
-            return min(img.size)
-    except DECODE_ERRORS:
-        return None
-
-
 def render_checkpoint(path: Path, n: int, device: torch.device, truncation: float = 1.0,
                       reporter: Reporter | None = None, batch: int = 8) -> ImageSet:
     """g_ema of a checkpoint for seeds 0..n-1 (const noise) -> uint8 [n, size, size, 3]."""
@@ -82,7 +57,7 @@ def load_images(source: str | Path, n: int | None, device: torch.device, truncat
     path = Path(source)
     if is_checkpoint(path):
         return render_checkpoint(path, n or DEFAULT_SAMPLES, device, truncation, reporter)
-    data = load_dataset(path, _native_size(path, n), reporter, limit=n)  # not all 70,000 for --n 1000
+    data = load_dataset(path, None, reporter, limit=n)  # its own size; not all 70,000 for --n 1000
     return ImageSet(data.images.permute(0, 2, 3, 1).numpy(), data.names, False)
 
 
