@@ -120,11 +120,12 @@ class ImageTooLarge(DataError):
     """A picture over PIL's decompression-bomb limit: readable, but refused (downscale it)."""
 
 
+# a picture over the limit, inside bombs_as_errors (which turns the warning into an error)
 BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 # what decoding an untrusted image file can raise inside bombs_as_errors (PIL's
 # UnidentifiedImageError is an OSError)
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, *BOMB_ERRORS)
 
 
 @contextlib.contextmanager
