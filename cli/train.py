@@ -128,9 +128,10 @@ def finetune(
     overrides = {"train": _section(args, TRAIN_FLAGS), "finetune": _section(args, FINETUNE_FLAGS)}
     with user_errors():
         cfg = _load_config(recipe, resume, overrides, out_dir)
-        if struct_weight is not None and cfg.finetune.struct_loss == 0:
-            raise ConfigError("--struct-weight weighs the structure loss, which is off: add --struct-loss N "
-                              "(the resolutions it compares, e.g. 3)")
+        for flag, value, does in (("--struct-weight", struct_weight, "weighs"), ("--struct-tap", struct_tap, "picks the taps of")):
+            if value is not None and cfg.finetune.struct_loss == 0:
+                raise ConfigError(f"{flag} {does} the structure loss, which is off: add --struct-loss N "
+                                  "(the resolutions it compares, e.g. 3)")
         run_dir = resume or out_dir
         if run_dir is None or (resume is None and (source is None or data is None)):
             raise typer.BadParameter("give --source, --data and --out, or --resume RUN_DIR")

@@ -216,6 +216,7 @@ def test_freeze_counts_out_of_range_name_the_limit():
     (["--struct-loss", "7"], "--struct-loss 7 is out of range"),
     (["--struct-weight", "-1", "--struct-loss", "1"], "--struct-weight ([finetune] struct_weight) must be"),
     (["--struct-weight", "2"], "the structure loss, which is off"),
+    (["--struct-tap", "features"], "--struct-tap picks the taps of the structure loss, which is off"),
     (["--struct-weight", "0", "--struct-loss", "1"], "must be > 0 while the structure loss is on"),
 ])
 def test_finetune_bad_values(tmp_path, args, expect):
