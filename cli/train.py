@@ -45,6 +45,18 @@ def _load_config(recipe: Optional[Path], resume: Optional[Path], overrides: dict
     return apply_overrides(load_recipe(recipe), overrides)
 
 
+def _refuse_idle_flags(cfg, **given) -> None:
+    """A flag given for a feature that is off (in the recipe, or in the resumed run) would do nothing:
+    refuse it, naming the flag that turns the feature on."""
+    struct_off = cfg.finetune.struct_loss == 0
+    idle = (("struct_weight", "weighs the structure loss", struct_off, "--struct-loss N (the resolutions it compares, e.g. 3)"),
+            ("struct_tap", "picks the taps of the structure loss", struct_off, "--struct-loss N (the resolutions it compares, e.g. 3)"),
+            ("eval_n", "sizes the KID evaluation", cfg.train.eval_every == 0, "--eval-every K (steps between evaluations)"))
+    for key, does, off, fix in idle:
+        if given.get(key) is not None and off:
+            raise ConfigError(f"--{key.replace('_', '-')} {does}, which is off: add {fix}")
+
+
 def _report_result(result) -> None:
     if result.latest is None:  # a data-parallel rank other than 0: rank 0 writes and reports the run
         if result.interrupted:
@@ -90,6 +102,7 @@ def pretrain(
     overrides = {"train": _section(locals(), TRAIN_FLAGS)}
     with user_errors():
         cfg = _load_config(recipe, resume, overrides, out_dir)
+        _refuse_idle_flags(cfg, eval_n=eval_n)
         run_dir = resume or out_dir
         if run_dir is None or (data is None and resume is None):
             raise typer.BadParameter("give --data and --out, or --resume RUN_DIR")
@@ -128,10 +141,7 @@ def finetune(
     overrides = {"train": _section(args, TRAIN_FLAGS), "finetune": _section(args, FINETUNE_FLAGS)}
     with user_errors():
         cfg = _load_config(recipe, resume, overrides, out_dir)
-        for flag, value, does in (("--struct-weight", struct_weight, "weighs"), ("--struct-tap", struct_tap, "picks the taps of")):
-            if value is not None and cfg.finetune.struct_loss == 0:
-                raise ConfigError(f"{flag} {does} the structure loss, which is off: add --struct-loss N "
-                                  "(the resolutions it compares, e.g. 3)")
+        _refuse_idle_flags(cfg, struct_weight=struct_weight, struct_tap=struct_tap, eval_n=eval_n)
         run_dir = resume or out_dir
         if run_dir is None or (resume is None and (source is None or data is None)):
             raise typer.BadParameter("give --source, --data and --out, or --resume RUN_DIR")

@@ -217,6 +217,7 @@ def test_freeze_counts_out_of_range_name_the_limit():
     (["--struct-weight", "-1", "--struct-loss", "1"], "--struct-weight ([finetune] struct_weight) must be"),
     (["--struct-weight", "2"], "the structure loss, which is off"),
     (["--struct-tap", "features"], "--struct-tap picks the taps of the structure loss, which is off"),
+    (["--eval-n", "4"], "--eval-n sizes the KID evaluation, which is off: add --eval-every K"),
     (["--struct-weight", "0", "--struct-loss", "1"], "must be > 0 while the structure loss is on"),
 ])
 def test_finetune_bad_values(tmp_path, args, expect):
@@ -225,6 +226,18 @@ def test_finetune_bad_values(tmp_path, args, expect):
     res = runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), "--out", str(tmp_path / "r"),
                               "--recipe", "tiny", "--iters", "1", *args])
     assert res.exit_code == 2 and expect in res.output and "Traceback" not in res.output
+
+
+def test_pretrain_eval_n_without_evaluations_is_refused_and_a_resumed_runs_own_evaluations_count(tmp_path):
+    data = blob_images(tmp_path / "data", n=2)
+    base = ["pretrain", "--data", str(data), "--recipe", "tiny"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "r"), "--iters", "1", "--eval-n", "4"])
+    assert res.exit_code == 2 and "--eval-n sizes the KID evaluation, which is off" in res.output, res.output
+    assert not (tmp_path / "r").exists()
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "r"), "--iters", "1", "--eval-every", "5", "--eval-n", "2"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["pretrain", "--resume", str(tmp_path / "r"), "--iters", "2", "--eval-n", "3"])
+    assert res.exit_code == 0, res.output  # the run's config.toml has evaluations on
 
 
 def test_source_without_d_needs_fresh_d(tmp_path):
