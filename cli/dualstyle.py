@@ -39,6 +39,15 @@ def _style_id(text: str) -> tuple[Optional[int], bool]:
     return int(text), False
 
 
+def _refuse_unused_with_no_res(no_res: bool, **given: bool) -> None:
+    """--no-res renders the intrinsic StyleGAN2 alone: every exemplar option would go unused (and
+    --style-id all would make a sheet of one picture repeated)."""
+    unused = [f"--{flag.replace('_', '-')}" for flag, on in given.items() if on]
+    if no_res and unused:
+        raise ConfigError(f"--no-res renders the intrinsic StyleGAN2 alone, without an exemplar, so "
+                          f"{', '.join(unused)} would be unused: drop {'it' if len(unused) == 1 else 'them'} or --no-res")
+
+
 @app.command()
 def dualstyle(
     input_path: Optional[Path] = typer.Argument(None, metavar="INPUT", help="A face photo (aligned unless --no-align), or an intrinsic code .npy (1, n_latent, style_dim)."),
@@ -64,6 +73,8 @@ def dualstyle(
     from .project import no_face_fix
 
     with user_errors(no_face_fix()):
+        _refuse_unused_with_no_res(no_res, style_id=style_id != "0", style=style is not None,
+                                   weight=weight is not None, preserve_color=preserve_color)
         sid, all_styles = _style_id(style_id)
         opts = DualStyleOptions(style_id=sid, all_styles=all_styles, style_image=style, weights=_weights(weight),
                                 truncation=trunc if trunc is not None else (0.5 if random is not None else 0.75),

@@ -329,6 +329,8 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
         ([photo, "--model", style_dir, "--style-id", "7"], 2, "styles 0-2"),
         ([photo, "--model", style_dir, "--random", "2"], 2, "not both"),
         (["--model", style_dir, "--random", "0"], 2, "greater than or equal to 1"),  # not "give INPUT"
+        ([photo, "--model", style_dir, "--no-res", "--style-id", "all", "--preserve-color"], 2,
+         "--no-res renders the intrinsic StyleGAN2 alone, without an exemplar, so --style-id, --preserve-color would be unused"),
         ([style_dir / "exstyle_code.npy", "--model", style_dir], 1, "is a pickled .npy (exemplar codes"),
         ([photo, "--model", style_dir, "--weight", "1,1"], 2, "needs 10 values"),
         ([photo, "--model", style_dir, "--weight", ",".join(["nan"] + ["1"] * (N - 1))], 2, "finite numbers"),
