@@ -177,7 +177,8 @@ def test_cli_metrics_json_and_weights_fetch(tmp_path, monkeypatch):
         return {m: 0.5 for m in names}
 
     monkeypatch.setattr(suite, "compute_metrics", fake_compute)
-    res = runner.invoke(app, ["metrics", str(tmp_path), str(tmp_path), "--metrics", "kid,fid", "--n", "7",
+    (tmp_path / "g.pt").touch()  # --trunc needs a checkpoint on one side (compute_metrics is stubbed)
+    res = runner.invoke(app, ["metrics", str(tmp_path), str(tmp_path / "g.pt"), "--metrics", "kid,fid", "--n", "7",
                               "--trunc", "0.7", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout) == {"kid": 0.5, "fid": 0.5}
@@ -370,4 +371,11 @@ def test_metrics_refuse_what_they_can_before_reading_or_scoring_an_image(tmp_pat
         suite.compute_metrics(a, run, ["fid"], features=counting)
     with pytest.raises(CartoonganError, match="--lpips-weights .*no such file"):
         suite.compute_metrics(a, a, ["lpips"], lpips_weights=tmp_path / "vgg.pth")
-    assert loaded == [] and scored == []
+    # flags that would do nothing: refused by the command, before it computes anything
+    for flags, text in ((["--trunc", "0.5"], "--trunc truncates what a checkpoint renders, and REAL and FAKE are both"),
+                        (["--lpips-weights", str(tmp_path / "vgg.pth")], "--lpips-weights does nothing without lpips")):
+        res = runner.invoke(app, ["metrics", str(a), str(a), "--metrics", "fid", *flags])
+        assert res.exit_code == 2 and text in res.output, res.output
+    res = runner.invoke(app, ["metrics", str(ckpt), str(a), "--metrics", "fid", "--n", "2", "--trunc", "0.5", "--json"])
+    assert res.exit_code == 0, res.output  # a checkpoint on either side is what --trunc is for
+    assert loaded == [ckpt, a]
