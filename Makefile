@@ -82,8 +82,13 @@ device-kit: $(NEEDS)
 	@if [ -z "$(REF)" ]; then echo "device-kit: no REF given, so the session will skip the reference benchmarks"; \
 	elif [ -f "$(REF)/model.py" ]; then mkdir -p .device-kit/rosinality && \
 	  cp -r "$(REF)/model.py" "$(REF)/op" "$(REF)/LICENSE" "$(REF)/LICENSE-NVIDIA" .device-kit/rosinality/; \
-	else mkdir -p .device-kit/rosinality && \
-	  git --git-dir "$(REF)" archive HEAD model.py op LICENSE LICENSE-NVIDIA | tar -x -C .device-kit/rosinality; fi
+	else mkdir -p .device-kit/rosinality/op && \
+	  for f in model.py LICENSE LICENSE-NVIDIA $$(git --git-dir "$(REF)" ls-tree --name-only HEAD op/); do \
+	    git --git-dir "$(REF)" show "HEAD:$$f" > ".device-kit/rosinality/$$f" || exit 1; done; fi
+	@# a bare mirror may lack large blobs: `git archive` of the whole tree complains of those; one file at a
+	@# time reads only what the kit needs, and the kit is refused when its CUDA sources did not arrive
+	@test -z "$(REF)" || test -s .device-kit/rosinality/op/upfirdn2d_kernel.cu || \
+	  { echo "device-kit: $(REF) gave no op/upfirdn2d_kernel.cu: pass a rosinality/stylegan2-pytorch checkout"; exit 1; }
 	$(PY) tools/device_session.py --list
 	du -sh .device-kit
 
