@@ -80,6 +80,53 @@ def test_lpips_path_with_an_explicit_random_backbone(tmp_path, tiny_source):
     assert Image.open(out).size == (4 * 32, 32)
 
 
+class _StopAt:
+    """A perceptual distance whose call number `at` is a Ctrl-C (the user stopping a long projection)."""
+
+    def __init__(self, at: int):
+        self.at, self.calls = at, 0
+
+    def __call__(self, a, b):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return (a - b).square().mean()
+
+    def to(self, device):
+        return self
+
+
+def _stop_lpips_at(monkeypatch, at: int) -> None:
+    from cartoongan.pipelines import project as project_module, toonify as toonify_module
+
+    for module in (project_module, toonify_module):  # toonify holds its own name for it
+        monkeypatch.setattr(module, "_perceptual_for", lambda cfg, weights, dev: _StopAt(at))
+
+
+@pytest.mark.parametrize("command", ["project", "toonify"])
+def test_ctrl_c_writes_the_projection_so_far_and_says_so(tmp_path, tiny_source, monkeypatch, command):
+    """As a training run keeps its last step: --steps 1000 set too high, stopped once the distance has
+    levelled off, keeps what the finished steps found (exit 130, one line naming the step)."""
+    _, path = tiny_source
+    Image.fromarray((np.random.rand(32, 32, 3) * 255).astype(np.uint8)).save(tmp_path / "photo.png")
+    _stop_lpips_at(monkeypatch, 4)
+    argv = [command, str(tmp_path / "photo.png"), "--source", str(path), "--steps", "1000", "--loss", "lpips",
+            "--no-align", "--outdir", str(tmp_path / "o")] + (["--target", str(path)] if command == "toonify" else [])
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 130, res.output
+    assert res.output.strip().endswith(f"interrupted at step 3 of 1000; wrote the projection so far to {tmp_path / 'o'}")
+    written = {p.name for p in (tmp_path / "o").iterdir()}
+    assert {"target.png", "proj.png", "projected_w.npz"} <= written and ("toonify.png" in written) == (command == "toonify")
+    w = load_projected_w(tmp_path / "o" / "projected_w.npz")
+    assert bool(torch.isfinite(w).all())
+    # a Ctrl-C in the first step has nothing to keep: the plain interruption, nothing written
+    _stop_lpips_at(monkeypatch, 1)
+    argv[argv.index("--outdir") + 1] = str(tmp_path / "first")
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 130 and res.output.strip().endswith("error: interrupted"), res.output
+    assert not (tmp_path / "first").exists() or not any((tmp_path / "first").iterdir())
+
+
 def test_lpips_without_its_weights_package_is_one_clear_line(tmp_path, tiny_source, monkeypatch):
     from cartoongan.weights import registry
 

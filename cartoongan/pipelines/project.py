@@ -5,10 +5,12 @@ projector's noise regularisation, a ramped learning rate and decaying latent noi
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data.images import load_photo, save_image, save_png, to_uint8
-from ..errors import CartoonganError, DataError
+from ..errors import CartoonganError, DataError, Interrupted
 from ..metrics.lpips import lpips_vgg
 from ..models.generator import Generator
 from ..outputs import atomic_write, check_keeps_inputs, check_output_dir
@@ -49,6 +51,7 @@ class Projection:
     image: torch.Tensor  # [1, 3, S, S]
     distances: list[float] = field(default_factory=list)
     frames: list[np.ndarray] = field(default_factory=list)
+    stopped_at: int | None = None  # the steps done when Ctrl-C stopped it; None: it ran them all
 
 
 def _noise_regularization(noises: list[torch.Tensor]) -> torch.Tensor:
@@ -68,6 +71,25 @@ def _lr_at(t: float, cfg: ProjectConfig) -> float:
     ramp = min(1.0, (1.0 - t) / cfg.lr_rampdown)
     ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
     return cfg.initial_lr * ramp * min(1.0, t / cfg.lr_rampup)
+
+
+@contextlib.contextmanager
+def _stop_keeps(result: Projection) -> Iterator[None]:
+    """Ctrl-C ends the optimisation with what the finished steps found, as a run that set too many
+    --steps wants (the distance has levelled off); before a first step there is nothing to keep."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not result.distances:
+            raise
+        result.stopped_at = len(result.distances)
+
+
+def stopped(result: Projection, steps: int, outdir: str | Path) -> None:
+    """Raise Interrupted (exit 130) for a projection Ctrl-C stopped, once its files are written."""
+    if result.stopped_at is not None:
+        raise Interrupted(f"interrupted at step {result.stopped_at} of {steps}; wrote the projection so far "
+                          f"to {outdir}")
 
 
 def project(gen: Generator, target: torch.Tensor, cfg: ProjectConfig, perceptual=None,
@@ -94,7 +116,7 @@ def project(gen: Generator, target: torch.Tensor, cfg: ProjectConfig, perceptual
     optim = torch.optim.Adam([w_opt] + noises, lr=cfg.initial_lr, betas=(0.9, 0.999))
     small = (lambda x: F.interpolate(x, size=256, mode="area")) if target.shape[-1] > 256 else (lambda x: x)
     result = Projection(ws=None, image=None)
-    with reporter.progress(cfg.steps, "projecting") as bar:
+    with reporter.progress(cfg.steps, "projecting") as bar, _stop_keeps(result):
         for step in range(cfg.steps):
             t = step / cfg.steps
             for group in optim.param_groups:
@@ -119,6 +141,8 @@ def project(gen: Generator, target: torch.Tensor, cfg: ProjectConfig, perceptual
                 result.frames.append(to_uint8(image)[0])
             bar.advance(1, dist=result.distances[-1])
     with torch.no_grad():
+        for n in noises:  # a step cut short by Ctrl-C may have left them half-normalised
+            n.sub_(n.mean()).div_(n.square().mean().sqrt())
         result.ws = w_opt.detach().expand(-1, gen.n_latent, -1).clone() if n_w == 1 else w_opt.detach().clone()
         result.noises = [n.detach() for n in noises]
         result.image = gen.synthesis(result.ws, noises=result.noises).image
@@ -206,4 +230,5 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
     perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
     result = project(gen, target, cfg, perceptual, reporter, video_every=max(1, cfg.steps // 60) if save_video else 0)
     paths = save_projection(result, target, outdir)
+    stopped(result, cfg.steps, outdir)
     return {**paths, "aligned": aligned} if aligned else paths
