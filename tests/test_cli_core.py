@@ -46,6 +46,32 @@ def test_many_seeds_are_all_written_and_the_picture_shows_the_first(tmp_path, tw
     assert [(b.description, b.total, b.completed) for b in reporter.bars] == [("rendering", 11 * n_ckpts, 11 * n_ckpts)]
 
 
+@pytest.mark.parametrize("at", [1, 4])
+def test_ctrl_c_while_rendering_names_what_was_written(tmp_path, two_ckpts, monkeypatch, at):
+    """Each image is its own file the moment it is rendered: a Ctrl-C says how many are there (and
+    that the picture is not); one before any image is written is the plain interruption."""
+    from cartoongan.pipelines import sample as sample_mod
+
+    saves = []
+    real_save = sample_mod.save_png
+
+    def save(img, path):
+        if len(saves) + 1 == at:
+            raise KeyboardInterrupt
+        saves.append(path)
+        return real_save(img, path)
+
+    monkeypatch.setattr(sample_mod, "save_png", save)
+    res = runner.invoke(app, ["sample", str(two_ckpts[0]), "--seeds", "0-9", "--outdir", str(tmp_path / "o")])
+    assert res.exit_code == 130, res.output
+    line = res.output.strip().splitlines()[-1]
+    if at == 1:
+        assert line == "error: interrupted"
+    else:
+        assert line == f"error: interrupted after 3 of 10 images, each written to {tmp_path / 'o'} as it was rendered; grid.png was not"
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == [f"seed{i:04d}.png" for i in range(at - 1)]
+
+
 def test_rendering_holds_a_batch_not_every_image(tmp_path, tiny_g):
     """The images are written a batch at a time: what numpy holds (tracemalloc sees its buffers)
     grows by less than an image per seed, where rendering every image first held each one twice."""

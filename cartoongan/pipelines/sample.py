@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..data.images import make_grid, save_image, save_png
 from ..data.render import render_ws, seeds_to_ws
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, Interrupted
 from ..models.generator import Generator
 from ..outputs import check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
@@ -62,19 +62,27 @@ def _write_renders(gens: list[Generator], names: list[str], ws: torch.Tensor, ou
     result = SampleResult()
     shown = min(len(ws), GRID_MAX)
     rows = []
-    with reporter.progress(len(ws) * len(gens), "rendering") as bar:
-        for gen, name in zip(gens, names):
-            folder = outdir if len(gens) == 1 else outdir / name
-            tiles = []
-            for i in range(0, len(ws), RENDER_BATCH):
-                imgs = render_ws(gen, ws[i: i + RENDER_BATCH], noise_mode, RENDER_BATCH)
-                for filename, img in zip(filenames[i: i + RENDER_BATCH], imgs):
-                    save_png(img, folder / filename)
-                tiles.extend(imgs[: max(shown - i, 0)])
-                bar.advance(len(imgs))
-            rows.append(np.stack(tiles))
-            result.folders.append(folder)
     picture = "grid.png" if len(gens) == 1 else "compare.png"
+    written = 0
+    try:
+        with reporter.progress(len(ws) * len(gens), "rendering") as bar:
+            for gen, name in zip(gens, names):
+                folder = outdir if len(gens) == 1 else outdir / name
+                tiles = []
+                for i in range(0, len(ws), RENDER_BATCH):
+                    imgs = render_ws(gen, ws[i: i + RENDER_BATCH], noise_mode, RENDER_BATCH)
+                    for filename, img in zip(filenames[i: i + RENDER_BATCH], imgs):
+                        save_png(img, folder / filename)
+                        written += 1
+                    tiles.extend(imgs[: max(shown - i, 0)])
+                    bar.advance(len(imgs))
+                rows.append(np.stack(tiles))
+                result.folders.append(folder)
+    except KeyboardInterrupt:
+        if not written:
+            raise
+        raise Interrupted(f"interrupted after {written} of {len(ws) * len(gens)} images, each written to "
+                          f"{outdir} as it was rendered; {picture} was not") from None
     if len(ws) > shown:
         reporter.info(f"{picture} shows the first {shown} of the {len(ws)} images")
     if len(gens) == 1:
