@@ -10,7 +10,7 @@ import typer
 from cartoongan.errors import ConfigError
 
 from .app import DEVICE, CompileMode, Precision, app, user_errors
-from .console import RichReporter, out
+from .console import RichReporter, fail, out
 
 
 @app.command()
@@ -38,9 +38,7 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ):
     """Measure generator forward, training iteration and structure-loss iteration speed (img/s)."""
-    from dataclasses import asdict
-
-    from cartoongan.bench.speed import default_configs, run_bench
+    from cartoongan.bench.speed import BenchStopped
     from cartoongan.device import check_precision, resolve_device
 
     reporter = RichReporter()
@@ -65,35 +63,65 @@ def bench(
         if profile and (reference is not None or (configs and len(_names(configs)) != 1)):
             raise ConfigError("--profile looks at one config: give at most one --configs name and no --reference")
         if profile:
-            from cartoongan.bench.profile import profile_phases
             from cartoongan.bench.speed import check_configs
 
-            name = _names(configs)[0] if configs else ("r256" if dev.type == "cuda" else "demo64")
-            check_configs([name], dev, batch)
-            rows = profile_phases(name, device, precision.value, batch, runs=repeats or 2, reporter=reporter)
-            title = f"{name} on {dev}: self time per phase call ({'kernels' if dev.type == 'cuda' else 'ops'})"
-        elif flops:
-            from cartoongan.bench.flops import run_flop_count
+            check_configs([_profiled(configs, dev)], dev, batch)
+        stopped = None
+        try:
+            rows = _measure(profile, flops, kernels, reference, configs, dev, device, precision.value, batch, repeats,
+                            timed_repeats, mode, reporter, channels_last, grouped_modconv)
+        except BenchStopped as exc:  # a Ctrl-C, or the device plan's SIGINT at a step's timeout: keep the rows
+            rows, stopped = exc.rows, exc
+    _print_rows(rows, as_json, flops, reference, _title(profile, kernels, configs, dev))
+    if stopped is not None:
+        fail(str(stopped), 130)
 
-            names = _names(configs) if configs else default_configs(dev, reference=reference is not None)
-            rows = run_flop_count(names, device, batch, reference, reporter, precision.value)
-        elif kernels:
-            from cartoongan.bench.kernels import run_kernel_bench, shapes_legend
 
-            rows = run_kernel_bench(device, timed_repeats, reporter)
-            title = f"speed choices, fwd+bwd ms ({shapes_legend()}); x = alternative / ours"
-        elif reference is not None:
-            from cartoongan.bench.reference import compare_with_reference, goal_rows
+def _profiled(configs: Optional[str], dev) -> str:
+    return _names(configs)[0] if configs else ("r256" if dev.type == "cuda" else "demo64")
 
-            names = _names(configs) if configs else default_configs(dev, reference=True)
-            rows = compare_with_reference(reference, names, device, timed_repeats, batch, reporter, precision.value, mode)
-            goals = [goal_rows(r) for r in rows]
-        else:
-            names = _names(configs) if configs else default_configs(dev)
-            rows = run_bench(names, device, precision.value, timed_repeats, batch, mode, reporter, channels_last,
-                             grouped_modconv)
-            title = "cartoongan bench (img/s, higher is better)"
-    rows = [asdict(r) for r in rows]
+
+def _title(profile: bool, kernels: bool, configs: Optional[str], dev) -> str:
+    if profile:
+        return f"{_profiled(configs, dev)} on {dev}: self time per phase call ({'kernels' if dev.type == 'cuda' else 'ops'})"
+    if kernels:
+        from cartoongan.bench.kernels import shapes_legend
+
+        return f"speed choices, fwd+bwd ms ({shapes_legend()}); x = alternative / ours"
+    return "cartoongan bench (img/s, higher is better)"
+
+
+def _measure(profile, flops, kernels, reference, configs, dev, device, precision, batch, repeats, timed_repeats, mode,
+             reporter, channels_last, grouped_modconv) -> list:
+    """The rows of the one view the flags chose (checked by the caller)."""
+    from cartoongan.bench.speed import default_configs, run_bench
+
+    if profile:
+        from cartoongan.bench.profile import profile_phases
+
+        return profile_phases(_profiled(configs, dev), device, precision, batch, runs=repeats or 2, reporter=reporter)
+    if flops:
+        from cartoongan.bench.flops import run_flop_count
+
+        names = _names(configs) if configs else default_configs(dev, reference=reference is not None)
+        return run_flop_count(names, device, batch, reference, reporter, precision)
+    if kernels:
+        from cartoongan.bench.kernels import run_kernel_bench
+
+        return run_kernel_bench(device, timed_repeats, reporter)
+    if reference is not None:
+        from cartoongan.bench.reference import compare_with_reference
+
+        names = _names(configs) if configs else default_configs(dev, reference=True)
+        return compare_with_reference(reference, names, device, timed_repeats, batch, reporter, precision, mode)
+    names = _names(configs) if configs else default_configs(dev)
+    return run_bench(names, device, precision, timed_repeats, batch, mode, reporter, channels_last, grouped_modconv)
+
+
+def _print_rows(measured: list, as_json: bool, flops: bool, reference, title: str) -> None:
+    from dataclasses import asdict
+
+    rows = [asdict(r) for r in measured]
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -101,8 +129,10 @@ def bench(
         _print_flops(rows)
         return
     if reference is not None:
-        for row, row_goals in zip(rows, goals):
-            _print_comparison(row, row_goals)
+        from cartoongan.bench.reference import goal_rows
+
+        for row, comparison in zip(rows, measured):
+            _print_comparison(row, goal_rows(comparison))
         return
     _print_table(title, rows)
 

@@ -25,6 +25,45 @@ def test_bench_cli_json_measures_and_restores_switches():
     assert res.exit_code == 2 and "unknown huge" in res.output
 
 
+def test_a_stopped_bench_prints_the_rows_it_measured(monkeypatch):
+    """The device plan stops a step at its timeout with SIGINT: the configs already timed (minutes of
+    GPU time) are printed, then the one-line interruption (exit 130); none timed: the plain one."""
+    import json
+
+    from cartoongan.bench import kernels, speed
+
+    calls = []
+
+    def timed(name, *args, **kw):
+        calls.append(name)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return speed.BenchRow(name, "cpu", 2, "fp32", "eager", 1.0, 2.0, 3.0, 4.0)
+
+    monkeypatch.setattr(speed, "bench_config", timed)
+    stop_at = 3
+    res = runner.invoke(app, ["bench", "--configs", "tiny,demo64,r64", "--device", "cpu", "--json"])
+    assert res.exit_code == 130, res.output
+    assert [r["config"] for r in json.loads(res.stdout)] == ["tiny", "demo64"]
+    assert res.stderr.strip().splitlines()[-1] == "error: interrupted after 2 of 3 rows: the table holds those"
+    calls.clear()
+    stop_at = 1
+    res = runner.invoke(app, ["bench", "--configs", "tiny,demo64", "--device", "cpu"])
+    assert res.exit_code == 130 and res.output.strip().splitlines()[-1] == "error: interrupted", res.output
+    # the op-by-op table keeps its rows the same way
+    def pair(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 1e-3, 2e-3
+
+    monkeypatch.setattr(kernels, "time_pair", pair)
+    calls.clear()
+    res = runner.invoke(app, ["bench", "--kernels", "--device", "cpu", "--repeats", "1", "--json"])
+    assert res.exit_code == 130 and len(json.loads(res.stdout)) == 1, res.output
+    assert "interrupted after 1 of" in res.stderr
+
+
 def test_a_bench_row_names_every_choice_that_was_not_the_default():
     """Rows of `make bench-cuda`'s compiled, NCHW or Triton runs read like the plain ones otherwise."""
     from cartoongan.bench.speed import bench_variant

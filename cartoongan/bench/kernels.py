@@ -25,7 +25,7 @@ from ..models.layers import Upsample
 from ..ops.bias_act import SQRT2
 from ..ops.fir import _depthwise, blur, fir_backend, triton_missing
 from ..report import NullReporter, Reporter
-from .speed import bench_trainer, default_batch, time_pair, trainer_phases
+from .speed import bench_trainer, default_batch, rows_kept, time_pair, trainer_phases
 
 # (label, batch, channels, resolution of the input)
 SHAPES = (("wide", 4, 256, 16), ("narrow", 16, 64, 32))
@@ -304,7 +304,8 @@ def run_kernel_bench(device: str = "auto", repeats: int = 5, reporter: Reporter 
     layer_cases = [(label, case) for label, b, c, r in SHAPES for case in _cases(b, c, r, dev)]
     model_cases = _model_cases(dev)
     rows = []
-    with reporter.progress(len(layer_cases) + len(model_cases), "op alternatives") as bar:
+    total = len(layer_cases) + len(model_cases)
+    with reporter.progress(total, "op alternatives") as bar, rows_kept(rows, total):
         for label, (choice, ours_name, ours, alt_name, alt) in layer_cases:
             with torch.no_grad(), math_mode("fp32"):  # the 1e-3 below is IEEE fp32's, not TF32's
                 a, b = ours(), alt()

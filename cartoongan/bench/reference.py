@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..device import peak_memory_mb, reset_peak_memory, resolve_device
 from ..errors import ConfigError
 from ..report import NullReporter, Reporter
-from .speed import CONFIGS, Phases, bench_trainer, check_configs, default_batch, time_phases, trainer_phases
+from .speed import CONFIGS, Phases, bench_trainer, check_configs, default_batch, rows_kept, time_phases, trainer_phases
 
 REFERENCE_URL = "https://github.com/rosinality/stylegan2-pytorch"
 
@@ -258,7 +258,7 @@ def compare_with_reference(path: str | Path, configs: list[str], device: str = "
     check_reference_configs(configs)  # before anything is timed
     model, gradfix = load_reference(path, dev)
     rows = []
-    with reporter.progress(len(configs), "ours vs reference") as bar:
+    with reporter.progress(len(configs), "ours vs reference") as bar, rows_kept(rows, len(configs)):
         for name in configs:
             n = batch or default_batch(name, dev)
             ours = trainer_phases(bench_trainer(name, dev, n, precision, compile_mode, struct=False), n)
