@@ -501,6 +501,32 @@ def test_dataset_names_too_large_images_apart_from_damaged_ones(tmp_path, monkey
     assert any("decompression-bomb limit" in w and "big.png" in w and "junk" not in w for w in rep.warnings), rep.warnings
 
 
+def test_data_prepare_stopped_while_writing_leaves_out_as_it_was(tmp_path, monkeypatch):
+    """A Ctrl-C during the writing (minutes for 70,000 PNGs): no half-set in --out to refuse the rerun."""
+    from cartoongan.data import dataset
+
+    src = blob_images(tmp_path / "src", n=5)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".keep").write_text("")  # hidden files are allowed in --out and stay
+    real_save, saved = dataset.save_png, []
+
+    def save(img, path):
+        if len(saved) == 3:
+            raise KeyboardInterrupt
+        saved.append(path)
+        return real_save(img, path)
+
+    monkeypatch.setattr(dataset, "save_png", save)
+    argv = ["data", "prepare", str(src), "--size", "8", "--out", str(tmp_path / "out")]
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 130, res.output
+    assert sorted(os.listdir(tmp_path / "out")) == [".keep"] and sorted(os.listdir(tmp_path)) == ["out", "src"]
+    monkeypatch.setattr(dataset, "save_png", real_save)
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 0, res.output
+    assert sorted(os.listdir(tmp_path / "out")) == [".keep"] + [f"{i:06d}.png" for i in range(5)]
+
+
 def test_zip_dataset_with_a_corrupt_member_skips_it(tmp_path):
     blob_images(tmp_path / "imgs", n=2)
     with zipfile.ZipFile(tmp_path / "d.zip", "w", zipfile.ZIP_STORED) as zf:

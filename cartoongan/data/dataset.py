@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import zipfile
 import zlib
 from collections import Counter
@@ -303,7 +305,26 @@ def prepare_folder(src: str | Path, out: str | Path, size: int, reporter: Report
     out = Path(out)
     check_outside(out, src, "--out", "the prepared images would be read back as photos of the source")
     check_fresh_dir(out, "--out", "data prepare writes NNNNNN.png there")
+    reporter = reporter or NullReporter()
     data = load_aligned_dataset(src, size, reporter) if align else load_dataset(src, size, reporter)
-    for i, img in enumerate(data.images.permute(0, 2, 3, 1).numpy()):
-        save_png(img, out / f"{i:06d}.png")
+    _write_whole(data.images.permute(0, 2, 3, 1).numpy(), out, reporter)
     return data
+
+
+def _write_whole(images: np.ndarray, out: Path, reporter: Reporter) -> None:
+    """images [N, S, S, 3] uint8 as out/NNNNNN.png, all or none: they are written to a hidden folder
+    beside `out` and moved in once every one is whole, so a Ctrl-C or a full disk during the minutes
+    that 70,000 PNGs take leaves `out` as it was, and the same command can run again."""
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # an earlier run's, killed before it could clean up
+    try:
+        staging.mkdir(parents=True)
+        with reporter.progress(len(images), f"writing {out.name}") as bar:
+            for i, img in enumerate(images):
+                save_png(img, staging / f"{i:06d}.png")
+                bar.advance()
+        out.mkdir(parents=True, exist_ok=True)
+        for i in range(len(images)):
+            os.replace(staging / f"{i:06d}.png", out / f"{i:06d}.png")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
