@@ -527,6 +527,24 @@ def test_data_prepare_stopped_while_writing_leaves_out_as_it_was(tmp_path, monke
     assert sorted(os.listdir(tmp_path / "out")) == [".keep"] + [f"{i:06d}.png" for i in range(5)]
 
 
+def test_data_prepare_stages_inside_out_when_its_parent_is_closed(tmp_path, monkeypatch):
+    """--out a writable mount point whose parent we may not write (root here, so refused by a stub)."""
+    src = blob_images(tmp_path / "src", n=3)
+    (tmp_path / "out").mkdir()
+    real_mkdir, made = Path.mkdir, []
+
+    def mkdir(self, *args, **kw):
+        if self.name == ".out.partial":
+            raise PermissionError(13, "Permission denied")
+        made.append(self.name)
+        return real_mkdir(self, *args, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    res = runner.invoke(app, ["data", "prepare", str(src), "--size", "8", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert ".partial" in made and sorted(os.listdir(tmp_path / "out")) == [f"{i:06d}.png" for i in range(3)]
+
+
 def test_zip_dataset_with_a_corrupt_member_skips_it(tmp_path):
     blob_images(tmp_path / "imgs", n=2)
     with zipfile.ZipFile(tmp_path / "d.zip", "w", zipfile.ZIP_STORED) as zf:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, OutputError
 from ..hostmem import gib, host_memory_available
 from ..outputs import check_fresh_dir, check_outside
 from ..report import NullReporter, Reporter
@@ -311,14 +311,25 @@ def prepare_folder(src: str | Path, out: str | Path, size: int, reporter: Report
     return data
 
 
+def _staging_folder(out: Path) -> Path:
+    """A new hidden folder beside `out` (its parent may be closed to us, e.g. a mount point: then one
+    inside it, which the folder check already found writable)."""
+    for staging in (out.parent / f".{out.name}.partial", out / ".partial"):
+        shutil.rmtree(staging, ignore_errors=True)  # an earlier run's, killed before it could clean up
+        try:
+            staging.mkdir(parents=True)
+            return staging
+        except OSError:
+            continue
+    raise OutputError(f"--out {out}: cannot create a folder to write the images in")
+
+
 def _write_whole(images: np.ndarray, out: Path, reporter: Reporter) -> None:
     """images [N, S, S, 3] uint8 as out/NNNNNN.png, all or none: they are written to a hidden folder
     beside `out` and moved in once every one is whole, so a Ctrl-C or a full disk during the minutes
     that 70,000 PNGs take leaves `out` as it was, and the same command can run again."""
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)  # an earlier run's, killed before it could clean up
+    staging = _staging_folder(out)
     try:
-        staging.mkdir(parents=True)
         with reporter.progress(len(images), f"writing {out.name}") as bar:
             for i, img in enumerate(images):
                 save_png(img, staging / f"{i:06d}.png")
