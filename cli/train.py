@@ -48,9 +48,9 @@ def _load_config(recipe: Optional[Path], resume: Optional[Path], overrides: dict
 def _refuse_idle_flags(cfg, **given) -> None:
     """A flag given for a feature that is off (in the recipe, or in the resumed run) would do nothing:
     refuse it, naming the flag that turns the feature on."""
-    struct_off = cfg.finetune.struct_loss == 0
-    idle = (("struct_weight", "weighs the structure loss", struct_off, "--struct-loss N (the resolutions it compares, e.g. 3)"),
-            ("struct_tap", "picks the taps of the structure loss", struct_off, "--struct-loss N (the resolutions it compares, e.g. 3)"),
+    struct_off, struct_on = cfg.finetune.struct_loss == 0, "--struct-loss N (the resolutions it compares, e.g. 3)"
+    idle = (("struct_weight", "weighs the structure loss", struct_off, struct_on),
+            ("struct_tap", "picks the taps of the structure loss", struct_off, struct_on),
             ("eval_n", "sizes the KID evaluation", cfg.train.eval_every == 0, "--eval-every K (steps between evaluations)"))
     for key, does, off, fix in idle:
         if given.get(key) is not None and off:

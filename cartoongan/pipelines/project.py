@@ -85,7 +85,7 @@ def _stop_keeps(result: Projection) -> Iterator[None]:
         result.stopped_at = len(result.distances)
 
 
-def stopped(result: Projection, steps: int, outdir: str | Path) -> None:
+def raise_if_stopped(result: Projection, steps: int, outdir: str | Path) -> None:
     """Raise Interrupted (exit 130) for a projection Ctrl-C stopped, once its files are written."""
     if result.stopped_at is not None:
         raise Interrupted(f"interrupted at step {result.stopped_at} of {steps}; wrote the projection so far "
@@ -230,5 +230,5 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
     perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
     result = project(gen, target, cfg, perceptual, reporter, video_every=max(1, cfg.steps // 60) if save_video else 0)
     paths = save_projection(result, target, outdir)
-    stopped(result, cfg.steps, outdir)
+    raise_if_stopped(result, cfg.steps, outdir)
     return {**paths, "aligned": aligned} if aligned else paths

@@ -11,7 +11,7 @@ from ..errors import CartoonganError
 from ..outputs import check_keeps_inputs, check_output_dir
 from ..report import Reporter
 from ..weights.networks import load_generator
-from .project import PROJECTION_FILES, ProjectConfig, _perceptual_for, load_target, project, save_projection, stopped
+from .project import PROJECTION_FILES, ProjectConfig, _perceptual_for, load_target, project, save_projection, raise_if_stopped
 from .swap import check_compatible
 
 
@@ -40,5 +40,5 @@ def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], ou
         with torch.no_grad():
             tiles.append(to_uint8(g.synthesis(result.ws.to(dev), noises=[n.to(dev) for n in result.noises]).image)[0])
     path = save_png(make_grid(np.stack(tiles), cols=len(tiles)), Path(outdir) / "toonify.png")
-    stopped(result, cfg.steps, outdir)
+    raise_if_stopped(result, cfg.steps, outdir)
     return path
