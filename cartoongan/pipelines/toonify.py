@@ -11,7 +11,8 @@ from ..errors import CartoonganError
 from ..outputs import check_keeps_inputs, check_output_dir
 from ..report import Reporter
 from ..weights.networks import load_generator
-from .project import PROJECTION_FILES, ProjectConfig, _perceptual_for, load_target, project, save_projection, raise_if_stopped
+from .project import (PROJECTION_FILES, ProjectConfig, _perceptual_for, load_target, project, raise_if_stopped,
+                      save_projection)
 from .swap import check_compatible
 
 
