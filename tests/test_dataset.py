@@ -123,3 +123,30 @@ def test_a_run_folder_inside_the_data_is_left_out_and_named(tmp_path):
                                  "are sample grids, not faces"]
     (root / "finetune" / "log.jsonl").unlink()  # no longer a run: its picture is data like any other
     assert len(load_dataset(root, 32, ListReporter()).names) == 4
+
+
+def test_hidden_entries_and_macos_companions_are_no_pictures_of_the_set(tmp_path):
+    """A zip made on a Mac holds __MACOSX/._N.png beside every N.png: they were each an 'unreadable
+    image' in the warning. Hidden folders (.ipynb_checkpoints, .thumbnails, a staging folder) and
+    hidden files are left out of folders and zips alike, without a word."""
+    import zipfile
+
+    folder = tmp_path / "set"
+    (folder / ".thumbnails").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (16, 16), (60 * i, 90, 30)).save(folder / f"{i}.png")
+        Image.new("RGB", (4, 4)).save(folder / ".thumbnails" / f"{i}.png")
+        (folder / f"._{i}.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    with zipfile.ZipFile(tmp_path / "set.zip", "w") as zf:
+        for i in range(3):
+            zf.write(folder / f"{i}.png", f"set/{i}.png")
+            zf.writestr(f"__MACOSX/set/._{i}.png", b"\x00\x05\x16\x07 AppleDouble")
+            zf.writestr(f"set/.thumbnails/{i}.png", (folder / ".thumbnails" / f"{i}.png").read_bytes())
+    for root, names in ((folder, ["0.png", "1.png", "2.png"]), (tmp_path / "set.zip", ["set/0.png", "set/1.png", "set/2.png"])):
+        reporter = ListReporter()
+        ds = load_dataset(root, 16, reporter)
+        assert ds.names == names and reporter.warnings == [], (ds.names, reporter.warnings)
+    hidden_root = tmp_path / ".cache" / "faces"  # a root that is itself hidden is the user's choice
+    hidden_root.mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(hidden_root / "a.png")
+    assert load_dataset(hidden_root, 16).names == ["a.png"]

@@ -58,9 +58,11 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path]]:
             zf = zipfile.ZipFile(root)
         except zipfile.BadZipFile:  # an end record that passed, over a damaged directory
             raise _unreadable_zip(root) from None
-        names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS and not n.endswith("/"))
+        names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS and not n.endswith("/")
+                       and not _hidden(Path(n).parts))
         return [(n, (lambda n=n: _zip_member(zf, n))) for n in names], []
-    entries = list(root.rglob("*"))  # one walk of the tree serves both questions below
+    # one walk of the tree serves both questions below
+    entries = [p for p in root.rglob("*") if not _hidden(p.relative_to(root).parts)]
     # a run written inside the data (`--data demo/`): its sample grids are no faces to learn or score
     runs = sorted(p.parent for p in entries if p.name == "log.jsonl" and is_run_folder(p.parent))
     # a link to a missing file stays in: its open fails, so it is named among the unreadable ones
@@ -68,6 +70,14 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path]]:
                    and (p.is_file() or (p.is_symlink() and not p.exists()))
                    and not any(run in p.parents for run in runs))
     return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files], runs
+
+
+def _hidden(parts: tuple[str, ...]) -> bool:
+    """A path (relative to the dataset root) that is no picture of the set: inside or named as a hidden
+    entry (.ipynb_checkpoints, .thumbnails, a staging folder) or macOS's AppleDouble companions (a
+    zip made on a Mac holds __MACOSX/._0001.png beside each 0001.png; each would be an unreadable
+    image in the warning)."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in parts)
 
 
 def is_run_folder(root: Path) -> bool:
