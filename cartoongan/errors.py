@@ -64,3 +64,15 @@ def naming(path) -> Iterator[None]:
         if str(path) in str(exc):
             raise
         raise type(exc)(f"{path}: {exc}") from None
+
+
+@contextlib.contextmanager
+def ctrl_c_hint(hint: str) -> Iterator[None]:
+    """A pipeline's plain Ctrl-C (outside its training stages, which say what they kept) as an
+    Interrupted that says how to go on: running the pipeline again picks up what it finished."""
+    try:
+        yield
+    except Interrupted as exc:  # a stage's own account (what it kept) stands; the pipeline's hint joins it
+        raise (exc if exc.hint else exc.with_hint(hint)) from None
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted", hint) from None

@@ -95,3 +95,17 @@ def test_ablation_renders_that_cannot_fit_are_refused_before_any_work(tmp_path, 
     assert "use 42 or less" in result.output and not (tmp_path / "abl" / "data").exists()
     result = runner.invoke(app, ["ablation", "--out", str(tmp_path / "abl"), "--n-eval", "50001"])
     assert result.exit_code == 2 and "--n-eval" in result.output and not (tmp_path / "abl").exists()
+
+
+def test_ctrl_c_while_measuring_says_to_run_the_ablation_again(tmp_path, monkeypatch):
+    """Outside its fine-tunes (which say what they saved) a Ctrl-C was a bare 'interrupted'; the
+    rerun reuses the finished runs, so the line says so."""
+    from cartoongan.errors import Interrupted
+    from cartoongan.pipelines import ablation
+
+    source = make_source(tmp_path / "src.pt", size=32)
+    monkeypatch.setattr(ablation, "_measure", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(Interrupted) as exc:
+        run_ablation(tmp_path / "abl", source=source, iters=1, n_eval=0, n_structure=2, n_ppl=0, n_cartoon=4,
+                     seeds=[0], methods=METHODS[:1])
+    assert str(exc.value) == f"interrupted: run the ablation again with --out {tmp_path / 'abl'} to continue"

@@ -19,7 +19,7 @@ from ..config import load_recipe
 from ..data.dataset import load_dataset
 from ..data.render import render_seeds
 from ..data.synthetic import ensure_synthesized
-from ..errors import CartoonganError, CheckpointError, ConfigError
+from ..errors import CartoonganError, CheckpointError, ConfigError, ctrl_c_hint
 from ..hostmem import gib, host_memory_available
 from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
@@ -72,7 +72,7 @@ def _finetune(recipe: str, source: Path, data: Path, run: Path, iters: int | Non
     start = time.perf_counter()
     cfg = load_recipe(recipe)
     iters = iters or cfg.train.iters
-    again = f"run the ablation again with --out {run.parent.parent} to continue"
+    again = _again(run.parent.parent)
     if step is not None:
         if step >= iters:
             return run / "latest.pt", None
@@ -82,6 +82,10 @@ def _finetune(recipe: str, source: Path, data: Path, run: Path, iters: int | Non
         cfg.train.iters = iters
         path = run_to_end(lambda: finetune(cfg, source, data, run, reporter), again)
     return path, time.perf_counter() - start
+
+
+def _again(out: Path) -> str:
+    return f"run the ablation again with --out {out} to continue"
 
 
 class _Scorer:
@@ -202,36 +206,37 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
                               "(FreezeD keeps D's layers); pass a training checkpoint with both, e.g. a run's latest.pt")
     src_gen = load_generator(source, "cpu")
     _check_renders_fit(max(n_eval, n_structure), src_gen.size)
-    steps = earlier_steps(out / "runs", methods, source, weights_digest(src_gen))
-    data = out / "data" / "cartoon"
-    ensure_synthesized("cartoon", n_cartoon, 64, data, seed=2, reporter=reporter)
-    real = load_dataset(data, src_gen.size, limit=n_eval).images if n_eval else None  # uint8 NCHW
-    scorer = _Scorer(real, n_ppl, reporter)
-    # one render per generator serves FID/KID (first n_eval seeds) and identity (first n_structure)
-    n_render = max(n_eval, n_structure)
-    src_images = render_seeds(src_gen, range(n_render))
-    result, paths = AblationResult(), []
-    for name, recipe in (("source (photo)", None), *methods):
-        if recipe is None:
-            path, seconds = source, 0.0
-        else:
-            path, seconds = _finetune(recipe, source, data, out / "runs" / recipe, iters, steps.get(recipe), reporter)
-        paths.append(path)
-        gen = src_gen if recipe is None else load_generator(path, "cpu")
-        images = src_images if recipe is None else render_seeds(gen, range(n_render))
-        values = {"method": name, **_measure(scorer, src_gen, gen, src_images, images, n_eval, n_structure),
-                  "seconds": seconds}
-        row = [name, _fmt(values["fid"]), _fmt(values["kid"], 1e3), _fmt(values["structure"], digits=3),
-               _fmt(values["ppl"], digits=1), _fmt(values["identity"], digits=3),
-               "—" if recipe is None else "reused" if seconds is None else f"{seconds:.0f}"]
-        reporter.info(" | ".join(str(c) for c in row))
-        result.rows.append(row)
-        result.values.append(values)
-    result.markdown = markdown_table(result.rows)
-    result.table = out / "ablation.md"
-    with atomic_write(result.table, "w") as fh:
-        fh.write(result.markdown)
-    pictures = sample_checkpoints(paths, seeds, out / "samples", noise_mode="const", device="cpu", reporter=reporter)
-    result.figure = Path(pictures.compare.replace(out / "figure.png")) if pictures.compare else None
-    reporter.table("ablation (rows: source, then each method)", COLUMNS, result.rows)
-    return result
+    with ctrl_c_hint(_again(out)):  # a Ctrl-C between stages: the rerun reuses the finished runs
+        steps = earlier_steps(out / "runs", methods, source, weights_digest(src_gen))
+        data = out / "data" / "cartoon"
+        ensure_synthesized("cartoon", n_cartoon, 64, data, seed=2, reporter=reporter)
+        real = load_dataset(data, src_gen.size, limit=n_eval).images if n_eval else None  # uint8 NCHW
+        scorer = _Scorer(real, n_ppl, reporter)
+        # one render per generator serves FID/KID (first n_eval seeds) and identity (first n_structure)
+        n_render = max(n_eval, n_structure)
+        src_images = render_seeds(src_gen, range(n_render))
+        result, paths = AblationResult(), []
+        for name, recipe in (("source (photo)", None), *methods):
+            if recipe is None:
+                path, seconds = source, 0.0
+            else:
+                path, seconds = _finetune(recipe, source, data, out / "runs" / recipe, iters, steps.get(recipe), reporter)
+            paths.append(path)
+            gen = src_gen if recipe is None else load_generator(path, "cpu")
+            images = src_images if recipe is None else render_seeds(gen, range(n_render))
+            values = {"method": name, **_measure(scorer, src_gen, gen, src_images, images, n_eval, n_structure),
+                      "seconds": seconds}
+            row = [name, _fmt(values["fid"]), _fmt(values["kid"], 1e3), _fmt(values["structure"], digits=3),
+                   _fmt(values["ppl"], digits=1), _fmt(values["identity"], digits=3),
+                   "—" if recipe is None else "reused" if seconds is None else f"{seconds:.0f}"]
+            reporter.info(" | ".join(str(c) for c in row))
+            result.rows.append(row)
+            result.values.append(values)
+        result.markdown = markdown_table(result.rows)
+        result.table = out / "ablation.md"
+        with atomic_write(result.table, "w") as fh:
+            fh.write(result.markdown)
+        pictures = sample_checkpoints(paths, seeds, out / "samples", noise_mode="const", device="cpu", reporter=reporter)
+        result.figure = Path(pictures.compare.replace(out / "figure.png")) if pictures.compare else None
+        reporter.table("ablation (rows: source, then each method)", COLUMNS, result.rows)
+        return result

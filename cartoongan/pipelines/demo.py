@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import load_recipe
 from ..data.synthetic import ensure_synthesized
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ctrl_c_hint
 from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
 from ..train.runs import finetune, pretrain, resumed_config, run_to_end
@@ -93,26 +93,27 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
     seeds = seeds or list(range(8))
     if source is not None:  # a missing or damaged --source is refused before any data is made
         load_generator(source, "cpu")
-    cartoon_dir = out / "data" / "cartoon"
-    ensure_synthesized("cartoon", n_cartoon, 64, cartoon_dir, seed=2, reporter=reporter)
-    photo_dir = out / "data" / "photo"
-    if source is None and BUNDLED_SOURCE.exists():
-        source = BUNDLED_SOURCE
-    if source is None:
-        reporter.warn(f"no bundled source model at {BUNDLED_SOURCE}: pretraining one ({SOURCE_COMMAND})")
-        ensure_synthesized("photo", N_PHOTO, 64, photo_dir, seed=1, reporter=reporter)
-        source = _run_pretrain(photo_dir, out / "source", pretrain_iters, reporter)
-    source = Path(source)
-    if not source.exists():
-        raise CheckpointError(f"source model not found: {source}")
-    iters = finetune_iters or load_recipe("demo_finetune").train.iters
-    cartoon = _run_finetune(source, cartoon_dir, out / "finetune", iters, reporter)
-    swapped = swap_checkpoints(source, cartoon, out / "swapped.pt", res=16)
-    pictures = sample_checkpoints([source, cartoon, swapped], seeds, out / "samples", truncation=0.8,
-                                  noise_mode="const", interpolate=8, reporter=reporter)
-    compare = _copy(pictures.compare, out / "compare.png")
-    gif = _copy(pictures.gif, out / "interpolation.gif")
-    return DemoResult(compare, gif, source, cartoon, swapped)
+    with ctrl_c_hint(_again(out)):  # a Ctrl-C between stages: the rerun picks up what they finished
+        cartoon_dir = out / "data" / "cartoon"
+        ensure_synthesized("cartoon", n_cartoon, 64, cartoon_dir, seed=2, reporter=reporter)
+        photo_dir = out / "data" / "photo"
+        if source is None and BUNDLED_SOURCE.exists():
+            source = BUNDLED_SOURCE
+        if source is None:
+            reporter.warn(f"no bundled source model at {BUNDLED_SOURCE}: pretraining one ({SOURCE_COMMAND})")
+            ensure_synthesized("photo", N_PHOTO, 64, photo_dir, seed=1, reporter=reporter)
+            source = _run_pretrain(photo_dir, out / "source", pretrain_iters, reporter)
+        source = Path(source)
+        if not source.exists():
+            raise CheckpointError(f"source model not found: {source}")
+        iters = finetune_iters or load_recipe("demo_finetune").train.iters
+        cartoon = _run_finetune(source, cartoon_dir, out / "finetune", iters, reporter)
+        swapped = swap_checkpoints(source, cartoon, out / "swapped.pt", res=16)
+        pictures = sample_checkpoints([source, cartoon, swapped], seeds, out / "samples", truncation=0.8,
+                                      noise_mode="const", interpolate=8, reporter=reporter)
+        compare = _copy(pictures.compare, out / "compare.png")
+        gif = _copy(pictures.gif, out / "interpolation.gif")
+        return DemoResult(compare, gif, source, cartoon, swapped)
 
 
 def _copy(src: Path, dst: Path) -> Path:
