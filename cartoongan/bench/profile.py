@@ -7,6 +7,7 @@ write: it names the convolutions, elementwise passes and layout conversions that
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from torch.autograd import DeviceType
@@ -64,6 +65,8 @@ def profile_phases(name: str, device: str = "auto", precision: str = "fp32", bat
     dev = resolve_device(device)
     batch = batch or default_batch(name, dev)
     cuda = dev.type == "cuda"
+    if not cuda:  # kineto, read at its first use, logs "gpuGetDeviceCount failed" as an ERROR on a CPU box
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     phases = trainer_phases(bench_trainer(name, dev, batch, precision, None, struct=False), batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     rows = []
