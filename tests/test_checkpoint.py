@@ -81,8 +81,8 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("content,match", [
-    (b"hello, I am text\n", "not a readable .*its first bytes are not a pickle or a zip archive"),
-    (b"notes\n", "not a readable .*its first bytes are not a pickle or a zip archive"),  # not "refusing"
+    (b"hello, I am text\n", "not a PyTorch checkpoint: it is a text file$"),
+    (b"notes\n", "not a PyTorch checkpoint: it is a text file$"),  # not "refusing"
     (b"\x07\x01" + bytes(60), "not a readable .*its first bytes are not a pickle or a zip archive"),
     (None, "not a readable .*cut short"),  # truncated real checkpoint
     (b"", r"is empty \(0 bytes\)"),
@@ -96,6 +96,16 @@ def test_unreadable_files(tmp_path, tiny_g, content, match):
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(path)
+
+
+def test_a_runs_text_files_name_its_checkpoint(tmp_path, tiny_g):
+    """config.toml or log.jsonl tab-completed where the run's latest.pt belongs."""
+    save_checkpoint(tmp_path / "latest.pt", generator_checkpoint(tiny_g(16)))
+    for name, text in (("config.toml", "[train]\niters = 4\n"), ("log.jsonl", '{"step": 2, "loss_g": 0.5}\n')):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(CheckpointError, match=rf"{name} is not a PyTorch checkpoint: it is a text file; "
+                                                  rf"the run's checkpoint is .*latest\.pt$"):
+            load_checkpoint(tmp_path / name)
 
 
 def test_missing_and_directory(tmp_path):

@@ -86,6 +86,11 @@ def _refuse_known_non_checkpoints(path: Path) -> bytes:
     return head
 
 
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes are printable text (no checkpoint, zip or pickle starts so)."""
+    return all(32 <= b < 127 or b in b"\t\n\r" for b in head)
+
+
 def _is_npz(path: Path) -> bool:
     """Whether a zip file is np.savez's: top-level .npy members only (torch.save's sit in a folder)."""
     try:
@@ -106,6 +111,10 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         hint = f" (a training run's is {path / 'latest.pt'})" if (path / "latest.pt").is_file() else ""
         raise CheckpointError(f"{path} is a folder, not a checkpoint file: name a .pt inside it{hint}")
     head = _refuse_known_non_checkpoints(path)
+    if _is_text(head):  # a run's config.toml or log.jsonl, tab-completed in place of its latest.pt
+        latest = path.parent / "latest.pt"
+        beside = f"; the run's checkpoint is {latest}" if latest.is_file() else ""
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is a text file{beside}")
     if not head.startswith((b"\x80", b"PK")):
         # torch.save writes a zip, or (legacy) a pickle of protocol 2+, whose first byte is PROTO;
         # anything else would reach the weights-only unpickler as "unsupported operand", which
