@@ -545,6 +545,30 @@ def test_data_prepare_stages_inside_out_when_its_parent_is_closed(tmp_path, monk
     assert ".partial" in made and sorted(os.listdir(tmp_path / "out")) == [f"{i:06d}.png" for i in range(3)]
 
 
+def test_data_prepare_stages_inside_a_mounted_out(tmp_path, monkeypatch):
+    """--out a mount point: a folder beside it is on another filesystem, where os.replace fails."""
+    from cartoongan.data import dataset
+
+    src = blob_images(tmp_path / "src", n=2)
+    out = tmp_path / "mnt"
+    out.mkdir()
+    real_stat = os.stat
+
+    def stat(path, *args, **kw):  # out on a device of its own
+        result = real_stat(path, *args, **kw)
+        if Path(path) == out:
+            return os.stat_result((*result[:2], result.st_dev + 1, *result[3:]))
+        return result
+
+    monkeypatch.setattr(dataset.os, "stat", stat)
+    moved = []
+    real_replace = os.replace
+    monkeypatch.setattr(dataset.os, "replace", lambda a, b: moved.append(Path(a).parent.name) or real_replace(a, b))
+    res = runner.invoke(app, ["data", "prepare", str(src), "--size", "8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert set(moved) == {".partial"} and sorted(os.listdir(out)) == ["000000.png", "000001.png"]
+
+
 def test_zip_dataset_with_a_corrupt_member_skips_it(tmp_path):
     blob_images(tmp_path / "imgs", n=2)
     with zipfile.ZipFile(tmp_path / "d.zip", "w", zipfile.ZIP_STORED) as zf:

@@ -322,9 +322,12 @@ def prepare_folder(src: str | Path, out: str | Path, size: int, reporter: Report
 
 
 def _staging_folder(out: Path) -> Path:
-    """A new hidden folder beside `out` (its parent may be closed to us, e.g. a mount point: then one
-    inside it, which the folder check already found writable)."""
-    for staging in (out.parent / f".{out.name}.partial", out / ".partial"):
+    """A new hidden folder on `out`'s filesystem, so that moving the images in is a rename: beside
+    `out`, or inside it (the folder check found it writable) where `out` is a mount point or its
+    parent is closed to us."""
+    beside, inside = out.parent / f".{out.name}.partial", out / ".partial"
+    mounted = out.exists() and os.stat(out).st_dev != os.stat(out.parent).st_dev
+    for staging in (inside,) if mounted else (beside, inside):
         shutil.rmtree(staging, ignore_errors=True)  # an earlier run's, killed before it could clean up
         try:
             staging.mkdir(parents=True)
@@ -344,8 +347,11 @@ def _write_whole(images: np.ndarray, out: Path, reporter: Reporter) -> None:
             for i, img in enumerate(images):
                 save_png(img, staging / f"{i:06d}.png")
                 bar.advance()
-        out.mkdir(parents=True, exist_ok=True)
-        for i in range(len(images)):
-            os.replace(staging / f"{i:06d}.png", out / f"{i:06d}.png")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for i in range(len(images)):
+                os.replace(staging / f"{i:06d}.png", out / f"{i:06d}.png")
+        except OSError as exc:
+            raise OutputError(f"--out {out}: moving the written images in failed: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
