@@ -57,3 +57,16 @@ def launch_as_rank(rank: int, world: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+
+
+def stops_after(n: int, real):
+    """`real`, but its call number n + 1 raises KeyboardInterrupt: a user's Ctrl-C part-way through."""
+    calls = []
+
+    def wrapped(*args, **kw):
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        calls.append(args)
+        return real(*args, **kw)
+
+    return wrapped

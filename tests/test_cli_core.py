@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 from cartoongan import load_checkpoint, save_checkpoint
 from cartoongan.weights.networks import generator_checkpoint
 
+from .helpers import stops_after
+
 runner = CliRunner()
 
 
@@ -52,16 +54,7 @@ def test_ctrl_c_while_rendering_names_what_was_written(tmp_path, two_ckpts, monk
     that the picture is not); one before any image is written is the plain interruption."""
     from cartoongan.pipelines import sample as sample_mod
 
-    saves = []
-    real_save = sample_mod.save_png
-
-    def save(img, path):
-        if len(saves) + 1 == at:
-            raise KeyboardInterrupt
-        saves.append(path)
-        return real_save(img, path)
-
-    monkeypatch.setattr(sample_mod, "save_png", save)
+    monkeypatch.setattr(sample_mod, "save_png", stops_after(at - 1, sample_mod.save_png))
     res = runner.invoke(app, ["sample", str(two_ckpts[0]), "--seeds", "0-9", "--outdir", str(tmp_path / "o")])
     assert res.exit_code == 130, res.output
     line = res.output.strip().splitlines()[-1]

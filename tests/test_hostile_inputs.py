@@ -24,7 +24,7 @@ from cartoongan.train.runs import pretrain
 from cartoongan.weights.networks import generator_checkpoint
 
 from .conftest import TINY, randomized
-from .helpers import blob_images, tiny_config
+from .helpers import blob_images, stops_after, tiny_config
 
 runner = CliRunner()
 
@@ -508,15 +508,8 @@ def test_data_prepare_stopped_while_writing_leaves_out_as_it_was(tmp_path, monke
     src = blob_images(tmp_path / "src", n=5)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / ".keep").write_text("")  # hidden files are allowed in --out and stay
-    real_save, saved = dataset.save_png, []
-
-    def save(img, path):
-        if len(saved) == 3:
-            raise KeyboardInterrupt
-        saved.append(path)
-        return real_save(img, path)
-
-    monkeypatch.setattr(dataset, "save_png", save)
+    real_save = dataset.save_png
+    monkeypatch.setattr(dataset, "save_png", stops_after(3, real_save))
     argv = ["data", "prepare", str(src), "--size", "8", "--out", str(tmp_path / "out")]
     res = runner.invoke(app, argv)
     assert res.exit_code == 130, res.output

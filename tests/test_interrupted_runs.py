@@ -21,7 +21,7 @@ from cartoongan.train import run_dir as run_dir_module
 from cartoongan.train.runs import pretrain, resumed_config
 from cartoongan.weights import checkpoint as checkpoint_module
 
-from .helpers import blob_images, free_port, launch_as_rank, tiny_config
+from .helpers import blob_images, free_port, launch_as_rank, stops_after, tiny_config
 
 runner = CliRunner()
 
@@ -376,15 +376,7 @@ def test_ctrl_c_between_the_demos_training_and_its_pictures_says_to_run_it_again
         demo.run_demo(tmp_path / "demo", **args)
     assert str(exc.value) == f"interrupted: run the demo again with --out {tmp_path / 'demo'} to continue"
     monkeypatch.setattr(demo, "swap_checkpoints", real_swap)
-    saved = []
-
-    def save(img, path):
-        if len(saved) == 2:
-            raise KeyboardInterrupt
-        saved.append(path)
-        return real_save(img, path)
-
-    monkeypatch.setattr(sample, "save_png", save)
+    monkeypatch.setattr(sample, "save_png", stops_after(2, real_save))
     with pytest.raises(Interrupted) as exc:
         demo.run_demo(tmp_path / "demo", **args)
     assert str(exc.value).startswith("interrupted after 2 of 6 images, each written to ")
