@@ -80,7 +80,7 @@ class RichReporter:
         console.print(escape(message))
 
     def warn(self, message: str) -> None:
-        console.print(f"[yellow]warning:[/] {escape(message)}")
+        console.print(f"[yellow]warning:[/] {escape(one_line(message))}")
 
     def table(self, title, columns, rows) -> None:
         table = Table(title=escape(str(title)))
@@ -111,7 +111,17 @@ def _other_rank() -> bool:
         return False
 
 
+# control characters a file name may hold (a newline is legal on Linux), shown escaped
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c != 9} | {10: "\\n", 13: "\\r", 127: "\\x7f"}
+
+
+def one_line(message: str) -> str:
+    """A message as one line whatever the names inside it hold: a file called 'a<newline>b.png'
+    would otherwise split an error or warning in two."""
+    return message.translate(_CONTROL)
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one line to stderr and exit: the CLI's only error path for expected problems."""
-    console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
     sys.exit(code)

@@ -285,3 +285,19 @@ def test_generators_of_one_name_get_folders_named_after_their_own_folders(tmp_pa
     monkeypatch.chdir(tmp_path / "run")
     names = _unique_names([tmp_path / "src" / "swapped.pt", Path("swapped.pt")])
     assert names == ["0_src_swapped", "1_run_swapped"]
+
+
+def test_a_name_holding_a_newline_keeps_errors_and_warnings_on_one_line(tmp_path):
+    """Linux allows a newline in a file name: quoted raw it split the one-line error (and warning)."""
+    from .helpers import blob_images
+
+    odd = tmp_path / "bad\nname.pt"
+    odd.write_text("not a checkpoint")
+    res = runner.invoke(app, ["sample", str(odd), "--seeds", "0", "--outdir", str(tmp_path / "o")])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, repr(res.output)
+    assert "bad\\nname.pt is not a PyTorch checkpoint" in res.output
+    data = blob_images(tmp_path / "data", n=2)
+    (data / "odd\r\nfile.png").write_bytes(b"junk")
+    res = runner.invoke(app, ["data", "prepare", str(data), "--size", "8", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0 and "odd\r\nfile" not in res.output, repr(res.output)  # rich may wrap, not the name
+    assert "unreadable image(s) in" in res.output and "odd\\r\\nfile.png" in res.output, repr(res.output)
