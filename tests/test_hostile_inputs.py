@@ -588,7 +588,7 @@ def test_every_photo_reader_refuses_bombs_and_names_the_file(tmp_path, monkeypat
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     bomb, junk = tmp_path / "bomb.png", tmp_path / "junk.png"
     Image.new("L", (side, side)).save(bomb)
-    junk.write_bytes(b"not an image")
+    junk.write_bytes(b"\x00\x01 not an image")
     for read, missing in ((lambda p: load_photo(p, 8), "photo not found"), (read_photo, "photo not found"),
                           (load_exemplar, "exemplar not found")):
         for path, expected in ((bomb, "too large to decode safely"), (junk, "is not a readable image.*save it again as PNG"),
@@ -607,6 +607,7 @@ def test_every_photo_reader_names_a_checkpoint_or_array_in_the_photos_place(tmp_
     from cartoongan.pipelines.dualstyle import load_exemplar
 
     np.save(tmp_path / "code.npy", np.zeros((1, 4), np.float32))
+    (tmp_path / "notes.png").write_text("a list of photos to take\n")
     np.savez(tmp_path / "projected_w.npz", w=np.zeros((1, 4), np.float32))
     legacy = tmp_path / "old.pt"
     torch.save({"g_ema": {}}, legacy, _use_new_zipfile_serialization=False)
@@ -616,6 +617,7 @@ def test_every_photo_reader_names_a_checkpoint_or_array_in_the_photos_place(tmp_
     cases = ((assets["a"], "is a PyTorch checkpoint, not an image"), (legacy, "is a PyTorch checkpoint, not an image"),
              (tmp_path / "code.npy", "is a NumPy array (.npy), not an image"),
              (tmp_path / "projected_w.npz", "is a NumPy archive (.npz), not an image"),
+             (tmp_path / "notes.png", "is a text file, not an image"),
              (zipped_other, "is not a readable image"))
     for read, what in ((lambda p: load_photo(p, 8), "photo"), (read_photo, "photo"), (load_exemplar, "exemplar")):
         for path, expected in cases:

@@ -152,7 +152,7 @@ def image_errors(name, what: str = "photo") -> Iterator[None]:
 
 def _other_format(path) -> str | None:
     """What a file PIL cannot decode is instead, going by its first bytes: a PyTorch checkpoint
-    (torch.save's zip, or its legacy pickle), a NumPy array or archive; None for anything else."""
+    (torch.save's zip, or its legacy pickle), a NumPy array or archive, text; None for anything else."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
@@ -173,6 +173,8 @@ def _other_format(path) -> str | None:
         return None
     if head[:1] == b"\x80" and Path(path).suffix.lower() in (".pt", ".pth", ".ckpt"):
         return "a PyTorch checkpoint"  # the pre-1.6 pickle format (a pickle protocol byte)
+    if head and all(32 <= b < 127 or b in b"\t\n\r" for b in head):  # PIL read the text formats it knows (PPM, XBM)
+        return "a text file"
     return None
 
 
