@@ -72,7 +72,9 @@ def test_markdown_table_shape():
 
 def test_ablation_cli_missing_source(tmp_path):
     result = runner.invoke(app, ["ablation", "--out", str(tmp_path), "--source", str(tmp_path / "none.pt")])
-    assert result.exit_code == 1 and "source model not found" in result.output
+    assert result.exit_code == 1 and f"checkpoint not found: {tmp_path / 'none.pt'}" in result.output
+    result = runner.invoke(app, ["ablation", "--out", str(tmp_path), "--source", str(tmp_path / "ffhq256.pt")])
+    assert result.exit_code == 1 and "download it from https://drive.google.com/" in result.output
 
 
 def test_ablation_source_without_discriminator_is_refused_before_any_work(tmp_path, tiny_g):

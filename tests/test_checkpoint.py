@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,6 +107,27 @@ def test_a_runs_text_files_name_its_checkpoint(tmp_path, tiny_g):
         with pytest.raises(CheckpointError, match=rf"{name} is not a PyTorch checkpoint: it is a text file; "
                                                   rf"the run's checkpoint is .*latest\.pt$"):
             load_checkpoint(tmp_path / name)
+
+
+@pytest.mark.parametrize("command", [["sample", "{}", "--seeds", "0"], ["convert", "{}"],
+                                     ["finetune", "--source", "{}", "--data", "{data}", "--out", "{data}/../run"]])
+def test_a_missing_well_known_model_says_where_to_get_it_and_where_to_put_it(tmp_path, command):
+    """The FFHQ models and Cartoon-StyleGAN's, by their publishers' names: no package ships them."""
+    from cartoongan_cli.app import app
+    from typer.testing import CliRunner
+
+    from cartoongan.weights.known import KNOWN_GENERATORS
+
+    runner = CliRunner()
+    name = "ffhq-res256-mirror-paper256-noaug.pkl" if command[0] == "convert" else "ffhq256.pt"
+    path, mine = tmp_path / "networks" / name, tmp_path / f"mine{Path(name).suffix}"
+    (tmp_path / "data").mkdir()
+    res = runner.invoke(app, [a.format(path, data=tmp_path / "data") for a in command])
+    url = KNOWN_GENERATORS[name][1]
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert " ".join(res.output.split()).endswith(f"download it from {url} and save it as {path}"), res.output
+    res = runner.invoke(app, [a.format(mine, data=tmp_path / "data") for a in command])
+    assert res.exit_code == 1 and res.output.strip().endswith(f"checkpoint not found: {mine}"), res.output
 
 
 def test_missing_and_directory(tmp_path):

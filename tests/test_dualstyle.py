@@ -340,6 +340,7 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
         ([tmp_path / "e" / "result.png", "--model", style_dir], 1, "would overwrite the input"),
         ([photo, "--model", style_dir, "--encoder", tmp_path / "none.pt"], 1, "not found"),
         ([tmp_path / "r" / "random.png", "--model", tmp_path], 1, "no generator.pt"),
+        ([photo, "--model", tmp_path / "nowhere" / "cartoon"], 1, "DualStyleGAN style folder not found: "),
         ([photo, "--model", style_dir / "generator.pt"], 1, f"is a file: pass the folder of one DualStyleGAN style (e.g. {style_dir},"),
     ):
         res = _run(*args, "--outdir", tmp_path / "e")

@@ -27,6 +27,7 @@ from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
 from ..train.runs import check_same_source, finetune, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
+from ..weights.known import missing_checkpoint
 from ..weights.networks import load_generator, weights_digest
 from .demo import BUNDLED_SOURCE
 from .sample import sample_checkpoints
@@ -200,7 +201,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     seeds = seeds or list(range(8))
     source = Path(source) if source else BUNDLED_SOURCE
     if not source.exists():
-        raise CheckpointError(f"source model not found: {source}")
+        raise CheckpointError(missing_checkpoint(source))
     if "d" not in load_checkpoint(source, mmap=True):  # before any rendering, not at the first method
         raise CheckpointError(f"{source} has no discriminator ('d'): every method fine-tunes the source's G and D "
                               "(FreezeD keeps D's layers); pass a training checkpoint with both, e.g. a run's latest.pt")

@@ -12,6 +12,7 @@ from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
 from ..train.runs import finetune, pretrain, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
+from ..weights.known import missing_checkpoint
 from ..weights.networks import load_generator
 from .sample import sample_checkpoints
 from .swap import swap_checkpoints
@@ -105,7 +106,7 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
             source = _run_pretrain(photo_dir, out / "source", pretrain_iters, reporter)
         source = Path(source)
         if not source.exists():
-            raise CheckpointError(f"source model not found: {source}")
+            raise CheckpointError(missing_checkpoint(source))
         iters = finetune_iters or load_recipe("demo_finetune").train.iters
         cartoon = _run_finetune(source, cartoon_dir, out / "finetune", iters, reporter)
         swapped = swap_checkpoints(source, cartoon, out / "swapped.pt", res=16)

@@ -28,6 +28,7 @@ from ..outputs import atomic_write, check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
 from .project import load_target
 from ..weights.dualstyle import GENERATOR_FILE, find_exstyle_file, load_dualstyle, load_psp, read_exstyle_codes
+from ..weights.known import missing_dualstyle_folder
 
 TILE = 256  # overview and contact-sheet tiles (the official overview's size)
 EXEMPLAR_SIZE = 256  # destylize.py encoded exemplars from 256 px crops
@@ -78,6 +79,8 @@ def load_model(model_dir: Path, device: torch.device) -> tuple[DualStyleGenerato
     if model_dir.is_file():  # the generator.pt itself, most often: its codes sit beside it
         raise CheckpointError(f"--model {model_dir} is a file: pass the folder of one DualStyleGAN style "
                               f"(e.g. {model_dir.parent}, which holds {GENERATOR_FILE} and the exemplar codes)")
+    if not model_dir.exists():
+        raise CheckpointError(missing_dualstyle_folder(model_dir))
     if not (model_dir / GENERATOR_FILE).is_file():
         raise CheckpointError(f"{model_dir} has no {GENERATOR_FILE}: pass the folder of one DualStyleGAN style")
     model = load_dualstyle(model_dir / GENERATOR_FILE, device)

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import CheckpointError, first_line, naming
 from ..outputs import atomic_write, check_checkpoint_output
+from .known import missing_checkpoint
 
 FORMAT_VERSION = 1
 
@@ -106,7 +107,7 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     CheckpointError for a missing, unsafe or unreadable file."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(missing_checkpoint(path))
     if not path.is_file():
         hint = f" (a training run's is {path / 'latest.pt'})" if (path / "latest.pt").is_file() else ""
         raise CheckpointError(f"{path} is a folder, not a checkpoint file: name a .pt inside it{hint}")

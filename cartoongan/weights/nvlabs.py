@@ -26,6 +26,7 @@ from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..outputs import check_checkpoint_output
 from .checkpoint import FORMAT_VERSION, save_checkpoint
+from .known import missing_checkpoint
 from .networks import check_fit
 from .unpickle import PersistentObject, TFNetwork, UnsafePickleError, safe_load
 
@@ -74,7 +75,7 @@ def read_pickle(path: str | os.PathLike) -> tuple[object, str]:
     on anything unsafe or broken."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}" if not path.exists() else
+        raise CheckpointError(missing_checkpoint(path) if not path.exists() else
                               f"{path} is a folder, not a checkpoint file: name the .pkl inside it")
     try:
         with open(path, "rb") as fh:
