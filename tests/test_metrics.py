@@ -360,6 +360,8 @@ def test_metrics_refuse_what_they_can_before_reading_or_scoring_an_image(tmp_pat
         suite.compute_metrics(one, a, ["fid"], features=counting)
     assert loaded == [one, a] and scored == []
     loaded.clear()
+    with pytest.raises(CartoonganError, match=r"ffhq256.pt is rosinality's 256 px FFHQ .*download it from"):
+        suite.compute_metrics(a, tmp_path / "ffhq256.pt", ["fid"], features=counting)
     with pytest.raises(DataError, match="notes.toml is a file, not a dataset"):
         suite.compute_metrics(a, tmp_path / "notes.toml", ["kid"], features=counting)
     with pytest.raises(ConfigError, match="not a folder and a checkpoint"):

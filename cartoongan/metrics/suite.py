@@ -16,9 +16,10 @@ import torch.nn.functional as F
 
 from ..data.dataset import check_dataset_root, load_dataset
 from ..data.render import render_seeds
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..device import math_mode
 from ..report import NullReporter, Reporter
+from ..weights.known import KNOWN_GENERATORS, missing_checkpoint
 from ..weights.networks import load_generator
 
 SET_METRICS = ("fid", "kid")
@@ -180,6 +181,8 @@ def _check_sources(real: str | Path, fake: str | Path, names: list[str]) -> None
     for source in (real, fake):
         path = Path(source)
         if not path.exists():
+            if path.name in KNOWN_GENERATORS:  # a model to download, not a typo: say where from
+                raise CheckpointError(missing_checkpoint(path))
             raise DataError(f"not found: {source} (pass a folder of images, a .zip or a checkpoint)")
         if not is_checkpoint(path):
             check_dataset_root(path)  # a file or a run folder that is no dataset, named without a listing
