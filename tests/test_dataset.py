@@ -1,3 +1,4 @@
+import re
 import tracemalloc
 
 import numpy as np
@@ -150,3 +151,19 @@ def test_hidden_entries_and_macos_companions_are_no_pictures_of_the_set(tmp_path
     hidden_root.mkdir(parents=True)
     Image.new("RGB", (16, 16)).save(hidden_root / "a.png")
     assert load_dataset(hidden_root, 16).names == ["a.png"]
+
+
+def test_a_set_kept_only_under_hidden_names_is_refused_with_the_reason(tmp_path):
+    import zipfile
+
+    (tmp_path / "d" / ".faces").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (8, 8)).save(tmp_path / "d" / ".faces" / f"{i}.png")
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as zf:
+        zf.write(tmp_path / "d" / ".faces" / "0.png", "__MACOSX/._0.png")
+    for root, example in ((tmp_path / "d", ".faces/0.png"), (tmp_path / "d.zip", "__MACOSX/._0.png")):
+        with pytest.raises(DataError, match=rf"under hidden names or __MACOSX/ were left out, e\.g\. {re.escape(example)}"):
+            load_dataset(root, 8)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match=r"looked for [^;]*\)$"):  # nothing hidden: no note
+        load_dataset(tmp_path / "plain", 8)

@@ -165,8 +165,22 @@ def _some_image_sources(root: Path, reporter: Reporter) -> list[tuple[str, calla
         reporter.warn(f"left out the training run folder(s) inside {root} ({shown}): their pictures are "
                       "sample grids, not faces")
     if not sources:
-        raise DataError(f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))})")
+        raise DataError(f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))}"
+                        f"{_hidden_note(root)})")
     return sources
+
+
+def _hidden_note(root: Path) -> str:
+    """For the no-images error only: the images that the hidden-entry rule left out, if any (a set
+    kept under .faces/ would otherwise look empty for no reason given)."""
+    if root.is_file():
+        with zipfile.ZipFile(root) as zf:
+            names = [Path(n) for n in zf.namelist()]
+    else:
+        names = [p.relative_to(root) for p in root.rglob("*")]
+    hidden = sorted(n for n in names if n.suffix.lower() in EXTENSIONS and _hidden(n.parts))
+    return (f"; {len(hidden)} under hidden names or __MACOSX/ were left out, e.g. {hidden[0]}: move them "
+            "to a visible folder") if hidden else ""
 
 
 def native_side(sources: list[tuple[str, callable]], n: int | None = None) -> int:
