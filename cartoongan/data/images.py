@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -12,6 +11,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError, OutputError
+from ..filekind import NPY_MAGIC, is_npz, is_text, is_torch_zip, zip_names
 from ..outputs import atomic_write
 from ..report import Reporter
 
@@ -158,22 +158,14 @@ def _other_format(path) -> str | None:
             head = fh.read(8)
     except OSError:
         return None
-    if head.startswith(b"\x93NUMPY"):
+    if head.startswith(NPY_MAGIC):
         return "a NumPy array (.npy)"
     if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except (OSError, zipfile.BadZipFile):
-            return None
-        if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
-            return "a PyTorch checkpoint"
-        if names and all(n.endswith(".npy") for n in names):
-            return "a NumPy archive (.npz)"
-        return None
+        names = zip_names(path)
+        return "a PyTorch checkpoint" if is_torch_zip(names) else "a NumPy archive (.npz)" if is_npz(names) else None
     if head[:1] == b"\x80" and Path(path).suffix.lower() in (".pt", ".pth", ".ckpt"):
         return "a PyTorch checkpoint"  # the pre-1.6 pickle format (a pickle protocol byte)
-    if head and all(32 <= b < 127 or b in b"\t\n\r" for b in head):  # PIL read the text formats it knows (PPM, XBM)
+    if head and is_text(head):  # PIL has read the text formats it knows (PPM, XBM)
         return "a text file"
     return None
 

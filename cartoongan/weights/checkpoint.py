@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, first_line, naming
+from ..filekind import NPY_MAGIC, is_npz, is_text, zip_names
 from ..outputs import atomic_write, check_checkpoint_output
 from .known import missing_checkpoint
 
@@ -65,7 +66,7 @@ def check_checkpoint(path: str | os.PathLike, ckpt) -> dict:
 # first bytes of files that get passed as checkpoints by mistake; torch.load would call an image
 # "a pickle that needs code" (its bytes are no zip, so it tries the legacy pickle format)
 FOREIGN_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
-                 b"\x93NUMPY": "a NumPy array (.npy)", b"BM": "a BMP image"}
+                 NPY_MAGIC: "a NumPy array (.npy)", b"BM": "a BMP image"}
 
 
 def _refuse_known_non_checkpoints(path: Path) -> bytes:
@@ -81,25 +82,11 @@ def _refuse_known_non_checkpoints(path: Path) -> bytes:
                               "torch.save (cartoongan, rosinality's train.py)")
     if not head:
         raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch or copy it again")
-    if head.startswith(b"PK") and _is_npz(path):
+    if head.startswith(b"PK") and is_npz(zip_names(path)):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is a NumPy .npz archive (projected latents "
                               "go to `cartoongan sample CKPT --projected-w FILE`)")
     return head
 
-
-def _is_text(head: bytes) -> bool:
-    """Whether a file's first bytes are printable text (no checkpoint, zip or pickle starts so)."""
-    return all(32 <= b < 127 or b in b"\t\n\r" for b in head)
-
-
-def _is_npz(path: Path) -> bool:
-    """Whether a zip file is np.savez's: top-level .npy members only (torch.save's sit in a folder)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return bool(names) and all(n.endswith(".npy") and "/" not in n for n in names)
 
 
 def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False):
@@ -112,7 +99,7 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         hint = f" (a training run's is {path / 'latest.pt'})" if (path / "latest.pt").is_file() else ""
         raise CheckpointError(f"{path} is a folder, not a checkpoint file: name a .pt inside it{hint}")
     head = _refuse_known_non_checkpoints(path)
-    if _is_text(head):  # a run's config.toml or log.jsonl, tab-completed in place of its latest.pt
+    if is_text(head):  # a run's config.toml or log.jsonl, tab-completed in place of its latest.pt
         latest = path.parent / "latest.pt"
         beside = f"; the run's checkpoint is {latest}" if latest.is_file() else ""
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is a text file{beside}")

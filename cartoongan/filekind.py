@@ -1,0 +1,33 @@
+"""What a file is, going by its first bytes: the sniffing behind both directions of a swapped
+argument ("X is a PNG image, not a checkpoint" and "X is a PyTorch checkpoint, not an image")."""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def is_text(head: bytes) -> bool:
+    """Whether a file's first bytes are printable text (torch.save's zip and its protocol-2+ pickle
+    start with a byte that is not)."""
+    return all(32 <= b < 127 or b in b"\t\n\r" for b in head)
+
+
+def zip_names(path: str | Path) -> list[str] | None:
+    """The members of a zip file, or None when it is not a readable zip."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def is_npz(names: list[str] | None) -> bool:
+    """Whether a zip's members are np.savez's: top-level .npy files only (torch.save's sit in a folder)."""
+    return bool(names) and all(n.endswith(".npy") and "/" not in n for n in names)
+
+
+def is_torch_zip(names: list[str] | None) -> bool:
+    """Whether a zip's members are torch.save's: a folder holding data.pkl."""
+    return any(n.endswith("/data.pkl") or n == "data.pkl" for n in names or ())
