@@ -6,7 +6,7 @@ import cartoongan
 
 PKG = Path(cartoongan.__file__).parent
 # rank of each top-level module or subpackage; a module may import only ranks <= its own
-RANK = {"errors": 0, "report": 0, "device": 0, "outputs": 0, "hostmem": 0, "npyfile": 0, "ops": 1, "models": 2, "config": 3, "weights": 3, "data": 3,
+RANK = {"errors": 0, "report": 0, "device": 0, "outputs": 0, "hostmem": 0, "npyfile": 0, "filekind": 0, "ops": 1, "models": 2, "config": 3, "weights": 3, "data": 3,
         "metrics": 4, "train": 5, "pipelines": 6, "bench": 7, "recipes": 0, "__init__": 8}
 
 
