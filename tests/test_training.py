@@ -106,6 +106,21 @@ def test_messy_dataset_trains_and_names_the_corrupt_file(tmp_path):
     assert cfg["step"] == 2
 
 
+def test_a_batch_larger_than_the_set_and_tf32_on_the_cpu_warn_and_train(tmp_path):
+    """Neither stops a smoke test, but both mean something other than what the flag says: batches of
+    repeated images (drawn with replacement), and IEEE fp32 where TF32 was asked for."""
+    data = blob_images(tmp_path / "data", n=3)
+    rep = ListReporter()
+    result = pretrain(tiny_config(iters=1, batch=4, precision="tf32"), data, tmp_path / "r", rep)
+    assert result.step == 1
+    said = " | ".join(rep.warnings)
+    assert "--batch 4 is larger than the 3 image(s)" in said and "--batch 3 or less" in said, said
+    assert "precision tf32 does nothing on cpu" in said, said
+    rep = ListReporter()
+    pretrain(tiny_config(iters=1, batch=3, precision="fp32"), data, tmp_path / "r2", rep)
+    assert not any("--batch" in w or "tf32" in w for w in rep.warnings), rep.warnings
+
+
 def test_empty_dataset_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     res = runner.invoke(app, ["pretrain", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--recipe", "tiny"])

@@ -219,9 +219,20 @@ def _start(cfg: RunConfig, reporter: Reporter):
     info = init_distributed(cfg.train.device)
     validate(cfg, info.world)
     check_precision(cfg.train.precision, info.device)
+    if cfg.train.precision == "tf32" and info.device.type != "cuda":
+        reporter.warn(f"precision tf32 does nothing on {info.device.type}: TF32 is CUDA tensor-core math, so this "
+                      "run computes in IEEE fp32 (say --precision fp32 to silence this)")
     check_compile(cfg.train.compiled, info.device)
     torch.manual_seed(cfg.train.seed + info.rank)
     return info
+
+
+def warn_batch_repeats(batch: int, images: int, data_path: str | Path, reporter: Reporter) -> None:
+    """Batches are drawn with replacement, so a batch larger than the set must hold copies: D's
+    minibatch-stddev then sees less variety than it should. A smoke test may want that: warn only."""
+    if batch > images:
+        reporter.warn(f"--batch {batch} is larger than the {images} image(s) in {data_path}: every batch repeats "
+                      f"images; add images or use --batch {images} or less")
 
 
 def _run(trainer: Trainer) -> TrainResult:
@@ -244,6 +255,7 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
     info = _start(cfg, reporter)
     check_batch_fits(cfg.model, cfg.train.batch, info.device)
     data = load_dataset(data_path, cfg.model.size, reporter)
+    warn_batch_repeats(cfg.train.batch, len(data), data_path, reporter)
     nets = new_networks(cfg, info.device)
     trainer = Trainer(cfg, nets, data, run_dir, info, reporter=reporter, kind="pretrain",
                       provenance={"data": str(Path(data_path).resolve()), "images": len(data)},
@@ -305,6 +317,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
     if not (ft.struct_loss or plan.source_slots):
         nets.source = None  # nothing reads it: save the memory
     data = load_dataset(data_path, nets.g.size, reporter)
+    warn_batch_repeats(cfg.train.batch, len(data), data_path, reporter)
     trainer = Trainer(cfg, nets, data, run_dir, info, plan=plan, reporter=reporter, kind="finetune",
                       provenance={"source": str(source_path.resolve()), "source_digest": digest,
                                   "data": str(Path(data_path).resolve()),
