@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from .app import app, user_errors
-from .console import out
+from .console import RichReporter, out
 
 
 @app.command()
@@ -19,5 +19,5 @@ def plot(
     from cartoongan.metrics.plot import plot_run
 
     with user_errors():
-        path = plot_run(run, output)
+        path = plot_run(run, output, RichReporter())
     out.print(f"wrote {path}")

@@ -6,12 +6,14 @@ from pathlib import Path
 
 from ..errors import DataError, OutputError
 from ..outputs import atomic_write, check_output_file
+from ..report import NullReporter, Reporter
 
 LOSS_KEYS = ("loss_d", "loss_g", "loss_struct", "r1", "path_length")
 
 
-def read_log(run_dir: str | Path) -> list[dict]:
-    """The rows of RUN/log.jsonl (a run folder or the file itself); a torn last line is ignored."""
+def read_log(run_dir: str | Path, reporter: Reporter | None = None) -> list[dict]:
+    """The rows of RUN/log.jsonl (a run folder or the file itself). A torn last line (a kill
+    mid-write) is ignored quietly; damaged lines before it are skipped with a warning."""
     path = Path(run_dir)
     if not path.exists():
         raise DataError(f"run folder not found: {path}")
@@ -23,12 +25,19 @@ def read_log(run_dir: str | Path) -> list[dict]:
     except UnicodeDecodeError:
         raise DataError(f"{path} is not a log.jsonl (it is not text): pass a run folder written by "
                         "pretrain/finetune") from None
-    rows = []
-    for line in text.splitlines():
+    rows, damaged = [], []
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
-            continue
+        except json.JSONDecodeError:
+            damaged.append(number)
+    if damaged and damaged[-1] == len(lines):  # a run killed mid-write leaves a partial last line
+        damaged.pop()
+    if damaged:  # the trainer never writes these (a resume drops a torn line): an edit or a damaged disk
+        shown = ", ".join(map(str, damaged[:5])) + (", ..." if len(damaged) > 5 else "")
+        (reporter or NullReporter()).warn(f"{path}: skipped {len(damaged)} damaged line(s) (line {shown}), not "
+                                          "JSON: the curves have gaps there")
     rows = [r for r in rows if isinstance(r, dict) and "step" in r]
     if not rows:
         raise DataError(f"{path} holds no log rows yet")
@@ -59,7 +68,7 @@ def panels(rows: list[dict]) -> list[tuple[str, list[str]]]:
     return [(title, ks) for title, ks in out if ks]
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def plot_run(run_dir: str | Path, out: str | Path | None = None, reporter: Reporter | None = None) -> Path:
     """Draw the run's curves (one panel each: losses, KID/FID if logged, ADA p if it moved) to a PNG.
 
     out defaults to RUN/curves.png. Needs matplotlib.
@@ -73,7 +82,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     check_output_file(out, "--out", example="curves.png")
     if out.suffix.lower() != ".png":  # nor a run's log.jsonl, latest.pt or config.toml, turned into a picture
         raise OutputError(f"--out {out}: plot writes a PNG; name a .png file, e.g. {out.with_suffix('.png').name}")
-    rows = read_log(run_dir)
+    rows = read_log(run_dir, reporter)
     chosen = panels(rows)
     fig, axes = plt.subplots(len(chosen), 1, figsize=(7, 2.6 * len(chosen)), sharex=True, squeeze=False)
     for ax, (title, keys) in zip(axes[:, 0], chosen):
