@@ -10,6 +10,7 @@ from pathlib import Path
 import tomllib
 
 from .errors import ConfigError
+from .filekind import special_kind
 
 # the allowed values of the string settings; the CLI builds its choices from these
 AUGMENTS = ("ada", "none")
@@ -166,6 +167,9 @@ def load_recipe(path: str | Path | None) -> RunConfig:
     if path is None:
         return cfg
     path = Path(path)
+    if special_kind(path):
+        raise ConfigError(f"--recipe {path} is {special_kind(path)}, not a TOML file: name a recipe file or one of: "
+                          f"{', '.join(recipe_names())}")
     if not path.is_file():
         builtin = recipe_path(path.name.removesuffix(".toml"))
         if builtin is None:

@@ -2,10 +2,25 @@
 argument ("X is a PNG image, not a checkpoint" and "X is a PyTorch checkpoint, not an image")."""
 from __future__ import annotations
 
+import stat
 import zipfile
 from pathlib import Path
 
 NPY_MAGIC = b"\x93NUMPY"
+
+
+def special_kind(path: str | Path) -> str | None:
+    """What an existing path that is neither a regular file nor a folder is ("a device", "a named
+    pipe (FIFO)", "a socket"), else None. Reading a FIFO would block until someone writes to it."""
+    try:
+        mode = Path(path).stat().st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    return "a socket" if stat.S_ISSOCK(mode) else None
 
 
 def is_text(head: bytes) -> bool:

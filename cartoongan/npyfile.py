@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .filekind import special_kind
 
 def _read_header(fh) -> tuple[tuple, np.dtype]:
     """(shape, dtype) of the .npy at `fh`, which is left at the first data byte."""
@@ -38,6 +39,8 @@ def check_npy_file(path: str | os.PathLike, what: str = ".npy file",
         raise error(f"{what} not found: {path}")
     if path.is_dir():
         raise error(f"{path} is a folder, not a .npy file")
+    if special_kind(path):
+        raise error(f"{path} is {special_kind(path)}, not a .npy file")
     size = path.stat().st_size
     if size == 0:
         raise error(f"{path} is empty (0 bytes): an interrupted save or copy? Make or copy it again")

@@ -1119,3 +1119,49 @@ def test_interpolating_one_seed_is_refused(tmp_path, assets):
     res = runner.invoke(app, ["sample", str(assets["a"]), "--seeds", "5-6", "--interpolate", "2",
                               "--outdir", str(tmp_path / "o")])
     assert res.exit_code == 0 and (tmp_path / "o" / "interpolation.gif").is_file(), res.output
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """A named pipe, and a watchdog that opens its other end once anything reads it (so a reader that
+    blocks is released with EOF and the test fails instead of hanging); yields (path, was_read)."""
+    import threading
+
+    path = tmp_path / "pipe.pt"
+    os.mkfifo(path)
+    done, read = threading.Event(), []
+
+    def watch():
+        while not done.wait(0.05):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO until a reader opens it
+                read.append(True)
+            except OSError:
+                pass
+
+    threading.Thread(target=watch, daemon=True).start()
+    yield path, read
+    done.set()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (lambda p, a, t: ["info", p], "is a named pipe (FIFO), not a checkpoint file"),
+    (lambda p, a, t: ["sample", p, "--outdir", t], "is a named pipe (FIFO), not a checkpoint file"),
+    (lambda p, a, t: ["swap", a["a"], p, "-o", t + ".pt"], "is a named pipe (FIFO), not a checkpoint file"),
+    (lambda p, a, t: ["convert", p, "-o", t + ".pt"], "is a named pipe (FIFO), not a checkpoint file"),
+    (lambda p, a, t: ["pretrain", "--data", p, "--out", t, "--recipe", "tiny"], "is a named pipe (FIFO), not a dataset"),
+    (lambda p, a, t: ["metrics", p, a["data"]], "is a named pipe (FIFO), not a dataset"),
+    (lambda p, a, t: ["pretrain", "--data", a["data"], "--out", t, "--recipe", p], "is a named pipe (FIFO), not a TOML"),
+    (lambda p, a, t: ["project", "--source", a["a"], p, "--no-align", "--outdir", t],
+     "is a named pipe (FIFO), not an image file"),
+    (lambda p, a, t: ["align", p, "-o", t + ".png"], "is a named pipe (FIFO), not an image file"),
+    (lambda p, a, t: ["sample", a["a"], "--projected-w", p, "--outdir", t], "is a named pipe (FIFO), not a projected_w"),
+], ids=["info", "sample", "swap", "convert", "pretrain", "metrics", "recipe", "project", "align", "projected-w"])
+def test_a_named_pipe_is_refused_unread(tmp_path, assets, fifo, argv, expected):
+    """A FIFO (or a device: /dev/null was called 'a folder') in a file's place: opening it to read
+    would wait for a writer forever. Each reader names what it is before opening it."""
+    path, read = fifo
+    args = [str(x) for x in argv(str(path), assets, str(tmp_path / "out"))]
+    line = error_line(runner.invoke(app, args), 2 if "TOML" in expected else 1)  # a recipe is a usage error
+    assert expected in line and str(path) in line, line
+    assert not read and not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError, OutputError
-from ..filekind import NPY_MAGIC, is_npz, is_text, is_torch_zip, zip_names
+from ..filekind import NPY_MAGIC, is_npz, is_text, is_torch_zip, special_kind, zip_names
 from ..outputs import atomic_write
 from ..report import Reporter
 
@@ -131,7 +131,11 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, *BOMB_ERRORS)
 @contextlib.contextmanager
 def image_errors(name, what: str = "photo") -> Iterator[None]:
     """Open and decode a user's image inside: a missing file, a decompression bomb (PIL's warning
-    threshold included) or an unreadable file becomes one DataError that names it."""
+    threshold included) or an unreadable file becomes one DataError that names it. A device or
+    FIFO is refused before anything opens it (reading a FIFO would wait for a writer forever)."""
+    kind = special_kind(name)
+    if kind:
+        raise DataError(f"{name} is {kind}, not an image file: name the {what} itself")
     try:
         with bombs_as_errors():
             yield

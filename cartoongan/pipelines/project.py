@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..data.images import load_photo, save_image, save_png, to_uint8
 from ..errors import CartoonganError, DataError, Interrupted
+from ..filekind import special_kind
 from ..metrics.lpips import lpips_vgg
 from ..models.generator import Generator
 from ..outputs import atomic_write, check_keeps_inputs, check_output_dir
@@ -174,6 +175,8 @@ def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: i
     """projected_w.npz -> w+ [N, n_latent, style_dim] (also accepts NVlabs' [n_latent, D] layout).
 
     n_latent, style_dim: what the generator that will render it needs (checked when given)."""
+    if special_kind(path):
+        raise DataError(f"{path} is {special_kind(path)}, not a projected_w.npz file")
     try:
         with np.load(path, allow_pickle=False) as data:
             w = np.asarray(data["w"])

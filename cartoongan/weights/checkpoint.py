@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, first_line, naming
-from ..filekind import NPY_MAGIC, is_npz, is_text, zip_names
+from ..filekind import NPY_MAGIC, is_npz, is_text, special_kind, zip_names
 from ..outputs import atomic_write, check_checkpoint_output
 from .known import missing_checkpoint
 
@@ -95,6 +95,9 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.exists():
         raise CheckpointError(missing_checkpoint(path))
+    kind = special_kind(path)
+    if kind:
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint file: name a .pt file")
     if not path.is_file():
         hint = f" (a training run's is {path / 'latest.pt'})" if (path / "latest.pt").is_file() else ""
         raise CheckpointError(f"{path} is a folder, not a checkpoint file: name a .pt inside it{hint}")

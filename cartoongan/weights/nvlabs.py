@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, first_line
+from ..filekind import special_kind
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..outputs import check_checkpoint_output
@@ -74,6 +75,9 @@ def read_pickle(path: str | os.PathLike) -> tuple[object, str]:
     """(the pickle's content as inert data (see unpickle.py), the file's sha256); CheckpointError
     on anything unsafe or broken."""
     path = Path(path)
+    kind = special_kind(path)
+    if kind:
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint file: name the .pkl file")
     if not path.is_file():
         raise CheckpointError(missing_checkpoint(path) if not path.exists() else
                               f"{path} is a folder, not a checkpoint file: name the .pkl inside it")
