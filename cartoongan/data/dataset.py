@@ -333,6 +333,10 @@ def prepare_folder(src: str | Path, out: str | Path, size: int, reporter: Report
     check_outside(out, src, "--out", "the prepared images would be read back as photos of the source")
     check_fresh_dir(out, "--out", "data prepare writes NNNNNN.png there")
     reporter = reporter or NullReporter()
+    if size & (size - 1):  # still a fine set for metrics; for training a second resample softens it
+        lower, upper = 1 << (size.bit_length() - 1), 1 << size.bit_length()
+        reporter.warn(f"--size {size} is not a power of two, and a StyleGAN2 model is (64, 128, 256 px, ...): "
+                      f"training would resample these images a second time; --size {lower} or {upper} avoids that")
     data = load_aligned_dataset(src, size, reporter) if align else load_dataset(src, size, reporter)
     _write_whole(data.images.permute(0, 2, 3, 1).numpy(), out, reporter)
     return data
