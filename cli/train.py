@@ -166,5 +166,5 @@ def swap(
     from cartoongan.pipelines.swap import swap_checkpoints
 
     with user_errors():
-        path = swap_checkpoints(source, target, output, res, mapping.value, blend_width)
+        path = swap_checkpoints(source, target, output, res, mapping.value, blend_width, RichReporter())
     out.print(f"wrote {path}")

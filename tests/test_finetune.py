@@ -181,6 +181,31 @@ def test_swap_blend_width_is_a_smooth_mix(tmp_path):
     assert [target_fraction(r, 8, 1e-300) for r in (4, 8, 16, 32)] == [0.0, 0.0, 1.0, 1.0]
 
 
+def test_swap_names_arguments_given_the_wrong_way_round(tmp_path):
+    """SOURCE fine-tuned from TARGET (its provenance's source digest is TARGET's weights): the photo
+    and cartoon models look swapped. A reverse swap is a fair experiment, so it is a warning; the
+    same check holds for an exported (slim) fine-tuned checkpoint."""
+    src = make_source(tmp_path / "src.pt")
+    data = blob_images(tmp_path / "data", n=4)
+    assert runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), "--out", str(tmp_path / "r"),
+                               "--recipe", "tiny", "--iters", "1"]).exit_code == 0
+    assert runner.invoke(app, ["export", str(tmp_path / "r" / "latest.pt"), "-o", str(tmp_path / "t.pt")]).exit_code == 0
+    for tuned in (tmp_path / "r" / "latest.pt", tmp_path / "t.pt"):
+        res = runner.invoke(app, ["swap", str(tuned), str(src), "-o", str(tmp_path / "rev.pt")])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 0 and f"{tuned} was fine-tuned from {src}: SOURCE and TARGET look swapped" in said, said
+        (tmp_path / "rev.pt").unlink()
+    res = runner.invoke(app, ["swap", str(src), str(tmp_path / "t.pt"), "-o", str(tmp_path / "ok.pt")])
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
+    photo = next(data.iterdir())
+    for source, target, warned in ((tmp_path / "t.pt", src, True), (src, tmp_path / "t.pt", False)):
+        res = runner.invoke(app, ["toonify", str(photo), "--source", str(source), "--target", str(target), "--no-align",
+                                  "--steps", "1", "--loss", "mse", "--outdir", str(tmp_path / f"toon{warned}")])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 0 and (f"{source} was fine-tuned from {target}: --source looks like the cartoon model"
+                                       in said) == warned, said
+
+
 def test_swap_cli_writes_provenance_and_refuses_mismatch(tmp_path):
     a = make_source(tmp_path / "a.pt", seed=1)
     b = make_source(tmp_path / "b.pt", seed=2)

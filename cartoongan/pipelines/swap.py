@@ -11,7 +11,8 @@ from ..errors import CheckpointError, ConfigError
 from ..models.generator import Generator
 from ..outputs import check_checkpoint_output
 from ..weights.checkpoint import save_checkpoint
-from ..weights.networks import generator_checkpoint, load_generator
+from ..report import NullReporter, Reporter
+from ..weights.networks import fine_tuned_from, generator_checkpoint, load_generator, read_generator
 
 DEFAULT_RES = 16
 MAPPINGS = ("source", "target")  # whose mapping network (and w_avg) a swapped generator keeps
@@ -86,12 +87,17 @@ def _same_weights(a: Generator, b: Generator) -> bool:
 
 
 def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path: str | Path,
-                     res: int | None = None, mapping: str = "source", blend_width: float | None = None) -> Path:
+                     res: int | None = None, mapping: str = "source", blend_width: float | None = None,
+                     reporter: Reporter | None = None) -> Path:
     """Load two checkpoints' g_ema, swap their layers (res None: default_res), and write the result
     as a new checkpoint (`out_path` is checked first)."""
     check_checkpoint_output(out_path, "--output", inputs=[source_path, target_path])
-    source = load_generator(source_path, "cpu")
+    source, recorded = read_generator(source_path, "cpu")
     target = load_generator(target_path, "cpu")
+    if fine_tuned_from(recorded, target):  # a reverse swap (cartoon layout, photo texture) is a fair experiment
+        (reporter or NullReporter()).warn(
+            f"{source_path} was fine-tuned from {target_path}: SOURCE and TARGET look swapped (SOURCE is the "
+            "photo model whose structure is kept, TARGET the fine-tuned one); swapping as given")
     if _same_weights(source, target):
         raise ConfigError(f"{source_path} and {target_path} hold the same generator: a swap of it with itself "
                           "is a copy; pass the fine-tuned (cartoon) generator as TARGET")

@@ -9,8 +9,8 @@ import torch
 from ..data.images import make_grid, save_png, to_uint8
 from ..errors import CartoonganError
 from ..outputs import check_keeps_inputs, check_output_dir
-from ..report import Reporter
-from ..weights.networks import load_generator
+from ..report import NullReporter, Reporter
+from ..weights.networks import fine_tuned_from, load_generator, read_generator
 from .project import (PROJECTION_FILES, ProjectConfig, _perceptual_for, load_target, project, raise_if_stopped,
                       save_projection)
 from .swap import check_compatible
@@ -24,7 +24,8 @@ def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], ou
     photo's face is FFHQ-aligned first (and written to aligned.png)."""
     check_output_dir(outdir, "--outdir")
     check_keeps_inputs(outdir, (*PROJECTION_FILES, "toonify.png"), [photo, source, *targets])
-    source_g = load_generator(source, device)
+    reporter = reporter or NullReporter()
+    source_g, recorded = read_generator(source, device)
     dev = source_g.input.input.device
     target_gs = [load_generator(t, dev) for t in targets]
     for path, g in zip(targets, target_gs):
@@ -32,6 +33,9 @@ def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], ou
             check_compatible(source_g, g)
         except CartoonganError as exc:
             raise CartoonganError(f"{path} cannot render the source's latents: {exc}") from None
+        if fine_tuned_from(recorded, g):
+            reporter.warn(f"{source} was fine-tuned from {path}: --source looks like the cartoon model and {path} "
+                          "the photo one (the photo is projected with --source); going on as given")
     photo_t, _ = load_target(photo, source_g.size, align, outdir, reporter)
     perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
     result = project(source_g, photo_t, cfg, perceptual, reporter)

@@ -144,10 +144,24 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "auto")
     """The g_ema of the checkpoint at `path`, on `device` ('auto' picks CUDA when present), in
     eval mode, for rendering: fp32 math is IEEE (no TF32), so GPU renders match CPU renders.
     Every error names the file."""
+    return read_generator(path, device)[0]
+
+
+def read_generator(path: str | os.PathLike, device: str | torch.device = "auto") -> tuple[Generator, dict]:
+    """load_generator, and the checkpoint's provenance ({} when it records none)."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     set_math_mode("fp32")
     with naming(path):
-        return build_generator(load_checkpoint(path), device=dev).eval()
+        ckpt = load_checkpoint(path)
+        meta = ckpt.get("cartoongan")
+        provenance = meta.get("provenance") if isinstance(meta, dict) else None
+        return build_generator(ckpt, device=dev).eval(), provenance if isinstance(provenance, dict) else {}
+
+
+def fine_tuned_from(provenance: dict, generator: Generator) -> bool:
+    """Whether a checkpoint whose provenance this is was fine-tuned from `generator`'s weights."""
+    recorded = provenance.get("source_digest")
+    return isinstance(recorded, str) and recorded == weights_digest(generator)
 
 
 def _discriminator_shell(ckpt: dict) -> Discriminator:
