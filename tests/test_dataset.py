@@ -181,3 +181,21 @@ def test_prepare_at_a_size_no_model_has_warns(tmp_path, size, said):
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
     power = [w for w in rep.warnings if "power of two" in w]
     assert (power == []) if said is None else (len(power) == 1 and said in power[0]), rep.warnings
+
+
+def test_linked_folders_are_followed_once_and_loops_left_out(tmp_path):
+    """A set gathered with `ln -s /disk/webtoon data/` loaded nothing (rglob does not enter links to
+    folders); a link back up (`up -> ..`, `self -> .`) or a second link to a folder must not repeat
+    the set or never end."""
+    from .helpers import blob_images
+
+    store = blob_images(tmp_path / "disk" / "webtoon", n=3)
+    data = tmp_path / "data"
+    blob_images(data / "own", n=2, seed=1)
+    (data / "webtoon").symlink_to(store, target_is_directory=True)
+    (data / "again").symlink_to(store, target_is_directory=True)
+    (data / "self").symlink_to(data, target_is_directory=True)
+    (data / "own" / "up").symlink_to(tmp_path, target_is_directory=True)
+    ds = load_dataset(data, 16)
+    assert len(ds) == 5, ds.names
+    assert sum(n.startswith(("webtoon", "again")) for n in ds.names) == 3 and not any("self" in n for n in ds.names)

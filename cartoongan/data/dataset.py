@@ -65,7 +65,7 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path]]:
                        and not _hidden(Path(n).parts))
         return [(n, (lambda n=n: _zip_member(zf, n))) for n in names], []
     # one walk of the tree serves both questions below
-    entries = [p for p in root.rglob("*") if not _hidden(p.relative_to(root).parts)]
+    entries = [p for p in _walk(root) if not _hidden(p.relative_to(root).parts)]
     # a run written inside the data (`--data demo/`): its sample grids are no faces to learn or score
     runs = sorted(p.parent for p in entries if p.name == "log.jsonl" and is_run_folder(p.parent))
     # a link to a missing file stays in: its open fails, so it is named among the unreadable ones
@@ -73,6 +73,26 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path]]:
                    and (p.is_file() or (p.is_symlink() and not p.exists()))
                    and not any(run in p.parents for run in runs))
     return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files], runs
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every entry under `root`, through links to folders too (a set gathered as `ln -s /disk/webtoon
+    data/`, which rglob does not enter), each folder once: a link back to a folder above it (`up ->
+    ..`, `self -> .`) or to one already walked would repeat the set, or never end."""
+    entries, seen = [], set()
+    for top, dirs, files in os.walk(root, followlinks=True):
+        real = Path(os.path.realpath(top))
+        seen.add(real)
+        kept = []
+        for d in sorted(dirs):
+            target = Path(os.path.realpath(os.path.join(top, d)))
+            if target in seen or target == real or target in real.parents:
+                continue
+            seen.add(target)  # a second link to it, met later, is left out
+            kept.append(d)
+        dirs[:] = kept
+        entries += [Path(top) / name for name in (*kept, *files)]
+    return entries
 
 
 def _hidden(parts: tuple[str, ...]) -> bool:
@@ -180,7 +200,7 @@ def _hidden_note(root: Path) -> str:
         with zipfile.ZipFile(root) as zf:
             names = [Path(n) for n in zf.namelist()]
     else:
-        names = [p.relative_to(root) for p in root.rglob("*")]
+        names = [p.relative_to(root) for p in _walk(root)]
     hidden = sorted(n for n in names if n.suffix.lower() in EXTENSIONS and _hidden(n.parts))
     return (f"; {len(hidden)} under hidden names or __MACOSX/ were left out, e.g. {hidden[0]}: move them "
             "to a visible folder") if hidden else ""
