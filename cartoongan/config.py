@@ -176,7 +176,7 @@ def load_recipe(path: str | Path | None) -> RunConfig:
             raise ConfigError(f"recipe not found: {path} (pass a TOML file, or one of: {', '.join(recipe_names())})")
         path = builtin
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8 whatever the locale
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
     data.pop("description", None)

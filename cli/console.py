@@ -20,6 +20,18 @@ from cartoongan.train.distributed import launch_env
 logging.getLogger("torch.utils.cpp_extension").addFilter(
     lambda record: not record.getMessage().startswith("No CUDA runtime is found"))
 
+def _encodable_output() -> None:
+    """A stream in a legacy encoding (PYTHONIOENCODING=ascii, a Windows console redirected to a file)
+    cannot hold an accented path or the tables' arrows: printing one raised UnicodeEncodeError, a
+    traceback after the work was done. Such characters are written escaped (caf\\xe9) instead."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding not in ("utf8", "utf16", "utf32") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
+_encodable_output()
+
 # Messages name paths and recipe tables ("[train]"), so text is escaped before it reaches rich's
 # markup parser; `out` (stdout) prints results only and takes no markup at all.
 console = Console(stderr=True)

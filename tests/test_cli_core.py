@@ -301,3 +301,19 @@ def test_a_name_holding_a_newline_keeps_errors_and_warnings_on_one_line(tmp_path
     res = runner.invoke(app, ["data", "prepare", str(data), "--size", "8", "--out", str(tmp_path / "p")])
     assert res.exit_code == 0 and "odd\r\nfile" not in res.output, repr(res.output)  # rich may wrap, not the name
     assert "unreadable image(s) in" in res.output and "odd\\r\\nfile.png" in res.output, repr(res.output)
+
+
+def test_an_ascii_only_stdout_gets_an_accented_path_escaped_not_a_traceback(tmp_path, two_ckpts):
+    """PYTHONIOENCODING=ascii (or a Windows console redirected to a file, cp1252) cannot encode
+    'café' or the ablation table's arrows: the result line raised UnicodeEncodeError after the
+    work was done. The streams are set up at import, so this runs the CLI as a user does."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "café"
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    res = subprocess.run([sys.executable, "-m", "cartoongan_cli", "sample", str(two_ckpts[0]), "--seeds", "0",
+                          "--outdir", str(out), "--device", "cpu"], env=env, capture_output=True, timeout=120)
+    assert res.returncode == 0 and b"Traceback" not in res.stderr, res.stderr.decode(errors="replace")
+    assert b"caf\\xe9" in res.stdout and (out / "grid.png").is_file(), res.stdout

@@ -21,7 +21,7 @@ def read_log(run_dir: str | Path, reporter: Reporter | None = None) -> list[dict
     if not path.is_file():
         raise DataError(f"no training log at {path}: pass a run folder written by pretrain/finetune")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise DataError(f"{path} is not a log.jsonl (it is not text): pass a run folder written by "
                         "pretrain/finetune") from None
