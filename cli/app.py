@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import sys
 from enum import Enum
+from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
@@ -106,6 +108,30 @@ def user_errors(fixes: dict[type[CartoonganError], str] | None = None):
         if line is None:
             raise
         fail(line)
+    except OSError as exc:
+        line = filesystem_error(exc)
+        if line is None:
+            raise
+        fail(line)
+
+
+def filesystem_error(exc: OSError) -> str | None:
+    """The line for an OSError about a path the user gave, which the checks let through because
+    merely asking about the path failed (Path.exists raises for a name too long); else None."""
+    import errno
+
+    if not exc.filename:
+        return None
+    name = exc.filename if isinstance(exc.filename, str) else os.fsdecode(exc.filename)
+    if exc.errno == errno.ENAMETOOLONG:
+        longest = max(len(os.fsencode(part)) for part in Path(name).parts)
+        return (f"{_shortened(name)}: a name too long for the filesystem (its longest part is {longest} bytes; "
+                "most allow 255): choose a shorter name")
+    return f"{_shortened(name)}: {exc.strerror or exc}"
+
+
+def _shortened(name: str, keep: int = 60) -> str:
+    return name if len(name) <= 2 * keep else f"{name[:keep]}…{name[-keep:]}"
 
 
 def out_of_memory(exc: BaseException) -> str | None:

@@ -1165,3 +1165,23 @@ def test_a_named_pipe_is_refused_unread(tmp_path, assets, fifo, argv, expected):
     line = error_line(runner.invoke(app, args), 2 if "TOML" in expected else 1)  # a recipe is a usage error
     assert expected in line and str(path) in line, line
     assert not read and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    lambda a, n: ["sample", a["a"], "--seeds", "0", "--outdir", n],
+    lambda a, n: ["sample", n + ".pt"],
+    lambda a, n: ["swap", a["a"], a["b"], "-o", n + ".pt"],
+    lambda a, n: ["pretrain", "--data", a["data"], "--out", n, "--recipe", "tiny"],
+    lambda a, n: ["pretrain", "--data", n, "--out", n[:20], "--recipe", "tiny"],
+    lambda a, n: ["metrics", a["data"], n],
+    lambda a, n: ["align", n + ".png", "-o", "face.png"],
+    lambda a, n: ["plot", n],
+], ids=["sample --outdir", "sample CKPT", "swap -o", "pretrain --out", "pretrain --data", "metrics", "align", "plot"])
+def test_a_name_too_long_for_the_filesystem_is_one_line(tmp_path, assets, argv, monkeypatch):
+    """Path.exists() raises ENAMETOOLONG (it swallows only 'not found'), so every check that asked
+    about such a path ended in a traceback."""
+    monkeypatch.chdir(tmp_path)
+    name = "x" * 300
+    line = error_line(runner.invoke(app, [str(x) for x in argv(assets, name)]))
+    assert "a name too long for the filesystem (its longest part is" in line and "choose a shorter name" in line, line
+    assert list(tmp_path.iterdir()) == []

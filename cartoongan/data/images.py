@@ -146,7 +146,9 @@ def image_errors(name, what: str = "photo") -> Iterator[None]:
     except BOMB_ERRORS as exc:
         raise ImageTooLarge(f"{name} is too large to decode safely ({str(exc).split(', could')[0]}): "
                         "downscale it and try again") from None
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None:
+            raise  # the file system's own (a name too long, no permission), not the picture's: the CLI names it
         kind = _other_format(name)
         if kind:  # a checkpoint or array in the photo's place: arguments swapped or mistyped
             raise DataError(f"{name} is {kind}, not an image: pass the {what} (PNG or JPEG) here") from None
