@@ -98,6 +98,12 @@ def _nearest_existing(path: Path) -> Path:
 
 def _check_creatable(path: Path, what: str) -> None:
     """`path` is an existing folder, or a folder that can be created, and can be written in."""
+    for candidate in (path, *path.parents):
+        if candidate.is_symlink() and not candidate.exists():  # mkdir there fails: "File exists"
+            raise OutputError(f"{what} {path}: {candidate} is a link to {os.readlink(candidate)}, which does not "
+                              "exist (or loops): create that folder, or name another")
+        if candidate.exists():
+            break
     base = _nearest_existing(path)
     if not base.is_dir():
         if base == path:

@@ -127,14 +127,17 @@ def _bad_path(kind: str, tmp_path: Path, unwritable_dir) -> Path:
     if kind == "not a regular file":
         os.mkfifo(tmp_path / "fifo")
         return tmp_path / "fifo"
+    if kind == "under a dangling link":  # mkdir through it fails with "File exists"
+        (tmp_path / "gone").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+        return tmp_path / "gone" / "out.pt"
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["existing file", "under a file", "unwritable parent"])
+@pytest.mark.parametrize("kind", ["existing file", "under a file", "unwritable parent", "under a dangling link"])
 @pytest.mark.parametrize("command", sorted(FOLDER_COMMANDS))
 def test_output_folder_kinds_refused_before_any_work(tmp_path, request, command, kind):
     out = _bad_path(kind, tmp_path, lambda: request.getfixturevalue("unwritable"))
-    if kind == "unwritable parent":
+    if kind in ("unwritable parent", "under a dangling link"):
         out = out.parent
     before = snapshot(tmp_path)
     line = error_line(runner.invoke(app, FOLDER_COMMANDS[command](str(out))))
@@ -142,7 +145,8 @@ def test_output_folder_kinds_refused_before_any_work(tmp_path, request, command,
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("kind", ["existing folder", "under a file", "unwritable parent", "not a regular file"])
+@pytest.mark.parametrize("kind", ["existing folder", "under a file", "unwritable parent", "not a regular file",
+                                  "under a dangling link"])
 @pytest.mark.parametrize("command", sorted(FILE_COMMANDS))
 def test_output_file_kinds_refused_before_any_work(tmp_path, request, command, kind):
     out = _bad_path(kind, tmp_path, lambda: request.getfixturevalue("unwritable"))
