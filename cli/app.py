@@ -43,9 +43,10 @@ class OneLineErrors(TyperGroup):
     command) are one `error:` line like every other error, instead of the usage text and a box."""
 
     def main(self, args=None, *rest, standalone_mode: bool = True, **kwargs):
+        args = expand_home(sys.argv[1:] if args is None else list(args))
         if not standalone_mode:
             return super().main(args, *rest, standalone_mode=False, **kwargs)
-        if "" in (sys.argv[1:] if args is None else list(args)):
+        if "" in args:
             # Path("") is ".": `--out ""` (an unset shell variable) would train into the current folder
             fail("an argument is an empty string (an unset shell variable?): give every value, path or name", 2)
         try:
@@ -61,6 +62,13 @@ class OneLineErrors(TyperGroup):
         except typer.Abort:
             fail("aborted")
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def expand_home(args: list[str]) -> list[str]:
+    """`--data=~/faces`: the shell expands a ~ that starts a word, not one after '=', so the flag got
+    a folder literally named '~' that no one means. Expanded here as the shell would have
+    (`~user` too; an unknown user stays as written)."""
+    return [re.sub(r"^(--[\w-]+=)(~[^/]*)", lambda m: m[1] + os.path.expanduser(m[2]), a) for a in args]
 
 
 app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, pretty_exceptions_enable=False,

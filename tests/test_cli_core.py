@@ -317,3 +317,14 @@ def test_an_ascii_only_stdout_gets_an_accented_path_escaped_not_a_traceback(tmp_
                           "--outdir", str(out), "--device", "cpu"], env=env, capture_output=True, timeout=120)
     assert res.returncode == 0 and b"Traceback" not in res.stderr, res.stderr.decode(errors="replace")
     assert b"caf\\xe9" in res.stdout and (out / "grid.png").is_file(), res.stdout
+
+
+def test_a_tilde_after_an_equals_sign_is_the_home_folder(tmp_path, two_ckpts, monkeypatch):
+    """bash expands `--outdir ~/x` but not `--outdir=~/x`, which reached us as a folder named '~'."""
+    from cartoongan_cli.app import expand_home
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    res = runner.invoke(app, ["sample", str(two_ckpts[0]), "--seeds", "0", "--outdir=~/samples"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "home" / "samples" / "grid.png").is_file() and not (Path.cwd() / "~").exists()
+    assert expand_home(["~/a", "--x=a~b", "--y=~"]) == ["~/a", "--x=a~b", f"--y={tmp_path / 'home'}"]
