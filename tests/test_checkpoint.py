@@ -163,6 +163,26 @@ def test_dict_without_generator(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_state_dict_saved_through_ddp_or_torch_compile_loads(tmp_path, tiny_g, tiny_d):
+    """`torch.save({"g_ema": ddp_g.state_dict()})` names every weight 'module.…', a compiled network's
+    '_orig_mod.…' (and a compiled DDP one both): the same network, so it loads as one; a prefix
+    on only some names is no wrapper's and stays (then refused as foreign keys)."""
+    g, d = tiny_g(32), tiny_d(32)
+    wrapped = lambda sd, prefix: {prefix + k: v for k, v in sd.items()}  # noqa: E731
+    torch.save({"g_ema": wrapped(g.state_dict(), "module._orig_mod."), "d": wrapped(d.state_dict(), "module.")},
+               tmp_path / "ddp.pt")
+    ckpt = load_checkpoint(tmp_path / "ddp.pt")
+    z = torch.randn(2, 32)
+    assert torch.equal(build_generator(ckpt)(z, noise_mode="const"), g(z, noise_mode="const"))
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(build_discriminator(ckpt)(x), d(x))
+    partly = dict(g.state_dict())
+    partly["module.extra"] = partly.pop("style.1.weight")
+    torch.save({"g_ema": partly}, tmp_path / "partly.pt")
+    with pytest.raises(CheckpointError, match="lacks 'style.1.weight'"):
+        build_generator(load_checkpoint(tmp_path / "partly.pt"))
+
+
 def test_foreign_and_mismatched_keys(tmp_path, tiny_g):
     g = tiny_g(16)
     sd = dict(g.state_dict())

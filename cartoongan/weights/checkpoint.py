@@ -59,8 +59,27 @@ def check_checkpoint(path: str | os.PathLike, ckpt) -> dict:
     if not isinstance(ckpt, dict) or not ({"g_ema", "g"} & set(ckpt)):
         keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} holds no generator ('g_ema' or 'g'); found {keys}: pass a StyleGAN2 checkpoint")
+    for key in ("g_ema", "g", "d"):
+        if isinstance(ckpt.get(key), dict):
+            ckpt[key] = unwrapped(ckpt[key])
     _check_layout(path, ckpt)
     return ckpt
+
+
+# what a wrapper puts before every name when its state_dict() is saved instead of the network's:
+# DataParallel / DistributedDataParallel ('module.') and torch.compile ('_orig_mod.')
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrapped(state: dict) -> dict:
+    """A state dict saved through wrappers (any nesting of them), with their prefixes taken off every
+    name; a prefix on only some names is no wrapper's and stays."""
+    while state:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(isinstance(k, str) and k.startswith(p) for k in state)), None)
+        if prefix is None:
+            return state
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 # first bytes of files that get passed as checkpoints by mistake; torch.load would call an image
