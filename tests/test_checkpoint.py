@@ -183,6 +183,22 @@ def test_a_state_dict_saved_through_ddp_or_torch_compile_loads(tmp_path, tiny_g,
         build_generator(load_checkpoint(tmp_path / "partly.pt"))
 
 
+def test_a_bare_generator_state_dict_is_its_g_ema_and_a_bare_d_is_named(tmp_path, tiny_g, tiny_d):
+    """`torch.save(g_ema.state_dict(), path)`, with no checkpoint dict around it, is how many scripts
+    save a generator; a discriminator's weights alone cannot render anything."""
+    g, d = tiny_g(32), tiny_d(32)
+    torch.save(g.state_dict(), tmp_path / "g.pt")
+    torch.save({"module." + k: v for k, v in d.state_dict().items()}, tmp_path / "d.pt")
+    z = torch.randn(2, 32)
+    assert torch.equal(build_generator(load_checkpoint(tmp_path / "g.pt"))(z, noise_mode="const"),
+                       g(z, noise_mode="const"))
+    with pytest.raises(CheckpointError, match="is a discriminator's state dict alone, with no generator"):
+        load_checkpoint(tmp_path / "d.pt")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"holds no generator \('g_ema' or 'g'\); found \['weight'\]"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
 def test_foreign_and_mismatched_keys(tmp_path, tiny_g):
     g = tiny_g(16)
     sd = dict(g.state_dict())

@@ -56,6 +56,8 @@ def check_checkpoint(path: str | os.PathLike, ckpt) -> dict:
     if is_psp_file(ckpt):
         raise CheckpointError(f"{path} is a pSp encoder, not a StyleGAN2 checkpoint: `cartoongan dualstyle` "
                               "finds it beside --model, or takes it as --encoder")
+    if isinstance(ckpt, dict) and not ({"g_ema", "g"} & set(ckpt)):
+        ckpt = _bare_state_dict(path, ckpt)
     if not isinstance(ckpt, dict) or not ({"g_ema", "g"} & set(ckpt)):
         keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} holds no generator ('g_ema' or 'g'); found {keys}: pass a StyleGAN2 checkpoint")
@@ -63,6 +65,20 @@ def check_checkpoint(path: str | os.PathLike, ckpt) -> dict:
         if isinstance(ckpt.get(key), dict):
             ckpt[key] = unwrapped(ckpt[key])
     _check_layout(path, ckpt)
+    return ckpt
+
+
+def _bare_state_dict(path, ckpt: dict) -> dict:
+    """`torch.save(g_ema.state_dict(), path)`: a generator's weights with no checkpoint dict around
+    them, taken as its g_ema; a discriminator's alone is refused, naming what it is."""
+    if not _is_state_dict(ckpt):
+        return ckpt
+    state = unwrapped(ckpt)
+    if {"style.1.weight", "input.input"} <= set(state):
+        return {"g_ema": state}
+    if {"final_conv.0.weight", "final_linear.0.weight"} <= set(state):
+        raise CheckpointError(f"{path} is a discriminator's state dict alone, with no generator: pass the "
+                              "checkpoint (or generator state dict) saved beside it")
     return ckpt
 
 
