@@ -206,6 +206,24 @@ def test_swap_names_arguments_given_the_wrong_way_round(tmp_path):
                                        in said) == warned, said
 
 
+def test_info_names_the_method_and_training_a_model_was_made_with(tmp_path):
+    """A shared fine-tuned model (exported: no run folder beside it) still says how it was made."""
+    import json
+
+    src = make_source(tmp_path / "src.pt")
+    data = blob_images(tmp_path / "data", n=4)
+    assert runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), "--out", str(tmp_path / "r"),
+                               "--recipe", "tiny", "--iters", "2", "--freeze-sg", "2", "--freeze-d", "1",
+                               "--struct-loss", "1", "--augment", "none"]).exit_code == 0
+    assert runner.invoke(app, ["export", str(tmp_path / "r" / "latest.pt"), "-o", str(tmp_path / "t.pt")]).exit_code == 0
+    res = runner.invoke(app, ["info", str(tmp_path / "t.pt"), "--json"])
+    summary = json.loads(res.stdout)
+    assert summary["method"] == "FreezeSG 2, FreezeD 1, structure loss over 1 resolution (weight 1, rgb taps)", summary
+    assert summary["training"] == "2 steps x batch 4 = 0.008 kimg, augment none, precision fp32", summary
+    res = runner.invoke(app, ["info", str(src), "--json"])  # no recorded config: no such rows
+    assert "method" not in json.loads(res.stdout) and "training" not in json.loads(res.stdout)
+
+
 def test_swap_cli_writes_provenance_and_refuses_mismatch(tmp_path):
     a = make_source(tmp_path / "a.pt", seed=1)
     b = make_source(tmp_path / "b.pt", seed=2)

@@ -235,9 +235,43 @@ def describe(ckpt: dict) -> dict:
         "step": meta.get("step"),
         "kind": meta.get("kind"),
         "provenance": meta.get("provenance"),
+        **_recorded_training(meta, ckpt),
         "format": "cartoongan" if meta else "rosinality",
         "networks": network_checks(ckpt),
     }
+
+
+def _recorded_training(meta: dict, ckpt: dict) -> dict:
+    """The method and training of a run's checkpoint, from its recorded config, for `info`: what a
+    shared fine-tuned model was made with (FreezeSG 2, structure loss 3, ...) without its run folder."""
+    config = meta.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("train"), dict):
+        return {}
+    t, rows = config["train"], {}
+    if meta.get("kind") == "finetune" and isinstance(config.get("finetune"), dict):
+        rows["method"] = finetune_method(config["finetune"])
+    step, batch, p = meta.get("step"), t.get("batch"), ckpt.get("ada_aug_p")
+    parts = [f"{step} steps x batch {batch} = {step * batch / 1000:g} kimg"] if isinstance(step, int) and isinstance(batch, int) else []
+    if t.get("augment"):
+        known = isinstance(p, (int, float)) and t["augment"] == "ada"  # an export drops ada_aug_p
+        parts.append(f"augment {t['augment']}" + (f" (p now {float(p):.3f})" if known else ""))
+    parts += [f"precision {t['precision']}"] if t.get("precision") else []
+    if parts:
+        rows["training"] = ", ".join(parts)
+    return rows
+
+
+def finetune_method(ft: dict) -> str:
+    """A [finetune] table in the paper's words: 'FreezeSG 2, FreezeD 1, structure loss over 3 resolutions'."""
+    parts = [f"{name} {ft[key]}" for name, key in (("FreezeG", "freeze_g"), ("FreezeSG", "freeze_sg"),
+                                                   ("FreezeD", "freeze_d")) if ft.get(key)]
+    parts += [what for what, key in (("mapping frozen", "freeze_mapping"), ("noise frozen", "freeze_noise")) if ft.get(key)]
+    if ft.get("struct_loss"):
+        weight = ft.get("struct_weight", 1.0)
+        n = ft["struct_loss"]
+        parts.append(f"structure loss over {n} resolution{'s' if n != 1 else ''} (weight {weight:g}, "
+                     f"{ft.get('struct_tap', 'rgb')} taps)")
+    return ", ".join(parts) or "plain fine-tune (nothing frozen, no structure loss)"
 
 
 def network_checks(ckpt: dict) -> dict[str, str]:
