@@ -176,7 +176,8 @@ def test_cli_metrics_json_and_weights_fetch(tmp_path, monkeypatch):
         calls.update(names=names, n=n, truncation=truncation)
         return {m: 0.5 for m in names}
 
-    monkeypatch.setattr(suite, "compute_metrics", fake_compute)
+    monkeypatch.setattr(suite, "compare_with_real",
+                        lambda real, fakes, *args, **kw: [fake_compute(real, f, *args, **kw) for f in fakes])
     (tmp_path / "g.pt").touch()  # --trunc needs a checkpoint on one side (compute_metrics is stubbed)
     res = runner.invoke(app, ["metrics", str(tmp_path), str(tmp_path / "g.pt"), "--metrics", "kid,fid", "--n", "7",
                               "--trunc", "0.7", "--json"])
@@ -333,6 +334,33 @@ def test_a_folder_source_decodes_only_the_images_n_asks_for(tmp_path, monkeypatc
     assert got.keys == ["img000.png", "img002.png", "img003.png"] and got.images.shape[0] == 3
     assert len(decoded) == 3
     assert len(suite.load_images(folder, None, torch.device("cpu")).keys) == 11
+
+
+def test_several_fakes_are_scored_against_real_features_extracted_once(tmp_path, monkeypatch):
+    """A checkpoint sweep: `metrics REAL A B C` reads REAL and extracts its features once, gives each
+    FAKE the figures a call of its own gives, and a Ctrl-C after the first keeps the finished rows."""
+    from .helpers import stops_after
+
+    real = blob_images(tmp_path / "real", n=6)
+    fakes = [blob_images(tmp_path / f"f{i}", n=4 + i, seed=i + 1) for i in range(3)]
+    seen = []
+    counting = lambda images, *args: seen.append(len(images)) or stub_features(images)  # noqa: E731
+    results = suite.compare_with_real(real, fakes, ["fid", "kid"], features=counting)
+    assert seen == [6, 4, 5, 6]  # REAL once, then each FAKE
+    assert results == [suite.compute_metrics(real, f, ["fid", "kid"], features=stub_features) for f in fakes]
+    from cartoongan.metrics import inception
+
+    monkeypatch.setattr(inception, "InceptionFeatures", lambda device: stub_features)  # the CLI's network, cheap
+    res = runner.invoke(app, ["metrics", str(real), *map(str, fakes), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {str(f): r for f, r in zip(fakes, results)}
+    res = runner.invoke(app, ["metrics", str(real), str(fakes[0]), str(fakes[0])])
+    assert res.exit_code == 2 and "is given twice" in res.output
+    # Ctrl-C while the third source's features are extracted: the first two rows are printed
+    monkeypatch.setattr(inception, "InceptionFeatures", lambda device: stops_after(3, stub_features))
+    res = runner.invoke(app, ["metrics", str(real), *map(str, fakes), "--json"])
+    assert res.exit_code == 130 and "interrupted after 2 of 3 FAKE sources: the table holds those" in res.output
+    assert json.loads(res.stdout) == {str(f): r for f, r in zip(fakes[:2], results[:2])}
 
 
 def test_metrics_say_when_n_is_more_than_a_folder_holds_and_which_images_have_no_partner(tmp_path, monkeypatch):

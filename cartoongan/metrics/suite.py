@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data.dataset import check_dataset_root, load_dataset
 from ..data.render import render_seeds
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, Interrupted
 from ..device import math_mode
 from ..report import NullReporter, Reporter
 from ..weights.known import KNOWN_GENERATORS, missing_checkpoint
@@ -113,6 +113,14 @@ def mean_lpips(a: np.ndarray, b: np.ndarray, net: torch.nn.Module, device: torch
     return total / len(a)
 
 
+class MetricsStopped(Interrupted):
+    """A Ctrl-C while scoring several FAKE sources: `results` holds the ones finished before it."""
+
+    def __init__(self, results: list[dict[str, float]], total: int):
+        super().__init__(f"interrupted after {len(results)} of {total} FAKE sources: the table holds those")
+        self.results = results
+
+
 def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] = ("fid", "kid"),
                     n: int | None = None, device: torch.device | str = "cpu", reporter: Reporter | None = None,
                     truncation: float = 1.0, features=None, lpips_weights: str | Path | None = None,
@@ -122,63 +130,103 @@ def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] =
     features: an InceptionFeatures-like callable (images, reporter, description) -> [N, D]
     (default: the real Inception network, built once for both sets).
     """
+    return compare_with_real(real, [fake], names, n, device, reporter, truncation, features, lpips_weights)[0]
+
+
+def compare_with_real(real: str | Path, fakes: list[str | Path], names: str | list[str] = ("fid", "kid"),
+                      n: int | None = None, device: torch.device | str = "cpu", reporter: Reporter | None = None,
+                      truncation: float = 1.0, features=None, lpips_weights: str | Path | None = None,
+                      ) -> list[dict[str, float]]:
+    """compute_metrics of REAL against each of several FAKE sources (a checkpoint sweep), REAL read
+    and its features extracted once: one dict per fake, in order. A Ctrl-C after the first is
+    finished raises MetricsStopped holding those done."""
     reporter = reporter or NullReporter()
     device = torch.device(device)
     names = parse_metrics(names)
+    _check_sources(real, fakes, names)
     # figures comparable across runs: Inception and LPIPS in IEEE fp32 on any GPU; the caller's
     # math mode (a training run's TF32) comes back afterwards
-    _check_sources(real, fake, names)
     with math_mode("fp32"):
-        # the networks before any image: missing weights or a bad --lpips-weights cost one line, not a
-        # minute of loading and rendering first
+        scorer = _Scorer(names, device, reporter, features, lpips_weights)
+        a = _loaded(real, n, device, truncation, reporter)
+        results: list[dict[str, float]] = []
+        try:
+            for fake in fakes:
+                results.append(scorer.score(real, a, fake, _loaded(fake, n, device, truncation, reporter)))
+        except KeyboardInterrupt:
+            if not results or len(fakes) == 1:
+                raise
+            raise MetricsStopped(results, len(fakes)) from None
+        return results
+
+
+def _loaded(source: str | Path, n: int | None, device: torch.device, truncation: float,
+            reporter: Reporter) -> ImageSet:
+    got = load_images(source, n, device, truncation, reporter)
+    if n is not None and len(got.keys) < n:
+        reporter.warn(f"{source} has {len(got.keys)} readable image(s), fewer than --n {n}: using those")
+    return got
+
+
+class _Scorer:
+    """The networks of the chosen metrics, built before any image is read (missing weights or a bad
+    --lpips-weights cost one line, not a minute of loading and rendering first), and REAL's
+    Inception features, extracted once for every FAKE."""
+
+    def __init__(self, names: list[str], device: torch.device, reporter: Reporter, features=None,
+                 lpips_weights: str | Path | None = None):
+        self.names, self.device, self.reporter = names, device, reporter
         if any(m in SET_METRICS for m in names) and features is None:
             from .inception import InceptionFeatures
 
             features = InceptionFeatures(device)
-        lpips_net = None
+        self.features, self.lpips_net, self.embedder, self.real_features = features, None, None, None
         if "lpips" in names:
             from .lpips import lpips_vgg
 
-            lpips_net = lpips_vgg(lpips_weights)
-        embedder = None
+            self.lpips_net = lpips_vgg(lpips_weights)
         if "identity" in names:
             from .identity import FaceEmbedder
 
-            embedder = FaceEmbedder()
-        a = load_images(real, n, device, truncation, reporter)
-        b = load_images(fake, n, device, truncation, reporter)
-        for source, got in ((real, a), (fake, b)):
-            if n is not None and len(got.keys) < n:
-                reporter.warn(f"{source} has {len(got.keys)} readable image(s), fewer than --n {n}: using those")
-        result: dict[str, float] = {}
+            self.embedder = FaceEmbedder()
+
+    def score(self, real: str | Path, a: ImageSet, fake: str | Path, b: ImageSet) -> dict[str, float]:
+        names, result = self.names, {}
         if any(m in SET_METRICS for m in names):
             from .fid import fid_from_features, kid_from_features, require_images
 
             require_images(len(a.images), len(b.images))  # before minutes of Inception features
-            fa = features(a.images, reporter, f"features of {Path(real).name}")
-            fb = features(b.images, reporter, f"features of {Path(fake).name}")
+            if self.real_features is None:
+                self.real_features = self.features(a.images, self.reporter, f"features of {Path(real).name}")
+            fb = self.features(b.images, self.reporter, f"features of {Path(fake).name}")
             if "fid" in names:
-                result["fid"] = fid_from_features(fa, fb)
+                result["fid"] = fid_from_features(self.real_features, fb)
             if "kid" in names:
-                result["kid"] = kid_from_features(fa, fb)
+                result["kid"] = kid_from_features(self.real_features, fb)
         if any(m in PAIRED_METRICS for m in names):
             pa, pb = pair(a, b)
             unpaired = len(a.keys) + len(b.keys) - 2 * len(pa)
             if unpaired:
-                reporter.warn(f"paired metrics: {len(pa)} pair(s) of the same name; {unpaired} image(s) without a "
-                              "partner left out")
+                self.reporter.warn(f"paired metrics: {len(pa)} pair(s) of the same name; {unpaired} image(s) "
+                                   "without a partner left out")
             if "lpips" in names:
-                result["lpips"] = mean_lpips(pa, pb, lpips_net, device, reporter)
+                result["lpips"] = mean_lpips(pa, pb, self.lpips_net, self.device, self.reporter)
             if "identity" in names:
                 from .identity import mean_identity
 
-                result["identity"] = mean_identity(pa, pb, reporter, embedder)
+                result["identity"] = mean_identity(pa, pb, self.reporter, self.embedder)
         return {m: result[m] for m in names}
 
 
-def _check_sources(real: str | Path, fake: str | Path, names: list[str]) -> None:
-    """What can be told of both sources without reading an image: one line before any progress bar."""
-    for source in (real, fake):
+def _check_sources(real: str | Path, fakes: list[str | Path], names: list[str]) -> None:
+    """What can be told of every source without reading an image: one line before any progress bar."""
+    seen = set()
+    for fake in fakes:
+        key = Path(fake).resolve()
+        if key in seen:
+            raise ConfigError(f"FAKE {fake} is given twice: name each source once")
+        seen.add(key)
+    for source in (real, *fakes):
         path = Path(source)
         if not path.exists():
             if path.name in KNOWN_GENERATORS:  # a model to download, not a typo: say where from
@@ -187,4 +235,5 @@ def _check_sources(real: str | Path, fake: str | Path, names: list[str]) -> None
         if not is_checkpoint(path):
             check_dataset_root(path)  # a file or a run folder that is no dataset, named without a listing
     if any(m in PAIRED_METRICS for m in names):
-        _check_pairable(is_checkpoint(Path(real)), is_checkpoint(Path(fake)))
+        for fake in fakes:
+            _check_pairable(is_checkpoint(Path(real)), is_checkpoint(Path(fake)))
