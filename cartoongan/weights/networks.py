@@ -251,7 +251,8 @@ def _recorded_training(meta: dict, ckpt: dict) -> dict:
     if meta.get("kind") == "finetune" and isinstance(config.get("finetune"), dict):
         rows["method"] = finetune_method(config["finetune"])
     step, batch, p = meta.get("step"), t.get("batch"), ckpt.get("ada_aug_p")
-    parts = [f"{step} steps x batch {batch} = {step * batch / 1000:g} kimg"] if isinstance(step, int) and isinstance(batch, int) else []
+    counted = isinstance(step, int) and isinstance(batch, int)
+    parts = [f"{step} steps x batch {batch} = {step * batch / 1000:g} kimg"] if counted else []
     if t.get("augment"):
         known = isinstance(p, (int, float)) and t["augment"] == "ada"  # an export drops ada_aug_p
         parts.append(f"augment {t['augment']}" + (f" (p now {float(p):.3f})" if known else ""))
@@ -267,9 +268,9 @@ def finetune_method(ft: dict) -> str:
                                                    ("FreezeD", "freeze_d")) if ft.get(key)]
     parts += [what for what, key in (("mapping frozen", "freeze_mapping"), ("noise frozen", "freeze_noise")) if ft.get(key)]
     if ft.get("struct_loss"):
-        weight = ft.get("struct_weight", 1.0)
-        n = ft["struct_loss"]
-        parts.append(f"structure loss over {n} resolution{'s' if n != 1 else ''} (weight {weight:g}, "
+        weight, n = ft.get("struct_weight", 1.0), ft["struct_loss"]
+        weight = f"{weight:g}" if isinstance(weight, (int, float)) else weight  # a hand-edited file: as it is
+        parts.append(f"structure loss over {n} resolution{'s' if n != 1 else ''} (weight {weight}, "
                      f"{ft.get('struct_tap', 'rgb')} taps)")
     return ", ".join(parts) or "plain fine-tune (nothing frozen, no structure loss)"
 
