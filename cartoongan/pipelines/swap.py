@@ -12,7 +12,7 @@ from ..models.generator import Generator
 from ..outputs import check_checkpoint_output
 from ..weights.checkpoint import save_checkpoint
 from ..report import NullReporter, Reporter
-from ..weights.networks import fine_tuned_from, generator_checkpoint, load_generator, read_generator
+from ..weights.networks import generator_checkpoint, lineage, read_generator
 
 DEFAULT_RES = 16
 MAPPINGS = ("source", "target")  # whose mapping network (and w_avg) a swapped generator keeps
@@ -92,12 +92,19 @@ def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path:
     """Load two checkpoints' g_ema, swap their layers (res None: default_res), and write the result
     as a new checkpoint (`out_path` is checked first)."""
     check_checkpoint_output(out_path, "--output", inputs=[source_path, target_path])
-    source, recorded = read_generator(source_path, "cpu")
-    target = load_generator(target_path, "cpu")
-    if fine_tuned_from(recorded, target):  # a reverse swap (cartoon layout, photo texture) is a fair experiment
+    source, source_record = read_generator(source_path, "cpu")
+    target, target_record = read_generator(target_path, "cpu")
+    # warnings, not refusals: a reverse swap (cartoon layout, photo texture) is a fair experiment, and
+    # a chain of fine-tunings (photo -> A -> B) records only its last source
+    relation = lineage(source, source_record, target, target_record)
+    if relation == "swapped":
         (reporter or NullReporter()).warn(
             f"{source_path} was fine-tuned from {target_path}: SOURCE and TARGET look swapped (SOURCE is the "
             "photo model whose structure is kept, TARGET the fine-tuned one); swapping as given")
+    elif relation == "unrelated":
+        (reporter or NullReporter()).warn(
+            f"{target_path} was fine-tuned from another model ({target_record.get('source')}), not from "
+            f"{source_path}: the layers of unrelated models do not line up; swapping as given")
     if _same_weights(source, target):
         raise ConfigError(f"{source_path} and {target_path} hold the same generator: a swap of it with itself "
                           "is a copy; pass the fine-tuned (cartoon) generator as TARGET")

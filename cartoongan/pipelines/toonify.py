@@ -10,7 +10,7 @@ from ..data.images import make_grid, save_png, to_uint8
 from ..errors import CartoonganError
 from ..outputs import check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
-from ..weights.networks import fine_tuned_from, load_generator, read_generator
+from ..weights.networks import lineage, read_generator
 from .project import (PROJECTION_FILES, ProjectConfig, _perceptual_for, load_target, project, raise_if_stopped,
                       save_projection)
 from .swap import check_compatible
@@ -27,15 +27,20 @@ def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], ou
     reporter = reporter or NullReporter()
     source_g, recorded = read_generator(source, device)
     dev = source_g.input.input.device
-    target_gs = [load_generator(t, dev) for t in targets]
-    for path, g in zip(targets, target_gs):
+    loaded = [read_generator(t, dev) for t in targets]
+    target_gs = [g for g, _ in loaded]
+    for path, (g, target_record) in zip(targets, loaded):
         try:
             check_compatible(source_g, g)
         except CartoonganError as exc:
             raise CartoonganError(f"{path} cannot render the source's latents: {exc}") from None
-        if fine_tuned_from(recorded, g):
+        relation = lineage(source_g, recorded, g, target_record)
+        if relation == "swapped":
             reporter.warn(f"{source} was fine-tuned from {path}: --source looks like the cartoon model and {path} "
                           "the photo one (the photo is projected with --source); going on as given")
+        elif relation == "unrelated":
+            reporter.warn(f"{path} was fine-tuned from another model ({target_record.get('source')}), not from "
+                          f"{source}: a latent projected with --source need not carry over; going on as given")
     photo_t, _ = load_target(photo, source_g.size, align, outdir, reporter)
     perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
     result = project(source_g, photo_t, cfg, perceptual, reporter)

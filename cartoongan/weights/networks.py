@@ -158,10 +158,17 @@ def read_generator(path: str | os.PathLike, device: str | torch.device = "auto")
         return build_generator(ckpt, device=dev).eval(), provenance if isinstance(provenance, dict) else {}
 
 
-def fine_tuned_from(provenance: dict, generator: Generator) -> bool:
-    """Whether a checkpoint whose provenance this is was fine-tuned from `generator`'s weights."""
-    recorded = provenance.get("source_digest")
-    return isinstance(recorded, str) and recorded == weights_digest(generator)
+def lineage(source: Generator, source_provenance: dict, target: Generator, target_provenance: dict) -> str | None:
+    """How a fine-tuned TARGET stands to the SOURCE it is used with (swap, toonify), by the source
+    digests fine-tuning records: "swapped" when SOURCE was fine-tuned from TARGET, "unrelated" when
+    TARGET was fine-tuned from another model than SOURCE; None when from SOURCE, or unrecorded."""
+    recorded = source_provenance.get("source_digest")
+    if isinstance(recorded, str) and recorded == weights_digest(target):
+        return "swapped"
+    recorded = target_provenance.get("source_digest")
+    if isinstance(recorded, str) and recorded != weights_digest(source):
+        return "unrelated"
+    return None
 
 
 def _discriminator_shell(ckpt: dict) -> Discriminator:
