@@ -202,6 +202,17 @@ def test_swap_and_toonify_name_models_given_the_wrong_way_round_or_unrelated(tmp
     said = " ".join(res.output.split())
     assert res.exit_code == 0 and (f"{tmp_path / 't.pt'} was fine-tuned from another model ({src.resolve()}), not "
                                    f"from {other}") in said, said
+    # a chain photo -> t.pt -> t2.pt records its whole lineage: the photo model is still t2's ancestor
+    assert runner.invoke(app, ["finetune", "--source", str(tmp_path / "t.pt"), "--data", str(data), "--out",
+                               str(tmp_path / "r2"), "--recipe", "tiny", "--iters", "1"]).exit_code == 0
+    t2 = tmp_path / "r2" / "latest.pt"
+    assert len(load_checkpoint(t2)["cartoongan"]["provenance"]["lineage"]) == 2
+    for source, warned in ((src, False), (tmp_path / "t.pt", False), (other, True)):
+        res = runner.invoke(app, ["swap", str(source), str(t2), "-o", str(tmp_path / f"chain{source.stem}.pt")])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 0 and ("was fine-tuned from another model" in said) == warned, said
+    res = runner.invoke(app, ["swap", str(t2), str(src), "-o", str(tmp_path / "back.pt")])
+    assert "SOURCE and TARGET look swapped" in " ".join(res.output.split()), res.output
     photo = next(data.iterdir())
     for source, target, expected in ((tmp_path / "t.pt", src, "--source looks like the cartoon model"),
                                      (other, tmp_path / "t.pt", "a latent projected with --source need not carry over"),

@@ -17,7 +17,7 @@ from ..ops.fir import triton_missing
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
 from ..weights.checkpoint import load_checkpoint
-from ..weights.networks import build_discriminator, build_generator, weights_digest
+from ..weights.networks import ancestry, build_discriminator, build_generator, weights_digest
 from .distributed import init_distributed
 from .freeze import make_plan
 from .memory import check_batch_fits
@@ -266,9 +266,12 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
     return _run(trainer)
 
 
-def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, reporter: Reporter) -> Networks:
+def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device,
+                     reporter: Reporter) -> tuple[Networks, list[str]]:
+    """The networks a fine-tune starts from, and the source's own lineage (see ancestry)."""
     with naming(source_path):
         ckpt = load_checkpoint(source_path)
+        ancestors = ancestry(ckpt.get("cartoongan", {}).get("provenance", {}))
         source = build_generator(ckpt, "g_ema", device)
         g = build_generator(ckpt, "g", device) if "g" in ckpt else copy.deepcopy(source)
         d = build_discriminator(ckpt, device) if "d" in ckpt else None
@@ -290,7 +293,7 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device, re
     for key in ("size", "style_dim", "n_mlp", "channel_multiplier", "channel_base", "channel_max"):
         setattr(cfg.model, key, source.config[key])
     g_ema = copy.deepcopy(source)
-    return Networks(g=g, d=d, g_ema=g_ema, source=source)
+    return Networks(g=g, d=d, g_ema=g_ema, source=source), ancestors
 
 
 def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Path | None, run_dir: str | Path,
@@ -305,7 +308,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
     data_path = data_path or recorded_path(ckpt, run_dir, "data")
     ft = cfg.finetune
     info = _start(cfg, reporter)
-    nets = _source_networks(cfg, source_path, info.device, reporter)
+    nets, ancestors = _source_networks(cfg, source_path, info.device, reporter)
     check_batch_fits(cfg.model, cfg.train.batch, info.device)
     digest = weights_digest(nets.source)
     if resume:
@@ -320,7 +323,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
     warn_batch_repeats(cfg.train.batch, len(data), data_path, reporter)
     trainer = Trainer(cfg, nets, data, run_dir, info, plan=plan, reporter=reporter, kind="finetune",
                       provenance={"source": str(source_path.resolve()), "source_digest": digest,
-                                  "data": str(Path(data_path).resolve()),
+                                  "lineage": [digest, *ancestors], "data": str(Path(data_path).resolve()),
                                   "images": len(data)},
                       evaluator=_evaluator(cfg, data, run_dir, info, reporter))
     reporter.table("fine-tuning plan", ["net", "block", "resolution", "parameters", "state"], plan.rows(nets.g, nets.d))

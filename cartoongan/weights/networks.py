@@ -158,15 +158,25 @@ def read_generator(path: str | os.PathLike, device: str | torch.device = "auto")
         return build_generator(ckpt, device=dev).eval(), provenance if isinstance(provenance, dict) else {}
 
 
+def ancestry(provenance: dict) -> list[str]:
+    """The weight digests a fine-tuned checkpoint descends from, nearest first: its source, that
+    source's source, ... (`lineage`, which fine-tuning records; older runs record `source_digest`
+    alone); [] for a model that records none (pretrained, converted, someone else's)."""
+    chain = provenance.get("lineage") if isinstance(provenance, dict) else None
+    if isinstance(chain, list) and all(isinstance(d, str) for d in chain):
+        return chain
+    digest = provenance.get("source_digest") if isinstance(provenance, dict) else None
+    return [digest] if isinstance(digest, str) else []
+
+
 def lineage(source: Generator, source_provenance: dict, target: Generator, target_provenance: dict) -> str | None:
-    """How a fine-tuned TARGET stands to the SOURCE it is used with (swap, toonify), by the source
-    digests fine-tuning records: "swapped" when SOURCE was fine-tuned from TARGET, "unrelated" when
-    TARGET was fine-tuned from another model than SOURCE; None when from SOURCE, or unrecorded."""
-    recorded = source_provenance.get("source_digest")
-    if isinstance(recorded, str) and recorded == weights_digest(target):
+    """How a fine-tuned TARGET stands to the SOURCE it is used with (swap, toonify), by the lineage
+    fine-tuning records: "swapped" when SOURCE descends from TARGET, "unrelated" when TARGET
+    descends from other models only; None when TARGET descends from SOURCE, or nothing is recorded."""
+    if weights_digest(target) in ancestry(source_provenance):
         return "swapped"
-    recorded = target_provenance.get("source_digest")
-    if isinstance(recorded, str) and recorded != weights_digest(source):
+    chain = ancestry(target_provenance)
+    if chain and weights_digest(source) not in chain:
         return "unrelated"
     return None
 
