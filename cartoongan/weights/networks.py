@@ -173,7 +173,8 @@ def lineage(source: Generator, source_provenance: dict, target: Generator, targe
     """How a fine-tuned TARGET stands to the SOURCE it is used with (swap, toonify), by the lineage
     fine-tuning records: "swapped" when SOURCE descends from TARGET, "unrelated" when TARGET
     descends from other models only; None when TARGET descends from SOURCE, or nothing is recorded."""
-    if weights_digest(target) in ancestry(source_provenance):
+    source_chain = ancestry(source_provenance)
+    if source_chain and weights_digest(target) in source_chain:  # digests copy weights to the host: only when needed
         return "swapped"
     chain = ancestry(target_provenance)
     if chain and weights_digest(source) not in chain:
