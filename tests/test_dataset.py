@@ -199,3 +199,17 @@ def test_linked_folders_are_followed_once_and_loops_left_out(tmp_path):
     ds = load_dataset(data, 16)
     assert len(ds) == 5, ds.names
     assert sum(n.startswith(("webtoon", "again")) for n in ds.names) == 3 and not any("self" in n for n in ds.names)
+
+
+def test_a_folder_of_checkpoints_given_as_images_says_what_it_holds(tmp_path):
+    """`metrics REAL run/checkpoints` (a checkpoint sweep typed as a folder): not just 'no images'."""
+    (tmp_path / "checkpoints").mkdir()
+    for step in (2, 4):
+        (tmp_path / "checkpoints" / f"{step:06d}.pt").write_bytes(b"PK")
+    with pytest.raises(DataError, match=re.escape(f"it holds 2 checkpoint(s) (000002.pt, 000004.pt): a command that "
+                                                  f"renders them takes the files, e.g. {tmp_path / 'checkpoints'}/*.pt")):
+        load_dataset(tmp_path / "checkpoints", 16)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError) as exc:
+        load_dataset(tmp_path / "empty", 16)
+    assert "checkpoint" not in str(exc.value)

@@ -189,8 +189,19 @@ def _some_image_sources(root: Path, reporter: Reporter) -> list[tuple[str, calla
                       "sample grids, not faces")
     if not sources:
         raise DataError(f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))}"
-                        f"{_hidden_note(root)})")
+                        f"{_hidden_note(root)}){_checkpoints_note(root)}")
     return sources
+
+
+def _checkpoints_note(root: Path) -> str:
+    """For the no-images error: a folder of checkpoints (a run's checkpoints/) given as image data."""
+    if root.is_file():
+        return ""
+    found = sorted(p.name for p in root.iterdir() if p.suffix.lower() in (".pt", ".pth", ".pkl") and p.is_file())
+    if not found:
+        return ""
+    return (f"; it holds {len(found)} checkpoint(s) ({_shown(found, 3)}): a command that renders them takes "
+            f"the files, e.g. {root / ('*' + Path(found[0]).suffix)}")
 
 
 def _hidden_note(root: Path) -> str:
