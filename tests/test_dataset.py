@@ -212,4 +212,4 @@ def test_a_folder_of_checkpoints_given_as_images_says_what_it_holds(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as exc:
         load_dataset(tmp_path / "empty", 16)
-    assert "checkpoint" not in str(exc.value)
+    assert "it holds" not in str(exc.value)
