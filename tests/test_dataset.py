@@ -2,6 +2,7 @@ import re
 import tracemalloc
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -43,12 +44,16 @@ def test_a_limit_counts_readable_images(mixed):
     assert _colours(data) == [(255, 0, 0), (0, 255, 0)]
 
 
-def test_decoded_images_are_not_held_twice_while_loading(tmp_path):
+def test_decoded_images_are_not_held_twice_while_loading(tmp_path, monkeypatch):
     # numpy reports its buffers to tracemalloc, torch does not: the old list-then-stack loader
-    # traced the whole dataset twice over; decoding straight into one tensor traces ~one image
+    # traced the whole dataset twice over; decoding straight into one tensor traces ~one window of
+    # images (4 a thread: 8 here, of 64)
+    from cartoongan.data import dataset
+
+    monkeypatch.setattr(dataset, "decode_threads", lambda: 2)
     root = tmp_path / "d"
     root.mkdir()
-    for i in range(24):
+    for i in range(64):
         _flat(root / f"{i:02d}.png", (i, 2 * i, 3 * i), side=64)
     tracemalloc.start()
     try:
@@ -57,7 +62,7 @@ def test_decoded_images_are_not_held_twice_while_loading(tmp_path):
     finally:
         tracemalloc.stop()
     dataset_bytes = data.images.numel()
-    assert len(data) == 24
+    assert len(data) == 64
     assert peak < dataset_bytes / 2, f"traced {peak} bytes for a {dataset_bytes}-byte dataset"
 
 
@@ -213,3 +218,23 @@ def test_a_folder_of_checkpoints_given_as_images_says_what_it_holds(tmp_path):
     with pytest.raises(DataError) as exc:
         load_dataset(tmp_path / "empty", 16)
     assert "it holds" not in str(exc.value)
+
+
+@pytest.mark.parametrize("limit", [None, 5])
+def test_decoding_on_several_threads_gives_the_serial_result(tmp_path, monkeypatch, limit):
+    """Same images, names, order and skipped files whatever the thread count, the first `limit`
+    readable ones too (a damaged file inside the window must not shift them)."""
+    from cartoongan.data import dataset
+
+    from .helpers import blob_images
+
+    data = blob_images(tmp_path / "d", n=9)
+    (data / "img003b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+    loads = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(dataset, "decode_threads", lambda t=threads: t)
+        rep = ListReporter()
+        loads[threads] = (load_dataset(data, 16, rep, limit=limit), rep.warnings)
+    (one, warned_one), (three, warned_three) = loads[1], loads[3]
+    assert one.names == three.names and torch.equal(one.images, three.images) and warned_one == warned_three
+    assert len(one) == (limit or 9) and "img003b.png" not in one.names and "img003b.png" in " ".join(warned_one)
