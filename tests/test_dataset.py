@@ -50,7 +50,7 @@ def test_decoded_images_are_not_held_twice_while_loading(tmp_path, monkeypatch):
     # images (4 a thread: 8 here, of 64)
     from cartoongan.data import dataset
 
-    monkeypatch.setattr(dataset, "decode_threads", lambda: 2)
+    monkeypatch.setattr(dataset, "image_threads", lambda: 2)
     root = tmp_path / "d"
     root.mkdir()
     for i in range(64):
@@ -232,9 +232,23 @@ def test_decoding_on_several_threads_gives_the_serial_result(tmp_path, monkeypat
     (data / "img003b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
     loads = {}
     for threads in (1, 3):
-        monkeypatch.setattr(dataset, "decode_threads", lambda t=threads: t)
+        monkeypatch.setattr(dataset, "image_threads", lambda t=threads: t)
         rep = ListReporter()
         loads[threads] = (load_dataset(data, 16, rep, limit=limit), rep.warnings)
     (one, warned_one), (three, warned_three) = loads[1], loads[3]
     assert one.names == three.names and torch.equal(one.images, three.images) and warned_one == warned_three
     assert len(one) == (limit or 9) and "img003b.png" not in one.names and "img003b.png" in " ".join(warned_one)
+
+
+def test_prepare_writes_the_same_files_on_several_threads(tmp_path, monkeypatch):
+    from cartoongan.data import dataset
+
+    from .helpers import blob_images
+
+    src = blob_images(tmp_path / "src", n=7)
+    for threads in (1, 3):
+        monkeypatch.setattr(dataset, "image_threads", lambda t=threads: t)
+        dataset.prepare_folder(src, tmp_path / f"out{threads}", 16)
+    one, three = sorted((tmp_path / "out1").iterdir()), sorted((tmp_path / "out3").iterdir())
+    assert [p.name for p in one] == [p.name for p in three] == [f"{i:06d}.png" for i in range(7)]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, three))

@@ -286,9 +286,9 @@ def _decode(opener, size: int) -> tuple[np.ndarray | None, bool, str | None]:
         return None, False, "unreadable"
 
 
-def decode_threads() -> int:
-    """Threads for decoding a dataset: PIL's decoders and resampling release the GIL, so the cores
-    this process may use, shared among torchrun's processes on this machine."""
+def image_threads() -> int:
+    """Threads for decoding (or encoding) a dataset's images: PIL's codecs and resampling release the
+    GIL, so the cores this process may use, shared among torchrun's processes on this machine."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -304,7 +304,7 @@ def _decoded(sources: list[tuple[str, callable]], size: int, wanted: int):
     """(name, _decode result) in source order until `wanted` images decoded, in windows of a few per
     thread: 70,000 FFHQ PNGs at 1024 px are half an hour on one core. Each window is whole before the
     next starts, so a Ctrl-C waits for at most one window and no decoded image piles up unread."""
-    threads = decode_threads()
+    threads = image_threads()
     with bombs_as_errors(), ThreadPoolExecutor(threads) as pool:  # the warnings filter is process-wide
         got, start = 0, 0
         while got < wanted and start < len(sources):
@@ -431,11 +431,13 @@ def _write_whole(images: np.ndarray, out: Path, reporter: Reporter) -> None:
     beside `out` and moved in once every one is whole, so a Ctrl-C or a full disk during the minutes
     that 70,000 PNGs take leaves `out` as it was, and the same command can run again."""
     staging = _staging_folder(out)
+    threads = image_threads()
     try:
-        with reporter.progress(len(images), f"writing {out.name}") as bar:
-            for i, img in enumerate(images):
-                save_png(img, staging / f"{i:06d}.png")
-                bar.advance()
+        with reporter.progress(len(images), f"writing {out.name}") as bar, ThreadPoolExecutor(threads) as pool:
+            for start in range(0, len(images), 4 * threads):  # a window at a time: a Ctrl-C waits for one
+                window = range(start, min(start + 4 * threads, len(images)))
+                for _ in pool.map(lambda i: save_png(images[i], staging / f"{i:06d}.png"), window):
+                    bar.advance()
         try:
             out.mkdir(parents=True, exist_ok=True)
             for i in range(len(images)):
