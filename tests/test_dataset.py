@@ -246,8 +246,10 @@ def test_prepare_writes_the_same_files_on_several_threads(tmp_path, monkeypatch)
     from .helpers import blob_images
 
     src = blob_images(tmp_path / "src", n=7)
+    from cartoongan.data import images
+
     for threads in (1, 3):
-        monkeypatch.setattr(dataset, "image_threads", lambda t=threads: t)
+        monkeypatch.setattr(images, "image_threads", lambda t=threads: t)
         dataset.prepare_folder(src, tmp_path / f"out{threads}", 16)
     one, three = sorted((tmp_path / "out1").iterdir()), sorted((tmp_path / "out3").iterdir())
     assert [p.name for p in one] == [p.name for p in three] == [f"{i:06d}.png" for i in range(7)]

@@ -507,18 +507,18 @@ def test_dataset_names_too_large_images_apart_from_damaged_ones(tmp_path, monkey
 
 def test_data_prepare_stopped_while_writing_leaves_out_as_it_was(tmp_path, monkeypatch):
     """A Ctrl-C during the writing (minutes for 70,000 PNGs): no half-set in --out to refuse the rerun."""
-    from cartoongan.data import dataset
+    from cartoongan.data import images
 
     src = blob_images(tmp_path / "src", n=5)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / ".keep").write_text("")  # hidden files are allowed in --out and stay
-    real_save = dataset.save_png
-    monkeypatch.setattr(dataset, "save_png", stops_after(3, real_save))
+    real_save = images.save_png
+    monkeypatch.setattr(images, "save_png", stops_after(3, real_save))
     argv = ["data", "prepare", str(src), "--size", "8", "--out", str(tmp_path / "out")]
     res = runner.invoke(app, argv)
     assert res.exit_code == 130, res.output
     assert sorted(os.listdir(tmp_path / "out")) == [".keep"] and sorted(os.listdir(tmp_path)) == ["out", "src"]
-    monkeypatch.setattr(dataset, "save_png", real_save)
+    monkeypatch.setattr(images, "save_png", real_save)
     res = runner.invoke(app, argv)
     assert res.exit_code == 0, res.output
     assert sorted(os.listdir(tmp_path / "out")) == [".keep"] + [f"{i:06d}.png" for i in range(5)]

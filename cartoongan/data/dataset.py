@@ -20,7 +20,8 @@ from ..filekind import special_kind
 from ..hostmem import gib, host_memory_available
 from ..outputs import check_fresh_dir, check_outside
 from ..report import NullReporter, Reporter
-from .images import BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, ImageTooLarge, bombs_as_errors, save_png, square_resize
+from .images import (BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, ImageTooLarge, PngWriter, bombs_as_errors, image_threads,
+                     square_resize)
 
 
 def image_sources(root: Path) -> list[tuple[str, callable]]:
@@ -286,20 +287,6 @@ def _decode(opener, size: int) -> tuple[np.ndarray | None, bool, str | None]:
         return None, False, "unreadable"
 
 
-def image_threads() -> int:
-    """Threads for decoding (or encoding) a dataset's images: PIL's codecs and resampling release the
-    GIL, so the cores this process may use, shared among torchrun's processes on this machine."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    try:
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local = 1
-    return max(1, min(32, cores // local))
-
-
 def _decoded(sources: list[tuple[str, callable]], size: int, wanted: int):
     """(name, _decode result) in source order until `wanted` images decoded, in windows of a few per
     thread: 70,000 FFHQ PNGs at 1024 px are half an hour on one core. Each window is whole before the
@@ -431,13 +418,10 @@ def _write_whole(images: np.ndarray, out: Path, reporter: Reporter) -> None:
     beside `out` and moved in once every one is whole, so a Ctrl-C or a full disk during the minutes
     that 70,000 PNGs take leaves `out` as it was, and the same command can run again."""
     staging = _staging_folder(out)
-    threads = image_threads()
     try:
-        with reporter.progress(len(images), f"writing {out.name}") as bar, ThreadPoolExecutor(threads) as pool:
-            for start in range(0, len(images), 4 * threads):  # a window at a time: a Ctrl-C waits for one
-                window = range(start, min(start + 4 * threads, len(images)))
-                for _ in pool.map(lambda i: save_png(images[i], staging / f"{i:06d}.png"), window):
-                    bar.advance()
+        with reporter.progress(len(images), f"writing {out.name}") as bar, PngWriter() as writer:
+            for _ in writer.write(images, [staging / f"{i:06d}.png" for i in range(len(images))]):
+                bar.advance()
         try:
             out.mkdir(parents=True, exist_ok=True)
             for i in range(len(images)):

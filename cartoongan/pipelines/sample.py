@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import make_grid, save_image, save_png
+from ..data.images import PngWriter, make_grid, save_image, save_png
 from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError, Interrupted
 from ..models.generator import Generator
@@ -63,25 +63,23 @@ def _write_renders(gens: list[Generator], names: list[str], ws: torch.Tensor, ou
     shown = min(len(ws), GRID_MAX)
     rows = []
     picture = "grid.png" if len(gens) == 1 else "compare.png"
-    written = 0
+    writer = PngWriter()
     try:
-        with reporter.progress(len(ws) * len(gens), "rendering") as bar:
+        with reporter.progress(len(ws) * len(gens), "rendering") as bar, writer:
             for gen, name in zip(gens, names):
                 folder = outdir if len(gens) == 1 else outdir / name
                 tiles = []
                 for i in range(0, len(ws), RENDER_BATCH):
                     imgs = render_ws(gen, ws[i: i + RENDER_BATCH], noise_mode, RENDER_BATCH)
-                    for filename, img in zip(filenames[i: i + RENDER_BATCH], imgs):
-                        save_png(img, folder / filename)
-                        written += 1
+                    for _ in writer.write(imgs, [folder / f for f in filenames[i: i + RENDER_BATCH]]):
+                        bar.advance()
                     tiles.extend(imgs[: max(shown - i, 0)])
-                    bar.advance(len(imgs))
                 rows.append(np.stack(tiles))
                 result.folders.append(folder)
     except KeyboardInterrupt:
-        if not written:
+        if not writer.written:  # read once the writer is closed: the window's writes are whole by then
             raise
-        raise Interrupted(f"interrupted after {written} of {len(ws) * len(gens)} images, each written to "
+        raise Interrupted(f"interrupted after {writer.written} of {len(ws) * len(gens)} images, each written to "
                           f"{outdir} as it was rendered; {picture} was not") from None
     if len(ws) > shown:
         reporter.info(f"{picture} shows the first {shown} of the {len(ws)} images")
