@@ -364,24 +364,26 @@ def test_ctrl_c_in_the_demo_stops_it_and_says_to_run_the_demo_again(tmp_path, mo
 def test_ctrl_c_between_the_demos_training_and_its_pictures_says_to_run_it_again(tmp_path, monkeypatch):
     """Stopped in the swap (a plain Ctrl-C) or while sampling (which says what it wrote): both lines
     end with how to go on, and the demo run again finishes from the fine-tuned model."""
+    from cartoongan.data import images
     from cartoongan.errors import Interrupted
-    from cartoongan.pipelines import demo, sample
+    from cartoongan.pipelines import demo
 
     src = tmp_path / "src.pt"
     shutil.copy(_tiny_source(tmp_path), src)
     args = dict(source=src, finetune_iters=2, n_cartoon=8, seeds=[0, 1])
-    real_swap, real_save = demo.swap_checkpoints, sample.save_png
+    monkeypatch.setattr(images, "image_threads", lambda: 1)  # one writer: the count below is exact
+    real_swap, real_save = demo.swap_checkpoints, images.save_png
     monkeypatch.setattr(demo, "swap_checkpoints", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(Interrupted) as exc:
         demo.run_demo(tmp_path / "demo", **args)
     assert str(exc.value) == f"interrupted: run the demo again with --out {tmp_path / 'demo'} to continue"
     monkeypatch.setattr(demo, "swap_checkpoints", real_swap)
-    monkeypatch.setattr(sample, "save_png", stops_after(2, real_save))
+    monkeypatch.setattr(images, "save_png", stops_after(2, real_save))
     with pytest.raises(Interrupted) as exc:
         demo.run_demo(tmp_path / "demo", **args)
     assert str(exc.value).startswith("interrupted after 2 of 6 images, each written to ")
     assert str(exc.value).endswith(f"compare.png was not: run the demo again with --out {tmp_path / 'demo'} to continue")
-    monkeypatch.setattr(sample, "save_png", real_save)
+    monkeypatch.setattr(images, "save_png", real_save)
     assert demo.run_demo(tmp_path / "demo", **args).compare.is_file()
 
 
