@@ -20,6 +20,7 @@ from cartoongan.train.distributed import launch_env
 logging.getLogger("torch.utils.cpp_extension").addFilter(
     lambda record: not record.getMessage().startswith("No CUDA runtime is found"))
 
+
 def _encodable_output() -> None:
     """A stream in a legacy encoding (PYTHONIOENCODING=ascii, a Windows console redirected to a file)
     cannot hold an accented path or the tables' arrows: printing one raised UnicodeEncodeError, a
