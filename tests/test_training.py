@@ -373,6 +373,14 @@ def test_d_sees_reals_and_fakes_in_one_memory_format(channels_last):
     assert seen == [channels_last] * 3  # D step: reals, fakes; G step: fakes
 
 
+def test_a_compiled_run_says_why_its_first_steps_are_quiet_on_either_device():
+    from cartoongan.train.runs import compile_notice
+
+    assert compile_notice(False, torch.device("cpu")) is None and compile_notice(False, torch.device("cuda")) is None
+    assert "inductor builds C++ kernels" in compile_notice(True, torch.device("cpu"))
+    assert "build Triton kernels" in compile_notice(True, torch.device("cuda", 0))
+
+
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
 def test_compile_mode_reaches_torch_compile_and_graph_replays_keep_the_fakes(monkeypatch, mode):
     """The mode goes to torch.compile (None for its default). Under CUDA-graph replays the D step's

@@ -235,11 +235,22 @@ def warn_batch_repeats(batch: int, images: int, data_path: str | Path, reporter:
                       f"images; add images or use --batch {images} or less")
 
 
+def compile_notice(compiled: bool, device: torch.device) -> str | None:
+    """What to say before a compiled run's first steps, which go quiet while kernels are built."""
+    if not compiled:
+        return None
+    if device.type == "cpu":
+        return ("--compile on the CPU: inductor builds C++ kernels with the system compiler first "
+                "(minutes, cached for later runs); CUDA graph modes do nothing here")
+    return ("--compile: the first steps build Triton kernels (and record CUDA graphs in the graph modes) before "
+            "the bar moves; the kernels are cached for later runs")
+
+
 def _run(trainer: Trainer) -> TrainResult:
-    """Train, once every refusal is behind: a CPU compile first goes quiet for minutes, so say why."""
-    if trainer.cfg.train.compiled and trainer.info.device.type == "cpu":
-        trainer.reporter.info("--compile on the CPU: inductor builds C++ kernels with the system compiler first "
-                      "(minutes, cached for later runs); CUDA graph modes do nothing here")
+    """Train, once every refusal is behind: a compiled run's first steps go quiet, so say why."""
+    notice = compile_notice(trainer.cfg.train.compiled, trainer.info.device)
+    if notice:
+        trainer.reporter.info(notice)
     return trainer.run()
 
 
