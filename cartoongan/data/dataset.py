@@ -289,7 +289,7 @@ def _decode(opener, size: int) -> tuple[np.ndarray | None, bool, str | None]:
 
 def _decoded(sources: list[tuple[str, callable]], size: int, wanted: int):
     """(name, _decode result) in source order until `wanted` images decoded, in windows of a few per
-    thread: 70,000 FFHQ PNGs at 1024 px are half an hour on one core. Each window is whole before the
+    thread (FFHQ's 70,000 PNGs at 1024 px would be about half an hour on one core). Each window is whole before the
     next starts, so a Ctrl-C waits for at most one window and no decoded image piles up unread."""
     threads = image_threads()
     with bombs_as_errors(), ThreadPoolExecutor(threads) as pool:  # the warnings filter is process-wide
