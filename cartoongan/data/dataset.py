@@ -1,6 +1,8 @@
 """Image datasets: a folder (recursive) or a .zip of images, made square, resized and held in memory."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import shutil
@@ -10,6 +12,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -392,9 +395,44 @@ def prepare_folder(src: str | Path, out: str | Path, size: int, reporter: Report
         lower, upper = 1 << (size.bit_length() - 1), 1 << size.bit_length()
         reporter.warn(f"--size {size} is not a power of two, and a StyleGAN2 model is (64, 128, 256 px, ...): "
                       f"training would resample these images a second time; --size {lower} or {upper} avoids that")
-    data = load_aligned_dataset(src, size, reporter) if align else load_dataset(src, size, reporter)
-    _write_whole(data.images.permute(0, 2, 3, 1).numpy(), out, reporter)
+    with _sole_writer(out):
+        check_fresh_dir(out, "--out", "data prepare writes NNNNNN.png there")  # again: nobody else fills it now
+        data = load_aligned_dataset(src, size, reporter) if align else load_dataset(src, size, reporter)
+        _write_whole(data.images.permute(0, 2, 3, 1).numpy(), out, reporter)
     return data
+
+
+@contextlib.contextmanager
+def _sole_writer(out: Path) -> Iterator[None]:
+    """Hold a lock on `out` while preparing into it: two `data prepare` runs into one folder (the same
+    command started twice) each found it empty, then both moved their images in, the later one's
+    over part of the earlier's: a set of two sources. The second now stops at once. The lock is the
+    kernel's (flock: a killed process leaves none), on a hidden file beside `out` (inside it where
+    the parent is closed to us), removed at the end."""
+    for path in (out.parent / f".{out.name}.prepare.lock", out / ".prepare.lock"):
+        try:
+            fh = open(path, "a+")
+            break
+        except OSError:
+            continue
+    else:
+        raise OutputError(f"--out {out}: cannot create a lock file beside or inside it")
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip()
+            raise OutputError(f"--out {out} is being written by another `data prepare`{f' (pid {pid})' if pid else ''}: "
+                              "wait for it to end, or choose another folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            Path(fh.name).unlink(missing_ok=True)  # while still held: a later run makes its own
 
 
 def _staging_folder(out: Path) -> Path:
