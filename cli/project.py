@@ -66,7 +66,8 @@ def project(
 
 @app.command()
 def toonify(
-    photo: Path = typer.Argument(..., metavar="PHOTO", help="Photo to turn into cartoons."),
+    photo: Path = typer.Argument(..., metavar="PHOTO", help="Photo to turn into cartoons, or a folder of them "
+                                 "(each into OUTDIR/<name>/, all in OUTDIR/toonify.png; a rerun continues)."),
     source: Path = typer.Option(..., "--source", help="Generator of the photo domain (used to project)."),
     target: List[Path] = typer.Option(..., "--target", help="Fine-tuned or swapped generator(s); repeat the flag."),
     outdir: Path = typer.Option(Path("out"), "--outdir"),
@@ -75,8 +76,10 @@ def toonify(
 ):
     """Project a photo with the source, then render the same latent through each target side by side."""
     from cartoongan.pipelines.toonify import toonify as run_toonify
+    from cartoongan.pipelines.toonify import toonify_folder
 
+    run = toonify_folder if photo.is_dir() else run_toonify
     with user_errors(no_face_fix()):
-        path = run_toonify(photo, source, target, outdir, _project_config(steps, space, loss, seed, lpips_weights), lpips_weights,
-                           device, RichReporter(), align=align)
+        path = run(photo, source, target, outdir, _project_config(steps, space, loss, seed, lpips_weights), lpips_weights,
+                   device, RichReporter(), align=align)
     out.print(f"wrote {path}")

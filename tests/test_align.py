@@ -345,3 +345,56 @@ def test_matches_the_ffhq_procedure(tmp_path, crop):
     expected = np.asarray(Image.open(DATA / f"astronaut_ffhq_{crop}128.png"), np.float32)
     diff = np.abs(got - expected)
     assert diff.mean() < 0.5 and diff.max() <= (2 if crop == "full" else 6), (diff.mean(), diff.max())
+
+
+def test_toonify_of_a_folder_does_each_photo_once_and_continues_after_a_stop(tmp_path, tiny_ckpt, monkeypatch):
+    """A folder of photos: each into OUTDIR/<name>/ as toonify writes one, the networks loaded once,
+    a photo without a face skipped with a warning, all rows in OUTDIR/toonify.png; a rerun keeps the
+    photos the same settings finished, and one stopped by a Ctrl-C at its second photo goes on there."""
+    import shutil
+
+    from cartoongan.pipelines import toonify as toonify_mod
+
+    from .helpers import stops_after
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut.jpg", "grace_hopper.jpg"):
+        shutil.copy(DATA / name, photos / name)
+    Image.new("RGB", (120, 90), (30, 60, 200)).save(photos / "sky.png")
+    out = tmp_path / "t"
+    argv = ["toonify", str(photos), "--source", str(tiny_ckpt), "--target", str(tiny_ckpt), "--target", str(tiny_ckpt),
+            "--steps", "1", "--loss", "mse", "--outdir", str(out)]
+    real_project, calls = toonify_mod.project, []
+    monkeypatch.setattr(toonify_mod, "project", lambda *a, **kw: calls.append(1) or real_project(*a, **kw))
+    monkeypatch.setattr(toonify_mod, "project", stops_after(1, toonify_mod.project))
+    res = runner.invoke(app, argv)
+    said = " ".join(res.output.split())
+    assert res.exit_code == 130 and "interrupted at photo 2 of 3 (grace_hopper.jpg): run the same command again" in said
+    assert (out / "astronaut" / "toonify.json").is_file() and not (out / "grace_hopper" / "toonify.json").exists()
+    monkeypatch.setattr(toonify_mod, "project", lambda *a, **kw: calls.append(1) or real_project(*a, **kw))
+    res = runner.invoke(app, argv)
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0, said
+    assert "photo 1 of 3" not in said and "photo 2 of 3: grace_hopper.jpg" in said  # astronaut kept from the first run
+    assert "skipped sky.png: no face found in" in said and not (out / "sky" / "toonify.json").exists()
+    sheet = np.asarray(Image.open(out / "toonify.png"))
+    assert sheet.shape == (2 * 32, 4 * 32, 3)  # two faces; photo | projection | two targets
+    assert np.array_equal(sheet[32:], np.asarray(Image.open(out / "grace_hopper" / "toonify.png")))
+    calls.clear()
+    assert runner.invoke(app, argv).exit_code == 0 and calls == []  # all done: nothing projected again
+    assert runner.invoke(app, argv[:-4] + ["--steps", "2", "--loss", "mse", "--outdir", str(out)]).exit_code == 0
+    assert len(calls) == 2  # other settings: both faces again
+    res = runner.invoke(app, argv[:-1] + [str(photos / "out")])
+    assert res.exit_code == 1 and "is inside" in res.output and not (photos / "out").exists()
+
+    def stopped_mid_projection(*a, **kw):  # a Ctrl-C between two optimisation steps: project keeps what it has
+        result = real_project(*a, **kw)
+        result.stopped_at = 1
+        return result
+
+    monkeypatch.setattr(toonify_mod, "project", stopped_mid_projection)
+    res = runner.invoke(app, argv[:-1] + [str(tmp_path / "t2")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 130 and "interrupted at step 1 of 1 of photo 1 of 3 (astronaut.jpg)" in said, said
+    assert (tmp_path / "t2" / "astronaut" / "proj.png").is_file() and not (tmp_path / "t2" / "astronaut" / "toonify.json").exists()

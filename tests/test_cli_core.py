@@ -287,11 +287,11 @@ def test_the_cuda_home_warning_of_a_cpu_box_is_not_shown_but_others_are(caplog):
 def test_generators_of_one_name_get_folders_named_after_their_own_folders(tmp_path, monkeypatch):
     """sample's per-generator folders, when two checkpoints share a stem: a file given from the
     current folder is named after that folder too (it was '1__swapped')."""
-    from cartoongan.pipelines.sample import _unique_names
+    from cartoongan.pipelines.sample import unique_names
 
     (tmp_path / "run").mkdir()
     monkeypatch.chdir(tmp_path / "run")
-    names = _unique_names([tmp_path / "src" / "swapped.pt", Path("swapped.pt")])
+    names = unique_names([tmp_path / "src" / "swapped.pt", Path("swapped.pt")])
     assert names == ["0_src_swapped", "1_run_swapped"]
 
 

@@ -105,7 +105,8 @@ def interpolation_gif(gens: list[Generator], ws: torch.Tensor, path: Path, steps
     return save_image(frames[0], path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
 
 
-def _unique_names(paths: list[Path]) -> list[str]:
+def unique_names(paths: list[Path]) -> list[str]:
+    """A folder name per input path: the stems, or where two share one, prefixed by position and parent."""
     stems = [p.stem for p in paths]
     if len(set(stems)) == len(stems):
         return stems
@@ -143,8 +144,8 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
     if projected_w is not None:
         ws = load_projected_w(projected_w, gens[0].n_latent, gens[0].style_dim, f"the generator of {paths[0]}")
     if ws is None:
-        return sample(gens, _unique_names(paths), seeds, outdir, truncation, noise_mode, interpolate, reporter=reporter)
-    return sample_ws(gens, _unique_names(paths), ws.to(dev), outdir, noise_mode, reporter)
+        return sample(gens, unique_names(paths), seeds, outdir, truncation, noise_mode, interpolate, reporter=reporter)
+    return sample_ws(gens, unique_names(paths), ws.to(dev), outdir, noise_mode, reporter)
 
 
 def sample_ws(gens: list[Generator], names: list[str], ws: torch.Tensor, outdir: Path,
