@@ -15,7 +15,7 @@ from ..errors import CartoonganError, DataError, Interrupted
 from ..models.generator import Generator
 from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
-from ..weights.networks import lineage, read_generator
+from ..weights.networks import lineage, read_generator, weights_digest
 from .project import (PROJECTION_FILES, Projection, ProjectConfig, _perceptual_for, load_target, project,
                       raise_if_stopped, save_projection)
 from .sample import unique_names
@@ -90,8 +90,8 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
                    reporter: Reporter | None = None, perceptual=None, align: bool = False) -> Path:
     """toonify every photo of a folder into outdir/<name>/ (each as `toonify` writes it), the networks
     loaded once, and outdir/toonify.png stacking their rows. A photo with no face (with `align`) or
-    unreadable is skipped with a warning; a photo whose toonify.png is there from an earlier run of
-    the same command is kept, so a stopped run continues where it was."""
+    unreadable is skipped with a warning; a photo whose folder an earlier run finished with the same
+    networks and settings (its toonify.json) is kept, so a stopped run continues where it was."""
     folder, outdir = Path(folder), Path(outdir)
     check_outside(outdir, folder, "--outdir", "its pictures would be read as photos the next time")
     check_output_dir(outdir, "--outdir")
@@ -104,7 +104,7 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
         check_keeps_inputs(sub, (*PROJECTION_FILES, "toonify.png", DONE), [source, *targets])
     reporter = reporter or NullReporter()
     models = _load_models(source, targets, cfg, lpips_weights, device, reporter, perceptual)
-    settings = _settings(source, targets, cfg, align)
+    settings = _settings(models, cfg, align)
     rows, skipped = [], []
     for i, (photo, sub) in enumerate(zip(photos, subs), 1):
         row = _finished_row(sub, {"photo": str(photo.resolve()), **settings})
@@ -130,14 +130,16 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
         rows.append(row)
     if not rows:
         raise DataError(f"none of the {len(photos)} photo(s) in {folder} could be toonified (see the warnings)")
-    return save_png(_stacked(rows), outdir / "toonify.png")
+    return save_png(np.concatenate(rows), outdir / "toonify.png")  # rows of one width: one setting made them all
 
 
 DONE = "toonify.json"  # what made a photo's folder, written once the folder is whole
 
 
-def _settings(source, targets, cfg: ProjectConfig, align: bool) -> dict:
-    return {"source": str(Path(source).resolve()), "targets": [str(Path(t).resolve()) for t in targets],
+def _settings(models: _Models, cfg: ProjectConfig, align: bool) -> dict:
+    """What a photo's folder was made with: the networks by their weights (a source trained on in
+    place is another source), the projection's settings, the alignment."""
+    return {"source": weights_digest(models.source), "targets": [weights_digest(g) for g in models.targets],
             "config": asdict(cfg), "align": align}
 
 
@@ -151,9 +153,3 @@ def _finished_row(sub: Path, made: dict) -> np.ndarray | None:
     except (OSError, ValueError):
         return None
     return row if recorded == json.loads(json.dumps(made)) else None
-
-
-def _stacked(rows: list[np.ndarray]) -> np.ndarray:
-    """Rows of tiles one under another, each padded on the right to the widest (targets vary by run)."""
-    width = max(r.shape[1] for r in rows)
-    return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows])
