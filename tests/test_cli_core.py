@@ -336,3 +336,15 @@ def test_a_tilde_after_an_equals_sign_is_the_home_folder(tmp_path, two_ckpts, mo
     assert res.exit_code == 0, res.output
     assert (tmp_path / "home" / "samples" / "grid.png").is_file() and not (Path.cwd() / "~").exists()
     assert expand_home(["~/a", "--x=a~b", "--y=~"]) == ["~/a", "--x=a~b", f"--y={tmp_path / 'home'}"]
+
+
+def test_filesystem_errors_on_a_users_path_are_one_line_and_others_stay_errors():
+    import errno
+
+    from cartoongan_cli.app import filesystem_error
+
+    assert filesystem_error(OSError(errno.EACCES, "Permission denied", "/data/faces")) == "/data/faces: Permission denied"
+    long = "/tmp/" + "y" * 300 + "/latest.pt"
+    line = filesystem_error(OSError(errno.ENAMETOOLONG, "File name too long", long))
+    assert "its longest part is 300 bytes" in line and len(line) < 250 and line.startswith("/tmp/yyy")
+    assert filesystem_error(OSError(errno.EIO, "Input/output error")) is None  # no path: not the user's to fix
