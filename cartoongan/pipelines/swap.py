@@ -95,7 +95,7 @@ def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path:
     source, source_record = read_generator(source_path, "cpu")
     target, target_record = read_generator(target_path, "cpu")
     # warnings, not refusals: a reverse swap (cartoon layout, photo texture) is a fair experiment, and
-    # a chain of fine-tunings (photo -> A -> B) records only its last source
+    # a model fine-tuned before runs recorded their lineage knows only its last source
     relation = lineage(source, source_record, target, target_record)
     if relation == "swapped":
         (reporter or NullReporter()).warn(
