@@ -47,7 +47,9 @@ SEED = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Random seed (the sam
 
 @app.command()
 def project(
-    photo: Path = typer.Argument(..., metavar="PHOTO", help="Photo to invert (any size or mode; its face is aligned unless --no-align)."),
+    photo: Path = typer.Argument(..., metavar="PHOTO", help="Photo to invert (any size or mode; its face is aligned "
+                                 "unless --no-align), or a folder of them (each into OUTDIR/<name>/, all in "
+                                 "OUTDIR/projections.png; a rerun continues)."),
     source: Path = typer.Option(..., "--source", help="Generator to invert with."),
     outdir: Path = typer.Option(Path("out"), "--outdir"),
     steps: int = STEPS, space: Space = SPACE, loss: Distance = LOSS, lpips_weights: Optional[Path] = LPIPS_W,
@@ -55,11 +57,17 @@ def project(
     seed: int = SEED, device: str = DEVICE, align: bool = ALIGN,
 ):
     """Find the latent of a photo (StyleGAN2 projector): aligned.png, target.png, proj.png, projected_w.npz."""
+    from cartoongan.pipelines.folders import project_folder
     from cartoongan.pipelines.project import project_photo
 
+    cfg = _project_config(steps, space, loss, seed, lpips_weights)
     with user_errors(no_face_fix()):
-        paths = project_photo(photo, source, outdir, _project_config(steps, space, loss, seed, lpips_weights), lpips_weights,
-                              save_video, device, RichReporter(), align=align)
+        if photo.is_dir():
+            paths = {"sheet": project_folder(photo, source, outdir, cfg, lpips_weights, save_video, device,
+                                             RichReporter(), align=align)}
+        else:
+            paths = project_photo(photo, source, outdir, cfg, lpips_weights, save_video, device, RichReporter(),
+                                  align=align)
     for path in paths.values():
         out.print(f"wrote {path}")
 
@@ -75,8 +83,8 @@ def toonify(
     seed: int = SEED, device: str = DEVICE, align: bool = ALIGN,
 ):
     """Project a photo with the source, then render the same latent through each target side by side."""
+    from cartoongan.pipelines.folders import toonify_folder
     from cartoongan.pipelines.toonify import toonify as run_toonify
-    from cartoongan.pipelines.toonify import toonify_folder
 
     run = toonify_folder if photo.is_dir() else run_toonify
     with user_errors(no_face_fix()):

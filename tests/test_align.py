@@ -398,3 +398,25 @@ def test_toonify_of_a_folder_does_each_photo_once_and_continues_after_a_stop(tmp
     said = " ".join(res.output.split())
     assert res.exit_code == 130 and "interrupted at step 1 of 1 of photo 1 of 3 (astronaut.jpg)" in said, said
     assert (tmp_path / "t2" / "astronaut" / "proj.png").is_file() and not (tmp_path / "t2" / "astronaut" / "toonify.json").exists()
+
+
+def test_project_of_a_folder_writes_each_projection_and_a_sheet(tmp_path, tiny_ckpt):
+    import shutil
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in PHOTOS:
+        shutil.copy(DATA / name, photos / name)
+    argv = ["project", str(photos), "--source", str(tiny_ckpt), "--steps", "1", "--loss", "mse", "--outdir",
+            str(tmp_path / "p")]
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 0, res.output
+    for name in ("astronaut", "grace_hopper"):
+        sub = tmp_path / "p" / name
+        assert {"aligned.png", "target.png", "proj.png", "projected_w.npz", "projection.png", "project.json"} <= \
+            {p.name for p in sub.iterdir()}
+        pair = np.asarray(Image.open(sub / "projection.png"))
+        assert np.array_equal(pair[:, :32], np.asarray(Image.open(sub / "target.png")))  # photo | projection
+    assert np.asarray(Image.open(tmp_path / "p" / "projections.png")).shape == (64, 64, 3)
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 0 and "photo 1 of 2" not in res.output  # both kept

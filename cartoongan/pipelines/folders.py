@@ -1,0 +1,104 @@
+"""toonify or project every photo of a folder: each into OUTDIR/<name>/, the networks loaded once,
+a sheet of all rows; skipped photos named, finished ones kept for a rerun."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..data.dataset import image_sources
+from ..data.images import EXTENSIONS, save_png
+from ..errors import DataError, Interrupted
+from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, check_outside
+from ..report import NullReporter, Reporter
+from ..weights.networks import weights_digest
+from .project import PROJECTION_FILES, ProjectConfig
+from .sample import unique_names
+from .toonify import ToonifyModels, load_models, toonify_one
+
+# what a folder run writes: (each photo's row picture, each photo's record, the sheet of all rows)
+FOLDER_FILES = {"toonify": ("toonify.png", "toonify.json", "toonify.png"),
+                "project": ("projection.png", "project.json", "projections.png")}
+PAST = {"toonify": "toonified", "project": "projected"}
+
+
+def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | Path], outdir: str | Path,
+                   cfg: ProjectConfig, lpips_weights: str | Path | None = None, device: str = "auto",
+                   reporter: Reporter | None = None, perceptual=None, align: bool = False,
+                   kind: str = "toonify", video: bool = False) -> Path:
+    """toonify every photo of a folder into outdir/<name>/ (each as `toonify` writes it), the networks
+    loaded once, and outdir/toonify.png stacking their rows. A photo with no face (with `align`) or
+    unreadable is skipped with a warning; a photo whose folder an earlier run finished with the same
+    networks and settings (its toonify.json) is kept, so a stopped run continues where it was.
+    kind "project" (see project_folder): no targets; projection.png, project.json, projections.png."""
+    folder, outdir = Path(folder), Path(outdir)
+    picture, record, sheet = FOLDER_FILES[kind]
+    check_outside(outdir, folder, "--outdir", "its pictures would be read as photos the next time")
+    check_output_dir(outdir, "--outdir")
+    photos = [folder / name for name, _ in image_sources(folder)]
+    if not photos:
+        raise DataError(f"no photos in {folder} (looked for {', '.join(sorted(EXTENSIONS))})")
+    subs = [outdir / name for name in unique_names(photos)]
+    for sub in subs:  # `--outdir .` beside photos/ holding photos.jpg would write into photos/ itself
+        check_outside(sub, folder, "--outdir", "its pictures would be read as photos the next time")
+        check_keeps_inputs(sub, (*PROJECTION_FILES, picture, record), [source, *targets])
+    reporter = reporter or NullReporter()
+    models = load_models(source, targets, cfg, lpips_weights, device, reporter, perceptual)
+    settings = {**_settings(models, cfg, align), "video": video}
+    again = f"run the same command again to {kind} the rest"
+    rows = []
+    for i, (photo, sub) in enumerate(zip(photos, subs), 1):
+        made = {"photo": str(photo.resolve()), **settings}
+        row = _finished_row(sub, picture, record, made)
+        if row is not None:  # an earlier run of the same command did this one
+            rows.append(row)
+            continue
+        reporter.info(f"photo {i} of {len(photos)}: {photo.name}")
+        try:
+            result, row = toonify_one(photo, models, sub, cfg, reporter, align, picture, video)
+        except DataError as exc:  # no face, unreadable: the other photos still go on
+            reporter.warn(f"skipped {photo.name}: {exc}")
+            continue
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted at photo {i} of {len(photos)} ({photo.name})", again) from None
+        if result.stopped_at is not None:
+            raise Interrupted(f"interrupted at step {result.stopped_at} of {cfg.steps} of photo {i} of {len(photos)} "
+                              f"({photo.name}), whose projection so far is in {sub}", again) from None
+        with atomic_write(sub / record, "w") as fh:  # last: its presence says the folder is whole
+            json.dump(made, fh)
+        rows.append(row)
+    if not rows:
+        raise DataError(f"none of the {len(photos)} photo(s) in {folder} could be {PAST[kind]} (see the warnings)")
+    return save_png(np.concatenate(rows), outdir / sheet)  # rows of one width: one setting made them all
+
+
+def project_folder(folder: str | Path, source: str | Path, outdir: str | Path, cfg: ProjectConfig,
+                   lpips_weights: str | Path | None = None, save_video: bool = False, device: str = "auto",
+                   reporter: Reporter | None = None, perceptual=None, align: bool = False) -> Path:
+    """`cartoongan project FOLDER`: every photo's projection into outdir/<name>/ (as `project` writes
+    it, plus projection.png: photo | projection), all rows in outdir/projections.png; skips and
+    reruns as toonify_folder."""
+    return toonify_folder(folder, source, [], outdir, cfg, lpips_weights, device, reporter, perceptual, align,
+                          kind="project", video=save_video)
+
+
+def _settings(models: ToonifyModels, cfg: ProjectConfig, align: bool) -> dict:
+    """What a photo's folder was made with: the networks by their weights (a source trained on in
+    place is another source), the projection's settings, the alignment."""
+    return {"source": weights_digest(models.source), "targets": [weights_digest(g) for g in models.targets],
+            "config": asdict(cfg), "align": align}
+
+
+def _finished_row(sub: Path, picture: str, record: str, made: dict) -> np.ndarray | None:
+    """The row picture of a photo's folder that the same photo and settings made, else None
+    (another --target, --steps, ... is done again)."""
+    try:
+        recorded = json.loads((sub / record).read_text(encoding="utf-8"))
+        with Image.open(sub / picture) as img:
+            row = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError):
+        return None
+    return row if recorded == json.loads(json.dumps(made)) else None
