@@ -17,7 +17,7 @@ def sample(
     noise_mode: NoiseMode = typer.Option(NoiseMode("const"), "--noise-mode", help="Noise maps: fresh random, the stored constants, or none."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Output folder."),
     interpolate: int = typer.Option(0, "--interpolate", min=0, max=1000, help="Also write interpolation.gif: K frames from each seed to the next, looping back to the first."),
-    projected_w: Optional[Path] = typer.Option(None, "--projected-w", help="Render w+ from a projected_w.npz instead of seeds."),
+    projected_w: Optional[Path] = typer.Option(None, "--projected-w", help="Render w+ from a projected_w.npz instead of seeds, or from every <name>/projected_w.npz of a folder that project or toonify of a folder wrote."),
     device: str = DEVICE,
 ):
     """Render seeds (or projected latents) through one or more generators."""

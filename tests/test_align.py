@@ -420,3 +420,10 @@ def test_project_of_a_folder_writes_each_projection_and_a_sheet(tmp_path, tiny_c
     assert np.asarray(Image.open(tmp_path / "p" / "projections.png")).shape == (64, 64, 3)
     res = runner.invoke(app, argv)
     assert res.exit_code == 0 and "photo 1 of 2" not in res.output  # both kept
+    # every projection of the folder through a generator, without projecting again
+    res = runner.invoke(app, ["sample", str(tiny_ckpt), "--projected-w", str(tmp_path / "p"), "--outdir", str(tmp_path / "s")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "2 projection(s) from" in said and "proj0001: grace_hopper" in said, said
+    assert sorted(p.name for p in (tmp_path / "s").glob("proj*.png")) == ["proj0000.png", "proj0001.png"]
+    res = runner.invoke(app, ["sample", str(tiny_ckpt), "--projected-w", str(photos), "--outdir", str(tmp_path / "s2")])
+    assert res.exit_code == 1 and "holds no <name>/projected_w.npz" in res.output

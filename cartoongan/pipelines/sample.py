@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..data.images import PngWriter, make_grid, save_image, save_png
 from ..data.render import render_ws, seeds_to_ws
-from ..errors import CheckpointError, ConfigError, Interrupted
+from ..errors import CheckpointError, ConfigError, DataError, Interrupted
 from ..models.generator import Generator
 from ..outputs import check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
@@ -127,8 +127,6 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
     ws: optional w+ [N, n_latent, style_dim] used instead of the seeds' w; projected_w: the same
     from a projected_w.npz, checked against the first generator. `outdir` is checked first.
     """
-    from .project import load_projected_w
-
     check_output_dir(outdir, "--outdir")
     if interpolate and len(seeds) * interpolate > MAX_GIF_FRAMES:  # all frames are held for the GIF
         raise ConfigError(f"--interpolate {interpolate} over {len(seeds)} seeds makes {len(seeds) * interpolate} frames; "
@@ -142,10 +140,27 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
             raise CheckpointError(f"{p} is {g.size}px with w of {g.style_dim}; {paths[0]} is "
                                   f"{first.size}px with {first.style_dim}: compare checkpoints of one architecture")
     if projected_w is not None:
-        ws = load_projected_w(projected_w, gens[0].n_latent, gens[0].style_dim, f"the generator of {paths[0]}")
+        ws = _projected(Path(projected_w), gens[0], f"the generator of {paths[0]}", reporter or NullReporter())
     if ws is None:
         return sample(gens, unique_names(paths), seeds, outdir, truncation, noise_mode, interpolate, reporter=reporter)
     return sample_ws(gens, unique_names(paths), ws.to(dev), outdir, noise_mode, reporter)
+
+
+def _projected(path: Path, gen: Generator, model: str, reporter: Reporter) -> torch.Tensor:
+    """The w+ [N, n_latent, style_dim] of a projected_w.npz, or of every <name>/projected_w.npz in a
+    folder that `project` or `toonify` of a folder of photos wrote, in name order (named in an info
+    line: the outputs are projNNNN.png in that order)."""
+    from .project import load_projected_w
+
+    if not path.is_dir():
+        return load_projected_w(path, gen.n_latent, gen.style_dim, model)
+    files = sorted(path.glob("*/projected_w.npz"))
+    if not files:
+        raise DataError(f"--projected-w {path} holds no <name>/projected_w.npz (what `project` or `toonify` of a "
+                        "folder of photos writes): pass such a folder, or one projected_w.npz")
+    shown = ", ".join(f"proj{i:04d}: {f.parent.name}" for i, f in enumerate(files[:5]))
+    reporter.info(f"{len(files)} projection(s) from {path}: {shown}{', ...' if len(files) > 5 else ''}")
+    return torch.cat([load_projected_w(f, gen.n_latent, gen.style_dim, model) for f in files])
 
 
 def sample_ws(gens: list[Generator], names: list[str], ws: torch.Tensor, outdir: Path,
