@@ -76,3 +76,25 @@ def ctrl_c_hint(hint: str) -> Iterator[None]:
         raise (exc if exc.hint else exc.with_hint(hint)) from None
     except KeyboardInterrupt:
         raise Interrupted("interrupted", hint) from None
+
+
+class RowsStopped(Interrupted):
+    """A Ctrl-C ended a command that builds its table row by row (bench; metrics of several FAKE):
+    `rows` holds those finished, which the command still prints."""
+
+    def __init__(self, rows: list, total: int, what: str = "rows"):
+        super().__init__(f"interrupted after {len(rows)} of {total} {what}: the table holds those")
+        self.rows = rows
+
+
+@contextlib.contextmanager
+def rows_kept(rows: list, total: int, what: str = "rows") -> Iterator[None]:
+    """Turn a Ctrl-C inside into RowsStopped with the rows so far (minutes of GPU time, or of
+    Inception features, are not thrown away for the one row that did not finish); with none
+    finished yet, the plain interruption."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not rows:
+            raise
+        raise RowsStopped(list(rows), total, what) from None

@@ -38,7 +38,7 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ):
     """Measure generator forward, training iteration and structure-loss iteration speed (img/s)."""
-    from cartoongan.bench.speed import BenchStopped
+    from cartoongan.errors import RowsStopped
     from cartoongan.device import check_precision, resolve_device
 
     reporter = RichReporter()
@@ -70,7 +70,7 @@ def bench(
         try:
             rows = _measure(profile, flops, kernels, reference, configs, dev, device, precision.value, batch, repeats,
                             timed_repeats, mode, reporter, channels_last, grouped_modconv)
-        except BenchStopped as exc:  # a Ctrl-C, or the device plan's SIGINT at a step's timeout: keep the rows
+        except RowsStopped as exc:  # a Ctrl-C, or the device plan's SIGINT at a step's timeout: keep the rows
             rows, stopped = exc.rows, exc
     _print_rows(rows, as_json, flops, reference, _title(profile, kernels, configs, dev))
     if stopped is not None:

@@ -30,8 +30,8 @@ def metrics(
 ):
     """Measure realism (FID, KID on Inception features) and similarity (LPIPS, identity)."""
     from cartoongan.device import resolve_device
-    from cartoongan.errors import ConfigError
-    from cartoongan.metrics.suite import MetricsStopped, compare_with_real, is_checkpoint, parse_metrics
+    from cartoongan.errors import ConfigError, RowsStopped
+    from cartoongan.metrics.suite import compare_with_real, is_checkpoint, parse_metrics
 
     stopped = None
     with user_errors():
@@ -45,8 +45,8 @@ def metrics(
         try:
             results = compare_with_real(real, fakes, chosen, n, resolve_device(device), RichReporter(),
                                         1.0 if trunc is None else trunc, lpips_weights=lpips_weights)
-        except MetricsStopped as exc:  # a Ctrl-C in a checkpoint sweep: the finished rows are kept
-            results, stopped = exc.results, exc
+        except RowsStopped as exc:  # a Ctrl-C in a checkpoint sweep: the finished rows are kept
+            results, stopped = exc.rows, exc
     _print_results(real, fakes[: len(results)], chosen, results, as_json, several=len(fakes) > 1)
     if stopped is not None:
         fail(str(stopped), 130)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..device import math_mode, resolve_device
+from ..errors import rows_kept
 from ..models.discriminator import ConvLayer
 from ..models.generator import Generator, ModulatedConv2d, StyledConv
 from ..models import layers
@@ -25,7 +26,7 @@ from ..models.layers import Upsample
 from ..ops.bias_act import SQRT2
 from ..ops.fir import _depthwise, blur, fir_backend, triton_missing
 from ..report import NullReporter, Reporter
-from .speed import bench_trainer, default_batch, rows_kept, time_pair, trainer_phases
+from .speed import bench_trainer, default_batch, time_pair, trainer_phases
 
 # (label, batch, channels, resolution of the input)
 SHAPES = (("wide", 4, 256, 16), ("narrow", 16, 64, 32))

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from ..device import peak_memory_mb, reset_peak_memory, resolve_device
-from ..errors import ConfigError
+from ..errors import ConfigError, rows_kept
 from ..report import NullReporter, Reporter
-from .speed import CONFIGS, Phases, bench_trainer, check_configs, default_batch, rows_kept, time_phases, trainer_phases
+from .speed import CONFIGS, Phases, bench_trainer, check_configs, default_batch, time_phases, trainer_phases
 
 REFERENCE_URL = "https://github.com/rosinality/stylegan2-pytorch"
 

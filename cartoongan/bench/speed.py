@@ -5,19 +5,18 @@ lazy regularisers are amortised by their intervals, so a benchmark of a large co
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
 from ..config import ModelConfig, RunConfig, apply_overrides
 from ..data.dataset import ImageDataset
 from ..device import peak_memory_mb, reset_peak_memory, resolve_device
-from ..errors import ConfigError, Interrupted
+from ..errors import ConfigError, rows_kept
 from ..models.generator import ModulatedConv2d
 from ..ops.fir import active_fir_backend
 from ..report import NullReporter, Reporter
@@ -222,27 +221,6 @@ def check_configs(configs: list[str], dev: torch.device | None = None, batch: in
         raise ConfigError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     for name in configs if dev is not None else []:
         check_batch_fits(config_model(name), batch or default_batch(name, dev), dev)
-
-
-class BenchStopped(Interrupted):
-    """A Ctrl-C (or the device plan's SIGINT at a step's timeout) ended a bench: `rows` holds what
-    was measured before it, for the table."""
-
-    def __init__(self, rows: list, total: int):
-        super().__init__(f"interrupted after {len(rows)} of {total} rows: the table holds those")
-        self.rows = rows
-
-
-@contextlib.contextmanager
-def rows_kept(rows: list, total: int) -> Iterator[None]:
-    """Turn a Ctrl-C inside into BenchStopped with the rows so far (minutes of GPU time are not thrown
-    away for the one config that did not finish); with none measured yet, the plain interruption."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        if not rows:
-            raise
-        raise BenchStopped(list(rows), total) from None
 
 
 def run_bench(configs: list[str], device: str = "auto", precision: str = "fp32", repeats: int = 5,

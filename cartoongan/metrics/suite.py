@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data.dataset import check_dataset_root, load_dataset
 from ..data.render import render_seeds
-from ..errors import CheckpointError, ConfigError, DataError, Interrupted
+from ..errors import CheckpointError, ConfigError, DataError, rows_kept
 from ..device import math_mode
 from ..report import NullReporter, Reporter
 from ..weights.known import KNOWN_GENERATORS, missing_checkpoint
@@ -113,14 +113,6 @@ def mean_lpips(a: np.ndarray, b: np.ndarray, net: torch.nn.Module, device: torch
     return total / len(a)
 
 
-class MetricsStopped(Interrupted):
-    """A Ctrl-C while scoring several FAKE sources: `results` holds the ones finished before it."""
-
-    def __init__(self, results: list[dict[str, float]], total: int):
-        super().__init__(f"interrupted after {len(results)} of {total} FAKE sources: the table holds those")
-        self.results = results
-
-
 def compute_metrics(real: str | Path, fake: str | Path, names: str | list[str] = ("fid", "kid"),
                     n: int | None = None, device: torch.device | str = "cpu", reporter: Reporter | None = None,
                     truncation: float = 1.0, features=None, lpips_weights: str | Path | None = None,
@@ -139,7 +131,7 @@ def compare_with_real(real: str | Path, fakes: list[str | Path], names: str | li
                       ) -> list[dict[str, float]]:
     """compute_metrics of REAL against each of several FAKE sources (a checkpoint sweep), REAL read
     and its features extracted once: one dict per fake, in order. A Ctrl-C after the first is
-    finished raises MetricsStopped holding those done."""
+    finished raises RowsStopped holding those done."""
     reporter = reporter or NullReporter()
     device = torch.device(device)
     names = parse_metrics(names)
@@ -150,13 +142,9 @@ def compare_with_real(real: str | Path, fakes: list[str | Path], names: str | li
         scorer = _Scorer(names, device, reporter, features, lpips_weights)
         a = _loaded(real, n, device, truncation, reporter)
         results: list[dict[str, float]] = []
-        try:
+        with rows_kept(results, len(fakes), "FAKE sources"):
             for fake in fakes:
                 results.append(scorer.score(real, a, fake, _loaded(fake, n, device, truncation, reporter)))
-        except KeyboardInterrupt:
-            if not results or len(fakes) == 1:
-                raise
-            raise MetricsStopped(results, len(fakes)) from None
         return results
 
 
