@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import tempfile
@@ -233,3 +234,19 @@ def check_outside(path: str | os.PathLike, folder: str | os.PathLike, what: str,
     folder = Path(folder)
     if folder.is_dir() and Path(path).resolve().is_relative_to(folder.resolve()):
         raise OutputError(f"{what} {path} is inside {folder}: {why}; choose a folder outside it")
+
+
+def lock_with_pid(fh) -> str | None:
+    """Take the kernel's exclusive lock (flock) on a file opened "a+", and write this process's pid
+    in it; a killed process leaves no lock behind. None when taken; else, while another process
+    holds it, the pid that process wrote ("" if none), and nothing is taken."""
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        return fh.read().strip()
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return None

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import os
 import shutil
@@ -21,7 +20,7 @@ from PIL import Image
 from ..errors import DataError, OutputError
 from ..filekind import special_kind
 from ..hostmem import gib, host_memory_available
-from ..outputs import check_fresh_dir, check_outside
+from ..outputs import check_fresh_dir, check_outside, lock_with_pid
 from ..report import NullReporter, Reporter
 from .images import (BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, ImageTooLarge, PngWriter, bombs_as_errors, image_threads,
                      square_resize)
@@ -418,17 +417,10 @@ def _sole_writer(out: Path) -> Iterator[None]:
     else:
         raise OutputError(f"--out {out}: cannot create a lock file beside or inside it")
     with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            pid = fh.read().strip()
+        pid = lock_with_pid(fh)
+        if pid is not None:
             raise OutputError(f"--out {out} is being written by another `data prepare`{f' (pid {pid})' if pid else ''}: "
-                              "wait for it to end, or choose another folder") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
+                              "wait for it to end, or choose another folder")
         try:
             yield
         finally:

@@ -20,7 +20,7 @@ from ..data.images import make_grid, save_png
 from ..errors import CartoonganError
 from ..data.render import render_seeds
 from ..models.generator import Generator
-from ..outputs import atomic_write, visible_entries, writing
+from ..outputs import atomic_write, lock_with_pid, visible_entries, writing
 from .evaluate import CACHE as EVAL_CACHE
 from ..weights.checkpoint import load_checkpoint, save_checkpoint
 
@@ -96,15 +96,9 @@ class RunDirectory:
             self.path.mkdir(parents=True, exist_ok=True)
             fh = open(self.path / ".lock", "a+")
         with fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                raise CartoonganError(_in_training(self.path, fh.read())) from None
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"{os.getpid()}\n")
-            fh.flush()
+            holder = lock_with_pid(fh)
+            if holder is not None:
+                raise CartoonganError(_in_training(self.path, holder))
             yield
 
     def start(self, cfg: RunConfig, step: int = 0) -> None:
