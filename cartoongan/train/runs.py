@@ -16,7 +16,7 @@ from ..models.discriminator import Discriminator
 from ..ops.fir import triton_missing
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
-from ..weights.checkpoint import load_checkpoint
+from ..weights.checkpoint import load_checkpoint, provenance
 from ..weights.networks import ancestry, build_discriminator, build_generator, weights_digest
 from .distributed import init_distributed
 from .freeze import make_plan
@@ -135,15 +135,10 @@ def open_resumable(run_dir: Path, cfg: RunConfig, kind: str) -> dict:
     return ckpt
 
 
-def _provenance(ckpt: dict) -> dict:
-    """What a checkpoint recorded of its inputs (load_checkpoint has refused any but a dict)."""
-    return (ckpt.get("cartoongan") or {}).get("provenance") or {}
-
-
 def recorded_path(ckpt: dict, run_dir: Path, key: str) -> Path:
     """A path a resumable run recorded in its latest.pt (its data or source), for --resume without
     repeating it."""
-    value = _provenance(ckpt).get(key)
+    value = provenance(ckpt).get(key)
     if not value:
         raise CartoonganError(f"{run_dir}/latest.pt does not record its {key}; pass --{key} again")
     return Path(value)
@@ -163,11 +158,11 @@ def check_same_source(ckpt: dict, run_dir: Path, source_path: Path, digest: str,
                       changed_fix: str = "put the original back, or start a new run") -> None:
     """Refuse a source whose weights differ from the ones the run started from: its frozen layers
     and structure-loss targets would silently change mid-run. Runs that predate the record pass."""
-    provenance = _provenance(ckpt)
-    recorded = provenance.get("source_digest")
+    inputs = provenance(ckpt)
+    recorded = inputs.get("source_digest")
     if not recorded or recorded == digest:
         return
-    was = provenance.get("source")
+    was = inputs.get("source")
     if was and Path(was).resolve() == Path(source_path).resolve():  # same file, other weights
         raise ConfigError(f"{source_path} has changed since {run_dir} was fine-tuned from it (its weights "
                           f"differ, e.g. its own run trained on): {changed_fix}")
@@ -187,7 +182,7 @@ def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) ->
     if changes:  # a flag given with --resume applies from here on; say so, since it changes the run
         reporter.warn(f"resumed with changed settings (they apply from step {trainer.step} on): "
                       + "; ".join(changes))
-    data = changed_data(_provenance(ckpt), trainer.provenance)
+    data = changed_data(provenance(ckpt), trainer.provenance)
     if data:  # as for settings: the run goes on, but it is no longer the run its log describes
         reporter.warn(f"resumed from step {trainer.step} on {data}")
 
@@ -282,7 +277,7 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device,
     """The networks a fine-tune starts from, and the source's own lineage (see ancestry)."""
     with naming(source_path):
         ckpt = load_checkpoint(source_path)
-        ancestors = ancestry(ckpt.get("cartoongan", {}).get("provenance", {}))
+        ancestors = ancestry(provenance(ckpt))
         source = build_generator(ckpt, "g_ema", device)
         g = build_generator(ckpt, "g", device) if "g" in ckpt else copy.deepcopy(source)
         d = build_discriminator(ckpt, device) if "d" in ckpt else None

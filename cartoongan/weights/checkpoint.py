@@ -82,6 +82,12 @@ def _bare_state_dict(path, ckpt: dict) -> dict:
     return ckpt
 
 
+def provenance(ckpt: dict) -> dict:
+    """What a checkpoint recorded of its inputs ({} when nothing; load_checkpoint has refused a
+    'cartoongan' or 'provenance' entry that is not a dict)."""
+    return (ckpt.get("cartoongan") or {}).get("provenance") or {}
+
+
 # what a wrapper puts before every name when its state_dict() is saved instead of the network's:
 # DataParallel / DistributedDataParallel ('module.') and torch.compile ('_orig_mod.')
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")

@@ -13,7 +13,7 @@ from ..errors import CheckpointError, naming
 from ..models.architecture import channel_widths
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
-from .checkpoint import FORMAT_VERSION, load_checkpoint
+from .checkpoint import FORMAT_VERSION, load_checkpoint, provenance
 
 
 # ---- architecture from tensor shapes ------------------------------------------------------
@@ -153,9 +153,7 @@ def read_generator(path: str | os.PathLike, device: str | torch.device = "auto")
     set_math_mode("fp32")
     with naming(path):
         ckpt = load_checkpoint(path)
-        meta = ckpt.get("cartoongan")
-        provenance = meta.get("provenance") if isinstance(meta, dict) else None
-        return build_generator(ckpt, device=dev).eval(), provenance if isinstance(provenance, dict) else {}
+        return build_generator(ckpt, device=dev).eval(), provenance(ckpt)
 
 
 def ancestry(provenance: dict) -> list[str]:
