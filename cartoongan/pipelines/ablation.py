@@ -27,7 +27,6 @@ from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
 from ..train.runs import check_same_source, finetune, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
-from ..weights.known import missing_checkpoint
 from ..weights.networks import load_generator, weights_digest
 from .demo import BUNDLED_SOURCE
 from .sample import sample_checkpoints
@@ -200,9 +199,8 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
                           reusable=lambda names: set(names) <= OWN_ENTRIES)
     seeds = seeds or list(range(8))
     source = Path(source) if source else BUNDLED_SOURCE
-    if not source.exists():
-        raise CheckpointError(missing_checkpoint(source))
-    if "d" not in load_checkpoint(source, mmap=True):  # before any rendering, not at the first method
+    # before any rendering, not at the first method; a missing source gets load_checkpoint's line
+    if "d" not in load_checkpoint(source, mmap=True):
         raise CheckpointError(f"{source} has no discriminator ('d'): every method fine-tunes the source's G and D "
                               "(FreezeD keeps D's layers); pass a training checkpoint with both, e.g. a run's latest.pt")
     src_gen = load_generator(source, "cpu")

@@ -7,12 +7,11 @@ from pathlib import Path
 
 from ..config import load_recipe
 from ..data.synthetic import ensure_synthesized
-from ..errors import CheckpointError, ctrl_c_hint
+from ..errors import ctrl_c_hint
 from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
 from ..train.runs import finetune, pretrain, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
-from ..weights.known import missing_checkpoint
 from ..weights.networks import load_generator
 from .sample import sample_checkpoints
 from .swap import swap_checkpoints
@@ -104,9 +103,7 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
             reporter.warn(f"no bundled source model at {BUNDLED_SOURCE}: pretraining one ({SOURCE_COMMAND})")
             ensure_synthesized("photo", N_PHOTO, 64, photo_dir, seed=1, reporter=reporter)
             source = _run_pretrain(photo_dir, out / "source", pretrain_iters, reporter)
-        source = Path(source)
-        if not source.exists():
-            raise CheckpointError(missing_checkpoint(source))
+        source = Path(source)  # checked above when given, bundled only when there, else just trained
         iters = finetune_iters or load_recipe("demo_finetune").train.iters
         cartoon = _run_finetune(source, cartoon_dir, out / "finetune", iters, reporter)
         swapped = swap_checkpoints(source, cartoon, out / "swapped.pt", res=16)
