@@ -167,8 +167,8 @@ def load_recipe(path: str | Path | None) -> RunConfig:
     if path is None:
         return cfg
     path = Path(path)
-    if special_kind(path):
-        raise ConfigError(f"--recipe {path} is {special_kind(path)}, not a TOML file: name a recipe file or one of: "
+    if kind := special_kind(path):
+        raise ConfigError(f"--recipe {path} is {kind}, not a TOML file: name a recipe file or one of: "
                           f"{', '.join(recipe_names())}")
     if not path.is_file():
         builtin = recipe_path(path.name.removesuffix(".toml"))

@@ -39,8 +39,8 @@ def check_npy_file(path: str | os.PathLike, what: str = ".npy file",
         raise error(f"{what} not found: {path}")
     if path.is_dir():
         raise error(f"{path} is a folder, not a .npy file")
-    if special_kind(path):
-        raise error(f"{path} is {special_kind(path)}, not a .npy file")
+    if kind := special_kind(path):
+        raise error(f"{path} is {kind}, not a .npy file")
     size = path.stat().st_size
     if size == 0:
         raise error(f"{path} is empty (0 bytes): an interrupted save or copy? Make or copy it again")

@@ -90,22 +90,21 @@ def _fsync_folder(folder: Path) -> None:
 
 
 # ---- checks, run before any work ------------------------------------------------------------
-def _nearest_existing(path: Path) -> Path:
+def _nearest_existing(path: Path, what: str) -> Path:
+    """The first of `path` and its parents that exists; a dangling link on the way is refused (mkdir
+    through it fails late, with "File exists")."""
     for candidate in (path, *path.parents):
         if candidate.exists():
             return candidate
+        if candidate.is_symlink():
+            raise OutputError(f"{what} {path}: {candidate} is a link to {os.readlink(candidate)}, which does not "
+                              "exist (or loops): create that folder, or name another")
     return Path(".")
 
 
 def _check_creatable(path: Path, what: str) -> None:
     """`path` is an existing folder, or a folder that can be created, and can be written in."""
-    for candidate in (path, *path.parents):
-        if candidate.is_symlink() and not candidate.exists():  # mkdir there fails: "File exists"
-            raise OutputError(f"{what} {path}: {candidate} is a link to {os.readlink(candidate)}, which does not "
-                              "exist (or loops): create that folder, or name another")
-        if candidate.exists():
-            break
-    base = _nearest_existing(path)
+    base = _nearest_existing(path, what)
     if not base.is_dir():
         if base == path:
             raise OutputError(f"{what} {path} is a file, not a folder: choose a folder")

@@ -42,8 +42,8 @@ def check_dataset_root(root: Path) -> None:
         # the folder beside is only a good guess when the file is one of its pictures
         beside = f" (e.g. {root.parent})" if root.suffix.lower() in EXTENSIONS else ""
         raise DataError(f"{root} is a file, not a dataset: pass a folder of images{beside} or a .zip")
-    if special_kind(root):
-        raise DataError(f"{root} is {special_kind(root)}, not a dataset: pass a folder of images or a .zip")
+    if kind := special_kind(root):
+        raise DataError(f"{root} is {kind}, not a dataset: pass a folder of images or a .zip")
     if not root.is_dir():
         raise DataError(f"dataset not found: {root} (pass a folder of images or a .zip)")
     if is_run_folder(root):  # it would train on, or score, its own sample grids

@@ -184,8 +184,7 @@ def image_errors(name, what: str = "photo") -> Iterator[None]:
     """Open and decode a user's image inside: a missing file, a decompression bomb (PIL's warning
     threshold included) or an unreadable file becomes one DataError that names it. A device or
     FIFO is refused before anything opens it (reading a FIFO would wait for a writer forever)."""
-    kind = special_kind(name)
-    if kind:
+    if kind := special_kind(name):
         raise DataError(f"{name} is {kind}, not an image file: name the {what} itself")
     try:
         with bombs_as_errors():

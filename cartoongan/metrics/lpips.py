@@ -111,8 +111,8 @@ def _load_backbone(model: LPIPS, net: str, override: Path | None) -> None:
 
 def _torchvision_backbone(path: Path, model: LPIPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Conv weights from torchvision's VGG16 state dict (features.{i}.weight/bias), in layer order."""
-    if special_kind(path):
-        raise CartoonganError(f"--lpips-weights {path} is {special_kind(path)}: name torchvision's {VGG_FILE}")
+    if kind := special_kind(path):
+        raise CartoonganError(f"--lpips-weights {path} is {kind}: name torchvision's {VGG_FILE}")
     if not path.is_file():
         raise CartoonganError(f"--lpips-weights {path}: no such file (it should be torchvision's {VGG_FILE})")
     try:

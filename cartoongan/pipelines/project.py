@@ -175,8 +175,8 @@ def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: i
     """projected_w.npz -> w+ [N, n_latent, style_dim] (also accepts NVlabs' [n_latent, D] layout).
 
     n_latent, style_dim: what the generator that will render it needs (checked when given)."""
-    if special_kind(path):
-        raise DataError(f"{path} is {special_kind(path)}, not a projected_w.npz file")
+    if kind := special_kind(path):
+        raise DataError(f"{path} is {kind}, not a projected_w.npz file")
     try:
         with np.load(path, allow_pickle=False) as data:
             w = np.asarray(data["w"])

@@ -129,15 +129,13 @@ def _refuse_known_non_checkpoints(path: Path) -> bytes:
     return head
 
 
-
 def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False):
     """Any torch.save file, read with weights_only=True (tensors and plain data only); one-line
     CheckpointError for a missing, unsafe or unreadable file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(missing_checkpoint(path))
-    kind = special_kind(path)
-    if kind:
+    if kind := special_kind(path):
         raise CheckpointError(f"{path} is {kind}, not a checkpoint file: name a .pt file")
     if not path.is_file():
         hint = f" (a training run's is {path / 'latest.pt'})" if (path / "latest.pt").is_file() else ""

@@ -75,8 +75,7 @@ def read_pickle(path: str | os.PathLike) -> tuple[object, str]:
     """(the pickle's content as inert data (see unpickle.py), the file's sha256); CheckpointError
     on anything unsafe or broken."""
     path = Path(path)
-    kind = special_kind(path)
-    if kind:
+    if kind := special_kind(path):
         raise CheckpointError(f"{path} is {kind}, not a checkpoint file: name the .pkl file")
     if not path.is_file():
         raise CheckpointError(missing_checkpoint(path) if not path.exists() else
