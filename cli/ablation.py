@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, user_errors
+from .app import DEVICE, app, user_errors
 from .console import RichReporter, out
 
 
@@ -18,6 +18,7 @@ def ablation(
     n_eval: int = typer.Option(200, "--n-eval", min=0, max=50000, help="Samples for FID/KID (0 skips them)."),
     n_structure: int = typer.Option(64, "--n-structure", min=1, max=50000, help="Seeds for the structure score."),
     n_ppl: int = typer.Option(100, "--n-ppl", min=0, max=100000, help="PPL samples (0 skips PPL)."),
+    device: str = DEVICE,
 ):
     """FreezeD+ADA, FreezeG, FreezeSG and FreezeSG+structure loss from one source with one budget: a Markdown
     table (FID/KID vs the cartoon set, structure score vs the source, PPL) and a figure of the same seeds."""
@@ -25,6 +26,6 @@ def ablation(
 
     with user_errors():
         res = run_ablation(out_dir, RichReporter(), source=source, iters=iters, n_eval=n_eval,
-                           n_structure=n_structure, n_ppl=n_ppl)
+                           n_structure=n_structure, n_ppl=n_ppl, device=device)
     out.print(res.markdown, markup=False)
     out.print(f"table: {res.table}\nfigure (rows: source, then the methods in table order): {res.figure}")

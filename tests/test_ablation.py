@@ -111,3 +111,32 @@ def test_ctrl_c_while_measuring_says_to_run_the_ablation_again(tmp_path, monkeyp
         run_ablation(tmp_path / "abl", source=source, iters=1, n_eval=0, n_structure=2, n_ppl=0, n_cartoon=4,
                      seeds=[0], methods=METHODS[:1])
     assert str(exc.value) == f"interrupted: run the ablation again with --out {tmp_path / 'abl'} to continue"
+
+
+def test_the_device_reaches_every_fine_tune_and_the_measuring(tmp_path, monkeypatch):
+    """--device: each method trains there (its run records it, also when an earlier run is continued)
+    and its generator is loaded there; without it the recipes' own device (the CPU) stays."""
+    import tomllib
+
+    import torch
+
+    from cartoongan.pipelines import ablation
+
+    source = make_source(tmp_path / "src.pt", size=32)
+    loaded, load = [], ablation.load_generator
+    monkeypatch.setattr(ablation, "load_generator", lambda path, dev: loaded.append(dev) or load(path, dev))
+    args = dict(source=source, n_eval=0, n_structure=2, n_ppl=0, n_cartoon=4, seeds=[0], methods=METHODS[:1])
+    config = tmp_path / "abl" / "runs" / METHODS[0][1] / "config.toml"
+    run_ablation(tmp_path / "abl", iters=1, **args)
+    assert tomllib.loads(config.read_text())["train"]["device"] == "cpu"
+    run_ablation(tmp_path / "abl", iters=2, device="auto", **args)  # continues the run, now on auto
+    assert tomllib.loads(config.read_text())["train"]["device"] == "auto"
+    assert loaded[-2:] == [torch.device("cpu")] * 2  # auto is the CPU here: source and method, resolved
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_device_that_is_not_here_is_refused_before_anything_is_written(tmp_path):
+    for command in ("ablation", "demo"):
+        result = runner.invoke(app, [command, "--out", str(tmp_path / command), "--device", "cuda"])
+        assert result.exit_code == 2 and "--device cuda: no CUDA GPU is visible here" in result.output, result.output
+        assert not (tmp_path / command).exists()

@@ -183,3 +183,37 @@ def test_compiled_training_on_cuda(tmp_path, mode, monkeypatch):
     assert counters["inductor"]["cudagraph_skips"] == 0, skipped
     if mode == "reduce-overhead":  # the synthesis's w+ is a non-static input of every recorded graph
         assert counters["inductor"]["cudagraph_recorded_non_static_inputs"] > 0, dict(counters["inductor"])
+
+
+def test_demo_and_ablation_on_cuda(tmp_path):
+    """`demo --device cuda` and `ablation --device cuda`: the bundled 64 px source fine-tuned, swapped,
+    rendered and measured on the GPU (pretrained metric networks the box lacks give way to n/a)."""
+    from cartoongan.pipelines.ablation import METHODS, run_ablation
+    from cartoongan.pipelines.demo import run_demo
+
+    res = run_demo(tmp_path / "demo", finetune_iters=2, n_cartoon=16, seeds=[0, 1], device="cuda")
+    assert Image.open(res.compare).size == (2 * 64, 3 * 64) and res.gif.is_file()
+    abl = run_ablation(tmp_path / "abl", iters=1, n_eval=4, n_structure=4, n_ppl=4, n_cartoon=8, seeds=[0],
+                       device="cuda")
+    assert [v["method"] for v in abl.values[1:]] == [name for name, _ in METHODS]
+    assert all(0 < v["structure"] <= 1 + 1e-4 for v in abl.values), abl.values
+    assert Image.open(abl.figure).size == (64, (1 + len(METHODS)) * 64)
+
+
+def test_inception_features_and_a_checkpoint_sweep_on_cuda(runs):
+    """FID's Inception module on the GPU computes the CPU's features (IEEE fp32 there too); metrics
+    of REAL against two checkpoints renders and scores each on CUDA (a seeded random Inception:
+    the pretrained file is not on the box)."""
+    from cartoongan.metrics.inception import InceptionFeatures
+    from cartoongan.metrics.suite import compare_with_real
+
+    from .test_inception_net import random_network
+
+    root, out = runs
+    images = (np.random.RandomState(0).rand(3, 96, 80, 3) * 255).astype(np.uint8)
+    cpu = InceptionFeatures("cpu", network=random_network())(images)
+    gpu_features = InceptionFeatures("cuda", network=random_network().cuda())
+    assert np.abs(cpu - gpu_features(images)).max() < 1e-3 * max(1.0, np.abs(cpu).max())
+    fakes = [out["fp32"] / "src" / "latest.pt", out["fp32"] / "ft" / "latest.pt"]
+    rows = compare_with_real(root / "faces", fakes, "fid,kid", n=4, device="cuda", features=gpu_features)
+    assert len(rows) == 2 and all(np.isfinite(r["fid"]) and r["fid"] > 0 for r in rows), rows

@@ -115,3 +115,34 @@ def test_every_subcommand_names_the_device_of_what_it_makes(chain):
              "--steps", "2", "--loss", "mse", "--outdir", str(root / "t"), "--no-align", "--device", "cpu"])
     assert sorted(watch.calls) == []
     assert (root / "s" / "interpolation.gif").is_file() and (root / "p" / "proj.png").is_file()
+
+
+def test_the_later_subcommands_name_the_device_of_what_they_make(chain):
+    """The commands added after the audit: metrics of a checkpoint sweep (REAL's features once),
+    toonify and project of a folder of photos, sample of a folder's projections, and the demo and
+    ablation pipelines with a device given."""
+    from cartoongan.pipelines.ablation import METHODS, run_ablation
+    from cartoongan.pipelines.demo import run_demo
+
+    from .test_finetune import make_source
+
+    root, faces, _ = chain
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray((np.random.RandomState(i).rand(40, 36, 3) * 255).astype(np.uint8)).save(photos / f"p{i}.png")
+    src = make_source(root / "src32.pt", size=32)  # 4 blocks: the demo's and ablation's recipes need 3
+    fake = make_source(root / "fake32.pt", size=32, seed=1)
+    metrics = ["fid,kid"] if _installed("inception_fid") else ["psnr"]
+    with DevicelessFactories() as watch:
+        invoke_ok(["metrics", str(faces), str(src), str(fake), "--metrics", *metrics, "--n", "4", "--device", "cpu"])
+        invoke_ok(["toonify", str(photos), "--source", str(src), "--target", str(fake), "--steps", "1", "--loss", "mse",
+                   "--outdir", str(root / "tf"), "--no-align", "--device", "cpu"])
+        invoke_ok(["project", str(photos), "--source", str(src), "--steps", "1", "--loss", "mse",
+                   "--outdir", str(root / "pf"), "--no-align", "--device", "cpu"])
+        invoke_ok(["sample", str(fake), "--projected-w", str(root / "pf"), "--outdir", str(root / "sp"), "--device", "cpu"])
+        run_demo(root / "demo", source=src, finetune_iters=1, n_cartoon=4, seeds=[0], device="cpu")
+        run_ablation(root / "abl", source=src, iters=1, n_eval=0, n_structure=2, n_ppl=0, n_cartoon=4, seeds=[0],
+                     methods=METHODS[:1], device="cpu")
+    assert sorted(watch.calls) == []
+    assert (root / "tf" / "toonify.png").is_file() and len(list((root / "sp").glob("proj*.png"))) == 2

@@ -102,3 +102,20 @@ def test_synthesis_into_an_earlier_one_says_it_replaces_it(tmp_path):
     synthesize("cartoon", 2, 16, tmp_path / "s", reporter=reporter)
     assert reporter.warnings == [f"{tmp_path / 's'} holds an earlier synthesis of 4 face(s): replacing it with 2 cartoon face(s)"]
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["000000.png", "000001.png", "params.jsonl"]
+
+
+def test_demo_trains_on_the_device_given(tmp_path):
+    """demo --device: the fine-tune's run records it (a fresh one and a continued one); without it
+    the recipe's own device (the CPU) stays, so the suite on a GPU machine keeps the demo there."""
+    import tomllib
+
+    from cartoongan.pipelines.demo import run_demo
+
+    from .test_finetune import make_source
+
+    src = make_source(tmp_path / "src.pt", size=32)
+    config = tmp_path / "demo" / "finetune" / "config.toml"
+    run_demo(tmp_path / "demo", source=src, finetune_iters=1, n_cartoon=4, seeds=[0])
+    assert tomllib.loads(config.read_text())["train"]["device"] == "cpu"
+    res = run_demo(tmp_path / "demo", source=src, finetune_iters=2, n_cartoon=4, seeds=[0], device="auto")
+    assert tomllib.loads(config.read_text())["train"]["device"] == "auto" and res.compare.is_file()

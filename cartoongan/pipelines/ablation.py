@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import load_recipe
+from ..config import apply_overrides, load_recipe
 from ..data.dataset import load_dataset
 from ..data.render import render_seeds
 from ..data.synthetic import ensure_synthesized
+from ..device import resolve_device
 from ..errors import CartoonganError, CheckpointError, ConfigError, ctrl_c_hint
 from ..hostmem import gib, host_memory_available
 from ..metrics.structure import generator_structure_scores
@@ -66,20 +67,22 @@ def earlier_steps(runs: Path, methods: tuple[tuple[str, str], ...], source: Path
 
 
 def _finetune(recipe: str, source: Path, data: Path, run: Path, iters: int | None, step: int | None,
-              reporter: Reporter) -> tuple[Path, float | None]:
+              device: str | None, reporter: Reporter) -> tuple[Path, float | None]:
     """Fine-tune (or continue / reuse an earlier run of) one method; returns latest.pt and the seconds
-    spent (None: a finished run was reused). step: where the earlier run stands (None: there is none)."""
+    spent (None: a finished run was reused). step: where the earlier run stands (None: there is none);
+    device: where it trains (None: the recipe's own)."""
     start = time.perf_counter()
     cfg = load_recipe(recipe)
     iters = iters or cfg.train.iters
     again = _again(run.parent.parent)
+    overrides = {"train": {"iters": iters, **({"device": device} if device else {})}}
     if step is not None:
         if step >= iters:
             return run / "latest.pt", None
-        cfg = resumed_config(run, {"train": {"iters": iters}})
+        cfg = resumed_config(run, overrides)
         path = run_to_end(lambda: finetune(cfg, source, data, run, reporter, resume=True), again)
     else:
-        cfg.train.iters = iters
+        cfg = apply_overrides(cfg, overrides)
         path = run_to_end(lambda: finetune(cfg, source, data, run, reporter), again)
     return path, time.perf_counter() - start
 
@@ -94,8 +97,8 @@ class _Scorer:
     A missing network turns its columns into 'n/a' with one warning, so the structure scores
     (which need nothing) are still reported."""
 
-    def __init__(self, real: torch.Tensor | None, n_ppl: int, reporter: Reporter):
-        self.reporter, self.n_ppl = reporter, n_ppl
+    def __init__(self, real: torch.Tensor | None, n_ppl: int, device: torch.device, reporter: Reporter):
+        self.reporter, self.n_ppl, self.device = reporter, n_ppl, device
         self.inception = self.lpips = self.real_features = self.faces = None
         if real is not None:
             self._load_inception(real)
@@ -107,7 +110,7 @@ class _Scorer:
         try:
             from ..metrics.inception import InceptionFeatures
 
-            self.inception = InceptionFeatures("cpu")
+            self.inception = InceptionFeatures(self.device)
             self.real_features = self.inception(real, self.reporter, "inception features: cartoon set")
         except (CartoonganError, ImportError) as exc:  # missing weights or package: reported, the table says n/a
             self.inception = None
@@ -117,7 +120,7 @@ class _Scorer:
         try:
             from ..metrics.lpips import lpips_vgg
 
-            self.lpips = lpips_vgg()
+            self.lpips = lpips_vgg().to(self.device)
         except (CartoonganError, ImportError) as exc:
             self.reporter.warn(f"PPL not computed: {exc}")
 
@@ -186,15 +189,17 @@ def _check_renders_fit(n: int, size: int) -> None:
 def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str | Path | None = None,
                  iters: int | None = None, n_eval: int = 200, n_structure: int = 64, n_ppl: int = 100,
                  n_cartoon: int = 1000, seeds: list[int] | None = None,
-                 methods: tuple[tuple[str, str], ...] = METHODS) -> AblationResult:
+                 methods: tuple[tuple[str, str], ...] = METHODS, device: str | None = None) -> AblationResult:
     """Fine-tune every method, measure it, write out/ablation.md and out/figure.png.
 
     n_eval: samples (and at most as many cartoon-set images) for FID/KID (0 skips them); n_structure: seeds for the
-    structure score; n_ppl: PPL samples (0 skips PPL). Existing runs under out/runs are reused.
+    structure score; n_ppl: PPL samples (0 skips PPL). Existing runs under out/runs are reused. device: where
+    the methods train and the figures are measured (auto | cpu | cuda | cuda:N; None: the recipes' own, the CPU).
     """
     reporter = reporter or NullReporter()
     if n_eval == 1:
         raise ConfigError("--n-eval 1: FID and KID compare sets of at least 2 images; pass 2 or more, or 0 to skip them")
+    dev = resolve_device(device or "cpu")  # before anything is written: a device that is not here is one line
     out = check_fresh_dir(out, "--out", "ablation writes data/, runs/, samples/, ablation.md and figure.png there",
                           reusable=lambda names: set(names) <= OWN_ENTRIES)
     seeds = seeds or list(range(8))
@@ -203,14 +208,14 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     if "d" not in load_checkpoint(source, mmap=True):
         raise CheckpointError(f"{source} has no discriminator ('d'): every method fine-tunes the source's G and D "
                               "(FreezeD keeps D's layers); pass a training checkpoint with both, e.g. a run's latest.pt")
-    src_gen = load_generator(source, "cpu")
+    src_gen = load_generator(source, dev)
     _check_renders_fit(max(n_eval, n_structure), src_gen.size)
     with ctrl_c_hint(_again(out)):  # a Ctrl-C between stages: the rerun reuses the finished runs
         steps = earlier_steps(out / "runs", methods, source, weights_digest(src_gen))
         data = out / "data" / "cartoon"
         ensure_synthesized("cartoon", n_cartoon, 64, data, seed=2, reporter=reporter)
         real = load_dataset(data, src_gen.size, limit=n_eval).images if n_eval else None  # uint8 NCHW
-        scorer = _Scorer(real, n_ppl, reporter)
+        scorer = _Scorer(real, n_ppl, dev, reporter)
         # one render per generator serves FID/KID (first n_eval seeds) and identity (first n_structure)
         n_render = max(n_eval, n_structure)
         src_images = render_seeds(src_gen, range(n_render))
@@ -219,9 +224,10 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
             if recipe is None:
                 path, seconds = source, 0.0
             else:
-                path, seconds = _finetune(recipe, source, data, out / "runs" / recipe, iters, steps.get(recipe), reporter)
+                path, seconds = _finetune(recipe, source, data, out / "runs" / recipe, iters, steps.get(recipe), device,
+                                          reporter)
             paths.append(path)
-            gen = src_gen if recipe is None else load_generator(path, "cpu")
+            gen = src_gen if recipe is None else load_generator(path, dev)
             images = src_images if recipe is None else render_seeds(gen, range(n_render))
             values = {"method": name, **_measure(scorer, src_gen, gen, src_images, images, n_eval, n_structure),
                       "seconds": seconds}
@@ -235,7 +241,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
         result.table = out / "ablation.md"
         with atomic_write(result.table, "w") as fh:
             fh.write(result.markdown)
-        pictures = sample_checkpoints(paths, seeds, out / "samples", noise_mode="const", device="cpu", reporter=reporter)
+        pictures = sample_checkpoints(paths, seeds, out / "samples", noise_mode="const", device=str(dev), reporter=reporter)
         result.figure = Path(pictures.compare.replace(out / "figure.png")) if pictures.compare else None
         reporter.table("ablation (rows: source, then each method)", COLUMNS, result.rows)
         return result

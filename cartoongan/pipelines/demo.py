@@ -5,7 +5,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import load_recipe
+from ..config import apply_overrides, load_recipe
+from ..device import resolve_device
 from ..data.synthetic import ensure_synthesized
 from ..errors import ctrl_c_hint
 from ..outputs import atomic_write, check_fresh_dir
@@ -54,25 +55,28 @@ def _earlier(run: Path, iters: int, what: str, reporter: Reporter) -> tuple[Path
     return latest, True
 
 
-def _run_finetune(source: Path, data: Path, run: Path, iters: int, reporter: Reporter) -> Path:
+def _train_overrides(iters: int, device: str | None) -> dict:
+    """The [train] values a demo stage sets over its recipe (or a resumed run's config)."""
+    return {"train": {"iters": iters, **({"device": device} if device else {})}}
+
+
+def _run_finetune(source: Path, data: Path, run: Path, iters: int, device: str | None, reporter: Reporter) -> Path:
     """Fine-tune, or pick up an earlier demo run where it stopped."""
     done, resume = _earlier(run, iters, "fine-tuned model", reporter)
     if done is not None:
         return done
     if resume:
-        cfg = resumed_config(run, {"train": {"iters": iters}})
+        cfg = resumed_config(run, _train_overrides(iters, device))
         return run_to_end(lambda: finetune(cfg, source, data, run, reporter, resume=True), _again(run.parent))
-    cfg = load_recipe("demo_finetune")
-    cfg.train.iters = iters
+    cfg = apply_overrides(load_recipe("demo_finetune"), _train_overrides(iters, device))
     return run_to_end(lambda: finetune(cfg, source, data, run, reporter), _again(run.parent))
 
 
-def _run_pretrain(photos: Path, run: Path, iters: int | None, reporter: Reporter) -> Path:
+def _run_pretrain(photos: Path, run: Path, iters: int | None, device: str | None, reporter: Reporter) -> Path:
     """Pretrain the source (no bundled one), or pick up an earlier demo's: a finished one is used as
     it is (resuming it was refused as having nothing to do, after a stop in a later stage)."""
     cfg = load_recipe("demo64")
-    if iters:
-        cfg.train.iters = iters
+    cfg = apply_overrides(cfg, _train_overrides(iters or cfg.train.iters, device))
     done, resume = _earlier(run, cfg.train.iters, "source model", reporter)
     if done is not None:
         return done
@@ -81,13 +85,17 @@ def _run_pretrain(photos: Path, run: Path, iters: int | None, reporter: Reporter
 
 def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Path | None = None,
              finetune_iters: int | None = None, n_cartoon: int = 1000, seeds: list[int] | None = None,
-             pretrain_iters: int | None = None) -> DemoResult:
+             pretrain_iters: int | None = None, device: str | None = None) -> DemoResult:
     """The whole pipeline on built-in data; writes out/compare.png and out/interpolation.gif.
 
     source: a photo-domain checkpoint; default the bundled one, or (if that is absent) one
-    pretrained here with the demo64 recipe (pretrain_iters steps).
+    pretrained here with the demo64 recipe (pretrain_iters steps). device: where the stages train
+    and render (auto | cpu | cuda | cuda:N); None keeps the recipes' own (the CPU) for training
+    and renders on auto.
     """
     reporter = reporter or NullReporter()
+    if device is not None:  # a device that is not here is refused before anything is written
+        resolve_device(device)
     out = check_fresh_dir(out, "--out", "the demo writes data, runs and pictures there",
                           lambda names: set(names) <= DEMO_ENTRIES)
     seeds = seeds or list(range(8))
@@ -102,13 +110,14 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
         if source is None:
             reporter.warn(f"no bundled source model at {BUNDLED_SOURCE}: pretraining one ({SOURCE_COMMAND})")
             ensure_synthesized("photo", N_PHOTO, 64, photo_dir, seed=1, reporter=reporter)
-            source = _run_pretrain(photo_dir, out / "source", pretrain_iters, reporter)
+            source = _run_pretrain(photo_dir, out / "source", pretrain_iters, device, reporter)
         source = Path(source)  # checked above when given, bundled only when there, else just trained
         iters = finetune_iters or load_recipe("demo_finetune").train.iters
-        cartoon = _run_finetune(source, cartoon_dir, out / "finetune", iters, reporter)
+        cartoon = _run_finetune(source, cartoon_dir, out / "finetune", iters, device, reporter)
         swapped = swap_checkpoints(source, cartoon, out / "swapped.pt", res=16)
         pictures = sample_checkpoints([source, cartoon, swapped], seeds, out / "samples", truncation=0.8,
-                                      noise_mode="const", interpolate=8, reporter=reporter)
+                                      noise_mode="const", interpolate=8, device=device or "auto",
+                                      reporter=reporter)
         compare = _copy(pictures.compare, out / "compare.png")
         gif = _copy(pictures.gif, out / "interpolation.gif")
         return DemoResult(compare, gif, source, cartoon, swapped)
