@@ -198,6 +198,7 @@ CompileMode = choices("CompileMode", COMPILE_MODES)
 # Commands register on `app` when their module is imported: here, in the order `--help` lists them.
 from . import train  # noqa: E402,F401
 from . import sample  # noqa: E402,F401
+from . import edit  # noqa: E402,F401
 from . import checkpoints  # noqa: E402,F401
 from . import data  # noqa: E402,F401
 from . import demo  # noqa: E402,F401

@@ -27,6 +27,7 @@ from ..models.encoders import GradualStyleEncoder, PSPEncoder
 from ..models.generator import Generator
 from ..outputs import atomic_write
 from .checkpoint import check_checkpoint, read_torch_file
+from .factor import describe_factor, is_factor_file
 from .networks import _cpu_state, _load_state, describe, describe_checkpoint, infer_generator_config
 from .unpickle import ArraysUnpickler
 
@@ -241,6 +242,8 @@ def describe_file(path: str | os.PathLike) -> dict:
     if path.is_file() and looks_like_nvlabs_pickle(path):  # load_checkpoint converts those
         return describe_checkpoint(path)
     ckpt = read_torch_file(path)
+    if is_factor_file(ckpt):
+        return describe_factor(ckpt)
     if isinstance(ckpt, dict) and is_dualstyle_state(ckpt.get("g_ema")):
         sd = ckpt["g_ema"]
         cfg = infer_dualstyle_config(sd)
