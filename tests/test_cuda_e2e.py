@@ -217,3 +217,14 @@ def test_inception_features_and_a_checkpoint_sweep_on_cuda(runs):
     fakes = [out["fp32"] / "src" / "latest.pt", out["fp32"] / "ft" / "latest.pt"]
     rows = compare_with_real(root / "faces", fakes, "fid,kid", n=4, device="cuda", features=gpu_features)
     assert len(rows) == 2 and all(np.isfinite(r["fid"]) and r["fid"] > 0 for r in rows), rows
+
+
+def test_edit_on_cuda_matches_the_cpu(runs, tmp_path):
+    """`edit --device cuda`: the moved w+ rendered on the GPU give the CPU's sheet (IEEE fp32 renders)."""
+    d = runs[1]["fp32"]
+    sheets = {}
+    for device in ("cpu", "cuda"):
+        invoke_ok(["edit", str(d / "src" / "latest.pt"), str(d / "ft" / "latest.pt"), "--index", "0,3", "--steps", "3",
+                   "--seeds", "0-1", "--outdir", str(tmp_path / device), "--device", device])
+        sheets[device] = np.asarray(Image.open(tmp_path / device / "index003.png"), np.int16)
+    assert sheets["cpu"].shape == (4 * 256, 3 * 256, 3) and np.abs(sheets["cpu"] - sheets["cuda"]).max() <= 2

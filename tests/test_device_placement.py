@@ -119,7 +119,7 @@ def test_every_subcommand_names_the_device_of_what_it_makes(chain):
 
 def test_the_later_subcommands_name_the_device_of_what_they_make(chain):
     """The commands added after the audit: metrics of a checkpoint sweep (REAL's features once),
-    toonify and project of a folder of photos, sample of a folder's projections, and the demo and
+    toonify and project of a folder of photos, sample of a folder's projections, factor and edit, and the demo and
     ablation pipelines with a device given."""
     from cartoongan.pipelines.ablation import METHODS, run_ablation
     from cartoongan.pipelines.demo import run_demo
@@ -141,6 +141,9 @@ def test_the_later_subcommands_name_the_device_of_what_they_make(chain):
         invoke_ok(["project", str(photos), "--source", str(src), "--steps", "1", "--loss", "mse",
                    "--outdir", str(root / "pf"), "--no-align", "--device", "cpu"])
         invoke_ok(["sample", str(fake), "--projected-w", str(root / "pf"), "--outdir", str(root / "sp"), "--device", "cpu"])
+        invoke_ok(["factor", str(src), "-o", str(root / "f.pt")])
+        invoke_ok(["edit", str(src), str(fake), "--factor", str(root / "f.pt"), "--index", "0", "--steps", "3", "--seeds",
+                   "0-1", "--layers", "0-3", "--outdir", str(root / "ed"), "--device", "cpu"])
         run_demo(root / "demo", source=src, finetune_iters=1, n_cartoon=4, seeds=[0], device="cpu")
         run_ablation(root / "abl", source=src, iters=1, n_eval=0, n_structure=2, n_ppl=0, n_cartoon=4, seeds=[0],
                      methods=METHODS[:1], device="cpu")
