@@ -175,6 +175,18 @@ def finite_nonnegative(value: float | None) -> float | None:
     return value
 
 
+def truncation_psi(value: float | None) -> float | None:
+    from cartoongan.data.render import check_truncation
+    from cartoongan.errors import ConfigError
+
+    if value is None:  # an optional flag not given
+        return value
+    try:
+        return check_truncation(value, "it")
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
 
 # Upper bounds of sizes and counts: far beyond any real use, and low enough that a typo (a size

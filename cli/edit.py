@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import DEVICE, NoiseMode, app, finite_nonnegative, user_errors, valid_seeds
+from .app import DEVICE, NoiseMode, app, finite_nonnegative, truncation_psi, user_errors, valid_seeds
 from .console import RichReporter, out
 
 
@@ -50,7 +50,7 @@ def edit(
     degree: float = typer.Option(5.0, "--degree", callback=finite_nonnegative, help="How far to move w each way (the sheet's columns run from -degree to +degree)."),
     steps: int = typer.Option(5, "--steps", min=2, max=41, help="Columns of a sheet."),
     seeds: str = typer.Option("0-3", "--seeds", callback=valid_seeds, help="Seeds: a row each per checkpoint (at most 64)."),
-    trunc: float = typer.Option(0.7, "--trunc", callback=finite_nonnegative, help="Truncation psi, applied before the move."),
+    trunc: float = typer.Option(0.7, "--trunc", callback=truncation_psi, help="Truncation psi, applied before the move."),
     layers: Optional[str] = typer.Option(None, "--layers", callback=_valid_layers, help="w+ layers to move, e.g. 0-5 (coarse) (default: all)."),
     noise_mode: NoiseMode = typer.Option(NoiseMode("const"), "--noise-mode", help="Noise maps: fresh random, the stored constants, or none."),
     outdir: Path = typer.Option(Path("edits"), "--outdir", help="Output folder."),

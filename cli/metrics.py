@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import COUNT_MAX, DEVICE, app, finite_nonnegative, user_errors
+from .app import COUNT_MAX, DEVICE, app, truncation_psi, user_errors
 from .console import RichReporter, fail, out, result_table
 
 
@@ -20,7 +20,7 @@ def metrics(
                               "(lpips/identity pair same-named files, or the same seeds of two checkpoints)."),
     n: Optional[int] = typer.Option(None, "--n", min=2, max=COUNT_MAX, help="Images per source: the first N of a folder "
                                     "(default all), seeds 0..N-1 of a checkpoint (default 1000)."),
-    trunc: Optional[float] = typer.Option(None, "--trunc", callback=finite_nonnegative, help="Truncation psi for "
+    trunc: Optional[float] = typer.Option(None, "--trunc", callback=truncation_psi, help="Truncation psi for "
                                           "checkpoints (default 1: none)."),
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="torchvision vgg16-397923af.pth "
                                                  "overriding the bundled LPIPS backbone."),

@@ -6,14 +6,14 @@ from typing import List, Optional
 
 import typer
 
-from .app import DEVICE, NoiseMode, app, finite_nonnegative, user_errors, valid_seeds
+from .app import DEVICE, NoiseMode, app, truncation_psi, user_errors, valid_seeds
 from .console import RichReporter, fail, out
 
 @app.command()
 def sample(
     ckpts: List[Path] = typer.Argument(..., metavar="CKPT", help="One or more checkpoints; several render the same w side by side."),
     seeds: Optional[str] = typer.Option(None, "--seeds", callback=valid_seeds, help="Seeds, e.g. 0-3,7 (z = RandomState(seed).randn(1, 512)); default 0-7."),
-    trunc: Optional[float] = typer.Option(None, "--trunc", callback=finite_nonnegative, help="Truncation psi (default 1 = none)."),
+    trunc: Optional[float] = typer.Option(None, "--trunc", callback=truncation_psi, help="Truncation psi (default 1 = none)."),
     noise_mode: NoiseMode = typer.Option(NoiseMode("const"), "--noise-mode", help="Noise maps: fresh random, the stored constants, or none."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Output folder."),
     interpolate: int = typer.Option(0, "--interpolate", min=0, max=1000, help="Also write interpolation.gif: K frames from each seed to the next, looping back to the first."),

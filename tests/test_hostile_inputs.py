@@ -399,6 +399,23 @@ def test_projected_w_from_another_model(tmp_path, assets, w, expected):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_projected_w_that_renders_nan_is_refused_not_saved_black(tmp_path, assets):
+    # finite, the right shape, far outside the mapping's range: the render overflows to inf/NaN
+    path = _w(tmp_path, np.full((2, 6, 32), 3e38, np.float32))
+    res = runner.invoke(app, ["sample", str(assets["a"]), "--projected-w", str(path), "--outdir", str(tmp_path / "o")])
+    assert "rendered NaN or inf" in error_line(res)
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_a_truncation_of_the_library_is_checked_like_the_flag(tmp_path, assets):
+    from cartoongan.errors import ConfigError
+    from cartoongan.pipelines.sample import sample_checkpoints
+
+    with pytest.raises(ConfigError, match="from 0 to 10"):
+        sample_checkpoints([assets["a"]], [0], tmp_path / "o", truncation=float("nan"), device="cpu")
+    assert not list(tmp_path.rglob("*.png"))
+
+
 def _edit(path: Path, tmp_path: Path, edit) -> Path:
     ckpt = load_checkpoint(path)
     edit(ckpt)
@@ -911,6 +928,14 @@ REFUSED = {  # argv (from tmp_path and assets), exit code, words of the line
                                                     2, "at 64 px on the CPU"),
     "a CPU bench --flops batch no memory holds": (lambda t, a: ["bench", "--device", "cpu", "--configs", "tiny",
                                                                  "--flops", "--batch", str(10**8)], 2, "needs over"),
+    "a sample truncation of 1e308": (lambda t, a: ["sample", str(a["a"]), "--trunc", "1e308", "--outdir", str(t / "o")],
+                                     2, "from 0 to 10"),
+    "a sample truncation of 11": (lambda t, a: ["sample", str(a["a"]), "--trunc", "11", "--outdir", str(t / "o")],
+                                  2, "got 11.0"),
+    "a metrics truncation of 1e38": (lambda t, a: ["metrics", str(a["data"]), str(a["a"]), "--trunc", "1e38"],
+                                     2, "from 0 to 10"),
+    "an edit truncation of 1e308": (lambda t, a: ["edit", str(a["a"]), "--factor", str(t / "f.pt"), "--trunc", "1e308",
+                                                  "--outdir", str(t / "o")], 2, "from 0 to 10"),
     "a folder with no image at all": (lambda t, a: ((t / "txt").mkdir(), (t / "txt" / "a.txt").write_text("x"),
                                                     ["data", "prepare", str(t / "txt"), "--out", str(t / "p")])[2],
                                       1, "no readable images"),
