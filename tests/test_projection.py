@@ -145,3 +145,50 @@ def test_lpips_without_its_weights_package_is_one_clear_line(tmp_path, tiny_sour
         from cartoongan.metrics.lpips import lpips_vgg
 
         lpips_vgg(bad)
+
+
+def test_photo_folder_names_depend_on_each_photos_own_path(tmp_path):
+    from pathlib import Path
+
+    from cartoongan.pipelines.folders import photo_folder_names
+
+    def names(*rels):
+        return photo_folder_names(tmp_path, [tmp_path / r for r in rels])
+
+    assert names("ann.jpg", "bob.png") == ["ann", "bob"]  # a flat folder: the stems
+    assert names("kids/ann.jpg", "ann.jpg") == ["kids_ann", "ann"]
+    assert names("face.jpg", "face.png", "x.jpg") == ["face_jpg", "face_png", "x"]
+    twins = names("a/b.jpg", "a_b.jpg")  # the same name twice over: told apart by a hash of the path
+    assert len(set(twins)) == 2 and all(n.startswith("a_b_jpg_") for n in twins)
+    # a photo added in front renames none of the others (positions used to prefix every name)
+    assert names("0.jpg", "kids/ann.jpg", "bob.png")[1:] == names("kids/ann.jpg", "bob.png")
+    assert all("/" not in n for n in names(str(Path("x") / "y" / "z.jpg")))
+
+
+def _two_photos(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, shade in enumerate((60, 190)):
+        Image.fromarray(np.full((32, 32, 3), shade, np.uint8)).save(photos / f"p{i}.png")
+    return photos
+
+
+def test_project_of_a_folder_redoes_a_photo_whose_projection_toonify_replaced(tmp_path, tiny_source, monkeypatch):
+    """project FOLDER and toonify FOLDER into one --outdir share each photo's projected_w.npz: a
+    project rerun must not keep projection.png rows that no longer show the projection there."""
+    from cartoongan.pipelines import toonify as toonify_mod
+
+    photos, out = _two_photos(tmp_path), tmp_path / "out"
+    common = ["--source", str(tiny_source[1]), "--loss", "mse", "--no-align", "--outdir", str(out)]
+    assert runner.invoke(app, ["project", str(photos), "--steps", "1", *common]).exit_code == 0
+    res = runner.invoke(app, ["toonify", str(photos), "--target", str(tiny_source[1]), "--steps", "3", *common])
+    assert res.exit_code == 0, res.output
+    real, calls = toonify_mod.project, []
+    monkeypatch.setattr(toonify_mod, "project", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    res = runner.invoke(app, ["project", str(photos), "--steps", "1", *common])
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 2  # both projections were toonify's: both projected again
+    pair = np.asarray(Image.open(out / "p0" / "projection.png"))
+    assert np.array_equal(pair[:, 32:], np.asarray(Image.open(out / "p0" / "proj.png")))
+    calls.clear()
+    assert runner.invoke(app, ["project", str(photos), "--steps", "1", *common]).exit_code == 0 and calls == []

@@ -2,7 +2,9 @@
 a sheet of all rows; skipped photos named, finished ones kept for a rerun."""
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +18,6 @@ from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, check_
 from ..report import NullReporter, Reporter
 from ..weights.networks import weights_digest
 from .project import PROJECTION_FILES, ProjectConfig
-from .sample import unique_names
 from .toonify import ToonifyModels, load_models, toonify_one
 
 # what a folder run writes: (each photo's row picture, each photo's record, the sheet of all rows)
@@ -41,7 +42,7 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
     photos = [folder / name for name, _ in image_sources(folder)]
     if not photos:
         raise DataError(f"no photos in {folder} (looked for {', '.join(sorted(EXTENSIONS))})")
-    subs = [outdir / name for name in unique_names(photos)]
+    subs = [outdir / name for name in photo_folder_names(folder, photos)]
     for sub in subs:  # `--outdir .` beside photos/ holding photos.jpg would write into photos/ itself
         check_outside(sub, folder, "--outdir", "its pictures would be read as photos the next time")
         check_keeps_inputs(sub, (*PROJECTION_FILES, picture, record), [source, *targets])
@@ -68,7 +69,7 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
             raise Interrupted(f"interrupted at step {result.stopped_at} of {cfg.steps} of photo {i} of {len(photos)} "
                               f"({photo.name}), whose projection so far is in {sub}", again) from None
         with atomic_write(sub / record, "w") as fh:  # last: its presence says the folder is whole
-            json.dump(made, fh)
+            json.dump({**made, "projected_w": _digest(sub / "projected_w.npz")}, fh)
         rows.append(row)
     if not rows:
         raise DataError(f"none of the {len(photos)} photo(s) in {folder} could be {PAST[kind]} (see the warnings)")
@@ -85,6 +86,23 @@ def project_folder(folder: str | Path, source: str | Path, outdir: str | Path, c
                           kind="project", video=save_video)
 
 
+def photo_folder_names(folder: Path, photos: list[Path]) -> list[str]:
+    """A subfolder name per photo under `folder`, from that photo's own path: a photo added or
+    removed later renames no other photo's folder, so a rerun keeps the finished ones. The path
+    without its suffix, its folders joined by "_" (a flat folder: the stems); photos that still share
+    a name (face.jpg beside face.png) add their suffix, then (a/b.jpg beside a_b.jpg) a hash of the path."""
+    rels = [p.relative_to(folder) for p in photos]
+    names = ["_".join(r.with_suffix("").parts) for r in rels]
+    names = _apart(names, [f"{n}_{r.suffix.lstrip('.').lower()}" for n, r in zip(names, rels)])
+    return _apart(names, [f"{n}_{hashlib.sha1(r.as_posix().encode()).hexdigest()[:8]}" for n, r in zip(names, rels)])
+
+
+def _apart(names: list[str], longer: list[str]) -> list[str]:
+    """names, each one that several share replaced by its longer form."""
+    shared = {n for n, count in Counter(names).items() if count > 1}
+    return [long if name in shared else name for name, long in zip(names, longer)]
+
+
 def _settings(models: ToonifyModels, cfg: ProjectConfig, align: bool) -> dict:
     """What a photo's folder was made with: the networks by their weights (a source trained on in
     place is another source), the projection's settings, the alignment."""
@@ -94,11 +112,19 @@ def _settings(models: ToonifyModels, cfg: ProjectConfig, align: bool) -> dict:
 
 def _finished_row(sub: Path, picture: str, record: str, made: dict) -> np.ndarray | None:
     """The row picture of a photo's folder that the same photo and settings made, else None
-    (another --target, --steps, ... is done again)."""
+    (another --target, --steps, ... is done again; so is a folder whose projected_w.npz is no longer
+    the one recorded: `project` and `toonify` of one folder into one --outdir share that file)."""
     try:
         recorded = json.loads((sub / record).read_text(encoding="utf-8"))
+        if not isinstance(recorded, dict) or recorded.pop("projected_w", None) != _digest(sub / "projected_w.npz"):
+            return None
         with Image.open(sub / picture) as img:
             row = np.asarray(img.convert("RGB"))
     except (OSError, ValueError):
         return None
     return row if recorded == json.loads(json.dumps(made)) else None
+
+
+def _digest(path: Path) -> str:
+    """sha256 of a file's bytes (a projected_w.npz: a few KB)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
