@@ -214,8 +214,9 @@ _TWO_NAN = np.where(np.arange(68)[:, None] < 2, np.nan, _ELSEWHERE + 100)
 
 @pytest.mark.parametrize("content,message", [(np.zeros((5, 2)), "not float64 (5, 2)"), (None, "not found"),
                                              (_ELSEWHERE + 5000, "lie outside"), (_ELSEWHERE + 1e9, "lie outside"),
-                                             (_TWO_NAN, "2 of the 68 points are NaN or inf")],
-                         ids=["shape", "missing", "another photo's", "far off", "NaN"])
+                                             (_TWO_NAN, "2 of the 68 points are NaN or inf"),
+                                             (_ELSEWHERE * 1e-5 + 200, "too small to align")],
+                         ids=["shape", "missing", "another photo's", "far off", "NaN", "a dot"])
 def test_bad_landmarks_file(tmp_path, content, message):
     lm = tmp_path / "lm.npy"
     if content is not None:

@@ -141,6 +141,11 @@ class Quad:
     side: float
 
 
+# Below this the padding and warp steps of a crop are under a pixel (divisions by zero, a black
+# picture); dlib finds no face under about 40 px, so only hand-given landmarks get here.
+MIN_FACE_SIDE = 8
+
+
 def face_quad(landmarks: np.ndarray) -> Quad:
     """The FFHQ crop square of a face from its 68 landmarks [68, 2] (x, y)."""
     lm = np.asarray(landmarks, dtype=np.float64)
@@ -161,6 +166,9 @@ def face_quad(landmarks: np.ndarray) -> Quad:
     half = max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
     if not half > 0 or np.hypot(*axis_x) == 0:
         raise DataError("the landmarks are degenerate (eyes and mouth coincide)")
+    if 2 * half < MIN_FACE_SIDE:
+        raise DataError(f"the landmarks describe a face {2 * half:.3g} px across (eyes {np.hypot(*eye_to_eye):.3g} px "
+                        f"apart): too small to align; at least {MIN_FACE_SIDE} px is needed (were they scaled?)")
     axis_x = axis_x / np.hypot(*axis_x) * half
     axis_y = np.array([-axis_x[1], axis_x[0]])  # x turned 90 degrees clockwise on screen: points down
     centre = eyes + eye_to_mouth * 0.1
