@@ -192,3 +192,16 @@ def test_project_of_a_folder_redoes_a_photo_whose_projection_toonify_replaced(tm
     assert np.array_equal(pair[:, 32:], np.asarray(Image.open(out / "p0" / "proj.png")))
     calls.clear()
     assert runner.invoke(app, ["project", str(photos), "--steps", "1", *common]).exit_code == 0 and calls == []
+
+
+@pytest.mark.parametrize("command", ["project", "toonify"])
+def test_an_outdir_that_is_the_photos_own_folder_is_warned_of(tmp_path, tiny_source, command):
+    photos = _two_photos(tmp_path)
+    extra = ["--target", str(tiny_source[1])] if command == "toonify" else []
+    argv = [command, str(photos / "p0.png"), "--source", str(tiny_source[1]), *extra, "--steps", "1", "--loss", "mse",
+            "--no-align", "--outdir"]
+    res = runner.invoke(app, [*argv, str(photos)])
+    assert res.exit_code == 0, res.output
+    assert "is the photo's own folder" in " ".join(res.output.split())
+    res = runner.invoke(app, [*argv, str(tmp_path / "elsewhere")])
+    assert res.exit_code == 0 and "own folder" not in res.output

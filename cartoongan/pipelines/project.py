@@ -220,6 +220,15 @@ def load_target(photo: str | Path, size: int, align: bool, outdir: str | Path,
     return torch.from_numpy(face.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1, path
 
 
+def warn_if_beside_the_photo(photo: str | Path, outdir: str | Path, reporter: Reporter) -> None:
+    """Warn when --outdir is the photo's own folder: target.png, proj.png and aligned.png land among
+    the photos, where a later `project FOLDER`, `toonify FOLDER` or `data prepare` of it takes them for
+    photos. Only a warning (the folder form refuses): `--outdir .` beside one selfie is common and harmless."""
+    if Path(photo).resolve().parent == Path(outdir).resolve():
+        reporter.warn(f"--outdir {outdir} is the photo's own folder: the pictures written there will be read as "
+                      "photos by a later run over that folder; pass another --outdir to keep it photos only")
+
+
 def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg: ProjectConfig,
                   lpips_weights: str | Path | None = None, save_video: bool = False, device: str = "auto",
                   reporter: Reporter | None = None, perceptual=None, align: bool = False) -> dict[str, Path]:
@@ -227,6 +236,8 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
     and write the results."""
     check_output_dir(outdir, "--outdir")
     check_keeps_inputs(outdir, PROJECTION_FILES, [photo, source])
+    reporter = reporter or NullReporter()
+    warn_if_beside_the_photo(photo, outdir, reporter)
     gen = load_generator(source, device)
     dev = gen.input.input.device
     target, aligned = load_target(photo, gen.size, align, outdir, reporter)

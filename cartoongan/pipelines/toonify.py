@@ -14,7 +14,7 @@ from ..outputs import check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
 from ..weights.networks import lineage, read_generator
 from .project import (PROJECTION_FILES, Projection, ProjectConfig, _perceptual_for, load_target, project,
-                      raise_if_stopped, save_projection)
+                      raise_if_stopped, save_projection, warn_if_beside_the_photo)
 from .swap import check_compatible
 
 
@@ -77,6 +77,7 @@ def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], ou
     check_output_dir(outdir, "--outdir")
     check_keeps_inputs(outdir, (*PROJECTION_FILES, "toonify.png"), [photo, source, *targets])
     reporter = reporter or NullReporter()
+    warn_if_beside_the_photo(photo, outdir, reporter)
     models = load_models(source, targets, cfg, lpips_weights, device, reporter, perceptual)
     result, _ = toonify_one(photo, models, Path(outdir), cfg, reporter, align)
     raise_if_stopped(result, cfg.steps, outdir)
