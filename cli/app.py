@@ -8,6 +8,7 @@ import contextlib
 import math
 import os
 import re
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -198,7 +199,17 @@ COUNT_MAX = 100_000
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     app()  # click already ends quietly (exit 1) when stdout's reader is gone (`| head`)
+
+
+def _terminated(signum, frame) -> None:
+    """SIGTERM (`kill`, a scheduler's preemption) ends a command the way Ctrl-C does, so each keeps
+    what it made and says so (sample the images written, project its projection so far, data
+    prepare the old folder) instead of dying silently with exit 143. A repeat is ignored while
+    that is written, as launchers may deliver one twice; training steps install their own flag."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 # the library's allowed values as Typer choices, shared by several commands

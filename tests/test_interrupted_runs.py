@@ -444,3 +444,34 @@ def test_a_pipeline_stage_stopped_by_ctrl_c_carries_the_pipelines_own_hint(tmp_p
     with pytest.raises(Interrupted, match=r"holds step 2: run the ablation again$") as exc:
         run_to_end(second_ctrl_c, "run the ablation again")
     assert "--resume" not in str(exc.value) and isinstance(exc.value, KeyboardInterrupt)
+
+
+def test_a_sigterm_ends_sample_as_a_ctrl_c_does(tmp_path):
+    """`kill` or a scheduler's SIGTERM used to end sample silently (exit 143), without a word of
+    the images written. Now it says so, as for a Ctrl-C, and the PNGs on disk are whole."""
+    import subprocess
+
+    from PIL import Image
+
+    from cartoongan import Generator
+    from cartoongan.weights.networks import generator_checkpoint
+
+    from .conftest import TINY
+
+    ckpt = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(Generator(16, **TINY)))
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "cartoongan_cli", "sample", str(ckpt), "--seeds", "0-99999",
+                             "--device", "cpu", "--outdir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and len(list(out.glob("seed*.png"))) >= 8) and proc.poll() is None:
+        assert time.monotonic() < deadline, "sample wrote no image in 2 minutes"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    said = " ".join(err.split())
+    assert proc.returncode == 130 and "interrupted after" in said and "grid.png was not" in said, (proc.returncode, err)
+    assert "Traceback" not in err and not (out / "grid.png").exists()
+    for png in out.glob("seed*.png"):
+        with Image.open(png) as img:
+            img.load()  # whole files only: each was written before the signal took effect
