@@ -239,8 +239,9 @@ def describe_file(path: str | os.PathLike) -> dict:
                 "first": names[:3], "last": names[-1], **_non_finite(codes.values())}
     from .nvlabs import looks_like_nvlabs_pickle
 
-    if path.is_file() and looks_like_nvlabs_pickle(path):  # load_checkpoint converts those
-        return describe_checkpoint(path)
+    if path.is_file() and looks_like_nvlabs_pickle(path):  # load_checkpoint converts those in memory
+        # what the file is, not what `convert` would make of it (format cartoongan, kind converted)
+        return {**describe_checkpoint(path), "kind": None, "format": "nvlabs-pickle"}
     ckpt = read_torch_file(path)
     if is_factor_file(ckpt):
         return describe_factor(ckpt)
