@@ -205,3 +205,21 @@ def test_an_outdir_that_is_the_photos_own_folder_is_warned_of(tmp_path, tiny_sou
     assert "is the photo's own folder" in " ".join(res.output.split())
     res = runner.invoke(app, [*argv, str(tmp_path / "elsewhere")])
     assert res.exit_code == 0 and "own folder" not in res.output
+
+
+def test_toonify_warns_of_a_target_that_repeats_the_source_or_another_target(tmp_path, tiny_source):
+    import shutil
+
+    src = tiny_source[1]
+    other = save_checkpoint(tmp_path / "other.pt", generator_checkpoint(randomized(Generator(32, **ARCH), 1, 0.1)))
+    copy = shutil.copy(other, tmp_path / "copy.pt")  # another path, the same weights
+    photo = _two_photos(tmp_path) / "p0.png"
+    argv = ["toonify", str(photo), "--source", str(src), "--steps", "1", "--loss", "mse", "--no-align"]
+    res = runner.invoke(app, [*argv, "--target", str(src), "--target", str(other), "--target", str(copy),
+                              "--outdir", str(tmp_path / "a")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0, said
+    assert f"--target {src} holds the source's own weights" in said
+    assert f"--target {copy} holds the same weights as an earlier --target" in said and f"--target {other} holds" not in said
+    res = runner.invoke(app, [*argv, "--target", str(other), "--outdir", str(tmp_path / "b")])
+    assert res.exit_code == 0 and "holds" not in res.output

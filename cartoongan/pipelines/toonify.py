@@ -12,7 +12,7 @@ from ..errors import CartoonganError
 from ..models.generator import Generator
 from ..outputs import check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
-from ..weights.networks import lineage, read_generator
+from ..weights.networks import lineage, read_generator, weights_digest
 from .project import (PROJECTION_FILES, Projection, ProjectConfig, _perceptual_for, load_target, project,
                       raise_if_stopped, save_projection, warn_if_beside_the_photo)
 from .swap import check_compatible
@@ -46,7 +46,21 @@ def load_models(source: str | Path, targets: list[str | Path], cfg: ProjectConfi
         elif relation == "unrelated":
             reporter.warn(f"{path} was fine-tuned from another model ({target_record.get('source')}), not from "
                           f"{source}: a latent projected with --source need not carry over; going on as given")
+    _warn_of_repeats(source_g, targets, [g for g, _ in loaded], reporter)
     return ToonifyModels(source_g, [g for g, _ in loaded], perceptual or _perceptual_for(cfg, lpips_weights, dev))
+
+
+def _warn_of_repeats(source: Generator, paths: list[str | Path], targets: list[Generator], reporter: Reporter) -> None:
+    """Warn of a --target holding the source's weights, or an earlier target's (by weights, so a copy
+    counts): a column that shows nothing new, most likely a mistyped path."""
+    seen = [weights_digest(source)]
+    for path, g in zip(paths, targets):
+        digest = weights_digest(g)
+        if digest == seen[0]:
+            reporter.warn(f"--target {path} holds the source's own weights: its column repeats the projection")
+        elif digest in seen:
+            reporter.warn(f"--target {path} holds the same weights as an earlier --target: the row shows it twice")
+        seen.append(digest)
 
 
 def toonify_one(photo: str | Path, models: ToonifyModels, outdir: Path, cfg: ProjectConfig, reporter: Reporter,
