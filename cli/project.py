@@ -8,7 +8,7 @@ import typer
 
 from cartoongan.pipelines.project import LOSSES, SPACES
 
-from .app import DEVICE, SEED_MAX, app, choices, user_errors
+from .app import COUNT_MAX, DEVICE, SEED_MAX, app, choices, user_errors
 from .console import RichReporter, fail, out
 
 Space = choices("Space", SPACES)
@@ -26,7 +26,7 @@ def _project_config(steps: int, space: Space, loss: Distance, seed: int, lpips_w
     return ProjectConfig(steps=steps, space=space.value, loss=loss.value, seed=seed)
 
 
-STEPS = typer.Option(1000, "--steps", min=1, help="Optimisation steps.")
+STEPS = typer.Option(1000, "--steps", min=1, max=COUNT_MAX, help="Optimisation steps.")
 SPACE = typer.Option(Space("w"), "--space", help="w: one vector for every layer; w+: one per layer.")
 LOSS = typer.Option(Distance("lpips"), "--loss", help="Distance to the photo: LPIPS (VGG), MSE, or both.")
 LPIPS_W = typer.Option(None, "--lpips-weights", help="torchvision's vgg16-397923af.pth, overriding the VGG16 "

@@ -936,6 +936,8 @@ REFUSED = {  # argv (from tmp_path and assets), exit code, words of the line
                                      2, "from 0 to 10"),
     "an edit truncation of 1e308": (lambda t, a: ["edit", str(a["a"]), "--factor", str(t / "f.pt"), "--trunc", "1e308",
                                                   "--outdir", str(t / "o")], 2, "from 0 to 10"),
+    "a projection of a billion steps": (lambda t, a: ["project", str(a["photo"]), "--source", str(a["a"]), "--steps",
+                                                      "1000000000", "--outdir", str(t / "o")], 2, "'--steps'"),
     "a folder with no image at all": (lambda t, a: ((t / "txt").mkdir(), (t / "txt" / "a.txt").write_text("x"),
                                                     ["data", "prepare", str(t / "txt"), "--out", str(t / "p")])[2],
                                       1, "no readable images"),
