@@ -390,7 +390,8 @@ def _w(tmp_path, array) -> Path:
     (np.zeros((32,), np.float32), "expected floats"),
     (np.full((8, 32), np.nan, np.float32), "NaN"),
     (np.array([["a"]]), "expected floats"),
-], ids=["n_latent", "style_dim", "1-d", "nan", "strings"])
+    (np.zeros((1, 6, 32), np.int64), "int64 array"),
+], ids=["n_latent", "style_dim", "1-d", "nan", "strings", "integers"])
 def test_projected_w_from_another_model(tmp_path, assets, w, expected):
     path = _w(tmp_path, w)
     res = runner.invoke(app, ["sample", str(assets["a"]), "--projected-w", str(path), "--outdir", str(tmp_path / "o")])

@@ -185,9 +185,9 @@ def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: i
     except (KeyError, ValueError, OSError, EOFError, TypeError, zipfile.BadZipFile):
         # TypeError: a plain .npy, which np.load returns as an array, not an archive
         raise DataError(f"{path} is not a projected_w.npz with a 'w' array") from None
-    if w.dtype.kind not in "fiu" or w.ndim not in (2, 3) or w.size == 0:
+    if w.dtype.kind != "f" or w.ndim not in (2, 3) or w.size == 0:  # integers are no latent any projector writes
         raise DataError(f"{path}: 'w' is a {w.dtype} array of shape {w.shape}, expected floats of shape "
-                        "(N, n_latent, style_dim)")
+                        "(N, n_latent, style_dim), or NVlabs' (n_latent, style_dim)")
     ws = torch.from_numpy(w).float()
     ws = ws[None] if ws.ndim == 2 else ws
     if not torch.isfinite(ws).all():
