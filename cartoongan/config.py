@@ -106,15 +106,23 @@ def _set(section: object, name: str, key: str, value) -> None:
     fields = {f.name: f for f in dataclasses.fields(section)}
     if key not in fields:
         raise ConfigError(f"unknown setting [{name}].{key}; known: {', '.join(fields)}")
-    current = getattr(section, key)
-    if isinstance(current, bool) and not isinstance(value, bool):
-        raise ConfigError(f"[{name}].{key} must be true or false, got {value!r}")
-    if isinstance(current, (int, float)) and not isinstance(current, bool):
+    current = getattr(section, key)  # every field's default has the field's type
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"[{name}].{key} must be true or false, got {value!r}")
+    elif isinstance(current, (int, float)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"[{name}].{key} must be a number, got {value!r}")
         if isinstance(current, int) and not float(value).is_integer():
             raise ConfigError(f"[{name}].{key} must be a whole number, got {value!r}")
         value = type(current)(value)
+    elif isinstance(current, str):
+        # a number or a table here would reach the trainer's string methods (device.startswith) as
+        # an AttributeError traceback
+        if not isinstance(value, str):
+            raise ConfigError(f'[{name}].{key} must be a string (in quotes, e.g. {key} = "{current}"), got {value!r}')
+    elif not isinstance(value, type(current)):  # a field of a type added later: at least its type
+        raise ConfigError(f"[{name}].{key} must be a {type(current).__name__}, got {value!r}")
     setattr(section, key, value)
 
 

@@ -715,6 +715,28 @@ def test_impossible_recipe_values_name_their_key(tmp_path, assets, table, key, v
     assert f"[{table}] {key} must be" in line and not out.exists()
 
 
+@pytest.mark.parametrize("key,value,words", [("device", "5", "must be a string"), ("precision", "[1]", "must be a string"),
+                                             ("augment", "{ a = 1 }", "must be a string"),
+                                             ("xflip", '"yes"', "must be true or false")])
+def test_a_recipe_value_of_the_wrong_type_names_its_key(tmp_path, assets, key, value, words):
+    """A number where a string belongs reached the trainer's string methods: an AttributeError traceback."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"[train]\n{key} = {value}\n")
+    out = tmp_path / "run"
+    line = error_line(runner.invoke(app, ["pretrain", "--data", str(assets["data"]), "--out", str(out),
+                                          "--recipe", str(recipe), "--iters", "1"]), 2)
+    assert f"[train].{key} {words}" in line and not out.exists()
+
+
+def test_a_runs_config_toml_value_of_the_wrong_type_names_its_key(tmp_path, assets):
+    run = Path(shutil.copytree(assets["run"], tmp_path / "run"))
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text.replace('device = "cpu"', "device = 5"))
+    before = snapshot(run)
+    line = error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"]))
+    assert "config.toml is damaged ([train].device must be a string" in line and snapshot(run) == before
+
+
 def test_a_recipe_value_that_has_a_flag_names_both(tmp_path, assets):
     recipe = tmp_path / "r.toml"
     recipe.write_text("[train]\nlr = nan\n")
