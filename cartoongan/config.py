@@ -191,6 +191,12 @@ def load_recipe(path: str | Path | None) -> RunConfig:
     return apply_overrides(cfg, data)
 
 
+# Ceiling of the R1 and path-length weights (NaN and inf fail it too): 1000 times the R1 default
+# of 10 and 5000 times the path-length default of 2, far past any published setting. A typo such as
+# 1e308 overflows to inf in the first regularisation step, and the run then "diverges" for no
+# reason its divergence message could name.
+REG_WEIGHT_MAX = 1e4
+
 # keys a pretrain/finetune flag of the same name (dashed) sets: a message names both
 FLAGGED_KEYS = {"iters", "batch", "lr", "augment", "augment_p", "precision", "compile_mode", "eval_every", "eval_n", "seed",
                 "struct_loss", "struct_weight", "struct_tap"}
@@ -226,8 +232,8 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
     checks += [
         (t.lr > 0 and math.isfinite(t.lr), "train", "lr", "a finite number > 0"),
         (t.g_reg_every >= 0, "train", "g_reg_every", ">= 0 (0 turns path length off)"),
-        (t.r1_gamma >= 0 and math.isfinite(t.r1_gamma), "train", "r1_gamma", "a finite number >= 0"),
-        (t.path_weight >= 0 and math.isfinite(t.path_weight), "train", "path_weight", "a finite number >= 0"),
+        (0 <= t.r1_gamma <= REG_WEIGHT_MAX, "train", "r1_gamma", f"in [0, {REG_WEIGHT_MAX:g}]"),
+        (0 <= t.path_weight <= REG_WEIGHT_MAX, "train", "path_weight", f"in [0, {REG_WEIGHT_MAX:g}]"),
         (0 <= t.mixing <= 1, "train", "mixing", "in [0, 1]"),
         (0 <= t.augment_p <= 1, "train", "augment_p", "in [0, 1]"),
         (-1 <= t.ada_target <= 1, "train", "ada_target", "in [-1, 1], where E[sign(D(real))] lies"),

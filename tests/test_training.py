@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cartoongan import load_checkpoint
-from cartoongan.config import load_recipe
+from cartoongan.config import load_recipe, validate
 from cartoongan.errors import ConfigError, TrainingDiverged
 from cartoongan.report import ListReporter
 from cartoongan.train.runs import pretrain, resumed_config
@@ -157,6 +157,30 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     pretrain(tiny_config(iters=2, ckpt_every=2, log_every=1), data, tmp_path / "early")
     log = [json.loads(line) for line in (tmp_path / "early" / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2] and all(math.isfinite(row["loss_g"]) for row in log)
+
+
+@pytest.mark.parametrize("weights,advice", [
+    ({}, "with a lower --lr or a larger R1 weight ([train] r1_gamma, now 10)"),
+    ({"r1_gamma": 5000.0}, "with a lower --lr, or lower the R1 weight ([train] r1_gamma 5000), far above its default"),
+    ({"path_weight": 1000.0}, "lower the path-length weight ([train] path_weight 1000), far above its default"),
+], ids=["usual weights", "huge R1 weight", "huge path-length weight"])
+def test_divergence_advice_suspects_a_huge_regularisation_weight(tmp_path, monkeypatch, weights, advice):
+    """'a larger R1 weight' is wrong advice for a run whose R1 weight is 5000: lower it, there."""
+    import cartoongan.train.trainer as training
+
+    real_loss = training.g_nonsaturating_loss
+    monkeypatch.setattr(training, "g_nonsaturating_loss", lambda logits: real_loss(logits) * float("nan"))
+    with pytest.raises(TrainingDiverged) as diverged:
+        pretrain(tiny_config(iters=2, ckpt_every=8, **weights), blob_images(tmp_path / "data", n=4), tmp_path / "run")
+    assert advice in str(diverged.value) and ("larger" in advice) == ("larger" in str(diverged.value))
+
+
+@pytest.mark.parametrize("key,value", [("r1_gamma", 1e308), ("r1_gamma", 1e5), ("path_weight", float("inf")),
+                                       ("path_weight", float("nan")), ("r1_gamma", -1.0)])
+def test_regularisation_weights_are_bounded(key, value):
+    with pytest.raises(ConfigError, match=rf"^\[train\] {key} must be in \[0, 10000\], got"):
+        validate(tiny_config(**{key: value}))
+    validate(tiny_config(**{key: 1e4}))
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

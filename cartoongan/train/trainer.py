@@ -67,6 +67,8 @@ class TrainResult:
 
 
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
+# a regularisation weight this many times its default is suspected first when a run diverges
+LARGE_WEIGHT = 10
 
 
 def lazy_adam(params, lr: float, reg_every: int) -> torch.optim.Adam:
@@ -358,12 +360,26 @@ class Trainer:
         if self.unchecked and not bool(torch.isfinite(torch.stack(self.unchecked)).all()):
             latest = self.out.latest
             again = "the same --out will do" if holds_unsaved_run(self.run_dir) else "in a new --out"
-            fix = (f"the last good checkpoint is {latest}; lower --lr or raise the R1 weight and resume"
+            fix = (f"the last good checkpoint is {latest}; resume with {self._steadier()}"
                    if latest.exists() else
                    f"no checkpoint was written to {self.run_dir} yet, so nothing resumes: start again ({again}) "
-                   "with a lower --lr or a larger R1 weight")
+                   f"with {self._steadier()}")
             raise TrainingDiverged(f"a loss became NaN or inf by step {self.step}; {fix}")
         self.unchecked.clear()
+
+    def _steadier(self) -> str:
+        """What may steady a diverged run: a lower lr, and a larger R1 weight unless this run's is
+        already huge, when it (or a huge path-length weight) is the likelier cause."""
+        t, huge = self.t, []
+        if t.r1_gamma > LARGE_WEIGHT * 10.0:  # 10: the R1 default
+            huge.append(f"the R1 weight ([train] r1_gamma {t.r1_gamma:g})")
+        if t.g_reg_every and t.path_weight > LARGE_WEIGHT * 2.0:  # 2: the path-length default
+            huge.append(f"the path-length weight ([train] path_weight {t.path_weight:g})")
+        if huge:
+            return f"a lower --lr, or lower {' and '.join(huge)}, far above {'its default' if len(huge) == 1 else 'their defaults'}"
+        if t.r1_gamma == 0:
+            return "a lower --lr, or R1 on ([train] r1_gamma is 0; 10 is the default)"
+        return f"a lower --lr or a larger R1 weight ([train] r1_gamma, now {t.r1_gamma:g})"
 
     def save(self, numbered: bool) -> Path | None:
         self._check_finite()
