@@ -191,6 +191,12 @@ def load_recipe(path: str | Path | None) -> RunConfig:
     return apply_overrides(cfg, data)
 
 
+# Ceilings of the step count and the batch: far past any real run (the paper setups train under a
+# million steps of batch 8 to 64), low enough that a typo (1e300) is one line at once, not an
+# overflow or an allocation of no machine's size.
+ITERS_MAX = 10**9
+BATCH_MAX = 100_000
+
 # Ceiling of the R1 and path-length weights (NaN and inf fail it too): 1000 times the R1 default
 # of 10 and 5000 times the path-length default of 2, far past any published setting. A typo such as
 # 1e308 overflows to inf in the first regularisation step, and the run then "diverges" for no
@@ -223,6 +229,8 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
               for key, top in (("style_dim", 4096), ("n_mlp", 64), ("channel_multiplier", 64),
                                ("channel_base", 2**20), ("channel_max", 4096))]
     checks += [(m.size <= 4096, "model", "size", "<= 4096"),
+               (t.iters <= ITERS_MAX, "train", "iters", "<= 10**9 (steps)"),
+               (t.batch <= BATCH_MAX, "train", "batch", f"<= {BATCH_MAX}"),
                (0 <= t.seed <= 2**32 - 1, "train", "seed", "in [0, 2**32 - 1]"),
                (t.eval_n <= 100_000, "train", "eval_n", "<= 100000"),
                (1 <= t.n_sample <= 1024, "train", "n_sample", "in [1, 1024] (samples per grid)")]

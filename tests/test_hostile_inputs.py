@@ -937,12 +937,17 @@ REFUSED = {  # argv (from tmp_path and assets), exit code, words of the line
                                    1, "bad.pt"),
     "align -o a folder": (lambda t, a: ["align", str(a["photo"]), "-o", str(t)], 1, "aligned.png"),
     "metrics of a missing second set": (lambda t, a: ["metrics", str(a["data"]), str(t / "none")], 1, "not found"),
-    "a CPU pretrain batch no memory holds": (lambda t, a: ["pretrain", "--data", str(a["data"]), "--out", str(t / "r"),
-                                                            "--recipe", "tiny", "--batch", str(10**8)],
-                                             2, "--batch 100000000 needs over"),
-    "a CPU finetune batch no memory holds": (lambda t, a: ["finetune", "--source", str(a["a"]), "--data", str(a["data"]),
-                                                            "--out", str(t / "r"), "--recipe", "tiny", "--batch",
-                                                            str(10**8)], 2, "of memory for one training step at 16 px"),
+    "a pretrain batch of 1e8": (lambda t, a: ["pretrain", "--data", str(a["data"]), "--out", str(t / "r"),
+                                              "--recipe", "tiny", "--batch", str(10**8)],
+                                2, "--batch ([train] batch) must be <= 100000, got 100000000"),
+    "a finetune batch of 1e8": (lambda t, a: ["finetune", "--source", str(a["a"]), "--data", str(a["data"]),
+                                              "--out", str(t / "r"), "--recipe", "tiny", "--batch", str(10**8)],
+                                2, "--batch ([train] batch) must be <= 100000"),
+    "a recipe batch of 1e300": (lambda t, a: ((t / "r.toml").write_text("[train]\nbatch = 1e300\n"),
+                                              ["pretrain", "--data", str(a["data"]), "--out", str(t / "r"),
+                                               "--recipe", str(t / "r.toml")])[1], 2, "must be <= 100000"),
+    "--iters 1e300": (lambda t, a: ["pretrain", "--data", str(a["data"]), "--out", str(t / "r"), "--recipe", "tiny",
+                                    "--iters", "1" + "0" * 300], 2, "--iters ([train] iters) must be <= 10**9"),
     "a CPU bench batch no memory holds": (lambda t, a: ["bench", "--device", "cpu", "--configs", "tiny", "--batch",
                                                          str(10**8)], 2, "--batch 100000000 needs over"),
     "a CPU bench --profile batch no memory holds": (lambda t, a: ["bench", "--device", "cpu", "--configs", "demo64",
@@ -973,6 +978,23 @@ def test_impossible_values_are_refused_before_any_work(tmp_path, assets, case):
     line = error_line(res, code)
     assert words in line and len(res.output.strip().splitlines()) == 1, res.output  # no progress bar first
     assert snapshot(tmp_path) == before  # nothing written: no run, no dataset, no demo data
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_a_cpu_batch_no_memory_holds_is_refused_before_any_work(tmp_path, assets, monkeypatch, command):
+    """The host memory check, with a host of 1 GiB free: the batch ceiling comes long before any
+    real host runs out."""
+    from cartoongan.train import memory
+
+    monkeypatch.setattr(memory, "host_memory_available", lambda: 2**30)
+    source = ["--source", str(assets["a"])] if command == "finetune" else []
+    argv = [command, *source, "--data", str(assets["data"]), "--out", str(tmp_path / "r"), "--recipe", "tiny",
+            "--batch", "5000"]
+    res = runner.invoke(app, argv)
+    line = error_line(res, 2)
+    size = 16 if command == "finetune" else 32  # a finetune takes its source's size
+    assert "--batch 5000 needs over" in line and f"of memory for one training step at {size} px" in line
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("command,name", [("sample", "seed0000.png"), ("sample", "b/seed0001.png"),
