@@ -215,13 +215,25 @@ def _named(section: str, key: str) -> str:
 
 def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
     """Reject impossible values with a message naming the flag, or the recipe key without one."""
+    bad = bad_setting(cfg)
+    if bad is not None:
+        section, key, what = bad
+        raise ConfigError(f"{_named(section, key)} {what}")
+    if cfg.train.batch % world_size:
+        raise ConfigError(f"--batch {cfg.train.batch} must be divisible by the {world_size} processes")
+    return cfg
+
+
+def bad_setting(cfg: RunConfig) -> tuple[str, str, str] | None:
+    """The first impossible value in cfg as (section, key, 'must be ..., got VALUE'), or None: the
+    caller says where the value came from (a flag, a recipe, a run's own config.toml)."""
     from .models.architecture import log2_size
 
     t, m, f = cfg.train, cfg.model, cfg.finetune
     try:
         log2_size(m.size)
     except ValueError as exc:
-        raise ConfigError(f"[model] size: {exc}") from None
+        return "model", "size", str(exc).removeprefix("resolution ")
 
     # upper bounds far past any StyleGAN2 (1024 px, w of 512, 8 mapping layers, base 32768): a typo
     # is refused here, not by an overflow or the OOM killer when the networks are built
@@ -261,10 +273,8 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
     for ok, section, key, what in checks:
         if not ok:
             value = getattr({"model": m, "train": t, "finetune": f}[section], key)
-            raise ConfigError(f"{_named(section, key)} must be {what}, got {value!r}")
-    if t.batch % world_size:
-        raise ConfigError(f"--batch {t.batch} must be divisible by the {world_size} processes")
-    return cfg
+            return section, key, f"must be {what}, got {value!r}"
+    return None
 
 
 def to_toml(cfg: RunConfig) -> str:

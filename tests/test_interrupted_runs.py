@@ -98,6 +98,37 @@ def test_a_config_toml_missing_a_section_is_refused_not_filled_with_defaults(fin
         resumed_config(run)
 
 
+def _error_line(res, code):
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == code and "Traceback" not in res.output and len(lines) == 1, res.output
+    return " ".join(res.output.split())
+
+
+def test_a_bad_value_in_the_runs_own_config_toml_is_blamed_on_it_not_on_a_flag(finished, tmp_path):
+    """batch = 0 edited into config.toml was refused as `--batch ([train] batch) must be >= 1`,
+    naming a flag nobody gave."""
+    run = _copy(finished, tmp_path)
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text.replace("batch = 4", "batch = 0", 1))
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"]), 1)
+    assert f"{run / 'config.toml'} holds a bad value, damaged or edited by hand: [train] batch must be >= 1, got 0" in said
+    assert "--batch" not in said
+    # a flag given now overrides the file's value; a bad flag is still the flag's
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5", "--lr", "nan"]), 1)
+    assert "[train] batch" in said  # the file's value is still the first problem
+    (run / "config.toml").write_text(text.replace("lr = 0.002", "lr = -1.0", 1))
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5", "--lr", "nan"]), 2)
+    assert "--lr ([train] lr) must be a finite number > 0, got nan" in said
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"]), 1)
+    assert "config.toml holds a bad value" in said and "[train] lr must be a finite number > 0, got -1.0" in said
+    (run / "config.toml").unlink()  # the copy latest.pt keeps is checked the same way
+    ckpt = load_checkpoint(run / "latest.pt")
+    ckpt["cartoongan"]["config"]["train"]["batch"] = 0
+    save_checkpoint(run / "latest.pt", ckpt)
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"]), 2)
+    assert "latest.pt records holds a bad value ([train] batch must be >= 1, got 0)" in said and "--batch" not in said
+
+
 @pytest.mark.parametrize("edit,words", [
     (lambda m: m.update(step=-5), "a step >= 0"),
     (lambda m: m.update(step=True), "a step >= 0"),

@@ -8,7 +8,7 @@ from typing import Callable
 import tomllib
 import torch
 
-from ..config import RunConfig, apply_overrides, changed_settings, from_dict, validate
+from ..config import RunConfig, apply_overrides, bad_setting, changed_settings, from_dict, validate
 from ..data.dataset import load_dataset
 from ..device import check_precision
 from ..errors import CartoonganError, CheckpointError, ConfigError, Interrupted, first_line, naming
@@ -51,8 +51,14 @@ def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
         raise ConfigError(f"--resume {run_dir}: no latest.pt there" + (
             f"; the run's newest checkpoint is {numbered[-1]}: copy it to {latest} to resume from there"
             if numbered else " to continue from"))
+    overrides = overrides or {}
     if not path.is_file():  # latest.pt keeps the run's config too
-        return apply_overrides(_checkpoint_config(latest, path), overrides or {})
+        cfg = apply_overrides(_checkpoint_config(latest, path), overrides)
+        bad = _own_bad_value(cfg, overrides)
+        if bad:
+            raise ConfigError(f"{path} is missing and the config {latest} records holds a bad value ({bad}): "
+                              "restore config.toml or start a new run")
+        return cfg
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
         missing = [name for name in RunConfig().to_dict() if not isinstance(table.get(name), dict)]
@@ -62,7 +68,26 @@ def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError, ConfigError) as exc:
         raise CartoonganError(f"{path} is damaged ({exc}): restore it (latest.pt keeps a copy under "
                               "cartoongan.config), delete it to resume with that copy, or start a new run") from None
-    return apply_overrides(cfg, overrides or {})
+    cfg = apply_overrides(cfg, overrides)
+    bad = _own_bad_value(cfg, overrides)
+    if bad:
+        raise CartoonganError(f"{path} holds a bad value, damaged or edited by hand: {bad}: correct it (latest.pt "
+                              "keeps a copy under cartoongan.config), delete it to resume with that copy, or start "
+                              "a new run")
+    return cfg
+
+
+def _own_bad_value(cfg: RunConfig, overrides: dict) -> str | None:
+    """'[section] key must be ..., got V' for an impossible value that came from the run's own
+    config, not from a flag given now: validate() would blame that flag (`--batch must be >= 1`)
+    though the user never passed it. A bad value a flag gave is left to validate()."""
+    bad = bad_setting(cfg)
+    if bad is None:
+        return None
+    section, key, what = bad
+    if (overrides.get(section) or {}).get(key) is not None:
+        return None
+    return f"[{section}] {key} {what}"
 
 
 def _checkpoint_config(latest: Path, path: Path) -> RunConfig:
