@@ -129,6 +129,26 @@ def test_a_bad_value_in_the_runs_own_config_toml_is_blamed_on_it_not_on_a_flag(f
     assert "latest.pt records holds a bad value ([train] batch must be >= 1, got 0)" in said and "--batch" not in said
 
 
+def test_a_new_seed_on_resume_is_refused_as_the_run_continues_its_own_random_stream(finished, tmp_path):
+    """--seed with --resume was warned as applied and recorded, but the RNG state restored from
+    latest.pt made it do nothing."""
+    run = _copy(finished, tmp_path)
+    before = (run / "config.toml").read_text()
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5", "--seed", "5"]), 2)
+    assert "--seed 5: a resumed run continues its own random stream" in said and "drop --seed (the run's is 0)" in said
+    assert (run / "config.toml").read_text() == before
+    assert resumed_config(run, {"train": {"seed": 0}}).train.seed == 0  # the run's own seed changes nothing
+    # a seed edited into config.toml is put back, and said so
+    (run / "config.toml").write_text(before.replace("seed = 0", "seed = 7", 1))
+    from cartoongan.report import ListReporter
+
+    rep = ListReporter()
+    pretrain(resumed_config(run, {"train": {"iters": 5, "seed": 7}}), None, run, rep, resume=True)
+    assert any("[train] seed 7 ignored: a resumed run continues its own random stream (seed 0)" in w
+               for w in rep.warnings), rep.warnings
+    assert not any("seed 0 -> 7" in w for w in rep.warnings) and "seed = 0" in (run / "config.toml").read_text()
+
+
 @pytest.mark.parametrize("edit,words", [
     (lambda m: m.update(step=-5), "a step >= 0"),
     (lambda m: m.update(step=True), "a step >= 0"),
