@@ -149,6 +149,26 @@ def test_a_new_seed_on_resume_is_refused_as_the_run_continues_its_own_random_str
     assert not any("seed 0 -> 7" in w for w in rep.warnings) and "seed = 0" in (run / "config.toml").read_text()
 
 
+@pytest.mark.parametrize("flags,used", [(["--augment-p", "0.7"], [0.7]), (["--augment", "none"], [])],
+                         ids=["--augment-p", "--augment none"])
+def test_a_new_augmentation_on_resume_takes_effect(finished, tmp_path, monkeypatch, flags, used):
+    """The resume warned `[train] augment_p 0.0 -> 0.7` as applied, then restored the p ADA had
+    tuned: the new p (or no augmentation) must be what the resumed steps use."""
+    import cartoongan.train.trainer as training
+
+    run = _copy(finished, tmp_path)
+    ckpt = load_checkpoint(run / "latest.pt")
+    ckpt["train_state"]["ada"].update(p=0.3, steps=0)  # as if ADA had tuned p up to 0.3
+    save_checkpoint(run / "latest.pt", ckpt)
+    seen = []
+    monkeypatch.setattr(training, "augment", lambda x, p: (seen.append(p), x)[1])
+    res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5", *flags])
+    assert res.exit_code == 0 and "resumed with changed settings" in res.output, res.output
+    assert sorted(set(seen)) == used  # one step: no ADA update yet
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["ada_p"] == (used or [0.0])[0]
+    assert load_checkpoint(run / "latest.pt")["ada_aug_p"] == (used or [0.0])[0]
+
+
 @pytest.mark.parametrize("edit,words", [
     (lambda m: m.update(step=-5), "a step >= 0"),
     (lambda m: m.update(step=True), "a step >= 0"),

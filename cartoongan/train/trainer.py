@@ -329,7 +329,10 @@ class Trainer:
         load_optimizer_state(self.d_optim, ckpt["d_optim"])
         ts = ckpt["train_state"]
         self.mean_path = ts["mean_path"].to(self.dev)
-        self.ada.load_state_dict(ts["ada"])
+        if not self._augment_changed(ckpt["cartoongan"].get("config")):
+            self.ada.load_state_dict(ts["ada"])
+        # else a new --augment-p (or --augment) applies from here, as the resume warning says: the
+        # fresh controller starts at the new p (fixed with augment none), not at the p tuned so far
         if self.evaluator is not None and ts.get("best_kid") is not None:
             self.evaluator.best = float(ts["best_kid"])
         self.step = int(ckpt["cartoongan"]["step"])
@@ -341,6 +344,14 @@ class Trainer:
             torch.cuda.set_rng_state(ts["rng_cuda"], self.dev)
         if self.info.world > 1:  # ranks must not share a random stream
             torch.manual_seed(self.t.seed + self.info.rank + 7919 * self.step)
+
+    def _augment_changed(self, recorded) -> bool:
+        """Whether the run's recorded config (a checkpoint's cartoongan.config) had another augment
+        or augment_p than this one; False when it records none (an older run)."""
+        train = recorded.get("train") if isinstance(recorded, dict) else None
+        if not isinstance(train, dict):
+            return False
+        return any(key in train and train[key] != getattr(self.t, key) for key in ("augment", "augment_p"))
 
     def _keep_a_newer_best(self) -> None:
         """A best.pt newer than the checkpoint resumed (its log row is dropped with the rows past
