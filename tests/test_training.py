@@ -15,7 +15,7 @@ from cartoongan_cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from cartoongan import load_checkpoint
+from cartoongan import load_checkpoint, save_checkpoint
 from cartoongan.config import load_recipe, validate
 from cartoongan.errors import ConfigError, TrainingDiverged
 from cartoongan.report import ListReporter
@@ -46,6 +46,29 @@ def test_resumed_run_matches_unbroken_run(tmp_path):
             assert torch.equal(a[net][key], b[net][key]), (net, key)
     assert a["ada_aug_p"] == b["ada_aug_p"] and a["ada_aug_p"] > 0
     assert torch.equal(a["train_state"]["mean_path"], b["train_state"]["mean_path"])
+
+
+def test_kimg_counts_the_images_trained_on_through_a_batch_change(tmp_path):
+    """kimg was step x the batch of the moment: after a resume at another --batch, the log, info and
+    plot all counted the earlier steps at the new batch."""
+    from cartoongan.metrics.plot import read_log, series, x_axis
+    from cartoongan.weights.networks import describe, images_trained
+
+    data, run = blob_images(tmp_path / "data", n=4), tmp_path / "run"
+    pretrain(tiny_config(iters=2, batch=2, log_every=1), data, run)
+    pretrain(resumed_config(run, {"train": {"iters": 4, "batch": 4}}), data, run, resume=True)
+    rows = read_log(run)
+    assert [r["kimg"] for r in rows] == [0.002, 0.004, 0.008, 0.012]  # (2*2 + 2*4) / 1000 at the end
+    ckpt = load_checkpoint(run / "latest.pt")
+    assert ckpt["cartoongan"]["images"] == 12
+    assert describe(ckpt)["training"].startswith("4 steps = 0.012 kimg (at batch 4 now")
+    assert x_axis(rows) == "kimg" and series(rows, "loss_g", "kimg")[0] == [0.002, 0.004, 0.008, 0.012]
+    # a checkpoint from before the count: step x its recorded batch, as info always said
+    del ckpt["cartoongan"]["images"]
+    assert images_trained(ckpt["cartoongan"]) == 16 and describe(ckpt)["training"].startswith("4 steps x batch 4 = 0.016")
+    save_checkpoint(run / "latest.pt", ckpt)  # ... and a resume of it goes on from there
+    pretrain(resumed_config(run, {"train": {"iters": 5}}), data, run, resume=True)
+    assert read_log(run)[-1]["kimg"] == 0.02
 
 
 def test_run_directory_layout_and_log(tmp_path):

@@ -23,7 +23,7 @@ from ..errors import Interrupted, OutputError, TrainingDiverged
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..report import NullReporter, Reporter
-from ..weights.networks import training_checkpoint
+from ..weights.networks import images_trained, training_checkpoint
 from .augment import AdaController, augment
 from .distributed import DistInfo, StopVote, average_gradients, broadcast_module, sum_across
 from .evaluate import KidEvaluator
@@ -143,6 +143,8 @@ class Trainer:
         self.d_optim = lazy_adam(nets.d.parameters(), self.t.lr, self.t.d_reg_every)
         self.ada = AdaController(self.t.ada_target, self.t.ada_interval, self.t.ada_kimg, self.t.batch, self.t.augment_p)
         self.step = 0
+        # images trained on: step x batch only while the batch never changed (a resume may change it)
+        self.images = 0
         self.mean_path = torch.zeros((), device=self.dev)
         self.w_avg = nets.g_ema.w_avg.clone().to(self.dev) if nets.g_ema.w_avg is not None else None
         self.stats: dict[str, list[torch.Tensor]] = {}
@@ -305,6 +307,7 @@ class Trainer:
         self.g_phase(t.g_reg_every > 0 and t.path_weight > 0 and self.step % t.g_reg_every == 0)
         ema_update(self.nets.g_ema, self.nets.g, ema_beta(t.batch, t.ema_kimg))
         self.step += 1
+        self.images += t.batch
 
     # ---- state -----------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -315,7 +318,8 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.dev) if self.dev.type == "cuda" else None,
         }
-        meta = {"kind": self.kind, "step": self.step, "config": self.cfg.to_dict(), "provenance": self.provenance}
+        meta = {"kind": self.kind, "step": self.step, "images": self.images, "config": self.cfg.to_dict(),
+                "provenance": self.provenance}
         return training_checkpoint(n.g, n.d, n.g_ema, self.g_optim, self.d_optim, self.w_avg, self.ada.p,
                                    train_state, **meta)
 
@@ -336,6 +340,7 @@ class Trainer:
         if self.evaluator is not None and ts.get("best_kid") is not None:
             self.evaluator.best = float(ts["best_kid"])
         self.step = int(ckpt["cartoongan"]["step"])
+        self.images = images_trained(ckpt["cartoongan"], self.t.batch)
         self._keep_a_newer_best()
         if torch.is_tensor(ckpt.get("latent_avg")):
             self.w_avg = ckpt["latent_avg"].to(self.dev)
@@ -403,7 +408,7 @@ class Trainer:
         self._check_finite()
         with math_mode("fp32"):  # KID as `cartoongan metrics` computes it, whatever the training precision
             kid = self.evaluator(self.nets.g_ema)
-        row = {"step": self.step, "kimg": round(self.step * self.t.batch / 1000, 3), "kid": kid}
+        row = {"step": self.step, "kimg": round(self.images / 1000, 3), "kid": kid}
         self.log.append(row)
         self.out.append_log(row)
         if self.evaluator.improved(kid):
@@ -412,7 +417,7 @@ class Trainer:
 
     def write_log(self, seconds: float, images: int) -> dict:
         self._check_finite()
-        row = {"step": self.step, "kimg": round(self.step * self.t.batch / 1000, 3)}
+        row = {"step": self.step, "kimg": round(self.images / 1000, 3)}
         for name, values in self.stats.items():
             row[name] = round(torch.stack(values).mean().item(), 5)
         row["ada_p"] = round(self.ada.p, 5)
