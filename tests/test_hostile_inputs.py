@@ -806,8 +806,9 @@ def test_a_run_another_process_is_training_is_left_to_it(tmp_path, assets):
         held.write("4242\n")
         held.flush()
         before = snapshot(run)
-        line = error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"]))
-        assert "is being trained by another process (pid 4242)" in line
+        res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"])
+        assert "is being trained by another process (pid 4242)" in error_line(res)
+        assert len(res.output.strip().splitlines()) == 1, res.output  # no "resuming", no data loaded first
         assert snapshot(run) == before
     res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"])
     assert res.exit_code == 0, res.output

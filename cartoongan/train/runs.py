@@ -116,6 +116,8 @@ def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool, reporter: 
     earlier attempt left before its first checkpoint: the run starts there afresh); a resumed run
     a folder it can write in. Raises ConfigError or OutputError (nothing is written)."""
     if resume:
+        # before any data is read or "resuming" said: the lock taken to train would refuse it only then
+        check_not_in_training(run_dir)
         check_output_dir(run_dir, "--resume")
         return
     if (run_dir / "latest.pt").exists():
