@@ -29,16 +29,19 @@ def read_log(run_dir: str | Path, reporter: Reporter | None = None) -> list[dict
     lines = text.splitlines()
     for number, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
+            if number < len(lines):  # a run killed mid-write leaves a partial last line: quietly skipped
+                damaged.append(number)
+            continue
+        if isinstance(row, dict) and _plottable(row.get("step")):
+            rows.append(row)
+        else:  # valid JSON but no row ([1, 2], {"step": "x"}): these went without a word
             damaged.append(number)
-    if damaged and damaged[-1] == len(lines):  # a run killed mid-write leaves a partial last line
-        damaged.pop()
     if damaged:  # the trainer never writes these (a resume drops a torn line): an edit or a damaged disk
         shown = ", ".join(map(str, damaged[:5])) + (", ..." if len(damaged) > 5 else "")
         (reporter or NullReporter()).warn(f"{path}: skipped {len(damaged)} damaged line(s) (line {shown}), not "
-                                          "JSON: the curves have gaps there")
-    rows = [r for r in rows if isinstance(r, dict) and "step" in r]
+                                          "JSON log rows (objects with a numeric step): the curves have gaps there")
     if not rows:
         raise DataError(f"{path} holds no log rows yet")
     return rows
