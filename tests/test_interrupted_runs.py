@@ -111,7 +111,8 @@ def test_a_bad_value_in_the_runs_own_config_toml_is_blamed_on_it_not_on_a_flag(f
     text = (run / "config.toml").read_text()
     (run / "config.toml").write_text(text.replace("batch = 4", "batch = 0", 1))
     said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"]), 1)
-    assert f"{run / 'config.toml'} holds a bad value, damaged or edited by hand: [train] batch must be >= 1, got 0" in said
+    own = f"{run / 'config.toml'} holds a bad value, damaged or edited by hand"
+    assert f"{own}: [train] batch must be >= 1, got 0" in said
     assert "--batch" not in said
     # a flag given now overrides the file's value; a bad flag is still the flag's
     said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5", "--lr", "nan"]), 1)
@@ -382,7 +383,7 @@ def test_a_second_ctrl_c_held_through_the_stop_save_names_the_step_it_saved(tmp_
             signal.raise_signal(signal.SIGINT)  # the first Ctrl-C
 
     def second_ctrl_c_replayed(path, ckpt):
-        out = real_save(path, ckpt)
+        real_save(path, ckpt)
         raise KeyboardInterrupt  # as _signals_deferred replays it, once the file is whole
 
     monkeypatch.setattr(Trainer, "train_step", first_ctrl_c_at_three)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import GRAPH_MODES, RunConfig
+from ..config import GRAPH_MODES, RunConfig, TrainConfig
 from ..data.dataset import ImageDataset
 from ..device import math_mode, set_math_mode
 from ..errors import Interrupted, OutputError, TrainingDiverged
@@ -387,14 +387,15 @@ class Trainer:
         """What may steady a diverged run: a lower lr, and a larger R1 weight unless this run's is
         already huge, when it (or a huge path-length weight) is the likelier cause."""
         t, huge = self.t, []
-        if t.r1_gamma > LARGE_WEIGHT * 10.0:  # 10: the R1 default
+        if t.r1_gamma > LARGE_WEIGHT * TrainConfig.r1_gamma:
             huge.append(f"the R1 weight ([train] r1_gamma {t.r1_gamma:g})")
-        if t.g_reg_every and t.path_weight > LARGE_WEIGHT * 2.0:  # 2: the path-length default
+        if t.g_reg_every and t.path_weight > LARGE_WEIGHT * TrainConfig.path_weight:
             huge.append(f"the path-length weight ([train] path_weight {t.path_weight:g})")
         if huge:
-            return f"a lower --lr, or lower {' and '.join(huge)}, far above {'its default' if len(huge) == 1 else 'their defaults'}"
+            defaults = "its default" if len(huge) == 1 else "their defaults"
+            return f"a lower --lr, or lower {' and '.join(huge)}, far above {defaults}"
         if t.r1_gamma == 0:
-            return "a lower --lr, or R1 on ([train] r1_gamma is 0; 10 is the default)"
+            return f"a lower --lr, or R1 on ([train] r1_gamma is 0; {TrainConfig.r1_gamma:g} is the default)"
         return f"a lower --lr or a larger R1 weight ([train] r1_gamma, now {t.r1_gamma:g})"
 
     def save(self, numbered: bool) -> Path | None:
