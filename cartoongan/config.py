@@ -106,15 +106,23 @@ def _set(section: object, name: str, key: str, value) -> None:
     fields = {f.name: f for f in dataclasses.fields(section)}
     if key not in fields:
         raise ConfigError(f"unknown setting [{name}].{key}; known: {', '.join(fields)}")
-    current = getattr(section, key)
-    if isinstance(current, bool) and not isinstance(value, bool):
-        raise ConfigError(f"[{name}].{key} must be true or false, got {value!r}")
-    if isinstance(current, (int, float)) and not isinstance(current, bool):
+    current = getattr(section, key)  # every field's default has the field's type
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"[{name}].{key} must be true or false, got {value!r}")
+    elif isinstance(current, (int, float)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"[{name}].{key} must be a number, got {value!r}")
         if isinstance(current, int) and not float(value).is_integer():
             raise ConfigError(f"[{name}].{key} must be a whole number, got {value!r}")
         value = type(current)(value)
+    elif isinstance(current, str):
+        # a number or a table here would reach the trainer's string methods (device.startswith) as
+        # an AttributeError traceback
+        if not isinstance(value, str):
+            raise ConfigError(f'[{name}].{key} must be a string (in quotes, e.g. {key} = "{current}"), got {value!r}')
+    elif not isinstance(value, type(current)):  # a field of a type added later: at least its type
+        raise ConfigError(f"[{name}].{key} must be a {type(current).__name__}, got {value!r}")
     setattr(section, key, value)
 
 
@@ -183,6 +191,18 @@ def load_recipe(path: str | Path | None) -> RunConfig:
     return apply_overrides(cfg, data)
 
 
+# Ceilings of the step count and the batch: far past any real run (the paper setups train under a
+# million steps of batch 8 to 64), low enough that a typo (1e300) is one line at once, not an
+# overflow or an allocation of no machine's size.
+ITERS_MAX = 10**9
+BATCH_MAX = 100_000
+
+# Ceiling of the R1 and path-length weights (NaN and inf fail it too): 1000 times the R1 default
+# of 10 and 5000 times the path-length default of 2, far past any published setting. A typo such as
+# 1e308 overflows to inf in the first regularisation step, and the run then "diverges" for no
+# reason its divergence message could name.
+REG_WEIGHT_MAX = 1e4
+
 # keys a pretrain/finetune flag of the same name (dashed) sets: a message names both
 FLAGGED_KEYS = {"iters", "batch", "lr", "augment", "augment_p", "precision", "compile_mode", "eval_every", "eval_n", "seed",
                 "struct_loss", "struct_weight", "struct_tap"}
@@ -195,13 +215,25 @@ def _named(section: str, key: str) -> str:
 
 def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
     """Reject impossible values with a message naming the flag, or the recipe key without one."""
+    bad = bad_setting(cfg)
+    if bad is not None:
+        section, key, what = bad
+        raise ConfigError(f"{_named(section, key)} {what}")
+    if cfg.train.batch % world_size:
+        raise ConfigError(f"--batch {cfg.train.batch} must be divisible by the {world_size} processes")
+    return cfg
+
+
+def bad_setting(cfg: RunConfig) -> tuple[str, str, str] | None:
+    """The first impossible value in cfg as (section, key, 'must be ..., got VALUE'), or None: the
+    caller says where the value came from (a flag, a recipe, a run's own config.toml)."""
     from .models.architecture import log2_size
 
     t, m, f = cfg.train, cfg.model, cfg.finetune
     try:
         log2_size(m.size)
     except ValueError as exc:
-        raise ConfigError(f"[model] size: {exc}") from None
+        return "model", "size", str(exc).removeprefix("resolution ")
 
     # upper bounds far past any StyleGAN2 (1024 px, w of 512, 8 mapping layers, base 32768): a typo
     # is refused here, not by an overflow or the OOM killer when the networks are built
@@ -209,6 +241,8 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
               for key, top in (("style_dim", 4096), ("n_mlp", 64), ("channel_multiplier", 64),
                                ("channel_base", 2**20), ("channel_max", 4096))]
     checks += [(m.size <= 4096, "model", "size", "<= 4096"),
+               (t.iters <= ITERS_MAX, "train", "iters", "<= 10**9 (steps)"),
+               (t.batch <= BATCH_MAX, "train", "batch", f"<= {BATCH_MAX}"),
                (0 <= t.seed <= 2**32 - 1, "train", "seed", "in [0, 2**32 - 1]"),
                (t.eval_n <= 100_000, "train", "eval_n", "<= 100000"),
                (1 <= t.n_sample <= 1024, "train", "n_sample", "in [1, 1024] (samples per grid)")]
@@ -218,8 +252,8 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
     checks += [
         (t.lr > 0 and math.isfinite(t.lr), "train", "lr", "a finite number > 0"),
         (t.g_reg_every >= 0, "train", "g_reg_every", ">= 0 (0 turns path length off)"),
-        (t.r1_gamma >= 0 and math.isfinite(t.r1_gamma), "train", "r1_gamma", "a finite number >= 0"),
-        (t.path_weight >= 0 and math.isfinite(t.path_weight), "train", "path_weight", "a finite number >= 0"),
+        (0 <= t.r1_gamma <= REG_WEIGHT_MAX, "train", "r1_gamma", f"in [0, {REG_WEIGHT_MAX:g}]"),
+        (0 <= t.path_weight <= REG_WEIGHT_MAX, "train", "path_weight", f"in [0, {REG_WEIGHT_MAX:g}]"),
         (0 <= t.mixing <= 1, "train", "mixing", "in [0, 1]"),
         (0 <= t.augment_p <= 1, "train", "augment_p", "in [0, 1]"),
         (-1 <= t.ada_target <= 1, "train", "ada_target", "in [-1, 1], where E[sign(D(real))] lies"),
@@ -239,10 +273,8 @@ def validate(cfg: RunConfig, world_size: int = 1) -> RunConfig:
     for ok, section, key, what in checks:
         if not ok:
             value = getattr({"model": m, "train": t, "finetune": f}[section], key)
-            raise ConfigError(f"{_named(section, key)} must be {what}, got {value!r}")
-    if t.batch % world_size:
-        raise ConfigError(f"--batch {t.batch} must be divisible by the {world_size} processes")
-    return cfg
+            return section, key, f"must be {what}, got {value!r}"
+    return None
 
 
 def to_toml(cfg: RunConfig) -> str:

@@ -75,7 +75,7 @@ AUG = typer.Option(None, "--augment", help="ada: adaptive augmentation, p tuned 
 AUG_P = typer.Option(None, "--augment-p", help="Augmentation probability 0..1: where ADA starts (--augment ada), "
                      "or fixed (--augment none).")
 PREC = typer.Option(None, "--precision", help="fp32: IEEE fp32; tf32: TF32 math on CUDA (faster, ~1e-3); bf16: autocast on CUDA (regularisers fp32).")
-SEED = typer.Option(None, "--seed", help="Random seed of the run.")
+SEED = typer.Option(None, "--seed", help="Random seed of a new run (a resumed one continues its own random stream).")
 COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the networks (CUDA).")
 COMPILE_MODE = typer.Option(None, "--compile-mode", help="torch.compile mode (implies --compile); reduce-overhead "
                             "replays CUDA graphs.")

@@ -716,6 +716,28 @@ def test_impossible_recipe_values_name_their_key(tmp_path, assets, table, key, v
     assert f"[{table}] {key} must be" in line and not out.exists()
 
 
+@pytest.mark.parametrize("key,value,words", [("device", "5", "must be a string"), ("precision", "[1]", "must be a string"),
+                                             ("augment", "{ a = 1 }", "must be a string"),
+                                             ("xflip", '"yes"', "must be true or false")])
+def test_a_recipe_value_of_the_wrong_type_names_its_key(tmp_path, assets, key, value, words):
+    """A number where a string belongs reached the trainer's string methods: an AttributeError traceback."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"[train]\n{key} = {value}\n")
+    out = tmp_path / "run"
+    line = error_line(runner.invoke(app, ["pretrain", "--data", str(assets["data"]), "--out", str(out),
+                                          "--recipe", str(recipe), "--iters", "1"]), 2)
+    assert f"[train].{key} {words}" in line and not out.exists()
+
+
+def test_a_runs_config_toml_value_of_the_wrong_type_names_its_key(tmp_path, assets):
+    run = Path(shutil.copytree(assets["run"], tmp_path / "run"))
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text.replace('device = "cpu"', "device = 5"))
+    before = snapshot(run)
+    line = error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"]))
+    assert "config.toml is damaged ([train].device must be a string" in line and snapshot(run) == before
+
+
 def test_a_recipe_value_that_has_a_flag_names_both(tmp_path, assets):
     recipe = tmp_path / "r.toml"
     recipe.write_text("[train]\nlr = nan\n")
@@ -785,8 +807,9 @@ def test_a_run_another_process_is_training_is_left_to_it(tmp_path, assets):
         held.write("4242\n")
         held.flush()
         before = snapshot(run)
-        line = error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"]))
-        assert "is being trained by another process (pid 4242)" in line
+        res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"])
+        assert "is being trained by another process (pid 4242)" in error_line(res)
+        assert len(res.output.strip().splitlines()) == 1, res.output  # no "resuming", no data loaded first
         assert snapshot(run) == before
     res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "3"])
     assert res.exit_code == 0, res.output
@@ -916,12 +939,17 @@ REFUSED = {  # argv (from tmp_path and assets), exit code, words of the line
                                    1, "bad.pt"),
     "align -o a folder": (lambda t, a: ["align", str(a["photo"]), "-o", str(t)], 1, "aligned.png"),
     "metrics of a missing second set": (lambda t, a: ["metrics", str(a["data"]), str(t / "none")], 1, "not found"),
-    "a CPU pretrain batch no memory holds": (lambda t, a: ["pretrain", "--data", str(a["data"]), "--out", str(t / "r"),
-                                                            "--recipe", "tiny", "--batch", str(10**8)],
-                                             2, "--batch 100000000 needs over"),
-    "a CPU finetune batch no memory holds": (lambda t, a: ["finetune", "--source", str(a["a"]), "--data", str(a["data"]),
-                                                            "--out", str(t / "r"), "--recipe", "tiny", "--batch",
-                                                            str(10**8)], 2, "of memory for one training step at 16 px"),
+    "a pretrain batch of 1e8": (lambda t, a: ["pretrain", "--data", str(a["data"]), "--out", str(t / "r"),
+                                              "--recipe", "tiny", "--batch", str(10**8)],
+                                2, "--batch ([train] batch) must be <= 100000, got 100000000"),
+    "a finetune batch of 1e8": (lambda t, a: ["finetune", "--source", str(a["a"]), "--data", str(a["data"]),
+                                              "--out", str(t / "r"), "--recipe", "tiny", "--batch", str(10**8)],
+                                2, "--batch ([train] batch) must be <= 100000"),
+    "a recipe batch of 1e300": (lambda t, a: ((t / "r.toml").write_text("[train]\nbatch = 1e300\n"),
+                                              ["pretrain", "--data", str(a["data"]), "--out", str(t / "r"),
+                                               "--recipe", str(t / "r.toml")])[1], 2, "must be <= 100000"),
+    "--iters 1e300": (lambda t, a: ["pretrain", "--data", str(a["data"]), "--out", str(t / "r"), "--recipe", "tiny",
+                                    "--iters", "1" + "0" * 300], 2, "--iters ([train] iters) must be <= 10**9"),
     "a CPU bench batch no memory holds": (lambda t, a: ["bench", "--device", "cpu", "--configs", "tiny", "--batch",
                                                          str(10**8)], 2, "--batch 100000000 needs over"),
     "a CPU bench --profile batch no memory holds": (lambda t, a: ["bench", "--device", "cpu", "--configs", "demo64",
@@ -954,6 +982,23 @@ def test_impossible_values_are_refused_before_any_work(tmp_path, assets, case):
     line = error_line(res, code)
     assert words in line and len(res.output.strip().splitlines()) == 1, res.output  # no progress bar first
     assert snapshot(tmp_path) == before  # nothing written: no run, no dataset, no demo data
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_a_cpu_batch_no_memory_holds_is_refused_before_any_work(tmp_path, assets, monkeypatch, command):
+    """The host memory check, with a host of 1 GiB free: the batch ceiling comes long before any
+    real host runs out."""
+    from cartoongan.train import memory
+
+    monkeypatch.setattr(memory, "host_memory_available", lambda: 2**30)
+    source = ["--source", str(assets["a"])] if command == "finetune" else []
+    argv = [command, *source, "--data", str(assets["data"]), "--out", str(tmp_path / "r"), "--recipe", "tiny",
+            "--batch", "5000"]
+    res = runner.invoke(app, argv)
+    line = error_line(res, 2)
+    size = 16 if command == "finetune" else 32  # a finetune takes its source's size
+    assert "--batch 5000 needs over" in line and f"of memory for one training step at {size} px" in line
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("command,name", [("sample", "seed0000.png"), ("sample", "b/seed0001.png"),

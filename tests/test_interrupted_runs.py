@@ -98,6 +98,78 @@ def test_a_config_toml_missing_a_section_is_refused_not_filled_with_defaults(fin
         resumed_config(run)
 
 
+def _error_line(res, code):
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == code and "Traceback" not in res.output and len(lines) == 1, res.output
+    return " ".join(res.output.split())
+
+
+def test_a_bad_value_in_the_runs_own_config_toml_is_blamed_on_it_not_on_a_flag(finished, tmp_path):
+    """batch = 0 edited into config.toml was refused as `--batch ([train] batch) must be >= 1`,
+    naming a flag nobody gave."""
+    run = _copy(finished, tmp_path)
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text.replace("batch = 4", "batch = 0", 1))
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"]), 1)
+    own = f"{run / 'config.toml'} holds a bad value, damaged or edited by hand"
+    assert f"{own}: [train] batch must be >= 1, got 0" in said
+    assert "--batch" not in said
+    # a flag given now overrides the file's value; a bad flag is still the flag's
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5", "--lr", "nan"]), 1)
+    assert "[train] batch" in said  # the file's value is still the first problem
+    (run / "config.toml").write_text(text.replace("lr = 0.002", "lr = -1.0", 1))
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5", "--lr", "nan"]), 2)
+    assert "--lr ([train] lr) must be a finite number > 0, got nan" in said
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"]), 1)
+    assert "config.toml holds a bad value" in said and "[train] lr must be a finite number > 0, got -1.0" in said
+    (run / "config.toml").unlink()  # the copy latest.pt keeps is checked the same way
+    ckpt = load_checkpoint(run / "latest.pt")
+    ckpt["cartoongan"]["config"]["train"]["batch"] = 0
+    save_checkpoint(run / "latest.pt", ckpt)
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"]), 2)
+    assert "latest.pt records holds a bad value ([train] batch must be >= 1, got 0)" in said and "--batch" not in said
+
+
+def test_a_new_seed_on_resume_is_refused_as_the_run_continues_its_own_random_stream(finished, tmp_path):
+    """--seed with --resume was warned as applied and recorded, but the RNG state restored from
+    latest.pt made it do nothing."""
+    run = _copy(finished, tmp_path)
+    before = (run / "config.toml").read_text()
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5", "--seed", "5"]), 2)
+    assert "--seed 5: a resumed run continues its own random stream" in said and "drop --seed (the run's is 0)" in said
+    assert (run / "config.toml").read_text() == before
+    assert resumed_config(run, {"train": {"seed": 0}}).train.seed == 0  # the run's own seed changes nothing
+    # a seed edited into config.toml is put back, and said so
+    (run / "config.toml").write_text(before.replace("seed = 0", "seed = 7", 1))
+    from cartoongan.report import ListReporter
+
+    rep = ListReporter()
+    pretrain(resumed_config(run, {"train": {"iters": 5, "seed": 7}}), None, run, rep, resume=True)
+    assert any("[train] seed 7 ignored: a resumed run continues its own random stream (seed 0)" in w
+               for w in rep.warnings), rep.warnings
+    assert not any("seed 0 -> 7" in w for w in rep.warnings) and "seed = 0" in (run / "config.toml").read_text()
+
+
+@pytest.mark.parametrize("flags,used", [(["--augment-p", "0.7"], [0.7]), (["--augment", "none"], [])],
+                         ids=["--augment-p", "--augment none"])
+def test_a_new_augmentation_on_resume_takes_effect(finished, tmp_path, monkeypatch, flags, used):
+    """The resume warned `[train] augment_p 0.0 -> 0.7` as applied, then restored the p ADA had
+    tuned: the new p (or no augmentation) must be what the resumed steps use."""
+    import cartoongan.train.trainer as training
+
+    run = _copy(finished, tmp_path)
+    ckpt = load_checkpoint(run / "latest.pt")
+    ckpt["train_state"]["ada"].update(p=0.3, steps=0)  # as if ADA had tuned p up to 0.3
+    save_checkpoint(run / "latest.pt", ckpt)
+    seen = []
+    monkeypatch.setattr(training, "augment", lambda x, p: (seen.append(p), x)[1])
+    res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5", *flags])
+    assert res.exit_code == 0 and "resumed with changed settings" in res.output, res.output
+    assert sorted(set(seen)) == used  # one step: no ADA update yet
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["ada_p"] == (used or [0.0])[0]
+    assert load_checkpoint(run / "latest.pt")["ada_aug_p"] == (used or [0.0])[0]
+
+
 @pytest.mark.parametrize("edit,words", [
     (lambda m: m.update(step=-5), "a step >= 0"),
     (lambda m: m.update(step=True), "a step >= 0"),
@@ -311,7 +383,7 @@ def test_a_second_ctrl_c_held_through_the_stop_save_names_the_step_it_saved(tmp_
             signal.raise_signal(signal.SIGINT)  # the first Ctrl-C
 
     def second_ctrl_c_replayed(path, ckpt):
-        out = real_save(path, ckpt)
+        real_save(path, ckpt)
         raise KeyboardInterrupt  # as _signals_deferred replays it, once the file is whole
 
     monkeypatch.setattr(Trainer, "train_step", first_ctrl_c_at_three)

@@ -50,3 +50,16 @@ def test_plot_without_kid_or_ada_and_missing_log(tmp_path):
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["plot", str(tmp_path / "empty")])
     assert result.exit_code == 1 and "no training log at" in result.output and "Traceback" not in result.output
+
+
+def test_json_lines_that_are_not_rows_are_counted_with_the_damaged_ones(tmp_path):
+    """[1, 2] or {"step": "x"} parse as JSON but are no log row: they were dropped without a word."""
+    rows = [{"step": s, "loss_d": 1.0, "loss_g": 0.5} for s in range(3)]
+    _write_log(tmp_path / "run", rows)
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    lines[1:1] = ["[1, 2]", '{"step": "x", "loss_d": 1.0}', "{\"loss_d\": 1.0}", "not json"]
+    (tmp_path / "run" / "log.jsonl").write_text("\n".join(lines + ["[3]"]) + "\n")  # a whole last line counts too
+    result = runner.invoke(app, ["plot", str(tmp_path / "run")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "skipped 5 damaged line(s) (line 2, 3, 4, 5, 8)" in said, result.output
+    assert [r["step"] for r in read_log(tmp_path / "run")] == [0, 1, 2]

@@ -15,8 +15,8 @@ from cartoongan_cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from cartoongan import load_checkpoint
-from cartoongan.config import load_recipe
+from cartoongan import load_checkpoint, save_checkpoint
+from cartoongan.config import load_recipe, validate
 from cartoongan.errors import ConfigError, TrainingDiverged
 from cartoongan.report import ListReporter
 from cartoongan.train.runs import pretrain, resumed_config
@@ -46,6 +46,29 @@ def test_resumed_run_matches_unbroken_run(tmp_path):
             assert torch.equal(a[net][key], b[net][key]), (net, key)
     assert a["ada_aug_p"] == b["ada_aug_p"] and a["ada_aug_p"] > 0
     assert torch.equal(a["train_state"]["mean_path"], b["train_state"]["mean_path"])
+
+
+def test_kimg_counts_the_images_trained_on_through_a_batch_change(tmp_path):
+    """kimg was step x the batch of the moment: after a resume at another --batch, the log, info and
+    plot all counted the earlier steps at the new batch."""
+    from cartoongan.metrics.plot import read_log, series, x_axis
+    from cartoongan.weights.networks import describe, images_trained
+
+    data, run = blob_images(tmp_path / "data", n=4), tmp_path / "run"
+    pretrain(tiny_config(iters=2, batch=2, log_every=1), data, run)
+    pretrain(resumed_config(run, {"train": {"iters": 4, "batch": 4}}), data, run, resume=True)
+    rows = read_log(run)
+    assert [r["kimg"] for r in rows] == [0.002, 0.004, 0.008, 0.012]  # (2*2 + 2*4) / 1000 at the end
+    ckpt = load_checkpoint(run / "latest.pt")
+    assert ckpt["cartoongan"]["images"] == 12
+    assert describe(ckpt)["training"].startswith("4 steps = 0.012 kimg (at batch 4 now")
+    assert x_axis(rows) == "kimg" and series(rows, "loss_g", "kimg")[0] == [0.002, 0.004, 0.008, 0.012]
+    # a checkpoint from before the count: step x its recorded batch, as info always said
+    del ckpt["cartoongan"]["images"]
+    assert images_trained(ckpt["cartoongan"]) == 16 and describe(ckpt)["training"].startswith("4 steps x batch 4 = 0.016")
+    save_checkpoint(run / "latest.pt", ckpt)  # ... and a resume of it goes on from there
+    pretrain(resumed_config(run, {"train": {"iters": 5}}), data, run, resume=True)
+    assert read_log(run)[-1]["kimg"] == 0.02
 
 
 def test_run_directory_layout_and_log(tmp_path):
@@ -157,6 +180,30 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     pretrain(tiny_config(iters=2, ckpt_every=2, log_every=1), data, tmp_path / "early")
     log = [json.loads(line) for line in (tmp_path / "early" / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2] and all(math.isfinite(row["loss_g"]) for row in log)
+
+
+@pytest.mark.parametrize("weights,advice", [
+    ({}, "with a lower --lr or a larger R1 weight ([train] r1_gamma, now 10)"),
+    ({"r1_gamma": 5000.0}, "with a lower --lr, or lower the R1 weight ([train] r1_gamma 5000), far above its default"),
+    ({"path_weight": 1000.0}, "lower the path-length weight ([train] path_weight 1000), far above its default"),
+], ids=["usual weights", "huge R1 weight", "huge path-length weight"])
+def test_divergence_advice_suspects_a_huge_regularisation_weight(tmp_path, monkeypatch, weights, advice):
+    """'a larger R1 weight' is wrong advice for a run whose R1 weight is 5000: lower it, there."""
+    import cartoongan.train.trainer as training
+
+    real_loss = training.g_nonsaturating_loss
+    monkeypatch.setattr(training, "g_nonsaturating_loss", lambda logits: real_loss(logits) * float("nan"))
+    with pytest.raises(TrainingDiverged) as diverged:
+        pretrain(tiny_config(iters=2, ckpt_every=8, **weights), blob_images(tmp_path / "data", n=4), tmp_path / "run")
+    assert advice in str(diverged.value) and ("larger" in advice) == ("larger" in str(diverged.value))
+
+
+@pytest.mark.parametrize("key,value", [("r1_gamma", 1e308), ("r1_gamma", 1e5), ("path_weight", float("inf")),
+                                       ("path_weight", float("nan")), ("r1_gamma", -1.0)])
+def test_regularisation_weights_are_bounded(key, value):
+    with pytest.raises(ConfigError, match=rf"^\[train\] {key} must be in \[0, 10000\], got"):
+        validate(tiny_config(**{key: value}))
+    validate(tiny_config(**{key: 1e4}))
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

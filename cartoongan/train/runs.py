@@ -8,7 +8,7 @@ from typing import Callable
 import tomllib
 import torch
 
-from ..config import RunConfig, apply_overrides, changed_settings, from_dict, validate
+from ..config import RunConfig, apply_overrides, bad_setting, changed_settings, from_dict, validate
 from ..data.dataset import load_dataset
 from ..device import check_precision
 from ..errors import CartoonganError, CheckpointError, ConfigError, Interrupted, first_line, naming
@@ -51,18 +51,52 @@ def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
         raise ConfigError(f"--resume {run_dir}: no latest.pt there" + (
             f"; the run's newest checkpoint is {numbered[-1]}: copy it to {latest} to resume from there"
             if numbered else " to continue from"))
-    if not path.is_file():  # latest.pt keeps the run's config too
-        return apply_overrides(_checkpoint_config(latest, path), overrides or {})
+    overrides = overrides or {}
+    own_file = path.is_file()
+    cfg = _toml_config(path) if own_file else _checkpoint_config(latest, path)  # latest.pt keeps a copy
+    seed = (overrides.get("train") or {}).get("seed")
+    if seed is not None and seed != cfg.train.seed:
+        # restore() sets the RNG state latest.pt saved, so a new seed would change nothing on one
+        # process, while the warning of changed settings would claim it applies
+        raise ConfigError(f"--seed {seed}: a resumed run continues its own random stream, restored from {latest}, "
+                          f"which no seed changes: drop --seed (the run's is {cfg.train.seed}), or start a new run "
+                          f"with --seed {seed}")
+    cfg = apply_overrides(cfg, overrides)
+    bad = _own_bad_value(cfg, overrides)
+    if bad and own_file:
+        raise CartoonganError(f"{path} holds a bad value, damaged or edited by hand: {bad}: correct it (latest.pt "
+                              "keeps a copy under cartoongan.config), delete it to resume with that copy, or start "
+                              "a new run")
+    if bad:
+        raise ConfigError(f"{path} is missing and the config {latest} records holds a bad value ({bad}): restore "
+                          "config.toml or start a new run")
+    return cfg
+
+
+def _toml_config(path: Path) -> RunConfig:
+    """A run's config.toml as a RunConfig; CartoonganError (what to do) when it is damaged."""
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
         missing = [name for name in RunConfig().to_dict() if not isinstance(table.get(name), dict)]
         if missing:  # defaults would silently replace the run's batch, lr, ... for the rest of it
             raise ConfigError(f"it lacks [{'], ['.join(missing)}]")
-        cfg = from_dict(table)
+        return from_dict(table)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError, ConfigError) as exc:
         raise CartoonganError(f"{path} is damaged ({exc}): restore it (latest.pt keeps a copy under "
                               "cartoongan.config), delete it to resume with that copy, or start a new run") from None
-    return apply_overrides(cfg, overrides or {})
+
+
+def _own_bad_value(cfg: RunConfig, overrides: dict) -> str | None:
+    """'[section] key must be ..., got V' for an impossible value that came from the run's own
+    config, not from a flag given now: validate() would blame that flag (`--batch must be >= 1`)
+    though the user never passed it. A bad value a flag gave is left to validate()."""
+    bad = bad_setting(cfg)
+    if bad is None:
+        return None
+    section, key, what = bad
+    if (overrides.get(section) or {}).get(key) is not None:
+        return None
+    return f"[{section}] {key} {what}"
 
 
 def _checkpoint_config(latest: Path, path: Path) -> RunConfig:
@@ -82,6 +116,8 @@ def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool, reporter: 
     earlier attempt left before its first checkpoint: the run starts there afresh); a resumed run
     a folder it can write in. Raises ConfigError or OutputError (nothing is written)."""
     if resume:
+        # before any data is read or "resuming" said: the lock taken to train would refuse it only then
+        check_not_in_training(run_dir)
         check_output_dir(run_dir, "--resume")
         return
     if (run_dir / "latest.pt").exists():
@@ -172,6 +208,14 @@ def check_same_source(ckpt: dict, run_dir: Path, source_path: Path, digest: str,
 
 def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) -> None:
     recorded = (ckpt.get("cartoongan") or {}).get("config")
+    recorded_train = recorded.get("train") if isinstance(recorded, dict) else None
+    seed = recorded_train.get("seed") if isinstance(recorded_train, dict) else None
+    if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32 and seed != trainer.t.seed:
+        # --seed is refused on resume; an edited config.toml (or a library caller) gets the run's
+        # own seed back, as the random stream restored is that seed's
+        reporter.warn(f"[train] seed {trainer.t.seed} ignored: a resumed run continues its own random stream "
+                      f"(seed {seed})")
+        trainer.t.seed = seed
     try:
         trainer.restore(ckpt)
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import GRAPH_MODES, RunConfig
+from ..config import GRAPH_MODES, RunConfig, TrainConfig
 from ..data.dataset import ImageDataset
 from ..device import math_mode, set_math_mode
 from ..errors import Interrupted, OutputError, TrainingDiverged
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..report import NullReporter, Reporter
-from ..weights.networks import training_checkpoint
+from ..weights.networks import images_trained, training_checkpoint
 from .augment import AdaController, augment
 from .distributed import DistInfo, StopVote, average_gradients, broadcast_module, sum_across
 from .evaluate import KidEvaluator
@@ -67,6 +67,8 @@ class TrainResult:
 
 
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
+# a regularisation weight this many times its default is suspected first when a run diverges
+LARGE_WEIGHT = 10
 
 
 def lazy_adam(params, lr: float, reg_every: int) -> torch.optim.Adam:
@@ -141,6 +143,8 @@ class Trainer:
         self.d_optim = lazy_adam(nets.d.parameters(), self.t.lr, self.t.d_reg_every)
         self.ada = AdaController(self.t.ada_target, self.t.ada_interval, self.t.ada_kimg, self.t.batch, self.t.augment_p)
         self.step = 0
+        # images trained on: step x batch only while the batch never changed (a resume may change it)
+        self.images = 0
         self.mean_path = torch.zeros((), device=self.dev)
         self.w_avg = nets.g_ema.w_avg.clone().to(self.dev) if nets.g_ema.w_avg is not None else None
         self.stats: dict[str, list[torch.Tensor]] = {}
@@ -303,6 +307,7 @@ class Trainer:
         self.g_phase(t.g_reg_every > 0 and t.path_weight > 0 and self.step % t.g_reg_every == 0)
         ema_update(self.nets.g_ema, self.nets.g, ema_beta(t.batch, t.ema_kimg))
         self.step += 1
+        self.images += t.batch
 
     # ---- state -----------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -313,7 +318,8 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.dev) if self.dev.type == "cuda" else None,
         }
-        meta = {"kind": self.kind, "step": self.step, "config": self.cfg.to_dict(), "provenance": self.provenance}
+        meta = {"kind": self.kind, "step": self.step, "images": self.images, "config": self.cfg.to_dict(),
+                "provenance": self.provenance}
         return training_checkpoint(n.g, n.d, n.g_ema, self.g_optim, self.d_optim, self.w_avg, self.ada.p,
                                    train_state, **meta)
 
@@ -327,10 +333,14 @@ class Trainer:
         load_optimizer_state(self.d_optim, ckpt["d_optim"])
         ts = ckpt["train_state"]
         self.mean_path = ts["mean_path"].to(self.dev)
-        self.ada.load_state_dict(ts["ada"])
+        if not self._augment_changed(ckpt["cartoongan"].get("config")):
+            self.ada.load_state_dict(ts["ada"])
+        # else a new --augment-p (or --augment) applies from here, as the resume warning says: the
+        # fresh controller starts at the new p (fixed with augment none), not at the p tuned so far
         if self.evaluator is not None and ts.get("best_kid") is not None:
             self.evaluator.best = float(ts["best_kid"])
         self.step = int(ckpt["cartoongan"]["step"])
+        self.images = images_trained(ckpt["cartoongan"], self.t.batch)
         self._keep_a_newer_best()
         if torch.is_tensor(ckpt.get("latent_avg")):
             self.w_avg = ckpt["latent_avg"].to(self.dev)
@@ -339,6 +349,14 @@ class Trainer:
             torch.cuda.set_rng_state(ts["rng_cuda"], self.dev)
         if self.info.world > 1:  # ranks must not share a random stream
             torch.manual_seed(self.t.seed + self.info.rank + 7919 * self.step)
+
+    def _augment_changed(self, recorded) -> bool:
+        """Whether the run's recorded config (a checkpoint's cartoongan.config) had another augment
+        or augment_p than this one; False when it records none (an older run)."""
+        train = recorded.get("train") if isinstance(recorded, dict) else None
+        if not isinstance(train, dict):
+            return False
+        return any(key in train and train[key] != getattr(self.t, key) for key in ("augment", "augment_p"))
 
     def _keep_a_newer_best(self) -> None:
         """A best.pt newer than the checkpoint resumed (its log row is dropped with the rows past
@@ -358,12 +376,27 @@ class Trainer:
         if self.unchecked and not bool(torch.isfinite(torch.stack(self.unchecked)).all()):
             latest = self.out.latest
             again = "the same --out will do" if holds_unsaved_run(self.run_dir) else "in a new --out"
-            fix = (f"the last good checkpoint is {latest}; lower --lr or raise the R1 weight and resume"
+            fix = (f"the last good checkpoint is {latest}; resume with {self._steadier()}"
                    if latest.exists() else
                    f"no checkpoint was written to {self.run_dir} yet, so nothing resumes: start again ({again}) "
-                   "with a lower --lr or a larger R1 weight")
+                   f"with {self._steadier()}")
             raise TrainingDiverged(f"a loss became NaN or inf by step {self.step}; {fix}")
         self.unchecked.clear()
+
+    def _steadier(self) -> str:
+        """What may steady a diverged run: a lower lr, and a larger R1 weight unless this run's is
+        already huge, when it (or a huge path-length weight) is the likelier cause."""
+        t, huge = self.t, []
+        if t.r1_gamma > LARGE_WEIGHT * TrainConfig.r1_gamma:
+            huge.append(f"the R1 weight ([train] r1_gamma {t.r1_gamma:g})")
+        if t.g_reg_every and t.path_weight > LARGE_WEIGHT * TrainConfig.path_weight:
+            huge.append(f"the path-length weight ([train] path_weight {t.path_weight:g})")
+        if huge:
+            defaults = "its default" if len(huge) == 1 else "their defaults"
+            return f"a lower --lr, or lower {' and '.join(huge)}, far above {defaults}"
+        if t.r1_gamma == 0:
+            return f"a lower --lr, or R1 on ([train] r1_gamma is 0; {TrainConfig.r1_gamma:g} is the default)"
+        return f"a lower --lr or a larger R1 weight ([train] r1_gamma, now {t.r1_gamma:g})"
 
     def save(self, numbered: bool) -> Path | None:
         self._check_finite()
@@ -376,7 +409,7 @@ class Trainer:
         self._check_finite()
         with math_mode("fp32"):  # KID as `cartoongan metrics` computes it, whatever the training precision
             kid = self.evaluator(self.nets.g_ema)
-        row = {"step": self.step, "kimg": round(self.step * self.t.batch / 1000, 3), "kid": kid}
+        row = {"step": self.step, "kimg": round(self.images / 1000, 3), "kid": kid}
         self.log.append(row)
         self.out.append_log(row)
         if self.evaluator.improved(kid):
@@ -385,7 +418,7 @@ class Trainer:
 
     def write_log(self, seconds: float, images: int) -> dict:
         self._check_finite()
-        row = {"step": self.step, "kimg": round(self.step * self.t.batch / 1000, 3)}
+        row = {"step": self.step, "kimg": round(self.images / 1000, 3)}
         for name, values in self.stats.items():
             row[name] = round(torch.stack(values).mean().item(), 5)
         row["ada_p"] = round(self.ada.p, 5)

@@ -231,6 +231,23 @@ def training_checkpoint(g: Generator, d: Discriminator, g_ema: Generator, g_opti
     return ckpt
 
 
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def images_trained(meta: dict, batch: int | None = None) -> int | None:
+    """The images a run's checkpoint (its `cartoongan` metadata) has trained on: the count it
+    records, or for one written before the count was kept, step x the batch its config records
+    (else `batch`): right unless the batch changed on a resume. None when unknown."""
+    if _count(meta.get("images")):
+        return meta["images"]
+    step, config = meta.get("step"), meta.get("config")
+    train = config.get("train") if isinstance(config, dict) else None
+    recorded = train.get("batch") if isinstance(train, dict) else None
+    batch = recorded if _count(recorded) and recorded >= 1 else batch
+    return step * batch if _count(step) and batch is not None else None
+
+
 def describe(ckpt: dict) -> dict:
     """A summary for `cartoongan info`: architecture, contents, step and provenance."""
     which = "g_ema" if "g_ema" in ckpt else "g"
@@ -266,9 +283,12 @@ def _recorded_training(meta: dict, ckpt: dict) -> dict:
     t, rows = config["train"], {}
     if meta.get("kind") == "finetune" and isinstance(config.get("finetune"), dict):
         rows["method"] = finetune_method(config["finetune"])
-    step, batch, p = meta.get("step"), t.get("batch"), ckpt.get("ada_aug_p")
-    counted = isinstance(step, int) and isinstance(batch, int)
-    parts = [f"{step} steps x batch {batch} = {step * batch / 1000:g} kimg"] if counted else []
+    step, batch, p, images = meta.get("step"), t.get("batch"), ckpt.get("ada_aug_p"), images_trained(meta)
+    parts = []
+    if _count(step) and _count(batch) and images == step * batch:
+        parts.append(f"{step} steps x batch {batch} = {images / 1000:g} kimg")
+    elif images is not None:  # the batch changed on a resume: steps x the batch now would be wrong
+        parts.append(f"{step} steps = {images / 1000:g} kimg (at batch {batch} now; it changed on a resume)")
     if t.get("augment"):
         known = isinstance(p, (int, float)) and t["augment"] == "ada"  # an export drops ada_aug_p
         parts.append(f"augment {t['augment']}" + (f" (p now {float(p):.3f})" if known else ""))
