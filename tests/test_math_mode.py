@@ -118,7 +118,7 @@ def test_kid_during_training_is_computed_in_ieee_fp32(tmp_path):
 
     cfg = tiny_config(iters=2, precision="tf32")
     tr = trainer.Trainer.__new__(trainer.Trainer)  # only what evaluate() reads
-    tr.evaluator, tr.info, tr.t, tr.step, tr.log = Probe(), type("I", (), {"is_main": True})(), cfg.train, 2, []
+    tr.evaluator, tr.info, tr.t, tr.step, tr.images, tr.log = Probe(), type("I", (), {"is_main": True})(), cfg.train, 2, 4, []
     tr.out = type("O", (), {"append_log": lambda self, row: None})()
     tr.unchecked, tr.nets = [], type("N", (), {"g_ema": None})()
     set_math_mode("tf32")
