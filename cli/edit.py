@@ -63,7 +63,9 @@ def edit(
     first, _, last = (layers or "").strip().partition("-")
     opts = EditOptions(parse_ranges(index, "direction", 100_000, 4096, "a sheet each"), degree, steps, trunc,
                        (int(first), int(last or first)) if layers else None, noise_mode.value)
-    with user_errors():
+    from cartoongan.data.render import NonFiniteRender
+
+    with user_errors({NonFiniteRender: "pass a smaller --degree"}):
         paths = edit_checkpoints(ckpts, parse_seeds(seeds), outdir, opts, factor_file, device, RichReporter())
     out.print(f"wrote {len(paths)} sheet(s) to {outdir}: {', '.join(p.name for p in paths[:5])}"
               f"{', ...' if len(paths) > 5 else ''}")

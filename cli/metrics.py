@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -31,10 +32,11 @@ def metrics(
     """Measure realism (FID, KID on Inception features) and similarity (LPIPS, identity)."""
     from cartoongan.device import resolve_device
     from cartoongan.errors import ConfigError, RowsStopped
+    from cartoongan.data.render import NonFiniteRender
     from cartoongan.metrics.suite import compare_with_real, is_checkpoint, parse_metrics
 
     stopped = None
-    with user_errors():
+    with user_errors({NonFiniteRender: "score an earlier checkpoint of the run"}):
         chosen = parse_metrics(names)
         if trunc is not None and not any(is_checkpoint(p) for p in (real, *fakes)):
             raise ConfigError("--trunc truncates what a checkpoint renders, and REAL and FAKE are "
@@ -55,6 +57,7 @@ def metrics(
 def _print_results(real: Path, fakes: list[Path], chosen: list[str], results: list[dict], as_json: bool,
                    several: bool) -> None:
     if as_json:
+        results = [{m: v if math.isfinite(v) else None for m, v in r.items()} for r in results]  # JSON has no NaN
         out.print_json(json.dumps({str(f): r for f, r in zip(fakes, results)} if several else results[0]))
     elif several:
         result_table(f"vs {real}", ["FAKE", *chosen], [(f, *(f"{r[m]:.6g}" for m in chosen))

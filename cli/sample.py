@@ -34,7 +34,10 @@ def sample(
     if interpolate and len(seed_list) < 2:  # the walk from a seed back to itself: one still frame, K times
         fail(f"--interpolate walks from seed to seed, and --seeds gives one ({seed_list[0]}): pass two or more, "
              "e.g. --seeds 0-3", 2)
-    with user_errors():
+    from cartoongan.data.render import NonFiniteRender
+
+    with user_errors({NonFiniteRender: "pass a w that `project` wrote, or an earlier checkpoint" if projected_w
+                      else "pass an earlier checkpoint of the run"}):
         res = sample_checkpoints(ckpts, seed_list, outdir, 1.0 if trunc is None else trunc, noise_mode.value,
                                  interpolate, device, projected_w=projected_w, reporter=RichReporter())
     for path in [res.grid, res.compare, res.gif]:

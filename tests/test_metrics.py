@@ -184,6 +184,12 @@ def test_cli_metrics_json_and_weights_fetch(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout) == {"kid": 0.5, "fid": 0.5}
     assert calls == {"names": ["kid", "fid"], "n": 7, "truncation": 0.7}
+    (tmp_path / "h.pt").touch()
+    monkeypatch.setattr(suite, "compare_with_real", lambda real, fakes, *a, **kw: [{"kid": 0.5}, {"kid": float("nan")}])
+    res = runner.invoke(app, ["metrics", str(tmp_path), str(tmp_path / "g.pt"), str(tmp_path / "h.pt"), "--metrics",
+                              "kid", "--json"])
+    assert res.exit_code == 0, res.output  # a sweep's NaN row (a diverged checkpoint) is JSON's null
+    assert json.loads(res.stdout) == {str(tmp_path / "g.pt"): {"kid": 0.5}, str(tmp_path / "h.pt"): {"kid": None}}
     res = runner.invoke(app, ["metrics", str(tmp_path), str(tmp_path), "--metrics", "psnr"])
     assert res.exit_code == 2 and "unknown metric" in res.output and "Traceback" not in res.output
 
@@ -416,3 +422,29 @@ def test_metrics_refuse_what_they_can_before_reading_or_scoring_an_image(tmp_pat
     res = runner.invoke(app, ["metrics", str(ckpt), str(a), "--metrics", "fid", "--n", "2", "--trunc", "0.5", "--json"])
     assert res.exit_code == 0, res.output  # a checkpoint on either side is what --trunc is for
     assert loaded == [ckpt, a]
+
+
+def test_a_checkpoint_that_renders_nan_costs_a_sweep_its_row_only(tmp_path, tiny_g):
+    """A sweep over a run's checkpoints where one (finite weights, overflowing) draws inf: the
+    others are still scored and that one's row is NaN, named in a warning; alone, it is an error
+    that names it."""
+    from cartoongan.data.render import NonFiniteRender
+    from cartoongan.report import ListReporter
+    from cartoongan.weights.checkpoint import save_checkpoint
+    from cartoongan.weights.networks import generator_checkpoint
+
+    real = blob_images(tmp_path / "real", n=6)
+    good = save_checkpoint(tmp_path / "good.pt", generator_checkpoint(tiny_g(size=16)))
+    overflowing = tiny_g(size=16)
+    with torch.no_grad():
+        overflowing.input.input.fill_(3e38)
+    bad = save_checkpoint(tmp_path / "bad.pt", generator_checkpoint(overflowing))
+    later = save_checkpoint(tmp_path / "later.pt", generator_checkpoint(tiny_g(size=16)))  # good's twin
+    reporter = ListReporter()
+    rows = suite.compare_with_real(real, [good, bad, later], ["kid", "fid"], n=6, features=stub_features,
+                                   reporter=reporter)
+    assert rows[0] == rows[2] and all(np.isfinite(list(rows[0].values())))
+    assert all(np.isnan(v) for v in rows[1].values()) and list(rows[1]) == ["kid", "fid"]
+    assert any(str(bad) in w and "rendered NaN or inf" in w for w in reporter.warnings), reporter.warnings
+    with pytest.raises(NonFiniteRender, match="bad.pt"):
+        suite.compare_with_real(real, [bad], ["kid"], n=6, features=stub_features)

@@ -39,6 +39,14 @@ def seeds_to_ws(gen: Generator, seeds: list[int] | range, truncation: float = 1.
     return gen.ws_from_z(z, truncation=truncation)
 
 
+class NonFiniteRender(DataError):
+    """A generator drew NaN or inf: each command adds the fix its inputs allow (`user_errors` fixes)."""
+
+
+NOT_FINITE = ("the generator rendered NaN or inf values: its latents lie far outside the mapping's range, or its "
+              "weights are damaged (a diverged run)")
+
+
 @torch.no_grad()
 def render_ws(gen: Generator, ws: torch.Tensor, noise_mode: str = "const", batch: int = 8,
               progress: Progress | None = None, check_finite: bool = True) -> np.ndarray:
@@ -51,16 +59,11 @@ def render_ws(gen: Generator, ws: torch.Tensor, noise_mode: str = "const", batch
     for i in range(0, len(ws), batch):
         image = gen.synthesis(ws[i: i + batch].to(dev), noise_mode=noise_mode).image
         if check_finite and not torch.isfinite(image).all():
-            raise DataError(NOT_FINITE)
+            raise NonFiniteRender(NOT_FINITE)
         out.append(to_uint8(image))
         if progress is not None:
             progress.advance(len(out[-1]))
     return np.concatenate(out)
-
-
-NOT_FINITE = ("the generator rendered NaN or inf values: its latents are far outside the mapping's range "
-              "(a projected w that is no projection, an edit's --degree in the thousands) or the checkpoint's weights are damaged (a diverged run): "
-              "use a w that `project` wrote, or an earlier checkpoint")
 
 
 def render_seeds(gen: Generator, seeds: list[int] | range, truncation: float = 1.0, batch: int = 8,

@@ -7,6 +7,7 @@ name in two folders, or the same seed through two checkpoints.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.dataset import check_dataset_root, load_dataset
-from ..data.render import render_seeds
-from ..errors import CheckpointError, ConfigError, DataError, rows_kept
+from ..data.render import NonFiniteRender, render_seeds
+from ..errors import CheckpointError, ConfigError, DataError, naming, rows_kept
 from ..device import math_mode
 from ..report import NullReporter, Reporter
 from ..weights.known import KNOWN_GENERATORS, missing_checkpoint
@@ -140,11 +141,22 @@ def compare_with_real(real: str | Path, fakes: list[str | Path], names: str | li
     # math mode (a training run's TF32) comes back afterwards
     with math_mode("fp32"):
         scorer = _Scorer(names, device, reporter, features, lpips_weights)
-        a = _loaded(real, n, device, truncation, reporter)
+        with naming(real):
+            a = _loaded(real, n, device, truncation, reporter)
         results: list[dict[str, float]] = []
         with rows_kept(results, len(fakes), "FAKE sources"):
             for fake in fakes:
-                results.append(scorer.score(real, a, fake, _loaded(fake, n, device, truncation, reporter)))
+                try:
+                    with naming(fake):
+                        b = _loaded(fake, n, device, truncation, reporter)
+                except NonFiniteRender as exc:
+                    if len(fakes) == 1:
+                        raise
+                    # one diverged checkpoint of a sweep: the others' rows are still worth their minutes
+                    reporter.warn(f"{exc}: its row is NaN")
+                    results.append({m: math.nan for m in names})
+                    continue
+                results.append(scorer.score(real, a, fake, b))
         return results
 
 
