@@ -163,6 +163,8 @@ def test_photo_folder_names_depend_on_each_photos_own_path(tmp_path):
     # a photo added in front renames none of the others (positions used to prefix every name)
     assert names("0.jpg", "kids/ann.jpg", "bob.png")[1:] == names("kids/ann.jpg", "bob.png")
     assert all("/" not in n for n in names(str(Path("x") / "y" / "z.jpg")))
+    deep = [str(Path(*["é" * 60] * 5) / f"{i}.jpg") for i in range(2)]  # 600 bytes of folders, joined
+    assert all(len(n.encode()) <= 255 for n in names(*deep)) and len(set(names(*deep))) == 2
 
 
 def _two_photos(tmp_path):
@@ -223,3 +225,27 @@ def test_toonify_warns_of_a_target_that_repeats_the_source_or_another_target(tmp
     assert f"--target {copy} holds the same weights as an earlier --target" in said and f"--target {other} holds" not in said
     res = runner.invoke(app, [*argv, "--target", str(other), "--outdir", str(tmp_path / "b")])
     assert res.exit_code == 0 and "holds" not in res.output
+
+
+def test_a_folder_record_of_an_earlier_version_is_trusted_while_its_projection_is_older(tmp_path, tiny_source,
+                                                                                        monkeypatch):
+    import json
+    import os
+
+    from cartoongan.pipelines import toonify as toonify_mod
+
+    photos, out = _two_photos(tmp_path), tmp_path / "out"
+    argv = ["project", str(photos), "--source", str(tiny_source[1]), "--steps", "1", "--loss", "mse", "--no-align",
+            "--outdir", str(out)]
+    assert runner.invoke(app, argv).exit_code == 0
+    for sub in (out / "p0", out / "p1"):  # as a version before the digest wrote them: the record last
+        record = json.loads((sub / "project.json").read_text())
+        del record["projected_w"]
+        (sub / "project.json").write_text(json.dumps(record))
+        os.utime(sub / "projected_w.npz", ns=(1, 1))
+    stamp = (out / "p1" / "project.json").stat().st_mtime_ns
+    os.utime(out / "p1" / "projected_w.npz", ns=(stamp + 10**9, stamp + 10**9))  # replaced after its record
+    real, calls = toonify_mod.project, []
+    monkeypatch.setattr(toonify_mod, "project", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 0 and len(calls) == 1 and "photo 1 of 2" not in res.output, res.output  # p1 only

@@ -17,6 +17,7 @@ from ..errors import DataError, Interrupted
 from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
 from ..weights.networks import weights_digest
+from ..weights.registry import sha256_of
 from .project import PROJECTION_FILES, ProjectConfig
 from .toonify import ToonifyModels, load_models, toonify_one
 
@@ -69,7 +70,7 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
             raise Interrupted(f"interrupted at step {result.stopped_at} of {cfg.steps} of photo {i} of {len(photos)} "
                               f"({photo.name}), whose projection so far is in {sub}", again) from None
         with atomic_write(sub / record, "w") as fh:  # last: its presence says the folder is whole
-            json.dump({**made, "projected_w": _digest(sub / "projected_w.npz")}, fh)
+            json.dump({**made, "projected_w": sha256_of(sub / "projected_w.npz")}, fh)
         rows.append(row)
     if not rows:
         raise DataError(f"none of the {len(photos)} photo(s) in {folder} could be {PAST[kind]} (see the warnings)")
@@ -92,9 +93,20 @@ def photo_folder_names(folder: Path, photos: list[Path]) -> list[str]:
     without its suffix, its folders joined by "_" (a flat folder: the stems); photos that still share
     a name (face.jpg beside face.png) add their suffix, then (a/b.jpg beside a_b.jpg) a hash of the path."""
     rels = [p.relative_to(folder) for p in photos]
+    hashes = [hashlib.sha1(r.as_posix().encode()).hexdigest()[:8] for r in rels]
     names = ["_".join(r.with_suffix("").parts) for r in rels]
+    # a deep tree's joined path can pass the file system's 255 bytes per name
+    names = [n if len(n.encode()) <= NAME_BYTES else f"{_cut(n, NAME_BYTES - 9)}_{h}" for n, h in zip(names, hashes)]
     names = _apart(names, [f"{n}_{r.suffix.lstrip('.').lower()}" for n, r in zip(names, rels)])
-    return _apart(names, [f"{n}_{hashlib.sha1(r.as_posix().encode()).hexdigest()[:8]}" for n, r in zip(names, rels)])
+    return _apart(names, [f"{n}_{h}" for n, h in zip(names, hashes)])
+
+
+NAME_BYTES = 200  # of a photo's folder name: 255 is the usual limit, and _apart may add 9 + a suffix
+
+
+def _cut(name: str, size: int) -> str:
+    """The longest start of name that is at most size bytes in UTF-8."""
+    return name.encode()[:size].decode(errors="ignore")
 
 
 def _apart(names: list[str], longer: list[str]) -> list[str]:
@@ -116,7 +128,7 @@ def _finished_row(sub: Path, picture: str, record: str, made: dict) -> np.ndarra
     the one recorded: `project` and `toonify` of one folder into one --outdir share that file)."""
     try:
         recorded = json.loads((sub / record).read_text(encoding="utf-8"))
-        if not isinstance(recorded, dict) or recorded.pop("projected_w", None) != _digest(sub / "projected_w.npz"):
+        if not isinstance(recorded, dict) or not _same_projection(recorded.pop("projected_w", None), sub, record):
             return None
         with Image.open(sub / picture) as img:
             row = np.asarray(img.convert("RGB"))
@@ -125,6 +137,9 @@ def _finished_row(sub: Path, picture: str, record: str, made: dict) -> np.ndarra
     return row if recorded == json.loads(json.dumps(made)) else None
 
 
-def _digest(path: Path) -> str:
-    """sha256 of a file's bytes (a projected_w.npz: a few KB)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _same_projection(digest: str | None, sub: Path, record: str) -> bool:
+    """Whether sub/projected_w.npz is the one the record vouches for: by its digest, or for a record
+    of an earlier version (no digest), by its age: the record is written last."""
+    if digest is not None:
+        return digest == sha256_of(sub / "projected_w.npz")
+    return (sub / "projected_w.npz").stat().st_mtime_ns <= (sub / record).stat().st_mtime_ns
