@@ -111,7 +111,7 @@ def test_a_bad_value_in_the_runs_own_config_toml_is_blamed_on_it_not_on_a_flag(f
     text = (run / "config.toml").read_text()
     (run / "config.toml").write_text(text.replace("batch = 4", "batch = 0", 1))
     said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"]), 1)
-    own = f"{run / 'config.toml'} holds a bad value, damaged or edited by hand"
+    own = f"{run / 'config.toml'} holds a value this version refuses (damaged, edited by hand, or from an older version)"
     assert f"{own}: [train] batch must be >= 1, got 0" in said
     assert "--batch" not in said
     # a flag given now overrides the file's value; a bad flag is still the flag's
@@ -121,13 +121,13 @@ def test_a_bad_value_in_the_runs_own_config_toml_is_blamed_on_it_not_on_a_flag(f
     said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5", "--lr", "nan"]), 2)
     assert "--lr ([train] lr) must be a finite number > 0, got nan" in said
     said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"]), 1)
-    assert "config.toml holds a bad value" in said and "[train] lr must be a finite number > 0, got -1.0" in said
+    assert "config.toml holds a value this version refuses" in said and "[train] lr must be a finite number > 0, got -1.0" in said
     (run / "config.toml").unlink()  # the copy latest.pt keeps is checked the same way
     ckpt = load_checkpoint(run / "latest.pt")
     ckpt["cartoongan"]["config"]["train"]["batch"] = 0
     save_checkpoint(run / "latest.pt", ckpt)
-    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"]), 2)
-    assert "latest.pt records holds a bad value ([train] batch must be >= 1, got 0)" in said and "--batch" not in said
+    said = _error_line(runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"]), 1)
+    assert "latest.pt records holds a value this version refuses ([train] batch must be >= 1, got 0)" in said and "--batch" not in said
 
 
 def test_a_new_seed_on_resume_is_refused_as_the_run_continues_its_own_random_stream(finished, tmp_path):

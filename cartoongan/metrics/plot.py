@@ -51,23 +51,11 @@ def _plottable(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= 1e30
 
 
-def series(rows: list[dict], key: str, x: str = "step") -> tuple[list[float], list[float]]:
-    """(x values, values) of one key over the rows that have it as a plottable number: NaN, inf and
+def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of one key over the rows that have it as a plottable number: NaN, inf and
     values past 1e30 (a diverged loss) are left out, as matplotlib cannot scale an axis to them."""
-    pts = [(r[x], r[key]) for r in rows
-           if _plottable(r.get(key)) and _plottable(r.get(x))]
+    pts = [(r["step"], r[key]) for r in rows if _plottable(r.get(key))]  # read_log keeps rows with a plottable step
     return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def x_axis(rows: list[dict]) -> str:
-    """What the curves are drawn against: 'kimg' (thousands of images trained on, which a resume at
-    another --batch keeps counting right, where steps change pace) when every row records it and it
-    never goes back; else 'step' (logs of other versions, whose kimg was step x the batch of the
-    moment, hand-edited ones)."""
-    kimg = [r.get("kimg") for r in rows]
-    if all(_plottable(k) for k in kimg) and all(a <= b for a, b in zip(kimg, kimg[1:])):
-        return "kimg"
-    return "step"
 
 
 def panels(rows: list[dict]) -> list[tuple[str, list[str]]]:
@@ -97,15 +85,17 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, reporter: Repor
     if out.suffix.lower() != ".png":  # nor a run's log.jsonl, latest.pt or config.toml, turned into a picture
         raise OutputError(f"--out {out}: plot writes a PNG; name a .png file, e.g. {out.with_suffix('.png').name}")
     rows = read_log(run_dir, reporter)
-    chosen, x = panels(rows), x_axis(rows)
+    # against steps, not kimg: a log an older version resumed at a larger batch has a kimg that
+    # jumps ahead (step x the new batch), which no row marks
+    chosen = panels(rows)
     fig, axes = plt.subplots(len(chosen), 1, figsize=(7, 2.6 * len(chosen)), sharex=True, squeeze=False)
     for ax, (title, keys) in zip(axes[:, 0], chosen):
         for key in keys:
-            ax.plot(*series(rows, key, x), label=key, marker="o" if title != "losses" else None, markersize=3)
+            ax.plot(*series(rows, key), label=key, marker="o" if title != "losses" else None, markersize=3)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    axes[-1, 0].set_xlabel("kimg (thousands of images)" if x == "kimg" else "step")
+    axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     with atomic_write(out) as fh:
         fig.savefig(fh, format="png", dpi=100)

@@ -64,12 +64,12 @@ def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
     cfg = apply_overrides(cfg, overrides)
     bad = _own_bad_value(cfg, overrides)
     if bad and own_file:
-        raise CartoonganError(f"{path} holds a bad value, damaged or edited by hand: {bad}: correct it (latest.pt "
-                              "keeps a copy under cartoongan.config), delete it to resume with that copy, or start "
-                              "a new run")
-    if bad:
-        raise ConfigError(f"{path} is missing and the config {latest} records holds a bad value ({bad}): restore "
-                          "config.toml or start a new run")
+        raise CartoonganError(f"{path} holds a value this version refuses (damaged, edited by hand, or from an "
+                              f"older version): {bad}: correct it (latest.pt keeps a copy under cartoongan.config), "
+                              "delete it to resume with that copy, or start a new run")
+    if bad:  # a file's content, as above: exit 1, not a usage error
+        raise CartoonganError(f"{path} is missing and the config {latest} records holds a value this version refuses "
+                              f"({bad}): restore config.toml or start a new run")
     return cfg
 
 
