@@ -207,6 +207,12 @@ def test_an_outdir_that_is_the_photos_own_folder_is_warned_of(tmp_path, tiny_sou
     assert "is the photo's own folder" in " ".join(res.output.split())
     res = runner.invoke(app, [*argv, str(tmp_path / "elsewhere")])
     assert res.exit_code == 0 and "own folder" not in res.output
+    links = tmp_path / "links"  # a link to the photo: the folder its name is in counts, not its target's
+    links.mkdir()
+    (links / "me.png").symlink_to(photos / "p0.png")
+    argv[1] = str(links / "me.png")
+    res = runner.invoke(app, [*argv, str(links)])
+    assert res.exit_code == 0 and "is the photo's own folder" in " ".join(res.output.split())
 
 
 def test_toonify_warns_of_a_target_that_repeats_the_source_or_another_target(tmp_path, tiny_source):

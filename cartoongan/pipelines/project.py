@@ -172,7 +172,8 @@ def save_projection(result: Projection, target: torch.Tensor, outdir: str | Path
 
 def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: int | None = None,
                      model: str = "the generator") -> torch.Tensor:
-    """projected_w.npz -> w+ [N, n_latent, style_dim] (also accepts NVlabs' [n_latent, D] layout).
+    """projected_w.npz -> w+ [N, n_latent, style_dim] (NVlabs' projector writes N = 1; one w+ saved
+    as [n_latent, D] is taken too).
 
     n_latent, style_dim: what the generator that will render it needs (checked when given)."""
     if kind := special_kind(path):
@@ -187,7 +188,7 @@ def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: i
         raise DataError(f"{path} is not a projected_w.npz with a 'w' array") from None
     if w.dtype.kind != "f" or w.ndim not in (2, 3) or w.size == 0:  # integers are no latent any projector writes
         raise DataError(f"{path}: 'w' is a {w.dtype} array of shape {w.shape}, expected floats of shape "
-                        "(N, n_latent, style_dim), or NVlabs' (n_latent, style_dim)")
+                        "(N, n_latent, style_dim), or one w+ as (n_latent, style_dim)")
     ws = torch.from_numpy(w).float()
     ws = ws[None] if ws.ndim == 2 else ws
     if not torch.isfinite(ws).all():
@@ -224,7 +225,8 @@ def warn_if_beside_the_photo(photo: str | Path, outdir: str | Path, reporter: Re
     """Warn when --outdir is the photo's own folder: target.png, proj.png and aligned.png land among
     the photos, where a later `project FOLDER`, `toonify FOLDER` or `data prepare` of it takes them for
     photos. Only a warning (the folder form refuses): `--outdir .` beside one selfie is common and harmless."""
-    if Path(photo).resolve().parent == Path(outdir).resolve():
+    # the folder the photo's name is in (a link's own, not its target's)
+    if Path(photo).absolute().parent.resolve() == Path(outdir).resolve():
         reporter.warn(f"--outdir {outdir} is the photo's own folder: the pictures written there will be read as "
                       "photos by a later run over that folder; pass another --outdir to keep it photos only")
 
