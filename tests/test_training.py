@@ -49,9 +49,9 @@ def test_resumed_run_matches_unbroken_run(tmp_path):
 
 
 def test_kimg_counts_the_images_trained_on_through_a_batch_change(tmp_path):
-    """kimg was step x the batch of the moment: after a resume at another --batch, the log, info and
-    plot all counted the earlier steps at the new batch."""
-    from cartoongan.metrics.plot import read_log, series, x_axis
+    """kimg was step x the batch of the moment: after a resume at another --batch, the log and info
+    counted the earlier steps at the new batch."""
+    from cartoongan.metrics.plot import read_log
     from cartoongan.weights.networks import describe, images_trained
 
     data, run = blob_images(tmp_path / "data", n=4), tmp_path / "run"
@@ -62,7 +62,6 @@ def test_kimg_counts_the_images_trained_on_through_a_batch_change(tmp_path):
     ckpt = load_checkpoint(run / "latest.pt")
     assert ckpt["cartoongan"]["images"] == 12
     assert describe(ckpt)["training"].startswith("4 steps = 0.012 kimg (at batch 4 now")
-    assert x_axis(rows) == "kimg" and series(rows, "loss_g", "kimg")[0] == [0.002, 0.004, 0.008, 0.012]
     # a checkpoint from before the count: step x its recorded batch, as info always said
     del ckpt["cartoongan"]["images"]
     assert images_trained(ckpt["cartoongan"]) == 16 and describe(ckpt)["training"].startswith("4 steps x batch 4 = 0.016")
