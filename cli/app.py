@@ -199,7 +199,11 @@ COUNT_MAX = 100_000
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminated)
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        # not in torchrun's workers: a rank blocked in a rendezvous or an NCCL wait runs no Python
+        # handler until that returns, and should die at once when torchrun ends it (training
+        # installs its own stop flag for the steps)
+        signal.signal(signal.SIGTERM, _terminated)
     app()  # click already ends quietly (exit 1) when stdout's reader is gone (`| head`)
 
 

@@ -547,3 +547,23 @@ def test_a_sigterm_ends_sample_as_a_ctrl_c_does(tmp_path):
     for png in out.glob("seed*.png"):
         with Image.open(png) as img:
             img.load()  # whole files only: each was written before the signal took effect
+
+
+@pytest.mark.parametrize("torchrun", [False, True], ids=["a command", "a torchrun worker"])
+def test_sigterm_is_taken_as_ctrl_c_outside_torchruns_workers(monkeypatch, torchrun):
+    """A worker blocked in a rendezvous or an NCCL wait runs no Python handler: torchrun's SIGTERM
+    must end it at once there, as before (its training steps have their own stop flag)."""
+    from cartoongan_cli import app as app_module
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(app_module, "app", lambda: None)
+    if torchrun:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    else:
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    try:
+        app_module.main()
+        installed = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert (installed is app_module._terminated) is not torchrun
