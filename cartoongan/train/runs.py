@@ -17,7 +17,7 @@ from ..ops.fir import triton_missing
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
 from ..weights.checkpoint import load_checkpoint, provenance
-from ..weights.networks import ancestry, build_discriminator, build_generator, weights_digest
+from ..weights.networks import ancestry, build_discriminator, build_generator, is_count, weights_digest
 from .distributed import init_distributed
 from .freeze import make_plan
 from .memory import check_batch_fits
@@ -155,8 +155,7 @@ def open_resumable(run_dir: Path, cfg: RunConfig, kind: str) -> dict:
                               f"{latest} to resume from there") from None
     meta = ckpt.get("cartoongan") or {}  # a dict: load_checkpoint refuses anything else
     step = meta.get("step")
-    good_step = isinstance(step, int) and not isinstance(step, bool) and step >= 0
-    missing = [k for k in RESUME_KEYS if k not in ckpt] + ([] if good_step else ["a step >= 0 (cartoongan.step)"])
+    missing = [k for k in RESUME_KEYS if k not in ckpt] + ([] if is_count(step) else ["a step >= 0 (cartoongan.step)"])
     if missing:
         raise CheckpointError(f"{latest} lacks training state ({', '.join(missing)}), e.g. it was exported: "
                               "it cannot be resumed")
@@ -210,7 +209,7 @@ def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) ->
     recorded = (ckpt.get("cartoongan") or {}).get("config")
     recorded_train = recorded.get("train") if isinstance(recorded, dict) else None
     seed = recorded_train.get("seed") if isinstance(recorded_train, dict) else None
-    if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32 and seed != trainer.t.seed:
+    if is_count(seed) and seed < 2**32 and seed != trainer.t.seed:
         # --seed is refused on resume; an edited config.toml (or a library caller) gets the run's
         # own seed back, as the random stream restored is that seed's
         reporter.warn(f"[train] seed {trainer.t.seed} ignored: a resumed run continues its own random stream "

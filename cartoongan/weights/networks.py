@@ -231,7 +231,8 @@ def training_checkpoint(g: Generator, d: Discriminator, g_ema: Generator, g_opti
     return ckpt
 
 
-def _count(value) -> bool:
+def is_count(value) -> bool:
+    """A whole number >= 0 as a checkpoint's metadata holds one (a bool is none, though an int)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -239,13 +240,13 @@ def images_trained(meta: dict, batch: int | None = None) -> int | None:
     """The images a run's checkpoint (its `cartoongan` metadata) has trained on: the count it
     records, or for one written before the count was kept, step x the batch its config records
     (else `batch`): right unless the batch changed on a resume. None when unknown."""
-    if _count(meta.get("images")):
+    if is_count(meta.get("images")):
         return meta["images"]
     step, config = meta.get("step"), meta.get("config")
     train = config.get("train") if isinstance(config, dict) else None
     recorded = train.get("batch") if isinstance(train, dict) else None
-    batch = recorded if _count(recorded) and recorded >= 1 else batch
-    return step * batch if _count(step) and batch is not None else None
+    batch = recorded if is_count(recorded) and recorded >= 1 else batch
+    return step * batch if is_count(step) and batch is not None else None
 
 
 def describe(ckpt: dict) -> dict:
@@ -285,7 +286,7 @@ def _recorded_training(meta: dict, ckpt: dict) -> dict:
         rows["method"] = finetune_method(config["finetune"])
     step, batch, p, images = meta.get("step"), t.get("batch"), ckpt.get("ada_aug_p"), images_trained(meta)
     parts = []
-    if _count(step) and _count(batch) and images == step * batch:
+    if is_count(step) and is_count(batch) and images == step * batch:
         parts.append(f"{step} steps x batch {batch} = {images / 1000:g} kimg")
     elif images is not None:  # the batch changed on a resume: steps x the batch now would be wrong
         parts.append(f"{step} steps = {images / 1000:g} kimg (at batch {batch} now; it changed on a resume)")
