@@ -10,7 +10,7 @@ import typer
 
 from cartoongan.errors import ConfigError
 
-from .app import DEVICE, app, finite_nonnegative, user_errors
+from .app import DEVICE, app, truncation_psi, user_errors
 from .console import RichReporter, out
 
 
@@ -55,7 +55,7 @@ def dualstyle(
     style_id: str = typer.Option("0", "--style-id", help="Exemplar position in the code file, or 'all' for a contact sheet."),
     style: Optional[Path] = typer.Option(None, "--style", help="Encode this exemplar picture instead of using a stored code."),
     weight: Optional[str] = typer.Option(None, "--weight", help="n_latent comma-separated blend weights (default 0.75 x 7, then 1)."),
-    trunc: Optional[float] = typer.Option(None, "--trunc", callback=finite_nonnegative, help="Intrinsic truncation towards 0 (default 0.75; 0.5 with --random)."),
+    trunc: Optional[float] = typer.Option(None, "--trunc", callback=truncation_psi, help="Intrinsic truncation towards 0 (default 0.75; 0.5 with --random)."),
     preserve_color: bool = typer.Option(False, "--preserve-color", help="Keep the content's colours (its codes replace the exemplar's colour codes)."),
     wplus: bool = typer.Option(False, "--wplus", help="Intrinsic codes in W+ (encoder_wplus.pt, or a W+ .npy)."),
     no_res: bool = typer.Option(False, "--no-res", help="Skip the extrinsic path: the intrinsic StyleGAN2 alone."),
@@ -86,10 +86,19 @@ def dualstyle(
             if input_path is not None:  # it was ignored, and its face never showed up in random.png
                 raise ConfigError(f"--random renders new faces, so INPUT {input_path} would be unused: "
                                   "give INPUT or --random N, not both")
+            unused = [flag for flag, on in (("--preserve-color", preserve_color), ("--wplus", wplus),
+                                            ("--encoder", encoder is not None)) if on]
+            if unused:  # random faces have no content codes and need no encoder: these went unsaid
+                raise ConfigError(f"--random renders faces from seeds, with no photo to encode or keep the colours "
+                                  f"of, so {', '.join(unused)} would be unused: drop "
+                                  f"{'it' if len(unused) == 1 else 'them'} or --random")
             res = random_portraits(model, random, outdir, opts, device, RichReporter())
         else:
             if input_path is None:
                 raise ConfigError("give INPUT (a photo or an intrinsic code .npy), or --random N")
+            if encoder is not None and input_path.suffix.lower() == ".npy":
+                raise ConfigError(f"INPUT {input_path} is an intrinsic code, which needs no encoding, so --encoder "
+                                  "would be unused: drop it, or give a photo")
             res = stylize(input_path, model, outdir, opts, device, RichReporter(), align=align)
     if res.style_name:
         out.print(f"style: {res.style_name}")

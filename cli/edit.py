@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import DEVICE, NoiseMode, app, finite_nonnegative, truncation_psi, user_errors, valid_seeds
+from .app import DEVICE, NoiseMode, app, truncation_psi, user_errors, valid_seeds
 from .console import RichReporter, out
 
 
@@ -18,6 +18,14 @@ def _valid_indexes(value: str) -> str:
         parse_ranges(value, "direction", 100_000, 4096, "a sheet each")
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _valid_degree(value: float) -> float:
+    from cartoongan.pipelines.sefa import DEGREE_MAX
+
+    if not 0 < value <= DEGREE_MAX:  # NaN fails it too
+        raise typer.BadParameter(f"must be a number > 0 and at most {DEGREE_MAX:g} (5 is usual), got {value}")
     return value
 
 
@@ -47,7 +55,7 @@ def edit(
     ckpts: List[Path] = typer.Argument(..., metavar="CKPT", help="One or more checkpoints; all render the same moved w."),
     factor_file: Optional[Path] = typer.Option(None, "--factor", help="A factor.pt (cartoongan factor or rosinality's closed_form_factorization.py); default: the first CKPT's own directions."),
     index: str = typer.Option("0-4", "--index", callback=_valid_indexes, help="Directions to walk, e.g. 0-4,9: a sheet each (indexNNN.png)."),
-    degree: float = typer.Option(5.0, "--degree", callback=finite_nonnegative, help="How far to move w each way (the sheet's columns run from -degree to +degree)."),
+    degree: float = typer.Option(5.0, "--degree", callback=_valid_degree, help="How far to move w each way (the sheet's columns run from -degree to +degree)."),
     steps: int = typer.Option(5, "--steps", min=2, max=41, help="Columns of a sheet."),
     seeds: str = typer.Option("0-3", "--seeds", callback=valid_seeds, help="Seeds: a row each per checkpoint (at most 64)."),
     trunc: float = typer.Option(0.7, "--trunc", callback=truncation_psi, help="Truncation psi, applied before the move."),

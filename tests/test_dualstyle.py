@@ -335,7 +335,11 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
         ([photo, "--model", style_dir, "--weight", "1,1"], 2, "needs 10 values"),
         ([photo, "--model", style_dir, "--weight", ",".join(["nan"] + ["1"] * (N - 1))], 2, "finite numbers"),
         ([nan_code, "--model", style_dir], 1, "NaN or inf"),
-        ([photo, "--model", style_dir, "--trunc", "inf"], 2, "finite number"),
+        ([photo, "--model", style_dir, "--trunc", "inf"], 2, "from 0 to 10"),
+        ([photo, "--model", style_dir, "--trunc", "1e30"], 2, "from 0 to 10"),
+        (["--model", style_dir, "--random", "2", "--preserve-color", "--wplus"], 2,
+         "so --preserve-color, --wplus would be unused"),  # both were dropped without a word
+        ([nan_code, "--model", style_dir, "--encoder", photo], 2, "is an intrinsic code, which needs no encoding"),
         ([photo, "--model", style_dir, "--no-align", "--weight", ",".join(["1e38"] * N)], 2, "NaN or inf"),
         ([tmp_path / "e" / "result.png", "--model", style_dir], 1, "would overwrite the input"),
         ([photo, "--model", style_dir, "--encoder", tmp_path / "none.pt"], 1, "not found"),

@@ -63,6 +63,46 @@ def test_factor_files_round_trip_and_rosinality_files_load(tmp_path, ckpts):
         load_factor(ckpts[0], gen.style_dim)
 
 
+def _factor_faults(style_dim: int) -> dict:
+    """Factor files a command would misread: as a traceback, or as sheets of flat grey."""
+    good = torch.linalg.qr(torch.randn(style_dim, style_dim, generator=torch.Generator().manual_seed(0)))[0]
+    return {"0-d": {"eigvec": torch.tensor(1.0)}, "no columns": {"eigvec": torch.zeros(style_dim, 0)},
+            "sparse": {"eigvec": good.to_sparse()}, "rescaled": {"eigvec": good * 1e30},
+            "values 0-d": {"eigvec": good, "values": torch.tensor(3.0)}}
+
+
+@pytest.mark.parametrize("fault,message", [("0-d", "its directions are ()"), ("no columns", "(32, 0)"),
+                                           ("sparse", "sparse_coo"), ("rescaled", "are not unit vectors"),
+                                           ("values 0-d", None)])
+def test_damaged_factor_files_are_named_by_info_and_edit_alike(tmp_path, ckpts, fault, message):
+    path = tmp_path / "f.pt"
+    torch.save(_factor_faults(32)[fault], path)
+    info = runner.invoke(app, ["info", str(path)])
+    edit = runner.invoke(app, ["edit", str(ckpts[0]), "--factor", str(path), "--index", "0", "--steps", "2",
+                               "--seeds", "0", "--outdir", str(tmp_path / "e"), "--device", "cpu"])
+    for res in (info, edit):
+        assert "Traceback" not in res.output and (res.exception is None or isinstance(res.exception, SystemExit))
+    if message is None:  # an odd optional entry: ignored, the directions still serve
+        assert info.exit_code == 0 and "variance_share" not in info.output and edit.exit_code == 0, edit.output
+        return
+    for res in (info, edit):
+        said = " ".join(res.output.split())
+        assert res.exit_code == 1 and message in said and len(res.output.strip().splitlines()) == 1, said
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_generator_whose_styles_ignore_w_has_no_directions(tmp_path, ckpts):
+    from cartoongan.errors import CheckpointError
+
+    gen = load_generator(ckpts[0], "cpu")
+    with torch.no_grad():
+        for name, p in gen.named_parameters():
+            if name.endswith("modulation.weight"):
+                p.zero_()
+    with pytest.raises(CheckpointError, match="styles do not depend on w"):  # was the identity, "nan%"
+        closed_form_factor(gen, "zero.pt")
+
+
 def test_an_edit_moves_only_the_chosen_layers_by_each_amount():
     ws = torch.randn(2, 6, 4)
     direction = torch.tensor([1.0, 0, 0, 0])
@@ -108,8 +148,10 @@ def test_cli_factor_then_edit_two_models_with_the_same_latents(tmp_path, ckpts):
     (["--index", "99"], "--index 99: the factor holds 32 directions (0-31)"),
     (["--layers", "2-40"], "--layers 2-40: the generator has w+ layers 0-5"),
     (["--layers", "x"], "'x' is not a layer or a range of w+ layers"),
-    (["--degree", "0"], "--degree must be a finite number > 0"),
-    (["--degree", "nan"], "must be a finite number >= 0"),
+    (["--degree", "0"], "must be a number > 0 and at most 100"),
+    (["--degree", "nan"], "must be a number > 0 and at most 100"),
+    (["--degree", "1e20"], "got 1e+20"),  # rendered flat grey sheets, exit 0
+    (["--layers", "5-2"], "--layers 5-2 runs backwards: write the lower layer first (2-5)"),
     (["--seeds", "0-64"], "--seeds gives 65 seeds; a sheet holds at most 64"),
     (["--index", "1-0"], "range '1-0' runs backwards"),
 ])
@@ -118,6 +160,27 @@ def test_edit_refuses_what_cannot_be_before_writing(tmp_path, ckpts, flags, mess
     said = " ".join(res.output.split())
     assert res.exit_code in (1, 2) and message in said, said
     assert not (tmp_path / "e").exists()
+
+
+def test_a_repeated_index_is_one_sheet_and_a_ctrl_c_names_the_sheets_kept(tmp_path, ckpts, monkeypatch):
+    from cartoongan.pipelines import sefa
+
+    argv = ["edit", str(ckpts[0]), "--steps", "2", "--seeds", "0", "--device", "cpu", "--outdir"]
+    res = runner.invoke(app, [*argv, str(tmp_path / "a"), "--index", "1,0,1,1"])
+    assert res.exit_code == 0 and "wrote 2 sheet(s)" in res.output and "index001.png, index000.png" in res.output
+    real, made = sefa.save_png, []
+
+    def stop_at_the_second(*a, **kw):
+        if made:
+            raise KeyboardInterrupt
+        made.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sefa, "save_png", stop_at_the_second)
+    res = runner.invoke(app, [*argv, str(tmp_path / "b"), "--index", "0-2"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 130 and "interrupted after 1 of 3 sheets, each written to" in said, said
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["index000.png"]
 
 
 def test_outputs_never_replace_inputs(tmp_path, ckpts):

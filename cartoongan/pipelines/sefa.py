@@ -11,7 +11,6 @@ layers' styles, which is why a source model's directions edit its cartoon model 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 
 from ..data.images import make_grid, save_png
 from ..data.render import render_ws, seeds_to_ws
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, Interrupted
 from ..models.generator import Generator
 from ..outputs import check_checkpoint_output, check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
@@ -29,6 +28,9 @@ from ..weights.networks import load_generator
 from .sample import unique_names
 
 EDIT_FILES = r"index\d{3,}\.png"  # what `edit` writes under --outdir
+# Directions are unit vectors and SeFa's edits run to a few units (rosinality's default 5): past
+# this the moved w is far outside the mapping's range, and from about 1e20 the render is flat grey.
+DEGREE_MAX = 100.0
 MAX_SEEDS = 64  # rows of one sheet (times the generators): every row is held in memory for the PNG
 
 
@@ -44,6 +46,9 @@ def closed_form_factor(gen: Generator, source: str = "") -> Factor:
     """SeFa's directions of gen: float64 SVD on the CPU, so a GPU and a CPU give the same file.
     Each direction's sign is fixed (its largest entry positive): an SVD's signs are arbitrary."""
     _, values, vh = torch.linalg.svd(modulation_weights(gen), full_matrices=False)
+    if not float(values.max()) > 0:  # an SVD of zeros is the identity: directions of nothing
+        raise CheckpointError(f"{source or 'the generator'}: its styles do not depend on w (every modulation weight "
+                              "is zero): an untrained or damaged generator has no directions to factorize")
     eigvec = vh.T
     signs = torch.sign(eigvec.gather(0, eigvec.abs().argmax(0, keepdim=True)))
     return Factor((eigvec * signs).float(), values.float(), source)
@@ -82,11 +87,13 @@ def check_options(opts: EditOptions, factor: Factor, n_latent: int, seeds: list[
     bad = [i for i in opts.indexes if i >= count]
     if bad:
         raise ConfigError(f"--index {bad[0]}: {where} holds {count} directions (0-{count - 1})")
-    if not math.isfinite(opts.degree) or opts.degree <= 0:
-        raise ConfigError(f"--degree must be a finite number > 0, got {opts.degree}")
+    if not 0 < opts.degree <= DEGREE_MAX:  # NaN fails it too
+        raise ConfigError(f"--degree must be a number > 0 and at most {DEGREE_MAX:g} (5 is usual), got {opts.degree}")
     if opts.steps < 2:
         raise ConfigError(f"--steps {opts.steps}: a sheet walks from -degree to +degree in 2 or more steps")
     first, last = opts.layers or (0, n_latent - 1)
+    if first > last:
+        raise ConfigError(f"--layers {first}-{last} runs backwards: write the lower layer first ({last}-{first})")
     if not 0 <= first <= last < n_latent:
         raise ConfigError(f"--layers {first}-{last}: the generator has w+ layers 0-{n_latent - 1}")
     return range(first, last + 1)
@@ -101,13 +108,21 @@ def edit_sheets(gens: list[Generator], names: list[str], seeds: list[int], facto
     layers = check_options(opts, factor, gens[0].n_latent, seeds, "the factor")
     ws = seeds_to_ws(gens[0], seeds, opts.truncation)
     amounts = degrees(opts.degree, opts.steps)
+    indexes = list(dict.fromkeys(opts.indexes))  # `--index 0,0` is one sheet, not the same one twice
     paths = []
-    with reporter.progress(len(opts.indexes) * len(gens) * len(ws) * len(amounts), "editing") as bar:
-        for index in opts.indexes:
-            moved = edited_ws(ws, factor.eigvec[:, index], amounts, layers)
-            per_gen = [render_ws(g, moved, opts.noise_mode, 8, bar).reshape(len(ws), len(amounts), -1) for g in gens]
-            tiles = np.stack(per_gen, 1).reshape(-1, gens[0].size, gens[0].size, 3)  # by latent, then generator, then amount
-            paths.append(save_png(make_grid(tiles, cols=len(amounts)), outdir / f"index{index:03d}.png"))
+    try:
+        with reporter.progress(len(indexes) * len(gens) * len(ws) * len(amounts), "editing") as bar:
+            for index in indexes:
+                moved = edited_ws(ws, factor.eigvec[:, index], amounts, layers)
+                per_gen = [render_ws(g, moved, opts.noise_mode, 8, bar).reshape(len(ws), len(amounts), -1)
+                           for g in gens]
+                tiles = np.stack(per_gen, 1).reshape(-1, gens[0].size, gens[0].size, 3)  # latent, generator, amount
+                paths.append(save_png(make_grid(tiles, cols=len(amounts)), outdir / f"index{index:03d}.png"))
+    except KeyboardInterrupt:
+        if not paths:
+            raise
+        raise Interrupted(f"interrupted after {len(paths)} of {len(indexes)} sheets, each written to {outdir} as it "
+                          "was made") from None
     if len(names) > 1:
         reporter.info(f"rows: each seed through {', '.join(names)}; columns: {', '.join(f'{a:g}' for a in amounts)}")
     return paths

@@ -14,6 +14,7 @@ import pickle
 import re
 import signal
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -152,7 +153,10 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another format: "
                               "its first bytes are not a pickle or a zip archive)")
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            # a sparse tensor inside (a hand-made factor file) draws torch's note on validating it,
+            # a line of torch's internals before the one line a command says about the file
+            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
             ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap or None)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(

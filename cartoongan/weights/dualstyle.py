@@ -244,7 +244,7 @@ def describe_file(path: str | os.PathLike) -> dict:
         return {**describe_checkpoint(path), "kind": None, "format": "nvlabs-pickle"}
     ckpt = read_torch_file(path)
     if is_factor_file(ckpt):
-        return describe_factor(ckpt)
+        return describe_factor(ckpt, path)
     if isinstance(ckpt, dict) and is_dualstyle_state(ckpt.get("g_ema")):
         sd = ckpt["g_ema"]
         cfg = infer_dualstyle_config(sd)
