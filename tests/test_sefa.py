@@ -68,12 +68,12 @@ def _factor_faults(style_dim: int) -> dict:
     good = torch.linalg.qr(torch.randn(style_dim, style_dim, generator=torch.Generator().manual_seed(0)))[0]
     return {"0-d": {"eigvec": torch.tensor(1.0)}, "no columns": {"eigvec": torch.zeros(style_dim, 0)},
             "sparse": {"eigvec": good.to_sparse()}, "rescaled": {"eigvec": good * 1e30},
-            "values 0-d": {"eigvec": good, "values": torch.tensor(3.0)}}
+            "values 0-d": {"eigvec": good, "values": torch.tensor(3.0)}, "a list": {"eigvec": good.tolist()}}
 
 
 @pytest.mark.parametrize("fault,message", [("0-d", "its directions are ()"), ("no columns", "(32, 0)"),
                                            ("sparse", "sparse_coo"), ("rescaled", "are not unit vectors"),
-                                           ("values 0-d", None)])
+                                           ("values 0-d", None), ("a list", "its 'eigvec' is a list, not a tensor")])
 def test_damaged_factor_files_are_named_by_info_and_edit_alike(tmp_path, ckpts, fault, message):
     path = tmp_path / "f.pt"
     torch.save(_factor_faults(32)[fault], path)

@@ -104,7 +104,7 @@ def read_intrinsic_code(path: Path, model: DualStyleGenerator) -> torch.Tensor:
         raise DataError(f"{path} is not a readable .npy ({exc})") from None
     arr = arr[None] if arr.ndim == 2 else arr
     if arr.dtype.kind != "f" or arr.ndim != 3 or arr.shape[1:] != (model.n_latent, model.style_dim):
-        raise DataError(f"{path} holds a {arr.dtype} array of shape {arr.shape}; the model needs "
+        raise DataError(f"{path} holds an array of {arr.dtype} of shape {arr.shape}; the model needs "
                         f"(1, {model.n_latent}, {model.style_dim}) floats")
     arr = arr.astype(np.float32)  # checked after the cast: 1e300 in float64 is inf in float32
     if not np.isfinite(arr).all():

@@ -45,8 +45,9 @@ def checked_factor(obj, path: str | Path, style_dim: int | None = None) -> Facto
     """The Factor of a loaded factor file, or CheckpointError naming what is wrong with it."""
     eigvec = obj.get("eigvec") if isinstance(obj, dict) else None
     if not isinstance(eigvec, torch.Tensor):
-        raise CheckpointError(f"{path} is not a factor file (no 'eigvec' tensor): write one with "
-                              "`cartoongan factor CKPT -o factor.pt`")
+        damaged = f"a damaged factor file (its 'eigvec' is a {type(eigvec).__name__}, not a tensor)" \
+            if isinstance(obj, dict) and "eigvec" in obj else "not a factor file (no 'eigvec' tensor)"
+        raise CheckpointError(f"{path} is {damaged}: write one with `cartoongan factor CKPT -o factor.pt`")
     needs = f"[{style_dim}, K]" if style_dim is not None else "[style_dim, K]"
     if eigvec.layout != torch.strided or eigvec.ndim != 2 or not eigvec.is_floating_point() or \
             eigvec.shape[1] == 0 or (style_dim is not None and eigvec.shape[0] != style_dim):
@@ -68,9 +69,9 @@ def checked_factor(obj, path: str | Path, style_dim: int | None = None) -> Facto
 
 
 def is_factor_file(obj) -> bool:
-    """Whether a loaded torch file is a factor file (and no checkpoint that happens to hold 'eigvec')."""
-    return isinstance(obj, dict) and isinstance(obj.get("eigvec"), torch.Tensor) and \
-        not any(k in obj for k in ("g_ema", "g", "state_dict"))
+    """Whether a loaded torch file is meant as a factor file (and no checkpoint that happens to hold
+    'eigvec'): an 'eigvec' of any kind, so that a damaged one is named as a factor file's fault."""
+    return isinstance(obj, dict) and "eigvec" in obj and not any(k in obj for k in ("g_ema", "g", "state_dict"))
 
 
 def describe_factor(obj: dict, path: str | Path) -> dict:
