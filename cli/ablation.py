@@ -22,9 +22,10 @@ def ablation(
 ):
     """FreezeD+ADA, FreezeG, FreezeSG and FreezeSG+structure loss from one source with one budget: a Markdown
     table (FID/KID vs the cartoon set, structure score vs the source, PPL) and a figure of the same seeds."""
+    from cartoongan.data.render import NonFiniteRender
     from cartoongan.pipelines.ablation import run_ablation
 
-    with user_errors():
+    with user_errors({NonFiniteRender: "delete that run's folder under OUT/runs so the next ablation trains it again"}):
         res = run_ablation(out_dir, RichReporter(), source=source, iters=iters, n_eval=n_eval,
                            n_structure=n_structure, n_ppl=n_ppl, device=device)
     out.print(res.markdown, markup=False)

@@ -199,8 +199,8 @@ COUNT_MAX = 100_000
 
 
 def main() -> None:
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
-        # not in torchrun's workers: a rank blocked in a rendezvous or an NCCL wait runs no Python
+    if "TORCHELASTIC_RUN_ID" not in os.environ and os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        # not in torchrun's (or srun's) workers: a rank blocked in a rendezvous or an NCCL wait runs no Python
         # handler until that returns, and should die at once when torchrun ends it (training
         # installs its own stop flag for the steps)
         signal.signal(signal.SIGTERM, _terminated)

@@ -96,7 +96,8 @@ def dualstyle(
         else:
             if input_path is None:
                 raise ConfigError("give INPUT (a photo or an intrinsic code .npy), or --random N")
-            if encoder is not None and input_path.suffix.lower() == ".npy":
+            if encoder is not None and input_path.suffix.lower() == ".npy" and (style is None or wplus):
+                # (a --style picture beside a Z+ code is encoded with it)
                 raise ConfigError(f"INPUT {input_path} is an intrinsic code, which needs no encoding, so --encoder "
                                   "would be unused: drop it, or give a photo")
             res = stylize(input_path, model, outdir, opts, device, RichReporter(), align=align)

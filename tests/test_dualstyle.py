@@ -307,6 +307,10 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
     assert res.exit_code == 0, res.output
     assert len(loads) == 1  # the photo and the exemplar image are encoded with one loaded encoder
     assert Image.open(tmp_path / "s" / "overview.png").size == (4 * 256, 256)
+    np.save(tmp_path / "z.npy", np.zeros((1, N, DIM), np.float32))  # a code INPUT: --style's picture uses --encoder
+    res = _run(tmp_path / "z.npy", "--model", style_dir, "--style", style_dir / "images" / "ex1.png", "--encoder",
+               style_dir.parent / "encoder.pt", "--outdir", tmp_path / "z")
+    assert res.exit_code == 0 and len(loads) == 2, res.output
     res = _run("--random", "3", "--model", style_dir, "--style-id", "2", "--outdir", tmp_path / "r")
     assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "r" / "random.png").size == (3 * SIZE, SIZE)

@@ -448,3 +448,11 @@ def test_a_checkpoint_that_renders_nan_costs_a_sweep_its_row_only(tmp_path, tiny
     assert any(str(bad) in w and "rendered NaN or inf" in w for w in reporter.warnings), reporter.warnings
     with pytest.raises(NonFiniteRender, match="bad.pt"):
         suite.compare_with_real(real, [bad], ["kid"], n=6, features=stub_features)
+    damaged = tiny_g(size=16)  # NaN weights: refused on loading, which also cost a sweep every row
+    with torch.no_grad():
+        damaged.input.input.fill_(float("nan"))
+    nan_weights = save_checkpoint(tmp_path / "nan.pt", generator_checkpoint(damaged))
+    rows = suite.compare_with_real(real, [good, nan_weights], ["kid"], n=6, features=stub_features)
+    assert np.isfinite(rows[0]["kid"]) and np.isnan(rows[1]["kid"])
+    with pytest.raises(CartoonganError, match="nan.pt"):  # nothing scored at all: an error, not a table of NaN
+        suite.compare_with_real(real, [bad, nan_weights], ["kid"], n=6, features=stub_features)

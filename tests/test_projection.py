@@ -255,3 +255,4 @@ def test_a_folder_record_of_an_earlier_version_is_trusted_while_its_projection_i
     monkeypatch.setattr(toonify_mod, "project", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     res = runner.invoke(app, argv)
     assert res.exit_code == 0 and len(calls) == 1 and "photo 1 of 2" not in res.output, res.output  # p1 only
+    assert "projected_w" in json.loads((out / "p0" / "project.json").read_text())  # trusted once, then by digest

@@ -51,6 +51,11 @@ def test_factor_files_round_trip_and_rosinality_files_load(tmp_path, ckpts):
     torch.save({"ckpt": "x.pt", "eigvec": factor.eigvec.double()}, tmp_path / "theirs.pt")  # rosinality's file
     theirs = load_factor(tmp_path / "theirs.pt", gen.style_dim)
     assert theirs.values is None and theirs.eigvec.dtype == torch.float32
+    stacked = torch.randn(600, 512, generator=torch.Generator().manual_seed(1))
+    v = torch.linalg.svd(stacked, full_matrices=False)[2].T  # rosinality's torch.svd(W).V
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # columns up to 2e-3 off unit length in bfloat16
+        torch.save({"ckpt": "x.pt", "eigvec": v.to(dtype)}, tmp_path / "v.pt")
+        assert load_factor(tmp_path / "v.pt", 512).eigvec.shape == (512, 512)
     from cartoongan.errors import CheckpointError
 
     torch.save({"ckpt": "x.pt", "eigvec": torch.zeros(gen.style_dim + 1, 3)}, tmp_path / "wide.pt")

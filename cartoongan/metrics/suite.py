@@ -144,19 +144,24 @@ def compare_with_real(real: str | Path, fakes: list[str | Path], names: str | li
         with naming(real):
             a = _loaded(real, n, device, truncation, reporter)
         results: list[dict[str, float]] = []
+        failed = None
         with rows_kept(results, len(fakes), "FAKE sources"):
             for fake in fakes:
                 try:
                     with naming(fake):
                         b = _loaded(fake, n, device, truncation, reporter)
-                except NonFiniteRender as exc:
+                except (NonFiniteRender, CheckpointError) as exc:
                     if len(fakes) == 1:
                         raise
-                    # one diverged checkpoint of a sweep: the others' rows are still worth their minutes
+                    # one diverged or damaged checkpoint of a sweep: the others' rows are still worth
+                    # their minutes of rendering and features
                     reporter.warn(f"{exc}: its row is NaN")
                     results.append({m: math.nan for m in names})
+                    failed = exc
                     continue
                 results.append(scorer.score(real, a, fake, b))
+        if failed is not None and all(math.isnan(v) for r in results for v in r.values()):
+            raise failed  # a table of NaN only is no result
         return results
 
 

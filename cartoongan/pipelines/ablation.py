@@ -20,7 +20,7 @@ from ..data.dataset import load_dataset
 from ..data.render import render_seeds
 from ..data.synthetic import ensure_synthesized
 from ..device import resolve_device
-from ..errors import CartoonganError, CheckpointError, ConfigError, ctrl_c_hint
+from ..errors import CartoonganError, CheckpointError, ConfigError, ctrl_c_hint, naming
 from ..hostmem import gib, host_memory_available
 from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
@@ -228,7 +228,8 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
                                           reporter)
             paths.append(path)
             gen = src_gen if recipe is None else load_generator(path, dev)
-            images = src_images if recipe is None else render_seeds(gen, range(n_render))
+            with naming(path):  # which method's model drew NaN, if one did
+                images = src_images if recipe is None else render_seeds(gen, range(n_render))
             values = {"method": name, **_measure(scorer, src_gen, gen, src_images, images, n_eval, n_structure),
                       "seconds": seconds}
             row = [name, _fmt(values["fid"]), _fmt(values["kid"], 1e3), _fmt(values["structure"], digits=3),

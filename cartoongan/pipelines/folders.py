@@ -139,7 +139,13 @@ def _finished_row(sub: Path, picture: str, record: str, made: dict) -> np.ndarra
 
 def _same_projection(digest: str | None, sub: Path, record: str) -> bool:
     """Whether sub/projected_w.npz is the one the record vouches for: by its digest, or for a record
-    of an earlier version (no digest), by its age: the record is written last."""
+    of an earlier version (no digest), by its age (the record is written last). Such a record, once
+    trusted, gains the digest: ages alone would go on trusting an older file moved in later."""
     if digest is not None:
         return digest == sha256_of(sub / "projected_w.npz")
-    return (sub / "projected_w.npz").stat().st_mtime_ns <= (sub / record).stat().st_mtime_ns
+    if (sub / "projected_w.npz").stat().st_mtime_ns > (sub / record).stat().st_mtime_ns:
+        return False
+    recorded = json.loads((sub / record).read_text(encoding="utf-8"))
+    with atomic_write(sub / record, "w") as fh:
+        json.dump({**recorded, "projected_w": sha256_of(sub / "projected_w.npz")}, fh)
+    return True
