@@ -63,3 +63,43 @@ def test_json_lines_that_are_not_rows_are_counted_with_the_damaged_ones(tmp_path
     said = " ".join(result.output.split())
     assert result.exit_code == 0 and "skipped 5 damaged line(s) (line 2, 3, 4, 5, 8)" in said, result.output
     assert [r["step"] for r in read_log(tmp_path / "run")] == [0, 1, 2]
+
+
+def test_lines_past_the_parser_other_bytes_and_a_bom_cost_their_line_only(tmp_path):
+    """A 5000-digit number or a 200,000-deep array raised out of json.loads (a traceback, in plot and
+    in --resume alike); one line of other bytes refused the whole log as not text."""
+    from cartoongan.train.run_dir import _row_step
+
+    good = [json.dumps({"step": s, "loss_d": 1.0, "loss_g": 0.5}).encode() for s in range(3)]
+    odd = [b'{"step": 5, "loss_d": ' + b"9" * 5000 + b"}", b"[" * 200_000, b'{"step": 6, "loss_d": "\xff"}']
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.jsonl").write_bytes(b"\xef\xbb\xbf" + b"\n".join(good[:1] + odd + good[1:]) + b"\n")
+    result = runner.invoke(app, ["plot", str(tmp_path / "run")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "skipped 3 damaged line(s) (line 2, 3, 4)" in said, said
+    assert len(read_log(tmp_path / "run")) == 3  # the BOM left line 1 whole
+    assert [_row_step(line.decode("utf-8", "replace")) for line in odd[:2]] == [float("inf")] * 2
+
+
+def test_a_log_with_nothing_to_draw_is_one_line_and_a_single_row_is_drawn(tmp_path):
+    _write_log(tmp_path / "run", [{"step": 0, "foo": 1}, {"step": 1, "loss_d": float("nan")}])
+    result = runner.invoke(app, ["plot", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "hold no finite loss, KID/FID or ADA value" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run" / "curves.png").exists()
+    _write_log(tmp_path / "one", [{"step": 2, "loss_d": 0.7, "loss_g": 1.1}])  # a 2-step run logs once
+    assert runner.invoke(app, ["plot", str(tmp_path / "one")]).exit_code == 0
+
+
+def test_plot_replaces_its_own_pictures_only(tmp_path):
+    run = tmp_path / "run"
+    _write_log(run, [{"step": s, "loss_d": 1.0, "loss_g": 0.5} for s in range(4)])
+    (run / "samples").mkdir()
+    grid = run / "samples" / "000002.png"
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(grid)
+    before = grid.read_bytes()
+    result = runner.invoke(app, ["plot", str(run), "-o", str(grid)])
+    assert result.exit_code == 1 and "is no picture plot drew" in result.output and grid.read_bytes() == before
+    assert runner.invoke(app, ["plot", str(run)]).exit_code == 0
+    assert runner.invoke(app, ["plot", str(run)]).exit_code == 0  # its own curves.png, drawn again
+    with Image.open(run / "curves.png") as img:
+        assert img.info["Software"] == "cartoongan plot"

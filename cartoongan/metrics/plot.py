@@ -9,6 +9,24 @@ from ..outputs import atomic_write, check_output_file
 from ..report import NullReporter, Reporter
 
 LOSS_KEYS = ("loss_d", "loss_g", "loss_struct", "r1", "path_length")
+PLOT_SOFTWARE = "cartoongan plot"  # the PNG's Software entry: what plot may replace
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse an existing --out that plot did not draw (matplotlib's PNGs, this version's or
+    earlier ones', say so in their Software entry): a run's sample grid, a face of a dataset."""
+    if not out.is_file():
+        return
+    from PIL import Image
+
+    try:
+        with Image.open(out) as img:
+            software = str(img.info.get("Software", ""))
+    except (OSError, ValueError):
+        software = ""
+    if not software.startswith((PLOT_SOFTWARE, "Matplotlib", "matplotlib")):
+        raise OutputError(f"--out {out} exists and is no picture plot drew (a sample grid? a dataset image?): "
+                          "pass another --out, or delete it first")
 
 
 def read_log(run_dir: str | Path, reporter: Reporter | None = None) -> list[dict]:
@@ -20,17 +38,17 @@ def read_log(run_dir: str | Path, reporter: Reporter | None = None) -> list[dict
     path = path / "log.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise DataError(f"no training log at {path}: pass a run folder written by pretrain/finetune")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not a log.jsonl (it is not text): pass a run folder written by "
-                        "pretrain/finetune") from None
-    rows, damaged = [], []
-    lines = text.splitlines()
+    # line by line: one line of other bytes (a damaged disk block) costs that line, not the log
+    lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines()  # an editor's BOM is no damage
+    rows, damaged, undecodable = [], [], 0
     for number, line in enumerate(lines, 1):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            undecodable += 1
+            damaged.append(number)
+            continue
+        except (ValueError, RecursionError):  # torn, or a number or nesting past what the parser takes
             if number < len(lines):  # a run killed mid-write leaves a partial last line: quietly skipped
                 damaged.append(number)
             continue
@@ -42,6 +60,9 @@ def read_log(run_dir: str | Path, reporter: Reporter | None = None) -> list[dict
         shown = ", ".join(map(str, damaged[:5])) + (", ..." if len(damaged) > 5 else "")
         (reporter or NullReporter()).warn(f"{path}: skipped {len(damaged)} damaged line(s) (line {shown}), not "
                                           "JSON log rows (objects with a numeric step): the curves have gaps there")
+    if not rows and undecodable:
+        raise DataError(f"{path} is not a log.jsonl (it is not text): pass a run folder written by "
+                        "pretrain/finetune")
     if not rows:
         raise DataError(f"{path} holds no log rows yet")
     return rows
@@ -59,8 +80,8 @@ def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
 
 
 def panels(rows: list[dict]) -> list[tuple[str, list[str]]]:
-    """Which panels the log supports: (title, keys), in drawing order."""
-    keys = {k for r in rows for k in r}
+    """Which panels the log supports: (title, keys with a plottable value), in drawing order."""
+    keys = {k for r in rows for k, v in r.items() if _plottable(v)}
     out = [("losses", [k for k in LOSS_KEYS if k in keys])]
     metric_keys = sorted(k for k in keys if k.split("_")[0] in ("kid", "fid"))
     if metric_keys:
@@ -84,20 +105,25 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, reporter: Repor
     check_output_file(out, "--out", example="curves.png")
     if out.suffix.lower() != ".png":  # nor a run's log.jsonl, latest.pt or config.toml, turned into a picture
         raise OutputError(f"--out {out}: plot writes a PNG; name a .png file, e.g. {out.with_suffix('.png').name}")
+    check_replaceable(out)
     rows = read_log(run_dir, reporter)
     # against steps, not kimg: a log an older version resumed at a larger batch has a kimg that
     # jumps ahead (step x the new batch), which no row marks
     chosen = panels(rows)
+    if not chosen:
+        raise DataError(f"{run_dir}: its {len(rows)} log row(s) hold no finite loss, KID/FID or ADA value to plot")
     fig, axes = plt.subplots(len(chosen), 1, figsize=(7, 2.6 * len(chosen)), sharex=True, squeeze=False)
     for ax, (title, keys) in zip(axes[:, 0], chosen):
         for key in keys:
-            ax.plot(*series(rows, key), label=key, marker="o" if title != "losses" else None, markersize=3)
+            steps, values = series(rows, key)
+            dots = title != "losses" or len(steps) < 3  # a line of one point draws nothing
+            ax.plot(steps, values, label=key, marker="o" if dots else None, markersize=3)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     with atomic_write(out) as fh:
-        fig.savefig(fh, format="png", dpi=100)
+        fig.savefig(fh, format="png", dpi=100, metadata={"Software": PLOT_SOFTWARE})
     plt.close(fig)
     return out

@@ -48,7 +48,7 @@ def _row_step(line: str) -> float:
     """A log line's step (inf for a torn or foreign line, which a resumed log drops)."""
     try:
         row = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # torn; or a number or nesting past what the parser takes
         return math.inf
     step = row.get("step") if isinstance(row, dict) else None
     return step if isinstance(step, int) and not isinstance(step, bool) else math.inf
