@@ -244,3 +244,18 @@ def test_export_drops_training_state(tmp_path, tiny_g, tiny_d):
     assert set(slim) == {"g_ema", "g", "d", "cartoongan"} and slim["cartoongan"]["step"] == 3
     res = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "g.pt"), "--g-ema-only"])
     assert set(load_checkpoint(tmp_path / "g.pt")) == {"g_ema", "cartoongan"}
+
+
+def test_export_g_ema_only_of_a_checkpoint_without_g_ema_is_refused(tmp_path, tiny_g):
+    """It wrote a file of metadata alone (exit 0, '0.0 MiB'), which every reader then refused."""
+    from cartoongan_cli.app import app
+    from typer.testing import CliRunner
+
+    ckpt = generator_checkpoint(tiny_g(16))
+    ckpt["g"] = ckpt.pop("g_ema")
+    src = save_checkpoint(tmp_path / "only_g.pt", ckpt)
+    res = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "x.pt"), "--g-ema-only"])
+    assert res.exit_code == 1 and "holds no g_ema, so --g-ema-only would keep no generator" in res.output
+    assert not (tmp_path / "x.pt").exists()
+    res = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "x.pt")])
+    assert res.exit_code == 0 and "g" in load_checkpoint(tmp_path / "x.pt")
