@@ -65,9 +65,11 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path]]:
             zf = zipfile.ZipFile(root)
         except zipfile.BadZipFile:  # an end record that passed, over a damaged directory
             raise _unreadable_zip(root) from None
-        names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in EXTENSIONS and not n.endswith("/")
-                       and not _hidden(Path(n).parts))
-        return [(n, (lambda n=n: _zip_member(zf, n))) for n in names], []
+        # by entry, not by name: members that share a name (an archive appended to) are each their
+        # own image, where reading by name gave the last one every time
+        members = sorted((m for m in zf.infolist() if Path(m.filename).suffix.lower() in EXTENSIONS
+                          and not m.is_dir() and not _hidden(Path(m.filename).parts)), key=lambda m: m.filename)
+        return [(m.filename, (lambda m=m: _zip_member(zf, m))) for m in members], []
     # one walk of the tree serves both questions below
     entries = [p for p in _walk(root) if not _hidden(p.relative_to(root).parts)]
     # a run written inside the data (`--data demo/`): its sample grids are no faces to learn or score
@@ -121,11 +123,12 @@ class UnreadableMember(OSError):
     """A zip member that cannot be read: the loaders skip it (and name it) like a corrupt image."""
 
 
-def _zip_member(zf: zipfile.ZipFile, name: str) -> io.BytesIO:
-    if zf.getinfo(name).file_size > MAX_MEMBER_BYTES:
+def _zip_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo) -> io.BytesIO:
+    name = member.filename
+    if member.file_size > MAX_MEMBER_BYTES:
         raise UnreadableMember(f"{name} inflates to over {MAX_MEMBER_BYTES >> 20} MiB")
     try:
-        return io.BytesIO(zf.read(name))
+        return io.BytesIO(zf.read(member))
     except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error) as exc:
         # a bad CRC, an encrypted member (RuntimeError), a compression method zipfile lacks
         raise UnreadableMember(f"{name}: {exc}") from None
