@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import re
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -57,13 +58,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = Fals
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # named before it exists (mkstemp names it only on return): a Ctrl-C landing inside the
+        # create still has the finally below remove it, where it used to leave a 0-byte .tmp
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:  # someone else's file by that name: never ours to remove
+            tmp = None
+            raise
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an output is an ordinary file
+        os.chmod(tmp, 0o666 & ~_umask())  # created 0600 while partial; an output is an ordinary file
         os.replace(tmp, path)
         tmp = None
         if durable:

@@ -292,6 +292,48 @@ def test_synth_rewrites_its_own_folder_without_stale_faces(tmp_path):
     assert len((out / "params.jsonl").read_text().splitlines()) == 2
 
 
+def test_synth_stopped_in_its_own_folder_leaves_the_new_faces_only_and_says_so(tmp_path, monkeypatch):
+    """A Ctrl-C while rewriting an earlier synthesis left new faces and old ones mixed, and said only
+    'interrupted'."""
+    from cartoongan.data import synthetic
+
+    out = tmp_path / "faces"
+    base = ["data", "synth", "--domain", "cartoon", "--size", "8", "--out", str(out)]
+    assert runner.invoke(app, base + ["--n", "5"]).exit_code == 0
+    real, saved = synthetic.save_image, []
+
+    def stop_at_the_third(img, path, **kw):
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+        saved.append(path)
+        return real(img, path, **kw)
+
+    monkeypatch.setattr(synthetic, "save_image", stop_at_the_third)
+    res = runner.invoke(app, base + ["--n", "8", "--seed", "3"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 130 and "interrupted after 2 of 8 faces" in said and "run the same command again" in said
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "params.jsonl"]
+    assert len((out / "params.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_ctrl_c_inside_the_temporary_files_creation_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """mkstemp named the file only on returning: a Ctrl-C landing inside it left a 0-byte .tmp."""
+    from cartoongan.outputs import atomic_write
+
+    real_open = os.open
+
+    def created_then_interrupted(path, flags, mode=0o777, **kw):
+        real_open(path, flags, mode, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "open", created_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(tmp_path / "a.png") as fh:
+            fh.write(b"x")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- resume faults: refused with one line, the run unchanged --------------------------------
 def _damage(run: Path, fault: str) -> list[str]:
     """Damage a copy of the finished 2-step run; return the extra command-line arguments."""

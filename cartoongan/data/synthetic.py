@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Interrupted
 from ..outputs import check_fresh_dir, writing
 from ..report import NullReporter, Reporter
 from .images import save_image
@@ -181,12 +181,21 @@ def synthesize(domain: str, n: int, size: int, out: str | Path, seed: int = 0, r
         out.mkdir(parents=True, exist_ok=True)
         for p in stale:  # an earlier, larger synthesis in this folder
             p.unlink()
-        with open(log_path, "w") as log, reporter.progress(n, f"synthesising {domain} faces") as bar:
-            for i in range(n):
-                params = draw_params(rng)
-                save_image(render(params, domain, size, rng), out / f"{i:06d}.png")
-                log.write(json.dumps({"file": f"{i:06d}.png", "domain": domain, **asdict(params)}) + "\n")
-                bar.advance()
+        done = 0
+        try:
+            with open(log_path, "w") as log, reporter.progress(n, f"synthesising {domain} faces") as bar:
+                for i in range(n):
+                    params = draw_params(rng)
+                    save_image(render(params, domain, size, rng), out / f"{i:06d}.png")
+                    log.write(json.dumps({"file": f"{i:06d}.png", "domain": domain, **asdict(params)}) + "\n")
+                    done = i + 1
+                    bar.advance()
+        except KeyboardInterrupt:
+            for p in out.glob("[0-9]" * 6 + ".png"):  # the earlier synthesis's faces past this one's
+                if int(p.stem) >= done:
+                    p.unlink(missing_ok=True)
+            raise Interrupted(f"interrupted after {done} of {n} faces: {out} holds those (params.jsonl lists them), "
+                              "not a mix with the earlier synthesis", "run the same command again to finish it") from None
     return out
 
 
