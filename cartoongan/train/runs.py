@@ -46,6 +46,10 @@ def numbered_checkpoints(run_dir: Path) -> list[Path]:
 def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
     """The config of an existing run (RUN_DIR/config.toml), with `iters` etc. optionally raised."""
     path, latest = run_dir / "config.toml", run_dir / "latest.pt"
+    if run_dir.is_file():  # `--resume RUN/latest.pt`: the run is the folder
+        raise ConfigError(f"--resume {run_dir} is a file: pass the run folder that holds it ({run_dir.parent})")
+    if not run_dir.exists():
+        raise ConfigError(f"--resume {run_dir}: no such run folder")
     if not latest.is_file():
         numbered = numbered_checkpoints(run_dir)
         raise ConfigError(f"--resume {run_dir}: no latest.pt there" + (
