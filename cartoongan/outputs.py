@@ -154,6 +154,8 @@ NOT_CHECKPOINT_SUFFIXES = {
     ".bmp": "a BMP image", ".tif": "a TIFF image", ".tiff": "a TIFF image", ".npy": "a NumPy array",
     ".npz": "a NumPy archive", ".pkl": "an NVlabs pickle", ".toml": "a TOML file", ".json": "a JSON file",
     ".jsonl": "a JSON-lines log", ".txt": "a text file", ".md": "a Markdown file", ".zip": "a zip archive",
+    ".safetensors": "a safetensors file (another format, which no StyleGAN2 tool here reads)",
+    ".onnx": "an ONNX model",
 }
 
 

@@ -1014,6 +1014,8 @@ REFUSED = {  # argv (from tmp_path and assets), exit code, words of the line
                                                        "5"], 2, "is a file: pass the run folder that holds it"),
     "--resume of a missing folder": (lambda t, a: ["pretrain", "--resume", str(t / "nope"), "--iters", "5"],
                                      2, "no such run folder"),
+    "export under a safetensors name": (lambda t, a: ["export", str(a["a"]), "-o", str(t / "g.safetensors")], 1,
+                                        "names a safetensors file"),
     "a folder with no image at all": (lambda t, a: ((t / "txt").mkdir(), (t / "txt" / "a.txt").write_text("x"),
                                                     ["data", "prepare", str(t / "txt"), "--out", str(t / "p")])[2],
                                       1, "no readable images"),
