@@ -34,6 +34,14 @@ def check_precision(precision: str, dev: torch.device) -> None:
         raise ConfigError("--precision bf16 needs a CUDA device; use fp32 on the CPU")
 
 
+def precision_note(precision: str, dev: torch.device) -> str | None:
+    """The warning for a precision that does nothing on dev (tf32 off CUDA), else None."""
+    if precision == "tf32" and dev.type != "cuda":
+        return (f"precision tf32 does nothing on {dev.type}: TF32 is CUDA tensor-core math, so this computes in "
+                "IEEE fp32 (say --precision fp32 to silence this)")
+    return None
+
+
 def set_math_mode(precision: str) -> None:
     """Choose how fp32 convolutions and matmuls compute on CUDA (no effect on the CPU).
 

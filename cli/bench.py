@@ -39,12 +39,14 @@ def bench(
 ):
     """Measure generator forward, training iteration and structure-loss iteration speed (img/s)."""
     from cartoongan.errors import RowsStopped
-    from cartoongan.device import check_precision, resolve_device
+    from cartoongan.device import check_precision, precision_note, resolve_device
 
     reporter = RichReporter()
     with user_errors():
         dev = resolve_device(device)
         check_precision(precision.value, dev)
+        if note := precision_note(precision.value, dev):  # the table's rows would say tf32
+            reporter.warn(note)
         if configs is not None and not _names(configs):
             raise ConfigError(f"--configs '{configs}' names no config: give e.g. tiny,r64")
         if kernels and (reference is not None or configs or batch or profile or flops):

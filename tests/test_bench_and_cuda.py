@@ -23,6 +23,8 @@ def test_bench_cli_json_measures_and_restores_switches():
     assert ModulatedConv2d.grouped is False
     res = runner.invoke(app, ["bench", "--configs", "huge", "--device", "cpu"])
     assert res.exit_code == 2 and "unknown huge" in res.output
+    res = runner.invoke(app, ["bench", "--configs", "huge", "--device", "cpu", "--precision", "tf32"])
+    assert "precision tf32 does nothing on cpu" in " ".join(res.output.split())  # its rows would say tf32
 
 
 def test_a_stopped_bench_prints_the_rows_it_measured(monkeypatch):

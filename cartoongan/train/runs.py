@@ -10,7 +10,7 @@ import torch
 
 from ..config import RunConfig, apply_overrides, bad_setting, changed_settings, from_dict, validate
 from ..data.dataset import load_dataset
-from ..device import check_precision
+from ..device import check_precision, precision_note
 from ..errors import CartoonganError, CheckpointError, ConfigError, Interrupted, first_line, naming
 from ..models.discriminator import Discriminator
 from ..ops.fir import triton_missing
@@ -261,9 +261,8 @@ def _start(cfg: RunConfig, reporter: Reporter):
     info = init_distributed(cfg.train.device)
     validate(cfg, info.world)
     check_precision(cfg.train.precision, info.device)
-    if cfg.train.precision == "tf32" and info.device.type != "cuda":
-        reporter.warn(f"precision tf32 does nothing on {info.device.type}: TF32 is CUDA tensor-core math, so this "
-                      "run computes in IEEE fp32 (say --precision fp32 to silence this)")
+    if note := precision_note(cfg.train.precision, info.device):
+        reporter.warn(note)
     check_compile(cfg.train.compiled, info.device)
     torch.manual_seed(cfg.train.seed + info.rank)
     return info
