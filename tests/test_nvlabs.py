@@ -264,3 +264,12 @@ def test_an_unreadable_pickle_is_one_line(tmp_path, ada_pkl, monkeypatch):
     monkeypatch.setattr(nvlabs, "open", refused, raising=False)
     with pytest.raises(CheckpointError, match="cannot be read .permission denied."):
         nvlabs.read_pickle(ada_pkl)
+
+
+def test_a_snapshot_without_g_ema_is_named_as_one(tmp_path):
+    """It was called 'not an NVlabs StyleGAN2 network pickle', which it is."""
+    spec = fx.TINY
+    snap = fx.ada_snapshot(spec, fx.random_generator_weights(spec, 0), None)
+    del snap["G_ema"]
+    fx.dump(snap, tmp_path / "g_only.pkl")
+    _assert_refused(tmp_path, tmp_path / "g_only.pkl", "a stylegan2-ada-pytorch snapshot without G_ema")

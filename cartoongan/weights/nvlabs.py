@@ -110,6 +110,9 @@ def detect_format(data: object) -> str:
     if isinstance(data, tuple) and len(data) == 3 and all(isinstance(n, TFNetwork) for n in data):
         return FORMAT_TF
     kind = sorted(map(str, data))[:6] if isinstance(data, dict) else type(data).__name__
+    if isinstance(data, dict) and isinstance(data.get("G"), PersistentObject):  # a snapshot of G alone
+        raise CheckpointError(f"a stylegan2-ada-pytorch snapshot without G_ema (found {kind}): convert the "
+                              "snapshot its training run wrote (network-snapshot-*.pkl holds G, D and G_ema)")
     raise CheckpointError(f"not an NVlabs StyleGAN2 network pickle (found {kind}); expected a "
                           "stylegan2-ada-pytorch snapshot or a TF (G, D, Gs) pickle")
 
