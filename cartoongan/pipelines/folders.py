@@ -16,7 +16,6 @@ from ..data.images import EXTENSIONS, save_png
 from ..errors import DataError, Interrupted
 from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
-from ..weights.networks import weights_digest
 from ..weights.registry import sha256_of
 from .project import PROJECTION_FILES, ProjectConfig
 from .toonify import ToonifyModels, load_models, toonify_one
@@ -118,7 +117,7 @@ def _apart(names: list[str], longer: list[str]) -> list[str]:
 def _settings(models: ToonifyModels, cfg: ProjectConfig, align: bool) -> dict:
     """What a photo's folder was made with: the networks by their weights (a source trained on in
     place is another source), the projection's settings, the alignment."""
-    return {"source": weights_digest(models.source), "targets": [weights_digest(g) for g in models.targets],
+    return {"source": models.digests[0], "targets": models.digests[1:],
             "config": asdict(cfg), "align": align}
 
 

@@ -25,6 +25,7 @@ class ToonifyModels:
     source: Generator
     targets: list[Generator]
     perceptual: torch.nn.Module | None
+    digests: list[str]  # weights_digest of the source, then of each target (hashing costs ~0.2 s a 256 px net)
 
 
 def load_models(source: str | Path, targets: list[str | Path], cfg: ProjectConfig, lpips_weights, device: str,
@@ -46,21 +47,21 @@ def load_models(source: str | Path, targets: list[str | Path], cfg: ProjectConfi
         elif relation == "unrelated":
             reporter.warn(f"{path} was fine-tuned from another model ({target_record.get('source')}), not from "
                           f"{source}: a latent projected with --source need not carry over; going on as given")
-    _warn_of_repeats(source_g, targets, [g for g, _ in loaded], reporter)
-    return ToonifyModels(source_g, [g for g, _ in loaded], perceptual or _perceptual_for(cfg, lpips_weights, dev))
+    digests = [weights_digest(g) for g in (source_g, *(g for g, _ in loaded))]
+    _warn_of_repeats(targets, digests, reporter)
+    return ToonifyModels(source_g, [g for g, _ in loaded], perceptual or _perceptual_for(cfg, lpips_weights, dev),
+                         digests)
 
 
-def _warn_of_repeats(source: Generator, paths: list[str | Path], targets: list[Generator], reporter: Reporter) -> None:
-    """Warn of a --target holding the source's weights, or an earlier target's (by weights, so a copy
-    counts): a column that shows nothing new, most likely a mistyped path."""
-    seen = [weights_digest(source)]
-    for path, g in zip(paths, targets):
-        digest = weights_digest(g)
-        if digest == seen[0]:
+def _warn_of_repeats(paths: list[str | Path], digests: list[str], reporter: Reporter) -> None:
+    """Warn of a --target holding the source's weights, or an earlier target's (digests: the source's,
+    then the targets'; by weights, so a copy counts): a column that shows nothing new, most likely a
+    mistyped path."""
+    for i, path in enumerate(paths, 1):
+        if digests[i] == digests[0]:
             reporter.warn(f"--target {path} holds the source's own weights: its column repeats the projection")
-        elif digest in seen:
+        elif digests[i] in digests[1:i]:
             reporter.warn(f"--target {path} holds the same weights as an earlier --target: the row shows it twice")
-        seen.append(digest)
 
 
 def toonify_one(photo: str | Path, models: ToonifyModels, outdir: Path, cfg: ProjectConfig, reporter: Reporter,
