@@ -254,3 +254,17 @@ def test_prepare_writes_the_same_files_on_several_threads(tmp_path, monkeypatch)
     one, three = sorted((tmp_path / "out1").iterdir()), sorted((tmp_path / "out3").iterdir())
     assert [p.name for p in one] == [p.name for p in three] == [f"{i:06d}.png" for i in range(7)]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, three))
+
+
+def test_gifs_beside_the_images_are_named_as_left_out(tmp_path):
+    """They were left out without a word, where every other file not read is named."""
+    for i in range(2):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    Image.new("RGB", (16, 16)).save(tmp_path / "face.gif")
+    reporter = ListReporter()
+    assert len(load_dataset(tmp_path, 16, reporter)) == 2
+    assert any("left out 1 GIF(s)" in w and "face.gif" in w for w in reporter.warnings), reporter.warnings
+    (tmp_path / "0.png").unlink()
+    (tmp_path / "1.png").unlink()
+    with pytest.raises(DataError, match="no readable images"):  # a GIF-only folder: the formats read are named
+        load_dataset(tmp_path, 16, ListReporter())

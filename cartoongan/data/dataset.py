@@ -57,8 +57,9 @@ def _unreadable_zip(root: Path) -> DataError:
     return DataError(f"{root} is not a readable zip archive")
 
 
-def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path]]:
-    """image_sources, and the training run folders found under a folder source whose files it left out."""
+def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path], list[str]]:
+    """image_sources, the training run folders found under a folder source whose files it left out,
+    and the GIFs left out (animations: `project --save-video` and `sample --interpolate` write them)."""
     check_dataset_root(root)
     if root.is_file():  # a .zip
         try:
@@ -69,7 +70,8 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path]]:
         # own image, where reading by name gave the last one every time
         members = sorted((m for m in zf.infolist() if Path(m.filename).suffix.lower() in EXTENSIONS
                           and not m.is_dir() and not _hidden(Path(m.filename).parts)), key=lambda m: m.filename)
-        return [(m.filename, (lambda m=m: _zip_member(zf, m))) for m in members], []
+        gifs = [m.filename for m in zf.infolist() if Path(m.filename).suffix.lower() == ".gif" and not m.is_dir()]
+        return [(m.filename, (lambda m=m: _zip_member(zf, m))) for m in members], [], gifs
     # one walk of the tree serves both questions below
     entries = [p for p in _walk(root) if not _hidden(p.relative_to(root).parts)]
     # a run written inside the data (`--data demo/`): its sample grids are no faces to learn or score
@@ -78,7 +80,9 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path]]:
     files = sorted(p for p in entries if p.suffix.lower() in EXTENSIONS
                    and (p.is_file() or (p.is_symlink() and not p.exists()))
                    and not any(run in p.parents for run in runs))
-    return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files], runs
+    gifs = sorted(str(p.relative_to(root)) for p in entries if p.suffix.lower() == ".gif"
+                  and not any(run in p.parents for run in runs))
+    return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files], runs, gifs
 
 
 def _walk(root: Path) -> list[Path]:
@@ -189,7 +193,10 @@ class ImageDataset:
 
 def _some_image_sources(root: Path, reporter: Reporter) -> list[tuple[str, callable]]:
     """image_sources, refused (before any progress bar) when there is no image file at all."""
-    sources, runs = _listing(root)
+    sources, runs, gifs = _listing(root)
+    if gifs and sources:  # a GIF-only folder is named by the error below, with the formats read
+        reporter.warn(f"left out {len(gifs)} GIF(s) in {root} ({_shown(gifs, 3)}): GIFs are animations here; "
+                      "save the faces among them as PNG to use them")
     if runs:
         shown = _shown([str(r.relative_to(root)) for r in runs], 3)
         reporter.warn(f"left out the training run folder(s) inside {root} ({shown}): their pictures are "
