@@ -46,4 +46,5 @@ def data_prepare(
 
     with user_errors():
         data = prepare_folder(src, out_dir, size, RichReporter(), align=align)
-    out.print(f"wrote {len(data)} images to {out_dir}" + (f"; skipped {len(data.skipped)}" if data.skipped else ""))
+    written = f"{len(data)} image{'' if len(data) == 1 else 's'}"
+    out.print(f"wrote {written} to {out_dir}" + (f"; skipped {len(data.skipped)}" if data.skipped else ""))

@@ -273,7 +273,7 @@ def warn_batch_repeats(batch: int, images: int, data_path: str | Path, reporter:
     minibatch-stddev then sees less variety than it should. A smoke test may want that: warn only."""
     if batch > images:
         reporter.warn(f"--batch {batch} is larger than the {images} image(s) in {data_path}: every batch repeats "
-                      f"images; add images or use --batch {images} or less")
+                      f"images; add images or use --batch {images}{' or less' if images > 1 else ''}")
 
 
 def compile_notice(compiled: bool, device: torch.device) -> str | None:
