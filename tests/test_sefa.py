@@ -199,3 +199,11 @@ def test_outputs_never_replace_inputs(tmp_path, ckpts):
     link.symlink_to(a)
     res = runner.invoke(app, ["edit", str(a), "--index", "0", "--outdir", str(tmp_path / "e"), "--device", "cpu"])
     assert res.exit_code == 1 and "would overwrite the input" in res.output and link.is_symlink()
+
+
+def test_checkpoints_of_two_architectures_are_refused_by_name(tmp_path, ckpts):
+    other = make_source(tmp_path / "big.pt", size=32)
+    res = runner.invoke(app, ["edit", str(ckpts[0]), str(other), "--outdir", str(tmp_path / "e"), "--device", "cpu"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"{other} is a 32 px generator with w of 32, {ckpts[0]} a 16 px one" in said, said
+    assert not (tmp_path / "e").exists()

@@ -146,8 +146,9 @@ def edit_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, opts: Ed
     gens = [load_generator(p, device) for p in paths]
     for p, g in zip(paths[1:], gens[1:]):
         if (g.size, g.n_latent, g.style_dim) != (gens[0].size, gens[0].n_latent, gens[0].style_dim):
-            raise CheckpointError(f"{p} is {g.size}px with w of {g.style_dim}; {paths[0]} is {gens[0].size}px with "
-                                  f"{gens[0].style_dim}: edit checkpoints of one architecture")
+            raise CheckpointError(f"{p} is a {g.size} px generator with w of {g.style_dim}, {paths[0]} a "
+                                  f"{gens[0].size} px one with w of {gens[0].style_dim}: edit checkpoints of one "
+                                  "architecture")
     if factor_path is None:
         factor = closed_form_factor(gens[0], str(paths[0]))
     else:
