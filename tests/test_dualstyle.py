@@ -405,3 +405,16 @@ def test_cli_encodes_and_stylizes_on_cuda(tmp_path, release):
         assert res.exit_code == 0, res.output
         got[device] = np.asarray(Image.open(tmp_path / device / "result.png"), np.int16)
     assert np.abs(got["cpu"] - got["cuda"]).max() <= 4
+
+
+def test_exemplar_codes_of_another_release_name_their_file(tmp_path, release):
+    import shutil
+
+    style_dir, photo = release
+    other = tmp_path / "toon"
+    shutil.copytree(style_dir, other)
+    write_exstyle_codes(other / "exstyle_code.npy", {"ex0.png": np.zeros((1, N + 2, DIM), np.float32)})
+    res = _run(photo, "--model", other, "--outdir", tmp_path / "o")
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"{other / 'exstyle_code.npy'}: its exemplar codes have shape (1, {N + 2}, {DIM})" \
+        in said and "put the style's own code file there" in said, said

@@ -84,10 +84,13 @@ def load_model(model_dir: Path, device: torch.device) -> tuple[DualStyleGenerato
     if not (model_dir / GENERATOR_FILE).is_file():
         raise CheckpointError(f"{model_dir} has no {GENERATOR_FILE}: pass the folder of one DualStyleGAN style")
     model = load_dualstyle(model_dir / GENERATOR_FILE, device)
-    codes = read_exstyle_codes(find_exstyle_file(model_dir))
+    code_file = find_exstyle_file(model_dir)
+    codes = read_exstyle_codes(code_file)
     shape = next(iter(codes.values())).shape
     if shape[1:] != (model.n_latent, model.style_dim):
-        raise CheckpointError(f"exemplar codes have shape {shape}, the generator needs (1, {model.n_latent}, {model.style_dim})")
+        raise CheckpointError(f"{code_file}: its exemplar codes have shape {shape}, and the generator.pt beside it "
+                              f"needs (1, {model.n_latent}, {model.style_dim}): the two come from different styles or "
+                              "releases; put the style's own code file there")
     return model, codes
 
 
