@@ -60,7 +60,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = Fals
         path.parent.mkdir(parents=True, exist_ok=True)
         # named before it exists (mkstemp names it only on return): a Ctrl-C landing inside the
         # create still has the finally below remove it, where it used to leave a 0-byte .tmp
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"  # as long as mkstemp's names
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         except FileExistsError:  # someone else's file by that name: never ours to remove
@@ -80,7 +80,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = Fals
         raise write_failed(path, exc) from None
     finally:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a create that failed (read-only, name too long) left none
+                Path(tmp).unlink(missing_ok=True)
 
 
 def _umask() -> int:

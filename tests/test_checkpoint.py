@@ -259,3 +259,7 @@ def test_export_g_ema_only_of_a_checkpoint_without_g_ema_is_refused(tmp_path, ti
     assert not (tmp_path / "x.pt").exists()
     res = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "x.pt")])
     assert res.exit_code == 0 and "g" in load_checkpoint(tmp_path / "x.pt")
+    del ckpt["g"]  # no generator at all: refused on reading, before --g-ema-only could suggest keeping g
+    src = save_checkpoint(tmp_path / "none.pt", ckpt)
+    res = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "y.pt"), "--g-ema-only"])
+    assert res.exit_code == 1 and "holds no generator ('g_ema' or 'g')" in res.output and "g stays" not in res.output

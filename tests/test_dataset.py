@@ -264,6 +264,15 @@ def test_gifs_beside_the_images_are_named_as_left_out(tmp_path):
     reporter = ListReporter()
     assert len(load_dataset(tmp_path, 16, reporter)) == 2
     assert any("left out 1 GIF(s)" in w and "face.gif" in w for w in reporter.warnings), reporter.warnings
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "set.zip", "w") as zf:  # a Mac's zip: its ._ shadows are no GIFs of the set
+        for name in ("0.png", "1.png"):
+            zf.write(tmp_path / name, f"faces/{name}")
+        zf.writestr("__MACOSX/faces/._anim.gif", b"\0")
+    reporter = ListReporter()
+    assert len(load_dataset(tmp_path / "set.zip", 16, reporter)) == 2
+    assert not any("GIF" in w for w in reporter.warnings), reporter.warnings
     (tmp_path / "0.png").unlink()
     (tmp_path / "1.png").unlink()
     with pytest.raises(DataError, match="no readable images"):  # a GIF-only folder: the formats read are named

@@ -314,6 +314,21 @@ def test_synth_stopped_in_its_own_folder_leaves_the_new_faces_only_and_says_so(t
     assert res.exit_code == 130 and "interrupted after 2 of 8 faces" in said and "run the same command again" in said
     assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "params.jsonl"]
     assert len((out / "params.jsonl").read_text().splitlines()) == 2
+    from cartoongan.errors import OutputError
+
+    monkeypatch.setattr(synthetic, "save_image", real)
+    assert runner.invoke(app, base + ["--n", "5"]).exit_code == 0  # a full disk at the third face: no mix either
+    saved.clear()
+
+    def disk_full_at_the_third(img, path, **kw):
+        if len(saved) == 2:
+            raise OutputError(f"cannot write {path}: No space left on device")
+        saved.append(path)
+        return real(img, path, **kw)
+
+    monkeypatch.setattr(synthetic, "save_image", disk_full_at_the_third)
+    assert runner.invoke(app, base + ["--n", "8", "--seed", "3"]).exit_code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "params.jsonl"]
 
 
 def test_a_ctrl_c_inside_the_temporary_files_creation_leaves_no_temporary_file(tmp_path, monkeypatch):
@@ -332,6 +347,11 @@ def test_a_ctrl_c_inside_the_temporary_files_creation_leaves_no_temporary_file(t
             fh.write(b"x")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+    from cartoongan.errors import OutputError
+
+    with pytest.raises(OutputError, match="cannot write"):  # a create that fails: named, not a raw OSError
+        with atomic_write(tmp_path / ("a" * 246 + ".png")) as fh:
+            fh.write(b"x")
 
 
 # ---- resume faults: refused with one line, the run unchanged --------------------------------

@@ -79,10 +79,16 @@ def test_lines_past_the_parser_other_bytes_and_a_bom_cost_their_line_only(tmp_pa
     assert result.exit_code == 0 and "skipped 3 damaged line(s) (line 2, 3, 4)" in said, said
     assert len(read_log(tmp_path / "run")) == 3  # the BOM left line 1 whole
     assert [_row_step(line.decode("utf-8", "replace")) for line in odd[:2]] == [float("inf")] * 2
+    from cartoongan.train.run_dir import RunDirectory  # a resume keeps the first row behind a BOM too
+
+    (tmp_path / "run" / "log.jsonl").write_bytes(b"\xef\xbb\xbf" + b"\n".join(good) + b"\n")
+    RunDirectory(tmp_path / "run")._truncate_log(1)
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()] == [0, 1]
 
 
 def test_a_log_with_nothing_to_draw_is_one_line_and_a_single_row_is_drawn(tmp_path):
-    _write_log(tmp_path / "run", [{"step": 0, "foo": 1}, {"step": 1, "loss_d": float("nan")}])
+    _write_log(tmp_path / "run", [{"step": 0, "foo": 1}, {"step": 1, "loss_d": float("nan")}, {"step": 2, "ada_p": "x"},
+                                  {"step": 3, "ada_p": float("nan")}])
     result = runner.invoke(app, ["plot", str(tmp_path / "run")])
     assert result.exit_code == 1 and "hold no finite loss, KID/FID or ADA value" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run" / "curves.png").exists()
@@ -90,7 +96,7 @@ def test_a_log_with_nothing_to_draw_is_one_line_and_a_single_row_is_drawn(tmp_pa
     assert runner.invoke(app, ["plot", str(tmp_path / "one")]).exit_code == 0
 
 
-def test_plot_replaces_its_own_pictures_only(tmp_path):
+def test_plot_replaces_its_own_pictures_only(tmp_path, monkeypatch):
     run = tmp_path / "run"
     _write_log(run, [{"step": s, "loss_d": 1.0, "loss_g": 0.5} for s in range(4)])
     (run / "samples").mkdir()
@@ -99,6 +105,13 @@ def test_plot_replaces_its_own_pictures_only(tmp_path):
     before = grid.read_bytes()
     result = runner.invoke(app, ["plot", str(run), "-o", str(grid)])
     assert result.exit_code == 1 and "is no picture plot drew" in result.output and grid.read_bytes() == before
+    (run / "notes.png").write_text("not a picture at all")
+    result = runner.invoke(app, ["plot", str(run), "-o", str(run / "notes.png")])
+    assert result.exit_code == 1 and "is no picture plot drew" in result.output
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # the grid's 64 px now open as a decompression bomb
+    result = runner.invoke(app, ["plot", str(run), "-o", str(grid)])
+    assert result.exit_code == 1 and "is no picture plot drew" in result.output and grid.read_bytes() == before
+    monkeypatch.undo()
     assert runner.invoke(app, ["plot", str(run)]).exit_code == 0
     assert runner.invoke(app, ["plot", str(run)]).exit_code == 0  # its own curves.png, drawn again
     with Image.open(run / "curves.png") as img:

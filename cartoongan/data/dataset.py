@@ -70,7 +70,8 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path], list[s
         # own image, where reading by name gave the last one every time
         members = sorted((m for m in zf.infolist() if Path(m.filename).suffix.lower() in EXTENSIONS
                           and not m.is_dir() and not _hidden(Path(m.filename).parts)), key=lambda m: m.filename)
-        gifs = [m.filename for m in zf.infolist() if Path(m.filename).suffix.lower() == ".gif" and not m.is_dir()]
+        gifs = [m.filename for m in zf.infolist() if Path(m.filename).suffix.lower() == ".gif" and not m.is_dir()
+                and not _hidden(Path(m.filename).parts)]  # __MACOSX/._x.gif is no animation of the set
         return [(m.filename, (lambda m=m: _zip_member(zf, m))) for m in members], [], gifs
     # one walk of the tree serves both questions below
     entries = [p for p in _walk(root) if not _hidden(p.relative_to(root).parts)]

@@ -187,13 +187,15 @@ def synthesize(domain: str, n: int, size: int, out: str | Path, seed: int = 0, r
                 for i in range(n):
                     params = draw_params(rng)
                     save_image(render(params, domain, size, rng), out / f"{i:06d}.png")
+                    done = i + 1  # before its line: a face kept unlisted is rewritten later, a listed one gone is not
                     log.write(json.dumps({"file": f"{i:06d}.png", "domain": domain, **asdict(params)}) + "\n")
-                    done = i + 1
                     bar.advance()
-        except KeyboardInterrupt:
+        except BaseException as exc:  # a Ctrl-C, a SIGTERM, a full disk: never a mix of two syntheses
             for p in out.glob("[0-9]" * 6 + ".png"):  # the earlier synthesis's faces past this one's
                 if int(p.stem) >= done:
                     p.unlink(missing_ok=True)
+            if not isinstance(exc, KeyboardInterrupt):
+                raise
             raise Interrupted(f"interrupted after {done} of {n} faces: {out} holds those (params.jsonl lists them), "
                               "not a mix with the earlier synthesis", "run the same command again to finish it") from None
     return out

@@ -22,7 +22,7 @@ def check_replaceable(out: Path) -> None:
     try:
         with Image.open(out) as img:
             software = str(img.info.get("Software", ""))
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - whatever it is (a bomb's header too), plot did not draw it
         software = ""
     if not software.startswith((PLOT_SOFTWARE, "Matplotlib", "matplotlib")):
         raise OutputError(f"--out {out} exists and is no picture plot drew (a sample grid? a dataset image?): "
@@ -86,7 +86,7 @@ def panels(rows: list[dict]) -> list[tuple[str, list[str]]]:
     metric_keys = sorted(k for k in keys if k.split("_")[0] in ("kid", "fid"))
     if metric_keys:
         out.append(("KID / FID", metric_keys))
-    if any(r.get("ada_p") for r in rows):
+    if any(_plottable(r.get("ada_p")) and r["ada_p"] for r in rows):
         out.append(("ADA p", ["ada_p"]))
     return [(title, ks) for title, ks in out if ks]
 

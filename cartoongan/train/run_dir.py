@@ -124,7 +124,8 @@ class RunDirectory:
         path = self.path / "log.jsonl"
         if not path.is_file():
             return
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        # utf-8-sig: an editor's BOM would make the first row foreign to _row_step, and dropped
+        lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines(keepends=True)
         kept = [line for line in lines if _row_step(line) <= step]
         if len(kept) != len(lines):
             with atomic_write(path, "w") as fh:

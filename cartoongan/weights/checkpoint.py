@@ -282,9 +282,9 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_train
     from .networks import build_discriminator, build_generator  # networks imports this module
 
     slim = slim_checkpoint(load_checkpoint(src), keep_training_nets)
-    if not any(key in slim for key in ("g_ema", "g")):  # the file would hold metadata only
+    if not any(key in slim for key in ("g_ema", "g")):  # metadata only; load_checkpoint saw a generator: g
         raise CheckpointError(f"{src} holds no g_ema, so --g-ema-only would keep no generator: export it without "
-                              "--g-ema-only (g stays)" if not keep_training_nets else f"{src} holds no generator")
+                              "--g-ema-only (g stays)")
     # what every reader of the export will check (fit, dtype, NaN): refused here, not after sharing it
     with naming(src):
         for key in ("g_ema", "g"):
