@@ -84,10 +84,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = Fals
                 Path(tmp).unlink(missing_ok=True)
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once: reading means setting it to 0 and back, and two PngWriter threads doing that at once
+# could leave the process at 0 (every later file world-writable).
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def _fsync_folder(folder: Path) -> None:

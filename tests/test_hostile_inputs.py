@@ -1369,3 +1369,15 @@ def test_zip_members_that_share_a_name_are_each_read(tmp_path):
             zf.writestr("faces/x.png", buf.getvalue())
     data = load_dataset(tmp_path / "dup.zip", 16)
     assert sorted(int(img.float().mean()) for img in data.images) == [0, 128, 255]
+
+
+def test_writes_never_touch_the_umask(tmp_path, monkeypatch):
+    """Reading the umask means setting it to 0 and back, which every write did: two PngWriter threads
+    interleaving could leave the process at 0 (every later file world-writable). It is read once."""
+    from cartoongan import outputs
+
+    calls = []
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or 0o022)
+    with outputs.atomic_write(tmp_path / "a.bin") as fh:
+        fh.write(b"x")
+    assert calls == [] and (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o666 & ~outputs._UMASK
