@@ -71,7 +71,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = Fals
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # created 0600 while partial; an output is an ordinary file
+        os.chmod(tmp, 0o666 & ~_UMASK)  # created 0600 while partial; an output is an ordinary file
         os.replace(tmp, path)
         tmp = None
         if durable:
@@ -93,10 +93,6 @@ def _read_umask() -> int:
 # Read once: reading means setting it to 0 and back, and two PngWriter threads doing that at once
 # could leave the process at 0 (every later file world-writable).
 _UMASK = _read_umask()
-
-
-def _umask() -> int:
-    return _UMASK
 
 
 def _fsync_folder(folder: Path) -> None:
