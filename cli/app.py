@@ -5,7 +5,6 @@ function; the modules register themselves on `app` when imported at the end of t
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import signal
@@ -168,24 +167,23 @@ def valid_seeds(value: str | None) -> str | None:
     return value
 
 
-def finite_nonnegative(value: float | None) -> float | None:
-    if value is None:  # an optional flag not given
-        return value
-    if not math.isfinite(value) or value < 0:
-        raise typer.BadParameter(f"must be a finite number >= 0, got {value}")
-    return value
-
-
-def truncation_psi(value: float | None) -> float | None:
-    from cartoongan.data.render import check_truncation
+def checked_flag(check, value):
+    """value through a library check(value, name) (one rule for flags and library callers), its
+    ConfigError as Typer's BadParameter: a usage error naming the flag."""
     from cartoongan.errors import ConfigError
 
     if value is None:  # an optional flag not given
         return value
     try:
-        return check_truncation(value, "it")
+        return check(value, "it")
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def truncation_psi(value: float | None) -> float | None:
+    from cartoongan.data.render import check_truncation
+
+    return checked_flag(check_truncation, value)
 
 
 DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import DEVICE, NoiseMode, app, truncation_psi, user_errors, valid_seeds
+from .app import DEVICE, NoiseMode, app, checked_flag, truncation_psi, user_errors, valid_seeds
 from .console import RichReporter, out
 
 
@@ -22,11 +22,9 @@ def _valid_indexes(value: str) -> str:
 
 
 def _valid_degree(value: float) -> float:
-    from cartoongan.pipelines.sefa import DEGREE_MAX
+    from cartoongan.pipelines.sefa import check_degree
 
-    if not 0 < value <= DEGREE_MAX:  # NaN fails it too
-        raise typer.BadParameter(f"must be a number > 0 and at most {DEGREE_MAX:g} (5 is usual), got {value}")
-    return value
+    return checked_flag(check_degree, value)
 
 
 def _valid_layers(value: str | None) -> str | None:

@@ -54,6 +54,13 @@ def closed_form_factor(gen: Generator, source: str = "") -> Factor:
     return Factor((eigvec * signs).float(), values.float(), source)
 
 
+def check_degree(degree: float, name: str = "--degree") -> float:
+    """degree itself, or ConfigError naming `name` when it is not a number in (0, DEGREE_MAX]."""
+    if not 0 < degree <= DEGREE_MAX:  # NaN fails it too
+        raise ConfigError(f"{name} must be a number > 0 and at most {DEGREE_MAX:g} (5 is usual), got {degree}")
+    return degree
+
+
 def degrees(degree: float, steps: int) -> list[float]:
     """The columns of a sheet: `steps` evenly spaced from -degree to +degree."""
     return [float(x) for x in np.linspace(-degree, degree, steps)]
@@ -87,8 +94,7 @@ def check_options(opts: EditOptions, factor: Factor, n_latent: int, seeds: list[
     bad = [i for i in opts.indexes if i >= count]
     if bad:
         raise ConfigError(f"--index {bad[0]}: {where} holds {count} directions (0-{count - 1})")
-    if not 0 < opts.degree <= DEGREE_MAX:  # NaN fails it too
-        raise ConfigError(f"--degree must be a number > 0 and at most {DEGREE_MAX:g} (5 is usual), got {opts.degree}")
+    check_degree(opts.degree)
     if opts.steps < 2:
         raise ConfigError(f"--steps {opts.steps}: a sheet walks from -degree to +degree in 2 or more steps")
     first, last = opts.layers or (0, n_latent - 1)
