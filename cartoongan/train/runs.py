@@ -17,7 +17,8 @@ from ..ops.fir import triton_missing
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
 from ..weights.checkpoint import load_checkpoint, provenance
-from ..weights.networks import ancestry, build_discriminator, build_generator, is_count, weights_digest
+from ..weights.networks import (ancestry, build_discriminator, build_generator, is_count, recorded_train,
+                                weights_digest)
 from .distributed import init_distributed
 from .freeze import make_plan
 from .memory import check_batch_fits
@@ -211,8 +212,7 @@ def check_same_source(ckpt: dict, run_dir: Path, source_path: Path, digest: str,
 
 def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) -> None:
     recorded = (ckpt.get("cartoongan") or {}).get("config")
-    recorded_train = recorded.get("train") if isinstance(recorded, dict) else None
-    seed = recorded_train.get("seed") if isinstance(recorded_train, dict) else None
+    seed = recorded_train(ckpt.get("cartoongan") or {}).get("seed")
     if is_count(seed) and seed < 2**32 and seed != trainer.t.seed:
         # --seed is refused on resume; an edited config.toml (or a library caller) gets the run's
         # own seed back, as the random stream restored is that seed's

@@ -23,7 +23,7 @@ from ..errors import Interrupted, OutputError, TrainingDiverged
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..report import NullReporter, Reporter
-from ..weights.networks import images_trained, training_checkpoint
+from ..weights.networks import images_trained, recorded_train, training_checkpoint
 from .augment import AdaController, augment
 from .distributed import DistInfo, StopVote, average_gradients, broadcast_module, sum_across
 from .evaluate import KidEvaluator
@@ -333,7 +333,7 @@ class Trainer:
         load_optimizer_state(self.d_optim, ckpt["d_optim"])
         ts = ckpt["train_state"]
         self.mean_path = ts["mean_path"].to(self.dev)
-        if not self._augment_changed(ckpt["cartoongan"].get("config")):
+        if not self._augment_changed(recorded_train(ckpt["cartoongan"])):
             self.ada.load_state_dict(ts["ada"])
         # else a new --augment-p (or --augment) applies from here, as the resume warning says: the
         # fresh controller starts at the new p (fixed with augment none), not at the p tuned so far
@@ -350,12 +350,9 @@ class Trainer:
         if self.info.world > 1:  # ranks must not share a random stream
             torch.manual_seed(self.t.seed + self.info.rank + 7919 * self.step)
 
-    def _augment_changed(self, recorded) -> bool:
-        """Whether the run's recorded config (a checkpoint's cartoongan.config) had another augment
-        or augment_p than this one; False when it records none (an older run)."""
-        train = recorded.get("train") if isinstance(recorded, dict) else None
-        if not isinstance(train, dict):
-            return False
+    def _augment_changed(self, train: dict) -> bool:
+        """Whether the run's recorded [train] table had another augment or augment_p than this one;
+        False for keys it does not record (an older run)."""
         return any(key in train and train[key] != getattr(self.t, key) for key in ("augment", "augment_p"))
 
     def _keep_a_newer_best(self) -> None:

@@ -236,15 +236,21 @@ def is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def recorded_train(meta: dict) -> dict:
+    """The [train] table a run's checkpoint records (its `cartoongan` metadata's config), or {}
+    for a checkpoint without one (rosinality's, an older or hand-made file)."""
+    config = meta.get("config") if isinstance(meta, dict) else None
+    train = config.get("train") if isinstance(config, dict) else None
+    return train if isinstance(train, dict) else {}
+
+
 def images_trained(meta: dict, batch: int | None = None) -> int | None:
     """The images a run's checkpoint (its `cartoongan` metadata) has trained on: the count it
     records, or for one written before the count was kept, step x the batch its config records
     (else `batch`): right unless the batch changed on a resume. None when unknown."""
     if is_count(meta.get("images")):
         return meta["images"]
-    step, config = meta.get("step"), meta.get("config")
-    train = config.get("train") if isinstance(config, dict) else None
-    recorded = train.get("batch") if isinstance(train, dict) else None
+    step, recorded = meta.get("step"), recorded_train(meta).get("batch")
     batch = recorded if is_count(recorded) and recorded >= 1 else batch
     return step * batch if is_count(step) and batch is not None else None
 
