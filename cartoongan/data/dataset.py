@@ -68,21 +68,20 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path], list[s
             raise _unreadable_zip(root) from None
         # by entry, not by name: members that share a name (an archive appended to) are each their
         # own image, where reading by name gave the last one every time
-        members = sorted((m for m in zf.infolist() if Path(m.filename).suffix.lower() in EXTENSIONS
-                          and not m.is_dir() and not _hidden(Path(m.filename).parts)), key=lambda m: m.filename)
-        gifs = [m.filename for m in zf.infolist() if Path(m.filename).suffix.lower() == ".gif" and not m.is_dir()
-                and not _hidden(Path(m.filename).parts)]  # __MACOSX/._x.gif is no animation of the set
+        # (and hidden ones left out: __MACOSX/._x.gif is no animation of the set)
+        listed = [m for m in zf.infolist() if not m.is_dir() and not _hidden(Path(m.filename).parts)]
+        members = sorted((m for m in listed if Path(m.filename).suffix.lower() in EXTENSIONS), key=lambda m: m.filename)
+        gifs = [m.filename for m in listed if Path(m.filename).suffix.lower() == ".gif"]
         return [(m.filename, (lambda m=m: _zip_member(zf, m))) for m in members], [], gifs
     # one walk of the tree serves both questions below
     entries = [p for p in _walk(root) if not _hidden(p.relative_to(root).parts)]
     # a run written inside the data (`--data demo/`): its sample grids are no faces to learn or score
     runs = sorted(p.parent for p in entries if p.name == "log.jsonl" and is_run_folder(p.parent))
+    entries = [p for p in entries if not any(run in p.parents for run in runs)]
     # a link to a missing file stays in: its open fails, so it is named among the unreadable ones
     files = sorted(p for p in entries if p.suffix.lower() in EXTENSIONS
-                   and (p.is_file() or (p.is_symlink() and not p.exists()))
-                   and not any(run in p.parents for run in runs))
-    gifs = sorted(str(p.relative_to(root)) for p in entries if p.suffix.lower() == ".gif"
-                  and not any(run in p.parents for run in runs))
+                   and (p.is_file() or (p.is_symlink() and not p.exists())))
+    gifs = sorted(str(p.relative_to(root)) for p in entries if p.suffix.lower() == ".gif")
     return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files], runs, gifs
 
 

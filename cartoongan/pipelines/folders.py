@@ -127,7 +127,7 @@ def _finished_row(sub: Path, picture: str, record: str, made: dict) -> np.ndarra
     the one recorded: `project` and `toonify` of one folder into one --outdir share that file)."""
     try:
         recorded = json.loads((sub / record).read_text(encoding="utf-8"))
-        if not isinstance(recorded, dict) or not _same_projection(recorded.pop("projected_w", None), sub, record):
+        if not isinstance(recorded, dict) or not _same_projection(recorded, sub, record):
             return None
         with Image.open(sub / picture) as img:
             row = np.asarray(img.convert("RGB"))
@@ -136,15 +136,16 @@ def _finished_row(sub: Path, picture: str, record: str, made: dict) -> np.ndarra
     return row if recorded == json.loads(json.dumps(made)) else None
 
 
-def _same_projection(digest: str | None, sub: Path, record: str) -> bool:
-    """Whether sub/projected_w.npz is the one the record vouches for: by its digest, or for a record
-    of an earlier version (no digest), by its age (the record is written last). Such a record, once
-    trusted, gains the digest: ages alone would go on trusting an older file moved in later."""
+def _same_projection(recorded: dict, sub: Path, record: str) -> bool:
+    """Whether sub/projected_w.npz is the one the record (read from sub/record; its digest is popped,
+    leaving the settings) vouches for: by its digest, or for a record of an earlier version (no
+    digest), by its age (the record is written last). Such a record, once trusted, gains the
+    digest: ages alone would go on trusting an older file moved in later."""
+    digest = recorded.pop("projected_w", None)
     if digest is not None:
         return digest == sha256_of(sub / "projected_w.npz")
     if (sub / "projected_w.npz").stat().st_mtime_ns > (sub / record).stat().st_mtime_ns:
         return False
-    recorded = json.loads((sub / record).read_text(encoding="utf-8"))
     with atomic_write(sub / record, "w") as fh:
         json.dump({**recorded, "projected_w": sha256_of(sub / "projected_w.npz")}, fh)
     return True
