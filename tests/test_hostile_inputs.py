@@ -771,12 +771,18 @@ def test_an_input_photo_inside_outdir_under_an_output_name_is_kept(tmp_path, ass
                                              ("model", "n_mlp", -1), ("train", "path_batch_shrink", 0),
                                              ("train", "n_sample", 0), ("train", "ada_target", "nan")])
 def test_impossible_recipe_values_name_their_key(tmp_path, assets, table, key, value):
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(f"[{table}]\n{key} = {value}\n")
-    out = tmp_path / "run"
+    line = _pretrain_refused_recipe(tmp_path, assets, f"[{table}]\n{key} = {value}\n")
+    assert f"[{table}] {key} must be" in line
+
+
+def _pretrain_refused_recipe(tmp_path: Path, assets: dict, text: str) -> str:
+    """The usage-error line of a pretrain with a recipe of `text`, which must not have started a run."""
+    recipe, out = tmp_path / "r.toml", tmp_path / "run"
+    recipe.write_text(text)
     line = error_line(runner.invoke(app, ["pretrain", "--data", str(assets["data"]), "--out", str(out),
                                           "--recipe", str(recipe), "--iters", "1"]), 2)
-    assert f"[{table}] {key} must be" in line and not out.exists()
+    assert not out.exists()
+    return line
 
 
 @pytest.mark.parametrize("key,value,words", [("device", "5", "must be a string"), ("precision", "[1]", "must be a string"),
@@ -784,12 +790,7 @@ def test_impossible_recipe_values_name_their_key(tmp_path, assets, table, key, v
                                              ("xflip", '"yes"', "must be true or false")])
 def test_a_recipe_value_of_the_wrong_type_names_its_key(tmp_path, assets, key, value, words):
     """A number where a string belongs reached the trainer's string methods: an AttributeError traceback."""
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(f"[train]\n{key} = {value}\n")
-    out = tmp_path / "run"
-    line = error_line(runner.invoke(app, ["pretrain", "--data", str(assets["data"]), "--out", str(out),
-                                          "--recipe", str(recipe), "--iters", "1"]), 2)
-    assert f"[train].{key} {words}" in line and not out.exists()
+    assert f"[train].{key} {words}" in _pretrain_refused_recipe(tmp_path, assets, f"[train]\n{key} = {value}\n")
 
 
 def test_a_runs_config_toml_value_of_the_wrong_type_names_its_key(tmp_path, assets):
@@ -802,10 +803,7 @@ def test_a_runs_config_toml_value_of_the_wrong_type_names_its_key(tmp_path, asse
 
 
 def test_a_recipe_value_that_has_a_flag_names_both(tmp_path, assets):
-    recipe = tmp_path / "r.toml"
-    recipe.write_text("[train]\nlr = nan\n")
-    line = error_line(runner.invoke(app, ["pretrain", "--data", str(assets["data"]), "--out", str(tmp_path / "r"),
-                                          "--recipe", str(recipe)]), 2)
+    line = _pretrain_refused_recipe(tmp_path, assets, "[train]\nlr = nan\n")
     assert "--lr ([train] lr) must be a finite number > 0" in line
 
 
