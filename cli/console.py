@@ -24,11 +24,18 @@ logging.getLogger("torch.utils.cpp_extension").addFilter(
 def _encodable_output() -> None:
     """A stream in a legacy encoding (PYTHONIOENCODING=ascii, a Windows console redirected to a file)
     cannot hold an accented path or the tables' arrows: printing one raised UnicodeEncodeError, a
-    traceback after the work was done. Such characters are written escaped (caf\\xe9) instead."""
+    traceback after the work was done. Such characters are written escaped (caf\\xe9) instead.
+    A strict UTF-8 stream (Python's stdout under an installed en_US.UTF-8 locale) cannot hold a
+    file name that is not UTF-8 (Linux allows any bytes): Python reads its bytes as surrogates,
+    which are written back as the same bytes, so a script reading the result gets the real name."""
     for stream in (sys.stdout, sys.stderr):
+        if not hasattr(stream, "reconfigure"):
+            continue
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
-        if encoding not in ("utf8", "utf16", "utf32") and hasattr(stream, "reconfigure"):
+        if encoding not in ("utf8", "utf16", "utf32"):
             stream.reconfigure(errors="backslashreplace")
+        elif encoding == "utf8" and getattr(stream, "errors", None) == "strict":
+            stream.reconfigure(errors="surrogateescape")
 
 
 _encodable_output()

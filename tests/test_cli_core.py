@@ -327,6 +327,22 @@ def test_an_ascii_only_stdout_gets_an_accented_path_escaped_not_a_traceback(tmp_
     assert b"caf\\xe9" in res.stdout and (out / "grid.png").is_file(), res.stdout
 
 
+def test_a_strict_utf8_stdout_gets_a_non_utf8_path_as_its_own_bytes_not_a_traceback(tmp_path, two_ckpts):
+    """Under an installed en_US.UTF-8 locale Python's stdout is strict UTF-8, and a Linux file
+    name may hold any bytes: `wrote <name>/grid.png` raised UnicodeEncodeError after the work was
+    done. The name is written back as the bytes it was read from."""
+    import os
+    import subprocess
+    import sys
+
+    out = os.path.join(os.fsencode(tmp_path), b"o\xffut")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    res = subprocess.run([sys.executable, "-m", "cartoongan_cli", "sample", str(two_ckpts[0]), "--seeds", "0",
+                          "--outdir", out, "--device", "cpu"], env=env, capture_output=True, timeout=120)
+    assert res.returncode == 0 and b"Traceback" not in res.stderr, res.stderr.decode(errors="replace")
+    assert out + b"/grid.png" in res.stdout and os.path.isfile(out + b"/grid.png"), res.stdout
+
+
 def test_a_tilde_after_an_equals_sign_is_the_home_folder(tmp_path, two_ckpts, monkeypatch):
     """bash expands `--outdir ~/x` but not `--outdir=~/x`, which reached us as a folder named '~'."""
     from cartoongan_cli.app import expand_home
