@@ -61,6 +61,19 @@ def test_latest_is_written_before_the_numbered_copy(tmp_path, monkeypatch):
     assert order == ["latest.pt", "000010.pt"] and (tmp_path / "run" / "latest.pt").is_file()
 
 
+def test_a_kill_between_latest_and_its_numbered_copy_gets_the_copy_back_on_resume(finished, tmp_path):
+    """The resumed run goes on past the step latest.pt holds and would never write its numbered
+    checkpoint: a checkpoint sweep had a hole there."""
+    run = _copy(finished, tmp_path)
+    (run / "checkpoints" / "000004.pt").unlink()  # killed after latest.pt (step 4), before 000004.pt
+    res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"])
+    assert res.exit_code == 0, res.output
+    restored = load_checkpoint(run / "checkpoints" / "000004.pt")
+    assert restored["cartoongan"]["step"] == 4 and load_checkpoint(run / "latest.pt")["cartoongan"]["step"] == 5
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002.pt", "000004.pt", "000005.pt"]
+    assert not list(run.rglob(".*.tmp"))
+
+
 def test_a_run_with_checkpoints_but_no_latest_says_which_to_copy(finished, tmp_path):
     run = _copy(finished, tmp_path)
     (run / "latest.pt").unlink()

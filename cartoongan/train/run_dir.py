@@ -10,6 +10,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -117,6 +118,7 @@ class RunDirectory:
                     self.saved_step = step
                     if step:
                         self._truncate_log(step)
+                        self._restore_numbered(step, cfg.train.ckpt_every)
             with atomic_write(self.path / "config.toml", "w") as fh:  # a refused write keeps the old one
                 fh.write(to_toml(cfg))
 
@@ -130,6 +132,17 @@ class RunDirectory:
         if len(kept) != len(lines):
             with atomic_write(path, "w") as fh:
                 fh.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
+
+    def _restore_numbered(self, step: int, every: int) -> None:
+        """save() writes latest.pt, then checkpoints/NNNNNN.pt: a kill between the two left the
+        series without the step latest.pt holds, and the resumed run, going on past that step,
+        would never write it (a hole in a `metrics run/checkpoints/*.pt` sweep). Copied, not
+        linked: the copy stays what it is when the next latest.pt replaces this one."""
+        numbered = self.path / "checkpoints" / f"{step:06d}.pt"
+        if step % every or numbered.exists():
+            return
+        with open(self.latest, "rb") as src, atomic_write(numbered, durable=True) as fh:
+            shutil.copyfileobj(src, fh, 1 << 20)
 
     def _clear_unsaved(self) -> None:
         (self.path / "log.jsonl").unlink(missing_ok=True)  # the feature cache stays: it knows its dataset
