@@ -61,7 +61,21 @@ class OneLineErrors(TyperGroup):
             fail(message + (f" (see `{ctx.command_path} --help`)" if ctx is not None else ""), exc.exit_code)
         except typer.Abort:
             fail("aborted")
+        except OSError as exc:
+            if not _unwritable_output(exc):
+                raise
+            # `--help > file` on a full disk (results go through `out`, which says so itself)
+            fail(f"cannot write to stdout: {exc.strerror} (free some space, or send it elsewhere)")
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _unwritable_output(exc: OSError) -> bool:
+    """Whether `exc` is the terminal's or a redirect's write failing: no file named, a full or
+    failing device. A reader gone (`| head`, EPIPE) is not: that ends quietly."""
+    import errno
+
+    return (not isinstance(exc, BrokenPipeError) and exc.filename is None
+            and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO))
 
 
 def expand_home(args: list[str]) -> list[str]:

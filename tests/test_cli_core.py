@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -331,7 +332,6 @@ def test_a_strict_utf8_stdout_gets_a_non_utf8_path_as_its_own_bytes_not_a_traceb
     """Under an installed en_US.UTF-8 locale Python's stdout is strict UTF-8, and a Linux file
     name may hold any bytes: `wrote <name>/grid.png` raised UnicodeEncodeError after the work was
     done. The name is written back as the bytes it was read from."""
-    import os
     import subprocess
     import sys
 
@@ -341,6 +341,22 @@ def test_a_strict_utf8_stdout_gets_a_non_utf8_path_as_its_own_bytes_not_a_traceb
                           "--outdir", out, "--device", "cpu"], env=env, capture_output=True, timeout=120)
     assert res.returncode == 0 and b"Traceback" not in res.stderr, res.stderr.decode(errors="replace")
     assert out + b"/grid.png" in res.stdout and os.path.isfile(out + b"/grid.png"), res.stdout
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("argv", [["info", "CKPT"], ["info", "CKPT", "--json"], ["sample", "--help"], ["--version"]])
+def test_a_full_disk_under_stdout_is_one_line_not_a_traceback(two_ckpts, argv):
+    """`cartoongan info X > report.txt` on a full disk: the result (or the help) cannot be written,
+    which raised OSError out of rich's writer as a traceback."""
+    import subprocess
+    import sys
+
+    argv = [str(two_ckpts[0]) if a == "CKPT" else a for a in argv]
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([sys.executable, "-m", "cartoongan_cli", *argv], stdout=full, stderr=subprocess.PIPE,
+                             timeout=120)
+    assert res.returncode == 1 and b"Traceback" not in res.stderr, res.stderr.decode(errors="replace")
+    assert res.stderr.decode().strip().startswith("error: cannot write") and b"No space left" in res.stderr
 
 
 def test_a_tilde_after_an_equals_sign_is_the_home_folder(tmp_path, two_ckpts, monkeypatch):
