@@ -2,6 +2,7 @@
 import json
 import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -422,6 +423,31 @@ def test_metrics_refuse_what_they_can_before_reading_or_scoring_an_image(tmp_pat
     res = runner.invoke(app, ["metrics", str(ckpt), str(a), "--metrics", "fid", "--n", "2", "--trunc", "0.5", "--json"])
     assert res.exit_code == 0, res.output  # a checkpoint on either side is what --trunc is for
     assert loaded == [ckpt, a]
+
+
+def test_a_source_deleted_during_a_sweep_costs_its_row_only(tmp_path, tiny_g, monkeypatch):
+    """`metrics real run/checkpoints/*.pt` while a pruning script deletes an old checkpoint: the
+    checks had passed, loading it said "dataset not found" and the rows already scored were lost."""
+    from cartoongan.report import ListReporter
+    from cartoongan.weights.checkpoint import save_checkpoint
+    from cartoongan.weights.networks import generator_checkpoint
+
+    real = blob_images(tmp_path / "real", n=6)
+    first, second, third = (save_checkpoint(tmp_path / f"{i}.pt", generator_checkpoint(tiny_g(size=16)))
+                            for i in range(3))
+    real_load = suite.load_images
+
+    def pruned_meanwhile(source, *args, **kwargs):
+        if Path(source) == first:
+            second.unlink()
+        return real_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(suite, "load_images", pruned_meanwhile)
+    reporter = ListReporter()
+    rows = suite.compare_with_real(real, [first, second, third], ["kid"], n=6, features=stub_features,
+                                   reporter=reporter)
+    assert np.isfinite(rows[0]["kid"]) and np.isnan(rows[1]["kid"]) and rows[2] == rows[0]
+    assert any(f"{second} was removed after the sweep started" in w for w in reporter.warnings), reporter.warnings
 
 
 def test_a_checkpoint_that_renders_nan_costs_a_sweep_its_row_only(tmp_path, tiny_g):

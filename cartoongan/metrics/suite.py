@@ -150,12 +150,14 @@ def compare_with_real(real: str | Path, fakes: list[str | Path], names: str | li
                 try:
                     with naming(fake):
                         b = _loaded(fake, n, device, truncation, reporter)
-                except (NonFiniteRender, CheckpointError) as exc:
+                except (NonFiniteRender, CheckpointError, DataError) as exc:
                     if len(fakes) == 1:
                         raise
-                    # one diverged or damaged checkpoint of a sweep: the others' rows are still worth
-                    # their minutes of rendering and features
-                    reporter.warn(f"{exc}: its row is NaN")
+                    # one diverged, damaged or (since the checks) deleted source of a sweep: the
+                    # others' rows are still worth their minutes of rendering and features
+                    gone = not Path(fake).exists()
+                    reporter.warn(f"{fake} was removed after the sweep started: its row is NaN" if gone
+                                  else f"{exc}: its row is NaN")
                     results.append({m: math.nan for m in names})
                     failed = exc
                     continue
