@@ -362,7 +362,8 @@ def test_toonify_of_a_folder_does_each_photo_once_and_continues_after_a_stop(tmp
     photos.mkdir()
     for name in ("astronaut.jpg", "grace_hopper.jpg"):
         shutil.copy(DATA / name, photos / name)
-    Image.new("RGB", (120, 90), (30, 60, 200)).save(photos / "sky.png")
+    (photos / "blue").mkdir()  # a nested photo is named by its path under the folder
+    Image.new("RGB", (120, 90), (30, 60, 200)).save(photos / "blue" / "sky.png")
     out = tmp_path / "t"
     argv = ["toonify", str(photos), "--source", str(tiny_ckpt), "--target", str(tiny_ckpt), "--target", str(tiny_ckpt),
             "--steps", "1", "--loss", "mse", "--outdir", str(out)]
@@ -371,14 +372,15 @@ def test_toonify_of_a_folder_does_each_photo_once_and_continues_after_a_stop(tmp
     monkeypatch.setattr(toonify_mod, "project", stops_after(1, toonify_mod.project))
     res = runner.invoke(app, argv)
     said = " ".join(res.output.split())
-    assert res.exit_code == 130 and "interrupted at photo 2 of 3 (grace_hopper.jpg): run the same command again" in said
+    assert res.exit_code == 130 and "interrupted at photo 3 of 3 (grace_hopper.jpg): run the same command again" in said
     assert (out / "astronaut" / "toonify.json").is_file() and not (out / "grace_hopper" / "toonify.json").exists()
     monkeypatch.setattr(toonify_mod, "project", lambda *a, **kw: calls.append(1) or real_project(*a, **kw))
     res = runner.invoke(app, argv)
     said = " ".join(res.output.split())
     assert res.exit_code == 0, said
-    assert "photo 1 of 3" not in said and "photo 2 of 3: grace_hopper.jpg" in said  # astronaut kept from the first run
-    assert "skipped sky.png: no face found in" in said and not (out / "sky" / "toonify.json").exists()
+    assert "photo 1 of 3" not in said and "photo 3 of 3: grace_hopper.jpg" in said  # astronaut kept from the first run
+    assert "1 of 3 photo(s) already done by an earlier run with these settings: kept" in said
+    assert "skipped blue/sky.png: no face found in" in said and not (out / "blue_sky" / "toonify.json").exists()
     sheet = np.asarray(Image.open(out / "toonify.png"))
     assert sheet.shape == (2 * 32, 4 * 32, 3)  # two faces; photo | projection | two targets
     assert np.array_equal(sheet[32:], np.asarray(Image.open(out / "grace_hopper" / "toonify.png")))
@@ -421,6 +423,7 @@ def test_project_of_a_folder_writes_each_projection_and_a_sheet(tmp_path, tiny_c
     assert np.asarray(Image.open(tmp_path / "p" / "projections.png")).shape == (64, 64, 3)
     res = runner.invoke(app, argv)
     assert res.exit_code == 0 and "photo 1 of 2" not in res.output  # both kept
+    assert "2 of 2 photo(s) already done by an earlier run" in " ".join(res.output.split())
     # every projection of the folder through a generator, without projecting again
     res = runner.invoke(app, ["sample", str(tiny_ckpt), "--projected-w", str(tmp_path / "p"), "--outdir", str(tmp_path / "s")])
     said = " ".join(res.output.split())

@@ -50,24 +50,30 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
     models = load_models(source, targets, cfg, lpips_weights, device, reporter, perceptual)
     settings = {**_settings(models, cfg, align), "video": video}
     again = f"run the same command again to {kind} the rest"
+    made_as = [{"photo": str(photo.resolve()), **settings} for photo in photos]
+    # what an earlier run of the same command finished, said at once: a rerun after a Ctrl-C
+    # started with no word of the photos it was not doing again
+    finished = [_finished_row(sub, picture, record, made) for sub, made in zip(subs, made_as)]
+    kept = sum(row is not None for row in finished)
+    if kept:
+        reporter.info(f"{kept} of {len(photos)} photo(s) already done by an earlier run with these settings: kept")
     rows = []
-    for i, (photo, sub) in enumerate(zip(photos, subs), 1):
-        made = {"photo": str(photo.resolve()), **settings}
-        row = _finished_row(sub, picture, record, made)
-        if row is not None:  # an earlier run of the same command did this one
+    for i, (photo, sub, made, row) in enumerate(zip(photos, subs, made_as, finished), 1):
+        if row is not None:
             rows.append(row)
             continue
-        reporter.info(f"photo {i} of {len(photos)}: {photo.name}")
+        photo_name = photo.relative_to(folder).as_posix()  # kids/ann.jpg beside ann.jpg: which one
+        reporter.info(f"photo {i} of {len(photos)}: {photo_name}")
         try:
             result, row = toonify_one(photo, models, sub, cfg, reporter, align, picture, video)
         except DataError as exc:  # no face, unreadable: the other photos still go on
-            reporter.warn(f"skipped {photo.name}: {exc}")
+            reporter.warn(f"skipped {photo_name}: {exc}")
             continue
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted at photo {i} of {len(photos)} ({photo.name})", again) from None
+            raise Interrupted(f"interrupted at photo {i} of {len(photos)} ({photo_name})", again) from None
         if result.stopped_at is not None:
             raise Interrupted(f"interrupted at step {result.stopped_at} of {cfg.steps} of photo {i} of {len(photos)} "
-                              f"({photo.name}), whose projection so far is in {sub}", again) from None
+                              f"({photo_name}), whose projection so far is in {sub}", again) from None
         with atomic_write(sub / record, "w") as fh:  # last: its presence says the folder is whole
             json.dump({**made, "projected_w": sha256_of(sub / "projected_w.npz")}, fh)
         rows.append(row)
