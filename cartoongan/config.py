@@ -10,7 +10,7 @@ from pathlib import Path
 import tomllib
 
 from .errors import ConfigError
-from .filekind import special_kind
+from .filekind import not_found, special_kind
 
 # the allowed values of the string settings; the CLI builds its choices from these
 AUGMENTS = ("ada", "none")
@@ -181,7 +181,7 @@ def load_recipe(path: str | Path | None) -> RunConfig:
     if not path.is_file():
         builtin = recipe_path(path.name.removesuffix(".toml"))
         if builtin is None:
-            raise ConfigError(f"recipe not found: {path} (pass a TOML file, or one of: {', '.join(recipe_names())})")
+            raise ConfigError(not_found("recipe", path, f" (pass a TOML file, or one of: {', '.join(recipe_names())})"))
         path = builtin
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8 whatever the locale

@@ -2,6 +2,8 @@
 argument ("X is a PNG image, not a checkpoint" and "X is a PyTorch checkpoint, not an image")."""
 from __future__ import annotations
 
+import errno
+import os
 import stat
 import zipfile
 from pathlib import Path
@@ -21,6 +23,28 @@ def special_kind(path: str | Path) -> str | None:
     if stat.S_ISFIFO(mode):
         return "a named pipe (FIFO)"
     return "a socket" if stat.S_ISSOCK(mode) else None
+
+
+def not_found(what: str, path: str | Path, hint: str = "") -> str:
+    """The line for an input that is not there: `<what> not found: PATH<hint>`, or, where `ls`
+    would still list it, why: a link whose target is gone (a drive not mounted) or a loop of
+    links. `hint` (" (pass a folder ...)") is left out then, as the name itself is right."""
+    problem = link_problem(path)
+    return f"{what} not found: {path}" + (f": {problem}" if problem else hint)
+
+
+def link_problem(path: str | Path) -> str | None:
+    """Why a path that is not there is still listed, with the fix; None where it is simply absent."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "it is a loop of symbolic links: fix the link"
+        if os.path.islink(path):
+            return f"it is a link to {os.readlink(path)}, which does not exist: mount or restore that, or fix the link"
+    except ValueError:  # a NUL in the name
+        pass
+    return None
 
 
 def is_text(head: bytes) -> bool:

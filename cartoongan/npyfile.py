@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .filekind import special_kind
+from .filekind import not_found, special_kind
 
 def _read_header(fh) -> tuple[tuple, np.dtype]:
     """(shape, dtype) of the .npy at `fh`, which is left at the first data byte."""
@@ -36,7 +36,7 @@ def check_npy_file(path: str | os.PathLike, what: str = ".npy file",
     dicts) are only checked for their header: their size is not in it."""
     path = Path(path)
     if not path.exists():
-        raise error(f"{what} not found: {path}")
+        raise error(not_found(what, path))
     if path.is_dir():
         raise error(f"{path} is a folder, not a .npy file")
     if kind := special_kind(path):

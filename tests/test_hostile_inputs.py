@@ -1379,3 +1379,35 @@ def test_writes_never_touch_the_umask(tmp_path, monkeypatch):
     with outputs.atomic_write(tmp_path / "a.bin") as fh:
         fh.write(b"x")
     assert calls == [] and (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o666 & ~outputs._UMASK
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["info", "LINK"], "checkpoint"),
+    (["swap", "LINK", "{a}"], "checkpoint"),
+    (["sample", "{a}", "--projected-w", "LINK", "--outdir", "{out}"], "projected w"),
+    (["project", "LINK", "--source", "{a}", "--outdir", "{out}"], "photo"),
+    (["pretrain", "--recipe", "tiny", "--data", "LINK", "--out", "{out}"], "dataset"),
+    (["pretrain", "--recipe", "LINK", "--data", "{data}", "--out", "{out}"], "recipe"),
+    (["metrics", "{data}", "LINK"], "checkpoint"),  # by its name, a model
+    (["plot", "LINK"], "run folder"),
+    (["dualstyle", "{photo}", "--model", "LINK", "--style-id", "0", "--outdir", "{out}"], "DualStyleGAN style folder"),
+])
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+def test_a_link_that_leads_nowhere_is_named_as_one(tmp_path, assets, argv, what, link):
+    """`ls` lists a link to a drive that is not mounted, so "dataset not found: faces" sent people
+    looking for a typo; a link to a well-known model got "download it" instead."""
+    name = tmp_path / "ffhq256.pt"  # a known name: the download hint would be the wrong fix
+    if link == "dangling":
+        name.symlink_to(tmp_path / "unmounted" / "ffhq256.pt")
+        says = f"it is a link to {tmp_path / 'unmounted' / 'ffhq256.pt'}, which does not exist"
+    else:
+        (tmp_path / "other").symlink_to(name)
+        name.symlink_to(tmp_path / "other")
+        says = "it is a loop of symbolic links"
+    fill = {"a": assets["a"], "out": tmp_path / "out", "data": assets["data"], "photo": assets["photo"]}
+    argv = [str(name) if a == "LINK" else a.format(**fill) for a in argv]
+    res = runner.invoke(app, argv)
+    line = " ".join(res.output.split())
+    assert res.exit_code in (1, 2) and res.output.count("\n") == 1, res.output
+    assert f"{what} not found: {name}: {says}" in line and "download" not in line, line
+    assert not (tmp_path / "out").exists()

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError, OutputError
-from ..filekind import special_kind
+from ..filekind import not_found, special_kind
 from ..hostmem import gib, host_memory_available
 from ..outputs import check_fresh_dir, check_outside, lock_with_pid
 from ..report import NullReporter, Reporter
@@ -45,7 +45,7 @@ def check_dataset_root(root: Path) -> None:
     if kind := special_kind(root):
         raise DataError(f"{root} is {kind}, not a dataset: pass a folder of images or a .zip")
     if not root.is_dir():
-        raise DataError(f"dataset not found: {root} (pass a folder of images or a .zip)")
+        raise DataError(not_found("dataset", root, " (pass a folder of images or a .zip)"))
     if is_run_folder(root):  # it would train on, or score, its own sample grids
         checkpoint = root / "latest.pt"
         score = f"; to score the run, pass its checkpoint {checkpoint}" if checkpoint.is_file() else ""

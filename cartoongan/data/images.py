@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 import warnings
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError, OutputError
-from ..filekind import NPY_MAGIC, is_npz, is_text, is_torch_zip, special_kind, zip_names
+from ..filekind import NPY_MAGIC, is_npz, is_text, is_torch_zip, not_found, special_kind, zip_names
 from ..outputs import atomic_write
 from ..report import Reporter
 
@@ -190,13 +191,15 @@ def image_errors(name, what: str = "photo") -> Iterator[None]:
         with bombs_as_errors():
             yield
     except FileNotFoundError:
-        raise DataError(f"{what} not found: {name}") from None
+        raise DataError(not_found(what, name)) from None
     except IsADirectoryError:
         raise DataError(f"{name} is a folder, not an image file: name the {what} itself") from None
     except BOMB_ERRORS as exc:
         raise ImageTooLarge(f"{name} is too large to decode safely ({str(exc).split(', could')[0]}): "
                         "downscale it and try again") from None
     except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+            raise DataError(not_found(what, name)) from None
         if isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None:
             raise  # the file system's own (a name too long, no permission), not the picture's: the CLI names it
         kind = _other_format(name)

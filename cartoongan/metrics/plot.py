@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import DataError, OutputError
+from ..filekind import not_found
 from ..outputs import atomic_write, check_output_file
 from ..report import NullReporter, Reporter
 
@@ -34,7 +35,7 @@ def read_log(run_dir: str | Path, reporter: Reporter | None = None) -> list[dict
     mid-write) is ignored quietly; damaged lines before it are skipped with a warning."""
     path = Path(run_dir)
     if not path.exists():
-        raise DataError(f"run folder not found: {path}")
+        raise DataError(not_found("run folder", path))
     path = path / "log.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise DataError(f"no training log at {path}: pass a run folder written by pretrain/finetune")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..data.dataset import check_dataset_root, load_dataset
 from ..data.render import NonFiniteRender, render_seeds
 from ..errors import CheckpointError, ConfigError, DataError, naming, rows_kept
+from ..filekind import not_found
 from ..device import math_mode
 from ..report import NullReporter, Reporter
 from ..weights.known import KNOWN_GENERATORS, missing_checkpoint
@@ -227,20 +228,20 @@ class _Scorer:
 
 def _check_sources(real: str | Path, fakes: list[str | Path], names: list[str]) -> None:
     """What can be told of every source without reading an image: one line before any progress bar."""
-    seen = set()
-    for fake in fakes:
-        key = Path(fake).resolve()
-        if key in seen:
-            raise ConfigError(f"FAKE {fake} is given twice: name each source once")
-        seen.add(key)
     for source in (real, *fakes):
         path = Path(source)
         if not path.exists():
             if path.name in KNOWN_GENERATORS:  # a model to download, not a typo: say where from
                 raise CheckpointError(missing_checkpoint(path))
-            raise DataError(f"not found: {source} (pass a folder of images, a .zip or a checkpoint)")
+            raise DataError(not_found("source", source, " (pass a folder of images, a .zip or a checkpoint)"))
         if not is_checkpoint(path):
             check_dataset_root(path)  # a file or a run folder that is no dataset, named without a listing
+    seen = set()
+    for fake in fakes:  # after the existence checks: resolve() raises on a loop of links
+        key = Path(fake).resolve()
+        if key in seen:
+            raise ConfigError(f"FAKE {fake} is given twice: name each source once")
+        seen.add(key)
     if any(m in PAIRED_METRICS for m in names):
         for fake in fakes:
             _check_pairable(is_checkpoint(Path(real)), is_checkpoint(Path(fake)))

@@ -6,6 +6,7 @@ projector's noise regularisation, a ramped learning rate and decaying latent noi
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import zipfile
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from PIL import Image
 
 from ..data.images import load_photo, save_image, save_png, to_uint8
 from ..errors import CartoonganError, DataError, Interrupted
-from ..filekind import special_kind
+from ..filekind import not_found, special_kind
 from ..metrics.lpips import lpips_vgg
 from ..models.generator import Generator
 from ..outputs import atomic_write, check_keeps_inputs, check_output_dir
@@ -181,9 +182,9 @@ def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: i
     try:
         with np.load(path, allow_pickle=False) as data:
             w = np.asarray(data["w"])
-    except FileNotFoundError:
-        raise DataError(f"projected w not found: {path}") from None
-    except (KeyError, ValueError, OSError, EOFError, TypeError, zipfile.BadZipFile):
+    except (KeyError, ValueError, OSError, EOFError, TypeError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ELOOP):
+            raise DataError(not_found("projected w", path)) from None
         # TypeError: a plain .npy, which np.load returns as an array, not an archive
         raise DataError(f"{path} is not a projected_w.npz with a 'w' array") from None
     if w.dtype.kind != "f" or w.ndim not in (2, 3) or w.size == 0:  # integers are no latent any projector writes

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..filekind import link_problem, not_found
+
 _CARTOON_STYLEGAN = "https://drive.google.com/uc?id="
 # file name -> (what it is, where to download it)
 KNOWN_GENERATORS = {
@@ -43,8 +45,8 @@ def missing_checkpoint(path: str | Path) -> str:
     download it and where to put it."""
     path = Path(path)
     known = KNOWN_GENERATORS.get(path.name)
-    if known is None:
-        return f"checkpoint not found: {path}"
+    if known is None or link_problem(path):  # a link to a file that is gone: downloading is not the fix
+        return not_found("checkpoint", path)
     what, url = known
     return (f"checkpoint not found: {path} is {what}, which no package ships: download it from {url} "
             f"and save it as {path}")
@@ -52,5 +54,7 @@ def missing_checkpoint(path: str | Path) -> str:
 
 def missing_dualstyle_folder(path: str | Path) -> str:
     """The one line for a DualStyleGAN style folder that is not there."""
+    if link_problem(path):
+        return not_found("DualStyleGAN style folder", path)
     return (f"DualStyleGAN style folder not found: {path}: download one (generator.pt and exstyle_code.npy) "
             f"from {DUALSTYLEGAN_MODELS} and save it as {path}, with encoder.pt one level above it")
