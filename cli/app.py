@@ -126,7 +126,7 @@ def user_errors(fixes: dict[type[CartoonganError], str] | None = None):
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except (MemoryError, RuntimeError) as exc:
-        line = out_of_memory(exc)
+        line = out_of_memory(exc) or symlink_loop(exc)
         if line is None:
             raise
         fail(line)
@@ -154,6 +154,13 @@ def filesystem_error(exc: OSError) -> str | None:
 
 def _shortened(name: str, keep: int = 60) -> str:
     return name if len(name) <= 2 * keep else f"{name[:keep]}…{name[-keep:]}"
+
+
+def symlink_loop(exc: BaseException) -> str | None:
+    """The line for Path.resolve() meeting a loop of links, which Python 3.11 raises as a bare
+    RuntimeError (an output folder's checks resolve paths the reading never touched), else None."""
+    found = re.fullmatch(r"Symlink loop from '(.*)'", str(exc), re.S) if isinstance(exc, RuntimeError) else None
+    return f"{_shortened(found[1])}: a loop of symbolic links: fix the link, or name another path" if found else None
 
 
 def out_of_memory(exc: BaseException) -> str | None:

@@ -1411,3 +1411,19 @@ def test_a_link_that_leads_nowhere_is_named_as_one(tmp_path, assets, argv, what,
     assert res.exit_code in (1, 2) and res.output.count("\n") == 1, res.output
     assert f"{what} not found: {name}: {says}" in line and "download" not in line, line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["pretrain", "--recipe", "tiny", "--data", "{data}", "--out", "LOOP"],
+    ["data", "prepare", "{data}", "--size", "8", "--out", "LOOP"],
+    ["bench", "--reference", "LOOP", "--configs", "r64"],
+])
+def test_a_loop_of_links_where_a_folder_goes_is_one_line(tmp_path, assets, argv):
+    """Path.resolve() raises a bare RuntimeError on a loop of links (Python 3.11): the output
+    folder checks and bench's checkout lookup ended in a traceback."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "back")
+    (tmp_path / "back").symlink_to(loop)
+    res = runner.invoke(app, [str(loop) if a == "LOOP" else a.format(data=assets["data"]) for a in argv])
+    assert res.exit_code in (1, 2) and res.output.count("\n") == 1, res.output
+    assert "a loop of symbolic links" in res.output and str(loop) in " ".join(res.output.split()), res.output
