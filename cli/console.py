@@ -40,11 +40,6 @@ def _encodable_output() -> None:
 
 _encodable_output()
 
-# Messages name paths and recipe tables ("[train]"), so text is escaped before it reaches rich's
-# markup parser; `out` (stdout) prints results only and takes no markup at all.
-console = Console(stderr=True)
-
-
 def _no_terminal() -> bool:
     """Whether rich would fall back to 80 columns: no stream is a terminal and COLUMNS is unset."""
     for fd in (0, 1, 2):
@@ -54,6 +49,14 @@ def _no_terminal() -> bool:
         except OSError:
             pass
     return "COLUMNS" not in os.environ
+
+
+# Messages name paths and recipe tables ("[train]"), so text is escaped before it reaches rich's
+# markup parser; `out` (stdout) prints results only and takes no markup at all. Piped to a log
+# (`2> log`, a scheduler) rich folded the run tables (the fine-tuning plan, the ablation summary)
+# at 80 columns, a cell over four lines: with no terminal, as wide as their cells, as results are.
+# Progress bars keep their own width (they do not expand).
+console = Console(stderr=True, width=1000 if _no_terminal() else None)
 
 
 class _Results(Console):

@@ -179,6 +179,24 @@ def test_only_torchruns_rank_0_draws_progress_bars(monkeypatch, capsys, rank, wo
     assert "a warning every rank gives" in err
 
 
+def test_a_run_table_piped_to_a_log_keeps_its_cells_whole():
+    """The fine-tuning plan and the ablation summary go to stderr: piped to a log they folded at
+    80 columns ("FreezeSG / + / structure / loss" on four lines); with COLUMNS they fold to fit."""
+    import subprocess
+    import sys
+
+    cell = "FreezeSG 2 + structure loss over 3 resolutions (weight 1, rgb taps)"
+    code = ("from cartoongan_cli.console import RichReporter; "
+            f"RichReporter().table('plan', ['method', 'kid', 'note'], [[{cell!r}, '0.0123', {cell!r}]])")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    res = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0 and any(line.count(cell) == 2 for line in res.stderr.splitlines()), res.stderr
+    res = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         env={**env, "COLUMNS": "60"}, timeout=120)
+    assert res.returncode == 0 and cell not in res.stderr and max(map(len, res.stderr.splitlines())) <= 60
+
+
 def test_piped_results_keep_table_cells_and_lines_whole(capsys):
     """With no terminal rich folds stdout at 80 columns: a table's cells broke mid-word
     ("fid-helper-pyto / rch==0.1.3") and a long "wrote PATH" line broke in two, for a script or a
