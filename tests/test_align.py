@@ -251,6 +251,35 @@ def test_all_faces_writes_one_crop_per_face(tmp_path, originals):
     assert matches[0] < matches[1]
 
 
+def test_prepare_names_a_face_too_small_to_align_apart_from_unreadable_files(tmp_path, monkeypatch):
+    """A photo that reads fine and holds a face too small (or too cut off) to align was counted
+    among the "unreadable image(s)", sending people to check a file that is whole."""
+    from cartoongan.data import align, dataset
+    from cartoongan.errors import DataError
+    from cartoongan.report import ListReporter
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in PHOTOS:
+        (src / p).write_bytes((DATA / p).read_bytes())
+    (src / "broken.jpg").write_bytes(b"not a jpeg")
+    real = align.align_image
+
+    def tiny_face(img, size, name=None):
+        if name == "grace_hopper.jpg":
+            raise DataError("the landmarks describe a face 5.2 px across: too small to align")
+        return real(img, size, name=name)
+
+    monkeypatch.setattr(align, "align_image", tiny_face)
+    reporter = ListReporter()
+    data = dataset.prepare_folder(src, tmp_path / "out", 32, reporter, align=True)
+    assert data.names == ["astronaut.jpg"] and sorted(data.skipped) == ["broken.jpg", "grace_hopper.jpg"]
+    unreadable = [w for w in reporter.warnings if "unreadable" in w]
+    assert len(unreadable) == 1 and "broken.jpg" in unreadable[0] and "grace_hopper" not in unreadable[0]
+    assert any("1 face(s) that could not be aligned" in w and "grace_hopper.jpg: the landmarks describe a face 5.2 px"
+               in w for w in reporter.warnings), reporter.warnings
+
+
 def test_prepare_aligns_a_folder_and_names_the_skipped(tmp_path):
     from cartoongan.data.dataset import prepare_folder
     from cartoongan.report import ListReporter

@@ -1427,3 +1427,21 @@ def test_a_loop_of_links_where_a_folder_goes_is_one_line(tmp_path, assets, argv)
     res = runner.invoke(app, [str(loop) if a == "LOOP" else a.format(data=assets["data"]) for a in argv])
     assert res.exit_code in (1, 2) and res.output.count("\n") == 1, res.output
     assert "a loop of symbolic links" in res.output and str(loop) in " ".join(res.output.split()), res.output
+
+
+def test_a_pipe_or_device_under_an_images_name_in_a_dataset_is_named_unread(tmp_path):
+    """A FIFO or a link to a device among a set's pictures was left out without a word (every
+    other unreadable file is named); it is named now, and still never opened (a FIFO would wait)."""
+    from cartoongan.data.dataset import image_sources, load_dataset
+    from cartoongan.report import ListReporter
+
+    data = blob_images(tmp_path / "data", n=3)
+    os.mkfifo(data / "pipe.png")
+    (data / "sub").mkdir()
+    (data / "sub" / "dev.jpg").symlink_to("/dev/zero")  # reading it would never end either
+    assert {name for name, _ in image_sources(data)} >= {"pipe.png", "sub/dev.jpg"}
+    reporter = ListReporter()
+    got = load_dataset(data, 8, reporter)
+    assert len(got.names) == 3 and sorted(got.skipped) == ["pipe.png", "sub/dev.jpg"]
+    assert any("skipped 2 unreadable image(s)" in w and "pipe.png" in w and "sub/dev.jpg" in w
+               for w in reporter.warnings), reporter.warnings

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shutil
@@ -78,11 +79,23 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path], list[s
     # a run written inside the data (`--data demo/`): its sample grids are no faces to learn or score
     runs = sorted(p.parent for p in entries if p.name == "log.jsonl" and is_run_folder(p.parent))
     entries = [p for p in entries if not any(run in p.parents for run in runs)]
-    # a link to a missing file stays in: its open fails, so it is named among the unreadable ones
-    files = sorted(p for p in entries if p.suffix.lower() in EXTENSIONS
-                   and (p.is_file() or (p.is_symlink() and not p.exists())))
+    # a link to a missing file stays in: its open fails, so it is named among the unreadable ones;
+    # so does a FIFO or device under an image's name, which is never opened (a FIFO would wait
+    # for a writer forever), where it used to be left out without a word
+    files = sorted(p for p in entries if p.suffix.lower() in EXTENSIONS and not p.is_dir())
     gifs = sorted(str(p.relative_to(root)) for p in entries if p.suffix.lower() == ".gif")
-    return [(str(p.relative_to(root)), (lambda p=p: open(p, "rb"))) for p in files], runs, gifs
+    return [(str(p.relative_to(root)), _opener(p)) for p in files], runs, gifs
+
+
+def _opener(path: Path) -> callable:
+    """open(path, "rb") when called; for a FIFO, device or socket, an OSError instead (a bad image)."""
+    kind = special_kind(path)
+    if kind is None:
+        return lambda: open(path, "rb")
+
+    def refuse():
+        raise OSError(errno.EINVAL, f"{kind}, not an image file")
+    return refuse
 
 
 def _walk(root: Path) -> list[Path]:
@@ -329,32 +342,40 @@ def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None 
     reporter = reporter or NullReporter()
     root = Path(root)
     sources = _some_image_sources(root, reporter)
-    names, faceless, unreadable, huge = [], [], [], []
+    names, faceless, unreadable, huge, unalignable = [], [], [], [], {}
     rows = _Rows(len(sources), size)
     with reporter.progress(len(sources), f"aligning {root.name}") as bar:
         for name, opener in sources:
             try:
                 with opener() as fh:
                     img = read_photo(fh, name)
-                face = np.asarray(align_image(img, size, name=name)[0], dtype=np.uint8)
-            except NoFaceFound:
-                faceless.append(name)
             except ImageTooLarge:
                 huge.append(name)
             except (DataError, OSError):  # OSError: a zip member that cannot be read
                 unreadable.append(name)
             else:
-                rows.add(face)
-                names.append(name)
+                try:
+                    face = np.asarray(align_image(img, size, name=name)[0], dtype=np.uint8)
+                except NoFaceFound:
+                    faceless.append(name)
+                except DataError as exc:  # a face found but too small, or cut off: the photo reads fine
+                    unalignable[name] = str(exc)
+                else:
+                    rows.add(face)
+                    names.append(name)
             bar.advance()
     for what, skipped in (("photo(s) with no face", faceless), ("unreadable image(s)", unreadable)):
         if skipped:
             reporter.warn(f"skipped {len(skipped)} {what} in {root}: {_shown(skipped)}")
+    if unalignable:
+        first, why = next(iter(unalignable.items()))
+        reporter.warn(f"skipped {len(unalignable)} face(s) that could not be aligned in {root}: "
+                      f"{_shown(list(unalignable))} ({first}: {why})")
     _warn_huge(root, huge, reporter)
     if not names:
         raise DataError(f"no faces found in {root}")
     images = rows.done()
-    return ImageDataset(images, names, faceless + unreadable + huge)
+    return ImageDataset(images, names, faceless + unreadable + list(unalignable) + huge)
 
 
 def _check_fits(root: Path, n: int, size: int) -> None:
