@@ -265,3 +265,33 @@ def lock_with_pid(fh) -> str | None:
     fh.write(f"{os.getpid()}\n")
     fh.flush()
     return None
+
+
+@contextlib.contextmanager
+def sole_writer(out: Path, command: str) -> Iterator[None]:
+    """Hold a lock on the dataset folder `out` while `command` (data prepare, data synth) fills
+    it: the same command started twice each found it empty (or its own), then both wrote, the
+    later one's files over part of the earlier's: a set of two sources (two seeds' faces under
+    the other's params.jsonl). The second now stops at once. The lock is the kernel's (flock: a
+    killed process leaves none), on a hidden file beside `out` (inside it where the parent is
+    closed to us), removed at the end."""
+    out = Path(out)
+    with contextlib.suppress(OSError):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    for path in (out.parent / f".{out.name}.writing.lock", out / ".writing.lock"):
+        try:
+            fh = open(path, "a+")
+            break
+        except OSError:
+            continue
+    else:
+        raise OutputError(f"--out {out}: cannot create a lock file beside or inside it")
+    with fh:
+        pid = lock_with_pid(fh)
+        if pid is not None:
+            raise OutputError(f"--out {out} is being written by another process{f' (pid {pid})' if pid else ''}: "
+                              f"wait for it to end, or choose another folder for this {command}")
+        try:
+            yield
+        finally:
+            Path(fh.name).unlink(missing_ok=True)  # while still held: a later run makes its own

@@ -605,25 +605,29 @@ def test_data_prepare_stopped_while_writing_leaves_out_as_it_was(tmp_path, monke
     assert sorted(os.listdir(tmp_path / "out")) == [".keep"] + [f"{i:06d}.png" for i in range(5)]
 
 
-def test_a_second_data_prepare_into_the_same_folder_stops_at_once(tmp_path):
-    """Both found --out empty, then both moved their images in: a set of two sources. The one that
-    comes second (here: the lock held by this test, as a running prepare holds it) stops, names the
-    first's pid, and leaves --out as it was; the lock file goes with the run that made it."""
+@pytest.mark.parametrize("command", ["prepare", "synth"])
+def test_a_second_data_prepare_into_the_same_folder_stops_at_once(tmp_path, command):
+    """Both found --out empty (or, for synth, their own), then both wrote their images: a set of
+    two sources (synth: one seed's faces over part of the other's, under either's params.jsonl). The
+    one that comes second (here: the lock held by this test, as a running one holds it) stops,
+    names the first's pid, and leaves --out as it was; the lock file goes with the run that made it."""
     import fcntl
 
     src = blob_images(tmp_path / "src", n=3)
-    lock = tmp_path / ".out.prepare.lock"
-    argv = ["data", "prepare", str(src), "--size", "8", "--out", str(tmp_path / "out")]
+    lock = tmp_path / ".out.writing.lock"
+    argv = (["data", "prepare", str(src), "--size", "8", "--out", str(tmp_path / "out")] if command == "prepare" else
+            ["data", "synth", "--domain", "photo", "--n", "3", "--size", "8", "--seed", "1", "--out", str(tmp_path / "out")])
     with open(lock, "w") as held:
         held.write("4242\n")
         held.flush()
         fcntl.flock(held, fcntl.LOCK_EX)
         line = error_line(runner.invoke(app, argv))
-    assert "--out" in line and "is being written by another `data prepare` (pid 4242)" in line, line
+    assert "--out" in line and "is being written by another process (pid 4242)" in line, line
     assert not (tmp_path / "out").exists()
     res = runner.invoke(app, argv)
     assert res.exit_code == 0, res.output
-    assert sorted(os.listdir(tmp_path / "out")) == [f"{i:06d}.png" for i in range(3)] and not lock.exists()
+    written = sorted(os.listdir(tmp_path / "out"))
+    assert [n for n in written if n != "params.jsonl"] == [f"{i:06d}.png" for i in range(3)] and not lock.exists()
 
 
 def test_data_prepare_stages_inside_out_when_its_parent_is_closed(tmp_path, monkeypatch):

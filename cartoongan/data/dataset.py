@@ -1,7 +1,6 @@
 """Image datasets: a folder (recursive) or a .zip of images, made square, resized and held in memory."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import os
@@ -12,7 +11,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -21,7 +19,7 @@ from PIL import Image
 from ..errors import DataError, OutputError
 from ..filekind import not_found, special_kind
 from ..hostmem import gib, host_memory_available
-from ..outputs import check_fresh_dir, check_outside, lock_with_pid
+from ..outputs import check_fresh_dir, check_outside, sole_writer
 from ..report import NullReporter, Reporter
 from .images import (BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, ImageTooLarge, PngWriter, bombs_as_errors, image_threads,
                      square_resize)
@@ -425,37 +423,11 @@ def prepare_folder(src: str | Path, out: str | Path, size: int, reporter: Report
         lower, upper = 1 << (size.bit_length() - 1), 1 << size.bit_length()
         reporter.warn(f"--size {size} is not a power of two, and a StyleGAN2 model is (64, 128, 256 px, ...): "
                       f"training would resample these images a second time; --size {lower} or {upper} avoids that")
-    with _sole_writer(out):
+    with sole_writer(out, "data prepare"):
         check_fresh_dir(out, "--out", "data prepare writes NNNNNN.png there")  # again: nobody else fills it now
         data = load_aligned_dataset(src, size, reporter) if align else load_dataset(src, size, reporter)
         _write_whole(data.images.permute(0, 2, 3, 1).numpy(), out, reporter)
     return data
-
-
-@contextlib.contextmanager
-def _sole_writer(out: Path) -> Iterator[None]:
-    """Hold a lock on `out` while preparing into it: two `data prepare` runs into one folder (the same
-    command started twice) each found it empty, then both moved their images in, the later one's
-    over part of the earlier's: a set of two sources. The second now stops at once. The lock is the
-    kernel's (flock: a killed process leaves none), on a hidden file beside `out` (inside it where
-    the parent is closed to us), removed at the end."""
-    for path in (out.parent / f".{out.name}.prepare.lock", out / ".prepare.lock"):
-        try:
-            fh = open(path, "a+")
-            break
-        except OSError:
-            continue
-    else:
-        raise OutputError(f"--out {out}: cannot create a lock file beside or inside it")
-    with fh:
-        pid = lock_with_pid(fh)
-        if pid is not None:
-            raise OutputError(f"--out {out} is being written by another `data prepare`{f' (pid {pid})' if pid else ''}: "
-                              "wait for it to end, or choose another folder")
-        try:
-            yield
-        finally:
-            Path(fh.name).unlink(missing_ok=True)  # while still held: a later run makes its own
 
 
 def _staging_folder(out: Path) -> Path:

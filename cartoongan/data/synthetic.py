@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import ConfigError, Interrupted
-from ..outputs import check_fresh_dir, writing
+from ..outputs import check_fresh_dir, sole_writer, writing
 from ..report import NullReporter, Reporter
 from .images import save_image
 
@@ -170,7 +170,14 @@ def synthesize(domain: str, n: int, size: int, out: str | Path, seed: int = 0, r
         raise ConfigError(f"--domain must be one of {', '.join(DOMAINS)}, got '{domain}'")
     if n < 1 or size < 8:
         raise ConfigError("--n must be >= 1 and --size >= 8")
-    out = check_fresh_dir(out, "--out", "data synth writes NNNNNN.png and params.jsonl there", is_synth_folder)
+    purpose = "data synth writes NNNNNN.png and params.jsonl there"
+    out = check_fresh_dir(out, "--out", purpose, is_synth_folder)
+    with sole_writer(out, "data synth"):
+        check_fresh_dir(out, "--out", purpose, is_synth_folder)  # again: nobody else fills it now
+        return _synthesize(domain, n, size, out, seed, reporter)
+
+
+def _synthesize(domain: str, n: int, size: int, out: Path, seed: int, reporter: Reporter) -> Path:
     stale = [p for p in out.glob("[0-9]" * 6 + ".png") if int(p.stem) >= n] if out.is_dir() else []
     earlier = synthesized_count(out)
     if earlier:  # a run's recorded --data may be this folder: say what goes
