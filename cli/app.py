@@ -56,7 +56,7 @@ class OneLineErrors(TyperGroup):
                 exc.show()
             sys.exit(exc.exit_code)
         except ClickException as exc:
-            message = " ".join(exc.format_message().split()).rstrip(".")
+            message = " ".join(exc.format_message().split()).rstrip(".") + _dash_file_hint(exc, args)
             ctx = getattr(exc, "ctx", None)
             fail(message + (f" (see `{ctx.command_path} --help`)" if ctx is not None else ""), exc.exit_code)
         except typer.Abort:
@@ -67,6 +67,15 @@ class OneLineErrors(TyperGroup):
             # `--help > file` on a full disk (results go through `out`, which says so itself)
             fail(f"cannot write to stdout: {exc.strerror} (free some space, or send it elsewhere)")
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _dash_file_hint(exc: Exception, args: list[str]) -> str:
+    """`cartoongan info -old.pt`: click reads a file whose name starts with '-' as an unknown
+    option ("No such option: -o"); where such a file exists, say how to name it."""
+    option = getattr(exc, "option_name", None)  # click's NoSuchOption
+    named = next((a for a in args if option and a.startswith(option) and not a.startswith("--")
+                  and os.path.lexists(a)), None)
+    return f"; for the file {named}, write ./{named}" if named else ""
 
 
 def _unwritable_output(exc: OSError) -> bool:

@@ -377,6 +377,19 @@ def test_a_full_disk_under_stdout_is_one_line_not_a_traceback(two_ckpts, argv):
     assert res.stderr.decode().strip().startswith("error: cannot write") and b"No space left" in res.stderr
 
 
+def test_a_file_named_like_an_option_gets_told_how_to_name_it(tmp_path, monkeypatch, two_ckpts):
+    """`cartoongan info -old.pt` said only "No such option: -o": click reads the name as a flag."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(two_ckpts[0], tmp_path / "-old.pt")
+    res = runner.invoke(app, ["info", "-old.pt"])
+    assert res.exit_code == 2 and "No such option: -o; for the file -old.pt, write ./-old.pt" in res.output, res.output
+    assert runner.invoke(app, ["info", "./-old.pt"]).exit_code == 0
+    res = runner.invoke(app, ["info", "-q"])  # no such file: the plain usage error
+    assert res.exit_code == 2 and "write ./" not in res.output
+
+
 def test_a_tilde_after_an_equals_sign_is_the_home_folder(tmp_path, two_ckpts, monkeypatch):
     """bash expands `--outdir ~/x` but not `--outdir=~/x`, which reached us as a folder named '~'."""
     from cartoongan_cli.app import expand_home
