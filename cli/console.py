@@ -102,15 +102,21 @@ class _Bar:
 
 
 class RichReporter:
-    """Progress bars, tables and warnings on the terminal (stderr, so stdout stays clean for --json)."""
+    """Progress bars, tables and warnings on the terminal (stderr, so stdout stays clean for --json).
+    Under torchrun only rank 0 reports: every rank reads the same data and plan, and K ranks said
+    each warning and the fine-tuning plan K times over. Errors (`fail`) still come from any rank."""
 
     def info(self, message: str) -> None:
-        console.print(escape(message))
+        if not _other_rank():
+            console.print(escape(message))
 
     def warn(self, message: str) -> None:
-        console.print(f"[yellow]warning:[/] {escape(one_line(message))}")
+        if not _other_rank():
+            console.print(f"[yellow]warning:[/] {escape(one_line(message))}")
 
     def table(self, title, columns, rows) -> None:
+        if _other_rank():
+            return
         table = Table(title=escape(str(title)))
         for c in columns:
             table.add_column(escape(str(c)))

@@ -162,8 +162,9 @@ def test_result_tables_are_on_stdout_warnings_on_stderr(two_ckpts, tmp_path):
 
 @pytest.mark.parametrize("rank, world, drawn", [(None, None, True), ("0", "2", True), ("1", "2", False),
                                                ("1", None, True)])  # a cluster's RANK, no torchrun
-def test_only_torchruns_rank_0_draws_progress_bars(monkeypatch, capsys, rank, world, drawn):
-    """Every torchrun worker writes to the one terminal: two ranks' bars overwrote each other."""
+def test_only_torchruns_rank_0_reports(monkeypatch, capsys, rank, world, drawn):
+    """Every torchrun worker writes to the one terminal: two ranks' bars overwrote each other, and
+    K ranks said each warning, info line and the fine-tuning plan K times over."""
     from cartoongan_cli.console import RichReporter
 
     for name, value in (("RANK", rank), ("WORLD_SIZE", world)):
@@ -174,9 +175,12 @@ def test_only_torchruns_rank_0_draws_progress_bars(monkeypatch, capsys, rank, wo
     with reporter.progress(3, "pretrain") as bar:
         bar.advance(3, loss_g=0.5)
     reporter.warn("a warning every rank gives")
+    reporter.info("resuming run at step 4")
+    reporter.table("fine-tuning plan", ["block", "state"], [["block 0", "frozen"]])
     err = capsys.readouterr().err
     assert ("pretrain" in err and "3/3" in err) == drawn, err
-    assert "a warning every rank gives" in err
+    for text in ("a warning every rank gives", "resuming run at step 4", "fine-tuning plan"):
+        assert (text in err) == drawn, err
 
 
 def test_a_run_table_piped_to_a_log_keeps_its_cells_whole():
