@@ -174,15 +174,21 @@ def test_a_set_kept_only_under_hidden_names_is_refused_with_the_reason(tmp_path)
         load_dataset(tmp_path / "plain", 8)
 
 
+@pytest.mark.parametrize("command", ["prepare", "synth"])
 @pytest.mark.parametrize("size,said", [(100, "--size 64 or 128 avoids that"), (64, None)])
-def test_prepare_at_a_size_no_model_has_warns(tmp_path, size, said):
-    """Every StyleGAN2 size is 2^k: a set prepared at 100 px is resampled again by training."""
+def test_a_set_at_a_size_no_model_has_warns(tmp_path, size, said, command):
+    """Every StyleGAN2 size is 2^k: a set prepared (or synthesised) at 100 px is resampled again
+    by training."""
     from cartoongan.data.dataset import prepare_folder
+    from cartoongan.data.synthetic import synthesize
 
     from .helpers import blob_images
 
     rep = ListReporter()
-    prepare_folder(blob_images(tmp_path / "src", n=2), tmp_path / "out", size, rep)
+    if command == "prepare":
+        prepare_folder(blob_images(tmp_path / "src", n=2), tmp_path / "out", size, rep)
+    else:
+        synthesize("photo", 2, size, tmp_path / "out", reporter=rep)
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
     power = [w for w in rep.warnings if "power of two" in w]
     assert (power == []) if said is None else (len(power) == 1 and said in power[0]), rep.warnings

@@ -409,6 +409,15 @@ def _shown(names: list[str], n: int = 5) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
+def warn_unless_power_of_two(size: int, reporter: Reporter) -> None:
+    """A set written at a size no StyleGAN2 model has: still fine for metrics, but training would
+    resample it a second time, which softens it."""
+    if size & (size - 1):
+        lower, upper = 1 << (size.bit_length() - 1), 1 << size.bit_length()
+        reporter.warn(f"--size {size} is not a power of two, and a StyleGAN2 model is (64, 128, 256 px, ...): "
+                      f"training would resample these images a second time; --size {lower} or {upper} avoids that")
+
+
 def prepare_folder(src: str | Path, out: str | Path, size: int, reporter: Reporter | None = None,
                    align: bool = False) -> ImageDataset:
     """Write a clean square RGB PNG dataset (NNNNNN.png) from any folder or zip of photos: centre-cropped,
@@ -419,10 +428,7 @@ def prepare_folder(src: str | Path, out: str | Path, size: int, reporter: Report
     check_outside(out, src, "--out", "the prepared images would be read back as photos of the source")
     check_fresh_dir(out, "--out", "data prepare writes NNNNNN.png there")
     reporter = reporter or NullReporter()
-    if size & (size - 1):  # still a fine set for metrics; for training a second resample softens it
-        lower, upper = 1 << (size.bit_length() - 1), 1 << size.bit_length()
-        reporter.warn(f"--size {size} is not a power of two, and a StyleGAN2 model is (64, 128, 256 px, ...): "
-                      f"training would resample these images a second time; --size {lower} or {upper} avoids that")
+    warn_unless_power_of_two(size, reporter)
     with sole_writer(out, "data prepare"):
         check_fresh_dir(out, "--out", "data prepare writes NNNNNN.png there")  # again: nobody else fills it now
         data = load_aligned_dataset(src, size, reporter) if align else load_dataset(src, size, reporter)

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..errors import ConfigError, Interrupted
 from ..outputs import check_fresh_dir, sole_writer, writing
 from ..report import NullReporter, Reporter
+from .dataset import warn_unless_power_of_two
 from .images import save_image
 
 DOMAINS = ("photo", "cartoon")
@@ -170,6 +171,7 @@ def synthesize(domain: str, n: int, size: int, out: str | Path, seed: int = 0, r
         raise ConfigError(f"--domain must be one of {', '.join(DOMAINS)}, got '{domain}'")
     if n < 1 or size < 8:
         raise ConfigError("--n must be >= 1 and --size >= 8")
+    warn_unless_power_of_two(size, reporter)
     purpose = "data synth writes NNNNNN.png and params.jsonl there"
     out = check_fresh_dir(out, "--out", purpose, is_synth_folder)
     with sole_writer(out, "data synth"):
