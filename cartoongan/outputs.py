@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import OutputError
+from .filekind import special_kind
 
 _FIXES = {
     errno.ENOSPC: "free some space or write elsewhere",
@@ -120,9 +121,10 @@ def _check_creatable(path: Path, what: str) -> None:
     """`path` is an existing folder, or a folder that can be created, and can be written in."""
     base = _nearest_existing(path, what)
     if not base.is_dir():
+        kind = special_kind(base) or "a file"  # `--out /dev/null`: a device, not a file
         if base == path:
-            raise OutputError(f"{what} {path} is a file, not a folder: choose a folder")
-        raise OutputError(f"{what} {path} cannot be created: {base} is a file, not a folder")
+            raise OutputError(f"{what} {path} is {kind}, not a folder: choose a folder")
+        raise OutputError(f"{what} {path} cannot be created: {base} is {kind}, not a folder")
     try:
         with tempfile.TemporaryFile(dir=base):
             pass

@@ -134,7 +134,8 @@ def _bad_path(kind: str, tmp_path: Path, unwritable_dir) -> Path:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["existing file", "under a file", "unwritable parent", "under a dangling link"])
+@pytest.mark.parametrize("kind", ["existing file", "under a file", "unwritable parent", "under a dangling link",
+                                  "not a regular file"])
 @pytest.mark.parametrize("command", sorted(FOLDER_COMMANDS))
 def test_output_folder_kinds_refused_before_any_work(tmp_path, request, command, kind):
     out = _bad_path(kind, tmp_path, lambda: request.getfixturevalue("unwritable"))
@@ -143,6 +144,8 @@ def test_output_folder_kinds_refused_before_any_work(tmp_path, request, command,
     before = snapshot(tmp_path)
     line = error_line(runner.invoke(app, FOLDER_COMMANDS[command](str(out))))
     assert str(out) in line and "missing" not in line.replace(str(out), "")
+    if kind == "not a regular file":  # `--out /dev/null` was "a file"
+        assert "is a named pipe (FIFO), not a folder" in line, line
     assert snapshot(tmp_path) == before
 
 
