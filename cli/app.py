@@ -64,7 +64,7 @@ class OneLineErrors(TyperGroup):
         except OSError as exc:
             if not _unwritable_output(exc):
                 raise
-            # `--help > file` on a full disk (results go through `out`, which says so itself)
+            # `info X > report.txt` or `--help > file` on a full disk: the work is done, its report is not
             fail(f"cannot write to stdout: {exc.strerror} (free some space, or send it elsewhere)")
         sys.exit(code if isinstance(code, int) else 0)
 

@@ -67,12 +67,7 @@ class _Results(Console):
     def print(self, *objects, **kwargs) -> None:
         if all(isinstance(o, str) for o in objects):
             kwargs.setdefault("soft_wrap", True)
-        try:
-            super().print(*objects, **kwargs)
-        except BrokenPipeError:  # `| head` has what it wanted: click ends quietly
-            raise
-        except OSError as exc:  # `> file` on a full disk: the work is done, its report is not
-            fail(f"cannot write the result to stdout: {exc.strerror or exc} (free some space, or send it elsewhere)")
+        super().print(*objects, **kwargs)
 
 
 out = _Results(markup=False, width=1000 if _no_terminal() else None)
