@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import secrets
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -61,7 +63,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = Fals
         path.parent.mkdir(parents=True, exist_ok=True)
         # named before it exists (mkstemp names it only on return): a Ctrl-C landing inside the
         # create still has the finally below remove it, where it used to leave a 0-byte .tmp
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"  # as long as mkstemp's names
+        _sweep_dead_temps(path.parent)
+        tmp = path.parent / _temp_name(path.name)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         except FileExistsError:  # someone else's file by that name: never ours to remove
@@ -83,6 +86,49 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = Fals
         if tmp is not None:
             with contextlib.suppress(OSError):  # a create that failed (read-only, name too long) left none
                 Path(tmp).unlink(missing_ok=True)
+
+
+# A temp file's name says whose it is (host, pid), so that a later write into the same folder can
+# remove what a killed writer left (as large as a checkpoint) without touching a live one's: a dead
+# pid on this host is the only proof. A pid that was reused keeps its file: harmless, just kept.
+_HOST_TAG = hashlib.sha1(socket.gethostname().encode(errors="surrogateescape")).hexdigest()[:6]
+_DEAD_TEMP = re.compile(rf"^\..+\.{_HOST_TAG}p(\d+)-[0-9a-f]+\.tmp$")
+_swept: set[str] = set()  # folders already swept by this process: one listing each, not one per file
+
+
+def _temp_name(name: str) -> str:
+    """`.NAME.OWNER-RANDOM.tmp`; a name near the file system's 255 bytes is shortened, so that a
+    name the final file can have never fails as its temp file's."""
+    if len(os.fsencode(name)) > 200:
+        name = name[:60]
+    return f".{name}.{_HOST_TAG}p{os.getpid()}-{secrets.token_hex(3)}.tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's process is alive
+        return True
+    return True
+
+
+def _sweep_dead_temps(folder: Path) -> None:
+    """Remove the temp files that a killed writer on this host left in `folder` (once per process)."""
+    key = os.path.abspath(folder)
+    if key in _swept:
+        return
+    _swept.add(key)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = _DEAD_TEMP.match(name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
 
 
 def _read_umask() -> int:

@@ -353,8 +353,39 @@ def test_a_ctrl_c_inside_the_temporary_files_creation_leaves_no_temporary_file(t
     from cartoongan.errors import OutputError
 
     with pytest.raises(OutputError, match="cannot write"):  # a create that fails: named, not a raw OSError
-        with atomic_write(tmp_path / ("a" * 246 + ".png")) as fh:
+        with atomic_write(tmp_path / ("a" * 296 + ".png")) as fh:
             fh.write(b"x")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_write(tmp_path / ("a" * 246 + ".png")) as fh:  # a name the file system allows: its
+        fh.write(b"x")  # temp file's longer one used to make it fail
+    assert [p.name for p in tmp_path.iterdir()] == ["a" * 246 + ".png"]
+
+
+def test_a_killed_writers_temporary_file_goes_with_the_next_write_into_its_folder(tmp_path):
+    """A SIGKILL mid-save (swap, export, sample) left `.NAME.xxxx.tmp`, as large as the output, for
+    good. The next write into that folder removes it; a live process's, or another host's, stays."""
+    import signal
+    import subprocess
+    import sys
+
+    from cartoongan import outputs
+
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys\n"
+        "from cartoongan.outputs import atomic_write\n"
+        "with atomic_write(sys.argv[1]) as fh:\n"
+        "    fh.write(b'half a checkpoint'); fh.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"),
+        str(tmp_path / "swapped.pt")], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".swapped.pt.") and left.read_bytes() == b"half a checkpoint"
+    live = tmp_path / f".other.pt.{outputs._HOST_TAG}p{os.getppid()}-abc123.tmp"
+    elsewhere = tmp_path / f".other.pt.{'0' if outputs._HOST_TAG[0] != '0' else '1'}{outputs._HOST_TAG[1:]}p{2**22 + 7}-abc123.tmp"
+    live.write_bytes(b"being written")
+    elsewhere.write_bytes(b"being written on another machine")
+    with outputs.atomic_write(tmp_path / "swapped.pt") as fh:
+        fh.write(b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([elsewhere.name, live.name, "swapped.pt"])
 
 
 # ---- resume faults: refused with one line, the run unchanged --------------------------------
