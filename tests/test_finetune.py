@@ -419,3 +419,15 @@ def test_the_plan_table_names_the_blocks_whose_w_slots_come_from_the_source(free
                                  ["block 2 (first w slot from source)"]) if freeze_sg else ([], []))
     assert sum(state == "frozen" for state in labels.values()) == max(freeze_g, freeze_sg)
 
+
+
+@pytest.mark.parametrize("freeze_g,warned", [(1, True), (2, True), (3, False), (0, False)])
+def test_a_freeze_g_within_freeze_sg_is_named_as_doing_nothing(tmp_path, freeze_g, warned):
+    """--freeze-sg 2 --freeze-g 1 was accepted without a word: FreezeSG's blocks win, so a user who
+    meant FreezeG on top of it (the paper's FreezeG 3 + FreezeSG 2) got nothing of what was asked."""
+    src = make_source(tmp_path / "src.pt", size=32)  # 4 blocks: FreezeG 3 is possible
+    data = blob_images(tmp_path / "data", n=4)
+    res = runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), "--out", str(tmp_path / "r"),
+                              "--recipe", "tiny", "--iters", "1", "--freeze-sg", "2", "--freeze-g", str(freeze_g)])
+    assert res.exit_code == 0, res.output
+    assert ("--freeze-g) does nothing beside freeze_sg 2" in " ".join(res.output.split())) == warned

@@ -75,3 +75,14 @@ def make_plan(cfg: FinetuneConfig, g: Generator, d: Discriminator) -> FreezePlan
         source_slots=2 * cfg.freeze_sg,
         noise_frozen=cfg.freeze_noise,
     )
+
+
+def redundant_freeze_g(cfg: FinetuneConfig) -> str | None:
+    """The warning for a FreezeG count that FreezeSG's already covers (it freezes those blocks too),
+    which was accepted without a word: a user who meant FreezeG on top of FreezeSG (the paper's
+    FreezeSG 2 + FreezeG 3) asked for nothing. None when FreezeG adds blocks, or is not set."""
+    if 0 < cfg.freeze_g <= cfg.freeze_sg:
+        return (f"freeze_g {cfg.freeze_g} (--freeze-g) does nothing beside freeze_sg {cfg.freeze_sg} (--freeze-sg), "
+                f"which freezes the {cfg.freeze_sg} lowest G blocks too: to freeze more blocks than FreezeSG's, "
+                f"give --freeze-g above {cfg.freeze_sg}")
+    return None

@@ -20,7 +20,7 @@ from ..weights.checkpoint import load_checkpoint, provenance
 from ..weights.networks import (ancestry, build_discriminator, build_generator, is_count, recorded_train,
                                 weights_digest)
 from .distributed import init_distributed
-from .freeze import make_plan
+from .freeze import make_plan, redundant_freeze_g
 from .memory import check_batch_fits
 from .run_dir import check_not_in_training, holds_unsaved_run
 from .evaluate import KidEvaluator
@@ -369,6 +369,8 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
         raise ConfigError(f"--struct-loss {ft.struct_loss} is out of range: a {nets.g.size}px network "
                           f"allows 0..{nets.g.n_blocks - 1}")
     plan = make_plan(ft, nets.g, nets.d)
+    if note := redundant_freeze_g(ft):
+        reporter.warn(note)
     if not (ft.struct_loss or plan.source_slots):
         nets.source = None  # nothing reads it: save the memory
     data = load_dataset(data_path, nets.g.size, reporter)
