@@ -175,7 +175,10 @@ def _check_creatable(path: Path, what: str) -> None:
         with tempfile.TemporaryFile(dir=base):
             pass
     except OSError as exc:
-        raise OutputError(f"{what} {path} cannot be written: {base}: {exc.strerror or exc} "
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ENOENT:  # an existing folder "not found": a virtual file system (/proc)
+            reason = "its file system takes no new files (a virtual one, like /proc)"
+        raise OutputError(f"{what} {path} cannot be written: {base}: {reason} "
                           f"({_FIXES.get(exc.errno, 'choose another place')})") from None
 
 

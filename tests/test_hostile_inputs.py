@@ -1483,3 +1483,15 @@ def test_a_pipe_or_device_under_an_images_name_in_a_dataset_is_named_unread(tmp_
     assert len(got.names) == 3 and sorted(got.skipped) == ["pipe.png", "sub/dev.jpg"]
     assert any("skipped 2 unreadable image(s)" in w and "pipe.png" in w and "sub/dev.jpg" in w
                for w in reporter.warnings), reporter.warnings
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+@pytest.mark.parametrize("command", ["export", "sample"])
+def test_an_output_on_a_virtual_file_system_is_named_as_such_not_as_missing(tmp_path, command):
+    """`export -o /proc/x.pt` said "/proc: No such file or directory" of a folder that exists."""
+    src = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(Generator(16, **TINY)))
+    args = (["export", str(src), "-o", "/proc/x.pt"] if command == "export"
+            else ["sample", str(src), "--seeds", "0", "--outdir", "/proc/cartoongan-x"])
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "No such file" not in res.output
+    assert "/proc: its file system takes no new files" in " ".join(res.output.split())
