@@ -7,8 +7,6 @@ from typing import Optional
 
 import typer
 
-from cartoongan.errors import ConfigError
-
 from .app import DEVICE, CompileMode, Precision, app, user_errors
 from .console import RichReporter, fail, out
 
@@ -38,86 +36,29 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ):
     """Measure generator forward, training iteration and structure-loss iteration speed (img/s)."""
-    from cartoongan.errors import RowsStopped
+    from cartoongan.bench.request import BenchRequest, measure
     from cartoongan.device import check_precision, precision_note, resolve_device
+    from cartoongan.errors import RowsStopped
 
     reporter = RichReporter()
+    req = BenchRequest(device=device, configs=configs, precision=precision.value, batch=batch, repeats=repeats,
+                       compile_mode=compile_mode.value if compile_mode else ("default" if compile_ else None),
+                       channels_last=channels_last, grouped_modconv=grouped_modconv, reference=reference,
+                       kernels=kernels, profile=profile, flops=flops)
     with user_errors():
         dev = resolve_device(device)
         check_precision(precision.value, dev)
         if note := precision_note(precision.value, dev):  # the table's rows would say tf32
             reporter.warn(note)
-        if configs is not None and not _names(configs):
-            raise ConfigError(f"--configs '{configs}' names no config: give e.g. tiny,r64")
-        if kernels and (reference is not None or configs or batch or profile or flops):
-            raise ConfigError("--kernels times fixed shapes; drop --reference, --configs, --batch, --profile and "
-                              "--flops")
-        if flops and profile:
-            raise ConfigError("--flops and --profile are two views of the phases: give one")
-        if flops and repeats is not None:
-            raise ConfigError("--flops counts one call of each phase exactly: drop --repeats")
-        timed_repeats = repeats or 5
-        mode = compile_mode.value if compile_mode else ("default" if compile_ else None)
-        if (kernels or profile or flops) and mode:
-            raise ConfigError("--compile and --compile-mode apply to the plain bench table and --reference only")
-        if (kernels or profile or flops or reference is not None) and (grouped_modconv or not channels_last):
-            raise ConfigError("--grouped-modconv and --no-channels-last apply to the plain bench table only")
-        if profile and (reference is not None or (configs and len(_names(configs)) != 1)):
-            raise ConfigError("--profile looks at one config: give at most one --configs name and no --reference")
-        if profile:
-            from cartoongan.bench.speed import check_configs
-
-            check_configs([_profiled(configs, dev)], dev, batch)
+        req.check(dev)
         stopped = None
         try:
-            rows = _measure(profile, flops, kernels, reference, configs, dev, device, precision.value, batch, repeats,
-                            timed_repeats, mode, reporter, channels_last, grouped_modconv)
+            rows = measure(req, dev, reporter)
         except RowsStopped as exc:  # a Ctrl-C, or the device plan's SIGINT at a step's timeout: keep the rows
             rows, stopped = exc.rows, exc
-    _print_rows(rows, as_json, flops, reference, _title(profile, kernels, configs, dev))
+    _print_rows(rows, as_json, flops, reference, req.title(dev))
     if stopped is not None:
         fail(str(stopped), 130)
-
-
-def _profiled(configs: Optional[str], dev) -> str:
-    return _names(configs)[0] if configs else ("r256" if dev.type == "cuda" else "demo64")
-
-
-def _title(profile: bool, kernels: bool, configs: Optional[str], dev) -> str:
-    if profile:
-        return f"{_profiled(configs, dev)} on {dev}: self time per phase call ({'kernels' if dev.type == 'cuda' else 'ops'})"
-    if kernels:
-        from cartoongan.bench.kernels import shapes_legend
-
-        return f"speed choices, fwd+bwd ms ({shapes_legend()}); x = alternative / ours"
-    return "cartoongan bench (img/s, higher is better)"
-
-
-def _measure(profile, flops, kernels, reference, configs, dev, device, precision, batch, repeats, timed_repeats, mode,
-             reporter, channels_last, grouped_modconv) -> list:
-    """The rows of the one view the flags chose (checked by the caller)."""
-    from cartoongan.bench.speed import default_configs, run_bench
-
-    if profile:
-        from cartoongan.bench.profile import profile_phases
-
-        return profile_phases(_profiled(configs, dev), device, precision, batch, runs=repeats or 2, reporter=reporter)
-    if flops:
-        from cartoongan.bench.flops import run_flop_count
-
-        names = _names(configs) if configs else default_configs(dev, reference=reference is not None)
-        return run_flop_count(names, device, batch, reference, reporter, precision)
-    if kernels:
-        from cartoongan.bench.kernels import run_kernel_bench
-
-        return run_kernel_bench(device, timed_repeats, reporter)
-    if reference is not None:
-        from cartoongan.bench.reference import compare_with_reference
-
-        names = _names(configs) if configs else default_configs(dev, reference=True)
-        return compare_with_reference(reference, names, device, timed_repeats, batch, reporter, precision, mode)
-    names = _names(configs) if configs else default_configs(dev)
-    return run_bench(names, device, precision, timed_repeats, batch, mode, reporter, channels_last, grouped_modconv)
 
 
 def _print_rows(measured: list, as_json: bool, flops: bool, reference, title: str) -> None:
@@ -203,7 +144,3 @@ BENCH_HEADINGS = {
     "ours_peak_mb": "MB", "reference_peak_mb": "ref MB",
 }
 
-
-def _names(csv: str) -> list[str]:
-    # once each, in the order given: a repeated name would only time the same config again
-    return list(dict.fromkeys(c.strip() for c in csv.split(",") if c.strip()))

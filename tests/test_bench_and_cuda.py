@@ -181,3 +181,28 @@ def test_cuda_profile_lists_kernels():
         mine = [r for r in rows if r.phase == phase]
         assert mine and sum(r.share for r in mine) == pytest.approx(100, abs=0.5)
         assert not any(r.op.startswith("aten::") for r in mine)  # kernels, not the ops that launched them
+
+
+def test_a_bench_request_refuses_what_no_view_takes_and_measures_the_view_it_names(monkeypatch):
+    """The flag rules live in the library (BenchRequest), so a script that benches gets the CLI's
+    refusals, and exactly one view's function is called."""
+    from cartoongan.bench import kernels
+    from cartoongan.bench.request import BenchRequest, measure
+    from cartoongan.errors import ConfigError
+    from cartoongan.report import NullReporter
+
+    cpu = torch.device("cpu")
+    for req, says in ((BenchRequest(kernels=True, configs="tiny"), "--kernels times fixed shapes"),
+                      (BenchRequest(flops=True, repeats=3), "drop --repeats"),
+                      (BenchRequest(profile=True, configs="tiny,r64"), "at most one --configs"),
+                      (BenchRequest(flops=True, grouped_modconv=True), "plain bench table only"),
+                      (BenchRequest(configs=" , "), "names no config")):
+        with pytest.raises(ConfigError, match=says):
+            req.check(cpu)
+    seen = []
+    monkeypatch.setattr(kernels, "run_kernel_bench", lambda device, repeats, reporter: seen.append(repeats) or ["row"])
+    req = BenchRequest(kernels=True, device="cpu")
+    req.check(cpu)
+    assert measure(req, cpu, NullReporter()) == ["row"] and seen == [5]
+    assert BenchRequest(configs="r64, tiny, r64").names == ["r64", "tiny"]
+    assert BenchRequest(profile=True).profiled(cpu) == "demo64" and BenchRequest(profile=True).profiled(torch.device("cuda")) == "r256"
