@@ -318,6 +318,22 @@ def lock_with_pid(fh) -> str | None:
     return None
 
 
+def _open_lock_file(out: Path):
+    for path in (out.parent / f".{out.name}.writing.lock", out / ".writing.lock"):
+        with contextlib.suppress(OSError):
+            return open(path, "a+")
+    raise OutputError(f"--out {out}: cannot create a lock file beside or inside it")
+
+
+def _still_named(fh) -> bool:
+    """Whether the open file `fh` is still the one its name leads to (not unlinked, not replaced)."""
+    try:
+        here, there = os.fstat(fh.fileno()), os.stat(fh.name)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
 @contextlib.contextmanager
 def sole_writer(out: Path, command: str) -> Iterator[None]:
     """Hold a lock on the dataset folder `out` while `command` (data prepare, data synth) fills
@@ -329,16 +345,14 @@ def sole_writer(out: Path, command: str) -> Iterator[None]:
     out = Path(out)
     with contextlib.suppress(OSError):
         out.parent.mkdir(parents=True, exist_ok=True)
-    for path in (out.parent / f".{out.name}.writing.lock", out / ".writing.lock"):
-        try:
-            fh = open(path, "a+")
-            break
-        except OSError:
-            continue
-    else:
-        raise OutputError(f"--out {out}: cannot create a lock file beside or inside it")
-    with fh:
+    for _ in range(100):  # each retry means a holder ended between our open and our lock
+        fh = _open_lock_file(out)
         pid = lock_with_pid(fh)
+        if pid is None and not _still_named(fh):
+            fh.close()  # we locked the file its holder unlinked at its end: a third run would lock a new one
+            continue
+        break
+    with fh:
         if pid is not None:
             raise OutputError(f"--out {out} is being written by another process{f' (pid {pid})' if pid else ''}: "
                               f"wait for it to end, or choose another folder for this {command}")

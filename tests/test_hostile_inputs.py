@@ -1495,3 +1495,30 @@ def test_an_output_on_a_virtual_file_system_is_named_as_such_not_as_missing(tmp_
     res = runner.invoke(app, args)
     assert res.exit_code == 1 and "No such file" not in res.output
     assert "/proc: its file system takes no new files" in " ".join(res.output.split())
+
+
+def test_a_lock_whose_holder_ended_between_our_open_and_our_lock_is_taken_again(tmp_path, monkeypatch):
+    """The lock file goes at the end of a run, while still held. A run that had opened it just
+    before locked the unlinked file, and a third run then locked a fresh one: two writers. The
+    lock taken must be the one the name leads to."""
+    from cartoongan import outputs
+    from cartoongan.errors import OutputError
+
+    out = tmp_path / "faces"
+    real = outputs.lock_with_pid
+    calls = []
+
+    def holder_ends_first(fh):
+        if not calls:  # the first holder unlinks its lock file as we are about to lock it
+            os.unlink(fh.name)
+        calls.append(fh.name)
+        return real(fh)
+
+    monkeypatch.setattr(outputs, "lock_with_pid", holder_ends_first)
+    with outputs.sole_writer(out, "data synth"):
+        assert len(calls) == 2  # retried on the file the name now leads to
+        monkeypatch.setattr(outputs, "lock_with_pid", real)
+        with pytest.raises(OutputError, match="being written by another process"):
+            with outputs.sole_writer(out, "data synth"):
+                pass
+    assert not list(tmp_path.glob(".*lock"))
