@@ -32,6 +32,22 @@ def test_sample_one_checkpoint(tmp_path, two_ckpts):
     assert Image.open(out / "grid.png").size == (64, 16)
 
 
+def test_repeated_seeds_are_rendered_once_and_the_gif_walks_them_as_given(tmp_path, two_ckpts):
+    """`--seeds 0-2,1-3` rendered seeds 1 and 2 twice, each time over the same file, and showed
+    them twice in the grid. A walk that returns to a seed (the GIF) keeps the order given."""
+    from cartoongan.pipelines import sample as sample_mod
+    from cartoongan.report import ListReporter
+
+    reporter = ListReporter()
+    res = sample_mod.sample_checkpoints([two_ckpts[0]], [0, 1, 2, 1, 2, 3], tmp_path / "o", device="cpu",
+                                        interpolate=2, reporter=reporter)
+    assert sorted(p.name for p in res.folders[0].glob("seed*.png")) == [f"seed{i:04d}.png" for i in range(4)]
+    assert Image.open(res.grid).size == (4 * 16, 16)
+    assert [(b.description, b.total) for b in reporter.bars] == [("rendering", 4), ("interpolating", 6 * 2)]
+    assert reporter.infos == ["2 repeated seed(s) rendered once: 4 image(s) (the GIF walks through the seeds as given)"]
+    assert Image.open(res.gif).n_frames == 6 * 2
+
+
 @pytest.mark.parametrize("n_ckpts", [1, 2])
 def test_many_seeds_are_all_written_and_the_picture_shows_the_first(tmp_path, two_ckpts, monkeypatch, n_ckpts):
     from cartoongan.pipelines import sample as sample_mod

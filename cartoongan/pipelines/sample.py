@@ -41,11 +41,16 @@ def sample(gens: list[Generator], names: list[str], seeds: list[int], outdir: Pa
     with K frames per step (all generators side by side).
     """
     reporter = reporter or NullReporter()
-    ws = seeds_to_ws(gens[0], seeds, truncation)
-    result = _write_renders(gens, names, ws, Path(outdir), [f"seed{s:04d}.png" for s in seeds],
-                            min(len(seeds), 8), noise_mode, reporter)
-    if interpolate > 0:
-        result.gif = interpolation_gif(gens, ws, Path(outdir) / "interpolation.gif", interpolate, noise_mode, fps,
+    once = list(dict.fromkeys(seeds))  # `--seeds 0-9,5-14`: one file per seed, so one render per seed
+    if len(once) < len(seeds):
+        reporter.info(f"{len(seeds) - len(once)} repeated seed(s) rendered once: {len(once)} image(s)"
+                      + (" (the GIF walks through the seeds as given)" if interpolate > 0 else ""))
+    ws = seeds_to_ws(gens[0], once, truncation)
+    result = _write_renders(gens, names, ws, Path(outdir), [f"seed{s:04d}.png" for s in once],
+                            min(len(once), 8), noise_mode, reporter)
+    if interpolate > 0:  # a walk may come back to a seed (0,5,0): its keys are the seeds in order
+        keys = ws if len(once) == len(seeds) else seeds_to_ws(gens[0], seeds, truncation)
+        result.gif = interpolation_gif(gens, keys, Path(outdir) / "interpolation.gif", interpolate, noise_mode, fps,
                                        reporter)
     return result
 
