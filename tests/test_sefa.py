@@ -207,3 +207,15 @@ def test_checkpoints_of_two_architectures_are_refused_by_name(tmp_path, ckpts):
     said = " ".join(res.output.split())
     assert res.exit_code == 1 and f"{other} is a 32 px generator with w of 32, {ckpts[0]} a 16 px one" in said, said
     assert not (tmp_path / "e").exists()
+
+
+def test_a_repeated_seed_is_one_row_of_each_sheet(tmp_path, ckpts):
+    """`--seeds 0,1,0` drew seed 0's row twice, and `--seeds 0-40,0-40` (41 seeds) was refused as 82."""
+    argv = ["edit", str(ckpts[0]), "--steps", "2", "--index", "0", "--device", "cpu", "--outdir"]
+    assert runner.invoke(app, [*argv, str(tmp_path / "once"), "--seeds", "0,1"]).exit_code == 0
+    res = runner.invoke(app, [*argv, str(tmp_path / "twice"), "--seeds", "0,1,0,0-1"])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "twice" / "index000.png")),
+                          np.asarray(Image.open(tmp_path / "once" / "index000.png")))
+    res = runner.invoke(app, [*argv, str(tmp_path / "many"), "--seeds", "0-40,0-40"])
+    assert res.exit_code == 0, res.output

@@ -88,6 +88,7 @@ class EditOptions:
 
 def check_options(opts: EditOptions, factor: Factor, n_latent: int, seeds: list[int], where: str) -> range:
     """The w+ layers to move; ConfigError for an index, degree, step count or layer range that cannot be."""
+    seeds = list(dict.fromkeys(seeds))  # each is one row of a sheet, however often it was given
     if len(seeds) > MAX_SEEDS:
         raise ConfigError(f"--seeds gives {len(seeds)} seeds; a sheet holds at most {MAX_SEEDS}: pass fewer")
     count = factor.eigvec.shape[1]
@@ -111,6 +112,7 @@ def edit_sheets(gens: list[Generator], names: list[str], seeds: list[int], facto
     seed adjacent, and a column per amount from -degree to +degree. The seeds' w come from the first
     generator's mapping and truncation; every generator renders the same moved w+."""
     reporter = reporter or NullReporter()
+    seeds = list(dict.fromkeys(seeds))  # a seed given twice is one row, as an index given twice is one sheet
     layers = check_options(opts, factor, gens[0].n_latent, seeds, "the factor")
     ws = seeds_to_ws(gens[0], seeds, opts.truncation)
     amounts = degrees(opts.degree, opts.steps)
