@@ -91,7 +91,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = Fals
 # A temp file's name says whose it is (host, pid), so that a later write into the same folder can
 # remove what a killed writer left (as large as a checkpoint) without touching a live one's: a dead
 # pid on this host is the only proof. A pid that was reused keeps its file: harmless, just kept.
-_HOST_TAG = hashlib.sha1(socket.gethostname().encode(errors="surrogateescape")).hexdigest()[:6]
+
+
+def _owner_tag() -> str:
+    """This host and pid namespace, in 6 hex digits: a container that shares the host's name and a
+    folder with it numbers its processes apart, so its pids say nothing here (nor ours there)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux: the host name alone
+        namespace = 0
+    return hashlib.sha1(f"{socket.gethostname()}:{namespace}".encode(errors="surrogateescape")).hexdigest()[:6]
+
+
+_HOST_TAG = _owner_tag()
 _DEAD_TEMP = re.compile(rf"^\..+\.{_HOST_TAG}p(\d+)-[0-9a-f]+\.tmp$")
 _swept: set[str] = set()  # folders already swept by this process: one listing each, not one per file
 
