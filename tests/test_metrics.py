@@ -482,3 +482,24 @@ def test_a_checkpoint_that_renders_nan_costs_a_sweep_its_row_only(tmp_path, tiny
     assert np.isfinite(rows[0]["kid"]) and np.isnan(rows[1]["kid"])
     with pytest.raises(CartoonganError, match="nan.pt"):  # nothing scored at all: an error, not a table of NaN
         suite.compare_with_real(real, [bad, nan_weights], ["kid"], n=6, features=stub_features)
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 truncated", b"not an archive at all"])
+def test_a_damaged_archive_is_read_without_leaving_its_file_open(tmp_path, content):
+    """np.load of a path left the file open when the zip inside was damaged (a ResourceWarning,
+    and one descriptor per evaluation in a long run)."""
+    import gc
+    import warnings
+
+    from cartoongan.errors import DataError
+    from cartoongan.pipelines.project import load_projected_w
+
+    path = tmp_path / "damaged.npz"
+    path.write_bytes(content)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert evaluate._read_cache(path, "digest") is None
+        with pytest.raises(DataError, match="not a projected_w.npz"):
+            load_projected_w(path)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

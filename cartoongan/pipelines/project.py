@@ -180,7 +180,7 @@ def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: i
     if kind := special_kind(path):
         raise DataError(f"{path} is {kind}, not a projected_w.npz file")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:  # ours to close, damaged or not
             w = np.asarray(data["w"])
     except (KeyError, ValueError, OSError, EOFError, TypeError, zipfile.BadZipFile) as exc:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ELOOP):

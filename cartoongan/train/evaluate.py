@@ -43,7 +43,8 @@ def images_digest(images: torch.Tensor, samples: int = 64) -> str:
 def _read_cache(path: Path, digest: str) -> np.ndarray | None:
     """The cached training-set features, or None when absent, damaged or of another dataset."""
     try:
-        with np.load(path, allow_pickle=False) as cache:
+        # the file is ours to close: np.load leaves it open when the zip inside is damaged
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as cache:
             real, recorded = cache["features"], str(cache["digest"])
     except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
         # TypeError: a plain .npy under this name, which np.load returns as an array
