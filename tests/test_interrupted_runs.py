@@ -297,6 +297,81 @@ def test_a_stop_asked_for_during_the_last_step_is_reported(tmp_path):
     assert load_checkpoint(result.latest)["cartoongan"]["step"] == 2
 
 
+def test_a_stop_during_a_kid_evaluation_ends_it_there_and_saves_that_step(tmp_path, monkeypatch):
+    """A stop waited for the evaluation to end, and then for one more step: with a large --eval-n,
+    minutes, past the SIGKILL a scheduler sends some seconds after its SIGTERM. Now the stop cuts
+    the evaluation short (it changes nothing of the run's state), and the step is logged and saved."""
+    from cartoongan.report import ListReporter
+    from cartoongan.train import evaluate
+
+    from .test_metrics import stub_features
+
+    went_on = []
+
+    def features(images, reporter=None, description=""):
+        if description == "features of g_ema":
+            signal.raise_signal(signal.SIGTERM)
+            went_on.append(description)
+        return stub_features(images)
+
+    monkeypatch.setattr(evaluate, "default_features", lambda device: features)
+    data, reporter = blob_images(tmp_path / "data", n=4), ListReporter()
+    result = pretrain(tiny_config(iters=6, eval_every=2, eval_n=4, ckpt_every=100, sample_every=100, log_every=100),
+                      data, tmp_path / "run", reporter)
+    assert went_on == [] and result.interrupted and result.step == 2
+    assert load_checkpoint(result.latest)["cartoongan"]["step"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2] and "kid" not in rows[0] and "loss_g" in rows[0]
+    assert any("cut step 2's KID evaluation short" in w for w in reporter.warnings), reporter.warnings
+
+
+def test_the_logged_throughput_leaves_out_the_time_of_sample_grids_and_kid(tmp_path, monkeypatch):
+    """img_per_s is the training's speed: the row after an evaluation counted the KID's minutes
+    as training time, and a row written as a stop cut the KID short counted it too. On a clock
+    that only a training step (1 s) and a KID (1000 s) move, every row reads batch / 1 s."""
+    from cartoongan.train import evaluate, trainer
+
+    from .test_metrics import stub_features
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock[0])
+    step = trainer.Trainer.train_step
+
+    def one_second_step(self):
+        step(self)
+        clock[0] += 1
+
+    def slow_features(images, reporter=None, description=""):
+        clock[0] += 1000
+        if description == "features of g_ema":
+            evaluations.append(description)
+            if len(evaluations) == 2:
+                signal.raise_signal(signal.SIGTERM)  # the second evaluation, at step 4, is cut short
+        return stub_features(images)
+
+    evaluations = []
+    monkeypatch.setattr(trainer.Trainer, "train_step", one_second_step)
+    monkeypatch.setattr(evaluate, "default_features", lambda device: slow_features)
+    cfg = tiny_config(iters=8, eval_every=2, eval_n=4, ckpt_every=100, sample_every=3, log_every=3)
+    result = pretrain(cfg, blob_images(tmp_path / "data", n=4), tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    speeds = {r["step"]: r["img_per_s"] for r in rows if "img_per_s" in r}
+    assert result.step == 4 and speeds == {3: cfg.train.batch, 4: cfg.train.batch}
+
+
+def test_only_a_stretch_marked_cut_short_is_ended_by_the_first_stop():
+    from cartoongan.train.trainer import _EvaluationCut, _StopFlag
+
+    with _StopFlag() as stop:
+        with pytest.raises(_EvaluationCut), stop.cut_short():
+            signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # outside: only asks again
+        with pytest.raises(_EvaluationCut), stop.cut_short():  # asked for before it: not begun
+            pytest.fail("a stretch begun after the stop")
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+
+
 def test_ranks_stop_together_when_the_ctrl_c_reaches_only_one(tmp_path):
     """torchrun forwards a Ctrl-C to each worker at its own moment. A rank that stopped alone left
     the others in the next gradient all-reduce, unsaved, until torchrun killed them. Here only

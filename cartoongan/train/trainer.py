@@ -92,6 +92,11 @@ def load_optimizer_state(optim: torch.optim.Optimizer, state: dict) -> None:
     optim.load_state_dict({**state, "param_groups": [{**g, **own} for g in state["param_groups"]]})
 
 
+class _EvaluationCut(Exception):
+    """A stop asked for during a KID evaluation, which ends it there: with a large --eval-n it can
+    take minutes, longer than a scheduler waits between its SIGTERM and its SIGKILL."""
+
+
 class _StopFlag:
     """Turns Ctrl-C, and SIGTERM (a scheduler's preemption, torchrun passing either on), into a
     flag checked between steps, so the state saved is never half-updated. A second Ctrl-C stops at
@@ -101,6 +106,7 @@ class _StopFlag:
     def __init__(self):
         self.requested = False
         self._old = {}
+        self._cuttable = False
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -111,6 +117,21 @@ class _StopFlag:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        if self._cuttable:
+            self._cuttable = False
+            raise _EvaluationCut
+
+    @contextlib.contextmanager
+    def cut_short(self):
+        """A stretch that a stop ends at once with _EvaluationCut, also one asked for before it:
+        only for work that changes nothing of the run's state (an evaluation)."""
+        if self.requested:
+            raise _EvaluationCut
+        self._cuttable = True
+        try:
+            yield
+        finally:
+            self._cuttable = False
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -399,13 +420,19 @@ class Trainer:
         self._check_finite()
         return self.out.save(self.checkpoint(), self.step, numbered) if self.info.is_main else None
 
-    def evaluate(self) -> float | None:
-        """KID of g_ema now, logged to log.jsonl; a new best is saved as best.pt."""
+    def evaluate(self, cut_short=contextlib.nullcontext) -> float | None:
+        """KID of g_ema now, logged to log.jsonl; a new best is saved as best.pt. None on a rank
+        other than 0, and when a stop cuts the evaluation short (`cut_short`: _StopFlag's)."""
         if self.evaluator is None or not self.info.is_main:
             return None
         self._check_finite()
-        with math_mode("fp32"):  # KID as `cartoongan metrics` computes it, whatever the training precision
-            kid = self.evaluator(self.nets.g_ema)
+        try:
+            with cut_short(), math_mode("fp32"):  # KID as `cartoongan metrics` computes it, whatever the precision
+                kid = self.evaluator(self.nets.g_ema)
+        except _EvaluationCut:
+            self.reporter.warn(f"the stop cut step {self.step}'s KID evaluation short: the step is saved, "
+                               "its KID is not logged")
+            return None
         row = {"step": self.step, "kimg": round(self.images / 1000, 3), "kid": kid}
         self.log.append(row)
         self.out.append_log(row)
@@ -455,7 +482,7 @@ class Trainer:
         with (_StopFlag() as stop, StopVote(self.info) as vote,
               self.reporter.progress(t.iters, self.kind, completed=self.step) as bar):
             try:
-                self._steps(lambda: vote.poll(stop.requested), bar, result)
+                self._steps(lambda: vote.poll(stop.requested), stop.cut_short, bar, result)
             except KeyboardInterrupt:
                 if not stop.requested:
                     raise  # not the loop's second stop: nothing of the run's to speak of
@@ -466,38 +493,54 @@ class Trainer:
         result.step, result.log = self.step, self.log
         return result
 
-    def _steps(self, stopping_now, bar, result: TrainResult) -> None:
+    def _steps(self, stopping_now, cut_short, bar, result: TrainResult) -> None:
         """Train to cfg.train.iters, or to the step after a Ctrl-C (`stopping_now()`: whether this
-        step is the last), logging, sampling, evaluating and saving on the way (result.latest,
-        result.interrupted)."""
+        step is the last; `cut_short`: see evaluate), logging, sampling, evaluating and saving on
+        the way (result.latest, result.interrupted)."""
         t = self.t
-        tick_time, tick_step = time.perf_counter(), self.step
+
+        def clock() -> float:  # once the GPU has caught up with the work queued so far
+            if self.dev.type == "cuda":
+                torch.cuda.synchronize(self.dev)
+            return time.perf_counter()
+
+        tick_time, tick_step = clock(), self.step
+
+        def log_row() -> dict:  # the steps since the last row: their losses and throughput
+            nonlocal tick_time, tick_step
+            now = clock()
+            row = self.write_log(now - tick_time, (self.step - tick_step) * t.batch)
+            tick_time, tick_step = now, self.step
+            return {k: row[k] for k in ("loss_g", "loss_d", "ada_p", "img_per_s") if k in row}
+
         while self.step < t.iters:
             self.train_step()
-            fields = {}
             last = self.step == t.iters
             # read once: a Ctrl-C landing between the save below and the break would stop the run
             # with this step unsaved (and, before the first checkpoint, with nothing saved at all)
             stopping = stopping_now()
-            if self.step % t.log_every == 0 or last or stopping:
-                if self.dev.type == "cuda":
-                    torch.cuda.synchronize(self.dev)
-                now = time.perf_counter()
-                row = self.write_log(now - tick_time, (self.step - tick_step) * t.batch)
-                tick_time, tick_step = now, self.step
-                fields = {k: row[k] for k in ("loss_g", "loss_d", "ada_p", "img_per_s") if k in row}
-            if self.step % t.sample_every == 0 or last:
-                self.out.save_samples(self.nets.g_ema, self.step, t.n_sample)
-            if t.eval_every and (self.step % t.eval_every == 0 or last):
-                kid = self.evaluate()
+            logged = self.step % t.log_every == 0 or last or stopping
+            fields = log_row() if logged else {}
+            sampling = self.step % t.sample_every == 0 or last
+            evaluating = bool(t.eval_every) and (self.step % t.eval_every == 0 or last)
+            if sampling or evaluating:
+                paused = clock()
+                if sampling:
+                    self.out.save_samples(self.nets.g_ema, self.step, t.n_sample)
+                kid = self.evaluate(cut_short) if evaluating else None
+                tick_time += clock() - paused  # img_per_s is the training's: not the pictures' nor KID's
                 fields = {**fields, "kid": kid} if kid is not None else fields
+            # a stop asked for during the evaluation makes this step the last: every rank votes
+            # again (the others wait for rank 0 here, not in the next step's gradients)
+            if evaluating and not stopping and stopping_now():
+                stopping = True
+                fields = fields if logged else {**log_row(), **fields}
             if self.step % t.ckpt_every == 0 or last or stopping:
                 result.latest = self.save(numbered=self.step % t.ckpt_every == 0 or last)
             bar.advance(1, **fields)
             if stopping:
                 result.interrupted = True
                 break
-
 
 def new_networks(cfg: RunConfig, device: torch.device) -> Networks:
     """Freshly initialised G, D and G_ema (a copy of G) for pretraining."""
