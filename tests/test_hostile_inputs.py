@@ -230,6 +230,26 @@ def test_a_checkpoint_is_not_written_under_another_formats_name(tmp_path, assets
     assert "this writes a PyTorch checkpoint: name a .pt file" in line and snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("command", ["swap", "export", "convert", "factor"])
+def test_an_output_replaces_only_a_file_of_its_own_kind(tmp_path, assets, command):
+    """`factor -o trained.pt` wrote a 67 KB factor file over a trained generator (and `export`
+    would write a generator over a factor file): refused before any work, the file kept."""
+    factor, generator = tmp_path / "factor.pt", shutil.copy(assets["b"], tmp_path / "trained.pt")
+    assert runner.invoke(app, ["factor", str(assets["a"]), "-o", str(factor)]).exit_code == 0
+    writes_factor = command == "factor"
+    kept = Path(generator if writes_factor else factor)
+    before = kept.read_bytes()
+    argv = ["factor", MISSING, "-o", str(kept)] if writes_factor else FILE_COMMANDS[command](str(kept))
+    line = error_line(runner.invoke(app, argv))
+    held, writes = ("a generator checkpoint", "a SeFa factor file") if writes_factor else \
+        ("a SeFa factor file", "a generator checkpoint")
+    assert f"{kept} holds {held}, which this would replace with {writes}" in line and kept.read_bytes() == before
+    # a file of its own kind is replaced, as rerunning a command to the same name expects
+    same = ["factor", str(assets["b"]), "-o", str(factor)] if writes_factor else \
+        ["export", str(assets["a"]), "-o", str(generator)]
+    assert runner.invoke(app, same).exit_code == 0
+
+
 @pytest.mark.parametrize("how", ["typed inside checkpoints/", "through a link"])
 def test_a_runs_checkpoints_are_known_by_any_path(tmp_path, assets, monkeypatch, how):
     run = tmp_path / "run"

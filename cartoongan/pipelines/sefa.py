@@ -25,6 +25,7 @@ from ..outputs import check_checkpoint_output, check_keeps_inputs, check_output_
 from ..report import NullReporter, Reporter
 from ..weights.factor import Factor, load_factor, save_factor
 from ..weights.networks import load_generator
+from ..weights.replacing import FACTOR, check_replaces_its_kind
 from .sample import unique_names
 
 EDIT_FILES = r"index\d{3,}\.png"  # what `edit` writes under --outdir
@@ -139,6 +140,7 @@ def edit_sheets(gens: list[Generator], names: list[str], seeds: list[int], facto
 def factor_checkpoint(ckpt: str | Path, output: str | Path) -> tuple[Path, Factor]:
     """`cartoongan factor`: SeFa's directions of a checkpoint's g_ema, written to output."""
     output = check_checkpoint_output(output, "-o", [ckpt])
+    check_replaces_its_kind(output, FACTOR)
     factor = closed_form_factor(load_generator(ckpt, "cpu"), str(ckpt))
     return save_factor(factor, output), factor
 

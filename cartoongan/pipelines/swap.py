@@ -13,6 +13,7 @@ from ..outputs import check_checkpoint_output
 from ..weights.checkpoint import save_checkpoint
 from ..report import NullReporter, Reporter
 from ..weights.networks import generator_checkpoint, lineage, read_generator
+from ..weights.replacing import GENERATOR, check_replaces_its_kind
 
 DEFAULT_RES = 16
 MAPPINGS = ("source", "target")  # whose mapping network (and w_avg) a swapped generator keeps
@@ -92,6 +93,7 @@ def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path:
     """Load two checkpoints' g_ema, swap their layers (res None: default_res), and write the result
     as a new checkpoint (`out_path` is checked first)."""
     check_checkpoint_output(out_path, "--output", inputs=[source_path, target_path])
+    check_replaces_its_kind(out_path, GENERATOR, "--output")
     source, source_record = read_generator(source_path, "cpu")
     target, target_record = read_generator(target_path, "cpu")
     # warnings, not refusals: a reverse swap (cartoon layout, photo texture) is a fair experiment, and

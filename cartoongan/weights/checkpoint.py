@@ -280,6 +280,9 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_train
     """`cartoongan export`: write `src` without optimiser and RNG state to `dst` (checked first)."""
     check_checkpoint_output(dst, "--output", inputs=[src])
     from .networks import build_discriminator, build_generator  # networks imports this module
+    from .replacing import GENERATOR, check_replaces_its_kind  # so does replacing
+
+    check_replaces_its_kind(dst, GENERATOR, "--output")
 
     slim = slim_checkpoint(load_checkpoint(src), keep_training_nets)
     if not any(key in slim for key in ("g_ema", "g")):  # metadata only; load_checkpoint saw a generator: g

@@ -29,6 +29,7 @@ from ..outputs import check_checkpoint_output
 from .checkpoint import FORMAT_VERSION, save_checkpoint
 from .known import missing_checkpoint
 from .networks import check_fit
+from .replacing import GENERATOR, check_replaces_its_kind
 from .unpickle import PersistentObject, TFNetwork, UnsafePickleError, safe_load
 
 FORMAT_ADA = "stylegan2-ada-pytorch"
@@ -504,5 +505,6 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, 
     """Convert the NVlabs pickle `src` and write the checkpoint to `dst` (only once it converted)."""
     src, dst = Path(src), Path(dst)
     check_checkpoint_output(dst, "-o", inputs=[src])
+    check_replaces_its_kind(dst, GENERATOR)
     ckpt = convert(src)
     return save_checkpoint(dst, ckpt), ckpt

@@ -1,0 +1,49 @@
+"""An output that would replace a file of another kind is refused: `factor -o trained.pt` wrote a
+67 KB factor file over a trained generator, and `export -o factor.pt` the other way round.
+
+A file of the kind the command writes is replaced, as `cp` would (rerunning `swap` to the same
+name is the usual thing to do), and so is one no reader takes for a model (a torn copy, zero bytes).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CartoonganError, OutputError
+from .checkpoint import read_torch_file
+
+GENERATOR = "a generator checkpoint"
+FACTOR = "a SeFa factor file"
+
+
+def held_kind(path: str | Path) -> str | None:
+    """What an existing file holds, as a reader of it sees it: GENERATOR, FACTOR, another model's
+    weights (DualStyleGAN, pSp, an NVlabs pickle), or None for no file or none a reader takes."""
+    from .dualstyle import is_dualstyle_state, is_psp_file  # both import checkpoint, as this does
+    from .factor import is_factor_file
+    from .nvlabs import looks_like_nvlabs_pickle
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    if looks_like_nvlabs_pickle(path):
+        return "an NVlabs pickle"
+    try:
+        obj = read_torch_file(path, mmap=True)  # a zip's tensors are mapped, not read
+    except CartoonganError:
+        return None
+    if is_factor_file(obj):
+        return FACTOR
+    if isinstance(obj, dict) and is_dualstyle_state(obj.get("g_ema")):
+        return "a DualStyleGAN generator"
+    if is_psp_file(obj):
+        return "a pSp encoder"
+    return GENERATOR
+
+
+def check_replaces_its_kind(path: str | Path, writes: str, what: str = "-o") -> None:
+    """Refuse (OutputError) an existing `path` holding another kind of file than `writes` (GENERATOR
+    or FACTOR): it would be lost to a file of another use."""
+    held = held_kind(path)
+    if held is not None and held != writes:
+        raise OutputError(f"{what} {path} holds {held}, which this would replace with {writes}: "
+                          "name another file (or delete that one first)")
