@@ -325,6 +325,9 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
         assert "non_finite" not in res.output
     (tmp_path / "e").mkdir()
     shutil.copy(photo, tmp_path / "e" / "result.png")  # the photo, where the result would go
+    no_face, two_faces = tmp_path / "no_face.npy", tmp_path / "two_faces.npy"
+    np.save(no_face, np.zeros((0, N, DIM), np.float32))
+    np.save(two_faces, np.zeros((2, N, DIM), np.float32))
     nan_code = tmp_path / "nan_code.npy"  # a black picture is not a result
     np.save(nan_code, np.full((1, N, DIM), np.nan, np.float32))
     res = runner.invoke(app, ["info", str(nan_code), "--json"])
@@ -350,10 +353,16 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
         ([tmp_path / "r" / "random.png", "--model", tmp_path], 1, "no generator.pt"),
         ([photo, "--model", tmp_path / "nowhere" / "cartoon"], 1, "DualStyleGAN style folder not found: "),
         ([photo, "--model", style_dir / "generator.pt"], 1, f"is a file: pass the folder of one DualStyleGAN style (e.g. {style_dir},"),
+        ([photo, "--model", tmp_path / "e" / "result.png"], 1, "style (the one holding generator.pt and"),
+        ([no_face, "--model", style_dir], 1, f"shape (0, {N}, {DIM}); the model needs (1, {N}, {DIM})"),  # a traceback
+        ([two_faces, "--model", style_dir], 1, f"shape (2, {N}, {DIM})"),  # rendered both, kept the first
+        ([photo, "--model", style_dir, "--style", photo, "--style-id", "2"], 2,
+         "--style IMAGE and --style-id 2 exclude each other"),  # --style-id went unused
     ):
         res = _run(*args, "--outdir", tmp_path / "e")
         assert res.exit_code == code, res.output
         assert text in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "e" / "instyle.npy").exists()  # the refused NaN render left the code it was of
     # each release file passed where a StyleGAN2 checkpoint belongs is named for what it is
     for f, text in ((style_dir / "generator.pt", "is a DualStyleGAN generator, not a StyleGAN2 one"),
                     (style_dir.parent / "encoder.pt", "is a pSp encoder, not a StyleGAN2 checkpoint")):

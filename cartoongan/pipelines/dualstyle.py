@@ -77,8 +77,10 @@ def load_model(model_dir: Path, device: torch.device) -> tuple[DualStyleGenerato
     """The folder's generator.pt and its exemplar codes, checked against each other."""
     model_dir = Path(model_dir)
     if model_dir.is_file():  # the generator.pt itself, most often: its codes sit beside it
+        beside = f"e.g. {model_dir.parent}, which holds" if (model_dir.parent / GENERATOR_FILE).is_file() \
+            else "the one holding"
         raise CheckpointError(f"--model {model_dir} is a file: pass the folder of one DualStyleGAN style "
-                              f"(e.g. {model_dir.parent}, which holds {GENERATOR_FILE} and the exemplar codes)")
+                              f"({beside} {GENERATOR_FILE} and the exemplar codes)")
     if not model_dir.exists():
         raise CheckpointError(missing_dualstyle_folder(model_dir))
     if not (model_dir / GENERATOR_FILE).is_file():
@@ -95,7 +97,8 @@ def load_model(model_dir: Path, device: torch.device) -> tuple[DualStyleGenerato
 
 
 def read_intrinsic_code(path: Path, model: DualStyleGenerator) -> torch.Tensor:
-    """A saved intrinsic code (.npy, plain float array, never a pickle) -> [B, n_latent, style_dim]."""
+    """A saved intrinsic code (.npy, plain float array, never a pickle) -> [1, n_latent, style_dim]
+    (one face: result.png and the sheet show one)."""
     check_npy_file(path, "intrinsic code")
     try:
         arr = np.load(path, allow_pickle=False)
@@ -106,7 +109,7 @@ def read_intrinsic_code(path: Path, model: DualStyleGenerator) -> torch.Tensor:
     except OSError as exc:
         raise DataError(f"{path} is not a readable .npy ({exc})") from None
     arr = arr[None] if arr.ndim == 2 else arr
-    if arr.dtype.kind != "f" or arr.ndim != 3 or arr.shape[1:] != (model.n_latent, model.style_dim):
+    if arr.dtype.kind != "f" or arr.shape != (1, model.n_latent, model.style_dim):
         raise DataError(f"{path} holds an array of {arr.dtype} of shape {arr.shape}; the model needs "
                         f"(1, {model.n_latent}, {model.style_dim}) floats")
     arr = arr.astype(np.float32)  # checked after the cast: 1e300 in float64 is inf in float32
@@ -235,15 +238,14 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
         instyle = encoder.encode(photo)
         zplus_encoder = None if opts.wplus else encoder  # the one an exemplar image is encoded with too
         reporter.info(f"encoded {input_path} into a {'W+' if opts.wplus else 'Z+'} code")
-    res.instyle = outdir / "instyle.npy"
-    with atomic_write(res.instyle) as fh:
-        np.save(fh, instyle.cpu().numpy().astype(np.float32))
     if opts.all_styles:
         res.sheet = _contact_sheet(model, codes, instyle, opts, outdir / "sheet.png", reporter)
+        res.instyle = _save_instyle(instyle, outdir)
         return res
     name, ex_zplus, exemplar_tile = _exemplar(model_dir, model, codes, opts, dev, zplus_encoder)
     res.style_name = name
-    image = render(model, instyle, ex_zplus.to(dev), opts)
+    image = render(model, instyle, ex_zplus.to(dev), opts)  # refused (NaN): no file of this run written
+    res.instyle = _save_instyle(instyle, outdir)
     res.result = save_png(to_uint8(image)[0], outdir / "result.png")
     strip = ([tiles(photo, TILE)[0]] if photo is not None else []) + \
         [tiles(reconstruct(model, instyle, opts.wplus, opts.noise_mode), TILE)[0]] + \
@@ -252,12 +254,20 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
     return res
 
 
+def _save_instyle(instyle: torch.Tensor, outdir: Path) -> Path:
+    with atomic_write(outdir / "instyle.npy") as fh:
+        np.save(fh, instyle.cpu().numpy().astype(np.float32))
+    return outdir / "instyle.npy"
+
+
 def _check_options(opts: DualStyleOptions, model: DualStyleGenerator, codes: dict) -> None:
     """Refuse impossible options before any encoding or rendering."""
     if opts.weights is not None and len(opts.weights) != model.n_latent:
         raise ConfigError(f"--weight needs {model.n_latent} values (one per w+ slot), got {len(opts.weights)}")
-    if opts.style_image is not None and opts.all_styles:
-        raise ConfigError("--style IMAGE and --style-id all exclude each other")
+    if opts.style_image is not None and (opts.all_styles or opts.style_id):
+        given = "all" if opts.all_styles else opts.style_id
+        raise ConfigError(f"--style IMAGE and --style-id {given} exclude each other: the exemplar is the image "
+                          "(drop --style-id), or the code file's style (drop --style)")
     if opts.style_image is None and not opts.all_styles:
         pick_style(codes, opts.style_id or 0)
     if opts.style_image is not None:  # a bad exemplar fails now, not after the photo's encoding
