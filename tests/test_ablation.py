@@ -134,6 +134,21 @@ def test_the_device_reaches_every_fine_tune_and_the_measuring(tmp_path, monkeypa
     assert loaded[-2:] == [torch.device("cpu")] * 2  # auto is the CPU here: source and method, resolved
 
 
+def test_earlier_runs_trained_past_the_budget_are_refused_not_compared(tmp_path, monkeypatch):
+    """A run stopped at step 5 of --iters 50, then the ablation rerun with --iters 2: that run was
+    reused at step 5 beside methods trained 2 steps, in a table that claims one budget."""
+    from cartoongan.pipelines import ablation
+
+    source = make_source(tmp_path / "src.pt", size=32)
+    args = dict(source=source, n_eval=0, n_structure=2, n_ppl=0, n_cartoon=4, seeds=[0], methods=METHODS[:1])
+    run_ablation(tmp_path / "abl", iters=2, **args)
+    monkeypatch.setattr(ablation, "ensure_synthesized", lambda *a, **k: pytest.fail("worked before the check"))
+    with pytest.raises(ConfigError, match=rf"trained past --iters 1 \({METHODS[0][1]} at step 2\).* --iters 2 or more"):
+        run_ablation(tmp_path / "abl", iters=1, **args)
+    monkeypatch.undo()
+    assert run_ablation(tmp_path / "abl", iters=2, **args).rows[1][6] == "reused"  # its own budget: reused
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_cuda_device_that_is_not_here_is_refused_before_anything_is_written(tmp_path):
     for command in ("ablation", "demo"):

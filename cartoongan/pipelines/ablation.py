@@ -66,6 +66,17 @@ def earlier_steps(runs: Path, methods: tuple[tuple[str, str], ...], source: Path
     return steps
 
 
+def check_one_budget(steps: dict[str, int], iters: int | None, runs: Path) -> None:
+    """Refuse earlier runs (steps: earlier_steps) that trained past this ablation's budget (iters,
+    or each recipe's own): reused as they stand, they would be compared with methods trained less."""
+    over = {recipe: step for recipe, step in steps.items() if step > (iters or load_recipe(recipe).train.iters)}
+    if over:
+        budget = f"--iters {iters}" if iters else "their recipes' iters"
+        listed = ", ".join(f"{recipe} at step {step}" for recipe, step in over.items())
+        raise ConfigError(f"earlier runs under {runs} trained past {budget} ({listed}), and the table compares the "
+                          f"methods at one budget: give --iters {max(over.values())} or more, or another --out")
+
+
 def _finetune(recipe: str, source: Path, data: Path, run: Path, iters: int | None, step: int | None,
               device: str | None, reporter: Reporter) -> tuple[Path, float | None]:
     """Fine-tune (or continue / reuse an earlier run of) one method; returns latest.pt and the seconds
@@ -212,6 +223,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     _check_renders_fit(max(n_eval, n_structure), src_gen.size)
     with ctrl_c_hint(_again(out)):  # a Ctrl-C between stages: the rerun reuses the finished runs
         steps = earlier_steps(out / "runs", methods, source, weights_digest(src_gen))
+        check_one_budget(steps, iters, out / "runs")
         data = out / "data" / "cartoon"
         ensure_synthesized("cartoon", n_cartoon, 64, data, seed=2, reporter=reporter)
         real = load_dataset(data, src_gen.size, limit=n_eval).images if n_eval else None  # uint8 NCHW
