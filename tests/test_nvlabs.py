@@ -190,6 +190,25 @@ def test_truncated_and_random_files_are_refused(tmp_path, ada_pkl):
         _assert_refused(tmp_path, tmp_path / "rand.pkl")
 
 
+def test_files_that_are_no_pickle_at_all_are_named_for_what_they_are(tmp_path):
+    """A PNG was 'refusing a persistent id', an empty file 'Ran out of input', and any zip 'a
+    PyTorch checkpoint: use it as it is'."""
+    import zipfile
+
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "png.pkl", format="PNG")
+    (tmp_path / "zero.pkl").write_bytes(b"")
+    with zipfile.ZipFile(tmp_path / "faces.pkl", "w") as zf:
+        zf.writestr("000000.png", b"not really")
+    np.savez(tmp_path / "w.npz", w=np.zeros(3))
+    (tmp_path / "w.npz").rename(tmp_path / "w.pkl")
+    for name, words in (("png", "is not an NVlabs pickle: it is a PNG image"), ("zero", "is empty (0 bytes)"),
+                        ("faces", "is not an NVlabs pickle: it is a zip archive"),
+                        ("w", "is not an NVlabs pickle: it is a NumPy .npz archive")):
+        _assert_refused(tmp_path, tmp_path / f"{name}.pkl", words)
+
+
 def test_stylegan3_and_conditional_models_are_not_supported(tmp_path):
     spec, w = fx.TINY, fx.random_generator_weights(fx.TINY, 0)
     g3 = fx.generator_object(spec, w)

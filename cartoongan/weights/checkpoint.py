@@ -111,6 +111,11 @@ FOREIGN_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"G
                  NPY_MAGIC: "a NumPy array (.npy)", b"BM": "a BMP image"}
 
 
+def foreign_kind(head: bytes) -> str | None:
+    """What a file is whose first bytes are `head`, when they are an image's or an array's magic."""
+    return next((what for magic, what in FOREIGN_MAGIC.items() if head.startswith(magic)), None)
+
+
 def _refuse_known_non_checkpoints(path: Path) -> bytes:
     """The file's first 8 bytes, once they are not those of an empty file or a known non-checkpoint."""
     try:
@@ -118,8 +123,7 @@ def _refuse_known_non_checkpoints(path: Path) -> bytes:
             head = fh.read(8)
     except OSError as exc:
         raise CheckpointError(f"{path} cannot be read: {exc.strerror or exc}") from None
-    kind = next((what for magic, what in FOREIGN_MAGIC.items() if head.startswith(magic)), None)
-    if kind:
+    if kind := foreign_kind(head):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is {kind}; pass a .pt file written by "
                               "torch.save (cartoongan, rosinality's train.py)")
     if not head:

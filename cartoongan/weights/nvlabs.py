@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, first_line
-from ..filekind import special_kind
+from ..filekind import is_npz, is_torch_zip, special_kind, zip_names
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..outputs import check_checkpoint_output
-from .checkpoint import FORMAT_VERSION, save_checkpoint
+from .checkpoint import FORMAT_VERSION, foreign_kind, save_checkpoint
 from .known import missing_checkpoint
 from .networks import check_fit
 from .replacing import GENERATOR, check_replaces_its_kind
@@ -83,9 +83,7 @@ def read_pickle(path: str | os.PathLike) -> tuple[object, str]:
                               f"{path} is a folder, not a checkpoint file: name the .pkl inside it")
     try:
         with open(path, "rb") as fh:
-            if fh.read(4) == b"PK\x03\x04":  # torch.save's zip: already a checkpoint, nothing to convert
-                raise CheckpointError(f"{path} is a PyTorch checkpoint, not an NVlabs pickle: use it as it is "
-                                      "(sample, finetune --source ...), or `cartoongan export` to slim it")
+            _refuse_non_pickles(path, fh.read(8))
             fh.seek(0)
             reader = _HashingReader(fh)
             data = safe_load(reader)
@@ -102,6 +100,24 @@ def read_pickle(path: str | os.PathLike) -> tuple[object, str]:
     except Exception as exc:  # truncated or random bytes raise many types
         raise CheckpointError(f"{path} is not a readable NVlabs pickle (truncated or another format: "
                               f"{first_line(exc, 120)})") from None
+
+
+def _refuse_non_pickles(path: Path, head: bytes) -> None:
+    """CheckpointError naming what the file is, where its first bytes say it is no pickle at all
+    (the unpickler would call a PNG 'a persistent id' and an empty file 'Ran out of input')."""
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch or copy it again")
+    if head.startswith(b"PK"):
+        names = zip_names(path)
+        if is_torch_zip(names):  # torch.save's zip: already a checkpoint, nothing to convert
+            raise CheckpointError(f"{path} is a PyTorch checkpoint, not an NVlabs pickle: use it as it is "
+                                  "(sample, finetune --source ...), or `cartoongan export` to slim it")
+        kind = "a NumPy .npz archive" if is_npz(names) else "a zip archive" if names is not None else None
+    else:
+        kind = foreign_kind(head)  # (no text test: a protocol-0 pickle is text)
+    if kind:
+        raise CheckpointError(f"{path} is not an NVlabs pickle: it is {kind}; pass the network .pkl NVlabs "
+                              "publish (a stylegan2-ada-pytorch snapshot or a TF StyleGAN2 pickle)")
 
 
 def detect_format(data: object) -> str:
