@@ -215,8 +215,9 @@ _TWO_NAN = np.where(np.arange(68)[:, None] < 2, np.nan, _ELSEWHERE + 100)
 @pytest.mark.parametrize("content,message", [(np.zeros((5, 2)), "not float64 (5, 2)"), (None, "not found"),
                                              (_ELSEWHERE + 5000, "lie outside"), (_ELSEWHERE + 1e9, "lie outside"),
                                              (_TWO_NAN, "2 of the 68 points are NaN or inf"),
-                                             (_ELSEWHERE * 1e-5 + 200, "too small to align")],
-                         ids=["shape", "missing", "another photo's", "far off", "NaN", "a dot"])
+                                             (_ELSEWHERE * 1e-5 + 200, "(were they scaled?)"),
+                                             (_ELSEWHERE + 100j, "not complex128 (68, 2)")],
+                         ids=["shape", "missing", "another photo's", "far off", "NaN", "a dot", "complex"])
 def test_bad_landmarks_file(tmp_path, content, message):
     lm = tmp_path / "lm.npy"
     if content is not None:
@@ -224,6 +225,18 @@ def test_bad_landmarks_file(tmp_path, content, message):
     res = runner.invoke(app, ["align", str(DATA / "astronaut.jpg"), "-o", str(tmp_path / "o.png"), "--landmarks", str(lm)])
     assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_detected_face_too_small_to_align_is_not_blamed_on_landmarks_nobody_gave(monkeypatch):
+    """dlib finds faces in an upsampled thumbnail; such a face was 'the landmarks ... (were they
+    scaled?)', of a command given no landmarks."""
+    from cartoongan.data import align
+    from cartoongan.errors import DataError
+
+    photo = Image.new("RGB", (32, 32))
+    monkeypatch.setattr(align, "best_face", lambda img, name: (img, _ELSEWHERE * 1e-2 + 10))
+    with pytest.raises(DataError, match=r"^the face found is [\d.]+ px across .*\(a larger picture of the face\)$"):
+        align.align_image(photo, 32)
 
 
 def test_all_faces_writes_one_crop_per_face(tmp_path, originals):

@@ -142,12 +142,13 @@ class Quad:
 
 
 # Below this the padding and warp steps of a crop are under a pixel (divisions by zero, a black
-# picture); dlib finds no face under about 40 px, so only hand-given landmarks get here.
+# picture): hand-given landmarks scaled wrong, or a face dlib found in a thumbnail it upsampled.
 MIN_FACE_SIDE = 8
 
 
-def face_quad(landmarks: np.ndarray) -> Quad:
-    """The FFHQ crop square of a face from its 68 landmarks [68, 2] (x, y)."""
+def face_quad(landmarks: np.ndarray, detected: bool = False) -> Quad:
+    """The FFHQ crop square of a face from its 68 landmarks [68, 2] (x, y); detected: dlib's, not
+    the user's (the error for a face too small to align names the one the user can mend)."""
     lm = np.asarray(landmarks, dtype=np.float64)
     if lm.shape != (68, 2):
         raise DataError(f"landmarks must be a (68, 2) array of x, y; got shape {lm.shape}")
@@ -167,8 +168,10 @@ def face_quad(landmarks: np.ndarray) -> Quad:
     if not half > 0 or np.hypot(*axis_x) == 0:
         raise DataError("the landmarks are degenerate (eyes and mouth coincide)")
     if 2 * half < MIN_FACE_SIDE:
-        raise DataError(f"the landmarks describe a face {2 * half:.3g} px across (eyes {np.hypot(*eye_to_eye):.3g} px "
-                        f"apart): too small to align; at least {MIN_FACE_SIDE} px is needed (were they scaled?)")
+        face = "the face found is" if detected else "the landmarks describe a face"
+        fix = "a larger picture of the face" if detected else "were they scaled?"
+        raise DataError(f"{face} {2 * half:.3g} px across (eyes {np.hypot(*eye_to_eye):.3g} px apart): too small to "
+                        f"align; at least {MIN_FACE_SIDE} px is needed ({fix})")
     axis_x = axis_x / np.hypot(*axis_x) * half
     axis_y = np.array([-axis_x[1], axis_x[0]])  # x turned 90 degrees clockwise on screen: points down
     centre = eyes + eye_to_mouth * 0.1
@@ -225,11 +228,12 @@ def _reflect_pad(img: Image.Image, quad: Quad, border: int) -> tuple[Image.Image
     return out, Quad(quad.corners + (pad_l, pad_t), quad.side)
 
 
-def align_face(img: Image.Image, landmarks: np.ndarray, size: int = 256) -> Image.Image:
-    """Cut the FFHQ-aligned face with these landmarks [68, 2] (x, y) out of an RGB photo: size x size RGB."""
+def align_face(img: Image.Image, landmarks: np.ndarray, size: int = 256, detected: bool = False) -> Image.Image:
+    """Cut the FFHQ-aligned face with these landmarks [68, 2] (x, y) out of an RGB photo: size x size RGB
+    (detected: see face_quad)."""
     if size < 8:
         raise DataError(f"the aligned size must be at least 8 px, got {size}")
-    quad = face_quad(landmarks)
+    quad = face_quad(landmarks, detected)
     cx, cy = np.asarray(landmarks, dtype=np.float64).mean(0)
     if not (0 <= cx < img.width and 0 <= cy < img.height):  # a face cut by the frame still has its centre inside
         raise DataError(f"the landmarks lie outside the {img.width}x{img.height} photo (their centre is at "
@@ -273,7 +277,7 @@ def load_landmarks(path: str | Path) -> np.ndarray:
         lm = np.load(path, allow_pickle=False)
     except (ValueError, OSError):
         raise DataError(f"{path} is not a .npy array") from None
-    if lm.shape != (68, 2) or not np.issubdtype(lm.dtype, np.number):
+    if lm.shape != (68, 2) or lm.dtype.kind not in "iuf":  # complex ones would lose their imaginary part
         raise DataError(f"{path} must hold a (68, 2) array of x, y landmarks, not {lm.dtype} {lm.shape}")
     return lm.astype(np.float64)
 
@@ -285,12 +289,12 @@ def align_image(img: Image.Image, size: int = 256, landmarks: np.ndarray | None 
     if landmarks is not None:
         return [align_face(img, landmarks, size)]
     if not all_faces:
-        return [align_face(*best_face(img, name), size)]
+        return [align_face(*best_face(img, name), size, detected=True)]
     img, faces = find_faces(img)
     if not faces:
         raise NoFaceFound(f"no face found in {name}")
     faces = sorted(faces, key=lambda f: f.landmarks[:, 0].mean())
-    return [align_face(img, f.landmarks, size) for f in faces]
+    return [align_face(img, f.landmarks, size, detected=True) for f in faces]
 
 
 def best_face(img: Image.Image, name: str = "the photo") -> tuple[Image.Image, np.ndarray]:

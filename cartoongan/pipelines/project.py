@@ -216,8 +216,8 @@ def load_target(photo: str | Path, size: int, align: bool, outdir: str | Path,
     from ..data.align import FFHQ_SIZE, align_face, best_face, read_photo
 
     img, landmarks = best_face(read_photo(photo), str(photo))  # NoFaceFound before anything is written
-    full = align_face(img, landmarks, FFHQ_SIZE)
-    face = np.asarray(full if size == FFHQ_SIZE else align_face(img, landmarks, size), dtype=np.uint8)
+    full = align_face(img, landmarks, FFHQ_SIZE, detected=True)
+    face = np.asarray(full if size == FFHQ_SIZE else align_face(img, landmarks, size, detected=True), dtype=np.uint8)
     path = save_image(full, Path(outdir) / "aligned.png")
     return torch.from_numpy(face.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1, path
 
