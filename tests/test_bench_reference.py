@@ -125,6 +125,9 @@ def test_compare_refuses_a_missing_checkout_and_foreign_configs(tmp_path, checko
     (checkout / "model.py").write_text("raise ImportError('needs ninja')\n")
     with pytest.raises(ConfigError, match="importing its model.py failed .ImportError: needs ninja"):
         compare_with_reference(checkout, ["r8"], "cpu")
+    (checkout / "model.py").write_text("import sys\nsys.exit(0)\n")  # ended bench with exit 0 and no table
+    with pytest.raises(ConfigError, match="importing its model.py failed .SystemExit: 0"):
+        compare_with_reference(checkout, ["r8"], "cpu")
 
 
 def test_cli_prints_ratio_table_and_one_line_errors(checkout, monkeypatch):

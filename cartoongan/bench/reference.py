@@ -112,7 +112,7 @@ def load_reference(path: str | Path, device: torch.device):
         with guard:
             model = importlib.import_module("model")
             gradfix = importlib.import_module("op.conv2d_gradfix")
-    except Exception as exc:  # their import can fail in many ways (nvcc, ninja); say which
+    except (Exception, SystemExit) as exc:  # their import can fail in many ways (nvcc, ninja, an exit); say which
         raise ConfigError(f"--reference {path}: importing its model.py failed ({type(exc).__name__}: {exc})") from exc
     finally:
         sys.path.remove(str(root))
