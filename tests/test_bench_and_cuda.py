@@ -196,7 +196,8 @@ def test_a_bench_request_refuses_what_no_view_takes_and_measures_the_view_it_nam
                       (BenchRequest(flops=True, repeats=3), "drop --repeats"),
                       (BenchRequest(profile=True, configs="tiny,r64"), "at most one --configs"),
                       (BenchRequest(flops=True, grouped_modconv=True), "plain bench table only"),
-                      (BenchRequest(configs=" , "), "names no config")):
+                      (BenchRequest(configs=" , "), "names no config"),
+                      (BenchRequest(configs="tiny,,tiny"), "has an empty name between its commas")):
         with pytest.raises(ConfigError, match=says):
             req.check(cpu)
     seen = []

@@ -138,6 +138,8 @@ def test_suite_on_folders_zips_and_checkpoints(tmp_path, tiny_g):
         suite.compute_metrics(a, ckpt, "lpips", n=4)
     with pytest.raises(ConfigError, match="unknown metric"):
         suite.parse_metrics("fid,isc")
+    with pytest.raises(ConfigError, match="'fid,,kid' has an empty name between its commas"):  # ran fid and kid
+        suite.parse_metrics("fid,,kid")
 
 
 def test_pairs_match_by_file_name(tmp_path):

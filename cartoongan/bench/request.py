@@ -43,6 +43,9 @@ class BenchRequest:
         """Refuse (ConfigError) flags that no single view takes together."""
         if self.configs is not None and not self.names:
             raise ConfigError(f"--configs '{self.configs}' names no config: give e.g. tiny,r64")
+        if self.configs is not None and not all(c.strip() for c in self.configs.split(",")):
+            # as --seeds: an empty item is most often a name left out ("tiny,$CFG")
+            raise ConfigError(f"--configs '{self.configs}' has an empty name between its commas: give e.g. tiny,r64")
         if self.kernels and (self.reference is not None or self.configs or self.batch or self.profile or self.flops):
             raise ConfigError("--kernels times fixed shapes; drop --reference, --configs, --batch, --profile and "
                               "--flops")

@@ -65,8 +65,11 @@ def load_images(source: str | Path, n: int | None, device: torch.device, truncat
 
 
 def parse_metrics(text: str | list[str]) -> list[str]:
-    """'fid,kid' -> ['fid', 'kid']; a ConfigError names an unknown one."""
-    names = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    """'fid,kid' -> ['fid', 'kid']; a ConfigError names an unknown one, or an empty one among others."""
+    items = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text)]
+    names = [t for t in items if t]
+    if names and len(names) < len(items):  # as --seeds: most often a name left out ("fid,$M,kid")
+        raise ConfigError(f"--metrics '{','.join(items)}' has an empty name between its commas: give e.g. fid,kid")
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
         raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(METRICS)}")
