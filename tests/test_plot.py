@@ -116,3 +116,12 @@ def test_plot_replaces_its_own_pictures_only(tmp_path, monkeypatch):
     assert runner.invoke(app, ["plot", str(run)]).exit_code == 0  # its own curves.png, drawn again
     with Image.open(run / "curves.png") as img:
         assert img.info["Software"] == "cartoongan plot"
+
+
+def test_a_legend_too_tall_to_lay_out_draws_without_a_matplotlib_warning(tmp_path, recwarn):
+    """80 KID keys: matplotlib's "Tight layout not applied" came out as a raw warning and source line."""
+    rows = [{"step": i, "loss_g": 1.0, "loss_d": 1.0, **{f"kid_{j:02d}": 0.1 * j for j in range(80)}} for i in (1, 2, 3)]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = runner.invoke(app, ["plot", str(tmp_path), "-o", str(tmp_path / "c.png")])
+    assert res.exit_code == 0 and "warning" not in res.output.lower(), res.output
+    assert not [w for w in recwarn if "layout" in str(w.message)] and Image.open(tmp_path / "c.png").size[1] > 0

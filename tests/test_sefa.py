@@ -152,6 +152,7 @@ def test_cli_factor_then_edit_two_models_with_the_same_latents(tmp_path, ckpts):
 @pytest.mark.parametrize("flags, message", [
     (["--index", "99"], "--index 99: the factor holds 32 directions (0-31)"),
     (["--layers", "2-40"], "--layers 2-40: the generator has w+ layers 0-5"),
+    (["--layers", "11"], "--layers 11: the generator has w+ layers 0-5"),
     (["--layers", "x"], "'x' is not a layer or a range of w+ layers"),
     (["--degree", "0"], "must be a number > 0 and at most 100"),
     (["--degree", "nan"], "must be a number > 0 and at most 100"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from ..errors import DataError, OutputError
@@ -123,7 +124,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, reporter: Repor
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     axes[-1, 0].set_xlabel("step")
-    fig.tight_layout()
+    with warnings.catch_warnings():  # a legend of dozens of KID keys cannot fit: drawn untightened, not a
+        warnings.filterwarnings("ignore", "Tight layout not applied")  # line of matplotlib's source
+        fig.tight_layout()
     with atomic_write(out) as fh:
         fig.savefig(fh, format="png", dpi=100, metadata={"Software": PLOT_SOFTWARE})
     plt.close(fig)

@@ -103,7 +103,8 @@ def check_options(opts: EditOptions, factor: Factor, n_latent: int, seeds: list[
     if first > last:
         raise ConfigError(f"--layers {first}-{last} runs backwards: write the lower layer first ({last}-{first})")
     if not 0 <= first <= last < n_latent:
-        raise ConfigError(f"--layers {first}-{last}: the generator has w+ layers 0-{n_latent - 1}")
+        given = first if first == last else f"{first}-{last}"  # as typed: `--layers 11` was "11-11"
+        raise ConfigError(f"--layers {given}: the generator has w+ layers 0-{n_latent - 1}")
     return range(first, last + 1)
 
 
