@@ -58,7 +58,8 @@ class OneLineErrors(TyperGroup):
         except ClickException as exc:
             message = " ".join(exc.format_message().split()).rstrip(".") + _dash_file_hint(exc, args)
             ctx = getattr(exc, "ctx", None)
-            fail(message + (f" (see `{ctx.command_path} --help`)" if ctx is not None else ""), exc.exit_code)
+            path = ctx.command_path if ctx is not None else self._command_path(args)
+            fail(f"{message} (see `{path} --help`)", exc.exit_code)
         except typer.Abort:
             fail("aborted")
         except OSError as exc:
@@ -67,6 +68,19 @@ class OneLineErrors(TyperGroup):
             # `info X > report.txt` or `--help > file` on a full disk: the work is done, its report is not
             fail(f"cannot write to stdout: {exc.strerror} (free some space, or send it elsewhere)")
         sys.exit(code if isinstance(code, int) else 0)
+
+
+    def _command_path(self, args: list[str]) -> str:
+        """`cartoongan data prepare`: the (sub)commands that lead `args`, for a usage error click
+        raised without its context (`--seeds` given no value)."""
+        words, group = ["cartoongan"], self
+        for arg in args:
+            command = (getattr(group, "commands", None) or {}).get(arg)  # a group's (typer's click or click)
+            if command is None:
+                break
+            words.append(arg)
+            group = command
+        return " ".join(words)
 
 
 def _dash_file_hint(exc: Exception, args: list[str]) -> str:

@@ -1005,6 +1005,8 @@ def test_a_checkpoint_passed_as_the_dataset_gets_no_folder_suggested(tmp_path, a
 @pytest.mark.parametrize("argv,says", [
     (["finetune", "--freeze-sg", "x"], "'--freeze-sg'"),
     (["sample"], "Missing argument"),
+    (["sample", "x.pt", "--seeds"], "Option '--seeds' requires an argument (see `cartoongan sample --help`)"),
+    (["data", "synth", "--n"], "(see `cartoongan data synth --help`)"),
     (["sampel", "a.pt"], "No such command 'sampel'"),
     (["data", "synth", "--n", "2", "--bogus"], "--bogus"),
     (["pretrain", "--lr", "nan", "--data", "d", "--out", "o", "--recipe", "tiny"], "--lr ([train] lr) must be a finite"),
