@@ -10,6 +10,7 @@ import typer
 
 from .app import COUNT_MAX, DEVICE, app, truncation_psi, user_errors
 from .console import RichReporter, fail, out, result_table
+from .project import LPIPS_W
 
 
 @app.command()
@@ -23,8 +24,7 @@ def metrics(
                                     "(default all), seeds 0..N-1 of a checkpoint (default 1000)."),
     trunc: Optional[float] = typer.Option(None, "--trunc", callback=truncation_psi, help="Truncation psi for "
                                           "checkpoints (default 1: none)."),
-    lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="torchvision vgg16-397923af.pth "
-                                                 "overriding the bundled LPIPS backbone."),
+    lpips_weights: Optional[Path] = LPIPS_W,
     as_json: bool = typer.Option(False, "--json", help="Print {\"fid\": ..., ...} as JSON (several FAKE: "
                                  "{FAKE: {...}, ...})."),
     device: str = DEVICE,

@@ -12,7 +12,7 @@ from .console import RichReporter, fail, out
 @app.command()
 def sample(
     ckpts: List[Path] = typer.Argument(..., metavar="CKPT", help="One or more checkpoints; several render the same w side by side."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", callback=valid_seeds, help="Seeds, e.g. 0-3,7 (z = RandomState(seed).randn(1, 512)); default 0-7."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", callback=valid_seeds, help="Seeds, e.g. 0-3,7 (z = RandomState(seed).randn(1, z_dim)); default 0-7."),
     trunc: Optional[float] = typer.Option(None, "--trunc", callback=truncation_psi, help="Truncation psi (default 1 = none)."),
     noise_mode: NoiseMode = typer.Option(NoiseMode("const"), "--noise-mode", help="Noise maps: fresh random, the stored constants, or none."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Output folder."),
