@@ -56,6 +56,16 @@ def host_memory_available() -> int | None:
     return available if room is None or available is None else min(available, room)
 
 
+def images_past_memory(n: int, size: int, sets: int = 1) -> tuple[int, int, int] | None:
+    """(bytes needed, bytes free, how many images per set fit) when `sets` sets of n uint8 RGB
+    images of size x size px cannot be held in host memory at once; None when they can (or when
+    free memory cannot be read)."""
+    per_image, free = sets * 3 * size * size, host_memory_available()
+    if free is None or n * per_image <= free:
+        return None
+    return n * per_image, free, free // per_image
+
+
 def gib(n: int) -> str:
     """n bytes as GiB with one decimal, for messages."""
     return f"{n / 2**30:.1f} GiB"

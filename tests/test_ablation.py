@@ -89,9 +89,9 @@ def test_ablation_source_without_discriminator_is_refused_before_any_work(tmp_pa
 
 
 def test_ablation_renders_that_cannot_fit_are_refused_before_any_work(tmp_path, monkeypatch):
-    import cartoongan.pipelines.ablation as ablation
+    from cartoongan import hostmem
 
-    monkeypatch.setattr(ablation, "host_memory_available", lambda: 2**20)  # 1 MiB free: 64 renders at 64 px need 1.5
+    monkeypatch.setattr(hostmem, "host_memory_available", lambda: 2**20)  # 1 MiB free: 64 renders at 64 px need 1.5
     result = runner.invoke(app, ["ablation", "--out", str(tmp_path / "abl"), "--n-eval", "0", "--n-structure", "64"])
     assert result.exit_code == 2 and "--n-eval/--n-structure 64 holds two sets" in result.output, result.output
     assert "use 42 or less" in result.output and not (tmp_path / "abl" / "data").exists()

@@ -85,11 +85,12 @@ def test_tiff_modes_and_a_dangling_link(tmp_path):
 
 def test_a_dataset_the_host_cannot_hold_is_refused_before_decoding(mixed, monkeypatch):
     import cartoongan.data.dataset as dataset
+    from cartoongan import hostmem
 
     decoded = []
     real = dataset.square_resize
     monkeypatch.setattr(dataset, "square_resize", lambda *a: decoded.append(1) or real(*a))
-    monkeypatch.setattr(dataset, "host_memory_available", lambda: 3 * 3 * 16 * 16 - 1)  # under 3 images of 16 px
+    monkeypatch.setattr(hostmem, "host_memory_available", lambda: 3 * 3 * 16 * 16 - 1)  # under 3 images of 16 px
     with pytest.raises(DataError, match=r"4 images at 16 px take 0\.0 GiB .* use a folder of 2 images or fewer"):
         load_dataset(mixed, 16)
     assert not decoded

@@ -505,3 +505,21 @@ def test_a_damaged_archive_is_read_without_leaving_its_file_open(tmp_path, conte
             load_projected_w(path)
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_renders_that_cannot_fit_in_memory_are_refused_before_rendering(tmp_path, tiny_g, monkeypatch):
+    """`metrics --n 50000` of a 1024 px model, or a KID every K steps over 50000 renders, holds
+    them all (150 GiB): the OOM killer ended the command, or the run mid-training, without a word."""
+    from cartoongan import hostmem, save_checkpoint
+    from cartoongan.weights.networks import generator_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g(size=16)))
+    monkeypatch.setattr(hostmem, "host_memory_available", lambda: 10 * 3 * 16 * 16)  # 10 renders of 16 px
+    monkeypatch.setattr(suite, "render_seeds", lambda *a, **k: pytest.fail("rendered before the check"))
+    with pytest.raises(ConfigError, match=r"--n 11 renders of g.pt at 16 px take .* use --n 10 or less"):
+        suite.compute_metrics(ckpt, ckpt, "fid", n=11, features=stub_features)
+    data = blob_images(tmp_path / "data", n=4)  # 4 images of 16 px: the dataset itself fits
+    with pytest.raises(ConfigError, match=r"--eval-n 11: a KID evaluation renders 11 images at 16 px .* "
+                                          r"use --eval-n 10 or less"):
+        pretrain(tiny_config(iters=2, eval_every=1, eval_n=11), data, tmp_path / "run")
+    assert not (tmp_path / "run" / "latest.pt").exists()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..errors import DataError, OutputError
 from ..filekind import not_found, special_kind
-from ..hostmem import gib, host_memory_available
+from ..hostmem import gib, images_past_memory
 from ..outputs import check_fresh_dir, check_outside, sole_writer
 from ..report import NullReporter, Reporter
 from .images import (BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, ImageTooLarge, PngWriter, bombs_as_errors, image_threads,
@@ -378,10 +378,10 @@ def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None 
 
 def _check_fits(root: Path, n: int, size: int) -> None:
     """DataError, before any decoding, when n images of `size` px cannot be held in host memory."""
-    need, free = n * 3 * size * size, host_memory_available()
-    if free is not None and need > free:
+    if past := images_past_memory(n, size):
+        need, free, fits = past
         raise DataError(f"{root}: {n} images at {size} px take {gib(need)} in memory and {gib(free)} is free: "
-                        f"use a folder of {free // (3 * size * size)} images or fewer")
+                        f"use a folder of {fits} images or fewer")
 
 
 class _Rows:

@@ -19,6 +19,7 @@ from ..data.dataset import check_dataset_root, load_dataset
 from ..data.render import NonFiniteRender, render_seeds
 from ..errors import CheckpointError, ConfigError, DataError, naming, rows_kept
 from ..filekind import not_found
+from ..hostmem import gib, images_past_memory
 from ..device import math_mode
 from ..report import NullReporter, Reporter
 from ..weights.known import KNOWN_GENERATORS, missing_checkpoint
@@ -49,6 +50,10 @@ def render_checkpoint(path: Path, n: int, device: torch.device, truncation: floa
     """g_ema of a checkpoint for seeds 0..n-1 (const noise) -> uint8 [n, size, size, 3]."""
     reporter = reporter or NullReporter()
     gen = load_generator(path, device)
+    if past := images_past_memory(n, gen.size):  # held whole: the OOM killer would end it without a word
+        need, free, fits = past
+        raise ConfigError(f"--n {n} renders of {path.name} at {gen.size} px take {gib(need)} in memory and "
+                          f"{gib(free)} is free: use --n {fits} or less")
     with reporter.progress(n, f"rendering {path.name}") as bar:
         images = render_seeds(gen, range(n), truncation, batch, bar)
     return ImageSet(images, [f"seed{s:04d}" for s in range(n)], True)

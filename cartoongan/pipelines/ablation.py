@@ -21,7 +21,7 @@ from ..data.render import render_seeds
 from ..data.synthetic import ensure_synthesized
 from ..device import resolve_device
 from ..errors import CartoonganError, CheckpointError, ConfigError, ctrl_c_hint, naming
-from ..hostmem import gib, host_memory_available
+from ..hostmem import gib, images_past_memory
 from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
 from ..outputs import atomic_write, check_fresh_dir
@@ -190,9 +190,8 @@ def markdown_table(rows: list[list]) -> str:
 def _check_renders_fit(n: int, size: int) -> None:
     """ConfigError when the source's renders and one method's (uint8, held side by side) cannot fit
     in the host's free memory: the kernel's OOM killer would end the run without a word."""
-    need, free = 2 * n * 3 * size * size, host_memory_available()
-    if free is not None and need > free:
-        fits = free // (2 * 3 * size * size)
+    if past := images_past_memory(n, size, sets=2):
+        need, free, fits = past
         raise ConfigError(f"--n-eval/--n-structure {n} holds two sets of {n} renders at {size} px "
                           f"({gib(need)}) and {gib(free)} is free: use {fits} or less")
 

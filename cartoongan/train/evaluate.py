@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from ..data.render import render_seeds
+from ..errors import ConfigError
+from ..hostmem import gib, images_past_memory
 from ..metrics.fid import kid_from_features
 from ..models.generator import Generator
 from ..outputs import atomic_write
@@ -58,6 +60,10 @@ class KidEvaluator:
     def __init__(self, train_images: torch.Tensor, n: int, device: torch.device, run_dir: Path,
                  reporter: Reporter | None = None, features: Features | None = None, batch: int = 16):
         """train_images: uint8 [N, 3, H, W] (ImageDataset.images, on any device)."""
+        if past := images_past_memory(n, train_images.shape[-1]):  # each evaluation holds its renders
+            need, free, fits = past
+            raise ConfigError(f"--eval-n {n}: a KID evaluation renders {n} images at {train_images.shape[-1]} px "
+                              f"({gib(need)}) and {gib(free)} is free: use --eval-n {fits} or less")
         self.n, self.device, self.batch = n, device, batch
         self.reporter = reporter or NullReporter()
         self.features = features or default_features(device)
