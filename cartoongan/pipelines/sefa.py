@@ -21,11 +21,11 @@ from ..data.images import make_grid, save_png
 from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError, Interrupted
 from ..models.generator import Generator
-from ..outputs import check_checkpoint_output, check_keeps_inputs, check_output_dir
+from ..outputs import check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
 from ..weights.factor import Factor, load_factor, save_factor
 from ..weights.networks import load_generator
-from ..weights.replacing import FACTOR, check_replaces_its_kind
+from ..weights.replacing import FACTOR, check_weights_output
 from .sample import unique_names
 
 EDIT_FILES = r"index\d{3,}\.png"  # what `edit` writes under --outdir
@@ -140,8 +140,7 @@ def edit_sheets(gens: list[Generator], names: list[str], seeds: list[int], facto
 
 def factor_checkpoint(ckpt: str | Path, output: str | Path) -> tuple[Path, Factor]:
     """`cartoongan factor`: SeFa's directions of a checkpoint's g_ema, written to output."""
-    output = check_checkpoint_output(output, "-o", [ckpt])
-    check_replaces_its_kind(output, FACTOR)
+    output = check_weights_output(output, FACTOR, "-o", [ckpt])
     factor = closed_form_factor(load_generator(ckpt, "cpu"), str(ckpt))
     return save_factor(factor, output), factor
 

@@ -9,11 +9,10 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..models.generator import Generator
-from ..outputs import check_checkpoint_output
 from ..weights.checkpoint import save_checkpoint
 from ..report import NullReporter, Reporter
 from ..weights.networks import generator_checkpoint, lineage, read_generator
-from ..weights.replacing import GENERATOR, check_replaces_its_kind
+from ..weights.replacing import GENERATOR, check_weights_output
 
 DEFAULT_RES = 16
 MAPPINGS = ("source", "target")  # whose mapping network (and w_avg) a swapped generator keeps
@@ -92,8 +91,7 @@ def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path:
                      reporter: Reporter | None = None) -> Path:
     """Load two checkpoints' g_ema, swap their layers (res None: default_res), and write the result
     as a new checkpoint (`out_path` is checked first)."""
-    check_checkpoint_output(out_path, "--output", inputs=[source_path, target_path])
-    check_replaces_its_kind(out_path, GENERATOR, "--output")
+    check_weights_output(out_path, GENERATOR, "--output", inputs=[source_path, target_path])
     source, source_record = read_generator(source_path, "cpu")
     target, target_record = read_generator(target_path, "cpu")
     # warnings, not refusals: a reverse swap (cartoon layout, photo texture) is a fair experiment, and

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import CheckpointError, first_line, naming
 from ..filekind import NPY_MAGIC, is_npz, is_text, special_kind, zip_names
-from ..outputs import atomic_write, check_checkpoint_output
+from ..outputs import atomic_write
 from .known import missing_checkpoint
 
 FORMAT_VERSION = 1
@@ -282,11 +282,10 @@ def _torch_save(obj, fh) -> None:
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_training_nets: bool = True) -> Path:
     """`cartoongan export`: write `src` without optimiser and RNG state to `dst` (checked first)."""
-    check_checkpoint_output(dst, "--output", inputs=[src])
     from .networks import build_discriminator, build_generator  # networks imports this module
-    from .replacing import GENERATOR, check_replaces_its_kind  # so does replacing
+    from .replacing import GENERATOR, check_weights_output  # so does replacing
 
-    check_replaces_its_kind(dst, GENERATOR, "--output")
+    check_weights_output(dst, GENERATOR, "--output", inputs=[src])
 
     slim = slim_checkpoint(load_checkpoint(src), keep_training_nets)
     if not any(key in slim for key in ("g_ema", "g")):  # metadata only; load_checkpoint saw a generator: g

@@ -23,7 +23,7 @@ class Factor:
 
 def save_factor(factor: Factor, path: str | Path) -> Path:
     """Write factor as rosinality's factor.pt ({"ckpt": source, "eigvec": [D, D]}, plus "values"),
-    atomically (the caller has checked the path: outputs.check_checkpoint_output)."""
+    atomically (the caller has checked the path: replacing.check_weights_output)."""
     obj = {"ckpt": factor.source, "eigvec": factor.eigvec.contiguous()}
     if factor.values is not None:
         obj["values"] = factor.values

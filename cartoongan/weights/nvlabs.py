@@ -25,11 +25,10 @@ from ..errors import CheckpointError, first_line
 from ..filekind import is_npz, is_torch_zip, special_kind, zip_names
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
-from ..outputs import check_checkpoint_output
 from .checkpoint import FORMAT_VERSION, foreign_kind, save_checkpoint
 from .known import missing_checkpoint
 from .networks import check_fit
-from .replacing import GENERATOR, check_replaces_its_kind
+from .replacing import GENERATOR, check_weights_output
 from .unpickle import PersistentObject, TFNetwork, UnsafePickleError, safe_load
 
 FORMAT_ADA = "stylegan2-ada-pytorch"
@@ -520,7 +519,6 @@ def looks_like_nvlabs_pickle(path: str | os.PathLike) -> bool:
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, dict]:
     """Convert the NVlabs pickle `src` and write the checkpoint to `dst` (only once it converted)."""
     src, dst = Path(src), Path(dst)
-    check_checkpoint_output(dst, "-o", inputs=[src])
-    check_replaces_its_kind(dst, GENERATOR)
+    check_weights_output(dst, GENERATOR, "-o", inputs=[src])
     ckpt = convert(src)
     return save_checkpoint(dst, ckpt), ckpt

@@ -7,8 +7,10 @@ name is the usual thing to do), and so is one no reader takes for a model (a tor
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from ..errors import CartoonganError, OutputError
+from ..outputs import check_checkpoint_output
 from .checkpoint import read_torch_file
 
 GENERATOR = "a generator checkpoint"
@@ -40,10 +42,12 @@ def held_kind(path: str | Path) -> str | None:
     return GENERATOR
 
 
-def check_replaces_its_kind(path: str | Path, writes: str, what: str = "-o") -> None:
-    """Refuse (OutputError) an existing `path` holding another kind of file than `writes` (GENERATOR
-    or FACTOR): it would be lost to a file of another use."""
+def check_weights_output(path: str | Path, writes: str, what: str = "-o", inputs: Iterable = ()) -> Path:
+    """outputs.check_checkpoint_output, and refuse (OutputError) an existing `path` holding another
+    kind of file than `writes` (GENERATOR or FACTOR): it would be lost to a file of another use."""
+    path = check_checkpoint_output(path, what, inputs)
     held = held_kind(path)
     if held is not None and held != writes:
         raise OutputError(f"{what} {path} holds {held}, which this would replace with {writes}: "
                           "name another file (or delete that one first)")
+    return path
