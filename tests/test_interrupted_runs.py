@@ -404,6 +404,46 @@ def _rank_interrupted_alone(rank, world, port, data, out):
     dist.destroy_process_group()
 
 
+def test_a_stop_during_rank_0s_kid_evaluation_stops_every_rank_at_that_step(tmp_path):
+    """Rank 0 alone evaluates, while the others wait for it. A SIGTERM cutting its evaluation short
+    is voted on at once, by every rank: all stop after that step (2), not after the next one."""
+    import torch.multiprocessing as mp
+
+    data = blob_images(tmp_path / "data", n=8)
+    ranks = mp.start_processes(_rank_stopped_in_its_evaluation, args=(2, free_port(), data, tmp_path), nprocs=2,
+                               join=False, start_method="spawn")
+    deadline = time.monotonic() + 300
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("a rank never finished: the ranks did not stop at the same step")
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results == [{"step": 2, "interrupted": True}] * 2
+    assert load_checkpoint(tmp_path / "run" / "latest.pt")["cartoongan"]["step"] == 2
+
+
+def _signalled_features(images, reporter=None, description=""):
+    from .test_metrics import stub_features
+
+    if description == "features of g_ema":
+        signal.raise_signal(signal.SIGTERM)
+    return stub_features(images)
+
+
+def _rank_stopped_in_its_evaluation(rank, world, port, data, out):
+    import torch.distributed as dist
+
+    from cartoongan.train import evaluate
+
+    launch_as_rank(rank, world, port)
+    evaluate.default_features = lambda device: _signalled_features
+    cfg = tiny_config(iters=50, batch=4, eval_every=2, eval_n=4, ckpt_every=100, sample_every=100, log_every=100)
+    result = pretrain(cfg, data, out / "run")
+    (out / f"rank{rank}.json").write_text(json.dumps({"step": result.step, "interrupted": result.interrupted}))
+    dist.destroy_process_group()
+
+
 def test_numbered_checkpoints_go_by_step_past_a_million(tmp_path):
     from cartoongan.train.runs import numbered_checkpoints
 

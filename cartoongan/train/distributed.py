@@ -126,6 +126,17 @@ class StopVote:
         self._pending = (work, flag)
         return decided
 
+    def settle(self, requested: bool) -> bool:
+        """Whether the run stops after this step, decided now: the vote this step cast, and this
+        rank's flag now, in one blocking all-reduce (for the moment after an evaluation, where the
+        other ranks wait for rank 0 anyway; poll would carry the flag to the next step)."""
+        if self._group is None:
+            return requested
+        decided = self._result()
+        flag = torch.tensor([int(requested)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return decided or bool(flag.item())
+
     def _result(self) -> bool:
         if self._pending is None:
             return False

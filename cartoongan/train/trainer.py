@@ -482,7 +482,7 @@ class Trainer:
         with (_StopFlag() as stop, StopVote(self.info) as vote,
               self.reporter.progress(t.iters, self.kind, completed=self.step) as bar):
             try:
-                self._steps(lambda: vote.poll(stop.requested), stop.cut_short, bar, result)
+                self._steps(stop, vote, bar, result)
             except KeyboardInterrupt:
                 if not stop.requested:
                     raise  # not the loop's second stop: nothing of the run's to speak of
@@ -493,10 +493,10 @@ class Trainer:
         result.step, result.log = self.step, self.log
         return result
 
-    def _steps(self, stopping_now, cut_short, bar, result: TrainResult) -> None:
-        """Train to cfg.train.iters, or to the step after a Ctrl-C (`stopping_now()`: whether this
-        step is the last; `cut_short`: see evaluate), logging, sampling, evaluating and saving on
-        the way (result.latest, result.interrupted)."""
+    def _steps(self, stop: _StopFlag, vote: StopVote, bar, result: TrainResult) -> None:
+        """Train to cfg.train.iters, or to the step after a Ctrl-C (`stop`, agreed on by every rank
+        through `vote`), logging, sampling, evaluating and saving on the way (result.latest,
+        result.interrupted)."""
         t = self.t
 
         def clock() -> float:  # once the GPU has caught up with the work queued so far
@@ -518,7 +518,7 @@ class Trainer:
             last = self.step == t.iters
             # read once: a Ctrl-C landing between the save below and the break would stop the run
             # with this step unsaved (and, before the first checkpoint, with nothing saved at all)
-            stopping = stopping_now()
+            stopping = vote.poll(stop.requested)
             logged = self.step % t.log_every == 0 or last or stopping
             fields = log_row() if logged else {}
             sampling = self.step % t.sample_every == 0 or last
@@ -527,12 +527,12 @@ class Trainer:
                 paused = clock()
                 if sampling:
                     self.out.save_samples(self.nets.g_ema, self.step, t.n_sample)
-                kid = self.evaluate(cut_short) if evaluating else None
+                kid = self.evaluate(stop.cut_short) if evaluating else None
                 tick_time += clock() - paused  # img_per_s is the training's: not the pictures' nor KID's
                 fields = {**fields, "kid": kid} if kid is not None else fields
             # a stop asked for during the evaluation makes this step the last: every rank votes
-            # again (the others wait for rank 0 here, not in the next step's gradients)
-            if evaluating and not stopping and stopping_now():
+            # again, at once (the others wait for rank 0 here, not in the next step's gradients)
+            if evaluating and not stopping and vote.settle(stop.requested):
                 stopping = True
                 fields = fields if logged else {**log_row(), **fields}
             if self.step % t.ckpt_every == 0 or last or stopping:
