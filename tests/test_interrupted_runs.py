@@ -96,6 +96,18 @@ def test_resume_drops_a_killed_saves_temp_files_and_the_log_rows_past_its_checkp
     assert not list(run.rglob(".*.tmp"))
 
 
+def test_a_log_whose_last_row_lost_its_newline_keeps_every_row_through_resumes(finished, tmp_path):
+    """The resumed run's first row went onto the last row's line (two rows no reader parses, so
+    `plot` saw none), and the resume after dropped that line as torn: both rows lost."""
+    run = _copy(finished, tmp_path)
+    log = run / "log.jsonl"
+    log.write_bytes(log.read_bytes().rstrip(b"\n"))
+    for iters in ("5", "6"):
+        res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", iters])
+        assert res.exit_code == 0, res.output
+    assert _steps(run) == [1, 2, 3, 4, 5, 6]
+
+
 def test_resume_without_config_toml_uses_the_copy_in_latest(finished, tmp_path):
     run = _copy(finished, tmp_path)
     (run / "config.toml").unlink()

@@ -129,7 +129,9 @@ class RunDirectory:
         # utf-8-sig: an editor's BOM would make the first row foreign to _row_step, and dropped
         lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines(keepends=True)
         kept = [line for line in lines if _row_step(line) <= step]
-        if len(kept) != len(lines):
+        # a last row without its newline (an editor, a copy cut short) would take the next row onto
+        # its line: two rows that no reader parses, dropped as torn by the resume after
+        if len(kept) != len(lines) or (kept and not kept[-1].endswith("\n")):
             with atomic_write(path, "w") as fh:
                 fh.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
 
