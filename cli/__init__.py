@@ -1,12 +1,23 @@
 """The `cartoongan` command line: a thin Typer layer over the library (installed as cartoongan_cli)."""
+import signal
 import sys
 
 
 def main() -> None:
-    """The console script: the app, imported here so that a Ctrl-C during the second or so that
-    importing torch takes is one line too, not a traceback from inside torch."""
+    """The console script. Ctrl-C and SIGTERM are held while the app (and torch) import, and arrive
+    once it is whole: torch's and numpy's import code swallowed a KeyboardInterrupt half-way (the
+    command then ran to its end, or a RecursionError came out of a later import), and a SIGTERM
+    before the app's handler killed the process without a word."""
+    stops = {signal.SIGINT, signal.SIGTERM}
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, stops) if hasattr(signal, "pthread_sigmask") else None
     try:
-        from .app import main as run
+        try:
+            from .app import main as run, take_sigterm_as_ctrl_c
+
+            take_sigterm_as_ctrl_c()
+        finally:
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal held till now arrives here
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         sys.exit(130)

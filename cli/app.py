@@ -241,12 +241,16 @@ COUNT_MAX = 100_000
 
 
 def main() -> None:
-    if "TORCHELASTIC_RUN_ID" not in os.environ and os.environ.get("WORLD_SIZE", "1") in ("", "1"):
-        # not in torchrun's (or srun's) workers: a rank blocked in a rendezvous or an NCCL wait runs no Python
-        # handler until that returns, and should die at once when torchrun ends it (training
-        # installs its own stop flag for the steps)
-        signal.signal(signal.SIGTERM, _terminated)
+    take_sigterm_as_ctrl_c()
     app()  # click already ends quietly (exit 1) when stdout's reader is gone (`| head`)
+
+
+def take_sigterm_as_ctrl_c() -> None:
+    """SIGTERM ends a command as Ctrl-C does (see _terminated), except in torchrun's (or srun's)
+    workers: a rank blocked in a rendezvous or an NCCL wait runs no Python handler until that
+    returns, and should die at once when torchrun ends it (training installs its own stop flag)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ and os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        signal.signal(signal.SIGTERM, _terminated)
 
 
 def _terminated(signum, frame) -> None:

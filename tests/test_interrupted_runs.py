@@ -479,6 +479,33 @@ def test_ctrl_c_while_the_app_imports_is_one_line(monkeypatch, capsys):
     assert stop.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_during_the_imports_is_held_till_they_are_whole_then_one_line(monkeypatch, capsys, signum):
+    """torch's and numpy's import code swallowed a Ctrl-C half-way (the command then ran to its
+    end, exit 0, or a RecursionError came out of a later import), and a SIGTERM before the app's
+    handler killed the process silently. Here the import swallows what reaches it, as theirs did."""
+    class Swallowing:
+        def find_spec(self, name, path=None, target=None):
+            if name == "cartoongan_cli.app":
+                try:
+                    signal.raise_signal(signum)
+                except KeyboardInterrupt:
+                    pass
+            return None
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setattr(sys, "argv", ["cartoongan", "--version"])  # what would run, were the signal lost
+    monkeypatch.delitem(sys.modules, "cartoongan_cli.app")
+    monkeypatch.setattr(sys, "meta_path", [Swallowing(), *sys.meta_path])
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cartoongan_cli.main()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert stop.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
+
+
 @pytest.mark.parametrize("ckpt_every,words", [(2, "latest.pt holds step 2: continue with --resume"),
                                               (100, "nothing was saved yet: the same command starts the run again")])
 def test_a_second_ctrl_c_says_what_the_run_kept_and_that_holds(tmp_path, monkeypatch, ckpt_every, words):
