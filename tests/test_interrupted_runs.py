@@ -626,6 +626,28 @@ def test_ctrl_c_between_the_demos_training_and_its_pictures_says_to_run_it_again
     assert demo.run_demo(tmp_path / "demo", **args).compare.is_file()
 
 
+def test_a_demo_run_again_with_another_source_does_not_reuse_the_first_ones_cartoon_model(tmp_path):
+    """The rerun said "fine-tuned model already at step 1" and swapped and sampled the new source
+    beside a cartoon model fine-tuned from the old one, without a word. And a --source without D
+    was sent to finetune's --fresh-d, which demo lacks, after the cartoon set was drawn."""
+    from cartoongan.errors import CheckpointError, ConfigError
+    from cartoongan.pipelines import demo
+
+    src = _tiny_source(tmp_path)
+    args = dict(finetune_iters=1, n_cartoon=4, seeds=[0])
+    first = demo.run_demo(tmp_path / "demo", source=src, **args)
+    picture = first.compare.read_bytes()
+    with pytest.raises(ConfigError, match=r"is not the model .*finetune was fine-tuned from .*choose another --out"):
+        demo.run_demo(tmp_path / "demo", source=demo.BUNDLED_SOURCE, **args)
+    assert first.compare.read_bytes() == picture
+    no_d = load_checkpoint(src)
+    del no_d["d"]
+    save_checkpoint(tmp_path / "no_d.pt", no_d)
+    with pytest.raises(CheckpointError, match=r"has no discriminator \('d'\): the demo fine-tunes the source's G and D"):
+        demo.run_demo(tmp_path / "other", source=tmp_path / "no_d.pt", **args)
+    assert not (tmp_path / "other").exists()
+
+
 def test_a_demo_stopped_after_pretraining_its_source_uses_that_source_when_run_again(tmp_path, monkeypatch):
     """With no bundled source the demo pretrains one. Stopped in a later stage, the demo run
     again resumed the finished pretraining, which is refused as having nothing to do, so the demo

@@ -20,7 +20,7 @@ from ..data.dataset import load_dataset
 from ..data.render import render_seeds
 from ..data.synthetic import ensure_synthesized
 from ..device import resolve_device
-from ..errors import CartoonganError, CheckpointError, ConfigError, ctrl_c_hint, naming
+from ..errors import CartoonganError, ConfigError, ctrl_c_hint, naming
 from ..hostmem import gib, images_past_memory
 from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
@@ -29,7 +29,7 @@ from ..report import NullReporter, Reporter
 from ..train.runs import check_same_source, finetune, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import load_generator, weights_digest
-from .demo import BUNDLED_SOURCE
+from .demo import BUNDLED_SOURCE, check_finetunable
 from .sample import sample_checkpoints
 
 METHODS = (  # (table name, recipe)
@@ -215,9 +215,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     seeds = seeds or list(range(8))
     source = Path(source) if source else BUNDLED_SOURCE
     # before any rendering, not at the first method; a missing source gets load_checkpoint's line
-    if "d" not in load_checkpoint(source, mmap=True):
-        raise CheckpointError(f"{source} has no discriminator ('d'): every method fine-tunes the source's G and D "
-                              "(FreezeD keeps D's layers); pass a training checkpoint with both, e.g. a run's latest.pt")
+    check_finetunable(source, "every method")
     src_gen = load_generator(source, dev)
     _check_renders_fit(max(n_eval, n_structure), src_gen.size)
     with ctrl_c_hint(_again(out)):  # a Ctrl-C between stages: the rerun reuses the finished runs

@@ -8,12 +8,12 @@ from pathlib import Path
 from ..config import apply_overrides, load_recipe
 from ..device import resolve_device
 from ..data.synthetic import ensure_synthesized
-from ..errors import ctrl_c_hint
+from ..errors import CheckpointError, ctrl_c_hint
 from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
-from ..train.runs import finetune, pretrain, resumed_config, run_to_end
+from ..train.runs import check_same_source, finetune, pretrain, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
-from ..weights.networks import load_generator
+from ..weights.networks import load_generator, weights_digest
 from .sample import sample_checkpoints
 from .swap import swap_checkpoints
 
@@ -36,6 +36,14 @@ class DemoResult:
     source: Path
     cartoon: Path
     swapped: Path
+
+
+def check_finetunable(source: Path, what: str) -> None:
+    """CheckpointError for a source without a discriminator: `what` fine-tunes its G and D, and has
+    no --fresh-d (finetune's fix) to offer. Before any work (load_checkpoint names a missing one)."""
+    if "d" not in load_checkpoint(source, mmap=True):
+        raise CheckpointError(f"{source} has no discriminator ('d'): {what} fine-tunes the source's G and D "
+                              "(FreezeD keeps D's layers); pass a training checkpoint with both, e.g. a run's latest.pt")
 
 
 def _again(out: Path) -> str:
@@ -61,7 +69,12 @@ def _train_overrides(iters: int, device: str | None) -> dict:
 
 
 def _run_finetune(source: Path, data: Path, run: Path, iters: int, device: str | None, reporter: Reporter) -> Path:
-    """Fine-tune, or pick up an earlier demo run where it stopped."""
+    """Fine-tune, or pick up an earlier demo run where it stopped (one of this source: a finished
+    run of another was passed off as this source's cartoon model)."""
+    if (run / "latest.pt").exists():
+        check_same_source(load_checkpoint(run / "latest.pt", mmap=True), run, source,
+                          weights_digest(load_generator(source, "cpu")), fix="choose another --out for this source",
+                          changed_fix="put the original back, or choose another --out for this source")
     done, resume = _earlier(run, iters, "fine-tuned model", reporter)
     if done is not None:
         return done
@@ -100,6 +113,7 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
                           lambda names: set(names) <= DEMO_ENTRIES)
     seeds = seeds or list(range(8))
     if source is not None:  # a missing or damaged --source is refused before any data is made
+        check_finetunable(Path(source), "the demo")
         load_generator(source, "cpu")
     with ctrl_c_hint(_again(out)):  # a Ctrl-C between stages: the rerun picks up what they finished
         cartoon_dir = out / "data" / "cartoon"
@@ -114,7 +128,7 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
         source = Path(source)  # checked above when given, bundled only when there, else just trained
         iters = finetune_iters or load_recipe("demo_finetune").train.iters
         cartoon = _run_finetune(source, cartoon_dir, out / "finetune", iters, device, reporter)
-        swapped = swap_checkpoints(source, cartoon, out / "swapped.pt", res=16)
+        swapped = swap_checkpoints(source, cartoon, out / "swapped.pt", res=16, reporter=reporter)
         pictures = sample_checkpoints([source, cartoon, swapped], seeds, out / "samples", truncation=0.8,
                                       noise_mode="const", interpolate=8, device=device or "auto",
                                       reporter=reporter)
