@@ -218,6 +218,19 @@ def test_the_dataset_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
     assert recorded == str(tmp_path / "data")
 
 
+def test_a_resume_whose_recorded_dataset_moved_says_it_is_the_records_and_how_to_go_on(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    recorded = Path(load_checkpoint(run / "latest.pt")["cartoongan"]["provenance"]["data"])
+    moved = shutil.copytree(recorded, tmp_path / "moved")
+    ckpt = load_checkpoint(run / "latest.pt")
+    ckpt["cartoongan"]["provenance"]["data"] = str(tmp_path / "gone")  # the folder it was trained on, moved
+    save_checkpoint(run / "latest.pt", ckpt)
+    res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"])
+    assert res.exit_code == 1 and f"{run} was trained on {tmp_path / 'gone'}, which is no longer there: put it " \
+        "back, or pass --data" in res.output, res.output
+    assert runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5", "--data", str(moved)]).exit_code == 0
+
+
 def test_signals_during_a_save_wait_for_the_file(tmp_path, monkeypatch):
     """Ctrl-Cs and a SIGTERM mid-save take effect once the file is whole (SIGTERM first), and the
     handlers are the caller's again afterwards."""

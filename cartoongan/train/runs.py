@@ -11,7 +11,7 @@ import torch
 from ..config import RunConfig, apply_overrides, bad_setting, changed_settings, from_dict, validate
 from ..data.dataset import load_dataset
 from ..device import check_precision, precision_note
-from ..errors import CartoonganError, CheckpointError, ConfigError, Interrupted, first_line, naming
+from ..errors import CartoonganError, CheckpointError, ConfigError, DataError, Interrupted, first_line, naming
 from ..models.discriminator import Discriminator
 from ..ops.fir import triton_missing
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
@@ -193,6 +193,16 @@ def recorded_source(ckpt: dict, run_dir: Path) -> Path:
     return path
 
 
+def recorded_data(ckpt: dict, run_dir: Path) -> Path:
+    """The dataset a resumed run recorded, refused (one line) when it is gone: a bare "dataset not
+    found" left the user guessing that the path was the record's, and what would continue the run."""
+    path = recorded_path(ckpt, run_dir, "data")
+    if not path.exists():
+        raise DataError(f"{run_dir} was trained on {path}, which is no longer there: put it back, or pass "
+                        "--data with the folder (or .zip) it moved to")
+    return path
+
+
 def check_same_source(ckpt: dict, run_dir: Path, source_path: Path, digest: str,
                       fix: str = "pass that one, or start a new run",
                       changed_fix: str = "put the original back, or start a new run") -> None:
@@ -303,7 +313,7 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
     run_dir = Path(run_dir)
     check_run_dir(run_dir, data_path, resume, reporter)
     ckpt = open_resumable(run_dir, cfg, "pretrain") if resume else None
-    data_path = data_path or recorded_path(ckpt, run_dir, "data")
+    data_path = data_path or recorded_data(ckpt, run_dir)
     info = _start(cfg, reporter)
     check_batch_fits(cfg.model, cfg.train.batch, info.device)
     data = load_dataset(data_path, cfg.model.size, reporter)
@@ -357,7 +367,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
     check_run_dir(run_dir, data_path, resume, reporter)
     ckpt = open_resumable(run_dir, cfg, "finetune") if resume else None
     source_path = Path(source_path) if source_path else recorded_source(ckpt, run_dir)
-    data_path = data_path or recorded_path(ckpt, run_dir, "data")
+    data_path = data_path or recorded_data(ckpt, run_dir)
     ft = cfg.finetune
     info = _start(cfg, reporter)
     nets, ancestors = _source_networks(cfg, source_path, info.device, reporter)
