@@ -429,6 +429,17 @@ def _damage(run: Path, fault: str) -> list[str]:
         return ["--iters", "5"]
     elif fault.startswith("--iters"):
         return fault.split()
+    elif fault.endswith(" is a folder"):  # the run's own name, holding the other kind
+        name = fault.split()[0]
+        (run / name).unlink(missing_ok=True)
+        (run / name).mkdir()
+        (run / name / "keep.txt").write_text("someone's")
+        return ["--iters", "5"]
+    elif fault.endswith(" is a file"):
+        name = fault.split()[0]
+        shutil.rmtree(run / name)
+        (run / name).write_text("someone's")
+        return ["--iters", "5"]
     return []
 
 
@@ -441,6 +452,11 @@ def _damage(run: Path, fault: str) -> list[str]:
     ("--iters 1", 2, "step 2"),
     ("--iters 2", 2, "step 2"),
     ("finished, no --iters", 2, "step 2"),
+    # each was named as the run folder, or after a step; its "--resume" hint then failed again
+    (".lock is a folder", 1, ".lock is a folder, where the run keeps its .lock file"),
+    ("log.jsonl is a folder", 1, "log.jsonl is a folder, where the run keeps its log.jsonl file"),
+    ("checkpoints is a file", 1, "checkpoints is a file, where the run keeps its checkpoints/ folder"),
+    ("samples is a file", 1, "samples is a file, where the run keeps its samples/ folder"),
 ])
 def test_resume_faults_refused_and_run_unchanged(tmp_path, assets, fault, code, names):
     run = Path(shutil.copytree(assets["run"], tmp_path / "run"))

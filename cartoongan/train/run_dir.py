@@ -18,7 +18,7 @@ import torch
 
 from ..config import RunConfig, to_toml
 from ..data.images import make_grid, save_png
-from ..errors import CartoonganError
+from ..errors import CartoonganError, OutputError
 from ..data.render import render_seeds
 from ..models.generator import Generator
 from ..outputs import atomic_write, lock_with_pid, visible_entries, writing
@@ -29,6 +29,25 @@ from ..weights.checkpoint import load_checkpoint, save_checkpoint
 # what a run that failed before its first checkpoint leaves behind: a new run may take the folder over
 # (eval_real_features.npy: the feature cache of earlier versions)
 UNSAVED_ENTRIES = {"config.toml", "log.jsonl", "samples", "checkpoints", EVAL_CACHE, "eval_real_features.npy"}
+
+
+# the names a run writes files under, and folders under
+RUN_FILES = (".lock", "config.toml", "log.jsonl", "best.pt", EVAL_CACHE)
+RUN_FOLDERS = ("samples", "checkpoints")
+
+
+def check_run_layout(folder: Path) -> None:
+    """Refuse (OutputError) a run folder where one of the run's own names holds the other kind (a
+    folder named log.jsonl, a file named checkpoints), before any work: the write that failed on it
+    later named the run folder or came after a step, and its "continue with --resume" failed again."""
+    for name in RUN_FILES:
+        if (folder / name).is_dir():
+            raise OutputError(f"{folder / name} is a folder, where the run keeps its {name} file: move it "
+                              f"away, then resume {folder}")
+    for name in RUN_FOLDERS:
+        if (folder / name).exists() and not (folder / name).is_dir():
+            raise OutputError(f"{folder / name} is a file, where the run keeps its {name}/ folder: move it "
+                              f"away, then resume {folder}")
 
 
 def holds_unsaved_run(folder: Path) -> bool:

@@ -22,7 +22,7 @@ from ..weights.networks import (ancestry, build_discriminator, build_generator, 
 from .distributed import init_distributed
 from .freeze import make_plan, redundant_freeze_g
 from .memory import check_batch_fits
-from .run_dir import check_not_in_training, holds_unsaved_run
+from .run_dir import check_not_in_training, check_run_layout, holds_unsaved_run
 from .evaluate import KidEvaluator
 from .trainer import Networks, Trainer, TrainResult, new_networks
 
@@ -122,6 +122,7 @@ def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool, reporter: 
     a folder it can write in. Raises ConfigError or OutputError (nothing is written)."""
     if resume:
         # before any data is read or "resuming" said: the lock taken to train would refuse it only then
+        check_run_layout(run_dir)
         check_not_in_training(run_dir)
         check_output_dir(run_dir, "--resume")
         return
