@@ -161,7 +161,10 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
             # a sparse tensor inside (a hand-made factor file) draws torch's note on validating it,
             # a line of torch's internals before the one line a command says about the file
             warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap or None)
+            # torch maps only its zip format: a legacy file (torch < 1.6, as older rosinality
+            # checkpoints are) is read whole rather than refused as unreadable
+            mapped = mmap and head.startswith(b"PK")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mapped or None)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refusing to load {path}: it needs pickled code or classes to load "

@@ -19,7 +19,9 @@ FACTOR = "a SeFa factor file"
 
 def held_kind(path: str | Path) -> str | None:
     """What an existing file holds, as a reader of it sees it: GENERATOR, FACTOR, another model's
-    weights (DualStyleGAN, pSp, an NVlabs pickle), or None for no file or none a reader takes."""
+    weights (DualStyleGAN, pSp, an NVlabs pickle), another PyTorch file, or None for no file or
+    none a reader takes (zero bytes, torn, foreign)."""
+    from .checkpoint import check_checkpoint
     from .dualstyle import is_dualstyle_state, is_psp_file  # both import checkpoint, as this does
     from .factor import is_factor_file
     from .nvlabs import looks_like_nvlabs_pickle
@@ -27,18 +29,20 @@ def held_kind(path: str | Path) -> str | None:
     path = Path(path)
     if not path.is_file():
         return None
-    if looks_like_nvlabs_pickle(path):
-        return "an NVlabs pickle"
     try:
-        obj = read_torch_file(path, mmap=True)  # a zip's tensors are mapped, not read
-    except CartoonganError:
-        return None
+        obj = read_torch_file(path, mmap=True)
+    except CartoonganError:  # not loadable as plain data: an NVlabs pickle, or none a reader takes
+        return "an NVlabs pickle" if looks_like_nvlabs_pickle(path) else None
     if is_factor_file(obj):
         return FACTOR
     if isinstance(obj, dict) and is_dualstyle_state(obj.get("g_ema")):
         return "a DualStyleGAN generator"
     if is_psp_file(obj):
         return "a pSp encoder"
+    try:
+        check_checkpoint(path, obj)
+    except CartoonganError:
+        return "a PyTorch file of another kind"
     return GENERATOR
 
 
