@@ -2,6 +2,7 @@
 killed process logged must not be logged twice, and a hand-edited run must not train on defaults."""
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -465,6 +466,49 @@ def _rank_stopped_in_its_evaluation(rank, world, port, data, out):
     evaluate.default_features = lambda device: _signalled_features
     cfg = tiny_config(iters=50, batch=4, eval_every=2, eval_n=4, ckpt_every=100, sample_every=100, log_every=100)
     result = pretrain(cfg, data, out / "run")
+    (out / f"rank{rank}.json").write_text(json.dumps({"step": result.step, "interrupted": result.interrupted}))
+    dist.destroy_process_group()
+
+
+def test_a_stop_voted_by_another_rank_skips_rank_0s_kid_evaluation(tmp_path):
+    """Rank 1 was interrupted after step 1; the vote stops the run at step 3, where a KID is due.
+    Rank 0's own flag is not set, so the evaluation ran whole (minutes, with a large --eval-n)
+    before the save."""
+    import torch.multiprocessing as mp
+
+    data = blob_images(tmp_path / "data", n=8)
+    ranks = mp.start_processes(_rank_1_stopped_before_an_evaluation, args=(2, free_port(), data, tmp_path), nprocs=2,
+                               join=False, start_method="spawn")
+    deadline = time.monotonic() + 300
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("a rank never finished")
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results == [{"step": 3, "interrupted": True}] * 2
+    assert not (tmp_path / "evaluated").exists()
+
+
+def _marking_features(images, reporter=None, description=""):
+    from .test_metrics import stub_features
+
+    if description == "features of g_ema":
+        (Path(os.environ["CARTOONGAN_TEST_OUT"]) / "evaluated").write_text("KID of g_ema")
+    return stub_features(images)
+
+
+def _rank_1_stopped_before_an_evaluation(rank, world, port, data, out):
+    import torch.distributed as dist
+
+    from cartoongan.train import evaluate
+
+    launch_as_rank(rank, world, port)
+    os.environ["CARTOONGAN_TEST_OUT"] = str(out)
+    evaluate.default_features = lambda device: _marking_features
+    reporter = SignalOnTheTrainingBar(signal.SIGTERM, at=1) if rank == 1 else NullReporter()
+    cfg = tiny_config(iters=50, batch=4, eval_every=3, eval_n=4, ckpt_every=100, sample_every=100, log_every=100)
+    result = pretrain(cfg, data, out / "run", reporter)
     (out / f"rank{rank}.json").write_text(json.dumps({"step": result.step, "interrupted": result.interrupted}))
     dist.destroy_process_group()
 

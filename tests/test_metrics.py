@@ -516,8 +516,9 @@ def test_renders_that_cannot_fit_in_memory_are_refused_before_rendering(tmp_path
     ckpt = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g(size=16)))
     monkeypatch.setattr(hostmem, "host_memory_available", lambda: 10 * 3 * 16 * 16)  # 10 renders of 16 px
     monkeypatch.setattr(suite, "render_seeds", lambda *a, **k: pytest.fail("rendered before the check"))
-    with pytest.raises(ConfigError, match=r"--n 11 renders of g.pt at 16 px take .* use --n 10 or less"):
-        suite.compute_metrics(ckpt, ckpt, "fid", n=11, features=stub_features)
+    with pytest.raises(ConfigError, match=r"--n 6 renders at 16 px of 2 checkpoint\(s\) held at once take .* "
+                                          r"use --n 5 or less"):  # REAL's and FAKE's, before REAL's are made
+        suite.compute_metrics(ckpt, ckpt, "fid", n=6, features=stub_features)
     data = blob_images(tmp_path / "data", n=4)  # 4 images of 16 px: the dataset itself fits
     with pytest.raises(ConfigError, match=r"--eval-n 11: a KID evaluation renders 11 images at 16 px .* "
                                           r"use --eval-n 10 or less"):

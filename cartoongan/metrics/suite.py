@@ -17,13 +17,14 @@ import torch.nn.functional as F
 
 from ..data.dataset import check_dataset_root, load_dataset
 from ..data.render import NonFiniteRender, render_seeds
-from ..errors import CheckpointError, ConfigError, DataError, naming, rows_kept
+from ..errors import CartoonganError, CheckpointError, ConfigError, DataError, naming, rows_kept
 from ..filekind import not_found
 from ..hostmem import gib, images_past_memory
 from ..device import math_mode
 from ..report import NullReporter, Reporter
 from ..weights.known import KNOWN_GENERATORS, missing_checkpoint
-from ..weights.networks import load_generator
+from ..weights.checkpoint import load_checkpoint
+from ..weights.networks import infer_generator_config, load_generator
 
 SET_METRICS = ("fid", "kid")
 PAIRED_METRICS = ("lpips", "identity")
@@ -50,10 +51,6 @@ def render_checkpoint(path: Path, n: int, device: torch.device, truncation: floa
     """g_ema of a checkpoint for seeds 0..n-1 (const noise) -> uint8 [n, size, size, 3]."""
     reporter = reporter or NullReporter()
     gen = load_generator(path, device)
-    if past := images_past_memory(n, gen.size):  # held whole: the OOM killer would end it without a word
-        need, free, fits = past
-        raise ConfigError(f"--n {n} renders of {path.name} at {gen.size} px take {gib(need)} in memory and "
-                          f"{gib(free)} is free: use --n {fits} or less")
     with reporter.progress(n, f"rendering {path.name}") as bar:
         images = render_seeds(gen, range(n), truncation, batch, bar)
     return ImageSet(images, [f"seed{s:04d}" for s in range(n)], True)
@@ -146,6 +143,7 @@ def compare_with_real(real: str | Path, fakes: list[str | Path], names: str | li
     device = torch.device(device)
     names = parse_metrics(names)
     _check_sources(real, fakes, names)
+    _check_renders_fit(real, fakes, n or DEFAULT_SAMPLES)
     # figures comparable across runs: Inception and LPIPS in IEEE fp32 on any GPU; the caller's
     # math mode (a training run's TF32) comes back afterwards
     with math_mode("fp32"):
@@ -156,6 +154,7 @@ def compare_with_real(real: str | Path, fakes: list[str | Path], names: str | li
         failed = None
         with rows_kept(results, len(fakes), "FAKE sources"):
             for fake in fakes:
+                b = None  # the last FAKE's images go before the next one's are made
                 try:
                     with naming(fake):
                         b = _loaded(fake, n, device, truncation, reporter)
@@ -174,6 +173,28 @@ def compare_with_real(real: str | Path, fakes: list[str | Path], names: str | li
         if failed is not None and all(math.isnan(v) for r in results for v in r.values()):
             raise failed  # a table of NaN only is no result
         return results
+
+
+def _check_renders_fit(real: str | Path, fakes: list[str | Path], n: int) -> None:
+    """Before any source is read: REAL's renders and one FAKE's, held at once (uint8, whole), against
+    free host memory: the OOM killer would end the command without a word, minutes into it. (A
+    folder's images are checked as it loads.) A checkpoint that does not load is left to its turn."""
+    held = [Path(real)] if is_checkpoint(Path(real)) else []
+    sizes = [s for s in map(_render_size, held + [Path(f) for f in fakes if is_checkpoint(Path(f))]) if s]
+    sets = len(held) + any(is_checkpoint(Path(f)) for f in fakes)
+    if sizes and (past := images_past_memory(n, max(sizes), sets=sets)):
+        need, free, fits = past
+        raise ConfigError(f"--n {n} renders at {max(sizes)} px of {sets} checkpoint(s) held at once take {gib(need)} "
+                          f"in memory and {gib(free)} is free: use --n {fits} or less")
+
+
+def _render_size(path: Path) -> int | None:
+    """The side of the images a checkpoint renders, read from its weights (mapped), or None."""
+    try:
+        ckpt = load_checkpoint(path, mmap=True)
+        return infer_generator_config(ckpt.get("g_ema") or ckpt["g"])["size"]
+    except (CartoonganError, KeyError, ValueError):
+        return None
 
 
 def _loaded(source: str | Path, n: int | None, device: torch.device, truncation: float,

@@ -420,14 +420,17 @@ class Trainer:
         self._check_finite()
         return self.out.save(self.checkpoint(), self.step, numbered) if self.info.is_main else None
 
-    def evaluate(self, cut_short=contextlib.nullcontext) -> float | None:
+    def evaluate(self, cut_short=contextlib.nullcontext, stopping: bool = False) -> float | None:
         """KID of g_ema now, logged to log.jsonl; a new best is saved as best.pt. None on a rank
-        other than 0, and when a stop cuts the evaluation short (`cut_short`: _StopFlag's)."""
+        other than 0, and when a stop cuts the evaluation short (`cut_short`: _StopFlag's) or the
+        run is stopping already (`stopping`: another rank's stop, which this rank's flag lacks)."""
         if self.evaluator is None or not self.info.is_main:
             return None
         self._check_finite()
         try:
-            with cut_short(), math_mode("fp32"):  # KID as `cartoongan metrics` computes it, whatever the precision
+            if stopping:
+                raise _EvaluationCut
+            with math_mode("fp32"), cut_short():  # KID as `cartoongan metrics` computes it, whatever the precision
                 kid = self.evaluator(self.nets.g_ema)
         except _EvaluationCut:
             self.reporter.warn(f"the stop cut step {self.step}'s KID evaluation short: the step is saved, "
@@ -527,7 +530,7 @@ class Trainer:
                 paused = clock()
                 if sampling:
                     self.out.save_samples(self.nets.g_ema, self.step, t.n_sample)
-                kid = self.evaluate(stop.cut_short) if evaluating else None
+                kid = self.evaluate(stop.cut_short, stopping) if evaluating else None
                 tick_time += clock() - paused  # img_per_s is the training's: not the pictures' nor KID's
                 fields = {**fields, "kid": kid} if kid is not None else fields
             # a stop asked for during the evaluation makes this step the last: every rank votes
