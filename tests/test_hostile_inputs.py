@@ -435,6 +435,10 @@ def _damage(run: Path, fault: str) -> list[str]:
         (run / name).mkdir()
         (run / name / "keep.txt").write_text("someone's")
         return ["--iters", "5"]
+    elif fault.endswith(" is a named pipe"):
+        (run / fault.split()[0]).unlink()
+        os.mkfifo(run / fault.split()[0])
+        return ["--iters", "5"]
     elif fault.endswith(" is a file"):
         name = fault.split()[0]
         shutil.rmtree(run / name)
@@ -457,6 +461,7 @@ def _damage(run: Path, fault: str) -> list[str]:
     ("log.jsonl is a folder", 1, "log.jsonl is a folder, where the run keeps its log.jsonl file"),
     ("checkpoints is a file", 1, "checkpoints is a file, where the run keeps its checkpoints/ folder"),
     ("samples is a file", 1, "samples is a file, where the run keeps its samples/ folder"),
+    ("log.jsonl is a named pipe", 1, "log.jsonl is a named pipe (FIFO), where the run keeps its log.jsonl file"),
 ])
 def test_resume_faults_refused_and_run_unchanged(tmp_path, assets, fault, code, names):
     run = Path(shutil.copytree(assets["run"], tmp_path / "run"))

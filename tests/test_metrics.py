@@ -524,3 +524,12 @@ def test_renders_that_cannot_fit_in_memory_are_refused_before_rendering(tmp_path
                                           r"use --eval-n 10 or less"):
         pretrain(tiny_config(iters=2, eval_every=1, eval_n=11), data, tmp_path / "run")
     assert not (tmp_path / "run" / "latest.pt").exists()
+    # a rank other than 0 builds no evaluator, and refused nothing: it waited for rank 0's refusal
+    from cartoongan.data.dataset import load_dataset
+    from cartoongan.report import NullReporter
+    from cartoongan.train.distributed import DistInfo
+    from cartoongan.train.runs import _evaluator
+
+    with pytest.raises(ConfigError, match="--eval-n 11: a KID evaluation renders"):
+        _evaluator(tiny_config(eval_every=1, eval_n=11), load_dataset(data, 16), tmp_path / "r1", DistInfo(rank=1, world=2),
+                   NullReporter())

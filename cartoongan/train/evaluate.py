@@ -54,16 +54,22 @@ def _read_cache(path: Path, digest: str) -> np.ndarray | None:
     return real if real.ndim == 2 and recorded == digest else None
 
 
+def check_renders_fit(n: int, size: int) -> None:
+    """ConfigError when an evaluation's n renders of size px (held whole) cannot fit in free host
+    memory: the OOM killer would end the run mid-training, without a word."""
+    if past := images_past_memory(n, size):
+        need, free, fits = past
+        raise ConfigError(f"--eval-n {n}: a KID evaluation renders {n} images at {size} px ({gib(need)}) and "
+                          f"{gib(free)} is free: use --eval-n {fits} or less")
+
+
 class KidEvaluator:
     """Call with g_ema -> KID of its seeds 0..n-1 (const noise) against the training images; tracks the best."""
 
     def __init__(self, train_images: torch.Tensor, n: int, device: torch.device, run_dir: Path,
                  reporter: Reporter | None = None, features: Features | None = None, batch: int = 16):
         """train_images: uint8 [N, 3, H, W] (ImageDataset.images, on any device)."""
-        if past := images_past_memory(n, train_images.shape[-1]):  # each evaluation holds its renders
-            need, free, fits = past
-            raise ConfigError(f"--eval-n {n}: a KID evaluation renders {n} images at {train_images.shape[-1]} px "
-                              f"({gib(need)}) and {gib(free)} is free: use --eval-n {fits} or less")
+        check_renders_fit(n, train_images.shape[-1])
         self.n, self.device, self.batch = n, device, batch
         self.reporter = reporter or NullReporter()
         self.features = features or default_features(device)

@@ -19,6 +19,7 @@ import torch
 from ..config import RunConfig, to_toml
 from ..data.images import make_grid, save_png
 from ..errors import CartoonganError, OutputError
+from ..filekind import special_kind
 from ..data.render import render_seeds
 from ..models.generator import Generator
 from ..outputs import atomic_write, lock_with_pid, visible_entries, writing
@@ -41,8 +42,9 @@ def check_run_layout(folder: Path) -> None:
     folder named log.jsonl, a file named checkpoints), before any work: the write that failed on it
     later named the run folder or came after a step, and its "continue with --resume" failed again."""
     for name in RUN_FILES:
-        if (folder / name).is_dir():
-            raise OutputError(f"{folder / name} is a folder, where the run keeps its {name} file: move it "
+        kind = "a folder" if (folder / name).is_dir() else special_kind(folder / name)  # a FIFO: a write that waits
+        if kind:
+            raise OutputError(f"{folder / name} is {kind}, where the run keeps its {name} file: move it "
                               f"away, then resume {folder}")
     for name in RUN_FOLDERS:
         if (folder / name).exists() and not (folder / name).is_dir():
