@@ -12,7 +12,7 @@ def main() -> None:
     held = signal.pthread_sigmask(signal.SIG_BLOCK, stops) if hasattr(signal, "pthread_sigmask") else None
     try:
         try:
-            from .app import main as run, take_sigterm_as_ctrl_c
+            from .app import app, take_sigterm_as_ctrl_c
 
             take_sigterm_as_ctrl_c()
         finally:
@@ -21,4 +21,4 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         sys.exit(130)
-    run()
+    app()  # what app.main runs, once its SIGTERM handler is in place (taken above)

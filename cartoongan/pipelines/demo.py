@@ -69,14 +69,14 @@ def _train_overrides(iters: int, device: str | None) -> dict:
 
 
 def _run_finetune(source: Path, data: Path, run: Path, iters: int, device: str | None, reporter: Reporter) -> Path:
-    """Fine-tune, or pick up an earlier demo run where it stopped (one of this source: a finished
-    run of another was passed off as this source's cartoon model)."""
-    if (run / "latest.pt").exists():
-        check_same_source(load_checkpoint(run / "latest.pt", mmap=True), run, source,
-                          weights_digest(load_generator(source, "cpu")), fix="choose another --out for this source",
-                          changed_fix="put the original back, or choose another --out for this source")
+    """Fine-tune, or pick up an earlier demo run where it stopped (a finished one only when it is of
+    this source: one of another was passed off as this source's cartoon model; a resumed one is
+    checked by finetune)."""
     done, resume = _earlier(run, iters, "fine-tuned model", reporter)
     if done is not None:
+        check_same_source(load_checkpoint(done, mmap=True), run, source, weights_digest(load_generator(source, "cpu")),
+                          fix="choose another --out for this source",
+                          changed_fix="put the original back, or choose another --out for this source")
         return done
     if resume:
         cfg = resumed_config(run, _train_overrides(iters, device))
