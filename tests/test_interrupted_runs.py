@@ -398,23 +398,28 @@ def test_only_a_stretch_marked_cut_short_is_ended_by_the_first_stop():
             signal.raise_signal(signal.SIGINT)
 
 
-def test_ranks_stop_together_when_the_ctrl_c_reaches_only_one(tmp_path):
-    """torchrun forwards a Ctrl-C to each worker at its own moment. A rank that stopped alone left
-    the others in the next gradient all-reduce, unsaved, until torchrun killed them. Here only
-    rank 1 is interrupted (after step 1): both ranks stop after step 3, the step after the vote
-    that carries it, and rank 0 saves that step."""
+def _two_ranks(target, data, tmp_path) -> list[dict]:
+    """`target` run as ranks 0 and 1 (spawned, gloo): what each wrote to rankN.json, once both ended."""
     import torch.multiprocessing as mp
 
-    data = blob_images(tmp_path / "data", n=8)
-    ranks = mp.start_processes(_rank_interrupted_alone, args=(2, free_port(), data, tmp_path), nprocs=2,
-                               join=False, start_method="spawn")
+    ranks = mp.start_processes(target, args=(2, free_port(), data, tmp_path), nprocs=2, join=False,
+                               start_method="spawn")
     deadline = time.monotonic() + 300
     while not ranks.join(timeout=1):
         if time.monotonic() > deadline:
             for process in ranks.processes:
                 process.kill()
             pytest.fail("a rank never finished: the ranks did not stop at the same step")
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_ranks_stop_together_when_the_ctrl_c_reaches_only_one(tmp_path):
+    """torchrun forwards a Ctrl-C to each worker at its own moment. A rank that stopped alone left
+    the others in the next gradient all-reduce, unsaved, until torchrun killed them. Here only
+    rank 1 is interrupted (after step 1): both ranks stop after step 3, the step after the vote
+    that carries it, and rank 0 saves that step."""
+    data = blob_images(tmp_path / "data", n=8)
+    results = _two_ranks(_rank_interrupted_alone, data, tmp_path)
     assert results == [{"step": 3, "interrupted": True}] * 2
     assert load_checkpoint(tmp_path / "run" / "latest.pt")["cartoongan"]["step"] == 3
 
@@ -433,18 +438,8 @@ def _rank_interrupted_alone(rank, world, port, data, out):
 def test_a_stop_during_rank_0s_kid_evaluation_stops_every_rank_at_that_step(tmp_path):
     """Rank 0 alone evaluates, while the others wait for it. A SIGTERM cutting its evaluation short
     is voted on at once, by every rank: all stop after that step (2), not after the next one."""
-    import torch.multiprocessing as mp
-
     data = blob_images(tmp_path / "data", n=8)
-    ranks = mp.start_processes(_rank_stopped_in_its_evaluation, args=(2, free_port(), data, tmp_path), nprocs=2,
-                               join=False, start_method="spawn")
-    deadline = time.monotonic() + 300
-    while not ranks.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in ranks.processes:
-                process.kill()
-            pytest.fail("a rank never finished: the ranks did not stop at the same step")
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    results = _two_ranks(_rank_stopped_in_its_evaluation, data, tmp_path)
     assert results == [{"step": 2, "interrupted": True}] * 2
     assert load_checkpoint(tmp_path / "run" / "latest.pt")["cartoongan"]["step"] == 2
 
@@ -474,18 +469,8 @@ def test_a_stop_voted_by_another_rank_skips_rank_0s_kid_evaluation(tmp_path):
     """Rank 1 was interrupted after step 1; the vote stops the run at step 3, where a KID is due.
     Rank 0's own flag is not set, so the evaluation ran whole (minutes, with a large --eval-n)
     before the save."""
-    import torch.multiprocessing as mp
-
     data = blob_images(tmp_path / "data", n=8)
-    ranks = mp.start_processes(_rank_1_stopped_before_an_evaluation, args=(2, free_port(), data, tmp_path), nprocs=2,
-                               join=False, start_method="spawn")
-    deadline = time.monotonic() + 300
-    while not ranks.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in ranks.processes:
-                process.kill()
-            pytest.fail("a rank never finished")
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    results = _two_ranks(_rank_1_stopped_before_an_evaluation, data, tmp_path)
     assert results == [{"step": 3, "interrupted": True}] * 2
     assert not (tmp_path / "evaluated").exists()
 
