@@ -37,7 +37,17 @@ def write_failed(path: str | os.PathLike, exc: OSError) -> OutputError:
     """An OutputError naming `path` and the cause of `exc` (e.g. 'No space left on device')."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     fix = _FIXES.get(exc.errno)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and (blocker := _file_in_the_way(Path(path))):
+        fix = f"{blocker} is a file, where a folder is needed: move it away"  # not the whole path's fault
     return OutputError(f"cannot write {path}: {reason}" + (f" ({fix})" if fix else ""))
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest folder of `path` that exists as something other than a folder, if any."""
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            return None if parent.is_dir() else parent
+    return None
 
 
 @contextlib.contextmanager

@@ -381,6 +381,21 @@ def test_a_ctrl_c_inside_the_temporary_files_creation_leaves_no_temporary_file(t
     assert [p.name for p in tmp_path.iterdir()] == ["a" * 246 + ".png"]
 
 
+@pytest.mark.parametrize("rel", ["checkpoints/000004.pt", "checkpoints/deeper/000004.pt"])
+def test_a_write_under_a_file_names_the_file_in_the_way(tmp_path, rel):
+    """A file named `checkpoints` appearing mid-run: the failed save named the whole path ("a file
+    is in the way"), which sent people looking for a 000004.pt."""
+    from cartoongan import outputs
+    from cartoongan.errors import OutputError
+
+    (tmp_path / "checkpoints").write_text("someone's")
+    with pytest.raises(OutputError, match=rf"\({re.escape(str(tmp_path / 'checkpoints'))} is a file, where a "
+                                          r"folder is needed: move it away\)$"):
+        with outputs.atomic_write(tmp_path / rel) as fh:
+            fh.write(b"a checkpoint")
+    assert (tmp_path / "checkpoints").read_text() == "someone's"
+
+
 def test_a_killed_writers_temporary_file_goes_with_the_next_write_into_its_folder(tmp_path):
     """A SIGKILL mid-save (swap, export, sample) left `.NAME.xxxx.tmp`, as large as the output, for
     good. The next write into that folder removes it; a live process's, or another host's, stays."""
