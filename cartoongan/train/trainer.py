@@ -545,6 +545,7 @@ class Trainer:
                 result.interrupted = True
                 break
 
+
 def new_networks(cfg: RunConfig, device: torch.device) -> Networks:
     """Freshly initialised G, D and G_ema (a copy of G) for pretraining."""
     g = Generator(**cfg.model.generator_kwargs()).to(device)
