@@ -85,7 +85,7 @@ run = 'pwd'
     log = (out / "session.log").read_text()
     assert log.index("about to fail") < log.index("===== after: pwd") and "----- broken: failed exit code 4" in log
     md = (out / "summary.md").read_text()
-    assert "| broken | failed |" in md and "## first (passed)" in md
+    assert re.search(r"\| broken \| failed \| \d+ \| exit code 4: about to fail \|", md) and "## first (passed)" in md
     assert "| after | passed |" in res.stdout  # the status table is printed last, for the reply's tail
 
 

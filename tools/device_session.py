@@ -321,11 +321,19 @@ def exit_code(outcomes: list[Outcome]) -> int:
     return 1 if any(o.status in ("failed", "timeout", "killed") for o in outcomes) else 0
 
 
+def _note(o: Outcome) -> str:
+    """The table's note: why a step ended so, and for a failed one its last line of output (the
+    reason, such as an AssertionError, which the table printed last in the reply would not show)."""
+    last = next((line.strip() for line in reversed(o.tail) if line.strip()), "") if o.status == "failed" else ""
+    last = last.replace("|", "/")
+    return f"{o.why}: {last[:140]}" if last else o.why
+
+
 def write_summaries(out: Path, outcomes: list[Outcome], running: list[str], left: float) -> None:
     """summary.json (machine-readable) and summary.md (a status table, then each step's tail)."""
     (out / "summary.json").write_text(json.dumps([o.__dict__ for o in outcomes], indent=1))
     lines = ["| step | status | s | note |", "|---|---|---|---|"]
-    lines += [f"| {o.name} | {o.status} | {o.seconds:.0f} | {o.why} |" for o in outcomes]
+    lines += [f"| {o.name} | {o.status} | {o.seconds:.0f} | {_note(o)} |" for o in outcomes]
     lines += [f"| {name} | running | | |" for name in running]
     lines.append(f"\nbudget left: {left:.0f} s\n")
     for o in outcomes:
