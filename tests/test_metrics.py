@@ -508,8 +508,8 @@ def test_a_damaged_archive_is_read_without_leaving_its_file_open(tmp_path, conte
 
 
 def test_renders_that_cannot_fit_in_memory_are_refused_before_rendering(tmp_path, tiny_g, monkeypatch):
-    """`metrics --n 50000` of a 1024 px model, or a KID every K steps over 50000 renders, holds
-    them all (150 GiB): the OOM killer ended the command, or the run mid-training, without a word."""
+    """`metrics --n 50000` of a 1024 px model holds them all (147 GiB): the OOM killer ended the
+    command without a word, after REAL's minutes of rendering."""
     from cartoongan import hostmem, save_checkpoint
     from cartoongan.weights.networks import generator_checkpoint
 
@@ -519,17 +519,16 @@ def test_renders_that_cannot_fit_in_memory_are_refused_before_rendering(tmp_path
     with pytest.raises(ConfigError, match=r"--n 6 renders at 16 px of 2 checkpoint\(s\) held at once take .* "
                                           r"use --n 5 or less"):  # REAL's and FAKE's, before REAL's are made
         suite.compute_metrics(ckpt, ckpt, "fid", n=6, features=stub_features)
-    data = blob_images(tmp_path / "data", n=4)  # 4 images of 16 px: the dataset itself fits
-    with pytest.raises(ConfigError, match=r"--eval-n 11: a KID evaluation renders 11 images at 16 px .* "
-                                          r"use --eval-n 10 or less"):
-        pretrain(tiny_config(iters=2, eval_every=1, eval_n=11), data, tmp_path / "run")
-    assert not (tmp_path / "run" / "latest.pt").exists()
-    # a rank other than 0 builds no evaluator, and refused nothing: it waited for rank 0's refusal
-    from cartoongan.data.dataset import load_dataset
-    from cartoongan.report import NullReporter
-    from cartoongan.train.distributed import DistInfo
-    from cartoongan.train.runs import _evaluator
 
-    with pytest.raises(ConfigError, match="--eval-n 11: a KID evaluation renders"):
-        _evaluator(tiny_config(eval_every=1, eval_n=11), load_dataset(data, 16), tmp_path / "r1", DistInfo(rank=1, world=2),
-                   NullReporter())
+
+def test_an_in_training_kid_holds_one_chunk_of_renders_and_scores_as_one_pass(tmp_path, tiny_g, monkeypatch):
+    """A KID every K steps over --eval-n 50000 renders held them all (147 GiB at 1024 px) and the OOM
+    killer ended the run mid-training. Now chunk by chunk: the same KID, bit for bit."""
+    train = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 3, 16, 16), dtype=np.uint8))
+    g = tiny_g(size=16)
+    whole = evaluate.KidEvaluator(train, 10, torch.device("cpu"), tmp_path / "a", features=stub_features)(g)
+    held, render = [], evaluate.render_seeds
+    monkeypatch.setattr(evaluate, "render_seeds", lambda gen, seeds, **k: held.append(len(seeds)) or render(gen, seeds, **k))
+    monkeypatch.setattr(evaluate, "RENDER_CHUNK", 4)
+    chunked = evaluate.KidEvaluator(train, 10, torch.device("cpu"), tmp_path / "b", features=stub_features)(g)
+    assert held == [4, 4, 2] and chunked == whole
