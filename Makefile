@@ -14,8 +14,8 @@ NEEDS  ?= $(STAMP)
 TORCH  := torch==2.14.1 torchvision==0.29.1
 DLIB   := dlib-bin==20.0.1.post1
 
-.PHONY: install test cuda-check demo demo-check ablation bench bench-kernels bench-reference bench-cuda device-kit \
-	device-session clean
+.PHONY: install test cuda-check demo demo-check ablation bench bench-kernels bench-reference ref-usage bench-cuda \
+	device-kit device-session clean
 
 install: $(STAMP)
 
@@ -59,10 +59,13 @@ bench: $(NEEDS)
 bench-kernels: $(NEEDS)
 	$(PY) -m cartoongan_cli bench --kernels
 
-# REF: a checkout of https://github.com/rosinality/stylegan2-pytorch (not bundled)
-bench-reference: $(NEEDS)
-	@test -n "$(REF)" || { echo "usage: make bench-reference REF=path/to/stylegan2-pytorch"; exit 2; }
+# REF: a checkout of https://github.com/rosinality/stylegan2-pytorch (not bundled); without it, the
+# usage line at once, not after a fresh clone's whole install
+bench-reference: $(if $(REF),$(NEEDS),ref-usage)
 	$(PY) -m cartoongan_cli bench --reference "$(REF)"
+
+ref-usage:
+	@echo "usage: make bench-reference REF=path/to/stylegan2-pytorch"; exit 2
 
 # on a GPU machine: the CUDA figures in one go (REF optional, as for bench-reference); the last two
 # lines (torch.compile, then with CUDA-graph replays) are unmeasured so far: a failure there stops nothing
