@@ -11,7 +11,7 @@ from typing import Iterable
 
 from ..errors import CartoonganError, OutputError
 from ..outputs import check_checkpoint_output
-from .checkpoint import read_torch_file
+from .checkpoint import check_checkpoint, read_torch_file
 
 GENERATOR = "a generator checkpoint"
 FACTOR = "a SeFa factor file"
@@ -21,7 +21,6 @@ def held_kind(path: str | Path) -> str | None:
     """What an existing file holds, as a reader of it sees it: GENERATOR, FACTOR, another model's
     weights (DualStyleGAN, pSp, an NVlabs pickle), another PyTorch file, or None for no file or
     none a reader takes (zero bytes, torn, foreign)."""
-    from .checkpoint import check_checkpoint
     from .dualstyle import is_dualstyle_state, is_psp_file  # both import checkpoint, as this does
     from .factor import is_factor_file
     from .nvlabs import looks_like_nvlabs_pickle
