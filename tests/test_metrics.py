@@ -508,17 +508,46 @@ def test_a_damaged_archive_is_read_without_leaving_its_file_open(tmp_path, conte
 
 
 def test_renders_that_cannot_fit_in_memory_are_refused_before_rendering(tmp_path, tiny_g, monkeypatch):
-    """`metrics --n 50000` of a 1024 px model holds them all (147 GiB): the OOM killer ended the
-    command without a word, after REAL's minutes of rendering."""
+    """`metrics --metrics lpips --n 50000` of a 1024 px model holds them all (147 GiB, the paired
+    metrics need them): the OOM killer ended the command without a word, after REAL's minutes of
+    rendering. FID/KID alone hold one chunk of renders: not refused."""
     from cartoongan import hostmem, save_checkpoint
     from cartoongan.weights.networks import generator_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g(size=16)))
     monkeypatch.setattr(hostmem, "host_memory_available", lambda: 10 * 3 * 16 * 16)  # 10 renders of 16 px
+    render = suite.render_seeds
     monkeypatch.setattr(suite, "render_seeds", lambda *a, **k: pytest.fail("rendered before the check"))
     with pytest.raises(ConfigError, match=r"--n 6 renders at 16 px of 2 checkpoint\(s\) held at once take .* "
                                           r"use --n 5 or less"):  # REAL's and FAKE's, before REAL's are made
-        suite.compute_metrics(ckpt, ckpt, "fid", n=6, features=stub_features)
+        suite.compute_metrics(ckpt, ckpt, "fid,lpips", n=6, features=stub_features)
+    monkeypatch.setattr(suite, "render_seeds", render)
+    assert suite.compute_metrics(ckpt, ckpt, "fid", n=6, features=stub_features)["fid"] == pytest.approx(0, abs=1e-9)
+
+
+def test_fid_of_checkpoints_holds_one_chunk_of_renders_and_scores_as_one_pass(tmp_path, tiny_g, monkeypatch):
+    """`metrics REAL ckpt --n 50000` held every render (147 GiB at 1024 px) only to make their
+    features; FID/KID alone now render a chunk, keep its features and drop the pictures: the same
+    figures bit for bit, and REAL's images are not kept through a sweep either."""
+    from cartoongan import save_checkpoint
+    from cartoongan.metrics import rendered
+    from cartoongan.weights.networks import generator_checkpoint
+
+    real = blob_images(tmp_path / "real", n=6)
+    a, b = (save_checkpoint(tmp_path / f"{i}.pt", generator_checkpoint(tiny_g(size=16, seed=i))) for i in range(2))
+    whole = suite.compare_with_real(real, [a, b], "fid,kid", n=10, features=stub_features)
+    held, render = [], rendered.render_seeds
+    monkeypatch.setattr(rendered, "render_seeds", lambda gen, seeds, *a, **k: held.append(len(seeds)) or render(gen, seeds, *a, **k))
+    monkeypatch.setattr(rendered, "RENDER_CHUNK", 4)
+    monkeypatch.setattr(suite, "render_seeds", lambda *a, **k: pytest.fail("rendered every seed at once"))
+    kept = []
+    score = suite._Scorer.score
+    monkeypatch.setattr(suite._Scorer, "score", lambda self, r, x, f, y: kept.append((x.images, y.images)) or score(self, r, x, f, y))
+    assert suite.compare_with_real(real, [a, b], "fid,kid", n=10, features=stub_features) == whole
+    assert held == [4, 4, 2] * 2 and whole[0] != whole[1]
+    assert kept[0][1] is None and kept[1] == (None, None)  # REAL's images dropped once its features are made
+    assert suite.compare_with_real(a, [b], "kid", n=10, features=stub_features)[0]["kid"] == pytest.approx(
+        suite.compare_with_real(b, [a], "kid", n=10, features=stub_features)[0]["kid"])
 
 
 def test_an_in_training_kid_holds_one_chunk_of_renders_and_scores_as_one_pass(tmp_path, tiny_g, monkeypatch):
@@ -527,8 +556,10 @@ def test_an_in_training_kid_holds_one_chunk_of_renders_and_scores_as_one_pass(tm
     train = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 3, 16, 16), dtype=np.uint8))
     g = tiny_g(size=16)
     whole = evaluate.KidEvaluator(train, 10, torch.device("cpu"), tmp_path / "a", features=stub_features)(g)
-    held, render = [], evaluate.render_seeds
-    monkeypatch.setattr(evaluate, "render_seeds", lambda gen, seeds, **k: held.append(len(seeds)) or render(gen, seeds, **k))
-    monkeypatch.setattr(evaluate, "RENDER_CHUNK", 4)
+    from cartoongan.metrics import rendered
+
+    held, render = [], rendered.render_seeds
+    monkeypatch.setattr(rendered, "render_seeds", lambda gen, seeds, *a, **k: held.append(len(seeds)) or render(gen, seeds, *a, **k))
+    monkeypatch.setattr(rendered, "RENDER_CHUNK", 4)
     chunked = evaluate.KidEvaluator(train, 10, torch.device("cpu"), tmp_path / "b", features=stub_features)(g)
     assert held == [4, 4, 2] and chunked == whole

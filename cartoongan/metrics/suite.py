@@ -25,6 +25,7 @@ from ..report import NullReporter, Reporter
 from ..weights.known import KNOWN_GENERATORS, missing_checkpoint
 from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import infer_generator_config, load_generator
+from .rendered import Features, seed_features
 
 SET_METRICS = ("fid", "kid")
 PAIRED_METRICS = ("lpips", "identity")
@@ -35,11 +36,14 @@ DEFAULT_SAMPLES = 1000  # images rendered from a checkpoint when no n is given
 
 @dataclass
 class ImageSet:
-    """images: uint8 [N, H, W, 3]; keys pair images across sources (file names, or 'seedNNNN')."""
+    """images: uint8 [N, H, W, 3], or None for a checkpoint scored on its features alone (see
+    load_images); keys pair images across sources (file names, or 'seedNNNN'); features: Inception
+    features [N, D] once made."""
 
-    images: np.ndarray
+    images: np.ndarray | None
     keys: list[str]
     from_checkpoint: bool
+    features: np.ndarray | None = None
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -47,21 +51,30 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def render_checkpoint(path: Path, n: int, device: torch.device, truncation: float = 1.0,
-                      reporter: Reporter | None = None, batch: int = 8) -> ImageSet:
-    """g_ema of a checkpoint for seeds 0..n-1 (const noise) -> uint8 [n, size, size, 3]."""
+                      reporter: Reporter | None = None, batch: int = 8, features: Features | None = None,
+                      ) -> ImageSet:
+    """g_ema of a checkpoint for seeds 0..n-1 (const noise) -> uint8 [n, size, size, 3]; with
+    `features`, their features only, made a chunk of renders at a time (images None)."""
     reporter = reporter or NullReporter()
     gen = load_generator(path, device)
+    keys = [f"seed{s:04d}" for s in range(n)]
+    if features is not None:
+        with reporter.progress(n, f"rendering {path.name} and its features") as bar:
+            made = seed_features(gen, n, features, truncation, batch, bar, description=f"features of {path.name}")
+        return ImageSet(None, keys, True, made)
     with reporter.progress(n, f"rendering {path.name}") as bar:
         images = render_seeds(gen, range(n), truncation, batch, bar)
-    return ImageSet(images, [f"seed{s:04d}" for s in range(n)], True)
+    return ImageSet(images, keys, True)
 
 
 def load_images(source: str | Path, n: int | None, device: torch.device, truncation: float = 1.0,
-                reporter: Reporter | None = None) -> ImageSet:
-    """A folder/zip (its first n images in name order, all when n is None) or a checkpoint (n seeds)."""
+                reporter: Reporter | None = None, features: Features | None = None) -> ImageSet:
+    """A folder/zip (its first n images in name order, all when n is None) or a checkpoint (n seeds).
+    features: given when only set metrics are asked for: a checkpoint's renders are then not kept
+    (50000 at 1024 px are 147 GiB), only their features (0.8 GiB); a folder's images still load."""
     path = Path(source)
     if is_checkpoint(path):
-        return render_checkpoint(path, n or DEFAULT_SAMPLES, device, truncation, reporter)
+        return render_checkpoint(path, n or DEFAULT_SAMPLES, device, truncation, reporter, features=features)
     data = load_dataset(path, None, reporter, limit=n)  # its own size; not all 70,000 for --n 1000
     return ImageSet(data.images.permute(0, 2, 3, 1).numpy(), data.names, False)
 
@@ -143,13 +156,14 @@ def compare_with_real(real: str | Path, fakes: list[str | Path], names: str | li
     device = torch.device(device)
     names = parse_metrics(names)
     _check_sources(real, fakes, names)
-    _check_renders_fit(real, fakes, n or DEFAULT_SAMPLES)
+    if any(m in PAIRED_METRICS for m in names):  # otherwise a checkpoint's renders are not held
+        _check_renders_fit(real, fakes, n or DEFAULT_SAMPLES)
     # figures comparable across runs: Inception and LPIPS in IEEE fp32 on any GPU; the caller's
     # math mode (a training run's TF32) comes back afterwards
     with math_mode("fp32"):
         scorer = _Scorer(names, device, reporter, features, lpips_weights)
         with naming(real):
-            a = _loaded(real, n, device, truncation, reporter)
+            a = _loaded(real, n, device, truncation, reporter, scorer.streamed)
         results: list[dict[str, float]] = []
         failed = None
         with rows_kept(results, len(fakes), "FAKE sources"):
@@ -157,7 +171,7 @@ def compare_with_real(real: str | Path, fakes: list[str | Path], names: str | li
                 b = None  # the last FAKE's images go before the next one's are made
                 try:
                     with naming(fake):
-                        b = _loaded(fake, n, device, truncation, reporter)
+                        b = _loaded(fake, n, device, truncation, reporter, scorer.streamed)
                 except (NonFiniteRender, CheckpointError, DataError) as exc:
                     if len(fakes) == 1:
                         raise
@@ -198,8 +212,8 @@ def _render_size(path: Path) -> int | None:
 
 
 def _loaded(source: str | Path, n: int | None, device: torch.device, truncation: float,
-            reporter: Reporter) -> ImageSet:
-    got = load_images(source, n, device, truncation, reporter)
+            reporter: Reporter, features: Features | None) -> ImageSet:
+    got = load_images(source, n, device, truncation, reporter, features)
     if n is not None and len(got.keys) < n:
         reporter.warn(f"{source} has {len(got.keys)} readable image(s), fewer than --n {n}: using those")
     return got
@@ -218,6 +232,8 @@ class _Scorer:
 
             features = InceptionFeatures(device)
         self.features, self.lpips_net, self.embedder, self.real_features = features, None, None, None
+        # set metrics alone need no image kept: checkpoints are then rendered into features directly
+        self.streamed = None if any(m in PAIRED_METRICS for m in names) else features
         if "lpips" in names:
             from .lpips import lpips_vgg
 
@@ -227,15 +243,22 @@ class _Scorer:
 
             self.embedder = FaceEmbedder()
 
+    def _features(self, source: str | Path, got: ImageSet) -> np.ndarray:
+        if got.features is None:
+            got.features = self.features(got.images, self.reporter, f"features of {Path(source).name}")
+            if self.streamed is not None:
+                got.images = None  # REAL's stay for every FAKE of a sweep otherwise, unused
+        return got.features
+
     def score(self, real: str | Path, a: ImageSet, fake: str | Path, b: ImageSet) -> dict[str, float]:
         names, result = self.names, {}
         if any(m in SET_METRICS for m in names):
             from .fid import fid_from_features, kid_from_features, require_images
 
-            require_images(len(a.images), len(b.images))  # before minutes of Inception features
+            require_images(len(a.keys), len(b.keys))  # before minutes of Inception features
             if self.real_features is None:
-                self.real_features = self.features(a.images, self.reporter, f"features of {Path(real).name}")
-            fb = self.features(b.images, self.reporter, f"features of {Path(fake).name}")
+                self.real_features = self._features(real, a)
+            fb = self._features(fake, b)
             if "fid" in names:
                 result["fid"] = fid_from_features(self.real_features, fb)
             if "kid" in names:

@@ -9,18 +9,16 @@ import hashlib
 import math
 import zipfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from ..data.render import render_seeds
 from ..metrics.fid import kid_from_features
+from ..metrics.rendered import Features, seed_features
 from ..models.generator import Generator
 from ..outputs import atomic_write
 from ..report import NullReporter, Reporter
 
-Features = Callable[..., np.ndarray]  # (uint8 [N, H, W, 3], reporter, description) -> [N, D]
 CACHE = "eval_real_features.npz"  # features, and the digest of the images they are of
 
 
@@ -52,12 +50,6 @@ def _read_cache(path: Path, digest: str) -> np.ndarray | None:
     return real if real.ndim == 2 and recorded == digest else None
 
 
-# renders an evaluation holds at once: its features are made chunk by chunk, so --eval-n 50000 at
-# 1024 px needs 3 GiB of pictures, not 147; a multiple of the render and Inception batches (16), so
-# the features are bit for bit those of one pass
-RENDER_CHUNK = 1024
-
-
 class KidEvaluator:
     """Call with g_ema -> KID of its seeds 0..n-1 (const noise) against the training images; tracks the best."""
 
@@ -78,15 +70,12 @@ class KidEvaluator:
 
     @torch.no_grad()
     def __call__(self, g_ema: Generator) -> float:
-        fake = []
+        # RENDER_CHUNK renders at a time: --eval-n 50000 at 1024 px held whole take 147 GiB. Unchecked:
+        # a diverged g_ema scores badly (or NaN) in the log; the trainer's guard stops the run
         with self.reporter.progress(self.n, "features of g_ema") as bar:
-            for start in range(0, self.n, RENDER_CHUNK):
-                seeds = range(start, min(self.n, start + RENDER_CHUNK))
-                # unchecked: a diverged g_ema scores badly (or NaN) in the log; the trainer's guard stops the run
-                images = render_seeds(g_ema, seeds, batch=self.batch, check_finite=False)
-                fake.append(self.features(images, NullReporter(), "features of g_ema"))
-                bar.advance(len(seeds))
-        return kid_from_features(self.real, np.concatenate(fake))
+            fake = seed_features(g_ema, self.n, self.features, batch=self.batch, progress=bar,
+                                 check_finite=False, description="features of g_ema")
+        return kid_from_features(self.real, fake)
 
     def improved(self, kid: float) -> bool:
         """Whether kid beats every earlier evaluation (then it becomes the best)."""
