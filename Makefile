@@ -1,4 +1,4 @@
-# Every target but clean and device-session creates .venv and installs what it needs on first use.
+# Every target but clean, device-kit and device-session creates .venv and installs what it needs on first use.
 PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
@@ -85,11 +85,15 @@ bench-cuda: $(NEEDS)
 # here, before a call on a lent GPU (README, "On a lent GPU: one call"): what that offline box lacks,
 # in .device-kit/ (git-ignored; name it in the call's carry): the lpips wheel and, from REF (a
 # rosinality/stylegan2-pytorch checkout or its git dir), the model.py and op/ that the reference
-# benchmark imports
+# benchmarks import. Nothing of the venv is needed: any pip downloads one wheel, and a fresh clone gets its
+# kit in seconds, not after the whole install
 LPIPS  := lpips==0.1.4
-device-kit: $(NEEDS)
+KITPY  := $(shell $(VPY) -m pip --version >/dev/null 2>&1 && echo $(VPY) || echo $(PYTHON))
+device-kit:
 	rm -rf .device-kit && mkdir -p .device-kit/wheels
-	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .device-kit/wheels $(LPIPS)
+	$(KITPY) -m pip download --quiet --no-deps --only-binary=:all: -d .device-kit/wheels $(LPIPS) || \
+	  { rm -rf .device-kit; echo "device-kit: '$(KITPY) -m pip' could not download $(LPIPS): make PYTHON=... with a \
+	Python that has pip, or make install first"; exit 1; }
 	@if [ -z "$(REF)" ]; then echo "device-kit: no REF given, so the session will skip the reference benchmarks"; \
 	elif [ -f "$(REF)/model.py" ]; then mkdir -p .device-kit/rosinality && \
 	  cp -r "$(REF)/model.py" "$(REF)/op" "$(REF)/LICENSE" "$(REF)/LICENSE-NVIDIA" .device-kit/rosinality/; \
@@ -105,7 +109,7 @@ device-kit: $(NEEDS)
 	@test -z "$(REF)" || test -s .device-kit/rosinality/op/upfirdn2d_kernel.cu || \
 	  { rm -rf .device-kit/rosinality; echo "device-kit: $(REF) gave no op/upfirdn2d_kernel.cu: pass a \
 	rosinality/stylegan2-pytorch checkout"; exit 1; }
-	$(PY) tools/device_session.py --list
+	$(KITPY) tools/device_session.py --list
 	du -sh .device-kit
 
 # there (the GPU box's own python3, nothing installed): every CUDA check and benchmark in one budget
