@@ -9,6 +9,9 @@ import zipfile
 from pathlib import Path
 
 NPY_MAGIC = b"\x93NUMPY"
+# torch.save's legacy (non-zip) format opens with a pickled magic number, a LONG1 of 10 bytes;
+# protocol 2 puts it at byte 2, protocol 4 after a FRAME opcode (byte 11)
+TORCH_LEGACY_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
 def special_kind(path: str | Path) -> str | None:
@@ -51,6 +54,12 @@ def is_text(head: bytes) -> bool:
     """Whether a file's first bytes are printable text (torch.save's zip and its protocol-2+ pickle
     start with a byte that is not)."""
     return all(32 <= b < 127 or b in b"\t\n\r" for b in head)
+
+
+def is_legacy_torch(head: bytes) -> bool:
+    """Whether a file's first bytes (32 or more) open torch.save's legacy pickle format, whatever
+    its pickle protocol."""
+    return head[:1] == b"\x80" and TORCH_LEGACY_MAGIC in head[:32]
 
 
 def zip_names(path: str | Path) -> list[str] | None:

@@ -1,4 +1,5 @@
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,36 @@ def test_a_legacy_format_file_is_read_where_a_caller_asks_for_a_mapped_one(tmp_p
     assert held_kind(path) == "a generator checkpoint"  # and so it is never replaced by a factor file
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
     assert held_kind(tmp_path / "tensor.pt") == "a PyTorch file of another kind"  # no generator either
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_legacy_file_of_any_pickle_protocol_is_named_a_torch_file(tmp_path, tiny_g, protocol):
+    """torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=4) puts a FRAME before
+    the magic number: it was taken for an NVlabs pickle ("not an NVlabs pickle (found int)"), and
+    torch's own weights-only loader cannot read protocols 4 and 5: that is said, with the fix."""
+    from cartoongan.data.images import load_photo
+    from cartoongan.errors import DataError
+    from cartoongan.weights.nvlabs import convert_file, looks_like_nvlabs_pickle
+
+    path = tmp_path / "old.bin"  # no telling suffix: the bytes decide
+    g = tiny_g(16)
+    torch.save({"g_ema": g.state_dict()}, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+    assert not looks_like_nvlabs_pickle(path)
+    with pytest.raises(CheckpointError, match="is a PyTorch checkpoint, not an NVlabs pickle: use it as it is"):
+        convert_file(path, tmp_path / "out.pt")
+    with pytest.raises(DataError, match="is a PyTorch checkpoint, not an image"):
+        load_photo(path, 16)
+    if protocol < 4:
+        assert set(load_checkpoint(path)) == {"g_ema"}
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch's three-line note on the protocol is not shown
+            with pytest.raises(CheckpointError, match=r"legacy \(non-zip\) PyTorch file pickled with protocol 4 "
+                                                      r"or higher.*torch.save\(torch.load\("):
+                load_checkpoint(path)
+        from cartoongan.weights.replacing import held_kind
+
+        assert held_kind(path) == "a legacy PyTorch file"  # someone's model: no output replaces it
 
 
 def test_config_f_widths_are_recognised():

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError, OutputError
-from ..filekind import NPY_MAGIC, is_npz, is_text, is_torch_zip, not_found, special_kind, zip_names
+from ..filekind import NPY_MAGIC, is_legacy_torch, is_npz, is_text, is_torch_zip, not_found, special_kind, zip_names
 from ..outputs import atomic_write
 from ..report import Reporter
 
@@ -214,7 +214,7 @@ def _other_format(path) -> str | None:
     (torch.save's zip, or its legacy pickle), a NumPy array or archive, text; None for anything else."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(8)
+            head = fh.read(32)
     except OSError:
         return None
     if head.startswith(NPY_MAGIC):
@@ -222,9 +222,9 @@ def _other_format(path) -> str | None:
     if head.startswith(b"PK\x03\x04"):
         names = zip_names(path)
         return "a PyTorch checkpoint" if is_torch_zip(names) else "a NumPy archive (.npz)" if is_npz(names) else None
-    if head[:1] == b"\x80" and Path(path).suffix.lower() in (".pt", ".pth", ".ckpt"):
-        return "a PyTorch checkpoint"  # the pre-1.6 pickle format (a pickle protocol byte)
-    if head and is_text(head):  # PIL has read the text formats it knows (PPM, XBM)
+    if is_legacy_torch(head):
+        return "a PyTorch checkpoint"  # the pre-1.6 pickle format, whatever the file's name
+    if head and is_text(head[:8]):  # PIL has read the text formats it knows (PPM, XBM)
         return "a text file"
     return None
 

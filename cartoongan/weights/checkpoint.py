@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, first_line, naming
-from ..filekind import NPY_MAGIC, is_npz, is_text, special_kind, zip_names
+from ..filekind import NPY_MAGIC, is_legacy_torch, is_npz, is_text, special_kind, zip_names
 from ..outputs import atomic_write
 from .known import missing_checkpoint
 
@@ -117,10 +117,10 @@ def foreign_kind(head: bytes) -> str | None:
 
 
 def _refuse_known_non_checkpoints(path: Path) -> bytes:
-    """The file's first 8 bytes, once they are not those of an empty file or a known non-checkpoint."""
+    """The file's first 32 bytes, once they are not those of an empty file or a known non-checkpoint."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(8)
+            head = fh.read(32)
     except OSError as exc:
         raise CheckpointError(f"{path} cannot be read: {exc.strerror or exc}") from None
     if kind := foreign_kind(head):
@@ -161,11 +161,18 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
             # a sparse tensor inside (a hand-made factor file) draws torch's note on validating it,
             # a line of torch's internals before the one line a command says about the file
             warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+            # a legacy file saved with pickle_protocol=4 reads fine; torch says so in three lines
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             # torch maps only its zip format: a legacy file (torch < 1.6, as older rosinality
             # checkpoints are) is read whole rather than refused as unreadable
             mapped = mmap and head.startswith(b"PK")
             ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mapped or None)
     except pickle.UnpicklingError as exc:
+        if is_legacy_torch(head) and "Unsupported operand" in str(exc):
+            raise CheckpointError(
+                f"{path} is a legacy (non-zip) PyTorch file pickled with protocol 4 or higher, which torch's "
+                "weights-only loader cannot read: re-save it once where you trust it, e.g. `python -c \"import "
+                f"torch; torch.save(torch.load('{path}', weights_only=False), 'resaved.pt')\"`") from None
         raise CheckpointError(
             f"refusing to load {path}: it needs pickled code or classes to load "
             f"({_refused_global(exc)}); "

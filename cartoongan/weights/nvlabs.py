@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, first_line
-from ..filekind import is_npz, is_torch_zip, special_kind, zip_names
+from ..filekind import is_legacy_torch, is_npz, is_torch_zip, special_kind, zip_names
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from .checkpoint import FORMAT_VERSION, foreign_kind, save_checkpoint
@@ -82,7 +82,7 @@ def read_pickle(path: str | os.PathLike) -> tuple[object, str]:
                               f"{path} is a folder, not a checkpoint file: name the .pkl inside it")
     try:
         with open(path, "rb") as fh:
-            _refuse_non_pickles(path, fh.read(8))
+            _refuse_non_pickles(path, fh.read(32))
             fh.seek(0)
             reader = _HashingReader(fh)
             data = safe_load(reader)
@@ -106,9 +106,9 @@ def _refuse_non_pickles(path: Path, head: bytes) -> None:
     (the unpickler would call a PNG 'a persistent id' and an empty file 'Ran out of input')."""
     if not head:
         raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch or copy it again")
-    if head.startswith(b"PK"):
-        names = zip_names(path)
-        if is_torch_zip(names):  # torch.save's zip: already a checkpoint, nothing to convert
+    if head.startswith(b"PK") or is_legacy_torch(head):
+        names = zip_names(path) if head.startswith(b"PK") else None
+        if is_legacy_torch(head) or is_torch_zip(names):  # torch.save's: already a checkpoint
             raise CheckpointError(f"{path} is a PyTorch checkpoint, not an NVlabs pickle: use it as it is "
                                   "(sample, finetune --source ...), or `cartoongan export` to slim it")
         kind = "a NumPy .npz archive" if is_npz(names) else "a zip archive" if names is not None else None
@@ -507,11 +507,11 @@ def looks_like_nvlabs_pickle(path: str | os.PathLike) -> bool:
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            head = fh.read(16)
+            head = fh.read(32)
     except OSError:
         return False
     # torch.save files are zip archives (PK) or, in the legacy format, start with a pickled magic long
-    if head[:2] == b"PK" or head[:4] == b"\x80\x02\x8a\x0a":
+    if head[:2] == b"PK" or is_legacy_torch(head):
         return False
     return path.suffix.lower() == ".pkl" or head[:1] == b"\x80"
 

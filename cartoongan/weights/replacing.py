@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import CartoonganError, OutputError
+from ..filekind import is_legacy_torch
 from ..outputs import check_checkpoint_output
 from .checkpoint import check_checkpoint, read_torch_file
 
@@ -31,7 +32,10 @@ def held_kind(path: str | Path) -> str | None:
     try:
         obj = read_torch_file(path, mmap=True)
     except CartoonganError:  # not loadable as plain data: an NVlabs pickle, or none a reader takes
-        return "an NVlabs pickle" if looks_like_nvlabs_pickle(path) else None
+        if looks_like_nvlabs_pickle(path):
+            return "an NVlabs pickle"
+        # a legacy torch file of pickle protocol 4+ is unreadable weights-only, and still someone's model
+        return "a legacy PyTorch file" if is_legacy_torch(_head(path)) else None
     if is_factor_file(obj):
         return FACTOR
     if isinstance(obj, dict) and is_dualstyle_state(obj.get("g_ema")):
@@ -43,6 +47,14 @@ def held_kind(path: str | Path) -> str | None:
     except CartoonganError:
         return "a PyTorch file of another kind"
     return GENERATOR
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(32)
+    except OSError:
+        return b""
 
 
 def check_weights_output(path: str | Path, writes: str, what: str = "-o", inputs: Iterable = ()) -> Path:
