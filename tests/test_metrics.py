@@ -400,9 +400,11 @@ def test_metrics_refuse_what_they_can_before_reading_or_scoring_an_image(tmp_pat
     real_load = suite.load_images
     monkeypatch.setattr(suite, "load_images", lambda src, *args, **kw: loaded.append(src) or real_load(src, *args, **kw))
     counting = lambda images, *args: scored.append(len(images)) or stub_features(images)  # noqa: E731
-    with pytest.raises(DataError, match="at least 2 images per set, got 1 and 6"):
+    with pytest.raises(DataError, match=f"at least 2 images per set, and {one} holds one: add images"):
         suite.compute_metrics(one, a, ["fid"], features=counting)
-    assert loaded == [one, a] and scored == []
+    with pytest.raises(DataError, match=f"at least 2 images per set, and {one} holds one"):
+        suite.compute_metrics(a, one, ["kid"], features=counting)  # before REAL's features, not after
+    assert loaded == [] and scored == []
     loaded.clear()
     with pytest.raises(CartoonganError, match=r"ffhq256.pt is rosinality's 256 px FFHQ .*download it from"):
         suite.compute_metrics(a, tmp_path / "ffhq256.pt", ["fid"], features=counting)
@@ -548,6 +550,28 @@ def test_fid_of_checkpoints_holds_one_chunk_of_renders_and_scores_as_one_pass(tm
     assert kept[0][1] is None and kept[1] == (None, None)  # REAL's images dropped once its features are made
     assert suite.compare_with_real(a, [b], "kid", n=10, features=stub_features)[0]["kid"] == pytest.approx(
         suite.compare_with_real(b, [a], "kid", n=10, features=stub_features)[0]["kid"])
+
+
+def test_fid_of_folders_decodes_a_chunk_at_a_time_and_scores_as_one_pass(tmp_path, monkeypatch):
+    """`metrics ffhq1024/ ...` decoded the whole folder first (70000 at 1024 px: 206 GiB, refused by
+    the memory check): FID/KID alone now decode a chunk, make its features and drop the pictures,
+    with the same figures and the same warnings on unreadable files."""
+    from cartoongan.metrics import rendered
+    from cartoongan.report import ListReporter
+
+    a, b = blob_images(tmp_path / "a", n=10, seed=0), blob_images(tmp_path / "b", n=9, seed=3)
+    (b / "zz_torn.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    whole = suite.compute_metrics(a, b, "fid,kid", features=stub_features)
+    blocks = []
+    monkeypatch.setattr(rendered, "RENDER_CHUNK", 4)
+    monkeypatch.setattr(suite, "load_dataset", lambda *a, **k: pytest.fail("loaded a whole folder"))
+    reporter = ListReporter()
+    chunked = suite.compute_metrics(a, b, "fid,kid", reporter=reporter,
+                                    features=lambda x, *rest: blocks.append(len(x)) or stub_features(x))
+    assert chunked == whole and blocks == [4, 4, 2, 4, 4, 1]
+    assert any("skipped 1 unreadable image(s)" in w and "zz_torn.png" in w for w in reporter.warnings)
+    got = suite.load_images(b, 5, torch.device("cpu"), features=stub_features)
+    assert got.images is None and got.features.shape[0] == 5 and got.keys == sorted(p.name for p in b.iterdir())[:5]
 
 
 def test_an_in_training_kid_holds_one_chunk_of_renders_and_scores_as_one_pass(tmp_path, tiny_g, monkeypatch):

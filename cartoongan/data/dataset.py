@@ -11,6 +11,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -265,36 +266,66 @@ def load_dataset(root: str | Path, size: int | None, reporter: Reporter | None =
     """Decode every image under `root` (folder or .zip), or its first `limit` readable ones in name
     order, squared to `size` (None: the set's own most common side, see native_side). Corrupt files
     are skipped and named in a warning."""
-    reporter = reporter or NullReporter()
-    root = Path(root)
-    sources = _some_image_sources(root, reporter)
-    size = size or native_side(sources, limit)
-    names, skipped, huge, tiny = [], [], [], []
-    total = len(sources) if limit is None else min(limit, len(sources))
-    _check_fits(root, total, size)
-    rows = _Rows(total, size)
-    with reporter.progress(total, f"loading {root.name}") as bar:
-        for name, (square, small, failure) in _decoded(sources, size, total):
-            if failure == "huge":
-                huge.append(name)
-            elif failure:
-                skipped.append(name)
-            else:
-                rows.add(square)
-                names.append(name)
+    reading = DatasetReading(root, size, reporter, limit)
+    _check_fits(reading.root, reading.total, reading.size)
+    rows = _Rows(reading.total, reading.size)
+    for square in reading.images():
+        rows.add(square)
+    return ImageDataset(rows.done(), reading.names, reading.skipped)
+
+
+class DatasetReading:
+    """The images of a folder or .zip, decoded in name order as load_dataset reads them, for a
+    caller that needs only something computed from them (FID's features), a chunk at a time:
+    `names` and `skipped` are complete once `images()` or `chunks()` is exhausted."""
+
+    def __init__(self, root: str | Path, size: int | None, reporter: Reporter | None = None,
+                 limit: int | None = None):
+        self.root, self.reporter = Path(root), reporter or NullReporter()
+        self.sources = _some_image_sources(self.root, self.reporter)
+        self.size = size or native_side(self.sources, limit)
+        self.total = len(self.sources) if limit is None else min(limit, len(self.sources))
+        self.names: list[str] = []
+        self.skipped: list[str] = []  # unreadable, then those past the decompression-bomb limit
+
+    def images(self) -> Iterator[np.ndarray]:
+        """Each readable image as [size, size, 3] uint8, under a progress bar; the warnings on what
+        was skipped (and the error when nothing was readable) come at the end."""
+        unreadable, huge, tiny = [], [], []
+        with self.reporter.progress(self.total, f"loading {self.root.name}") as bar:
+            for name, (square, small, failure) in _decoded(self.sources, self.size, self.total):
+                bar.advance()
+                if failure:
+                    (huge if failure == "huge" else unreadable).append(name)
+                    continue
+                self.names.append(name)
                 if small:
                     tiny.append(name)
-            bar.advance()
-    if skipped:
-        reporter.warn(f"skipped {len(skipped)} unreadable image(s) in {root}: {_shown(skipped)}")
-    _warn_huge(root, huge, reporter)
-    if tiny:
-        reporter.warn(f"{len(tiny)} image(s) in {root} are under a quarter of {size} px and were upscaled: "
-                      f"{_shown(tiny)}")
-    if not names:
-        raise DataError(f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))})")
-    images = rows.done()
-    return ImageDataset(images, names, skipped + huge)
+                yield square
+        self.skipped = unreadable + huge
+        self._warn(unreadable, huge, tiny)
+
+    def chunks(self, n: int) -> Iterator[np.ndarray]:
+        """images() in blocks of up to n: uint8 [k, size, size, 3]."""
+        block = []
+        for square in self.images():
+            block.append(square)
+            if len(block) == n:
+                yield np.stack(block)
+                block = []
+        if block:
+            yield np.stack(block)
+
+    def _warn(self, unreadable: list[str], huge: list[str], tiny: list[str]) -> None:
+        root, reporter = self.root, self.reporter
+        if unreadable:
+            reporter.warn(f"skipped {len(unreadable)} unreadable image(s) in {root}: {_shown(unreadable)}")
+        _warn_huge(root, huge, reporter)
+        if tiny:
+            reporter.warn(f"{len(tiny)} image(s) in {root} are under a quarter of {self.size} px and were upscaled: "
+                          f"{_shown(tiny)}")
+        if not self.names:
+            raise DataError(f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))})")
 
 
 def _decode(opener, size: int) -> tuple[np.ndarray | None, bool, str | None]:

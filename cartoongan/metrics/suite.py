@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.dataset import check_dataset_root, load_dataset
+from ..data.dataset import DatasetReading, check_dataset_root, image_sources, load_dataset
 from ..data.render import NonFiniteRender, render_seeds
 from ..errors import CartoonganError, CheckpointError, ConfigError, DataError, naming, rows_kept
 from ..filekind import not_found
@@ -25,6 +25,7 @@ from ..report import NullReporter, Reporter
 from ..weights.known import KNOWN_GENERATORS, missing_checkpoint
 from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import infer_generator_config, load_generator
+from . import rendered
 from .rendered import Features, seed_features
 
 SET_METRICS = ("fid", "kid")
@@ -70,11 +71,15 @@ def render_checkpoint(path: Path, n: int, device: torch.device, truncation: floa
 def load_images(source: str | Path, n: int | None, device: torch.device, truncation: float = 1.0,
                 reporter: Reporter | None = None, features: Features | None = None) -> ImageSet:
     """A folder/zip (its first n images in name order, all when n is None) or a checkpoint (n seeds).
-    features: given when only set metrics are asked for: a checkpoint's renders are then not kept
-    (50000 at 1024 px are 147 GiB), only their features (0.8 GiB); a folder's images still load."""
+    features: given when only set metrics are asked for: the images are then not kept (50000 at
+    1024 px are 147 GiB), only their features (0.8 GiB), made RENDER_CHUNK images at a time."""
     path = Path(source)
     if is_checkpoint(path):
         return render_checkpoint(path, n or DEFAULT_SAMPLES, device, truncation, reporter, features=features)
+    if features is not None:
+        reading = DatasetReading(path, None, reporter, limit=n)
+        made = [features(block, NullReporter(), f"features of {path.name}") for block in reading.chunks(rendered.RENDER_CHUNK)]
+        return ImageSet(None, reading.names, False, np.concatenate(made))
     data = load_dataset(path, None, reporter, limit=n)  # its own size; not all 70,000 for --n 1000
     return ImageSet(data.images.permute(0, 2, 3, 1).numpy(), data.names, False)
 
@@ -232,7 +237,7 @@ class _Scorer:
 
             features = InceptionFeatures(device)
         self.features, self.lpips_net, self.embedder, self.real_features = features, None, None, None
-        # set metrics alone need no image kept: checkpoints are then rendered into features directly
+        # set metrics alone need no image kept: every source is then read or rendered into features
         self.streamed = None if any(m in PAIRED_METRICS for m in names) else features
         if "lpips" in names:
             from .lpips import lpips_vgg
@@ -246,8 +251,6 @@ class _Scorer:
     def _features(self, source: str | Path, got: ImageSet) -> np.ndarray:
         if got.features is None:
             got.features = self.features(got.images, self.reporter, f"features of {Path(source).name}")
-            if self.streamed is not None:
-                got.images = None  # REAL's stay for every FAKE of a sweep otherwise, unused
         return got.features
 
     def score(self, real: str | Path, a: ImageSet, fake: str | Path, b: ImageSet) -> dict[str, float]:
@@ -288,6 +291,13 @@ def _check_sources(real: str | Path, fakes: list[str | Path], names: list[str]) 
             raise DataError(not_found("source", source, " (pass a folder of images, a .zip or a checkpoint)"))
         if not is_checkpoint(path):
             check_dataset_root(path)  # a file or a run folder that is no dataset, named without a listing
+    if any(m in SET_METRICS for m in names):
+        # a one-image set, before another source's minutes of features (a listing, no image read)
+        counts = [(source, 2 if is_checkpoint(Path(source)) else len(image_sources(Path(source))))
+                  for source in (real, *fakes)]
+        if few := [str(s) for s, c in counts if c == 1]:
+            raise DataError(f"FID/KID need at least 2 images per set, and {' and '.join(few)} "
+                            f"hold{'s' if len(few) == 1 else ''} one: add images, or score another folder")
     seen = set()
     for fake in fakes:  # after the existence checks: resolve() raises on a loop of links
         key = Path(fake).resolve()
