@@ -250,6 +250,38 @@ def test_an_output_replaces_only_a_file_of_its_own_kind(tmp_path, assets, comman
     assert runner.invoke(app, same).exit_code == 0
 
 
+@pytest.mark.parametrize("command", ["swap", "export", "convert", "factor"])
+def test_an_output_never_replaces_someone_elses_file_only_an_empty_or_torn_one(tmp_path, assets, command):
+    """`export g.pt -o train.py`, `factor -o run.sh`, `swap ... -o face.pt` (a PNG under a .pt
+    name) replaced the file: only a list of image suffixes was refused. Now any file that is not
+    of the command's kind is refused by what it is; an empty file or a torn checkpoint is replaced."""
+    import zipfile
+
+    held = {"train.py": (b"print('my script')\n", "a text file"), "run": (b"#!/bin/sh\n", "a text file"),
+            "face.pt": (Path(assets["photo"]).read_bytes(), "a PNG image"),
+            "blob.bin": (bytes(range(200, 256)) * 3, "a file of another format")}
+    archive = tmp_path / "faces.pt"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a.png", "x")
+    paths = {tmp_path / name: kind for name, (data, kind) in held.items()} | {archive: "a zip archive"}
+    for name, (data, _) in held.items():
+        (tmp_path / name).write_bytes(data)
+    for path, kind in paths.items():
+        before = path.read_bytes()
+        argv = ["factor", MISSING, "-o", str(path)] if command == "factor" else FILE_COMMANDS[command](str(path))
+        line = error_line(runner.invoke(app, argv))
+        assert f"{path} holds {kind}, which this would replace with" in line and path.read_bytes() == before
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "torn.pt").write_bytes(Path(assets["a"]).read_bytes()[:3000])  # a copy cut short
+    source = str(assets["a"])
+    for name in ("empty.pt", "torn.pt"):
+        out = str(tmp_path / name)
+        argv = {"factor": ["factor", source, "-o", out], "swap": ["swap", source, str(assets["b"]), "-o", out],
+                "export": ["export", source, "-o", out],
+                "convert": ["export", source, "-o", out]}  # the same check_weights_output; no pickle among the assets
+        assert runner.invoke(app, argv[command]).exit_code == 0, name
+
+
 @pytest.mark.parametrize("how", ["typed inside checkpoints/", "through a link"])
 def test_a_runs_checkpoints_are_known_by_any_path(tmp_path, assets, monkeypatch, how):
     run = tmp_path / "run"

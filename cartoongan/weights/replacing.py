@@ -2,7 +2,8 @@
 67 KB factor file over a trained generator, and `export -o factor.pt` the other way round.
 
 A file of the kind the command writes is replaced, as `cp` would (rerunning `swap` to the same
-name is the usual thing to do), and so is one no reader takes for a model (a torn copy, zero bytes).
+name is the usual thing to do), and so is one that holds nothing to keep (zero bytes, a torn torch
+file); any other file is refused by what it is (a script, a picture, an archive).
 """
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import CartoonganError, OutputError
-from ..filekind import is_legacy_torch
+from ..filekind import is_legacy_torch, is_npz, is_text, is_torch_zip, zip_names
 from ..outputs import check_checkpoint_output
-from .checkpoint import check_checkpoint, read_torch_file
+from .checkpoint import check_checkpoint, foreign_kind, read_torch_file
 
 GENERATOR = "a generator checkpoint"
 FACTOR = "a SeFa factor file"
@@ -20,8 +21,8 @@ FACTOR = "a SeFa factor file"
 
 def held_kind(path: str | Path) -> str | None:
     """What an existing file holds, as a reader of it sees it: GENERATOR, FACTOR, another model's
-    weights (DualStyleGAN, pSp, an NVlabs pickle), another PyTorch file, or None for no file or
-    none a reader takes (zero bytes, torn, foreign)."""
+    weights (DualStyleGAN, pSp, an NVlabs pickle), another PyTorch file, another kind of file (a
+    text file, a PNG image), or None for no file, an empty one or a torn torch file."""
     from .dualstyle import is_dualstyle_state, is_psp_file  # both import checkpoint, as this does
     from .factor import is_factor_file
     from .nvlabs import looks_like_nvlabs_pickle
@@ -32,10 +33,7 @@ def held_kind(path: str | Path) -> str | None:
     try:
         obj = read_torch_file(path, mmap=True)
     except CartoonganError:  # not loadable as plain data: an NVlabs pickle, or none a reader takes
-        if looks_like_nvlabs_pickle(path):
-            return "an NVlabs pickle"
-        # a legacy torch file of pickle protocol 4+ is unreadable weights-only, and still someone's model
-        return "a legacy PyTorch file" if is_legacy_torch(_head(path)) else None
+        return "an NVlabs pickle" if looks_like_nvlabs_pickle(path) else _unloadable_kind(path)
     if is_factor_file(obj):
         return FACTOR
     if isinstance(obj, dict) and is_dualstyle_state(obj.get("g_ema")):
@@ -49,12 +47,25 @@ def held_kind(path: str | Path) -> str | None:
     return GENERATOR
 
 
-def _head(path: Path) -> bytes:
+def _unloadable_kind(path: Path) -> str | None:
+    """What a file that loads as no model holds, or None for one that holds nothing to keep: empty,
+    or a torch file cut short (a torn copy of a checkpoint, which `cp` would replace too). Any other
+    file is someone's: a script or a picture under `-o` (`export -o train.py`) was replaced."""
     try:
         with open(path, "rb") as fh:
-            return fh.read(32)
+            head = fh.read(32)
     except OSError:
-        return b""
+        return None
+    if not head:
+        return None
+    if is_legacy_torch(head):  # pickle protocol 4+: unreadable weights-only, and still someone's model
+        return "a legacy PyTorch file"
+    if head.startswith(b"PK"):
+        names = zip_names(path)
+        if names is None or is_torch_zip(names):  # no readable directory, or torch's own: torn
+            return None
+        return "a NumPy archive (.npz)" if is_npz(names) else "a zip archive"
+    return foreign_kind(head) or ("a text file" if is_text(head) else "a file of another format")
 
 
 def check_weights_output(path: str | Path, writes: str, what: str = "-o", inputs: Iterable = ()) -> Path:
