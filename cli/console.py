@@ -1,6 +1,7 @@
 """Rich output for the CLI: the Reporter the library talks through, and one-line errors."""
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
 import os
@@ -27,15 +28,31 @@ def _encodable_output() -> None:
     traceback after the work was done. Such characters are written escaped (caf\\xe9) instead.
     A strict UTF-8 stream (Python's stdout under an installed en_US.UTF-8 locale) cannot hold a
     file name that is not UTF-8 (Linux allows any bytes): Python reads its bytes as surrogates,
-    which are written back as the same bytes, so a script reading the result gets the real name."""
+    which are written back as the same bytes, so a script reading the result gets the real name.
+    stderr too, where Python's default (backslashreplace) printed the name as the text "caf\\udce9"
+    in every warning and error that named the file."""
+    codecs.register_error(_BYTES_BACK, _bytes_back)
     for stream in (sys.stdout, sys.stderr):
         if not hasattr(stream, "reconfigure"):
             continue
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
         if encoding not in ("utf8", "utf16", "utf32"):
             stream.reconfigure(errors="backslashreplace")
-        elif encoding == "utf8" and getattr(stream, "errors", None) == "strict":
-            stream.reconfigure(errors="surrogateescape")
+        elif encoding == "utf8" and getattr(stream, "errors", None) in ("strict", "backslashreplace", "surrogateescape"):
+            stream.reconfigure(errors=_BYTES_BACK)
+
+
+_BYTES_BACK = "cartoongan-bytes-back"
+
+
+def _bytes_back(exc: UnicodeError):
+    """surrogateescape where it can (a file name's own bytes), backslashreplace for any other
+    character UTF-8 cannot hold (a lone surrogate not from a file name): printing never raises."""
+    if isinstance(exc, UnicodeEncodeError):
+        text = exc.object[exc.start: exc.end]
+        if all(0xDC80 <= ord(c) <= 0xDCFF for c in text):
+            return bytes(ord(c) - 0xDC00 for c in text), exc.end
+    return codecs.backslashreplace_errors(exc)
 
 
 _encodable_output()

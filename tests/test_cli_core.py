@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from cartoongan import load_checkpoint, save_checkpoint
 from cartoongan.weights.networks import generator_checkpoint
 
-from .helpers import stops_after
+from .helpers import blob_images, stops_after
 
 runner = CliRunner()
 
@@ -379,6 +379,20 @@ def test_a_strict_utf8_stdout_gets_a_non_utf8_path_as_its_own_bytes_not_a_traceb
                           "--outdir", out, "--device", "cpu"], env=env, capture_output=True, timeout=120)
     assert res.returncode == 0 and b"Traceback" not in res.stderr, res.stderr.decode(errors="replace")
     assert out + b"/grid.png" in res.stdout and os.path.isfile(out + b"/grid.png"), res.stdout
+
+
+def test_a_non_utf8_name_in_a_warning_is_its_own_bytes_on_stderr(tmp_path):
+    """stderr's default (backslashreplace) printed a Latin-1 file name as the text `bad\\udce9.png` in
+    every warning and error naming it, where stdout gave the real bytes: a user could not paste it."""
+    import subprocess
+    import sys
+
+    data = blob_images(tmp_path / "data", n=2)
+    (data / os.fsdecode(b"bad\xe9.png")).write_bytes(b"junk")
+    res = subprocess.run([sys.executable, "-m", "cartoongan_cli", "data", "prepare", str(data), "--size", "8",
+                          "--out", str(tmp_path / "p")], capture_output=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "400"})
+    assert res.returncode == 0 and b"bad\xe9.png" in res.stderr and b"udce9" not in res.stderr, res.stderr
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -165,6 +167,11 @@ def test_photo_folder_names_depend_on_each_photos_own_path(tmp_path):
     assert all("/" not in n for n in names(str(Path("x") / "y" / "z.jpg")))
     deep = [str(Path(*["é" * 60] * 5) / f"{i}.jpg") for i in range(2)]  # 600 bytes of folders, joined
     assert all(len(n.encode()) <= 255 for n in names(*deep)) and len(set(names(*deep))) == 2
+    # a name that is not UTF-8 (Latin-1 bytes, as Linux allows) raised UnicodeEncodeError in the hash
+    latin = os.fsdecode(b"caf\xe9")
+    assert names(f"{latin}.png", "ok.png") == [latin, "ok"]
+    long = [os.fsdecode(b"\xe9" * 150 + b"/" + b"\xe8" * 150 + bytes([48 + i]) + b".png") for i in range(2)]
+    assert all(len(os.fsencode(n)) <= 255 for n in names(*long)) and len(set(names(*long))) == 2
 
 
 def _two_photos(tmp_path):

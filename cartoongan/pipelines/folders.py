@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -98,10 +99,11 @@ def photo_folder_names(folder: Path, photos: list[Path]) -> list[str]:
     without its suffix, its folders joined by "_" (a flat folder: the stems); photos that still share
     a name (face.jpg beside face.png) add their suffix, then (a/b.jpg beside a_b.jpg) a hash of the path."""
     rels = [p.relative_to(folder) for p in photos]
-    hashes = [hashlib.sha1(r.as_posix().encode()).hexdigest()[:8] for r in rels]
+    # os.fsencode: a name that is not UTF-8 (Latin-1 from an old camera) is its own bytes again
+    hashes = [hashlib.sha1(os.fsencode(r.as_posix())).hexdigest()[:8] for r in rels]
     names = ["_".join(r.with_suffix("").parts) for r in rels]
     # a deep tree's joined path can pass the file system's 255 bytes per name
-    names = [n if len(n.encode()) <= NAME_BYTES else f"{_cut(n, NAME_BYTES - 9)}_{h}" for n, h in zip(names, hashes)]
+    names = [n if len(os.fsencode(n)) <= NAME_BYTES else f"{_cut(n, NAME_BYTES - 9)}_{h}" for n, h in zip(names, hashes)]
     names = _apart(names, [f"{n}_{r.suffix.lstrip('.').lower()}" for n, r in zip(names, rels)])
     return _apart(names, [f"{n}_{h}" for n, h in zip(names, hashes)])
 
@@ -110,8 +112,10 @@ NAME_BYTES = 200  # of a photo's folder name: 255 is the usual limit, and _apart
 
 
 def _cut(name: str, size: int) -> str:
-    """The longest start of name that is at most size bytes in UTF-8."""
-    return name.encode()[:size].decode(errors="ignore")
+    """The longest start of name that is at most size bytes on disk (whole characters)."""
+    while len(os.fsencode(name)) > size:
+        name = name[:-1]
+    return name
 
 
 def _apart(names: list[str], longer: list[str]) -> list[str]:
