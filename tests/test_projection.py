@@ -263,3 +263,30 @@ def test_a_folder_record_of_an_earlier_version_is_trusted_while_its_projection_i
     res = runner.invoke(app, argv)
     assert res.exit_code == 0 and len(calls) == 1 and "photo 1 of 2" not in res.output, res.output  # p1 only
     assert "projected_w" in json.loads((out / "p0" / "project.json").read_text())  # trusted once, then by digest
+
+
+def test_a_folder_rerun_redoes_a_photo_replaced_under_the_same_name(tmp_path, tiny_source, monkeypatch):
+    """The record named the photo by its path only: a photo replaced by another under the same name
+    (a better crop) kept the old photo's projection and row, "already done ... with these settings"."""
+    import json
+    import os
+
+    from cartoongan.pipelines import toonify as toonify_mod
+
+    photos, out = _two_photos(tmp_path), tmp_path / "out"
+    argv = ["toonify", str(photos), "--source", str(tiny_source[1]), "--target", str(tiny_source[1]), "--steps", "1",
+            "--loss", "mse", "--no-align", "--outdir", str(out)]
+    assert runner.invoke(app, argv).exit_code == 0
+    Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(photos / "p0.png")
+    real, calls = toonify_mod.project, []
+    monkeypatch.setattr(toonify_mod, "project", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    res = runner.invoke(app, argv)
+    assert res.exit_code == 0 and len(calls) == 1 and "photo 1 of 2: p0.png" in res.output, res.output
+    assert np.asarray(Image.open(out / "p0" / "target.png")).mean() == pytest.approx(120, abs=1)
+    # a record of an earlier version (no photo digest) is trusted while the photo is older than it
+    record = json.loads((out / "p1" / "toonify.json").read_text())
+    del record["photo_sha256"]
+    (out / "p1" / "toonify.json").write_text(json.dumps(record))
+    os.utime(photos / "p1.png", ns=(1, 1))
+    calls.clear()
+    assert runner.invoke(app, argv).exit_code == 0 and calls == []

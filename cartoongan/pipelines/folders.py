@@ -51,7 +51,8 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
     models = load_models(source, targets, cfg, lpips_weights, device, reporter, perceptual)
     settings = {**_settings(models, cfg, align), "video": video}
     again = f"run the same command again to {kind} the rest"
-    made_as = [{"photo": str(photo.resolve()), **settings} for photo in photos]
+    # the photo by its bytes too: one replaced under the same name (a better crop) is done again
+    made_as = [{"photo": str(photo.resolve()), "photo_sha256": _digest(photo), **settings} for photo in photos]
     # what an earlier run of the same command finished, said at once: a rerun after a Ctrl-C
     # started with no word of the photos it was not doing again
     finished = [_finished_row(sub, picture, record, made) for sub, made in zip(subs, made_as)]
@@ -139,11 +140,24 @@ def _finished_row(sub: Path, picture: str, record: str, made: dict) -> np.ndarra
         recorded = json.loads((sub / record).read_text(encoding="utf-8"))
         if not isinstance(recorded, dict) or not _same_projection(recorded, sub, record):
             return None
+        if "photo_sha256" not in recorded and _older(made["photo"], sub / record):
+            recorded["photo_sha256"] = made["photo_sha256"]  # a record of an earlier version, of this photo
         with Image.open(sub / picture) as img:
             row = np.asarray(img.convert("RGB"))
     except (OSError, ValueError):
         return None
     return row if recorded == json.loads(json.dumps(made)) else None
+
+
+def _digest(photo: Path) -> str | None:
+    try:
+        return sha256_of(photo)
+    except OSError:  # unreadable: its turn names it
+        return None
+
+
+def _older(path: str | Path, than: Path) -> bool:
+    return Path(path).stat().st_mtime_ns <= than.stat().st_mtime_ns
 
 
 def _same_projection(recorded: dict, sub: Path, record: str) -> bool:
@@ -154,7 +168,7 @@ def _same_projection(recorded: dict, sub: Path, record: str) -> bool:
     digest = recorded.pop("projected_w", None)
     if digest is not None:
         return digest == sha256_of(sub / "projected_w.npz")
-    if (sub / "projected_w.npz").stat().st_mtime_ns > (sub / record).stat().st_mtime_ns:
+    if not _older(sub / "projected_w.npz", sub / record):
         return False
     with atomic_write(sub / record, "w") as fh:
         json.dump({**recorded, "projected_w": sha256_of(sub / "projected_w.npz")}, fh)
