@@ -282,6 +282,30 @@ def test_an_output_never_replaces_someone_elses_file_only_an_empty_or_torn_one(t
         assert runner.invoke(app, argv[command]).exit_code == 0, name
 
 
+def test_a_factor_file_or_a_zip_of_images_as_a_checkpoint_is_named_for_what_it_is(tmp_path, assets):
+    """`sample factor.pt` said "holds no generator ... found ['ckpt', 'eigvec', 'values']" of a
+    file `info` names; a zip of images gave torch's "[enforce fail at inline_container.cc:180]";
+    `--lpips-weights FOLDER` said "no such file" of a folder that is there."""
+    import zipfile
+
+    factor, images, empty = tmp_path / "factor.pt", tmp_path / "faces.zip", tmp_path / "empty.zip"
+    assert runner.invoke(app, ["factor", str(assets["a"]), "-o", str(factor)]).exit_code == 0
+    with zipfile.ZipFile(images, "w") as zf:
+        zf.write(assets["photo"], "rgb.png")
+    zipfile.ZipFile(empty, "w").close()
+    for argv, said in ((["sample", str(factor)], f"{factor} is a SeFa factor file (`cartoongan factor` writes them), "
+                                                  "not a generator: pass it as `edit --factor`"),
+                       (["export", str(factor), "-o", str(tmp_path / "x.pt")], "is a SeFa factor file"),
+                       (["info", str(images)], f"{images} is a zip archive of 1 file(s) (rgb.png), not a PyTorch checkpoint"),
+                       (["sample", str(empty)], f"{empty} is an empty zip archive, not a PyTorch checkpoint"),
+                       (["project", str(assets["photo"]), "--source", str(assets["a"]), "--no-align", "--lpips-weights",
+                         str(tmp_path), "--outdir", str(tmp_path / "p")],
+                        f"--lpips-weights {tmp_path} is a folder, not a file")):
+        line = error_line(runner.invoke(app, argv))
+        assert said in line and "enforce fail" not in line, line
+    assert "factor" in runner.invoke(app, ["info", str(factor)]).output.lower()
+
+
 @pytest.mark.parametrize("how", ["typed inside checkpoints/", "through a link"])
 def test_a_runs_checkpoints_are_known_by_any_path(tmp_path, assets, monkeypatch, how):
     run = tmp_path / "run"

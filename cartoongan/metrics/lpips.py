@@ -113,6 +113,9 @@ def _torchvision_backbone(path: Path, model: LPIPS) -> list[tuple[torch.Tensor, 
     """Conv weights from torchvision's VGG16 state dict (features.{i}.weight/bias), in layer order."""
     if kind := special_kind(path):
         raise CartoonganError(f"--lpips-weights {path} is {kind}: name torchvision's {VGG_FILE}")
+    if path.is_dir():
+        hint = f": it holds {VGG_FILE}, name that" if (path / VGG_FILE).is_file() else ""
+        raise CartoonganError(f"--lpips-weights {path} is a folder, not a file: name torchvision's {VGG_FILE}{hint}")
     if not path.is_file():
         raise CartoonganError(f"--lpips-weights {path}: no such file (it should be torchvision's {VGG_FILE})")
     try:

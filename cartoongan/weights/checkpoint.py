@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, first_line, naming
-from ..filekind import NPY_MAGIC, is_legacy_torch, is_npz, is_text, special_kind, zip_names
+from ..filekind import NPY_MAGIC, is_legacy_torch, is_npz, is_text, is_torch_zip, special_kind, zip_names
 from ..outputs import atomic_write
 from .known import missing_checkpoint
 
@@ -57,6 +57,10 @@ def check_checkpoint(path: str | os.PathLike, ckpt) -> dict:
     if is_psp_file(ckpt):
         raise CheckpointError(f"{path} is a pSp encoder, not a StyleGAN2 checkpoint: `cartoongan dualstyle` "
                               "finds it beside --model, or takes it as --encoder")
+    if isinstance(ckpt, dict) and "eigvec" in ckpt and not ({"g_ema", "g", "state_dict"} & set(ckpt)):
+        # factor.is_factor_file (factor builds on this module)
+        raise CheckpointError(f"{path} is a SeFa factor file (`cartoongan factor` writes them), not a generator: "
+                              "pass it as `edit --factor`, and the checkpoint it was made from here")
     if isinstance(ckpt, dict) and not ({"g_ema", "g"} & set(ckpt)):
         ckpt = _bare_state_dict(path, ckpt)
     if not isinstance(ckpt, dict) or not ({"g_ema", "g"} & set(ckpt)):
@@ -150,6 +154,12 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
         latest = path.parent / "latest.pt"
         beside = f"; the run's checkpoint is {latest}" if latest.is_file() else ""
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is a text file{beside}")
+    if head.startswith(b"PK") and (names := zip_names(path)) is not None and not is_torch_zip(names):
+        # torch's reader says "[enforce fail at inline_container.cc:180] . file in archive is not in a subdirectory"
+        shown = f"a zip archive of {len(names)} file(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" \
+            if names else "an empty zip archive"
+        raise CheckpointError(f"{path} is {shown}, not a PyTorch checkpoint: "
+                              "pass a .pt file written by torch.save (a zip of images is a dataset: --data)")
     if not head.startswith((b"\x80", b"PK")):
         # torch.save writes a zip, or (legacy) a pickle of protocol 2+, whose first byte is PROTO;
         # anything else would reach the weights-only unpickler as "unsupported operand", which
