@@ -290,3 +290,20 @@ def test_a_folder_rerun_redoes_a_photo_replaced_under_the_same_name(tmp_path, ti
     os.utime(photos / "p1.png", ns=(1, 1))
     calls.clear()
     assert runner.invoke(app, argv).exit_code == 0 and calls == []
+
+
+def test_a_rerun_into_the_same_outdir_removes_the_earlier_runs_gif_and_aligned_face(tmp_path, tiny_source):
+    """`project --save-video` and then a run without it (or an aligned run, then `--no-align` of
+    another photo) left the earlier proj.gif and aligned.png beside the new projection: an outdir
+    showing two photos, with no word."""
+    photos, out = _two_photos(tmp_path), tmp_path / "out"
+    argv = ["project", "--source", str(tiny_source[1]), "--steps", "2", "--loss", "mse", "--no-align", "--outdir", str(out)]
+    assert runner.invoke(app, [*argv, str(photos / "p0.png"), "--save-video"]).exit_code == 0
+    assert (out / "proj.gif").is_file()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(out / "aligned.png")  # as an aligned run of p0 left it
+    res = runner.invoke(app, [*argv, str(photos / "p1.png")])
+    assert res.exit_code == 0, res.output
+    assert not (out / "proj.gif").exists() and not (out / "aligned.png").exists()
+    assert "removed proj.gif and aligned.png of an earlier run" in " ".join(res.output.split())
+    res = runner.invoke(app, [*argv, str(photos / "p1.png")])
+    assert res.exit_code == 0 and "removed" not in res.output

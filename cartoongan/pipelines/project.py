@@ -155,9 +155,19 @@ def project(gen: Generator, target: torch.Tensor, cfg: ProjectConfig, perceptual
 PROJECTION_FILES = ("target.png", "proj.png", "projected_w.npz", "proj.gif", "aligned.png")
 
 
-def save_projection(result: Projection, target: torch.Tensor, outdir: str | Path) -> dict[str, Path]:
-    """target.png, proj.png, projected_w.npz (w: [1, n_latent, style_dim]) and proj.gif when frames exist."""
+def save_projection(result: Projection, target: torch.Tensor, outdir: str | Path, aligned: bool = False,
+                    reporter: Reporter | None = None) -> dict[str, Path]:
+    """target.png, proj.png, projected_w.npz (w: [1, n_latent, style_dim]) and proj.gif when frames
+    exist. An earlier run's proj.gif (this one made no frames) or aligned.png (`aligned` False: this
+    one did not align) is removed, with an info line: it showed another photo or projection."""
     outdir = Path(outdir)
+    stale = [outdir / name for name, made in (("proj.gif", bool(result.frames)), ("aligned.png", aligned))
+             if not made and (outdir / name).is_file()]
+    for path in stale:
+        path.unlink()
+    if stale:
+        (reporter or NullReporter()).info(f"removed {' and '.join(p.name for p in stale)} of an earlier run in "
+                                          f"{outdir}: this run made none, and it showed another projection")
     paths = {"target": save_png(to_uint8(target)[0], outdir / "target.png"),
              "proj": save_png(to_uint8(result.image)[0], outdir / "proj.png")}
     with atomic_write(outdir / "projected_w.npz") as fh:
@@ -246,6 +256,6 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
     target, aligned = load_target(photo, gen.size, align, outdir, reporter)
     perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
     result = project(gen, target, cfg, perceptual, reporter, video_every=max(1, cfg.steps // 60) if save_video else 0)
-    paths = save_projection(result, target, outdir)
+    paths = save_projection(result, target, outdir, aligned is not None, reporter)
     raise_if_stopped(result, cfg.steps, outdir)
     return {**paths, "aligned": aligned} if aligned else paths
