@@ -32,6 +32,20 @@ def test_sample_one_checkpoint(tmp_path, two_ckpts):
     assert Image.open(out / "grid.png").size == (64, 16)
 
 
+def test_sample_into_a_folder_an_earlier_run_left_images_in_warns_of_them(tmp_path, two_ckpts):
+    """`sample a.pt --seeds 0-5`, then `sample b.pt --seeds 0-1` into the same --outdir: seeds 2-5 of
+    the first model stayed beside b's 0-1 without a word, one folder of two models for an FID tool."""
+    out = tmp_path / "o"
+    assert runner.invoke(app, ["sample", str(two_ckpts[0]), "--seeds", "0-5", "--outdir", str(out)]).exit_code == 0
+    res = runner.invoke(app, ["sample", str(two_ckpts[1]), "--seeds", "0-1", "--outdir", str(out)])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"{out} also holds 4 image(s) this run does not write (seed0002.png, seed0003.png, " \
+        "seed0004.png, ...)" in said, said
+    assert (out / "seed0005.png").is_file()  # left as they are: nothing is deleted
+    res = runner.invoke(app, ["sample", str(two_ckpts[1]), "--seeds", "0-5", "--outdir", str(out)])
+    assert res.exit_code == 0 and "also holds" not in res.output
+
+
 def test_repeated_seeds_are_rendered_once_and_the_gif_walks_them_as_given(tmp_path, two_ckpts):
     """`--seeds 0-2,1-3` rendered seeds 1 and 2 twice, each time over the same file, and showed
     them twice in the grid. A walk that returns to a seed (the GIF) keeps the order given."""

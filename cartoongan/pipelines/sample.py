@@ -1,6 +1,8 @@
 """Rendering: seeds to latents, latents to 8-bit images, grids, comparisons and GIFs."""
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +66,8 @@ def _write_renders(gens: list[Generator], names: list[str], ws: torch.Tensor, ou
         if ws.shape[1:] != (gen.n_latent, gen.style_dim):
             raise CheckpointError(f"w+ has shape {tuple(ws.shape[1:])}, generator {name} needs "
                                   f"({gen.n_latent}, {gen.style_dim})")
+    folders = [outdir] if len(gens) == 1 else [outdir / name for name in names]
+    _warn_of_leftovers(folders, filenames, reporter)
     result = SampleResult()
     shown = min(len(ws), GRID_MAX)
     rows = []
@@ -93,6 +97,25 @@ def _write_renders(gens: list[Generator], names: list[str], ws: torch.Tensor, ou
     else:
         result.compare = save_png(make_grid(np.concatenate(rows), cols=shown), outdir / picture)
     return result
+
+
+LATENT_FILE = re.compile(r"(seed|proj)\d{4,}\.png")
+
+
+def _warn_of_leftovers(folders: list[Path], filenames: list[str], reporter: Reporter) -> None:
+    """Warn of seedNNNN.png / projNNNN.png files an earlier run left in a folder this one writes to
+    and does not replace (`--seeds 0-5`, then another model's `--seeds 0-1`): a folder read as one
+    set by an outside FID tool would score two models."""
+    ours = set(filenames)
+    for folder in folders:
+        try:
+            left = sorted(e.name for e in os.scandir(folder) if LATENT_FILE.fullmatch(e.name) and e.name not in ours)
+        except OSError:  # not there yet
+            continue
+        if left:
+            shown = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
+            reporter.warn(f"{folder} also holds {len(left)} image(s) this run does not write ({shown}): an earlier "
+                          "run's, left as they are; for a set to score, use a fresh --outdir")
 
 
 def interpolation_gif(gens: list[Generator], ws: torch.Tensor, path: Path, steps: int,
