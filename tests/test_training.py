@@ -96,6 +96,23 @@ def test_existing_run_is_never_overwritten(tmp_path):
     assert (tmp_path / "run" / "latest.pt").read_bytes() == before
 
 
+def test_a_resume_with_a_new_lr_or_reg_interval_trains_with_it(tmp_path):
+    """`--resume --lr 0.0001` was warned of ("[train] lr 0.002 -> 0.0001") and recorded, and the run
+    went on bit for bit as before: the optimisers took lr and betas from the saved state."""
+    data = blob_images(tmp_path / "data", n=4)
+    for name in ("plain", "new"):
+        pretrain(tiny_config(iters=2, ckpt_every=2, sample_every=100, g_reg_every=4, d_reg_every=16), data, tmp_path / name)
+    plain = pretrain(resumed_config(tmp_path / "plain", {"train": {"iters": 4}}), data, tmp_path / "plain", resume=True)
+    new = pretrain(resumed_config(tmp_path / "new", {"train": {"iters": 4, "lr": 0.0001, "g_reg_every": 2}}), data,
+                   tmp_path / "new", resume=True)
+    a, b = load_checkpoint(plain.latest), load_checkpoint(new.latest)
+    g_group, d_group = b["g_optim"]["param_groups"][0], b["d_optim"]["param_groups"][0]
+    assert g_group["lr"] == pytest.approx(0.0001 * 2 / 3) and g_group["betas"][1] == pytest.approx(0.99 ** (2 / 3))
+    assert d_group["lr"] == pytest.approx(0.0001 * 16 / 17)
+    assert a["g_optim"]["param_groups"][0]["lr"] == pytest.approx(0.002 * 4 / 5)
+    assert not torch.equal(a["g"]["style.1.weight"], b["g"]["style.1.weight"])
+
+
 def test_a_resume_without_data_reads_the_runs_own_record(tmp_path):
     from cartoongan.errors import CartoonganError
     from cartoongan.weights.checkpoint import save_checkpoint

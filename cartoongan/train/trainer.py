@@ -85,11 +85,15 @@ def lazy_adam(params, lr: float, reg_every: int) -> torch.optim.Adam:
 
 
 def load_optimizer_state(optim: torch.optim.Optimizer, state: dict) -> None:
-    """Load a saved optimizer state, keeping this optimizer's own kernel choice (fused/foreach):
-    torch takes every group setting from the saved dict, so a state saved unfused (an older run,
-    rosinality's train.py) would otherwise switch the fused update off for the rest of the run."""
+    """Load a saved optimizer state (Adam's moments and step counts), keeping this optimizer's own
+    settings: torch takes every group setting from the saved dict, so a resumed run kept the lr
+    and betas it was saved with (`--resume --lr`, a changed g_reg_every: warned of as applied, and
+    bit for bit ignored), and a state saved unfused (an older run, rosinality's train.py) switched
+    the fused update off for the rest of the run."""
     own = {k: optim.defaults[k] for k in ("fused", "foreach") if k in optim.defaults}
-    optim.load_state_dict({**state, "param_groups": [{**g, **own} for g in state["param_groups"]]})
+    groups = [{**saved, **own, "lr": mine["lr"], "betas": mine["betas"]}
+              for saved, mine in zip(state["param_groups"], optim.param_groups)]
+    optim.load_state_dict({**state, "param_groups": groups})
 
 
 class _EvaluationCut(Exception):
