@@ -67,6 +67,11 @@ class OneLineErrors(TyperGroup):
                 raise
             # `info X > report.txt` or `--help > file` on a full disk: the work is done, its report is not
             fail(f"cannot write to stdout: {exc.strerror} (free some space, or send it elsewhere)")
+        if code == 130:
+            # typer turns a Ctrl-C or SIGTERM that lands while it parses the arguments (its lazy
+            # imports take 150 ms, after the import-time block) into a silent Exit(130); every
+            # command's own stop says its line through fail(), which exits rather than returns
+            fail("interrupted", 130)
         sys.exit(code if isinstance(code, int) else 0)
 
 
