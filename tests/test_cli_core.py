@@ -46,6 +46,20 @@ def test_sample_into_a_folder_an_earlier_run_left_images_in_warns_of_them(tmp_pa
     assert res.exit_code == 0 and "also holds" not in res.output
 
 
+def test_a_checkpoint_named_like_the_comparison_picture_gets_another_folder(tmp_path, two_ckpts):
+    """`sample compare.png.pt b.pt`: its folder was DIR/compare.png, and the picture could not be
+    written there, after all the rendering ("cannot write compare.png: Is a directory")."""
+    import shutil
+
+    odd = shutil.copy(two_ckpts[0], tmp_path / "compare.png.pt")
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["sample", str(odd), str(two_ckpts[1]), "--seeds", "0,1", "--interpolate", "2",
+                              "--outdir", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "compare.png").is_file() and (out / "interpolation.gif").is_file()
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 2
+
+
 def test_repeated_seeds_are_rendered_once_and_the_gif_walks_them_as_given(tmp_path, two_ckpts):
     """`--seeds 0-2,1-3` rendered seeds 1 and 2 twice, each time over the same file, and showed
     them twice in the grid. A walk that returns to a seed (the GIF) keeps the order given."""

@@ -167,6 +167,8 @@ def test_photo_folder_names_depend_on_each_photos_own_path(tmp_path):
     assert all("/" not in n for n in names(str(Path("x") / "y" / "z.jpg")))
     deep = [str(Path(*["é" * 60] * 5) / f"{i}.jpg") for i in range(2)]  # 600 bytes of folders, joined
     assert all(len(n.encode()) <= 255 for n in names(*deep)) and len(set(names(*deep))) == 2
+    # a photo whose folder would be the sheet of all rows (found after every photo was done)
+    assert names("toonify.png.jpg", "projections.png.png", "a.png") == ["toonify.png_jpg", "projections.png_png", "a"]
     # a name that is not UTF-8 (Latin-1 bytes, as Linux allows) raised UnicodeEncodeError in the hash
     latin = os.fsdecode(b"caf\xe9")
     assert names(f"{latin}.png", "ok.png") == [latin, "ok"]

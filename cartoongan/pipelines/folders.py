@@ -105,8 +105,10 @@ def photo_folder_names(folder: Path, photos: list[Path]) -> list[str]:
     names = ["_".join(r.with_suffix("").parts) for r in rels]
     # a deep tree's joined path can pass the file system's 255 bytes per name
     names = [n if len(os.fsencode(n)) <= NAME_BYTES else f"{_cut(n, NAME_BYTES - 9)}_{h}" for n, h in zip(names, hashes)]
-    names = _apart(names, [f"{n}_{r.suffix.lstrip('.').lower()}" for n, r in zip(names, rels)])
-    return _apart(names, [f"{n}_{h}" for n, h in zip(names, hashes)])
+    # a photo toonify.png.jpg would have its folder where the sheet of all rows goes
+    sheets = {sheet for _, _, sheet in FOLDER_FILES.values()}
+    names = _apart(names, [f"{n}_{r.suffix.lstrip('.').lower()}" for n, r in zip(names, rels)], sheets)
+    return _apart(names, [f"{n}_{h}" for n, h in zip(names, hashes)], sheets)
 
 
 NAME_BYTES = 200  # of a photo's folder name: 255 is the usual limit, and _apart may add 9 + a suffix
@@ -119,9 +121,9 @@ def _cut(name: str, size: int) -> str:
     return name
 
 
-def _apart(names: list[str], longer: list[str]) -> list[str]:
-    """names, each one that several share replaced by its longer form."""
-    shared = {n for n, count in Counter(names).items() if count > 1}
+def _apart(names: list[str], longer: list[str], taken: set[str] = frozenset()) -> list[str]:
+    """names, each one that several share (or that is `taken`) replaced by its longer form."""
+    shared = {n for n, count in Counter(names).items() if count > 1} | (set(names) & taken)
     return [long if name in shared else name for name, long in zip(names, longer)]
 
 

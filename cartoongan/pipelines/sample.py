@@ -133,10 +133,16 @@ def interpolation_gif(gens: list[Generator], ws: torch.Tensor, path: Path, steps
     return save_image(frames[0], path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
 
 
+# what sample writes beside the per-checkpoint folders: a checkpoint compare.png.pt would have its
+# folder there (found after all the rendering, as "cannot write compare.png: Is a directory")
+SUMMARY_NAMES = {"grid.png", "compare.png", "interpolation.gif"}
+
+
 def unique_names(paths: list[Path]) -> list[str]:
-    """A folder name per input path: the stems, or where two share one, prefixed by position and parent."""
+    """A folder name per input path: the stems, or where two share one (or one is a summary
+    file's name), prefixed by position and parent."""
     stems = [p.stem for p in paths]
-    if len(set(stems)) == len(stems):
+    if len(set(stems)) == len(stems) and not SUMMARY_NAMES & set(stems):
         return stems
     return [f"{i}_{p.resolve().parent.name}_{p.stem}" for i, p in enumerate(paths)]  # resolved: a file in "." has a parent
 
