@@ -341,10 +341,17 @@ def lock_with_pid(fh) -> str | None:
 
 
 def _open_lock_file(out: Path):
-    for path in (out.parent / f".{out.name}.writing.lock", out / ".writing.lock"):
-        with contextlib.suppress(OSError):
+    name = f".{out.name}.writing.lock"
+    if len(os.fsencode(name)) > 255:  # a legal name of 241-255 bytes has no room for the lock's
+        name = f".{hashlib.sha1(os.fsencode(out.name)).hexdigest()[:16]}.writing.lock"
+    failure = None
+    for path in (out.parent / name, out / ".writing.lock"):
+        try:
             return open(path, "a+")
-    raise OutputError(f"--out {out}: cannot create a lock file beside or inside it")
+        except OSError as exc:
+            failure = failure or exc
+    raise OutputError(f"--out {out}: cannot create a lock file beside or inside it "
+                      f"({failure.strerror or failure}): name a folder you can write in")
 
 
 def _still_named(fh) -> bool:

@@ -1636,3 +1636,19 @@ def test_a_lock_whose_holder_ended_between_our_open_and_our_lock_is_taken_again(
             with outputs.sole_writer(out, "data synth"):
                 pass
     assert not list(tmp_path.glob(".*lock"))
+
+
+def test_an_out_name_near_the_name_limit_still_gets_its_lock(tmp_path):
+    """`data synth --out` of 241-255 bytes (legal) was refused: the lock beside it,
+    .NAME.writing.lock, passed 255 bytes; the line named neither cause nor fix."""
+    from cartoongan import outputs
+    from cartoongan.errors import OutputError
+
+    out = tmp_path / ("b" * 252)
+    with outputs.sole_writer(out, "data synth"):
+        with pytest.raises(OutputError, match="being written by another process"):
+            with outputs.sole_writer(out, "data synth"):
+                pass
+    assert not list(tmp_path.glob(".*lock"))
+    res = runner.invoke(app, ["data", "synth", "--domain", "photo", "--n", "2", "--size", "8", "--out", str(out)])
+    assert res.exit_code == 0 and len(list(out.glob("*.png"))) == 2, res.output
