@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..config import FinetuneConfig
@@ -22,13 +23,28 @@ class FreezePlan:
     noise_frozen: bool = False  # every synthesis layer's noise strength keeps the source's value
 
     def frozen_modules(self, g: Generator, d: Discriminator) -> list[nn.Module]:
+        return self._g_frozen_modules(g) + [m for k in range(1, self.d_frozen + 1) for m in d.block_modules(k)]
+
+    def _g_frozen_modules(self, g: Generator) -> list[nn.Module]:
         mods = [m for b in range(self.g_frozen) for m in g.block_modules(b)]
-        mods += [m for k in range(1, self.d_frozen + 1) for m in d.block_modules(k)]
         if self.mapping_frozen:
             mods.append(g.style)
         if self.noise_frozen:
             mods += [m for m in g.modules() if isinstance(m, NoiseInjection)]
         return mods
+
+    @torch.no_grad()
+    def start_frozen_from(self, g: Generator, g_ema: Generator) -> None:
+        """g's frozen parameters take g_ema's values (the source's g_ema, which the structure loss and
+        FreezeSG's slots read too). Left as the source's `g`, they were what the EMA pulled the
+        result's g_ema toward (99.6% of the way over 80 kimg at a 10 kimg half-life): the frozen
+        blocks of the model a user samples drifted from the source's. Equal in both, they stay so
+        bit for bit (a lerp of equal values is that value)."""
+        frozen = {id(p) for m in self._g_frozen_modules(g) for p in m.parameters()}
+        ema = dict(g_ema.named_parameters())
+        for name, p in g.named_parameters():
+            if id(p) in frozen:
+                p.copy_(ema[name])
 
     def apply(self, g: Generator, d: Discriminator) -> None:
         """Set requires_grad: False on the frozen blocks, True everywhere else."""

@@ -380,6 +380,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
         raise ConfigError(f"--struct-loss {ft.struct_loss} is out of range: a {nets.g.size}px network "
                           f"allows 0..{nets.g.n_blocks - 1}")
     plan = make_plan(ft, nets.g, nets.d)
+    plan.start_frozen_from(nets.g, nets.g_ema)  # (a resume then loads the run's own g over it)
     if note := redundant_freeze_g(ft):
         reporter.warn(note)
     if not (ft.struct_loss or plan.source_slots):
