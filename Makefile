@@ -88,7 +88,7 @@ bench-cuda: $(NEEDS)
 # benchmarks import. Nothing of the venv is needed: any pip downloads one wheel, and a fresh clone gets its
 # kit in seconds, not after the whole install
 LPIPS  := lpips==0.1.4
-KITPY  := $(shell $(VPY) -m pip --version >/dev/null 2>&1 && echo $(VPY) || echo $(PYTHON))
+KITPY   = $(shell $(VPY) -m pip --version >/dev/null 2>&1 && echo $(VPY) || echo $(PYTHON))
 device-kit:
 	rm -rf .device-kit && mkdir -p .device-kit/wheels
 	$(KITPY) -m pip download --quiet --no-deps --only-binary=:all: -d .device-kit/wheels $(LPIPS) || \

@@ -89,6 +89,30 @@ def test_a_legacy_file_of_any_pickle_protocol_is_named_a_torch_file(tmp_path, ti
         assert held_kind(path) == "a legacy PyTorch file"  # someone's model: no output replaces it
 
 
+def test_a_torn_legacy_checkpoint_is_replaced_and_a_pickled_model_is_not(tmp_path, tiny_g):
+    """A protocol-2 file cut short (an old rosinality checkpoint, copied half) was refused as "a
+    legacy PyTorch file", and a whole torch.save(model) (pickled classes) was taken for torn."""
+    import shlex
+
+    from torch import nn
+
+    from cartoongan.weights.replacing import held_kind
+
+    whole = tmp_path / "old.pt"
+    torch.save({"g_ema": tiny_g(16).state_dict()}, whole, _use_new_zipfile_serialization=False)
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert held_kind(torn) is None and held_kind(whole) == "a generator checkpoint"
+    torch.save(nn.Linear(2, 2), tmp_path / "model.pt")
+    assert held_kind(tmp_path / "model.pt") == "a PyTorch file that needs pickled code to load"
+    quoted = tmp_path / "it's.pt"  # the re-save line is a command that works, whatever the name
+    torch.save({"g_ema": {}}, quoted, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(quoted)
+    argv = shlex.split(str(exc.value).split("`")[1])
+    assert argv[:2] == ["python", "-c"] and repr(str(quoted)) in argv[2]
+
+
 def test_config_f_widths_are_recognised():
     from cartoongan import Generator
 

@@ -2,6 +2,7 @@
 import json
 import math
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -586,6 +587,70 @@ def test_fid_of_folders_decodes_a_chunk_at_a_time_and_scores_as_one_pass(tmp_pat
     assert any("skipped 1 unreadable image(s)" in w and "zz_torn.png" in w for w in reporter.warnings)
     got = suite.load_images(b, 5, torch.device("cpu"), features=stub_features)
     assert got.images is None and got.features.shape[0] == 5 and got.keys == sorted(p.name for p in b.iterdir())[:5]
+
+
+def test_a_streamed_folder_shows_one_bar_closed_on_a_stop_and_a_damaged_zip_costs_its_row(tmp_path, monkeypatch):
+    """The streamed folder's features showed no progress (minutes of Inception on a CPU after its
+    loading bar had closed), a Ctrl-C mid-chunk left that bar drawn over the error line, and the
+    one-image check listed every FAKE first, so a zip with a damaged directory ended the sweep."""
+    import contextlib
+
+    from cartoongan.metrics import rendered
+
+    class Bars:
+        def __init__(self):
+            self.log = []
+
+        @contextlib.contextmanager
+        def progress(self, total, description, completed=0):
+            bar = type("Bar", (), {"n": 0, "advance": lambda self, k=1, **f: setattr(self, "n", self.n + k)})()
+            self.log.append(("open", description, total))
+            try:
+                yield bar
+            finally:
+                self.log.append(("close", description, bar.n))
+
+        def warn(self, message):
+            self.log.append(("warn", message))
+
+        info = warn
+
+    def inception_like(images, reporter=None, description=""):
+        with reporter.progress(len(images), description) as bar:
+            bar.advance(len(images))
+        return stub_features(images)
+
+    a, b = blob_images(tmp_path / "a", n=10), blob_images(tmp_path / "b", n=9, seed=4)
+    monkeypatch.setattr(rendered, "RENDER_CHUNK", 4)
+    bars = Bars()
+    suite.compute_metrics(a, b, "fid", reporter=bars, features=inception_like)
+    assert [e for e in bars.log if e[0] != "warn"] == [("open", "loading a and its features", 10),
+                                                       ("close", "loading a and its features", 10),
+                                                       ("open", "loading b and its features", 9),
+                                                       ("close", "loading b and its features", 9)]
+    calls = []
+
+    def stopped(images, reporter=None, description=""):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return stub_features(images)
+
+    bars = Bars()
+    with pytest.raises(KeyboardInterrupt):
+        suite.compute_metrics(a, b, "fid", reporter=bars, features=stopped)
+    opened = [e[1] for e in bars.log if e[0] == "open"]
+    assert opened and sorted(opened) == sorted(e[1] for e in bars.log if e[0] == "close")  # every bar closed
+    damaged = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(damaged, "w") as zf:
+        for p in sorted(a.iterdir()):
+            zf.write(p, p.name)
+    raw = bytearray(damaged.read_bytes())
+    at = raw.rindex(b"PK\x01\x02")  # the last central-directory entry, its signature broken
+    raw[at: at + 4] = b"XXXX"
+    damaged.write_bytes(bytes(raw))
+    rows = suite.compare_with_real(a, [b, damaged, a], "fid", features=stub_features)
+    assert np.isfinite(rows[0]["fid"]) and math.isnan(rows[1]["fid"]) and rows[2]["fid"] == pytest.approx(0, abs=1e-9)
 
 
 def test_an_in_training_kid_holds_one_chunk_of_renders_and_scores_as_one_pass(tmp_path, tiny_g, monkeypatch):

@@ -288,11 +288,13 @@ class DatasetReading:
         self.names: list[str] = []
         self.skipped: list[str] = []  # unreadable, then those past the decompression-bomb limit
 
-    def images(self) -> Iterator[np.ndarray]:
-        """Each readable image as [size, size, 3] uint8, under a progress bar; the warnings on what
-        was skipped (and the error when nothing was readable) come at the end."""
+    def images(self, own_bar: bool = True) -> Iterator[np.ndarray]:
+        """Each readable image as [size, size, 3] uint8, under a progress bar of its own (none with
+        own_bar False: the caller shows its own); the warnings on what was skipped (and the error
+        when nothing was readable) come at the end. A caller that stops early closes it
+        (contextlib.closing), or its bar and decoding threads stay open till the process ends."""
         unreadable, huge, tiny = [], [], []
-        with self.reporter.progress(self.total, f"loading {self.root.name}") as bar:
+        with (self.reporter if own_bar else NullReporter()).progress(self.total, f"loading {self.root.name}") as bar:
             for name, (square, small, failure) in _decoded(self.sources, self.size, self.total):
                 bar.advance()
                 if failure:
@@ -305,16 +307,23 @@ class DatasetReading:
         self.skipped = unreadable + huge
         self._warn(unreadable, huge, tiny)
 
-    def chunks(self, n: int) -> Iterator[np.ndarray]:
-        """images() in blocks of up to n: uint8 [k, size, size, 3]."""
-        block = []
-        for square in self.images():
-            block.append(square)
-            if len(block) == n:
-                yield np.stack(block)
-                block = []
-        if block:
-            yield np.stack(block)
+    def chunks(self, n: int, own_bar: bool = True) -> Iterator[np.ndarray]:
+        """images() in blocks of up to n: uint8 [k, size, size, 3], each filled in place (one block's
+        memory, where a list stacked at the end held it twice)."""
+        images = self.images(own_bar)
+        try:
+            while True:
+                block, k = np.empty((n, self.size, self.size, 3), np.uint8), 0
+                for square in images:
+                    block[k], k = square, k + 1
+                    if k == n:
+                        break
+                if k:
+                    yield block[:k]
+                if k < n:
+                    return
+        finally:
+            images.close()
 
     def _warn(self, unreadable: list[str], huge: list[str], tiny: list[str]) -> None:
         root, reporter = self.root, self.reporter

@@ -21,7 +21,7 @@ RENDER_CHUNK = 1024  # renders held at once: 3 GiB at 1024 px
 Features = Callable[..., np.ndarray]  # (uint8 [N, H, W, 3], reporter, description) -> [N, D]
 
 
-class _IntoBar(NullReporter):
+class OneBar(NullReporter):
     """A reporter whose every bar is one outer bar: the features of each chunk advance it."""
 
     def __init__(self, bar: Progress):
@@ -40,7 +40,7 @@ def seed_features(gen, n: int, features: Features, truncation: float = 1.0, batc
     holding `chunk` renders at a time (default RENDER_CHUNK). progress: advanced by features() as
     it goes (one bar for all chunks). check_finite: as render_seeds."""
     chunk = chunk or RENDER_CHUNK
-    into = _IntoBar(progress) if progress is not None else NullReporter()
+    into = OneBar(progress) if progress is not None else NullReporter()
     out = []
     for start in range(0, n, chunk):
         seeds = range(start, min(n, start + chunk))

@@ -7,6 +7,7 @@ name in two folders, or the same seed through two checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..weights.known import KNOWN_GENERATORS, missing_checkpoint
 from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import infer_generator_config, load_generator
 from . import rendered
-from .rendered import Features, seed_features
+from .rendered import Features, OneBar, seed_features
 
 SET_METRICS = ("fid", "kid")
 PAIRED_METRICS = ("lpips", "identity")
@@ -77,11 +78,19 @@ def load_images(source: str | Path, n: int | None, device: torch.device, truncat
     if is_checkpoint(path):
         return render_checkpoint(path, n or DEFAULT_SAMPLES, device, truncation, reporter, features=features)
     if features is not None:
-        reading = DatasetReading(path, None, reporter, limit=n)
-        made = [features(block, NullReporter(), f"features of {path.name}") for block in reading.chunks(rendered.RENDER_CHUNK)]
-        return ImageSet(None, reading.names, False, np.concatenate(made))
+        return _folder_features(path, n, features, reporter or NullReporter())
     data = load_dataset(path, None, reporter, limit=n)  # its own size; not all 70,000 for --n 1000
     return ImageSet(data.images.permute(0, 2, 3, 1).numpy(), data.names, False)
+
+
+def _folder_features(path: Path, n: int | None, features: Features, reporter: Reporter) -> ImageSet:
+    """A folder/zip's features, decoded RENDER_CHUNK images at a time under one bar (the features
+    advance it): load_images with `features`."""
+    reading = DatasetReading(path, None, reporter, limit=n)
+    with reporter.progress(reading.total, f"loading {path.name} and its features") as bar, \
+            contextlib.closing(reading.chunks(rendered.RENDER_CHUNK, own_bar=False)) as blocks:
+        made = [features(block, OneBar(bar), f"features of {path.name}") for block in blocks]
+    return ImageSet(None, reading.names, False, np.concatenate(made))
 
 
 def parse_metrics(text: str | list[str]) -> list[str]:
@@ -258,7 +267,7 @@ class _Scorer:
         if any(m in SET_METRICS for m in names):
             from .fid import fid_from_features, kid_from_features, require_images
 
-            require_images(len(a.keys), len(b.keys))  # before minutes of Inception features
+            require_images(len(a.keys), len(b.keys))  # before minutes of Inception features (of images held)
             if self.real_features is None:
                 self.real_features = self._features(real, a)
             fb = self._features(fake, b)
@@ -281,6 +290,17 @@ class _Scorer:
         return {m: result[m] for m in names}
 
 
+def _listed(source: str | Path, alone: bool) -> int | None:
+    """How many images a folder or zip lists; None for one whose listing fails (a zip with a
+    damaged directory) in a sweep, where its own turn gives it a NaN row (alone: the error now)."""
+    try:
+        return len(image_sources(Path(source)))
+    except DataError:
+        if alone:
+            raise
+        return None
+
+
 def _check_sources(real: str | Path, fakes: list[str | Path], names: list[str]) -> None:
     """What can be told of every source without reading an image: one line before any progress bar."""
     for source in (real, *fakes):
@@ -293,9 +313,8 @@ def _check_sources(real: str | Path, fakes: list[str | Path], names: list[str]) 
             check_dataset_root(path)  # a file or a run folder that is no dataset, named without a listing
     if any(m in SET_METRICS for m in names):
         # a one-image set, before another source's minutes of features (a listing, no image read)
-        counts = [(source, 2 if is_checkpoint(Path(source)) else len(image_sources(Path(source))))
-                  for source in (real, *fakes)]
-        if few := [str(s) for s, c in counts if c == 1]:
+        few = [str(s) for s in (real, *fakes) if not is_checkpoint(Path(s)) and _listed(s, s == real or len(fakes) == 1) == 1]
+        if few:
             raise DataError(f"FID/KID need at least 2 images per set, and {' and '.join(few)} "
                             f"hold{'s' if len(few) == 1 else ''} one: add images, or score another folder")
     seen = set()

@@ -12,6 +12,7 @@ import contextlib
 import os
 import pickle
 import re
+import shlex
 import signal
 import threading
 import warnings
@@ -171,7 +172,7 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
             # a sparse tensor inside (a hand-made factor file) draws torch's note on validating it,
             # a line of torch's internals before the one line a command says about the file
             warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
-            # a legacy file saved with pickle_protocol=4 reads fine; torch says so in three lines
+            # a legacy file of pickle protocol 3 reads fine, and torch says so in three lines a time
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             # torch maps only its zip format: a legacy file (torch < 1.6, as older rosinality
             # checkpoints are) is read whole rather than refused as unreadable
@@ -179,10 +180,11 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
             ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mapped or None)
     except pickle.UnpicklingError as exc:
         if is_legacy_torch(head) and "Unsupported operand" in str(exc):
+            code = f"import torch; torch.save(torch.load({str(path)!r}, weights_only=False), 'resaved.pt')"
             raise CheckpointError(
                 f"{path} is a legacy (non-zip) PyTorch file pickled with protocol 4 or higher, which torch's "
-                "weights-only loader cannot read: re-save it once where you trust it, e.g. `python -c \"import "
-                f"torch; torch.save(torch.load('{path}', weights_only=False), 'resaved.pt')\"`") from None
+                f"weights-only loader cannot read: re-save it once where you trust it, e.g. "
+                f"`python -c {shlex.quote(code)}`") from None
         raise CheckpointError(
             f"refusing to load {path}: it needs pickled code or classes to load "
             f"({_refused_global(exc)}); "

@@ -58,12 +58,16 @@ def _unloadable_kind(path: Path) -> str | None:
         return None
     if not head:
         return None
-    if is_legacy_torch(head):  # pickle protocol 4+: unreadable weights-only, and still someone's model
-        return "a legacy PyTorch file"
+    if is_legacy_torch(head):
+        # protocol 4 and 5 no weights-only reader parses: still someone's model; 2 and 3 it reads,
+        # so one that failed is torn
+        return "a legacy PyTorch file" if head[1] >= 4 else None
     if head.startswith(b"PK"):
         names = zip_names(path)
-        if names is None or is_torch_zip(names):  # no readable directory, or torch's own: torn
+        if names is None:  # no readable directory: cut short
             return None
+        if is_torch_zip(names):  # whole, and not plain tensors: torch.save(model), a pickled class
+            return "a PyTorch file that needs pickled code to load"
         return "a NumPy archive (.npz)" if is_npz(names) else "a zip archive"
     return foreign_kind(head) or ("a text file" if is_text(head) else "a file of another format")
 
