@@ -90,6 +90,24 @@ def test_the_results_frozen_blocks_are_the_source_g_emas_exactly(tmp_path):
     assert all(not torch.equal(after["g"][n], src["g"][n]) for n in trained)  # the rest trains from the source's g
 
 
+def test_a_swap_that_would_be_one_of_its_inputs_is_refused(tmp_path):
+    """After a fine-tune with the 4-8 px blocks and the mapping frozen, `swap --res 8` wrote TARGET
+    again ("wrote spsl.pt", exit 0: the README's own pipeline did this at 256 px), and a blend too
+    narrow at the full --res wrote SOURCE again."""
+    src_path = make_source(tmp_path / "src.pt", size=32)
+    data = blob_images(tmp_path / "data", n=6)
+    cfg = tiny_config(iters=2)
+    cfg.finetune.freeze_g, cfg.finetune.freeze_mapping = 2, True
+    target = finetune(cfg, src_path, data, tmp_path / "run").latest
+    source, tuned = (build_generator(load_checkpoint(p), "g_ema") for p in (src_path, target))
+    with pytest.raises(ConfigError, match=r"the swap would be TARGET itself: .* up to 8 px .*pass --res 16 or higher"):
+        swap_layers(source, tuned, res=8)
+    assert not torch.equal(swap_layers(source, tuned, res=16).state_dict()["convs.2.conv.weight"],
+                           tuned.state_dict()["convs.2.conv.weight"])  # 16 px from SOURCE: a real swap
+    with pytest.raises(ConfigError, match="the swap would be SOURCE itself"):
+        swap_layers(source, tuned, res=32, blend_width=1e-300)
+
+
 def test_freeze_noise_freezes_exactly_the_noise_strengths():
     g, d = Generator(16, **ARCH), Discriminator(16, channel_base=512, channel_max=32)
     g_frozen, d_frozen = frozen_names(g, d, make_plan(FinetuneConfig(freeze_noise=True), g, d))

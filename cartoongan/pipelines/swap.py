@@ -78,7 +78,28 @@ def swap_layers(source: Generator, target: Generator, res: int | None = None, ma
     keep = source if mapping == "source" else target
     out.style.load_state_dict(keep.style.state_dict())
     out.w_avg = None if keep.w_avg is None else keep.w_avg.clone()
+    _refuse_a_copy(out, source, target, res)
     return out
+
+
+def _refuse_a_copy(out: Generator, source: Generator, target: Generator, res: int) -> None:
+    """ConfigError when the swap is one of its inputs, weight for weight: a TARGET fine-tuned with
+    its blocks up to R (and the mapping) frozen holds SOURCE's there (the paper recipes freeze 4-16 px
+    and the mapping, and the usual --res is 16), or a blend too narrow to give TARGET any share."""
+    if _same_weights(out, target):
+        differ = [r for b, r in enumerate(source.resolutions)
+                  if not all(torch.equal(x, y) for x, y in zip(*(
+                      [p for m in g.block_modules(b) for p in m.state_dict().values()] for g in (source, target))))]
+        lowest = differ[0] if differ else None
+        hint = (f"pass --res {lowest} or higher (the lowest block where they differ is {lowest} px)"
+                if lowest and lowest < source.size else
+                f"only the {lowest} px block differs: pass --res {lowest} with --mapping target, or a --blend-width"
+                if lowest else "they are the same model")
+        raise ConfigError(f"the swap would be TARGET itself: SOURCE and TARGET hold the same blocks up to {res} px "
+                          f"and the same mapping (TARGET froze them while fine-tuning); {hint}")
+    if _same_weights(out, source):
+        raise ConfigError(f"the swap would be SOURCE itself: at --res {res} the blend gives TARGET no share of "
+                          "any block; pass a wider --blend-width or a lower --res")
 
 
 def _same_weights(a: Generator, b: Generator) -> bool:
