@@ -108,6 +108,37 @@ def test_a_swap_that_would_be_one_of_its_inputs_is_refused(tmp_path):
         swap_layers(source, tuned, res=32, blend_width=1e-300)
 
 
+def test_settings_that_train_as_if_not_given_are_warned_of(tmp_path):
+    """FreezeSG beside a frozen mapping (the paper recipe, as the reference) trained bit for bit as
+    FreezeG, and a structure loss over frozen source-fed blocks logged 0.0 on every step: no word."""
+    import json
+
+    from cartoongan.report import ListReporter
+
+    src_path = make_source(tmp_path / "src.pt", size=32)
+    data = blob_images(tmp_path / "data", n=6)
+    struct = {}
+    for n in (1, 2):
+        cfg = tiny_config(iters=3, log_every=1)
+        cfg.finetune.freeze_sg, cfg.finetune.struct_loss = 2, n
+        reporter = ListReporter()
+        finetune(cfg, src_path, data, tmp_path / f"s{n}", reporter)
+        rows = [json.loads(line) for line in (tmp_path / f"s{n}" / "log.jsonl").read_text().splitlines()]
+        struct[n] = ([r["loss_struct"] for r in rows], [w for w in reporter.warnings if "struct_loss" in w])
+    assert struct[1][0] == [0.0] * 3 and "it is 0 on every step" in struct[1][1][0] and "above 1" in struct[1][1][0]
+    assert struct[2][0][-1] > 0 and struct[2][1] == []  # (0 at step 1 only: the target starts as the source)
+    runs = {}
+    for name, mapping in (("sg", True), ("g", False)):
+        cfg = tiny_config(iters=2)
+        cfg.finetune.freeze_sg, cfg.finetune.freeze_mapping = (2, True) if name == "sg" else (0, True)
+        cfg.finetune.freeze_g = 0 if name == "sg" else 2
+        reporter = ListReporter()
+        runs[name] = load_checkpoint(finetune(cfg, src_path, data, tmp_path / name, reporter).latest)
+        if name == "sg":
+            assert any("does nothing beside freeze_mapping" in w for w in reporter.warnings), reporter.warnings
+    assert all(torch.equal(runs["sg"]["g_ema"][k], runs["g"]["g_ema"][k]) for k in runs["g"]["g_ema"])  # why it warns
+
+
 def test_freeze_noise_freezes_exactly_the_noise_strengths():
     g, d = Generator(16, **ARCH), Discriminator(16, channel_base=512, channel_max=32)
     g_frozen, d_frozen = frozen_names(g, d, make_plan(FinetuneConfig(freeze_noise=True), g, d))

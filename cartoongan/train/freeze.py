@@ -93,6 +93,26 @@ def make_plan(cfg: FinetuneConfig, g: Generator, d: Discriminator) -> FreezePlan
     )
 
 
+def settings_without_effect(cfg: FinetuneConfig) -> list[str]:
+    """Warnings for settings that train exactly as if they were not given, each accepted without a
+    word before: a FreezeG count inside FreezeSG's, FreezeSG beside a frozen mapping, and a
+    structure loss over blocks and w slots that are all the source's (it is 0 on every step)."""
+    notes = [note] if (note := redundant_freeze_g(cfg)) else []
+    if cfg.freeze_sg and cfg.freeze_mapping:
+        # a frozen target mapping is the source's: its slots 0..2N-1 are the source's w already
+        notes.append(f"freeze_sg {cfg.freeze_sg} (--freeze-sg) does nothing beside freeze_mapping (--freeze-mapping): "
+                     "the frozen mapping is the source's, so every w slot is the source's already and this trains as "
+                     f"--freeze-g {max(cfg.freeze_g, cfg.freeze_sg)} --freeze-mapping (as the reference code's "
+                     "FreezeSG does); drop --freeze-mapping for FreezeSG proper")
+    n = cfg.struct_loss
+    if n and max(cfg.freeze_g, cfg.freeze_sg) >= n + 1 and (cfg.freeze_sg >= n + 1 or cfg.freeze_mapping):
+        # its taps (8 .. 2^(n+2) px) read blocks 0..n and w slots 0..2n+1, all frozen and from the source
+        notes.append(f"struct_loss {n} (--struct-loss) compares only blocks the source feeds whole (frozen, with the "
+                     "source's w): it is 0 on every step and costs a source pass; give --struct-loss above "
+                     f"{max(cfg.freeze_g, cfg.freeze_sg) - 1}")
+    return notes
+
+
 def redundant_freeze_g(cfg: FinetuneConfig) -> str | None:
     """The warning for a FreezeG count that FreezeSG's already covers (it freezes those blocks too),
     which was accepted without a word: a user who meant FreezeG on top of FreezeSG (the paper's

@@ -20,7 +20,7 @@ from ..weights.checkpoint import load_checkpoint, provenance
 from ..weights.networks import (ancestry, build_discriminator, build_generator, is_count, recorded_train,
                                 weights_digest)
 from .distributed import init_distributed
-from .freeze import make_plan, redundant_freeze_g
+from .freeze import make_plan, settings_without_effect
 from .memory import check_batch_fits
 from .run_dir import check_not_in_training, check_run_layout, holds_unsaved_run
 from .evaluate import KidEvaluator
@@ -381,7 +381,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
                           f"allows 0..{nets.g.n_blocks - 1}")
     plan = make_plan(ft, nets.g, nets.d)
     plan.start_frozen_from(nets.g, nets.g_ema)  # (a resume then loads the run's own g over it)
-    if note := redundant_freeze_g(ft):
+    for note in settings_without_effect(ft):
         reporter.warn(note)
     if not (ft.struct_loss or plan.source_slots):
         nets.source = None  # nothing reads it: save the memory
