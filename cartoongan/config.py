@@ -179,12 +179,15 @@ def load_recipe(path: str | Path | None) -> RunConfig:
         raise ConfigError(f"--recipe {path} is {kind}, not a TOML file: name a recipe file or one of: "
                           f"{', '.join(recipe_names())}")
     if not path.is_file():
-        builtin = recipe_path(path.name.removesuffix(".toml"))
+        # a bare name is a built-in recipe's; a path that names a folder (my/tiny.toml) is a file
+        # the user means, and training the built-in of the same name instead said nothing
+        builtin = recipe_path(path.name.removesuffix(".toml")) if path.parent == Path(".") else None
         if builtin is None:
             raise ConfigError(not_found("recipe", path, f" (pass a TOML file, or one of: {', '.join(recipe_names())})"))
         path = builtin
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8 whatever the locale
+        # TOML is UTF-8 whatever the locale; utf-8-sig: an editor's byte-order mark (Notepad) is no statement
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
     data.pop("description", None)

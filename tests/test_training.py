@@ -532,3 +532,18 @@ def test_compiled_training_traces_whole_graphs_compiles_once_and_follows_eager(m
         assert torch.allclose(torch.stack(compiled.stats[name]), torch.stack(values), rtol=1e-4, atol=1e-6), name
     for p, q in zip(compiled.nets.g.parameters(), eager.nets.g.parameters()):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_a_recipe_path_in_a_missing_folder_is_not_taken_for_the_built_in_and_a_bom_is_read(tmp_path, monkeypatch):
+    """`--recipe my_recipes/tiny.toml` (a typo in the folder) trained the built-in tiny without a
+    word; a recipe an editor saved with a byte-order mark was "not valid TOML ... at line 1"."""
+    from cartoongan.config import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"recipe not found: my_recipes/tiny.toml"):
+        load_recipe("my_recipes/tiny.toml")
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_recipe("/nonexistent/dir/tiny.toml")
+    assert load_recipe("tiny").train.iters == load_recipe("tiny.toml").train.iters  # a bare name is a built-in's
+    (tmp_path / "bom.toml").write_bytes("\ufeff[train]\nbatch = 2\n".encode())
+    assert load_recipe(tmp_path / "bom.toml").train.batch == 2
