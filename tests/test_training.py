@@ -547,3 +547,20 @@ def test_a_recipe_path_in_a_missing_folder_is_not_taken_for_the_built_in_and_a_b
     assert load_recipe("tiny").train.iters == load_recipe("tiny.toml").train.iters  # a bare name is a built-in's
     (tmp_path / "bom.toml").write_bytes("\ufeff[train]\nbatch = 2\n".encode())
     assert load_recipe(tmp_path / "bom.toml").train.batch == 2
+
+
+def test_pretrain_says_a_recipes_finetune_table_does_not_apply(tmp_path):
+    """`pretrain --recipe paper_freezesg` trained every layer and recorded freeze_g = 3 in
+    config.toml as if it applied, with no word."""
+    from cartoongan.report import ListReporter
+
+    data = blob_images(tmp_path / "data", n=4)
+    cfg = tiny_config(iters=1)
+    cfg.finetune.freeze_g, cfg.finetune.struct_loss = 2, 1
+    reporter = ListReporter()
+    pretrain(cfg, data, tmp_path / "run", reporter)
+    assert any("[finetune] settings (freeze_g, struct_loss) apply to `cartoongan finetune` only" in w
+               for w in reporter.warnings), reporter.warnings
+    quiet = ListReporter()
+    pretrain(tiny_config(iters=1), data, tmp_path / "run2", quiet)
+    assert not any("[finetune]" in w for w in quiet.warnings)

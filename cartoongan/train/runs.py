@@ -8,7 +8,7 @@ from typing import Callable
 import tomllib
 import torch
 
-from ..config import RunConfig, apply_overrides, bad_setting, changed_settings, from_dict, validate
+from ..config import FinetuneConfig, RunConfig, apply_overrides, bad_setting, changed_settings, from_dict, validate
 from ..data.dataset import load_dataset
 from ..device import check_precision, precision_note
 from ..errors import CartoonganError, CheckpointError, ConfigError, DataError, Interrupted, first_line, naming
@@ -316,6 +316,10 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
     ckpt = open_resumable(run_dir, cfg, "pretrain") if resume else None
     data_path = data_path or recorded_data(ckpt, run_dir)
     info = _start(cfg, reporter)
+    if set_here := [k for k, v in vars(cfg.finetune).items() if v != getattr(FinetuneConfig(), k)]:
+        # `pretrain --recipe paper_freezesg` trained a plain model, recording the freezes as if applied
+        reporter.warn(f"the recipe's [finetune] settings ({', '.join(set_here)}) apply to `cartoongan finetune` only: "
+                      "pretrain trains every layer and ignores them")
     check_batch_fits(cfg.model, cfg.train.batch, info.device)
     data = load_dataset(data_path, cfg.model.size, reporter)
     warn_batch_repeats(cfg.train.batch, len(data), data_path, reporter)
