@@ -88,6 +88,22 @@ def test_ablation_source_without_discriminator_is_refused_before_any_work(tmp_pa
     assert not (tmp_path / "abl" / "data").exists()  # refused before the cartoon set was made
 
 
+@pytest.mark.parametrize("command", ["demo", "ablation"])
+def test_a_source_too_small_for_the_recipes_is_refused_before_any_work(tmp_path, tiny_g, tiny_d, command):
+    """`demo --source` of a 16 px model wrote its 1000 faces, then failed naming --struct-loss, a
+    flag the demo has not."""
+    from cartoongan.weights.checkpoint import save_checkpoint
+    from cartoongan.weights.networks import generator_checkpoint
+
+    ckpt = generator_checkpoint(tiny_g(16))
+    ckpt["g"], ckpt["d"] = ckpt["g_ema"], tiny_d(16).state_dict()
+    source = save_checkpoint(tmp_path / "small.pt", ckpt)
+    result = runner.invoke(app, [command, "--out", str(tmp_path / "o"), "--source", str(source), "--iters", "1"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and f"{source} is a 16 px model" in said and "pass a source of 32 px or more" in said, said
+    assert "--struct-loss" not in said and not (tmp_path / "o" / "data").exists()
+
+
 def test_ablation_renders_that_cannot_fit_are_refused_before_any_work(tmp_path, monkeypatch):
     from cartoongan import hostmem
 

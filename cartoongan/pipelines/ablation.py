@@ -215,7 +215,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     seeds = seeds or list(range(8))
     source = Path(source) if source else BUNDLED_SOURCE
     # before any rendering, not at the first method; a missing source gets load_checkpoint's line
-    check_finetunable(source, "every method")
+    check_finetunable(source, "every method", tuple(recipe for _, recipe in methods))
     src_gen = load_generator(source, dev)
     _check_renders_fit(max(n_eval, n_structure), src_gen.size)
     with ctrl_c_hint(_again(out)):  # a Ctrl-C between stages: the rerun reuses the finished runs

@@ -13,7 +13,7 @@ from ..outputs import atomic_write, check_fresh_dir
 from ..report import NullReporter, Reporter
 from ..train.runs import check_same_source, finetune, pretrain, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
-from ..weights.networks import load_generator, weights_digest
+from ..weights.networks import infer_generator_config, load_generator, weights_digest
 from .sample import sample_checkpoints
 from .swap import swap_checkpoints
 
@@ -38,12 +38,23 @@ class DemoResult:
     swapped: Path
 
 
-def check_finetunable(source: Path, what: str) -> None:
+def check_finetunable(source: Path, what: str, recipes: tuple[str, ...] = ()) -> None:
     """CheckpointError for a source without a discriminator: `what` fine-tunes its G and D, and has
-    no --fresh-d (finetune's fix) to offer. Before any work (load_checkpoint names a missing one)."""
-    if "d" not in load_checkpoint(source, mmap=True):
+    no --fresh-d (finetune's fix) to offer; or too small for the blocks `recipes` freeze or tap
+    (`demo --source` of a 16 px model failed at the fine-tune, naming --struct-loss, a flag the demo
+    has not, after writing its 1000 faces). Before any work (load_checkpoint names a missing one)."""
+    ckpt = load_checkpoint(source, mmap=True)
+    if "d" not in ckpt:
         raise CheckpointError(f"{source} has no discriminator ('d'): {what} fine-tunes the source's G and D "
                               "(FreezeD keeps D's layers); pass a training checkpoint with both, e.g. a run's latest.pt")
+    size = infer_generator_config(ckpt.get("g_ema") or ckpt["g"])["size"]
+    for name in recipes:
+        ft = load_recipe(name).finetune
+        least = 2 ** (max(ft.struct_loss, ft.freeze_g, ft.freeze_sg) + 2)  # as finetune's range checks
+        if size < least:
+            raise CheckpointError(f"{source} is a {size} px model, and {what} fine-tunes with the {name} recipe, "
+                                  f"whose frozen and structure-loss blocks need a model of {least} px or more: "
+                                  f"pass a source of {least} px or more")
 
 
 def _again(out: Path) -> str:
@@ -113,7 +124,7 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
                           lambda names: set(names) <= DEMO_ENTRIES)
     seeds = seeds or list(range(8))
     if source is not None:  # a missing or damaged --source is refused before any data is made
-        check_finetunable(Path(source), "the demo")
+        check_finetunable(Path(source), "the demo", ("demo_finetune",))
         load_generator(source, "cpu")
     with ctrl_c_hint(_again(out)):  # a Ctrl-C between stages: the rerun picks up what they finished
         cartoon_dir = out / "data" / "cartoon"
