@@ -384,6 +384,10 @@ def test_source_without_d_needs_fresh_d(tmp_path):
     assert res.exit_code == 0, res.output
     assert "random weights" in res.output and "fine-tuning plan" in res.output
     assert load_checkpoint(tmp_path / "r2" / "latest.pt")["cartoongan"]["kind"] == "finetune"
+    # FreezeD of a fresh D would keep random blocks for good: refused (it was the one warning above)
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "r3"), "--fresh-d", "--freeze-d", "2"])
+    assert res.exit_code == 2 and "with --fresh-d they would be random and never train" in res.output, res.output
+    assert not (tmp_path / "r3" / "latest.pt").exists()
 
 
 def test_fresh_d_with_a_source_that_has_d_says_it_does_nothing(tmp_path):
@@ -504,3 +508,14 @@ def test_a_freeze_g_within_freeze_sg_is_named_as_doing_nothing(tmp_path, freeze_
                               "--recipe", "tiny", "--iters", "1", "--freeze-sg", "2", "--freeze-g", str(freeze_g)])
     assert res.exit_code == 0, res.output
     assert ("--freeze-g) does nothing beside freeze_sg 2" in " ".join(res.output.split())) == warned
+
+
+def test_info_counts_the_generators_parameters_as_the_plan_does(tmp_path):
+    """info said 461624 of the bundled model, the plan's rows (and g.parameters()) 461496: it
+    counted the eight FIR kernel buffers as parameters."""
+    from cartoongan.weights.networks import describe
+
+    path = Path(__file__).parents[1] / "cartoongan" / "pretrained" / "demo64_photo.pt"
+    ckpt = load_checkpoint(path)
+    g = build_generator(ckpt, "g_ema")
+    assert describe(ckpt)["generator_parameters"] == sum(p.numel() for p in g.parameters())

@@ -345,6 +345,11 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device,
     if d is not None and cfg.finetune.fresh_d:
         reporter.warn(f"{source_path} has a discriminator: fresh_d (--fresh-d) does nothing, D starts from the "
                       "source's")
+    if d is None and cfg.finetune.fresh_d and cfg.finetune.freeze_d:
+        # FreezeD keeps what a pretrained D learned; a fresh D's blocks would stay random for good
+        raise ConfigError(f"freeze_d {cfg.finetune.freeze_d} (--freeze-d) keeps D's pretrained blocks, and {source_path} "
+                          "has no discriminator: with --fresh-d they would be random and never train; drop --freeze-d, "
+                          "or pass a source that has its D")
     if d is None and cfg.finetune.fresh_d:
         reporter.warn(f"{source_path} has no discriminator: starting D from random weights (--fresh-d)")
         gc = source.config

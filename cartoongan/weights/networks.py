@@ -263,7 +263,9 @@ def describe(ckpt: dict) -> dict:
         channels = channel_widths(cfg["size"], cfg["channel_multiplier"], cfg["channel_base"], cfg["channel_max"])
     except (ValueError, ZeroDivisionError) as exc:
         raise CheckpointError(f"its generator configuration is invalid: {exc}") from None
-    n_params = sum(v.numel() for k, v in ckpt[which].items() if not k.startswith("noises."))
+    # parameters only: the constant noise maps and the FIR kernels (blur.kernel, upsample.kernel) are
+    # buffers, and counted they made info disagree with the fine-tuning plan's rows by 128
+    n_params = sum(v.numel() for k, v in ckpt[which].items() if not k.startswith("noises.") and k.split(".")[-1] != "kernel")
     meta = ckpt.get("cartoongan") if isinstance(ckpt.get("cartoongan"), dict) else {}
     return {
         "resolution": cfg["size"],
