@@ -519,3 +519,14 @@ def test_info_counts_the_generators_parameters_as_the_plan_does(tmp_path):
     ckpt = load_checkpoint(path)
     g = build_generator(ckpt, "g_ema")
     assert describe(ckpt)["generator_parameters"] == sum(p.numel() for p in g.parameters())
+
+
+def test_a_recipes_structure_loss_settings_without_the_loss_are_warned_of():
+    """A recipe's struct_weight = 5.0 with struct_loss 0 trained without it and said nothing (the
+    flag is refused so)."""
+    from cartoongan.train.freeze import settings_without_effect
+
+    assert any("they do nothing in this run" in n for n in settings_without_effect(FinetuneConfig(struct_weight=5.0)))
+    assert any("they do nothing" in n for n in settings_without_effect(FinetuneConfig(struct_tap="features")))
+    assert settings_without_effect(FinetuneConfig(struct_loss=2, struct_weight=5.0)) == []
+    assert settings_without_effect(FinetuneConfig()) == []

@@ -104,6 +104,11 @@ def settings_without_effect(cfg: FinetuneConfig) -> list[str]:
                      "the frozen mapping is the source's, so every w slot is the source's already and this trains as "
                      f"--freeze-g {max(cfg.freeze_g, cfg.freeze_sg)} --freeze-mapping (as the reference code's "
                      "FreezeSG does); drop --freeze-mapping for FreezeSG proper")
+    default = FinetuneConfig()
+    if not cfg.struct_loss and (cfg.struct_weight, cfg.struct_tap) != (default.struct_weight, default.struct_tap):
+        # the flags are refused so; a recipe's value is read as one a later --struct-loss may use
+        notes.append(f"struct_weight {cfg.struct_weight} / struct_tap {cfg.struct_tap} shape the structure loss, which "
+                     "is off (struct_loss 0): they do nothing in this run")
     n = cfg.struct_loss
     if n and max(cfg.freeze_g, cfg.freeze_sg) >= n + 1 and (cfg.freeze_sg >= n + 1 or cfg.freeze_mapping):
         # its taps (8 .. 2^(n+2) px) read blocks 0..n and w slots 0..2n+1, all frozen and from the source
