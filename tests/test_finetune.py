@@ -530,3 +530,24 @@ def test_a_recipes_structure_loss_settings_without_the_loss_are_warned_of():
     assert any("they do nothing" in n for n in settings_without_effect(FinetuneConfig(struct_tap="features")))
     assert settings_without_effect(FinetuneConfig(struct_loss=2, struct_weight=5.0)) == []
     assert settings_without_effect(FinetuneConfig()) == []
+
+
+def test_info_names_each_stretch_of_a_run_whose_resume_changed_the_method(tmp_path):
+    """info said "plain fine-tune (nothing frozen, no structure loss)" of a model that trained half
+    its steps with FreezeSG 2 and the structure loss, before a resume turned both off."""
+    from cartoongan.train.runs import resumed_config
+    from cartoongan.weights.networks import describe
+
+    src_path = make_source(tmp_path / "src.pt", size=32)
+    data = blob_images(tmp_path / "data", n=4)
+    cfg = tiny_config(iters=2, ckpt_every=2)
+    cfg.finetune.freeze_sg, cfg.finetune.struct_loss = 2, 3
+    run = tmp_path / "run"
+    finetune(cfg, src_path, data, run)
+    finetune(resumed_config(run, {"train": {"iters": 3}}), None, None, run, resume=True)  # the same: no stretch
+    assert "history" not in load_checkpoint(run / "latest.pt")["cartoongan"]
+    finetune(resumed_config(run, {"train": {"iters": 5}, "finetune": {"freeze_sg": 0, "struct_loss": 0}}), None, None,
+             run, resume=True)
+    method = describe(load_checkpoint(run / "latest.pt"))["method"]
+    assert method == ("plain fine-tune (nothing frozen, no structure loss) (since step 3; before it, steps 0-3: "
+                      "FreezeSG 2, structure loss over 3 resolutions (weight 1, rgb taps))"), method

@@ -153,6 +153,8 @@ class Trainer:
         self.plan = plan or FreezePlan()
         self.reporter = reporter or NullReporter()
         self.provenance = provenance or {}
+        # the fine-tuning settings of earlier stretches of a resumed run: [{"until_step", "finetune"}]
+        self.history: list[dict] = []
         self.dev = info.device
         self.local_batch = self.t.batch // info.world
         data.place_for(self.dev)  # on a GPU with room for it: no copy, no host wait per batch
@@ -344,9 +346,19 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state(self.dev) if self.dev.type == "cuda" else None,
         }
         meta = {"kind": self.kind, "step": self.step, "images": self.images, "config": self.cfg.to_dict(),
-                "provenance": self.provenance}
+                "provenance": self.provenance, **({"history": self.history} if self.history else {})}
         return training_checkpoint(n.g, n.d, n.g_ema, self.g_optim, self.d_optim, self.w_avg, self.ada.p,
                                    train_state, **meta)
+
+    def _history(self, meta: dict) -> list[dict]:
+        """The recorded history, and the stretch up to now when this resume changes the fine-tuning
+        settings (`info` named only the last ones, of a model half trained with others)."""
+        history = [h for h in meta.get("history", []) if isinstance(h, dict)] if isinstance(meta.get("history"), list) else []
+        config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        before, now = config.get("finetune"), self.cfg.to_dict()["finetune"]
+        if self.kind == "finetune" and isinstance(before, dict) and before != now and self.step > 0:
+            history.append({"until_step": self.step, "finetune": before})
+        return history
 
     def restore(self, ckpt: dict) -> None:
         """Continue from a checkpoint written by `checkpoint()` (weights, optimisers, counters, RNG)."""
@@ -366,6 +378,7 @@ class Trainer:
             self.evaluator.best = float(ts["best_kid"])
         self.step = int(ckpt["cartoongan"]["step"])
         self.images = images_trained(ckpt["cartoongan"], self.t.batch)
+        self.history = self._history(ckpt["cartoongan"])
         self._keep_a_newer_best()
         if torch.is_tensor(ckpt.get("latent_avg")):
             self.w_avg = ckpt["latent_avg"].to(self.dev)

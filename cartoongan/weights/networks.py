@@ -292,6 +292,13 @@ def _recorded_training(meta: dict, ckpt: dict) -> dict:
     t, rows = config["train"], {}
     if meta.get("kind") == "finetune" and isinstance(config.get("finetune"), dict):
         rows["method"] = finetune_method(config["finetune"])
+        earlier = [h for h in meta.get("history") or [] if isinstance(h, dict) and isinstance(h.get("finetune"), dict)]
+        if earlier:  # a resume changed the settings: each stretch, oldest first
+            start, parts = 0, []
+            for h in earlier:
+                parts.append(f"steps {start}-{h.get('until_step')}: {finetune_method(h['finetune'])}")
+                start = h.get("until_step")
+            rows["method"] += f" (since step {start}; before it, {'; '.join(parts)})"
     step, batch, p, images = meta.get("step"), t.get("batch"), ckpt.get("ada_aug_p"), images_trained(meta)
     parts = []
     if is_count(step) and is_count(batch) and images == step * batch:
