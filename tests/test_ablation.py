@@ -171,3 +171,21 @@ def test_a_cuda_device_that_is_not_here_is_refused_before_anything_is_written(tm
         result = runner.invoke(app, [command, "--out", str(tmp_path / command), "--device", "cuda"])
         assert result.exit_code == 2 and "--device cuda: no CUDA GPU is visible here" in result.output, result.output
         assert not (tmp_path / command).exists()
+
+
+def test_a_demo_run_of_another_source_is_refused_with_the_demos_own_fix(tmp_path):
+    """`demo --out d --iters 2` over a stopped demo of another source ended with finetune's advice,
+    "pass that one, or start a new run": flags the demo does not have."""
+    from cartoongan.errors import ConfigError
+    from cartoongan.pipelines import demo
+    from cartoongan.train.runs import finetune
+
+    from .helpers import blob_images, tiny_config
+    from .test_finetune import make_source
+
+    a, b = make_source(tmp_path / "a.pt", seed=1), make_source(tmp_path / "b.pt", seed=2)
+    data = blob_images(tmp_path / "data", n=4)
+    finetune(tiny_config(iters=1), a, data, tmp_path / "run")
+    for iters in (1, 3):  # finished, and stopped short of the demo's steps
+        with pytest.raises(ConfigError, match=r"b.pt is not the model .* choose another --out for this source$"):
+            demo._run_finetune(b, data, tmp_path / "run", iters, "cpu", demo.NullReporter())

@@ -266,7 +266,7 @@ def test_swap_and_toonify_name_models_given_the_wrong_way_round_or_unrelated(tmp
     for tuned in (tmp_path / "r" / "latest.pt", tmp_path / "t.pt"):
         res = runner.invoke(app, ["swap", str(tuned), str(src), "-o", str(tmp_path / "rev.pt")])
         said = " ".join(res.output.split())
-        assert res.exit_code == 0 and f"{tuned} was fine-tuned from {src}: SOURCE and TARGET look swapped" in said, said
+        assert res.exit_code == 0 and f"{tuned} descends from {src} (fine-tuned from it, or from a model fine-tuned from it): SOURCE and TARGET look swapped" in said, said
         (tmp_path / "rev.pt").unlink()
     res = runner.invoke(app, ["swap", str(src), str(tmp_path / "t.pt"), "-o", str(tmp_path / "ok.pt")])
     assert res.exit_code == 0 and "warning" not in res.output, res.output

@@ -84,10 +84,11 @@ def _run_finetune(source: Path, data: Path, run: Path, iters: int, device: str |
     this source: one of another was passed off as this source's cartoon model; a resumed one is
     checked by finetune)."""
     done, resume = _earlier(run, iters, "fine-tuned model", reporter)
-    if done is not None:
-        check_same_source(load_checkpoint(done, mmap=True), run, source, weights_digest(load_generator(source, "cpu")),
-                          fix="choose another --out for this source",
+    if resume:  # finished or not: finetune's own check would advise finetune's fix ("start a new run")
+        check_same_source(load_checkpoint(run / "latest.pt", mmap=True), run, source,
+                          weights_digest(load_generator(source, "cpu")), fix="choose another --out for this source",
                           changed_fix="put the original back, or choose another --out for this source")
+    if done is not None:
         return done
     if resume:
         cfg = resumed_config(run, _train_overrides(iters, device))

@@ -120,7 +120,8 @@ def swap_checkpoints(source_path: str | Path, target_path: str | Path, out_path:
     relation = lineage(source, source_record, target, target_record)
     if relation == "swapped":
         (reporter or NullReporter()).warn(
-            f"{source_path} was fine-tuned from {target_path}: SOURCE and TARGET look swapped (SOURCE is the "
+            f"{source_path} descends from {target_path} (fine-tuned from it, or from a model fine-tuned from it): "
+            "SOURCE and TARGET look swapped (SOURCE is the "
             "photo model whose structure is kept, TARGET the fine-tuned one); swapping as given")
     elif relation == "unrelated":
         (reporter or NullReporter()).warn(

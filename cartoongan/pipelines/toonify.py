@@ -42,7 +42,8 @@ def load_models(source: str | Path, targets: list[str | Path], cfg: ProjectConfi
             raise CartoonganError(f"{path} cannot render the source's latents: {exc}") from None
         relation = lineage(source_g, recorded, g, target_record)
         if relation == "swapped":
-            reporter.warn(f"{source} was fine-tuned from {path}: --source looks like the cartoon model and {path} "
+            reporter.warn(f"{source} descends from {path} (fine-tuned from it, or from a model fine-tuned from it): "
+                          f"--source looks like the cartoon model and {path} "
                           "the photo one (the photo is projected with --source); going on as given")
         elif relation == "unrelated":
             reporter.warn(f"{path} was fine-tuned from another model ({target_record.get('source')}), not from "
