@@ -38,8 +38,8 @@ DEFAULT_SAMPLES = 1000  # images rendered from a checkpoint when no n is given
 
 @dataclass
 class ImageSet:
-    """images: uint8 [N, H, W, 3], or None for a checkpoint scored on its features alone (see
-    load_images); keys pair images across sources (file names, or 'seedNNNN'); features: Inception
+    """images: uint8 [N, H, W, 3], or None for a set scored on its features alone (set metrics only,
+    see load_images); keys pair images across sources (file names, or 'seedNNNN'); features: Inception
     features [N, D] once made."""
 
     images: np.ndarray | None
