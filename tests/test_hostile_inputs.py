@@ -1288,8 +1288,8 @@ def test_metrics_size_a_set_by_its_common_side_not_its_first_file(tmp_path, monk
     blob_images(tmp_path / "d", n=3, size=32)
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "d" / "0.png")  # sorts first
     walks = []
-    listing = dataset._listing
-    monkeypatch.setattr(dataset, "_listing", lambda root: walks.append(root) or listing(root))
+    listing = dataset._every_listed
+    monkeypatch.setattr(dataset, "_every_listed", lambda root: walks.append(root) or listing(root))
     assert load_images(tmp_path / "d", None, torch.device("cpu")).images.shape == (4, 32, 32, 3)
     assert len(walks) == 1  # the size is found in the same listing the images load from
 

@@ -423,7 +423,7 @@ def test_metrics_refuse_what_they_can_before_reading_or_scoring_an_image(tmp_pat
     loaded.clear()
     with pytest.raises(CartoonganError, match=r"ffhq256.pt is rosinality's 256 px FFHQ .*download it from"):
         suite.compute_metrics(a, tmp_path / "ffhq256.pt", ["fid"], features=counting)
-    with pytest.raises(DataError, match="notes.toml is a file, not a dataset"):
+    with pytest.raises(DataError, match="notes.toml is neither a folder or .zip of images nor a checkpoint"):
         suite.compute_metrics(a, tmp_path / "notes.toml", ["kid"], features=counting)
     with pytest.raises(ConfigError, match="not a folder and a checkpoint"):
         suite.compute_metrics(ckpt, a, ["fid", "lpips"], features=counting)
@@ -651,6 +651,57 @@ def test_a_streamed_folder_shows_one_bar_closed_on_a_stop_and_a_damaged_zip_cost
     damaged.write_bytes(bytes(raw))
     rows = suite.compare_with_real(a, [b, damaged, a], "fid", features=stub_features)
     assert np.isfinite(rows[0]["fid"]) and math.isnan(rows[1]["fid"]) and rows[2]["fid"] == pytest.approx(0, abs=1e-9)
+
+
+def test_sets_score_the_same_faces_whatever_their_form(tmp_path, tiny_g):
+    """A sample folder's grid.png was scored as a face; with --n a folder and a zip of the same tree
+    took other images (a/0.png sorts before a-b.png in a folder, after it in a zip); a sweep lost
+    every row to a folder of one readable image among two files; a checkpoint named .ckpt was
+    called "a file, not a dataset"."""
+    import shutil
+
+    from cartoongan.weights.checkpoint import save_checkpoint
+    from cartoongan.weights.networks import generator_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g(size=16)))
+    out = tmp_path / "s"
+    assert runner.invoke(app, ["sample", str(ckpt), "--seeds", "0-5", "--outdir", str(out)]).exit_code == 0
+    assert "grid.png" not in [name for name, _ in suite.image_sources(out)] and len(suite.image_sources(out)) == 6
+    real = blob_images(tmp_path / "real", n=6)
+    by_hand = suite.compute_metrics(real, ckpt, "fid", n=6, features=stub_features)
+    assert suite.compute_metrics(real, out, "fid", features=stub_features) == by_hand
+    nest = tmp_path / "nest"
+    (nest / "a").mkdir(parents=True)
+    for i, name in enumerate(["a/0.png", "a/1.png", "a-b.png", "a-c.png"]):
+        shutil.copy(sorted(real.iterdir())[i], nest / name)
+    with zipfile.ZipFile(tmp_path / "nest.zip", "w") as zf:
+        for name in ["a-b.png", "a-c.png", "a/0.png", "a/1.png"]:  # stored in another order
+            zf.write(nest / name, name)
+    assert [n for n, _ in suite.image_sources(nest)] == [n for n, _ in suite.image_sources(tmp_path / "nest.zip")]
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(sorted(real.iterdir())[0], one / "a.png")
+    (one / "b.png").write_text("garbage")
+    other = save_checkpoint(tmp_path / "h.pt", generator_checkpoint(tiny_g(size=16, seed=3)))
+    rows = suite.compare_with_real(real, [ckpt, one, other], "fid", n=6, features=stub_features)
+    assert np.isfinite(rows[0]["fid"]) and math.isnan(rows[1]["fid"]) and np.isfinite(rows[2]["fid"])
+    shutil.copy(ckpt, tmp_path / "model.ckpt")
+    assert suite.compute_metrics(real, tmp_path / "model.ckpt", "fid", n=6, features=stub_features) == by_hand
+    (tmp_path / "notes.bin").write_bytes(b"x")
+    with pytest.raises(DataError, match="is neither a folder or .zip of images nor a checkpoint"):
+        suite.compute_metrics(real, tmp_path / "notes.bin", "fid", features=stub_features)
+
+
+def test_paired_metrics_pair_by_the_path_and_refuse_a_repeated_name(tmp_path):
+    """a/x.png was paired with b/x.png (LPIPS 0.31 of two identical folders), and REAL's x.png and
+    x.jpg both with FAKE's x.png ("-1 image(s) without a partner")."""
+    def images(names):
+        return suite.ImageSet(np.arange(len(names))[:, None, None, None].repeat(2, 1).astype(np.uint8), names, False)
+
+    a, b = suite.pair(images(["a/x.png", "b/x.png"]), images(["b/x.jpg", "a/x.jpg"]))
+    assert a[:, 0, 0, 0].tolist() == [0, 1] and b[:, 0, 0, 0].tolist() == [1, 0]
+    with pytest.raises(DataError, match="REAL holds x more than once"):
+        suite.pair(images(["x.png", "x.jpg"]), images(["x.png"]))
 
 
 def test_an_in_training_kid_holds_one_chunk_of_renders_and_scores_as_one_pass(tmp_path, tiny_g, monkeypatch):

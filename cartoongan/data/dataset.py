@@ -4,13 +4,14 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import shutil
 import zipfile
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
@@ -59,7 +60,26 @@ def _unreadable_zip(root: Path) -> DataError:
 
 def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path], list[str]]:
     """image_sources, the training run folders found under a folder source whose files it left out,
-    and the GIFs left out (animations: `project --save-video` and `sample --interpolate` write them)."""
+    and the GIFs left out (animations: `project --save-video` and `sample --interpolate` write them).
+    (sample's contact sheets are left out too, see _without_sheets.)"""
+    sources, runs, gifs = _every_listed(root)
+    return _without_sheets(sources), runs, gifs
+
+
+# what `sample` writes beside its seedNNNN.png: a folder of its renders given to `metrics` scored
+# grid.png as a 21st face (FID 281.76 where the 20 renders give 267.83)
+SHEETS = {"grid.png", "compare.png"}
+RENDER_NAME = re.compile(r"(seed|proj)\d{4,}\.png")
+
+
+def _without_sheets(sources: list[tuple[str, callable]]) -> list[tuple[str, callable]]:
+    """sources less grid.png / compare.png wherever seedNNNN.png or projNNNN.png sit beside them."""
+    folders = {str(PurePosixPath(name).parent) for name, _ in sources if RENDER_NAME.fullmatch(PurePosixPath(name).name)}
+    return [(name, opener) for name, opener in sources
+            if not (PurePosixPath(name).name in SHEETS and str(PurePosixPath(name).parent) in folders)]
+
+
+def _every_listed(root: Path) -> tuple[list[tuple[str, callable]], list[Path], list[str]]:
     check_dataset_root(root)
     if root.is_file():  # a .zip
         try:
@@ -70,7 +90,10 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path], list[s
         # own image, where reading by name gave the last one every time
         # (and hidden ones left out: __MACOSX/._x.gif is no animation of the set)
         listed = [m for m in zf.infolist() if not m.is_dir() and not _hidden(Path(m.filename).parts)]
-        members = sorted((m for m in listed if Path(m.filename).suffix.lower() in EXTENSIONS), key=lambda m: m.filename)
+        # in the order a folder of the same tree is read (by path parts: a/0.png before a-b.png), so
+        # `metrics --n 2` of a folder and of its zip score the same images
+        members = sorted((m for m in listed if Path(m.filename).suffix.lower() in EXTENSIONS),
+                         key=lambda m: PurePosixPath(m.filename).parts)
         gifs = [m.filename for m in listed if Path(m.filename).suffix.lower() == ".gif"]
         return [(m.filename, (lambda m=m: _zip_member(zf, m))) for m in members], [], gifs
     # one walk of the tree serves both questions below
@@ -205,7 +228,11 @@ class ImageDataset:
 
 def _some_image_sources(root: Path, reporter: Reporter) -> list[tuple[str, callable]]:
     """image_sources, refused (before any progress bar) when there is no image file at all."""
-    sources, runs, gifs = _listing(root)
+    every, runs, gifs = _every_listed(root)
+    sources = _without_sheets(every)
+    if sheets := sorted({n for n, _ in every} - {n for n, _ in sources}):
+        reporter.info(f"left out {_shown(sheets, 3)} in {root}: `sample`'s contact sheet(s) beside its renders, "
+                      "not faces")
     if gifs and sources:  # a GIF-only folder is named by the error below, with the formats read
         reporter.warn(f"left out {len(gifs)} GIF(s) in {root} ({_shown(gifs, 3)}): GIFs are animations here; "
                       "save the faces among them as PNG to use them")

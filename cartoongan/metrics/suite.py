@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.dataset import DatasetReading, check_dataset_root, image_sources, load_dataset
+from ..data.images import EXTENSIONS
 from ..data.render import NonFiniteRender, render_seeds
 from ..errors import CartoonganError, CheckpointError, ConfigError, DataError, naming, rows_kept
 from ..filekind import not_found
@@ -27,12 +28,13 @@ from ..weights.known import KNOWN_GENERATORS, missing_checkpoint
 from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import infer_generator_config, load_generator
 from . import rendered
+from .fid import fid_from_features, kid_from_features, require_images
 from .rendered import Features, OneBar, seed_features
 
 SET_METRICS = ("fid", "kid")
 PAIRED_METRICS = ("lpips", "identity")
 METRICS = SET_METRICS + PAIRED_METRICS
-CHECKPOINT_SUFFIXES = {".pt", ".pth", ".pkl"}
+CHECKPOINT_SUFFIXES = {".pt", ".pth", ".pkl", ".ckpt"}
 DEFAULT_SAMPLES = 1000  # images rendered from a checkpoint when no n is given
 
 
@@ -114,8 +116,15 @@ def _check_pairable(real_is_checkpoint: bool, fake_is_checkpoint: bool) -> None:
 def pair(real: ImageSet, fake: ImageSet) -> tuple[np.ndarray, np.ndarray]:
     """The images of both sets that share a key, in the same order: two uint8 [P, H, W, 3] arrays."""
     _check_pairable(real.from_checkpoint, fake.from_checkpoint)
-    index = {Path(k).stem: i for i, k in enumerate(fake.keys)}
-    matches = [(i, index[Path(k).stem]) for i, k in enumerate(real.keys) if Path(k).stem in index]
+    # by the path without its suffix: a/x.png pairs with a/x.jpg, never with b/x.png
+    keys = [[Path(k).with_suffix("").as_posix() for k in s.keys] for s in (real, fake)]
+    for which, named in zip(("REAL", "FAKE"), keys):
+        if len(set(named)) < len(named):
+            twice = next(k for k in named if named.count(k) > 1)
+            raise DataError(f"paired metrics pair images by name without the suffix, and {which} holds {twice} "
+                            "more than once (e.g. x.png and x.jpg): rename one")
+    index = {k: i for i, k in enumerate(keys[1])}
+    matches = [(i, index[k]) for i, k in enumerate(keys[0]) if k in index]
     if not matches:
         raise DataError("paired metrics need images of the same name in both folders; none match")
     ri, fi = zip(*matches)
@@ -186,6 +195,8 @@ def compare_with_real(real: str | Path, fakes: list[str | Path], names: str | li
                 try:
                     with naming(fake):
                         b = _loaded(fake, n, device, truncation, reporter, scorer.streamed)
+                        if any(m in SET_METRICS for m in names):  # one readable image of two listed
+                            require_images(len(a.keys), len(b.keys))
                 except (NonFiniteRender, CheckpointError, DataError) as exc:
                     if len(fakes) == 1:
                         raise
@@ -265,8 +276,6 @@ class _Scorer:
     def score(self, real: str | Path, a: ImageSet, fake: str | Path, b: ImageSet) -> dict[str, float]:
         names, result = self.names, {}
         if any(m in SET_METRICS for m in names):
-            from .fid import fid_from_features, kid_from_features, require_images
-
             require_images(len(a.keys), len(b.keys))  # before minutes of Inception features (of images held)
             if self.real_features is None:
                 self.real_features = self._features(real, a)
@@ -309,6 +318,9 @@ def _check_sources(real: str | Path, fakes: list[str | Path], names: list[str]) 
             if path.name in KNOWN_GENERATORS:  # a model to download, not a typo: say where from
                 raise CheckpointError(missing_checkpoint(path))
             raise DataError(not_found("source", source, " (pass a folder of images, a .zip or a checkpoint)"))
+        if path.is_file() and not is_checkpoint(path) and path.suffix.lower() not in (".zip", *EXTENSIONS):
+            raise DataError(f"{source} is neither a folder or .zip of images nor a checkpoint (named .pt, .pth, "
+                            ".pkl or .ckpt): pass one of those (a checkpoint under another name: rename it)")
         if not is_checkpoint(path):
             check_dataset_root(path)  # a file or a run folder that is no dataset, named without a listing
     if any(m in SET_METRICS for m in names):
