@@ -252,6 +252,28 @@ def test_training_logs_kid_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     assert np.load(tmp_path / "run" / evaluate.CACHE)["features"].shape == (8, 8)  # the training set, computed once
 
 
+def test_a_resume_on_other_data_chooses_best_pt_afresh(tmp_path, monkeypatch):
+    """`finetune --resume run --data cartoons/` after photos: the best KID (against the photos) was
+    kept, so best.pt stayed at a step scored against data the run no longer trains on."""
+    from cartoongan import load_checkpoint
+    from cartoongan.report import ListReporter
+    from cartoongan.train.runs import resumed_config
+
+    first, second = blob_images(tmp_path / "a", n=8), blob_images(tmp_path / "b", n=8, seed=9)
+    monkeypatch.setattr(evaluate, "default_features", lambda device: stub_features)
+    kids = iter([0.2, 0.1, 0.3, 0.25])
+    real_call = evaluate.KidEvaluator.__call__
+    monkeypatch.setattr(evaluate.KidEvaluator, "__call__", lambda self, g: (real_call(self, g), next(kids))[1])
+    run = tmp_path / "run"
+    pretrain(tiny_config(iters=2, eval_every=1, eval_n=4, ckpt_every=2, sample_every=4), first, run)
+    assert load_checkpoint(run / "best.pt")["cartoongan"]["step"] == 2
+    reporter = ListReporter()
+    pretrain(resumed_config(run, {"train": {"iters": 4}}), second, run, reporter, resume=True)
+    assert load_checkpoint(run / "best.pt")["cartoongan"]["step"] == 4  # 0.25, the lower of the new data's
+    assert any("measured against other training images: best.pt is chosen afresh from step 2" in w
+               for w in reporter.warnings), reporter.warnings
+
+
 def test_a_best_checkpoint_newer_than_the_resumed_one_is_only_replaced_by_a_lower_kid(tmp_path, monkeypatch):
     """Killed after best.pt (step 3) was written but before latest.pt caught up (it holds step 2):
     the resumed run re-evaluates steps 3 and 4 with worse KIDs than best.pt's, which must survive."""

@@ -61,6 +61,7 @@ class KidEvaluator:
         self.features = features or default_features(device)
         self.best = math.inf
         cache, digest = Path(run_dir) / CACHE, images_digest(train_images)
+        self.digest = digest  # of the images every KID here is measured against
         self.real = _read_cache(cache, digest)
         if self.real is None:
             self.real = self.features(train_images.cpu().permute(0, 2, 3, 1).numpy(), self.reporter,

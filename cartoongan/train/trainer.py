@@ -342,6 +342,7 @@ class Trainer:
         train_state = {
             "mean_path": self.mean_path.cpu(), "ada": self.ada.state_dict(),
             "best_kid": self.evaluator.best if self.evaluator else None,
+            "kid_data": self.evaluator.digest if self.evaluator else None,  # what best_kid was measured against
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.dev) if self.dev.type == "cuda" else None,
         }
@@ -374,12 +375,19 @@ class Trainer:
             self.ada.load_state_dict(ts["ada"])
         # else a new --augment-p (or --augment) applies from here, as the resume warning says: the
         # fresh controller starts at the new p (fixed with augment none), not at the p tuned so far
+        other_data = self.evaluator is not None and ts.get("kid_data") not in (None, self.evaluator.digest)
         if self.evaluator is not None and ts.get("best_kid") is not None:
-            self.evaluator.best = float(ts["best_kid"])
+            if not other_data:  # (no record: a run saved before it)
+                self.evaluator.best = float(ts["best_kid"])
+            else:  # another dataset: its KIDs are not comparable with the old ones, and best.pt stayed on them
+                self.reporter.warn(f"the best KID so far ({float(ts['best_kid']):.4g}) was measured against other "
+                                   f"training images: best.pt is chosen afresh from step {int(ckpt['cartoongan']['step'])} "
+                                   "on, against these")
         self.step = int(ckpt["cartoongan"]["step"])
         self.images = images_trained(ckpt["cartoongan"], self.t.batch)
         self.history = self._history(ckpt["cartoongan"])
-        self._keep_a_newer_best()
+        if not other_data:
+            self._keep_a_newer_best()
         if torch.is_tensor(ckpt.get("latent_avg")):
             self.w_avg = ckpt["latent_avg"].to(self.dev)
         torch.set_rng_state(ts["rng_cpu"])
