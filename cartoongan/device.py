@@ -137,19 +137,34 @@ def tf32_enabled() -> bool:
 
 
 def reset_peak_memory(dev: torch.device) -> None:
-    """Start a peak-memory measurement on `dev` (CUDA: the allocator's peak; the CPU has none)."""
+    """Start a peak-memory measurement on `dev` (CUDA: the allocator's peak; the CPU: this
+    process's peak RSS, reset through Linux's clear_refs where the kernel allows it)."""
     if dev.type == "cuda":
         # before any CUDA work in the process, the allocator has no state for the device and
         # reset_peak_memory_stats raises 'Invalid device argument'
         torch.cuda.init()
         torch.empty(1, device=dev)
         torch.cuda.reset_peak_memory_stats(dev)
+        return
+    try:  # "5" resets VmHWM: without it, a later config's peak was the process's peak so far
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
 
 
 def peak_memory_mb(dev: torch.device) -> float:
-    """Peak memory since reset_peak_memory: CUDA allocator peak, or this process's peak RSS on the CPU."""
+    """Peak memory since reset_peak_memory: CUDA allocator peak, or this process's peak RSS on the
+    CPU (VmHWM; the process's peak since it started where /proc cannot be read)."""
     if dev.type == "cuda":
         return torch.cuda.max_memory_allocated(dev) / 2**20
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
