@@ -125,3 +125,24 @@ def test_a_legend_too_tall_to_lay_out_draws_without_a_matplotlib_warning(tmp_pat
     res = runner.invoke(app, ["plot", str(tmp_path), "-o", str(tmp_path / "c.png")])
     assert res.exit_code == 0 and "warning" not in res.output.lower(), res.output
     assert not [w for w in recwarn if "layout" in str(w.message)] and Image.open(tmp_path / "c.png").size[1] > 0
+
+
+def test_a_damaged_line_or_a_value_that_is_no_number_breaks_the_curve(tmp_path):
+    """The warning said "the curves have gaps there" and the line was drawn straight across a torn
+    row, a NaN loss and a string value, as if they had been measured."""
+    import math
+
+    from cartoongan.metrics.plot import plot_run, read_log, series
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text("\n".join([
+        '{"step": 1, "loss_d": 1.0}', '{"step": 2, "loss_d": 2.0}', '{"step": 3, "loss_d": 9.0, oops',
+        '{"step": 4, "loss_d": 4.0}', '{"step": 5, "loss_d": NaN}', '{"step": 6, "loss_d": "high"}',
+        '{"step": 7, "loss_d": 7.0}', '{"step": 8, "loss_g": 1.0}']) + "\n")
+    steps, values = series(read_log(run, gaps=True), "loss_d")
+    kept = [(s, v) for s, v in zip(steps, values) if v == v]
+    assert kept == [(1, 1.0), (2, 2.0), (4, 4.0), (7, 7.0)]
+    assert [i for i, v in enumerate(values) if math.isnan(v)] == [2, 4, 5]  # breaks between 2|4 and 4|7
+    assert len(read_log(run)) == 7  # without gaps: the rows alone, as before
+    assert plot_run(run).is_file()

@@ -31,9 +31,13 @@ def check_replaceable(out: Path) -> None:
                           "pass another --out, or delete it first")
 
 
-def read_log(run_dir: str | Path, reporter: Reporter | None = None) -> list[dict]:
+GAP = {"_gap": True}  # where read_log(gaps=True) skipped a damaged line: series breaks the curve there
+
+
+def read_log(run_dir: str | Path, reporter: Reporter | None = None, gaps: bool = False) -> list[dict]:
     """The rows of RUN/log.jsonl (a run folder or the file itself). A torn last line (a kill
-    mid-write) is ignored quietly; damaged lines before it are skipped with a warning."""
+    mid-write) is ignored quietly; damaged lines before it are skipped with a warning (and stand
+    as GAP rows with `gaps`)."""
     path = Path(run_dir)
     if not path.exists():
         raise DataError(not_found("run folder", path))
@@ -49,23 +53,26 @@ def read_log(run_dir: str | Path, reporter: Reporter | None = None) -> list[dict
         except UnicodeDecodeError:
             undecodable += 1
             damaged.append(number)
+            rows += [GAP] if gaps else []
             continue
         except (ValueError, RecursionError):  # torn, or a number or nesting past what the parser takes
             if number < len(lines):  # a run killed mid-write leaves a partial last line: quietly skipped
                 damaged.append(number)
+                rows += [GAP] if gaps else []
             continue
         if isinstance(row, dict) and _plottable(row.get("step")):
             rows.append(row)
         else:  # valid JSON but no row ([1, 2], {"step": "x"}): these went without a word
             damaged.append(number)
+            rows += [GAP] if gaps else []
     if damaged:  # the trainer never writes these (a resume drops a torn line): an edit or a damaged disk
         shown = ", ".join(map(str, damaged[:5])) + (", ..." if len(damaged) > 5 else "")
         (reporter or NullReporter()).warn(f"{path}: skipped {len(damaged)} damaged line(s) (line {shown}), not "
-                                          "JSON log rows (objects with a numeric step): the curves have gaps there")
-    if not rows and undecodable:
+                                          "JSON log rows (objects with a numeric step): the curves break there")
+    if not any(r is not GAP for r in rows) and undecodable:
         raise DataError(f"{path} is not a log.jsonl (it is not text): pass a run folder written by "
                         "pretrain/finetune")
-    if not rows:
+    if not any(r is not GAP for r in rows):
         raise DataError(f"{path} holds no log rows yet")
     return rows
 
@@ -75,9 +82,17 @@ def _plottable(value) -> bool:
 
 
 def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) of one key over the rows that have it as a plottable number: NaN, inf and
-    values past 1e30 (a diverged loss) are left out, as matplotlib cannot scale an axis to them."""
-    pts = [(r["step"], r[key]) for r in rows if _plottable(r.get(key))]  # read_log keeps rows with a plottable step
+    """(steps, values) of one key over the rows that have it. A value that is no plottable number
+    (NaN, inf, past 1e30 as a diverged loss is, a string) and a GAP row become a NaN point, where
+    matplotlib breaks the line (and which it leaves out of the axis's scale): the line joined the
+    rows on either side, as if the values between had been measured."""
+    nan = float("nan")
+    pts = [(nan, nan) if r is GAP else (r["step"], r[key] if _plottable(r[key]) else nan)
+           for r in rows if r is GAP or key in r]
+    while pts and pts[0][1] != pts[0][1]:  # no gap before the first value or after the last
+        pts.pop(0)
+    while pts and pts[-1][1] != pts[-1][1]:
+        pts.pop()
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -108,7 +123,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, reporter: Repor
     if out.suffix.lower() != ".png":  # nor a run's log.jsonl, latest.pt or config.toml, turned into a picture
         raise OutputError(f"--out {out}: plot writes a PNG; name a .png file, e.g. {out.with_suffix('.png').name}")
     check_replaceable(out)
-    rows = read_log(run_dir, reporter)
+    rows = read_log(run_dir, reporter, gaps=True)
     # against steps, not kimg: a log an older version resumed at a larger batch has a kimg that
     # jumps ahead (step x the new batch), which no row marks
     chosen = panels(rows)
@@ -118,7 +133,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, reporter: Repor
     for ax, (title, keys) in zip(axes[:, 0], chosen):
         for key in keys:
             steps, values = series(rows, key)
-            dots = title != "losses" or len(steps) < 3  # a line of one point draws nothing
+            # a line of one point draws nothing: dots for few values, and where a gap leaves one alone
+            dots = title != "losses" or sum(v == v for v in values) < 3 or any(v != v for v in values)
             ax.plot(steps, values, label=key, marker="o" if dots else None, markersize=3)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
