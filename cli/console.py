@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 
 from rich.console import Console
 from rich.markup import escape
@@ -101,6 +102,10 @@ def result_table(title, columns, rows) -> None:
     out.print(table)
 
 
+def _fields(fields: dict) -> str:
+    return "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+
+
 class _Bar:
     def __init__(self, progress: Progress, task):
         self._p, self._t = progress, task
@@ -109,8 +114,41 @@ class _Bar:
         if not fields:
             self._p.update(self._t, advance=n)
             return
-        info = "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
-        self._p.update(self._t, advance=n, info=escape(info))
+        self._p.update(self._t, advance=n, info=escape(_fields(fields)))
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 3600}:{int(seconds) // 60 % 60:02d}:{int(seconds) % 60:02d}"
+
+
+class _LineBar:
+    """A bar as a line every EVERY seconds and one at the end, where stderr is no terminal (a log,
+    CI, nohup, `2> log`): rich draws a bar there only once it is done, so an 11-minute fine-tune
+    printed its plan and then nothing until its last step, as if hung."""
+
+    EVERY = 30.0
+
+    def __init__(self, description: str, total: int, completed: int):
+        self.description, self.total, self.n, self.first = description, total, completed, completed
+        self.info = ""
+        self.start = self.last = time.monotonic()
+
+    def advance(self, n: int = 1, **fields) -> None:
+        self.n += n
+        if fields:
+            self.info = _fields(fields)
+        now = time.monotonic()
+        if now - self.last >= self.EVERY:
+            self.last = now
+            self.line(now)
+
+    def line(self, now: float | None = None) -> None:
+        elapsed = (now or time.monotonic()) - self.start
+        done = self.n - self.first
+        left = f", {_clock(elapsed / done * (self.total - self.n))} left" if 0 < done and self.n < self.total else ""
+        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        text = f"{self.description} {self.n}/{self.total}{share} {_clock(elapsed)}{left}" + (f"  {self.info}" if self.info else "")
+        console.print(escape(one_line(text)), highlight=False, soft_wrap=True)
 
 
 class RichReporter:
@@ -142,6 +180,13 @@ class RichReporter:
             # torchrun's other ranks: the one terminal shows rank 0's bars only
             with NullReporter().progress(total, description, completed) as bar:
                 yield bar
+            return
+        if not console.is_terminal:
+            bar = _LineBar(description, total, completed)
+            try:
+                yield bar
+            finally:
+                bar.line()
             return
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),

@@ -423,6 +423,23 @@ def test_a_non_utf8_name_in_a_warning_is_its_own_bytes_on_stderr(tmp_path):
     assert res.returncode == 0 and b"bad\xe9.png" in res.stderr and b"udce9" not in res.stderr, res.stderr
 
 
+def test_progress_piped_to_a_log_is_a_line_every_so_often_and_at_the_end(monkeypatch, capsys):
+    """`make demo 2> log` (nohup, CI) printed the fine-tuning plan and then nothing for 11 minutes:
+    rich draws a bar where stderr is no terminal only once it is done."""
+    from cartoongan_cli import console as con
+
+    clock = [0.0]
+    monkeypatch.setattr(con.time, "monotonic", lambda: clock[0])
+    assert not con.console.is_terminal  # pytest's capture, as a log
+    with con.RichReporter().progress(100, "finetune") as bar:
+        for step in range(100):
+            clock[0] += 1.0
+            bar.advance(1, loss_g=1.5, img_per_s=40.0)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("finetune")]
+    assert lines[0] == "finetune 30/100 (30%) 0:00:30, 0:01:10 left  loss_g 1.5  img_per_s 40"
+    assert len(lines) == 4 and lines[-1].startswith("finetune 100/100 (100%) 0:01:40  loss_g")
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
 @pytest.mark.parametrize("argv", [["info", "CKPT"], ["info", "CKPT", "--json"], ["sample", "--help"], ["--version"]])
 def test_a_full_disk_under_stdout_is_one_line_not_a_traceback(two_ckpts, argv):
