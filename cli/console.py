@@ -94,7 +94,10 @@ out = _Results(markup=False, width=1000 if _no_terminal() else None)
 def result_table(title, columns, rows) -> None:
     """A command's result as a table on stdout (`info X > file` keeps it; progress and warnings
     stay on stderr). `out` takes no markup, so nothing is escaped."""
-    table = Table(title=str(title))
+    # the title as its own line, never broken: a table's title folds to the table's width, and
+    # `metrics a/b/c d/e/latest.pt` printed "d/e/latest." and "pt" on two lines
+    out.print(str(title))
+    table = Table()
     for c in columns:
         table.add_column(str(c), overflow="fold")
     for r in rows:
