@@ -564,3 +564,20 @@ def test_pretrain_says_a_recipes_finetune_table_does_not_apply(tmp_path):
     quiet = ListReporter()
     pretrain(tiny_config(iters=1), data, tmp_path / "run2", quiet)
     assert not any("[finetune]" in w for w in quiet.warnings)
+
+
+def test_a_resume_that_names_the_same_device_otherwise_is_no_change(tmp_path):
+    """`demo --device cpu` over a demo run recorded with 'auto' on a machine without a GPU warned
+    "resumed with changed settings: [train] device 'auto' -> 'cpu'": nothing changed."""
+    from cartoongan.report import ListReporter
+
+    data = blob_images(tmp_path / "data", n=4)
+    pretrain(tiny_config(iters=1, device="auto"), data, tmp_path / "run")
+    reporter = ListReporter()
+    pretrain(resumed_config(tmp_path / "run", {"train": {"iters": 2, "device": "cpu"}}), data, tmp_path / "run",
+             reporter, resume=True)
+    assert not any("changed settings" in w for w in reporter.warnings), reporter.warnings
+    reporter = ListReporter()
+    pretrain(resumed_config(tmp_path / "run", {"train": {"iters": 3, "lr": 0.001}}), data, tmp_path / "run",
+             reporter, resume=True)
+    assert any("[train] lr 0.002 -> 0.001" in w for w in reporter.warnings)  # a real change still is

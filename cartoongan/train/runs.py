@@ -236,13 +236,26 @@ def _restore(trainer: Trainer, ckpt: dict, run_dir: Path, reporter: Reporter) ->
         raise CheckpointError(f"{run_dir / 'latest.pt'} does not fit the run's config.toml ({first_line(exc, 160)}): "
                               "restore the run's files or start a new run") from None
     reporter.info(f"resuming {run_dir} at step {trainer.step}")
-    changes = changed_settings(recorded, trainer.cfg)
+    changes = [c for c in changed_settings(recorded, trainer.cfg) if not _same_device(c, recorded, trainer)]
     if changes:  # a flag given with --resume applies from here on; say so, since it changes the run
         reporter.warn(f"resumed with changed settings (they apply from step {trainer.step} on): "
                       + "; ".join(changes))
     data = changed_data(provenance(ckpt), trainer.provenance)
     if data:  # as for settings: the run goes on, but it is no longer the run its log describes
         reporter.warn(f"resumed from step {trainer.step} on {data}")
+
+
+def _same_device(change: str, recorded: dict, trainer: Trainer) -> bool:
+    """Whether a change is of [train] device only in name: `demo --device cpu` over a demo run with
+    'auto' on a machine with no GPU was warned of as "device 'auto' -> 'cpu'", which changes nothing."""
+    if not change.startswith("[train] device "):
+        return False
+    from ..device import resolve_device
+
+    try:
+        return resolve_device(recorded["train"]["device"]) == trainer.dev
+    except (CartoonganError, KeyError, TypeError, ValueError, RuntimeError):
+        return False
 
 
 def changed_data(recorded: dict, now: dict) -> str | None:
