@@ -12,6 +12,16 @@ from cartoongan.errors import ConfigError
 from .app import app, user_errors
 from .console import RichReporter, out, result_table
 
+def _readable(value) -> str:
+    """A summary value as a person reads it: "res: 16, mapping: source", not a Python dict's repr,
+    and "-" for an unset one (the table said "None": `'blend_width': None`). --json keeps the data."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_readable(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(_readable, value))
+    return "-" if value is None else str(value)
+
+
 @app.command()
 def info(ckpt: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint to describe."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
@@ -24,7 +34,7 @@ def info(ckpt: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint to de
         out.print_json(json.dumps(summary, default=str))
         return
     report = RichReporter()
-    result_table(str(ckpt), ["field", "value"], [(k, v) for k, v in summary.items()])
+    result_table(str(ckpt), ["field", "value"], [(k, _readable(v)) for k, v in summary.items() if v is not None])
     for name, check in summary.get("networks", {}).items():
         if check != "loads":
             report.warn(f"{name} would be refused: {check}")

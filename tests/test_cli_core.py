@@ -180,6 +180,17 @@ def test_bad_checkpoint_is_one_line(tmp_path, content):
     assert len(res.output.strip().splitlines()) == 1
 
 
+def test_info_reads_as_text_not_python_reprs(tmp_path, two_ckpts):
+    """`info swapped.pt` showed `step │ None` and a provenance dict's repr with `'blend_width': None`."""
+    out = tmp_path / "s.pt"
+    assert runner.invoke(app, ["swap", str(two_ckpts[0]), str(two_ckpts[1]), "--res", "8", "-o", str(out)]).exit_code == 0
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0 and "None" not in res.stdout and "{'" not in res.stdout, res.stdout
+    assert "res: 8" in res.stdout and "blend_width: -" in res.stdout
+    data = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
+    assert data["provenance"]["blend_width"] is None  # the data itself is kept in --json
+
+
 def test_info_json(two_ckpts):
     res = runner.invoke(app, ["info", str(two_ckpts[0]), "--json"])
     assert res.exit_code == 0, res.output
