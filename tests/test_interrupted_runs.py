@@ -813,3 +813,38 @@ def test_sigterm_is_taken_as_ctrl_c_outside_torchruns_workers(monkeypatch, torch
     finally:
         signal.signal(signal.SIGTERM, before)
     assert (installed is app_module._terminated) is not torchrun
+
+
+def test_the_bars_speed_is_the_sessions_mean_not_the_last_rows(tmp_path, monkeypatch):
+    """The bar's img_per_s was the last log row's: a fine-tune that averaged 9.5 img/s ended on a
+    line reading 40. On a clock where step 1 takes 10 s and the others 1 s (and a sample grid 100 s),
+    the log keeps each row's speed and the bar shows the mean of the training time."""
+    import contextlib
+
+    from cartoongan.report import ListReporter
+    from cartoongan.train import run_dir, trainer
+
+    clock, shown = [0.0], []
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock[0])
+    step, save_samples = trainer.Trainer.train_step, run_dir.RunDirectory.save_samples
+
+    def timed_step(self):
+        step(self)
+        clock[0] += 10 if self.step == 1 else 1
+
+    def slow_grid(self, *args, **kwargs):
+        clock[0] += 100
+        return save_samples(self, *args, **kwargs)
+
+    class Bars(ListReporter):
+        @contextlib.contextmanager
+        def progress(self, total, description, completed=0):
+            yield type("Bar", (), {"advance": lambda self, n=1, **fields: shown.append(fields)})()
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", timed_step)
+    monkeypatch.setattr(run_dir.RunDirectory, "save_samples", slow_grid)
+    cfg = tiny_config(iters=4, ckpt_every=100, sample_every=2, log_every=1)
+    pretrain(cfg, blob_images(tmp_path / "data", n=4), tmp_path / "run", Bars())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["img_per_s"] == cfg.train.batch  # the last step's own speed, as before
+    assert [f for f in shown if f][-1]["img_per_s"] == pytest.approx(4 * cfg.train.batch / 13)
