@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import re
 import shutil
 import zipfile
 import zlib
@@ -23,8 +22,8 @@ from ..filekind import not_found, special_kind
 from ..hostmem import gib, images_past_memory
 from ..outputs import check_fresh_dir, check_outside, sole_writer
 from ..report import NullReporter, Reporter
-from .images import (BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, ImageTooLarge, PngWriter, bombs_as_errors, image_threads,
-                     square_resize)
+from .images import (BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, RENDER_FILE, ImageTooLarge, PngWriter, bombs_as_errors,
+                     image_threads, square_resize)
 
 
 def image_sources(root: Path) -> list[tuple[str, callable]]:
@@ -69,12 +68,11 @@ def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path], list[s
 # what `sample` writes beside its seedNNNN.png: a folder of its renders given to `metrics` scored
 # grid.png as a 21st face (FID 281.76 where the 20 renders give 267.83)
 SHEETS = {"grid.png", "compare.png"}
-RENDER_NAME = re.compile(r"(seed|proj)\d{4,}\.png")
 
 
 def _without_sheets(sources: list[tuple[str, callable]]) -> list[tuple[str, callable]]:
     """sources less grid.png / compare.png wherever seedNNNN.png or projNNNN.png sit beside them."""
-    folders = {str(PurePosixPath(name).parent) for name, _ in sources if RENDER_NAME.fullmatch(PurePosixPath(name).name)}
+    folders = {str(PurePosixPath(name).parent) for name, _ in sources if RENDER_FILE.fullmatch(PurePosixPath(name).name)}
     return [(name, opener) for name, opener in sources
             if not (PurePosixPath(name).name in SHEETS and str(PurePosixPath(name).parent) in folders)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -207,6 +208,10 @@ def image_errors(name, what: str = "photo") -> Iterator[None]:
             raise DataError(f"{name} is {kind}, not an image: pass the {what} (PNG or JPEG) here") from None
         raise DataError(f"{name} is not a readable image (damaged, or not an image format PIL reads): "
                         "save it again as PNG or JPEG") from None
+
+
+# the files `sample` writes per latent (seedNNNN.png; projNNNN.png of projected w)
+RENDER_FILE = re.compile(r"(seed|proj)\d{4,}\.png")
 
 
 def _other_format(path) -> str | None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import PngWriter, make_grid, save_image, save_png
+from ..data.images import RENDER_FILE, PngWriter, make_grid, save_image, save_png
 from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError, DataError, Interrupted
 from ..models.generator import Generator
@@ -99,9 +98,6 @@ def _write_renders(gens: list[Generator], names: list[str], ws: torch.Tensor, ou
     return result
 
 
-LATENT_FILE = re.compile(r"(seed|proj)\d{4,}\.png")
-
-
 def _warn_of_leftovers(folders: list[Path], filenames: list[str], reporter: Reporter) -> None:
     """Warn of seedNNNN.png / projNNNN.png files an earlier run left in a folder this one writes to
     and does not replace (`--seeds 0-5`, then another model's `--seeds 0-1`): a folder read as one
@@ -109,7 +105,7 @@ def _warn_of_leftovers(folders: list[Path], filenames: list[str], reporter: Repo
     ours = set(filenames)
     for folder in folders:
         try:
-            left = sorted(e.name for e in os.scandir(folder) if LATENT_FILE.fullmatch(e.name) and e.name not in ours)
+            left = sorted(e.name for e in os.scandir(folder) if RENDER_FILE.fullmatch(e.name) and e.name not in ours)
         except OSError:  # not there yet
             continue
         if left:

@@ -71,8 +71,7 @@ def swap_layers(source: Generator, target: Generator, res: int | None = None, ma
     out = copy.deepcopy(target)
     for b in range(out.n_blocks):
         t = target_fraction(out.resolutions[b], res, blend_width)
-        params = lambda g: [p for m in g.block_modules(b) for p in m.state_dict().values()]  # noqa: E731
-        _blend_into(params(out), params(source), params(target), t)
+        _blend_into(_block_tensors(out, b), _block_tensors(source, b), _block_tensors(target, b), t)
         noise = lambda g: [getattr(g.noises, n) for n in g.block_noise_names(b)]  # noqa: E731
         _blend_into(noise(out), noise(source), noise(target), 0.0 if t < 0.5 else 1.0)
     keep = source if mapping == "source" else target
@@ -82,14 +81,18 @@ def swap_layers(source: Generator, target: Generator, res: int | None = None, ma
     return out
 
 
+def _block_tensors(g: Generator, b: int) -> list[torch.Tensor]:
+    """The weights of synthesis block b (views: writing them writes the network)."""
+    return [p for m in g.block_modules(b) for p in m.state_dict().values()]
+
+
 def _refuse_a_copy(out: Generator, source: Generator, target: Generator, res: int) -> None:
     """ConfigError when the swap is one of its inputs, weight for weight: a TARGET fine-tuned with
     its blocks up to R (and the mapping) frozen holds SOURCE's there (the paper recipes freeze 4-16 px
     and the mapping, and the usual --res is 16), or a blend too narrow to give TARGET any share."""
     if _same_weights(out, target):
         differ = [r for b, r in enumerate(source.resolutions)
-                  if not all(torch.equal(x, y) for x, y in zip(*(
-                      [p for m in g.block_modules(b) for p in m.state_dict().values()] for g in (source, target))))]
+                  if not all(map(torch.equal, _block_tensors(source, b), _block_tensors(target, b)))]
         lowest = differ[0] if differ else None
         hint = (f"pass --res {lowest} or higher (the lowest block where they differ is {lowest} px)"
                 if lowest and lowest < source.size else
