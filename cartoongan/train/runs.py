@@ -10,7 +10,7 @@ import torch
 
 from ..config import FinetuneConfig, RunConfig, apply_overrides, bad_setting, changed_settings, from_dict, validate
 from ..data.dataset import load_dataset
-from ..device import check_precision, precision_note
+from ..device import check_precision, precision_note, resolve_device
 from ..errors import CartoonganError, CheckpointError, ConfigError, DataError, Interrupted, first_line, naming
 from ..models.discriminator import Discriminator
 from ..ops.fir import triton_missing
@@ -250,8 +250,6 @@ def _same_device(change: str, recorded: dict, trainer: Trainer) -> bool:
     'auto' on a machine with no GPU was warned of as "device 'auto' -> 'cpu'", which changes nothing."""
     if not change.startswith("[train] device "):
         return False
-    from ..device import resolve_device
-
     try:
         return resolve_device(recorded["train"]["device"]) == trainer.dev
     except (CartoonganError, KeyError, TypeError, ValueError, RuntimeError):
@@ -329,7 +327,8 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
     ckpt = open_resumable(run_dir, cfg, "pretrain") if resume else None
     data_path = data_path or recorded_data(ckpt, run_dir)
     info = _start(cfg, reporter)
-    if set_here := [k for k, v in vars(cfg.finetune).items() if v != getattr(FinetuneConfig(), k)]:
+    default = vars(FinetuneConfig())
+    if set_here := [k for k, v in vars(cfg.finetune).items() if v != default[k]]:
         # `pretrain --recipe paper_freezesg` trained a plain model, recording the freezes as if applied
         reporter.warn(f"the recipe's [finetune] settings ({', '.join(set_here)}) apply to `cartoongan finetune` only: "
                       "pretrain trains every layer and ignores them")
