@@ -354,7 +354,8 @@ class Trainer:
     def _history(self, meta: dict) -> list[dict]:
         """The recorded history, and the stretch up to now when this resume changes the fine-tuning
         settings (`info` named only the last ones, of a model half trained with others)."""
-        history = [h for h in meta.get("history", []) if isinstance(h, dict)] if isinstance(meta.get("history"), list) else []
+        recorded = meta.get("history")
+        history = [h for h in recorded if isinstance(h, dict)] if isinstance(recorded, list) else []
         config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
         before, now = config.get("finetune"), self.cfg.to_dict()["finetune"]
         if self.kind == "finetune" and isinstance(before, dict) and before != now and self.step > 0:
