@@ -19,6 +19,13 @@ def main() -> None:
             if held is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal held till now arrives here
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
-        sys.exit(130)
-    app()  # what app.main runs, once its SIGTERM handler is in place (taken above)
+        _interrupted()
+    try:
+        app()  # what app.main runs, once its SIGTERM handler is in place (taken above)
+    except KeyboardInterrupt:  # while typer builds the command tree, before OneLineErrors.main catches it
+        _interrupted()
+
+
+def _interrupted() -> None:
+    sys.stderr.write("error: interrupted\n")
+    sys.exit(130)

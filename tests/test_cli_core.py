@@ -60,6 +60,60 @@ def test_a_checkpoint_named_like_the_comparison_picture_gets_another_folder(tmp_
     assert len([p for p in out.iterdir() if p.is_dir()]) == 2
 
 
+@pytest.mark.parametrize("name", ["...pt", "..pt"])
+def test_a_checkpoint_named_dots_renders_into_its_own_folder_under_outdir(tmp_path, two_ckpts, name):
+    """`...pt` has the stem "..": its renders went to --outdir's parent, over a user's seed0000.png
+    there; `..pt` (stem ".") put them loose in --outdir beside compare.png."""
+    import shutil
+
+    work = tmp_path / "work"
+    work.mkdir()
+    odd = shutil.copy(two_ckpts[0], work / name)
+    kept = tmp_path / "seed0000.png"
+    kept.write_text("mine")
+    out = tmp_path / "renders"
+    res = runner.invoke(app, ["sample", str(odd), str(two_ckpts[1]), "--seeds", "0", "--outdir", str(out)])
+    assert res.exit_code == 0, res.output
+    assert kept.read_text() == "mine"
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(folders) == 2 and all((out / f / "seed0000.png").is_file() for f in folders), folders
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["compare.png"]
+
+
+@pytest.mark.parametrize("ckpts,flags,taken", [(1, [], "grid.png"), (2, [], "compare.png"),
+                                               (1, ["--interpolate", "2"], "interpolation.gif")])
+def test_a_folder_in_the_way_of_a_summary_picture_is_refused_before_rendering(tmp_path, two_ckpts, ckpts, flags, taken):
+    """A folder named grid.png, compare.png or interpolation.gif in --outdir was found only when the
+    picture was written, after every image was rendered (hours for --seeds 0-49999)."""
+    out = tmp_path / "o"
+    (out / taken).mkdir(parents=True)
+    res = runner.invoke(app, ["sample", *map(str, two_ckpts[:ckpts]), "--seeds", "0,1", *flags, "--outdir", str(out)])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"{out / taken} is a folder, where sample writes its {taken}: move it away" in said, said
+    assert not list(out.rglob("seed*.png"))  # nothing rendered first
+
+
+def test_projections_of_a_folder_are_named_by_the_images_they_become(tmp_path, two_ckpts):
+    """A projected_w.npz may hold several w: the info line named proj0001 after the second folder
+    while it was the first folder's second latent (and counted folders as projections)."""
+    import numpy as np
+
+    from cartoongan.pipelines import sample as sample_mod
+    from cartoongan.report import ListReporter
+
+    gen_shape = (load_checkpoint(two_ckpts[0])["g_ema"]["style.1.weight"].shape[0],)
+    n_latent = 2 * 4 - 2  # 16 px: log2(16) * 2 - 2
+    for name, count in (("a", 2), ("b", 1)):
+        (tmp_path / "p" / name).mkdir(parents=True)
+        np.savez(tmp_path / "p" / name / "projected_w.npz",
+                 w=np.random.default_rng(count).standard_normal((count, n_latent, *gen_shape)).astype("f4"))
+    reporter = ListReporter()
+    res = sample_mod.sample_checkpoints([two_ckpts[0]], [], tmp_path / "o", device="cpu",
+                                        projected_w=tmp_path / "p", reporter=reporter)
+    assert sorted(p.name for p in res.folders[0].glob("proj*.png")) == [f"proj{i:04d}.png" for i in range(3)]
+    assert reporter.infos == [f"3 projection(s) from 2 folder(s) of {tmp_path / 'p'}: proj0000-proj0001: a, proj0002: b"]
+
+
 def test_repeated_seeds_are_rendered_once_and_the_gif_walks_them_as_given(tmp_path, two_ckpts):
     """`--seeds 0-2,1-3` rendered seeds 1 and 2 twice, each time over the same file, and showed
     them twice in the grid. A walk that returns to a seed (the GIF) keeps the order given."""

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..data.images import RENDER_FILE, PngWriter, make_grid, save_image, save_png
 from ..data.render import render_ws, seeds_to_ws
-from ..errors import CheckpointError, ConfigError, DataError, Interrupted
+from ..errors import CheckpointError, ConfigError, DataError, Interrupted, OutputError
 from ..models.generator import Generator
 from ..outputs import check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
@@ -138,7 +138,8 @@ def unique_names(paths: list[Path]) -> list[str]:
     """A folder name per input path: the stems, or where two share one (or one is a summary
     file's name), prefixed by position and parent."""
     stems = [p.stem for p in paths]
-    if len(set(stems)) == len(stems) and not SUMMARY_NAMES & set(stems):
+    # "...pt" has the stem "..": its folder would be --outdir's parent, and ".pt"'s --outdir itself
+    if len(set(stems)) == len(stems) and not (SUMMARY_NAMES | {"", ".", ".."}) & set(stems):
         return stems
     return [f"{i}_{p.resolve().parent.name}_{p.stem}" for i, p in enumerate(paths)]  # resolved: a file in "." has a parent
 
@@ -162,6 +163,8 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
         raise ConfigError(f"--interpolate {interpolate} over {len(seeds)} seeds makes {len(seeds) * interpolate} frames; "
                           f"one GIF holds at most {MAX_GIF_FRAMES}: pass fewer seeds or frames")
     check_keeps_inputs(outdir, SAMPLE_FILES, [*paths, projected_w])
+    _check_summaries_writable(outdir, ["grid.png" if len(paths) == 1 else "compare.png"]
+                              + (["interpolation.gif"] if interpolate else []))
     gens = [load_generator(p, device) for p in paths]
     dev = gens[0].input.input.device
     first = gens[0]
@@ -176,6 +179,16 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
     return sample_ws(gens, unique_names(paths), ws.to(dev), outdir, noise_mode, reporter)
 
 
+def _check_summaries_writable(outdir: Path, names: list[str]) -> None:
+    """Refuse, before any rendering, a summary picture's name taken by a folder (or anything but a
+    file): it would be found only when the picture is written, after every image."""
+    for name in names:
+        path = Path(outdir) / name
+        if (path.exists() or path.is_symlink()) and not path.is_file():
+            raise OutputError(f"{path} is {'a folder' if path.is_dir() else 'not a regular file'}, where sample "
+                              f"writes its {name}: move it away, or use another --outdir")
+
+
 def _projected(path: Path, gen: Generator, model: str, reporter: Reporter) -> torch.Tensor:
     """The w+ [N, n_latent, style_dim] of a projected_w.npz, or of every <name>/projected_w.npz in a
     folder that `project` or `toonify` of a folder of photos wrote, in name order (named in an info
@@ -188,9 +201,17 @@ def _projected(path: Path, gen: Generator, model: str, reporter: Reporter) -> to
     if not files:
         raise DataError(f"--projected-w {path} holds no <name>/projected_w.npz (what `project` or `toonify` of a "
                         "folder of photos writes): pass such a folder, or one projected_w.npz")
-    shown = ", ".join(f"proj{i:04d}: {f.parent.name}" for i, f in enumerate(files[:5]))
-    reporter.info(f"{len(files)} projection(s) from {path}: {shown}{', ...' if len(files) > 5 else ''}")
-    return torch.cat([load_projected_w(f, gen.n_latent, gen.style_dim, model) for f in files])
+    ws = [load_projected_w(f, gen.n_latent, gen.style_dim, model) for f in files]
+    starts = np.cumsum([0] + [len(w) for w in ws])
+    shown = ", ".join(_proj_span(start, len(w)) + f": {f.parent.name}" for start, w, f in zip(starts, ws[:5], files))
+    reporter.info(f"{starts[-1]} projection(s) from {len(files)} folder(s) of {path}: "
+                  f"{shown}{', ...' if len(files) > 5 else ''}")
+    return torch.cat(ws)
+
+
+def _proj_span(start: int, count: int) -> str:
+    """The projNNNN.png names of a file's `count` latents from `start`: proj0002 or proj0002-proj0004."""
+    return f"proj{start:04d}" + (f"-proj{start + count - 1:04d}" if count > 1 else "")
 
 
 def sample_ws(gens: list[Generator], names: list[str], ws: torch.Tensor, outdir: Path,
