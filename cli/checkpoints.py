@@ -17,8 +17,8 @@ def _readable(value) -> str:
     and "-" for an unset one (the table said "None": `'blend_width': None`). --json keeps the data."""
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_readable(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return ", ".join(map(_readable, value))
+    if isinstance(value, (list, tuple)):  # an empty one (a 0-d array's shape) was a blank cell
+        return ", ".join(map(_readable, value)) if value else "-"
     return "-" if value is None else str(value)
 
 

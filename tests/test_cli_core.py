@@ -245,6 +245,17 @@ def test_info_reads_as_text_not_python_reprs(tmp_path, two_ckpts):
     assert data["provenance"]["blend_width"] is None  # the data itself is kept in --json
 
 
+def test_info_of_a_zero_dimensional_npy_says_what_it_is(tmp_path):
+    """A 0-d array's shape was a blank cell beside the kind 'an intrinsic code when shaped ...'."""
+    import numpy as np
+
+    np.save(tmp_path / "z.npy", np.array(3.0))
+    res = runner.invoke(app, ["info", str(tmp_path / "z.npy")])
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in res.stdout.splitlines()
+            if line.count("│") >= 3}
+    assert res.exit_code == 0 and rows["shape"] == "-" and rows["kind"].startswith("a single number"), res.stdout
+
+
 def test_info_json(two_ckpts):
     res = runner.invoke(app, ["info", str(two_ckpts[0]), "--json"])
     assert res.exit_code == 0, res.output

@@ -209,6 +209,20 @@ def test_files_that_are_no_pickle_at_all_are_named_for_what_they_are(tmp_path):
         _assert_refused(tmp_path, tmp_path / f"{name}.pkl", words)
 
 
+@pytest.mark.parametrize("text", ["print('hi')\n", "cat notes\n"], ids=["stack-underflow", "reads-as-a-global"])
+def test_a_text_file_named_pkl_is_called_a_text_file(tmp_path, text):
+    """It was 'truncated or another format: unpickling stack underflow' (or an unsafe global)."""
+    (tmp_path / "s.pkl").write_text(text)
+    _assert_refused(tmp_path, tmp_path / "s.pkl", "s.pkl is not an NVlabs pickle: it is a text file")
+
+
+def test_convert_of_another_pickle_names_the_file(tmp_path):
+    """`convert dict.pkl` said 'not an NVlabs StyleGAN2 network pickle (found ['a'])', no file named."""
+    (tmp_path / "dict.pkl").write_bytes(pickle.dumps({"a": 1}))
+    said = _assert_refused(tmp_path, tmp_path / "dict.pkl", "not an NVlabs StyleGAN2 network pickle")
+    assert str(tmp_path / "dict.pkl") in said, said
+
+
 def test_stylegan3_and_conditional_models_are_not_supported(tmp_path):
     spec, w = fx.TINY, fx.random_generator_weights(fx.TINY, 0)
     g3 = fx.generator_object(spec, w)

@@ -230,7 +230,8 @@ def describe_file(path: str | os.PathLike) -> dict:
         except (ValueError, OSError):
             arr = None
         if arr is not None:
-            return {"kind": "array (an intrinsic code when shaped (1, n_latent, style_dim))",
+            return {"kind": "array (an intrinsic code when shaped (1, n_latent, style_dim))" if arr.ndim else
+                    "a single number (a 0-d array), not a code",
                     "shape": list(arr.shape), "dtype": str(arr.dtype), **_non_finite([arr])}
         codes = read_exstyle_codes(path)
         names = list(codes)

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, first_line
-from ..filekind import is_legacy_torch, is_npz, is_torch_zip, special_kind, zip_names
+from ..errors import CheckpointError, first_line, naming
+from ..filekind import is_legacy_torch, is_npz, is_text, is_torch_zip, special_kind, zip_names
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from .checkpoint import FORMAT_VERSION, foreign_kind, save_checkpoint
@@ -80,9 +80,10 @@ def read_pickle(path: str | os.PathLike) -> tuple[object, str]:
     if not path.is_file():
         raise CheckpointError(missing_checkpoint(path) if not path.exists() else
                               f"{path} is a folder, not a checkpoint file: name the .pkl inside it")
+    head = b""
     try:
         with open(path, "rb") as fh:
-            _refuse_non_pickles(path, fh.read(32))
+            _refuse_non_pickles(path, head := fh.read(32))
             fh.seek(0)
             reader = _HashingReader(fh)
             data = safe_load(reader)
@@ -92,11 +93,15 @@ def read_pickle(path: str | os.PathLike) -> tuple[object, str]:
     except PermissionError:
         raise CheckpointError(f"{path} cannot be read (permission denied)") from None
     except UnsafePickleError as exc:
+        if is_text(head):  # "cat notes" reads as a GLOBAL opcode
+            raise _not_a_pickle(path, "a text file") from None
         raise CheckpointError(f"refusing to load {path}: {exc} (not an NVlabs network pickle; "
                               "nothing from it was run)") from None
     except RecursionError:
         raise CheckpointError(f"{path} is not a readable NVlabs pickle (nested too deeply)") from None
     except Exception as exc:  # truncated or random bytes raise many types
+        if is_text(head):  # a text file that is no protocol-0 pickle: "unpickling stack underflow" says nothing
+            raise _not_a_pickle(path, "a text file") from None
         raise CheckpointError(f"{path} is not a readable NVlabs pickle (truncated or another format: "
                               f"{first_line(exc, 120)})") from None
 
@@ -115,8 +120,12 @@ def _refuse_non_pickles(path: Path, head: bytes) -> None:
     else:
         kind = foreign_kind(head)  # (no text test: a protocol-0 pickle is text)
     if kind:
-        raise CheckpointError(f"{path} is not an NVlabs pickle: it is {kind}; pass the network .pkl NVlabs "
-                              "publish (a stylegan2-ada-pytorch snapshot or a TF StyleGAN2 pickle)")
+        raise _not_a_pickle(path, kind)
+
+
+def _not_a_pickle(path: Path, kind: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not an NVlabs pickle: it is {kind}; pass the network .pkl NVlabs "
+                           "publish (a stylegan2-ada-pytorch snapshot or a TF StyleGAN2 pickle)")
 
 
 def detect_format(data: object) -> str:
@@ -520,5 +529,6 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, 
     """Convert the NVlabs pickle `src` and write the checkpoint to `dst` (only once it converted)."""
     src, dst = Path(src), Path(dst)
     check_weights_output(dst, GENERATOR, "-o", inputs=[src])
-    ckpt = convert(src)
+    with naming(src):  # as `info` names it: "not an NVlabs StyleGAN2 network pickle" alone names no file
+        ckpt = convert(src)
     return save_checkpoint(dst, ckpt), ckpt
