@@ -258,6 +258,17 @@ def check_checkpoint_output(path: str | os.PathLike, what: str = "--output",
     return path
 
 
+def check_names_free(outdir: str | os.PathLike, names: Iterable[str], command: str) -> None:
+    """Refuse (OutputError), before any work, a file `command` writes into `outdir` whose name a
+    folder (or anything but a file) has taken: it would be found only when that file is written,
+    after all the rendering it shows."""
+    for name in names:
+        path = Path(outdir) / name
+        if (path.exists() or path.is_symlink()) and not path.is_file():
+            raise OutputError(f"{path} is {'a folder' if path.is_dir() else 'not a regular file'}, where {command} "
+                              f"writes its {name}: move it away, or use another --outdir")
+
+
 def check_keeps_inputs(outdir: str | os.PathLike, outputs: str | Iterable[str],
                        inputs: Iterable[str | os.PathLike | None], what: str = "--outdir") -> None:
     """Refuse (OutputError) an output folder where a file the command writes there is one of its

@@ -168,6 +168,17 @@ def test_edit_refuses_what_cannot_be_before_writing(tmp_path, ckpts, flags, mess
     assert not (tmp_path / "e").exists()
 
 
+def test_a_folder_in_the_way_of_a_later_sheet_is_refused_before_any_sheet(tmp_path, ckpts):
+    """A folder named index003.png was found after the sheets before it were rendered and written."""
+    out = tmp_path / "e"
+    (out / "index003.png").mkdir(parents=True)
+    res = runner.invoke(app, ["edit", str(ckpts[0]), "--index", "0-3", "--steps", "2", "--seeds", "0",
+                              "--outdir", str(out), "--device", "cpu"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"{out / 'index003.png'} is a folder, where edit writes its index003.png" in said, said
+    assert not list(out.glob("index00[0-2].png"))
+
+
 def test_a_repeated_index_is_one_sheet_and_a_ctrl_c_names_the_sheets_kept(tmp_path, ckpts, monkeypatch):
     from cartoongan.pipelines import sefa
 

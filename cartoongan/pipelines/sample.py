@@ -11,9 +11,9 @@ from PIL import Image
 
 from ..data.images import RENDER_FILE, PngWriter, make_grid, save_image, save_png
 from ..data.render import render_ws, seeds_to_ws
-from ..errors import CheckpointError, ConfigError, DataError, Interrupted, OutputError
+from ..errors import CheckpointError, ConfigError, DataError, Interrupted
 from ..models.generator import Generator
-from ..outputs import check_keeps_inputs, check_output_dir
+from ..outputs import check_keeps_inputs, check_names_free, check_output_dir
 from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
 
@@ -163,8 +163,8 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
         raise ConfigError(f"--interpolate {interpolate} over {len(seeds)} seeds makes {len(seeds) * interpolate} frames; "
                           f"one GIF holds at most {MAX_GIF_FRAMES}: pass fewer seeds or frames")
     check_keeps_inputs(outdir, SAMPLE_FILES, [*paths, projected_w])
-    _check_summaries_writable(outdir, ["grid.png" if len(paths) == 1 else "compare.png"]
-                              + (["interpolation.gif"] if interpolate else []))
+    check_names_free(outdir, ["grid.png" if len(paths) == 1 else "compare.png"]
+                     + (["interpolation.gif"] if interpolate else []), "sample")
     gens = [load_generator(p, device) for p in paths]
     dev = gens[0].input.input.device
     first = gens[0]
@@ -177,16 +177,6 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
     if ws is None:
         return sample(gens, unique_names(paths), seeds, outdir, truncation, noise_mode, interpolate, reporter=reporter)
     return sample_ws(gens, unique_names(paths), ws.to(dev), outdir, noise_mode, reporter)
-
-
-def _check_summaries_writable(outdir: Path, names: list[str]) -> None:
-    """Refuse, before any rendering, a summary picture's name taken by a folder (or anything but a
-    file): it would be found only when the picture is written, after every image."""
-    for name in names:
-        path = Path(outdir) / name
-        if (path.exists() or path.is_symlink()) and not path.is_file():
-            raise OutputError(f"{path} is {'a folder' if path.is_dir() else 'not a regular file'}, where sample "
-                              f"writes its {name}: move it away, or use another --outdir")
 
 
 def _projected(path: Path, gen: Generator, model: str, reporter: Reporter) -> torch.Tensor:
