@@ -258,27 +258,22 @@ def check_checkpoint_output(path: str | os.PathLike, what: str = "--output",
     return path
 
 
-def check_names_free(outdir: str | os.PathLike, names: Iterable[str], command: str) -> None:
-    """Refuse (OutputError), before any work, a file `command` writes into `outdir` whose name a
-    folder (or anything but a file) has taken: it would be found only when that file is written,
-    after all the rendering it shows."""
-    for name in names:
-        path = Path(outdir) / name
-        if (path.exists() or path.is_symlink()) and not path.is_file():
-            raise OutputError(f"{path} is {'a folder' if path.is_dir() else 'not a regular file'}, where {command} "
-                              f"writes its {name}: move it away, or use another --outdir")
-
-
 def check_keeps_inputs(outdir: str | os.PathLike, outputs: str | Iterable[str],
                        inputs: Iterable[str | os.PathLike | None], what: str = "--outdir") -> None:
     """Refuse (OutputError) an output folder where a file the command writes there is one of its
     inputs, by any name (through a symlink or a hard link too): a photo named target.png in
     project's --outdir, say. `outputs`: the names the command writes, or a regex of the paths it
-    writes relative to `outdir` (seedNNNN.png for any seed: sample's SAMPLE_FILES)."""
+    writes relative to `outdir` (seedNNNN.png for any seed: sample's SAMPLE_FILES). A folder (or
+    anything but a file) under one of those names is refused too: it would be found only when that
+    file is written, after the work it holds (sample's compare.png, after every render)."""
     pattern = outputs if isinstance(outputs, str) else "|".join(map(re.escape, outputs))
     base = Path(os.path.realpath(outdir))
     files = [src for src in inputs if src is not None and Path(src).is_file()]
     for rel in _written_paths(base, pattern):  # samefile: the input itself, a symlink or a hard link
+        if not (base / rel).is_file():
+            kind = "a folder" if (base / rel).is_dir() else "not a regular file"
+            raise OutputError(f"{Path(outdir) / rel} is {kind}, where the command writes a file: move it away, "
+                              f"or use another {what}")
         src = _input_at(base / rel, files)
         if src is not None:
             raise OutputError(f"{what} {outdir} would overwrite the input {src} (the command writes {rel} "
@@ -286,15 +281,15 @@ def check_keeps_inputs(outdir: str | os.PathLike, outputs: str | Iterable[str],
 
 
 def _written_paths(base: Path, pattern: str) -> list[str]:
-    """The files already in `base`, one folder deep at most (as outputs go), whose paths relative
-    to it the command would write."""
+    """The entries already in `base`, one folder deep at most (as outputs go), whose paths relative
+    to it the command would write (a file or not)."""
     if not base.is_dir():
         return []
     found = []
     for entry in base.iterdir():
-        for path in (entry.iterdir() if entry.is_dir() and not entry.is_symlink() else [entry]):
+        for path in [entry, *(entry.iterdir() if entry.is_dir() and not entry.is_symlink() else [])]:
             rel = path.relative_to(base).as_posix()
-            if path.is_file() and re.fullmatch(pattern, rel):
+            if re.fullmatch(pattern, rel):
                 found.append(rel)
     return found
 

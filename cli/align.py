@@ -7,13 +7,13 @@ from typing import Optional
 import typer
 
 from .app import IMAGE_SIZE_MAX, app, user_errors
-from .console import fail, out
+from .console import RichReporter, fail, out
 
 
 @app.command()
 def align(
     photo: Path = typer.Argument(..., metavar="PHOTO", help="Photo with a face (any size or mode; EXIF orientation is applied)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Aligned PNG to write (OUT_0.png, OUT_1.png, ... with --all-faces)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Aligned PNG to write (OUT_0.png, OUT_1.png, ... with --all-faces, one face too)."),
     size: int = typer.Option(256, "--size", min=8, max=IMAGE_SIZE_MAX, help="Side of the aligned square, in pixels."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="A .npy (68, 2) array of x, y landmarks "
                                              "(dlib's 68-point order) to use instead of detecting."),
@@ -25,6 +25,6 @@ def align(
     if landmarks is not None and all_faces:
         fail("--all-faces cannot be used with --landmarks, which place one face: drop one of them", 2)
     with user_errors({NoFaceFound: "use a photo with a clear, frontal face, or give its landmarks with --landmarks FILE.npy"}):
-        paths = align_file(photo, output, size, landmarks, all_faces)
+        paths = align_file(photo, output, size, landmarks, all_faces, RichReporter())
     for path in paths:
         out.print(f"wrote {path}")

@@ -264,6 +264,40 @@ def test_all_faces_writes_one_crop_per_face(tmp_path, originals):
     assert matches[0] < matches[1]
 
 
+def test_all_faces_never_writes_over_the_photo_and_warns_of_an_earlier_photos_crops(tmp_path):
+    """`align me_0.jpg -o me.jpg --all-faces` replaced the photo with its own crop (-o itself was
+    checked, not the OUT_i written); a rerun on a photo of fewer faces left the earlier crops
+    without a word, and one face was OUT.png where the help promised OUT_0."""
+    import shutil
+
+    photo = shutil.copy(DATA / "astronaut.jpg", tmp_path / "me_0.jpg")
+    before = photo.read_bytes()
+    res = runner.invoke(app, ["align", str(photo), "-o", str(tmp_path / "me.jpg"), "--all-faces", "--size", "32"])
+    assert res.exit_code == 1 and "is also an input of this command" in res.output, res.output
+    assert photo.read_bytes() == before
+    for i in range(3):  # an earlier photo's three crops
+        Image.new("RGB", (32, 32)).save(tmp_path / f"t_{i}.png")
+    res = runner.invoke(app, ["align", str(DATA / "grace_hopper.jpg"), "-o", str(tmp_path / "t.png"), "--all-faces",
+                              "--size", "32"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"wrote {tmp_path / 't_0.png'}" in said, said
+    assert "also holds 2 crop(s) this photo does not write (t_1.png, t_2.png)" in said, said
+    assert not (tmp_path / "t.png").exists() and (tmp_path / "t_2.png").is_file()
+
+
+def test_given_landmarks_of_a_large_jpeg_place_the_crop_in_its_own_pixels(tmp_path):
+    """A JPEG over 4096 px is decoded at a reduced scale for the detector; landmarks the user gave in
+    the photo's pixels were applied to that reduced image: the crop showed the shoulder, exit 0."""
+    big = Image.open(DATA / "astronaut.jpg")
+    scale = 9000 / big.width
+    big.resize((9000, round(big.height * scale)), Image.BILINEAR).save(tmp_path / "big.jpg", quality=90)
+    lm = np.load(DATA / "astronaut_landmarks.npy")
+    np.save(tmp_path / "big_lm.npy", (lm + 0.5) * scale - 0.5)
+    small = np.asarray(align_photo(DATA / "astronaut.jpg", 64, lm)[0], np.float32)
+    large = np.asarray(align_photo(tmp_path / "big.jpg", 64, np.load(tmp_path / "big_lm.npy"))[0], np.float32)
+    assert np.abs(small - large).mean() < 8
+
+
 def test_prepare_names_a_face_too_small_to_align_apart_from_unreadable_files(tmp_path, monkeypatch):
     """A photo that reads fine and holds a face too small (or too cut off) to align was counted
     among the "unreadable image(s)", sending people to check a file that is whole."""

@@ -60,10 +60,11 @@ def test_a_checkpoint_named_like_the_comparison_picture_gets_another_folder(tmp_
     assert len([p for p in out.iterdir() if p.is_dir()]) == 2
 
 
-@pytest.mark.parametrize("name", ["...pt", "..pt"])
+@pytest.mark.parametrize("name", ["...pt", "..pt", "seed0000.png.pt"])
 def test_a_checkpoint_named_dots_renders_into_its_own_folder_under_outdir(tmp_path, two_ckpts, name):
     """`...pt` has the stem "..": its renders went to --outdir's parent, over a user's seed0000.png
-    there; `..pt` (stem ".") put them loose in --outdir beside compare.png."""
+    there; `..pt` (stem ".") put them loose in --outdir beside compare.png; `seed0000.png.pt`'s
+    folder would stand where a render goes, refused by the next run."""
     import shutil
 
     work = tmp_path / "work"
@@ -72,8 +73,9 @@ def test_a_checkpoint_named_dots_renders_into_its_own_folder_under_outdir(tmp_pa
     kept = tmp_path / "seed0000.png"
     kept.write_text("mine")
     out = tmp_path / "renders"
-    res = runner.invoke(app, ["sample", str(odd), str(two_ckpts[1]), "--seeds", "0", "--outdir", str(out)])
-    assert res.exit_code == 0, res.output
+    for _ in range(2):  # the same command again into the same --outdir
+        res = runner.invoke(app, ["sample", str(odd), str(two_ckpts[1]), "--seeds", "0", "--outdir", str(out)])
+        assert res.exit_code == 0, res.output
     assert kept.read_text() == "mine"
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert len(folders) == 2 and all((out / f / "seed0000.png").is_file() for f in folders), folders
@@ -89,7 +91,7 @@ def test_a_folder_in_the_way_of_a_summary_picture_is_refused_before_rendering(tm
     (out / taken).mkdir(parents=True)
     res = runner.invoke(app, ["sample", *map(str, two_ckpts[:ckpts]), "--seeds", "0,1", *flags, "--outdir", str(out)])
     said = " ".join(res.output.split())
-    assert res.exit_code == 1 and f"{out / taken} is a folder, where sample writes its {taken}: move it away" in said, said
+    assert res.exit_code == 1 and f"{out / taken} is a folder, where the command writes a file: move it away" in said, said
     assert not list(out.rglob("seed*.png"))  # nothing rendered first
 
 

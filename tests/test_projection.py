@@ -56,6 +56,23 @@ def test_project_writes_files_and_sample_reads_projected_w(tmp_path, tiny_source
     assert Image.open(tmp_path / "s" / "proj0000.png").size == (32, 32)
 
 
+@pytest.mark.parametrize("taken", ["proj.png", "proj.gif"])
+def test_a_folder_in_the_way_of_a_projection_file_is_refused_before_projecting(tmp_path, tiny_source, monkeypatch,
+                                                                                taken):
+    """A folder named proj.png was found after the whole projection ("Is a directory"); one named
+    proj.gif, which a rerun without --save-video removes as stale, could not be removed."""
+    from cartoongan.pipelines import project as project_mod
+
+    _, path = tiny_source
+    Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
+    (tmp_path / "p" / taken).mkdir(parents=True)
+    monkeypatch.setattr(project_mod, "project", lambda *a, **k: pytest.fail("projected before the check"))
+    res = runner.invoke(app, ["project", str(tmp_path / "photo.png"), "--source", str(path), "--steps", "2",
+                              "--loss", "mse", "--outdir", str(tmp_path / "p"), "--no-align"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"{tmp_path / 'p' / taken} is a folder, where the command writes a file" in said, said
+
+
 def test_a_crop_far_smaller_than_the_generator_is_warned_of(tmp_path, tiny_source):
     from cartoongan.report import ListReporter
 

@@ -175,7 +175,7 @@ def test_a_folder_in_the_way_of_a_later_sheet_is_refused_before_any_sheet(tmp_pa
     res = runner.invoke(app, ["edit", str(ckpts[0]), "--index", "0-3", "--steps", "2", "--seeds", "0",
                               "--outdir", str(out), "--device", "cpu"])
     said = " ".join(res.output.split())
-    assert res.exit_code == 1 and f"{out / 'index003.png'} is a folder, where edit writes its index003.png" in said, said
+    assert res.exit_code == 1 and f"{out / 'index003.png'} is a folder, where the command writes a file" in said, said
     assert not list(out.glob("index00[0-2].png"))
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from PIL import Image, ImageFilter
 from ..errors import DataError
 from ..npyfile import check_npy_file
 from ..outputs import check_output_file
+from ..report import NullReporter, Reporter
 from ..weights.registry import locate
 from .images import check_image_output, image_errors, save_image, to_rgb, upright
 
@@ -52,12 +55,13 @@ class Face:
     score: float
 
 
-def read_photo(path, name: str | None = None) -> Image.Image:
+def read_photo(path, name: str | None = None, full: bool = False) -> Image.Image:
     """Any image file (a path or an open binary file; `name` for messages) -> an upright RGB PIL image
-    (EXIF orientation applied, any mode converted)."""
+    (EXIF orientation applied, any mode converted). full: never decoded at a reduced scale (given
+    landmarks are in the photo's own pixels)."""
     name = name or path
     with image_errors(name), Image.open(path) as img:
-        if img.format == "JPEG" and max(img.size) > DECODE_MAX:
+        if img.format == "JPEG" and max(img.size) > DECODE_MAX and not full:
             # DCT-domain downscale by 2, 4 or 8: fast, and never below DECODE_MAX on the long side
             k = DECODE_MAX / max(img.size)
             img.draft(img.mode, (math.ceil(img.width * k), math.ceil(img.height * k)))
@@ -309,25 +313,47 @@ def best_face(img: Image.Image, name: str = "the photo") -> tuple[Image.Image, n
 
 def align_photo(path: str | Path, size: int = 256, landmarks: np.ndarray | None = None,
                 all_faces: bool = False) -> list[Image.Image]:
-    """`align_image` of an image file (read with read_photo)."""
-    return align_image(read_photo(path), size, landmarks, all_faces, str(path))
+    """`align_image` of an image file (read with read_photo; at full scale for given landmarks, which
+    a large JPEG's reduced decode would misplace)."""
+    return align_image(read_photo(path, full=landmarks is not None), size, landmarks, all_faces, str(path))
 
 
 def crop_paths(out: str | Path, n: int) -> list[Path]:
-    """Where `align_file` writes n crops: OUT itself for one, OUT_0, OUT_1, ... for several."""
+    """Where `align_file --all-faces` writes n crops: OUT_0, OUT_1, ... (one face too: a script
+    that reads OUT_0 need not know how many faces a photo held)."""
     out = Path(out)
-    return [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
+    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
 
 
 def align_file(photo: str | Path, out: str | Path, size: int = 256, landmarks: str | Path | None = None,
-               all_faces: bool = False) -> list[Path]:
+               all_faces: bool = False, reporter: Reporter | None = None) -> list[Path]:
     """`cartoongan align`: align a photo and write the crop(s); nothing is written when no face is found.
-    The output path is checked before any work; each crop is written atomically."""
+    The output path is checked before any work (with --all-faces, each crop's once the faces are
+    counted); each crop is written atomically."""
     check_output_file(out, "-o", inputs=[photo], example="aligned.png")
     check_image_output(out, "-o")
     lm = load_landmarks(landmarks) if landmarks is not None else None
     crops = align_photo(photo, size, lm, all_faces)
     paths = crop_paths(out, len(crops)) if all_faces else [Path(out)]
+    if all_faces:
+        for path in paths:  # the photo itself may be OUT_0
+            check_output_file(path, "-o", inputs=[photo], example="aligned.png")
+        _warn_of_other_crops(Path(out), len(paths), reporter or NullReporter())
     for crop, path in zip(crops, paths):
         save_image(crop, path)
     return paths
+
+
+def _warn_of_other_crops(out: Path, n: int, reporter: Reporter) -> None:
+    """Warn of OUT_k files past this photo's n crops (an earlier photo's, with more faces): left as
+    they are, they would be read as this photo's."""
+    pattern = re.compile(re.escape(out.stem) + r"_(\d+)" + re.escape(out.suffix))
+    try:
+        left = sorted((int(m[1]), e.name) for e in os.scandir(out.parent or ".")
+                      if (m := pattern.fullmatch(e.name)) and int(m[1]) >= n)
+    except OSError:
+        return
+    if left:
+        shown = ", ".join(name for _, name in left[:3]) + (", ..." if len(left) > 3 else "")
+        reporter.warn(f"{out.parent} also holds {len(left)} crop(s) this photo does not write ({shown}): an "
+                      "earlier run's, left as they are")

@@ -13,7 +13,7 @@ from ..data.images import RENDER_FILE, PngWriter, make_grid, save_image, save_pn
 from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError, DataError, Interrupted
 from ..models.generator import Generator
-from ..outputs import check_keeps_inputs, check_names_free, check_output_dir
+from ..outputs import check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
 
@@ -138,8 +138,10 @@ def unique_names(paths: list[Path]) -> list[str]:
     """A folder name per input path: the stems, or where two share one (or one is a summary
     file's name), prefixed by position and parent."""
     stems = [p.stem for p in paths]
-    # "...pt" has the stem "..": its folder would be --outdir's parent, and ".pt"'s --outdir itself
-    if len(set(stems)) == len(stems) and not (SUMMARY_NAMES | {"", ".", ".."}) & set(stems):
+    # "...pt" has the stem "..": its folder would be --outdir's parent, and ".pt"'s --outdir itself;
+    # "seed0001.png.pt"'s folder would be refused by the next run as a folder in a render's way
+    odd = (SUMMARY_NAMES | {"", ".", ".."}) & set(stems) or any(RENDER_FILE.fullmatch(s) for s in stems)
+    if len(set(stems)) == len(stems) and not odd:
         return stems
     return [f"{i}_{p.resolve().parent.name}_{p.stem}" for i, p in enumerate(paths)]  # resolved: a file in "." has a parent
 
@@ -163,8 +165,6 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
         raise ConfigError(f"--interpolate {interpolate} over {len(seeds)} seeds makes {len(seeds) * interpolate} frames; "
                           f"one GIF holds at most {MAX_GIF_FRAMES}: pass fewer seeds or frames")
     check_keeps_inputs(outdir, SAMPLE_FILES, [*paths, projected_w])
-    check_names_free(outdir, ["grid.png" if len(paths) == 1 else "compare.png"]
-                     + (["interpolation.gif"] if interpolate else []), "sample")
     gens = [load_generator(p, device) for p in paths]
     dev = gens[0].input.input.device
     first = gens[0]

@@ -21,7 +21,7 @@ from ..data.images import make_grid, save_png
 from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError, Interrupted
 from ..models.generator import Generator
-from ..outputs import check_keeps_inputs, check_names_free, check_output_dir
+from ..outputs import check_keeps_inputs, check_output_dir
 from ..report import NullReporter, Reporter
 from ..weights.factor import Factor, load_factor, save_factor
 from ..weights.networks import load_generator
@@ -164,7 +164,6 @@ def edit_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, opts: Ed
     else:
         factor = load_factor(factor_path, gens[0].style_dim)
     check_options(opts, factor, gens[0].n_latent, seeds, "the factor")  # before the line below
-    check_names_free(outdir, [f"index{i:03d}.png" for i in opts.indexes], "edit")
     if factor_path is None:
         reporter.info(f"directions: SeFa of {paths[0]} (save them with `cartoongan factor`)")
     return edit_sheets(gens, unique_names(paths), seeds, factor, opts, outdir, reporter)
