@@ -58,11 +58,26 @@ class FaceEmbedder:
         return v / np.linalg.norm(v)
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> tuple[float, bool]:
-        """Cosine similarity of one pair, and whether a face was found."""
+        """Cosine similarity of one pair, and whether a face was found. A pair of two sizes (1024 px
+        aligned photos against 256 px renders) is compared at the smaller one, as LPIPS is: the
+        landmarks of one are the other's only at the same size."""
+        a, b = _same_size(a, b)
         shape = self.find(a)
         if shape is None:
             shape = self.find(b)
         return float(self.embed(self.chip(a, shape)) @ self.embed(self.chip(b, shape))), shape is not None
+
+
+def _same_size(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The larger of two uint8 [H, W, 3] images downscaled (Lanczos) to the other's size."""
+    if a.shape == b.shape:
+        return a, b
+    from PIL import Image
+
+    def to(image, shape):
+        return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.LANCZOS))
+
+    return (to(a, b.shape), b) if a.shape[0] > b.shape[0] else (a, to(b, a.shape))
 
 
 def mean_identity(a: np.ndarray, b: np.ndarray, reporter: Reporter | None = None,
