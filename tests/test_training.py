@@ -129,6 +129,20 @@ def test_a_resume_without_data_reads_the_runs_own_record(tmp_path):
         pretrain(resumed_config(tmp_path / "run", {"train": {"iters": 3}}), None, tmp_path / "run", resume=True)
 
 
+def test_a_resume_on_data_inside_its_own_run_folder_is_refused(tmp_path):
+    """`--resume pA --data pA/samples` trained on its own sample grids and wrote new ones into its
+    dataset: a new run is refused that, a resume was not."""
+    from cartoongan.errors import OutputError
+
+    data = blob_images(tmp_path / "data", n=4)
+    run = tmp_path / "run"
+    pretrain(tiny_config(iters=1, sample_every=1), data, run)
+    before = load_checkpoint(run / "latest.pt")["cartoongan"]["step"]
+    with pytest.raises(OutputError, match=r"--data .*samples is inside .*run: the run writes its samples"):
+        pretrain(resumed_config(run, {"train": {"iters": 2}}), run / "samples", run, resume=True)
+    assert load_checkpoint(run / "latest.pt")["cartoongan"]["step"] == before
+
+
 def test_messy_dataset_trains_and_names_the_corrupt_file(tmp_path):
     blob_images(tmp_path / "data", n=3)
     (tmp_path / "data" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))

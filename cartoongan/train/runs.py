@@ -125,6 +125,10 @@ def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool, reporter: 
         check_run_layout(run_dir)
         check_not_in_training(run_dir)
         check_output_dir(run_dir, "--resume")
+        # as a new run is: its samples and checkpoints go into the images it trains on
+        check_outside(run_dir, data_path, "--resume", "its samples would be read as training images")
+        check_outside(data_path, run_dir, "--data", "the run writes its samples and checkpoints there (pass the "
+                      "dataset it trains on)")
         return
     if (run_dir / "latest.pt").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --out")
