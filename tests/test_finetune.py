@@ -397,6 +397,48 @@ def test_fresh_d_with_a_source_that_has_d_says_it_does_nothing(tmp_path):
     assert res.exit_code == 0 and "--fresh-d) does nothing" in " ".join(res.output.split()), res.output
 
 
+def test_a_resume_says_nothing_of_where_d_starts_and_refuses_a_new_fresh_d(tmp_path):
+    """A resumed run's D comes from its latest.pt, yet the resume warned "has no discriminator:
+    starting D from random weights", or with --fresh-d "does nothing, D starts from the source's",
+    and recorded fresh_d False -> True as a change that applies from here on."""
+    data = blob_images(tmp_path / "data", n=2)
+    for name, with_d, flags in (("nod", False, ["--fresh-d"]), ("hasd", True, [])):
+        src = make_source(tmp_path / f"{name}.pt", with_d=with_d)
+        run = tmp_path / name
+        assert runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), "--recipe", "tiny",
+                                   "--iters", "1", "--out", str(run), *flags]).exit_code == 0
+        d_before = load_checkpoint(run / "latest.pt")["d"]
+        res = runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "2"])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 0 and "discriminator" not in said and "random weights" not in said, said
+        d_after = load_checkpoint(run / "latest.pt")["d"]
+        assert any(not torch.equal(d_before[k], d_after[k]) for k in d_before)  # the run's D trained on
+    res = runner.invoke(app, ["finetune", "--resume", str(tmp_path / "hasd"), "--iters", "3", "--fresh-d"])
+    assert res.exit_code == 2 and "a resumed run's D is restored from" in " ".join(res.output.split()), res.output
+    assert load_checkpoint(tmp_path / "hasd" / "latest.pt")["cartoongan"]["step"] == 2
+
+
+def test_blocks_frozen_from_a_resume_hold_one_value_in_g_and_g_ema(tmp_path):
+    """`--resume --freeze-g 3` over a --freeze-g 2 run: block 2 was fixed in g at its trained value
+    while g_ema, the model users sample, kept moving toward it: frozen parts differed in g and g_ema."""
+    src = make_source(tmp_path / "src.pt", size=32)
+    data = blob_images(tmp_path / "data", n=2, size=32)
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), "--recipe", "tiny",
+                               "--iters", "2", "--freeze-g", "1", "--out", str(run)]).exit_code == 0
+    res = runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "4", "--freeze-g", "2"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "frozen from step 2 on" in said and "keep the run's g_ema values" in said, said
+    mid = load_checkpoint(run / "latest.pt")
+    res = runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "6"])
+    assert res.exit_code == 0 and "frozen from step" not in res.output, res.output  # nothing newly frozen
+    end = load_checkpoint(run / "latest.pt")
+    block1 = [k for k in end["g"] if k.startswith(("convs.0.", "convs.1.", "to_rgbs.0."))]
+    assert block1
+    for k in block1:
+        assert torch.equal(end["g"][k], end["g_ema"][k]) and torch.equal(end["g_ema"][k], mid["g_ema"][k]), k
+
+
 def test_a_data_parallel_rank_that_writes_nothing_reports_nothing(capsys):
     """Under torchrun only rank 0 writes: another rank's result (no latest.pt of its own) printed
     'done: ..., checkpoint None'; interrupted, it says so without naming a file."""

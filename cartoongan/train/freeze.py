@@ -34,17 +34,20 @@ class FreezePlan:
         return mods
 
     @torch.no_grad()
-    def start_frozen_from(self, g: Generator, g_ema: Generator) -> None:
+    def start_frozen_from(self, g: Generator, g_ema: Generator) -> list[str]:
         """g's frozen parameters take g_ema's values (the source's g_ema, which the structure loss and
         FreezeSG's slots read too). Left as the source's `g`, they were what the EMA pulled the
         result's g_ema toward (99.6% of the way over 80 kimg at a 10 kimg half-life): the frozen
         blocks of the model a user samples drifted from the source's. Equal in both, they stay so
-        bit for bit (a lerp of equal values is that value)."""
+        bit for bit (a lerp of equal values is that value). Returns the names of those that differed."""
         frozen = {id(p) for m in self._g_frozen_modules(g) for p in m.parameters()}
         ema = dict(g_ema.named_parameters())
+        changed = []
         for name, p in g.named_parameters():
-            if id(p) in frozen:
+            if id(p) in frozen and not torch.equal(p, ema[name]):
+                changed.append(name)
                 p.copy_(ema[name])
+        return changed
 
     def apply(self, g: Generator, d: Discriminator) -> None:
         """Set requires_grad: False on the frozen blocks, True everywhere else."""

@@ -13,6 +13,7 @@ from ..data.dataset import load_dataset
 from ..device import check_precision, precision_note, resolve_device
 from ..errors import CartoonganError, CheckpointError, ConfigError, DataError, Interrupted, first_line, naming
 from ..models.discriminator import Discriminator
+from ..models.generator import Generator
 from ..ops.fir import triton_missing
 from ..outputs import check_fresh_dir, check_output_dir, check_outside
 from ..report import NullReporter, Reporter
@@ -66,6 +67,10 @@ def resumed_config(run_dir: Path, overrides: dict | None = None) -> RunConfig:
         raise ConfigError(f"--seed {seed}: a resumed run continues its own random stream, restored from {latest}, "
                           f"which no seed changes: drop --seed (the run's is {cfg.train.seed}), or start a new run "
                           f"with --seed {seed}")
+    fresh_d = (overrides.get("finetune") or {}).get("fresh_d")
+    if fresh_d is not None and fresh_d != cfg.finetune.fresh_d:
+        # D is restored from latest.pt: where a new run's D would start changes nothing
+        raise ConfigError(f"--fresh-d: a resumed run's D is restored from {latest}, not started again: drop --fresh-d")
     cfg = apply_overrides(cfg, overrides)
     bad = _own_bad_value(cfg, overrides)
     if bad and own_file:
@@ -125,10 +130,10 @@ def check_run_dir(run_dir: Path, data_path: str | Path, resume: bool, reporter: 
         check_run_layout(run_dir)
         check_not_in_training(run_dir)
         check_output_dir(run_dir, "--resume")
-        # as a new run is: its samples and checkpoints go into the images it trains on
-        check_outside(run_dir, data_path, "--resume", "its samples would be read as training images")
-        check_outside(data_path, run_dir, "--data", "the run writes its samples and checkpoints there (pass the "
-                      "dataset it trains on)")
+        if data_path is not None:  # as a new run's: its samples would go into the images it trains on
+            check_outside(run_dir, data_path, "--resume", "its samples would be read as training images")
+            check_outside(data_path, run_dir, "--data", "the run writes its samples and checkpoints there (pass "
+                          "the dataset it trains on)")
         return
     if (run_dir / "latest.pt").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --out")
@@ -350,15 +355,18 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
 
 
 def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device,
-                     reporter: Reporter) -> tuple[Networks, list[str]]:
-    """The networks a fine-tune starts from, and the source's own lineage (see ancestry)."""
+                     reporter: Reporter, resume: bool = False) -> tuple[Networks, list[str]]:
+    """The networks a fine-tune starts from, and the source's own lineage (see ancestry). resume:
+    D is the run's (restored over these), so where the source's D comes from is not said."""
     with naming(source_path):
         ckpt = load_checkpoint(source_path)
         ancestors = ancestry(provenance(ckpt))
         source = build_generator(ckpt, "g_ema", device)
         g = build_generator(ckpt, "g", device) if "g" in ckpt else copy.deepcopy(source)
         d = build_discriminator(ckpt, device) if "d" in ckpt else None
-    if d is not None and cfg.finetune.fresh_d:
+    if resume and d is None:  # a run made with --fresh-d: the placeholder takes the run's D
+        d = _random_d(source, device)
+    if d is not None and cfg.finetune.fresh_d and not resume:
         reporter.warn(f"{source_path} has a discriminator: fresh_d (--fresh-d) does nothing, D starts from the "
                       "source's")
     if d is None and cfg.finetune.fresh_d and cfg.finetune.freeze_d:
@@ -368,8 +376,7 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device,
                           "or pass a source that has its D")
     if d is None and cfg.finetune.fresh_d:
         reporter.warn(f"{source_path} has no discriminator: starting D from random weights (--fresh-d)")
-        gc = source.config
-        d = Discriminator(gc["size"], gc["channel_multiplier"], gc["channel_base"], gc["channel_max"]).to(device)
+        d = _random_d(source, device)
     elif d is None:
         raise CheckpointError(f"{source_path} has no discriminator ('d'), e.g. a convert_weight.py export; "
                               "pass --fresh-d to start D from random weights")
@@ -384,6 +391,12 @@ def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device,
     return Networks(g=g, d=d, g_ema=g_ema, source=source), ancestors
 
 
+def _random_d(source: Generator, device: torch.device) -> Discriminator:
+    """A discriminator of random weights for the source generator's architecture."""
+    gc = source.config
+    return Discriminator(gc["size"], gc["channel_multiplier"], gc["channel_base"], gc["channel_max"]).to(device)
+
+
 def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Path | None, run_dir: str | Path,
              reporter: Reporter | None = None, resume: bool = False) -> TrainResult:
     """Fine-tune a pretrained generator on a new domain with FreezeG/SG/D and the structure loss.
@@ -396,7 +409,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
     data_path = data_path or recorded_data(ckpt, run_dir)
     ft = cfg.finetune
     info = _start(cfg, reporter)
-    nets, ancestors = _source_networks(cfg, source_path, info.device, reporter)
+    nets, ancestors = _source_networks(cfg, source_path, info.device, reporter, resume)
     check_batch_fits(cfg.model, cfg.train.batch, info.device)
     digest = weights_digest(nets.source)
     if resume:
@@ -405,7 +418,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
         raise ConfigError(f"--struct-loss {ft.struct_loss} is out of range: a {nets.g.size}px network "
                           f"allows 0..{nets.g.n_blocks - 1}")
     plan = make_plan(ft, nets.g, nets.d)
-    plan.start_frozen_from(nets.g, nets.g_ema)  # (a resume then loads the run's own g over it)
+    plan.start_frozen_from(nets.g, nets.g_ema)  # (a resume then loads the run's own g over it: see below)
     for note in settings_without_effect(ft):
         reporter.warn(note)
     if not (ft.struct_loss or plan.source_slots):
@@ -420,6 +433,12 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
     reporter.table("fine-tuning plan", ["net", "block", "resolution", "parameters", "state"], plan.rows(nets.g, nets.d))
     if resume:
         _restore(trainer, ckpt, run_dir, reporter)
+        # blocks frozen from here on (a raised --freeze-g): g takes the run's g_ema there, as a run
+        # frozen from its start holds the source's in both; else the EMA would go on moving them
+        if newly := plan.start_frozen_from(nets.g, nets.g_ema):
+            reporter.warn(f"{len(newly)} parameter tensor(s) frozen from step {trainer.step} on ({newly[0]}, ...) keep "
+                          "the run's g_ema values there, in g and g_ema alike: the source's are kept only by blocks "
+                          "frozen from the run's start")
     del ckpt  # the trainer holds its own copies: don't keep the whole file in memory for the run
     return _run(trainer)
 
