@@ -146,3 +146,17 @@ def test_a_damaged_line_or_a_value_that_is_no_number_breaks_the_curve(tmp_path):
     assert [i for i, v in enumerate(values) if math.isnan(v)] == [2, 4, 5]  # breaks between 2|4 and 4|7
     assert len(read_log(run)) == 7  # without gaps: the rows alone, as before
     assert plot_run(run).is_file()
+
+
+def test_a_checkpoint_or_image_given_for_the_log_is_named_without_reading_it_as_text(tmp_path):
+    """`plot RUN/latest.pt` read the whole file as lines, warned of 49238 damaged ones, then said
+    "not a log.jsonl (it is not text)"."""
+    import torch
+
+    torch.save({"g": torch.zeros(4096)}, tmp_path / "latest.pt")
+    Image.new("RGB", (4, 4)).save(tmp_path / "face.png")
+    for name, kind in (("latest.pt", "a PyTorch checkpoint"), ("face.png", "a PNG image")):
+        res = runner.invoke(app, ["plot", str(tmp_path / name)])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 1 and f"is not a training log: it is {kind}" in said, said
+        assert "damaged" not in said and len(res.output.strip().splitlines()) == 1, res.output

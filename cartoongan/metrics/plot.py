@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import DataError, OutputError
-from ..filekind import not_found
+from ..filekind import is_legacy_torch, not_found
 from ..outputs import atomic_write, check_output_file
 from ..report import NullReporter, Reporter
 
@@ -34,6 +34,21 @@ def check_replaceable(out: Path) -> None:
 GAP = {"_gap": True}  # where read_log(gaps=True) skipped a damaged line: series breaks the curve there
 
 
+def _refuse_other_kinds(path: Path) -> None:
+    """A checkpoint, image or archive given for the log is named for what it is, from its first
+    bytes: read whole as text, `plot RUN/latest.pt` warned of 49238 damaged lines first."""
+    from ..weights.checkpoint import foreign_kind
+
+    with open(path, "rb") as fh:
+        head = fh.read(32)
+    if head.startswith(b"PK") or is_legacy_torch(head):
+        kind = "a PyTorch checkpoint or a zip archive"
+    elif not (kind := foreign_kind(head)):
+        return
+    raise DataError(f"{path} is not a training log: it is {kind}; pass the run folder that holds log.jsonl "
+                    f"(e.g. {path.parent})")
+
+
 def read_log(run_dir: str | Path, reporter: Reporter | None = None, gaps: bool = False) -> list[dict]:
     """The rows of RUN/log.jsonl (a run folder or the file itself). A torn last line (a kill
     mid-write) is ignored quietly; damaged lines before it are skipped with a warning (and stand
@@ -44,6 +59,7 @@ def read_log(run_dir: str | Path, reporter: Reporter | None = None, gaps: bool =
     path = path / "log.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise DataError(f"no training log at {path}: pass a run folder written by pretrain/finetune")
+    _refuse_other_kinds(path)
     # line by line: one line of other bytes (a damaged disk block) costs that line, not the log
     lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines()  # an editor's BOM is no damage
     rows, damaged, undecodable = [], [], 0
