@@ -899,7 +899,7 @@ def test_plot_never_turns_a_runs_files_into_a_picture(tmp_path, assets, target):
 
 def test_plot_of_a_file_that_is_not_a_log_is_one_line(tmp_path, assets):
     line = error_line(runner.invoke(app, ["plot", str(assets["photo"]), "-o", str(tmp_path / "c.png")]))
-    assert "is not a log.jsonl" in line and not (tmp_path / "c.png").exists()
+    assert "is not a training log: it is a" in line and not (tmp_path / "c.png").exists()
 
 
 @pytest.mark.parametrize("command,name", [("project", "target.png"), ("project", "proj.png"),
