@@ -209,7 +209,7 @@ def test_files_that_are_no_pickle_at_all_are_named_for_what_they_are(tmp_path):
         _assert_refused(tmp_path, tmp_path / f"{name}.pkl", words)
 
 
-@pytest.mark.parametrize("text", ["print('hi')\n", "cat notes\n"], ids=["stack-underflow", "reads-as-a-global"])
+@pytest.mark.parametrize("text", ["print('hi')\n", "notes\n"])
 def test_a_text_file_named_pkl_is_called_a_text_file(tmp_path, text):
     """It was 'truncated or another format: unpickling stack underflow' (or an unsafe global)."""
     (tmp_path / "s.pkl").write_text(text)

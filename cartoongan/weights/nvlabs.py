@@ -92,9 +92,7 @@ def read_pickle(path: str | os.PathLike) -> tuple[object, str]:
         raise
     except PermissionError:
         raise CheckpointError(f"{path} cannot be read (permission denied)") from None
-    except UnsafePickleError as exc:
-        if is_text(head):  # "cat notes" reads as a GLOBAL opcode
-            raise _not_a_pickle(path, "a text file") from None
+    except UnsafePickleError as exc:  # (a protocol-0 pickle that would run code is text too: said so)
         raise CheckpointError(f"refusing to load {path}: {exc} (not an NVlabs network pickle; "
                               "nothing from it was run)") from None
     except RecursionError:
