@@ -130,6 +130,27 @@ def test_compare_refuses_a_missing_checkout_and_foreign_configs(tmp_path, checko
         compare_with_reference(checkout, ["r8"], "cpu")
 
 
+def test_a_checkout_of_something_else_is_one_line_naming_what_it_lacks(tmp_path, checkout):
+    """A model.py without rosinality's classes (another project, an older checkout) came out as
+    "AttributeError: module 'model' has no attribute 'Generator'", a traceback; one whose classes
+    take other arguments, as a TypeError; a folder without op/ was "no model.py and op/ there"."""
+    forget_reference_modules()
+    (checkout / "model.py").write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="is not rosinality's stylegan2-pytorch .no Generator, Discriminator."):
+        compare_with_reference(checkout, ["r8"], "cpu")
+    forget_reference_modules()
+    (checkout / "model.py").write_text("class Generator:\n    def __init__(self):\n        pass\n\n"
+                                       "Discriminator = Generator\n")
+    with pytest.raises(ConfigError, match="do not build as rosinality's do .TypeError"):
+        compare_with_reference(checkout, ["r8"], "cpu")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model.py").write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="half: no op/ there"):
+        compare_with_reference(tmp_path / "half", ["r8"], "cpu")
+    with pytest.raises(ConfigError, match="nowhere: no such folder"):
+        compare_with_reference(tmp_path / "nowhere", ["r8"], "cpu")
+
+
 def test_cli_prints_ratio_table_and_one_line_errors(checkout, monkeypatch):
     import cartoongan.bench.reference as reference
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..device import peak_memory_mb, reset_peak_memory, resolve_device
-from ..errors import ConfigError, rows_kept
+from ..errors import ConfigError, first_line, rows_kept
 from ..report import NullReporter, Reporter
 from .speed import CONFIGS, Phases, bench_trainer, check_configs, default_batch, time_phases, trainer_phases
 
@@ -103,8 +103,13 @@ def forget_reference_modules() -> None:
 def load_reference(path: str | Path, device: torch.device):
     """Import the reference checkout's `model` module (its Generator and Discriminator)."""
     root = Path(path).expanduser().resolve()
-    if not (root / "model.py").is_file() or not (root / "op").is_dir():
-        raise ConfigError(f"--reference {path}: no model.py and op/ there; clone {REFERENCE_URL} and pass its folder")
+    missing = [name for name, there in (("model.py", (root / "model.py").is_file()), ("op/", (root / "op").is_dir()))
+               if not there]
+    if not root.is_dir():
+        raise ConfigError(f"--reference {path}: no such folder; clone {REFERENCE_URL} and pass its folder")
+    if missing:
+        raise ConfigError(f"--reference {path}: no {' and '.join(missing)} there; clone {REFERENCE_URL} and pass its "
+                          "folder")
     forget_reference_modules()  # a previous --reference (tests) must not shadow this one
     sys.path.insert(0, str(root))
     try:
@@ -116,6 +121,12 @@ def load_reference(path: str | Path, device: torch.device):
         raise ConfigError(f"--reference {path}: importing its model.py failed ({type(exc).__name__}: {exc})") from exc
     finally:
         sys.path.remove(str(root))
+    lacking = [name for name in ("Generator", "Discriminator") if not callable(getattr(model, name, None))]
+    if lacking or not callable(getattr(gradfix, "no_weight_gradients", None)):
+        # another project's model.py (or an older checkout): their calls would fail minutes in
+        what = ", ".join(lacking) if lacking else "op.conv2d_gradfix.no_weight_gradients"
+        raise ConfigError(f"--reference {path}: its model.py is not rosinality's stylegan2-pytorch (no {what}); "
+                          f"clone {REFERENCE_URL} and pass its folder")
     return model, gradfix
 
 
@@ -126,9 +137,13 @@ def _reference_networks(model, name: str, dev: torch.device):
     def generator():
         return model.Generator(arch["size"], arch["style_dim"], arch["n_mlp"], channel_multiplier=arch["channel_multiplier"])
 
-    g, g_ema = generator(), generator()
-    d = model.Discriminator(arch["size"], channel_multiplier=arch["channel_multiplier"])
-    g_ema.load_state_dict(g.state_dict())
+    try:
+        g, g_ema = generator(), generator()
+        d = model.Discriminator(arch["size"], channel_multiplier=arch["channel_multiplier"])
+        g_ema.load_state_dict(g.state_dict())
+    except (TypeError, ValueError, AttributeError, KeyError, RuntimeError) as exc:  # a modified or older model.py
+        raise ConfigError(f"the reference's Generator/Discriminator do not build as rosinality's do "
+                          f"({type(exc).__name__}: {first_line(exc, 120)}): pass a checkout of {REFERENCE_URL}") from None
     return g.to(dev), d.to(dev), g_ema.to(dev).eval(), arch
 
 
