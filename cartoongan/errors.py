@@ -82,19 +82,21 @@ class RowsStopped(Interrupted):
     """A Ctrl-C ended a command that builds its table row by row (bench; metrics of several FAKE):
     `rows` holds those finished, which the command still prints."""
 
-    def __init__(self, rows: list, total: int, what: str = "rows"):
-        super().__init__(f"interrupted after {len(rows)} of {total} {what}: the table holds those")
+    def __init__(self, rows: list, total: int, what: str = "rows", done: int | None = None):
+        super().__init__(f"interrupted after {len(rows) if done is None else done} of {total} {what}: the table "
+                         "holds those")
         self.rows = rows
 
 
 @contextlib.contextmanager
-def rows_kept(rows: list, total: int, what: str = "rows") -> Iterator[None]:
+def rows_kept(rows: list, total: int, what: str = "rows", finished: list | None = None) -> Iterator[None]:
     """Turn a Ctrl-C inside into RowsStopped with the rows so far (minutes of GPU time, or of
     Inception features, are not thrown away for the one row that did not finish); with none
-    finished yet, the plain interruption."""
+    finished yet, the plain interruption. finished: the units of `total` done, where one gives
+    several rows (a profiled phase its top ops), counted by its length."""
     try:
         yield
     except KeyboardInterrupt:
         if not rows:
             raise
-        raise RowsStopped(list(rows), total, what) from None
+        raise RowsStopped(list(rows), total, what, None if finished is None else len(finished)) from None

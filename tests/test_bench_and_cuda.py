@@ -66,6 +66,43 @@ def test_a_stopped_bench_prints_the_rows_it_measured(monkeypatch):
     assert "interrupted after 1 of" in res.stderr
 
 
+def test_a_stopped_flop_count_or_profile_prints_the_rows_it_made(monkeypatch):
+    """`bench --flops` and `--profile` threw every finished row away at a Ctrl-C ("error:
+    interrupted", nothing on stdout), where the plain table and --kernels keep theirs."""
+    import json
+
+    from cartoongan.bench import flops, profile
+    from cartoongan.errors import RowsStopped
+
+    calls = []
+
+    def counted(phases, name, device, n, side):
+        calls.append(name)
+        if len(calls) == 3:  # the second config's first row
+            raise KeyboardInterrupt
+        return (name, side)
+
+    monkeypatch.setattr(flops, "phase_flops", counted)
+    monkeypatch.setattr(flops, "bench_trainer", lambda *a, **k: None)
+    monkeypatch.setattr(flops, "trainer_phases", lambda *a, **k: None)
+    with pytest.raises(RowsStopped) as stopped:
+        flops.run_flop_count(["tiny", "demo64"], "cpu")
+    assert len(stopped.value.rows) == 2 and str(stopped.value) == \
+        "interrupted after 1 of 2 configs: the table holds those"
+
+    def phase_rows(phase, events, cuda, runs, top):
+        if phase == profile.PHASES[1]:
+            raise KeyboardInterrupt
+        return [profile.ProfileRow(phase, "aten::x", 1, 1.0, 50.0)] * 3
+
+    monkeypatch.setattr(profile, "_rows", phase_rows)
+    monkeypatch.setattr(profile, "trainer_phases", lambda *a, **k: type("P", (), {p: (lambda: None) for p in profile.PHASES}))
+    monkeypatch.setattr(profile, "bench_trainer", lambda *a, **k: None)
+    res = runner.invoke(app, ["bench", "--profile", "--configs", "tiny", "--device", "cpu", "--json"])
+    assert res.exit_code == 130 and len(json.loads(res.stdout)) == 3, res.output
+    assert f"interrupted after 1 of {len(profile.PHASES)} phases" in res.stderr
+
+
 def test_a_bench_row_names_every_choice_that_was_not_the_default():
     """Rows of `make bench-cuda`'s compiled, NCHW or Triton runs read like the plain ones otherwise."""
     from cartoongan.bench.speed import bench_variant

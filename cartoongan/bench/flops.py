@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from ..device import resolve_device
+from ..errors import rows_kept
 from ..ops.fir import fir_backend
 from ..report import NullReporter, Reporter
 from .speed import Phases, bench_trainer, check_configs, default_batch, trainer_phases
@@ -99,8 +99,8 @@ def run_flop_count(configs: list[str], device: str = "auto", batch: int | None =
     if reference is not None:
         check_reference_configs(configs)
         model, gradfix = load_reference(reference, dev)
-    rows = []
-    with reporter.progress(len(configs), "counting FLOPs") as bar:
+    rows, done = [], []
+    with reporter.progress(len(configs), "counting FLOPs") as bar, rows_kept(rows, len(configs), "configs", done):
         for name in configs:
             n = batch or default_batch(name, dev)
             for struct, side in ((False, "ours"), (True, "ours+struct")):
@@ -110,5 +110,6 @@ def run_flop_count(configs: list[str], device: str = "auto", batch: int | None =
             if model is not None:
                 phases = _ReferenceLoop(model, gradfix, name, dev, n).phases()
                 rows.append(phase_flops(phases, name, str(dev), n, "rosinality"))
+            done.append(name)
             bar.advance()
     return rows

@@ -14,7 +14,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from ..device import resolve_device
-from ..errors import CartoonganError
+from ..errors import CartoonganError, rows_kept
 from ..report import NullReporter, Reporter
 from .speed import bench_trainer, default_batch, synchronize, trainer_phases
 
@@ -69,8 +69,8 @@ def profile_phases(name: str, device: str = "auto", precision: str = "fp32", bat
         os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     phases = trainer_phases(bench_trainer(name, dev, batch, precision, None, struct=False), batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    rows = []
-    with reporter.progress(len(PHASES), f"profiling {name}") as bar:
+    rows, done = [], []
+    with reporter.progress(len(PHASES), f"profiling {name}") as bar, rows_kept(rows, len(PHASES), "phases", done):
         for phase in PHASES:
             fn = getattr(phases, phase)
             fn()
@@ -86,5 +86,6 @@ def profile_phases(name: str, device: str = "auto", precision: str = "fp32", bat
                         if cuda else f"no ops for the {phase} phase")
                 raise CartoonganError(f"the profiler recorded {what}; time the phases with bench without --profile")
             rows += phase_rows
+            done.append(phase)
             bar.advance()
     return rows
