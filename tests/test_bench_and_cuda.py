@@ -231,6 +231,8 @@ def test_a_bench_request_refuses_what_no_view_takes_and_measures_the_view_it_nam
     cpu = torch.device("cpu")
     for req, says in ((BenchRequest(kernels=True, configs="tiny"), "--kernels times fixed shapes"),
                       (BenchRequest(flops=True, repeats=3), "drop --repeats"),
+                      # its ops ran in fp32 whatever --precision said: a "bf16" table of fp32 figures
+                      (BenchRequest(kernels=True, precision="bf16"), "in fp32 beside its alternative: drop --precision"),
                       (BenchRequest(profile=True, configs="tiny,r64"), "at most one --configs"),
                       (BenchRequest(flops=True, grouped_modconv=True), "plain bench table only"),
                       (BenchRequest(configs=" , "), "names no config"),

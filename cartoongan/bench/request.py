@@ -49,6 +49,8 @@ class BenchRequest:
         if self.kernels and (self.reference is not None or self.configs or self.batch or self.profile or self.flops):
             raise ConfigError("--kernels times fixed shapes; drop --reference, --configs, --batch, --profile and "
                               "--flops")
+        if self.kernels and self.precision != "fp32":  # its ops run in fp32 whatever was asked: a "bf16" table would lie
+            raise ConfigError(f"--kernels times each op in fp32 beside its alternative: drop --precision {self.precision}")
         if self.flops and self.profile:
             raise ConfigError("--flops and --profile are two views of the phases: give one")
         if self.flops and self.repeats is not None:
