@@ -306,6 +306,21 @@ def visible_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
+def leftover_files(folder: str | os.PathLike, stale: Callable[[str], bool]) -> list[str]:
+    """Names in `folder` that `stale` picks (an earlier run's files this one does not replace), in
+    natural order (out_2 before out_10); [] when the folder is not there yet or cannot be listed."""
+    try:
+        names = [e.name for e in os.scandir(folder) if stale(e.name)]
+    except OSError:
+        return []
+    return sorted(names, key=lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)])
+
+
+def first_names(names: list[str], n: int = 3) -> str:
+    """The first n names, comma-separated, with ", ..." when there are more (for a message)."""
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
 def check_fresh_dir(path: str | os.PathLike, what: str, purpose: str,
                     reusable: Callable[[list[str]], bool] | None = None) -> Path:
     """An output folder that is new or empty (or whose entries `reusable` accepts), and writable.

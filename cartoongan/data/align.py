@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from PIL import Image, ImageFilter
 
 from ..errors import DataError
 from ..npyfile import check_npy_file
-from ..outputs import check_output_file
+from ..outputs import check_output_file, first_names, leftover_files
 from ..report import NullReporter, Reporter
 from ..weights.registry import locate
 from .images import check_image_output, image_errors, save_image, to_rgb, upright
@@ -348,12 +347,7 @@ def _warn_of_other_crops(out: Path, n: int, reporter: Reporter) -> None:
     """Warn of OUT_k files past this photo's n crops (an earlier photo's, with more faces): left as
     they are, they would be read as this photo's."""
     pattern = re.compile(re.escape(out.stem) + r"_(\d+)" + re.escape(out.suffix))
-    try:
-        left = sorted((int(m[1]), e.name) for e in os.scandir(out.parent or ".")
-                      if (m := pattern.fullmatch(e.name)) and int(m[1]) >= n)
-    except OSError:
-        return
+    left = leftover_files(out.parent, lambda name: (m := pattern.fullmatch(name)) is not None and int(m[1]) >= n)
     if left:
-        shown = ", ".join(name for _, name in left[:3]) + (", ..." if len(left) > 3 else "")
-        reporter.warn(f"{out.parent} also holds {len(left)} crop(s) this photo does not write ({shown}): an "
-                      "earlier run's, left as they are")
+        reporter.warn(f"{out.parent} also holds {len(left)} crop(s) this photo does not write ({first_names(left)}): "
+                      "an earlier run's, left as they are")

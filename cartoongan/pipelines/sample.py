@@ -1,7 +1,6 @@
 """Rendering: seeds to latents, latents to 8-bit images, grids, comparisons and GIFs."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from ..data.images import RENDER_FILE, PngWriter, make_grid, save_image, save_pn
 from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError, DataError, Interrupted
 from ..models.generator import Generator
-from ..outputs import check_keeps_inputs, check_output_dir
+from ..outputs import check_keeps_inputs, check_output_dir, first_names, leftover_files
 from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
 
@@ -104,14 +103,10 @@ def _warn_of_leftovers(folders: list[Path], filenames: list[str], reporter: Repo
     set by an outside FID tool would score two models."""
     ours = set(filenames)
     for folder in folders:
-        try:
-            left = sorted(e.name for e in os.scandir(folder) if RENDER_FILE.fullmatch(e.name) and e.name not in ours)
-        except OSError:  # not there yet
-            continue
+        left = leftover_files(folder, lambda name: RENDER_FILE.fullmatch(name) is not None and name not in ours)
         if left:
-            shown = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
-            reporter.warn(f"{folder} also holds {len(left)} image(s) this run does not write ({shown}): an earlier "
-                          "run's, left as they are; for a set to score, use a fresh --outdir")
+            reporter.warn(f"{folder} also holds {len(left)} image(s) this run does not write ({first_names(left)}): "
+                          "an earlier run's, left as they are; for a set to score, use a fresh --outdir")
 
 
 def interpolation_gif(gens: list[Generator], ws: torch.Tensor, path: Path, steps: int,
