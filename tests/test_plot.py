@@ -155,7 +155,15 @@ def test_a_checkpoint_or_image_given_for_the_log_is_named_without_reading_it_as_
 
     torch.save({"g": torch.zeros(4096)}, tmp_path / "latest.pt")
     Image.new("RGB", (4, 4)).save(tmp_path / "face.png")
-    for name, kind in (("latest.pt", "a PyTorch checkpoint"), ("face.png", "a PNG image")):
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(tmp_path / "faces.zip", "w") as zf:
+        zf.write(tmp_path / "face.png", "face.png")
+    np.savez(tmp_path / "codes.npz", w=np.zeros(3))
+    for name, kind in (("latest.pt", "a PyTorch checkpoint"), ("face.png", "a PNG image"),
+                       ("faces.zip", "a zip archive"), ("codes.npz", "a NumPy .npz archive")):
         res = runner.invoke(app, ["plot", str(tmp_path / name)])
         said = " ".join(res.output.split())
         assert res.exit_code == 1 and f"is not a training log: it is {kind}" in said, said

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import DataError, OutputError
-from ..filekind import is_legacy_torch, not_found
+from ..filekind import is_legacy_torch, is_npz, is_torch_zip, not_found, zip_names
 from ..outputs import atomic_write, check_output_file
 from ..report import NullReporter, Reporter
 
@@ -41,12 +41,20 @@ def _refuse_other_kinds(path: Path) -> None:
 
     with open(path, "rb") as fh:
         head = fh.read(32)
-    if head.startswith(b"PK") or is_legacy_torch(head):
-        kind = "a PyTorch checkpoint or a zip archive"
+    if head.startswith(b"PK"):
+        kind = _zip_kind(zip_names(path))
+    elif is_legacy_torch(head):
+        kind = "a PyTorch checkpoint"
     elif not (kind := foreign_kind(head)):
         return
     raise DataError(f"{path} is not a training log: it is {kind}; pass the run folder that holds log.jsonl "
                     f"(e.g. {path.parent})")
+
+
+def _zip_kind(names: list[str] | None) -> str:
+    if is_torch_zip(names):
+        return "a PyTorch checkpoint"
+    return "a NumPy .npz archive" if is_npz(names) else "a zip archive"
 
 
 def read_log(run_dir: str | Path, reporter: Reporter | None = None, gaps: bool = False) -> list[dict]:
