@@ -100,16 +100,22 @@ def forget_reference_modules() -> None:
         del sys.modules[name]
 
 
-def load_reference(path: str | Path, device: torch.device):
-    """Import the reference checkout's `model` module (its Generator and Discriminator)."""
+def _checkout_folder(path: str | Path) -> Path:
+    """The resolved folder of a checkout that has rosinality's model.py and op/ package."""
     root = Path(path).expanduser().resolve()
-    missing = [name for name, there in (("model.py", (root / "model.py").is_file()), ("op/", (root / "op").is_dir()))
-               if not there]
     if not root.is_dir():
         raise ConfigError(f"--reference {path}: no such folder; clone {REFERENCE_URL} and pass its folder")
+    missing = [name for name, there in (("model.py", (root / "model.py").is_file()), ("op/", (root / "op").is_dir()))
+               if not there]
     if missing:
         raise ConfigError(f"--reference {path}: no {' and '.join(missing)} there; clone {REFERENCE_URL} and pass its "
                           "folder")
+    return root
+
+
+def load_reference(path: str | Path, device: torch.device):
+    """Import the reference checkout's `model` module (its Generator and Discriminator)."""
+    root = _checkout_folder(path)
     forget_reference_modules()  # a previous --reference (tests) must not shadow this one
     sys.path.insert(0, str(root))
     try:
