@@ -313,7 +313,7 @@ def leftover_files(folder: str | os.PathLike, stale: Callable[[str], bool]) -> l
         names = [e.name for e in os.scandir(folder) if stale(e.name)]
     except OSError:
         return []
-    return sorted(names, key=lambda name: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)])
+    return sorted(names, key=lambda name: [int(t) if i % 2 else t for i, t in enumerate(re.split(r"([0-9]+)", name))])
 
 
 def first_names(names: list[str], n: int = 3) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -34,7 +35,7 @@ def _weights(text: Optional[str]) -> Optional[list[float]]:
 def _style_id(text: str) -> tuple[Optional[int], bool]:
     if text == "all":
         return None, True
-    if not text.isdigit():
+    if not re.fullmatch(r"[0-9]+", text):  # not str.isdigit: "²" is a digit to it, and no int
         raise ConfigError(f"--style-id takes a position in the exemplar-code file or 'all', got '{text}'")
     return int(text), False
 

@@ -334,6 +334,7 @@ def test_cli_new_exemplar_random_faces_info_and_errors(tmp_path, release, monkey
     assert res.exit_code == 0 and f"{N * DIM} of {N * DIM} values are NaN or inf" in res.output, res.output
     for args, code, text in (
         ([photo, "--model", style_dir, "--style-id", "7"], 2, "styles 0-2"),
+        ([photo, "--model", style_dir, "--style-id", "\u00b2"], 2, "a position in the exemplar-code file"),
         ([photo, "--model", style_dir, "--random", "2"], 2, "not both"),
         (["--model", style_dir, "--random", "0"], 2, "greater than or equal to 1"),  # not "give INPUT"
         ([photo, "--model", style_dir, "--no-res", "--style-id", "all", "--preserve-color"], 2,

@@ -502,7 +502,7 @@ def test_numbered_checkpoints_go_by_step_past_a_million(tmp_path):
     from cartoongan.train.runs import numbered_checkpoints
 
     (tmp_path / "checkpoints").mkdir()
-    for name in ("990000.pt", "1000000.pt", "notes.pt"):
+    for name in ("990000.pt", "1000000.pt", "notes.pt", "1\u00b2.pt"):  # ² passes str.isdigit, not int()
         (tmp_path / "checkpoints" / name).write_bytes(b"")
     assert [p.name for p in numbered_checkpoints(tmp_path)] == ["990000.pt", "1000000.pt"]
 

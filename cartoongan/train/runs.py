@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +42,7 @@ def _evaluator(cfg: RunConfig, data, run_dir: Path, info, reporter: Reporter) ->
 def numbered_checkpoints(run_dir: Path) -> list[Path]:
     """RUN/checkpoints/NNNNNN.pt by step (past step 999999 the names grow a digit: not by name)."""
     folder = run_dir / "checkpoints"
-    found = [p for p in folder.glob("[0-9]*.pt") if p.stem.isdigit()] if folder.is_dir() else []
+    found = [p for p in folder.glob("[0-9]*.pt") if re.fullmatch(r"[0-9]+", p.stem)] if folder.is_dir() else []
     return sorted(found, key=lambda p: int(p.stem))
 
 
