@@ -316,6 +316,16 @@ def leftover_files(folder: str | os.PathLike, stale: Callable[[str], bool]) -> l
     return sorted(names, key=lambda name: [int(t) if i % 2 else t for i, t in enumerate(re.split(r"([0-9]+)", name))])
 
 
+def warn_of_leftovers(folder: str | os.PathLike, stale: Callable[[str], bool], reporter, what: str = "file(s)",
+                      advice: str = "") -> None:
+    """Warn (through `reporter`) of the files in `folder` that `stale` picks: an earlier run's
+    outputs this one does not replace, which a reader of the folder would take for this run's."""
+    left = leftover_files(folder, stale)
+    if left:
+        reporter.warn(f"{folder} also holds {len(left)} {what} this run does not write ({first_names(left)}): an "
+                      f"earlier run's, left as they are" + (f"; {advice}" if advice else ""))
+
+
 def first_names(names: list[str], n: int = 3) -> str:
     """The first n names, comma-separated, with ", ..." when there are more (for a message)."""
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "")

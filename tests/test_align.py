@@ -281,7 +281,7 @@ def test_all_faces_never_writes_over_the_photo_and_warns_of_an_earlier_photos_cr
                               "--size", "32"])
     said = " ".join(res.output.split())
     assert res.exit_code == 0 and f"wrote {tmp_path / 't_0.png'}" in said, said
-    assert "also holds 2 crop(s) this photo does not write (t_1.png, t_2.png)" in said, said
+    assert "also holds 2 crop(s) this run does not write (t_1.png, t_2.png)" in said, said
     assert not (tmp_path / "t.png").exists() and (tmp_path / "t_2.png").is_file()
 
 

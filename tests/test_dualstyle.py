@@ -428,3 +428,52 @@ def test_exemplar_codes_of_another_release_name_their_file(tmp_path, release):
     said = " ".join(res.output.split())
     assert res.exit_code == 1 and f"{other / 'exstyle_code.npy'}: its exemplar codes have shape (1, {N + 2}, {DIM})" \
         in said and "put the style's own code file there" in said, said
+
+
+def test_random_faces_are_rendered_a_batch_at_a_time_and_a_ctrl_c_says_how_many_are_written(
+        tmp_path, release, monkeypatch):
+    """--random 1000 rendered every face in one batch (1.5 GB at 64 px) before writing any, and a
+    Ctrl-C said only "interrupted"; random.png held every face."""
+    from cartoongan.data import images
+    import cartoongan.pipelines.dualstyle as pipeline
+
+    from .helpers import stops_after
+
+    style_dir, _ = release
+    batches = []
+    real_render = pipeline.render
+    monkeypatch.setattr(pipeline, "render", lambda m, z, *a, **k: batches.append(len(z)) or real_render(m, z, *a, **k))
+    monkeypatch.setattr(pipeline, "RENDER_BATCH", 2)
+    monkeypatch.setattr(pipeline, "SHEET_MAX", 3)
+    res = _run("--random", "5", "--model", style_dir, "--outdir", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    assert batches == [2, 2, 1] and len(list((tmp_path / "r").glob("random_*.png"))) == 5
+    assert Image.open(tmp_path / "r" / "random.png").size == (3 * SIZE, SIZE)
+    assert "random.png shows the first 3 of the 5 faces" in " ".join(res.output.split())
+    monkeypatch.setattr(images, "image_threads", lambda: 1)
+    monkeypatch.setattr(images, "save_png", stops_after(3, images.save_png))
+    res = _run("--random", "5", "--model", style_dir, "--outdir", tmp_path / "s")
+    assert res.exit_code == 130, res.output
+    assert res.output.strip().splitlines()[-1] == (
+        f"error: interrupted after 3 of 5 images, each written to {tmp_path / 's'} as it was rendered; "
+        "random.png was not")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [f"random_{i:04d}.png" for i in range(3)]
+
+
+def test_a_rerun_into_one_folder_warns_of_the_earlier_runs_files(tmp_path, release):
+    """A photo's run, then a code's into the same --outdir, left the photo's aligned.png (and an
+    earlier --random run's faces) beside the new result without a word."""
+    style_dir, photo = release
+    out = tmp_path / "o"
+    assert _run("--random", "2", "--model", style_dir, "--outdir", out).exit_code == 0
+    res = _run(photo, "--model", style_dir, "--outdir", out)
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"{out} also holds 3 file(s) this run does not write (random.png, " \
+        "random_0000.png, random_0001.png): an earlier run's" in said, said
+    shutil.copy(out / "instyle.npy", tmp_path / "code.npy")  # (the code in --outdir would be overwritten: refused)
+    res = _run(tmp_path / "code.npy", "--model", style_dir, "--style-id", "all", "--outdir", out)
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "also holds 5 file(s) this run does not write (overview.png, random.png, " \
+        "random_0000.png, ...)" in said, said
+    res = _run(out / "instyle.npy", "--model", style_dir, "--outdir", tmp_path / "fresh")
+    assert res.exit_code == 0 and "also holds" not in res.output, res.output

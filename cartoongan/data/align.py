@@ -29,7 +29,7 @@ from PIL import Image, ImageFilter
 
 from ..errors import DataError
 from ..npyfile import check_npy_file
-from ..outputs import check_output_file, first_names, leftover_files
+from ..outputs import check_output_file, warn_of_leftovers
 from ..report import NullReporter, Reporter
 from ..weights.registry import locate
 from .images import check_image_output, image_errors, save_image, to_rgb, upright
@@ -347,7 +347,5 @@ def _warn_of_other_crops(out: Path, n: int, reporter: Reporter) -> None:
     """Warn of OUT_k files past this photo's n crops (an earlier photo's, with more faces): left as
     they are, they would be read as this photo's."""
     pattern = re.compile(re.escape(out.stem) + r"_(\d+)" + re.escape(out.suffix))
-    left = leftover_files(out.parent, lambda name: (m := pattern.fullmatch(name)) is not None and int(m[1]) >= n)
-    if left:
-        reporter.warn(f"{out.parent} also holds {len(left)} crop(s) this photo does not write ({first_names(left)}): "
-                      "an earlier run's, left as they are")
+    warn_of_leftovers(out.parent, lambda name: (m := pattern.fullmatch(name)) is not None and int(m[1]) >= n,
+                      reporter, "crop(s)")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DataError, OutputError
+from ..errors import DataError, Interrupted, OutputError
 from ..filekind import NPY_MAGIC, is_legacy_torch, is_npz, is_text, is_torch_zip, not_found, special_kind, zip_names
 from ..outputs import atomic_write
 from ..report import Reporter
@@ -133,6 +133,11 @@ class PngWriter:
         with self._lock:
             self.written += 1
         return path
+
+    def stopped(self, total: int, outdir: Path, picture: str) -> Interrupted:
+        """What a Ctrl-C kept, read once the writer is closed (the window's writes are whole by then)."""
+        return Interrupted(f"interrupted after {self.written} of {total} images, each written to {outdir} as it "
+                           f"was rendered; {picture} was not")
 
     def write(self, images, paths: list[Path]) -> Iterator[Path]:
         """images: [N, H, W, 3] uint8 (an array, or a sequence of them), N == len(paths); a window of

@@ -9,6 +9,7 @@ except the noise: the stored constant maps, so a render repeats exactly.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,20 +18,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.images import image_errors, load_photo, make_grid, save_png, to_rgb, to_uint8
+from ..data.images import PngWriter, image_errors, load_photo, make_grid, save_png, to_rgb, to_uint8
 from ..device import resolve_device
 from ..errors import CheckpointError, ConfigError, DataError
 from ..npyfile import check_npy_file
 from ..models.dualstyle import DualStyleGenerator, default_weights
 from ..models.encoders import PSPEncoder
 from ..models.latents import z_from_seed
-from ..outputs import atomic_write, check_keeps_inputs, check_output_dir
+from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, warn_of_leftovers
 from ..report import NullReporter, Reporter
 from .project import load_target
 from ..weights.dualstyle import GENERATOR_FILE, find_exstyle_file, load_dualstyle, load_psp, read_exstyle_codes
 from ..weights.known import missing_dualstyle_folder
 
 TILE = 256  # overview and contact-sheet tiles (the official overview's size)
+RENDER_BATCH = 8  # --random renders and writes this many at a time: memory holds a batch, not N faces
+SHEET_MAX = 64  # random.png shows this many faces at most (1000 tiles of 256 px would be 16k x 8k)
 EXEMPLAR_SIZE = 256  # destylize.py encoded exemplars from 256 px crops
 
 
@@ -212,7 +215,7 @@ def encode_exemplar(path: Path, encoder: PSPEncoder) -> torch.Tensor:
 
 
 # ---- the command ------------------------------------------------------------------------------
-# what stylize and random_portraits write under --outdir, as a pattern
+# what stylize and random_portraits can write under --outdir, as a pattern
 DUALSTYLE_FILES = r"result\.png|instyle\.npy|overview\.png|sheet\.png|aligned\.png|random(_\d{4,})?\.png"
 
 
@@ -223,13 +226,16 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
     aligned.png, the frame pSp was trained on; else it must be an aligned crop) or an intrinsic code .npy."""
     reporter = reporter or NullReporter()
     outdir = check_output_dir(outdir, "--outdir")
-    check_keeps_inputs(outdir, DUALSTYLE_FILES, [input_path, opts.style_image])
+    photo_input = Path(input_path).suffix.lower() != ".npy"
+    written = _stylize_outputs(opts, aligned=photo_input and align)
+    check_keeps_inputs(outdir, written, [input_path, opts.style_image])
     dev = resolve_device(device)
     model, codes = load_model(model_dir, dev)
     _check_options(opts, model, codes)
+    _warn_of_leftovers(outdir, written, reporter)
     res = DualStyleResult()
     photo = zplus_encoder = None
-    if Path(input_path).suffix.lower() == ".npy":
+    if not photo_input:
         instyle = read_intrinsic_code(Path(input_path), model).to(dev)
     else:
         encoder, _ = load_psp(encoder_path(model_dir, opts.wplus, opts.encoder), "w+" if opts.wplus else "z+", dev)
@@ -252,6 +258,12 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
         ([exemplar_tile] if exemplar_tile is not None else []) + [tiles(image, TILE)[0]]
     res.overview = save_png(make_grid(np.stack(strip), cols=len(strip)), outdir / "overview.png")
     return res
+
+
+def _stylize_outputs(opts: DualStyleOptions, aligned: bool) -> list[str]:
+    """The files stylize writes under --outdir."""
+    return ["instyle.npy", *(["sheet.png"] if opts.all_styles else ["result.png", "overview.png"]),
+            *(["aligned.png"] if aligned else [])]
 
 
 def _save_instyle(instyle: torch.Tensor, outdir: Path) -> Path:
@@ -317,18 +329,39 @@ def _contact_sheet(model, codes, instyle, opts: DualStyleOptions, path: Path, re
 def random_portraits(model_dir: Path, n: int, outdir: Path, opts: DualStyleOptions, device: str = "auto",
                      reporter: Reporter | None = None, seed: int = 0) -> DualStyleResult:
     """Random intrinsic codes (z from seeds seed..seed+n-1, one w for every slot, as generate.py)
-    in one exemplar's style: outdir/random_SEED.png and outdir/random.png (a grid)."""
+    in one exemplar's style: outdir/random_SEED.png, rendered and written a batch at a time, and
+    outdir/random.png (a grid of the first SHEET_MAX)."""
+    reporter = reporter or NullReporter()
     outdir = check_output_dir(outdir, "--outdir")
+    names = [f"random_{s:04d}.png" for s in range(seed, seed + n)]
+    check_keeps_inputs(outdir, [*names, "random.png"], [])
     dev = resolve_device(device)
     model, codes = load_model(model_dir, dev)
     _check_options(opts, model, codes)
-    name, ex_zplus = pick_style(codes, opts.style_id or 0)
-    z = torch.cat([z_from_seed(s, model.style_dim) for s in range(seed, seed + n)]).to(dev)
+    style, ex_zplus = pick_style(codes, opts.style_id or 0)
     opts = DualStyleOptions(**{**opts.__dict__, "preserve_color": False, "wplus": False})
-    images = render(model, z, ex_zplus.to(dev), opts, space="z")
-    res = DualStyleResult(style_name=name)
-    outdir = Path(outdir)
-    for s, img in zip(range(seed, seed + n), to_uint8(images)):
-        res.samples.append(save_png(img, outdir / f"random_{s:04d}.png"))
-    res.sheet = save_png(make_grid(tiles(images, min(TILE, model.size)), cols=min(8, n)), outdir / "random.png")
+    _warn_of_leftovers(outdir, [*names, "random.png"], reporter)
+    res, sheet, writer = DualStyleResult(style_name=style), [], PngWriter()
+    try:
+        with reporter.progress(n, "rendering") as bar, writer:
+            for i in range(0, n, RENDER_BATCH):
+                z = torch.cat([z_from_seed(s, model.style_dim) for s in range(seed + i, seed + min(i + RENDER_BATCH, n))])
+                images = render(model, z.to(dev), ex_zplus.to(dev), opts, space="z")
+                for path in writer.write(to_uint8(images), [outdir / name for name in names[i: i + RENDER_BATCH]]):
+                    res.samples.append(path)
+                    bar.advance()
+                sheet.extend(tiles(images[: max(SHEET_MAX - i, 0)], min(TILE, model.size)))
+    except KeyboardInterrupt:
+        if not writer.written:
+            raise
+        raise writer.stopped(n, outdir, "random.png") from None
+    if n > SHEET_MAX:
+        reporter.info(f"random.png shows the first {SHEET_MAX} of the {n} faces")
+    res.sheet = save_png(make_grid(np.stack(sheet), cols=min(8, len(sheet))), outdir / "random.png")
     return res
+
+
+def _warn_of_leftovers(outdir: Path, written: list[str], reporter: Reporter) -> None:
+    """An earlier input's aligned.png, or another run's random faces, read as this run's otherwise."""
+    warn_of_leftovers(outdir, lambda name: re.fullmatch(DUALSTYLE_FILES, name) is not None and name not in written,
+                      reporter)

@@ -10,9 +10,9 @@ from PIL import Image
 
 from ..data.images import RENDER_FILE, PngWriter, make_grid, save_image, save_png
 from ..data.render import render_ws, seeds_to_ws
-from ..errors import CheckpointError, ConfigError, DataError, Interrupted
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models.generator import Generator
-from ..outputs import check_keeps_inputs, check_output_dir, first_names, leftover_files
+from ..outputs import check_keeps_inputs, check_output_dir, warn_of_leftovers
 from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
 
@@ -84,10 +84,9 @@ def _write_renders(gens: list[Generator], names: list[str], ws: torch.Tensor, ou
                 rows.append(np.stack(tiles))
                 result.folders.append(folder)
     except KeyboardInterrupt:
-        if not writer.written:  # read once the writer is closed: the window's writes are whole by then
+        if not writer.written:
             raise
-        raise Interrupted(f"interrupted after {writer.written} of {len(ws) * len(gens)} images, each written to "
-                          f"{outdir} as it was rendered; {picture} was not") from None
+        raise writer.stopped(len(ws) * len(gens), outdir, picture) from None
     if len(ws) > shown:
         reporter.info(f"{picture} shows the first {shown} of the {len(ws)} images")
     if len(gens) == 1:
@@ -103,10 +102,8 @@ def _warn_of_leftovers(folders: list[Path], filenames: list[str], reporter: Repo
     set by an outside FID tool would score two models."""
     ours = set(filenames)
     for folder in folders:
-        left = leftover_files(folder, lambda name: RENDER_FILE.fullmatch(name) is not None and name not in ours)
-        if left:
-            reporter.warn(f"{folder} also holds {len(left)} image(s) this run does not write ({first_names(left)}): "
-                          "an earlier run's, left as they are; for a set to score, use a fresh --outdir")
+        warn_of_leftovers(folder, lambda name: RENDER_FILE.fullmatch(name) is not None and name not in ours, reporter,
+                          "image(s)", "for a set to score, use a fresh --outdir")
 
 
 def interpolation_gif(gens: list[Generator], ws: torch.Tensor, path: Path, steps: int,
