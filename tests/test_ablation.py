@@ -104,6 +104,16 @@ def test_a_source_too_small_for_the_recipes_is_refused_before_any_work(tmp_path,
     assert "--struct-loss" not in said and not (tmp_path / "o" / "data").exists()
 
 
+@pytest.mark.parametrize("command", ["demo", "ablation"])
+def test_an_iters_past_the_recipes_limit_is_refused_before_the_data_is_made(tmp_path, command):
+    """`demo --iters 2000000000` wrote its 1000 cartoon faces first, then refused the fine-tune's
+    config."""
+    result = runner.invoke(app, [command, "--out", str(tmp_path / "o"), "--iters", "2000000000"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--iters ([train] iters) must be <= 10**9 (steps), got 2000000000" in said, said
+    assert not (tmp_path / "o" / "data").exists()
+
+
 def test_ablation_renders_that_cannot_fit_are_refused_before_any_work(tmp_path, monkeypatch):
     from cartoongan import hostmem
 

@@ -29,7 +29,7 @@ from ..report import NullReporter, Reporter
 from ..train.runs import check_same_source, finetune, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
 from ..weights.networks import load_generator, weights_digest
-from .demo import BUNDLED_SOURCE, check_finetunable
+from .demo import BUNDLED_SOURCE, check_finetunable, check_iters
 from .sample import sample_checkpoints
 
 METHODS = (  # (table name, recipe)
@@ -210,6 +210,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     if n_eval == 1:
         raise ConfigError("--n-eval 1: FID and KID compare sets of at least 2 images; pass 2 or more, or 0 to skip them")
     dev = resolve_device(device or "cpu")  # before anything is written: a device that is not here is one line
+    check_iters(iters, tuple(recipe for _, recipe in methods))
     out = check_fresh_dir(out, "--out", "ablation writes data/, runs/, samples/, ablation.md and figure.png there",
                           reusable=lambda names: set(names) <= OWN_ENTRIES)
     seeds = seeds or list(range(8))

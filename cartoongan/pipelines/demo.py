@@ -5,7 +5,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import apply_overrides, load_recipe
+from ..config import apply_overrides, load_recipe, validate
 from ..device import resolve_device
 from ..data.synthetic import ensure_synthesized
 from ..errors import CheckpointError, ctrl_c_hint
@@ -55,6 +55,14 @@ def check_finetunable(source: Path, what: str, recipes: tuple[str, ...] = ()) ->
             raise CheckpointError(f"{source} is a {size} px model, and {what} fine-tunes with the {name} recipe, "
                                   f"whose frozen and structure-loss blocks need a model of {least} px or more: "
                                   f"pass a source of {least} px or more")
+
+
+def check_iters(iters: int | None, recipes: tuple[str, ...]) -> None:
+    """Refuse an --iters the recipes' runs would refuse (past 10**9), before any data is made: each
+    stage validates its config, but only once the synthetic faces are written."""
+    if iters is not None:
+        for name in recipes:
+            validate(apply_overrides(load_recipe(name), _train_overrides(iters, None)))
 
 
 def _again(out: Path) -> str:
@@ -121,6 +129,8 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
     reporter = reporter or NullReporter()
     if device is not None:  # a device that is not here is refused before anything is written
         resolve_device(device)
+    check_iters(finetune_iters, ("demo_finetune",))
+    check_iters(pretrain_iters, ("demo64",))
     out = check_fresh_dir(out, "--out", "the demo writes data, runs and pictures there",
                           lambda names: set(names) <= DEMO_ENTRIES)
     seeds = seeds or list(range(8))
