@@ -280,6 +280,17 @@ def check_keeps_inputs(outdir: str | os.PathLike, outputs: str | Iterable[str],
                               "there): choose another folder")
 
 
+def check_subfolders(outdir: str | os.PathLike, names: Iterable[str], what: str = "--out") -> None:
+    """Refuse a file (or a broken link) where the command makes one of its folders under `outdir`:
+    it would be found when that stage runs, after the ones before it (ablation's samples/, after
+    every method's training)."""
+    for name in names:
+        path = Path(outdir) / name
+        if os.path.lexists(path) and not path.is_dir():
+            kind = "a file" if path.is_file() else "not a folder"
+            raise OutputError(f"{path} is {kind}, where the command makes a folder: move it away, or use another {what}")
+
+
 def _written_paths(base: Path, pattern: str) -> list[str]:
     """The entries already in `base`, one folder deep at most (as outputs go), whose paths relative
     to it the command would write (a file or not)."""

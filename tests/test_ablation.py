@@ -114,6 +114,23 @@ def test_an_iters_past_the_recipes_limit_is_refused_before_the_data_is_made(tmp_
     assert not (tmp_path / "o" / "data").exists()
 
 
+@pytest.mark.parametrize("command,entry,kind", [
+    ("ablation", "figure.png", "a folder"), ("ablation", "ablation.md", "a folder"), ("ablation", "samples", "a file"),
+    ("ablation", "runs", "a file"), ("demo", "swapped.pt", "a folder"), ("demo", "compare.png", "a folder"),
+    ("demo", "samples", "a file"), ("demo", "finetune", "a file")])
+def test_an_entry_of_the_wrong_kind_in_out_is_refused_before_any_work(tmp_path, command, entry, kind):
+    """A folder at ablation's figure.png (or a file at its samples/) was found after every method
+    had trained, and named as samples/compare.png or as --outdir; a folder at the demo's
+    swapped.pt got swap's --output advice, a flag the demo has not."""
+    out = tmp_path / "o"
+    (out / entry).mkdir(parents=True) if kind == "a folder" else (out.mkdir(), (out / entry).write_bytes(b""))
+    result = runner.invoke(app, [command, "--out", str(out), "--iters", "1"])
+    said = " ".join(result.output.split())
+    where = "where the command writes a file" if kind == "a folder" else "where the command makes a folder"
+    assert result.exit_code == 1 and f"{out / entry} is {kind}, {where}: move it away, or use another --out" in said, said
+    assert not (out / "data").exists()
+
+
 def test_ablation_renders_that_cannot_fit_are_refused_before_any_work(tmp_path, monkeypatch):
     from cartoongan import hostmem
 

@@ -24,7 +24,7 @@ from ..errors import CartoonganError, ConfigError, ctrl_c_hint, naming
 from ..hostmem import gib, images_past_memory
 from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
-from ..outputs import atomic_write, check_fresh_dir
+from ..outputs import atomic_write, check_fresh_dir, check_keeps_inputs, check_subfolders
 from ..report import NullReporter, Reporter
 from ..train.runs import check_same_source, finetune, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
@@ -213,6 +213,9 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
     check_iters(iters, tuple(recipe for _, recipe in methods))
     out = check_fresh_dir(out, "--out", "ablation writes data/, runs/, samples/, ablation.md and figure.png there",
                           reusable=lambda names: set(names) <= OWN_ENTRIES)
+    # found after the training otherwise: a folder where a file goes, a file where a folder does
+    check_keeps_inputs(out, ["ablation.md", "figure.png"], [], "--out")
+    check_subfolders(out, ["data", "runs", "samples"])
     seeds = seeds or list(range(8))
     source = Path(source) if source else BUNDLED_SOURCE
     # before any rendering, not at the first method; a missing source gets load_checkpoint's line

@@ -9,7 +9,7 @@ from ..config import apply_overrides, load_recipe, validate
 from ..device import resolve_device
 from ..data.synthetic import ensure_synthesized
 from ..errors import CheckpointError, ctrl_c_hint
-from ..outputs import atomic_write, check_fresh_dir
+from ..outputs import atomic_write, check_fresh_dir, check_keeps_inputs, check_subfolders
 from ..report import NullReporter, Reporter
 from ..train.runs import check_same_source, finetune, pretrain, resumed_config, run_to_end
 from ..weights.checkpoint import load_checkpoint
@@ -133,6 +133,8 @@ def run_demo(out: str | Path, reporter: Reporter | None = None, source: str | Pa
     check_iters(pretrain_iters, ("demo64",))
     out = check_fresh_dir(out, "--out", "the demo writes data, runs and pictures there",
                           lambda names: set(names) <= DEMO_ENTRIES)
+    check_keeps_inputs(out, ["swapped.pt", "compare.png", "interpolation.gif"], [], "--out")
+    check_subfolders(out, ["data", "source", "finetune", "samples"])
     seeds = seeds or list(range(8))
     if source is not None:  # a missing or damaged --source is refused before any data is made
         check_finetunable(Path(source), "the demo", ("demo_finetune",))
