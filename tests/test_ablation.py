@@ -44,7 +44,9 @@ def test_ablation_runs_every_method_and_writes_table_and_figure(tmp_path, monkey
     monkeypatch.setattr(ablation._Scorer, "_load_inception", lambda self, real: setattr(self, "inception", "stub"))
     monkeypatch.setattr(ablation._Scorer, "fid_kid", lambda self, fake: (float(len(fake)), 0.0))
     again = run_ablation(tmp_path / "abl", source=source, iters=1, n_eval=6, n_structure=4, n_ppl=0, seeds=[0])
-    assert [r[3] for r in again.rows] == [r[3] for r in res.rows] and [r[6] for r in again.rows] == ["—"] + ["reused"] * len(METHODS)
+    assert [r[3] for r in again.rows] == [r[3] for r in res.rows]
+    # a reused run is timed from its log, as when it trained (it said "reused")
+    assert [r[6] for r in again.rows] == [r[6] for r in res.rows] and all(r[6].isdigit() for r in res.rows[1:])
     assert rendered == [6] * (1 + len(METHODS)) and all(v["fid"] == 6 for v in again.values)
     # runs fine-tuned from another source are not passed off as this one's
     # (checked for every method before any work: the first method's run is missing, and is not trained)
@@ -189,7 +191,22 @@ def test_earlier_runs_trained_past_the_budget_are_refused_not_compared(tmp_path,
     with pytest.raises(ConfigError, match=rf"trained past --iters 1 \({METHODS[0][1]} at step 2\).* --iters 2 or more"):
         run_ablation(tmp_path / "abl", iters=1, **args)
     monkeypatch.undo()
-    assert run_ablation(tmp_path / "abl", iters=2, **args).rows[1][6] == "reused"  # its own budget: reused
+    first = ablation.training_seconds(tmp_path / "abl" / "runs" / METHODS[0][1])
+    assert run_ablation(tmp_path / "abl", iters=2, **args).rows[1][6] == f"{first:.0f}"  # its own budget: reused
+
+
+def test_training_seconds_add_up_every_stretch_of_a_resumed_run(tmp_path):
+    """The column timed only the call that trained: a run continued by a rerun showed its last
+    stretch, a finished one "reused". The log holds each row's images and speed."""
+    from cartoongan.pipelines.ablation import training_seconds
+
+    (tmp_path / "log.jsonl").write_text("\n".join([
+        '{"step": 1, "kimg": 0.008, "img_per_s": 4.0}',    # 8 images at 4/s: 2 s
+        '{"step": 2, "kimg": 0.016, "img_per_s": 8.0}',    # 1 s
+        '{"step": 3, "kimg": 0.024, "img_per_s": 2.0}',    # a resumed stretch: 4 s
+        '{"step": 4, "kimg": 0.032}']) + "\n")             # no speed: not counted
+    assert training_seconds(tmp_path) == pytest.approx(7.0)
+    assert training_seconds(tmp_path / "none") is None
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")

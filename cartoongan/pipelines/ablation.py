@@ -8,7 +8,6 @@ same seeds through the source and every method, one row each.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from ..data.synthetic import ensure_synthesized
 from ..device import resolve_device
 from ..errors import CartoonganError, ConfigError, ctrl_c_hint, naming
 from ..hostmem import gib, images_past_memory
+from ..metrics.plot import read_log
 from ..metrics.structure import generator_structure_scores
 from ..models.generator import Generator
 from ..outputs import atomic_write, check_fresh_dir, check_keeps_inputs, check_subfolders
@@ -78,24 +78,37 @@ def check_one_budget(steps: dict[str, int], iters: int | None, runs: Path) -> No
 
 
 def _finetune(recipe: str, source: Path, data: Path, run: Path, iters: int | None, step: int | None,
-              device: str | None, reporter: Reporter) -> tuple[Path, float | None]:
-    """Fine-tune (or continue / reuse an earlier run of) one method; returns latest.pt and the seconds
-    spent (None: a finished run was reused). step: where the earlier run stands (None: there is none);
-    device: where it trains (None: the recipe's own)."""
-    start = time.perf_counter()
+              device: str | None, reporter: Reporter) -> Path:
+    """Fine-tune (or continue / reuse an earlier run of) one method; returns its latest.pt. step:
+    where the earlier run stands (None: there is none); device: where it trains (None: the recipe's own)."""
     cfg = load_recipe(recipe)
     iters = iters or cfg.train.iters
     again = _again(run.parent.parent)
     overrides = {"train": {"iters": iters, **({"device": device} if device else {})}}
     if step is not None:
         if step >= iters:
-            return run / "latest.pt", None
+            return run / "latest.pt"
         cfg = resumed_config(run, overrides)
-        path = run_to_end(lambda: finetune(cfg, source, data, run, reporter, resume=True), again)
-    else:
-        cfg = apply_overrides(cfg, overrides)
-        path = run_to_end(lambda: finetune(cfg, source, data, run, reporter), again)
-    return path, time.perf_counter() - start
+        return run_to_end(lambda: finetune(cfg, source, data, run, reporter, resume=True), again)
+    cfg = apply_overrides(cfg, overrides)
+    return run_to_end(lambda: finetune(cfg, source, data, run, reporter), again)
+
+
+def training_seconds(run: Path) -> float | None:
+    """The time a run spent training, from its log.jsonl: each row's images over its img/s (the
+    trainer leaves sampling and KID out of those), every resumed stretch included; so a finished run
+    reused, or one continued, is timed whole. None without a readable log."""
+    try:
+        rows = read_log(run)
+    except CartoonganError:
+        return None
+    seconds, kimg = 0.0, 0.0
+    for row in rows:
+        now, speed = row.get("kimg"), row.get("img_per_s")
+        if isinstance(now, (int, float)) and isinstance(speed, (int, float)) and speed > 0 and now >= kimg:
+            seconds += (now - kimg) * 1000 / speed
+        kimg = now if isinstance(now, (int, float)) else kimg
+    return seconds
 
 
 def _again(out: Path) -> str:
@@ -237,8 +250,8 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
             if recipe is None:
                 path, seconds = source, 0.0
             else:
-                path, seconds = _finetune(recipe, source, data, out / "runs" / recipe, iters, steps.get(recipe), device,
-                                          reporter)
+                path = _finetune(recipe, source, data, out / "runs" / recipe, iters, steps.get(recipe), device, reporter)
+                seconds = training_seconds(path.parent)
             paths.append(path)
             gen = src_gen if recipe is None else load_generator(path, dev)
             with naming(path):  # which method's model drew NaN, if one did
@@ -247,7 +260,7 @@ def run_ablation(out: str | Path, reporter: Reporter | None = None, source: str 
                       "seconds": seconds}
             row = [name, _fmt(values["fid"]), _fmt(values["kid"], 1e3), _fmt(values["structure"], digits=3),
                    _fmt(values["ppl"], digits=1), _fmt(values["identity"], digits=3),
-                   "—" if recipe is None else "reused" if seconds is None else f"{seconds:.0f}"]
+                   "—" if recipe is None else "n/a" if seconds is None else f"{seconds:.0f}"]
             reporter.info(" | ".join(str(c) for c in row))
             result.rows.append(row)
             result.values.append(values)
