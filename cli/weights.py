@@ -20,7 +20,7 @@ def _entries(keys: list[str]):
     unknown = [k for k in keys if k not in REGISTRY]
     if unknown:
         fail(f"unknown weights {', '.join(unknown)}: choose from {', '.join(REGISTRY)}", 2)
-    return [REGISTRY[k] for k in keys] if keys else list(REGISTRY.values())
+    return [REGISTRY[k] for k in dict.fromkeys(keys)] if keys else list(REGISTRY.values())  # a key given twice: once
 
 
 @weights_app.command("list")

