@@ -135,6 +135,7 @@ class _LineBar:
         self.description, self.total, self.n, self.first = description, total, completed, completed
         self.info = ""
         self.start = self.last = time.monotonic()
+        self.shown: tuple[int, str] | None = None  # (count, fields) of the last line printed
 
     def advance(self, n: int = 1, **fields) -> None:
         self.n += n
@@ -152,6 +153,12 @@ class _LineBar:
         share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         text = f"{self.description} {self.n}/{self.total}{share} {_clock(elapsed)}{left}" + (f"  {self.info}" if self.info else "")
         console.print(escape(one_line(text)), highlight=False, soft_wrap=True)
+        self.shown = (self.n, self.info)
+
+    def close(self) -> None:
+        """The closing line, unless a tick printed this very state (the last step at a 30 s mark)."""
+        if self.shown != (self.n, self.info):
+            self.line()
 
 
 class RichReporter:
@@ -189,7 +196,7 @@ class RichReporter:
             try:
                 yield bar
             finally:
-                bar.line()
+                bar.close()
             return
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),

@@ -516,6 +516,12 @@ def test_progress_piped_to_a_log_is_a_line_every_so_often_and_at_the_end(monkeyp
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("finetune")]
     assert lines[0] == "finetune 30/100 (30%) 0:00:30, 0:01:10 left  loss_g 1.5  img_per_s 40"
     assert len(lines) == 4 and lines[-1].startswith("finetune 100/100 (100%) 0:01:40  loss_g")
+    with con.RichReporter().progress(60, "render") as bar:  # the last step on a tick: its line once
+        for step in range(60):
+            clock[0] += 1.0
+            bar.advance(1)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("render")]
+    assert lines == ["render 30/60 (50%) 0:00:30, 0:00:30 left", "render 60/60 (100%) 0:01:00"], lines
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
