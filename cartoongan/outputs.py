@@ -114,7 +114,7 @@ def _owner_tag() -> str:
 
 
 _HOST_TAG = _owner_tag()
-_DEAD_TEMP = re.compile(rf"^\..+\.{_HOST_TAG}p(\d+)-[0-9a-f]+\.tmp$")
+_OUR_TEMP = re.compile(rf"^\..+\.{_HOST_TAG}p(\d+)-[0-9a-f]+\.tmp$")  # a temp file of a writer on this host
 _swept: set[str] = set()  # folders already swept by this process: one listing each, not one per file
 
 
@@ -147,10 +147,16 @@ def _sweep_dead_temps(folder: Path) -> None:
     except OSError:
         return
     for name in names:
-        match = _DEAD_TEMP.match(name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+        if _OUR_TEMP.match(name) and not is_live_temp(name):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, name))
+
+
+def is_live_temp(name: str) -> bool:
+    """Whether `name` is the temp file of a write still going on: this process's, or a live one's
+    on this host. (Another host's cannot be told apart from a dead one's.)"""
+    match = _OUR_TEMP.match(name)
+    return bool(match) and (int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))))
 
 
 def _read_umask() -> int:

@@ -97,6 +97,64 @@ def test_resume_drops_a_killed_saves_temp_files_and_the_log_rows_past_its_checkp
     assert not list(run.rglob(".*.tmp"))
 
 
+def _another_process_trains_meanwhile(monkeypatch, act):
+    """`act` runs while this run loads its data: after its checks, before its lock (minutes on a
+    large dataset), as a second process's whole run or save would."""
+    from cartoongan.train import runs
+
+    real = runs.load_dataset
+    monkeypatch.setattr(runs, "load_dataset", lambda *a, **k: (act(), real(*a, **k))[1])
+
+
+def _files(run) -> dict:
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_new_run_refuses_a_folder_another_process_trained_while_it_loaded(finished, tmp_path, monkeypatch):
+    """Two `pretrain --out SAME` at once: the one that took the lock last trained from step 0 over
+    the other's finished run (its checkpoints replaced, both logs in one, no word)."""
+    data = blob_images(tmp_path / "data", n=4)
+    run = tmp_path / "run"
+    _another_process_trains_meanwhile(monkeypatch, lambda: shutil.copytree(finished, run))
+    with pytest.raises(CartoonganError, match=r"now holds a run, which another process started while this one was "
+                                              r"loading: nothing of it was changed; continue it with --resume"):
+        pretrain(tiny_config(iters=2), data, run)
+    assert _files(run) == _files(finished)
+
+
+def test_a_resume_refuses_a_checkpoint_another_process_replaced_while_it_loaded(finished, tmp_path, monkeypatch):
+    """Two `--resume RUN` at once: the later one went back to the step it had loaded, cut the other's
+    log rows past it, and left the other's newer numbered checkpoints beside its own."""
+    run = _copy(finished, tmp_path)
+    older = load_checkpoint(run / "checkpoints" / "000002.pt")
+    save_checkpoint(run / "latest.pt", older)  # the run stands at step 2 when the resume loads it
+    newer = load_checkpoint(finished / "latest.pt")
+    _another_process_trains_meanwhile(monkeypatch, lambda: save_checkpoint(run / "latest.pt", newer))
+    res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and "was replaced while this run was loading it (another process trained" in said, said
+    assert _steps(run) == [1, 2, 3, 4] and load_checkpoint(run / "latest.pt")["cartoongan"]["step"] == 4
+
+
+def test_a_resume_keeps_a_live_writers_temp_file(finished, tmp_path):
+    """A resume deleted every temp file in the run folder: a running `export RUN/latest.pt -o
+    RUN/x.pt` then failed with "No such file or directory"."""
+    import subprocess
+
+    from cartoongan import outputs
+
+    run = _copy(finished, tmp_path)
+    done = subprocess.Popen([sys.executable, "-c", "import os; print(os.getpid())"], stdout=subprocess.PIPE)
+    dead_pid = int(done.communicate()[0])  # a pid that has exited
+    live = run / f".x.pt.{outputs._HOST_TAG}p{os.getppid()}-abc123.tmp"  # pytest's parent: alive
+    gone = run / f".x.pt.{outputs._HOST_TAG}p{dead_pid}-abc123.tmp"
+    for path in (live, gone):
+        path.write_bytes(b"half a checkpoint")
+    res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"])
+    assert res.exit_code == 0, res.output
+    assert live.exists() and not gone.exists()
+
+
 def test_a_log_whose_last_row_lost_its_newline_keeps_every_row_through_resumes(finished, tmp_path):
     """The resumed run's first row went onto the last row's line (two rows no reader parses, so
     `plot` saw none), and the resume after dropped that line as torn: both rows lost."""

@@ -22,7 +22,7 @@ from ..errors import CartoonganError, OutputError
 from ..filekind import special_kind
 from ..data.render import render_seeds
 from ..models.generator import Generator
-from ..outputs import atomic_write, lock_with_pid, visible_entries, writing
+from ..outputs import atomic_write, is_live_temp, lock_with_pid, visible_entries, writing
 from .evaluate import CACHE as EVAL_CACHE
 from ..weights.checkpoint import load_checkpoint, save_checkpoint
 
@@ -96,10 +96,24 @@ def check_not_in_training(folder: Path) -> None:
         os.close(fd)  # closing drops the shared lock taken for the test
 
 
+def latest_stamp(folder: Path) -> tuple[int, int, int] | None:
+    """Which latest.pt a run folder holds (inode, mtime, size), None when it holds none: every
+    save replaces the file, so another process's save shows as another stamp."""
+    try:
+        st = (folder / "latest.pt").stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+_UNCHECKED = object()
+
+
 class RunDirectory:
     def __init__(self, path: str | Path, writes: bool = True):
         self.path = Path(path)
         self.writes = writes  # False on the non-main ranks of a data-parallel run
+        self.expected: object = _UNCHECKED  # latest_stamp when the run was checked and loaded
         self.saved_step: int | None = None  # the step latest.pt holds, once start() or save() knows it
 
     @property
@@ -128,11 +142,14 @@ class RunDirectory:
         that has no latest.pt yet starts afresh: what an earlier attempt wrote before failing (log,
         samples) goes first. A resumed one (at `step`) drops the log rows past its checkpoint, which
         a killed process wrote and the resumed run writes again, and a killed save's temp files."""
+        if self.writes and self.expected is not _UNCHECKED and latest_stamp(self.path) != self.expected:
+            raise CartoonganError(self._trained_meanwhile())
         if self.writes:
             with writing(self.path):
                 self.path.mkdir(parents=True, exist_ok=True)
                 for tmp in (*self.path.glob(".*.pt.*.tmp"), *self.path.glob("checkpoints/.*.pt.*.tmp")):
-                    tmp.unlink()  # atomic_write's, left by a kill mid-save: as large as a checkpoint
+                    if not is_live_temp(tmp.name):  # a kill mid-save's, as large as a checkpoint; not
+                        tmp.unlink(missing_ok=True)  # a running `export RUN/latest.pt -o RUN/x.pt`'s
                 if not self.latest.exists():
                     self._clear_unsaved()
                 else:
@@ -142,6 +159,19 @@ class RunDirectory:
                         self._restore_numbered(step, cfg.train.ckpt_every)
             with atomic_write(self.path / "config.toml", "w") as fh:  # a refused write keeps the old one
                 fh.write(to_toml(cfg))
+
+    def expect(self, stamp: tuple[int, int, int] | None) -> None:
+        """The latest.pt this run was checked against and loaded (None: a new run, so none): start()
+        refuses another. The lock is taken only once the data and networks are loaded, minutes on
+        a large dataset, and a second run on the folder could train and save in between."""
+        self.expected = stamp
+
+    def _trained_meanwhile(self) -> str:
+        if self.expected is None:
+            return (f"{self.path} now holds a run, which another process started while this one was loading: "
+                    f"nothing of it was changed; continue it with --resume {self.path}, or choose another --out")
+        return (f"{self.latest} was replaced while this run was loading it (another process trained {self.path} "
+                "meanwhile): nothing of it was changed; resume again to go on from its newest checkpoint")
 
     def _truncate_log(self, step: int) -> None:
         path = self.path / "log.jsonl"

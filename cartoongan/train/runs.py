@@ -24,7 +24,7 @@ from ..weights.networks import (ancestry, build_discriminator, build_generator, 
 from .distributed import init_distributed
 from .freeze import make_plan, settings_without_effect
 from .memory import check_batch_fits
-from .run_dir import check_not_in_training, check_run_layout, holds_unsaved_run
+from .run_dir import check_not_in_training, check_run_layout, holds_unsaved_run, latest_stamp
 from .evaluate import KidEvaluator
 from .trainer import Networks, Trainer, TrainResult, new_networks
 
@@ -319,8 +319,10 @@ def compile_notice(compiled: bool, device: torch.device) -> str | None:
             "the bar moves; the kernels are cached for later runs")
 
 
-def _run(trainer: Trainer) -> TrainResult:
-    """Train, once every refusal is behind: a compiled run's first steps go quiet, so say why."""
+def _run(trainer: Trainer, stamp: tuple[int, int, int] | None) -> TrainResult:
+    """Train, once every refusal is behind: a compiled run's first steps go quiet, so say why.
+    stamp: the run folder's latest.pt when it was checked (see RunDirectory.expect)."""
+    trainer.out.expect(stamp)
     notice = compile_notice(trainer.cfg.train.compiled, trainer.info.device)
     if notice:
         trainer.reporter.info(notice)
@@ -334,6 +336,7 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir)
     check_run_dir(run_dir, data_path, resume, reporter)
+    stamp = latest_stamp(run_dir)  # what the checks saw, and a resume loads: the trainer's lock re-checks it
     ckpt = open_resumable(run_dir, cfg, "pretrain") if resume else None
     data_path = data_path or recorded_data(ckpt, run_dir)
     info = _start(cfg, reporter)
@@ -352,7 +355,7 @@ def pretrain(cfg: RunConfig, data_path: str | Path | None, run_dir: str | Path, 
     if resume:
         _restore(trainer, ckpt, run_dir, reporter)
     del ckpt  # the trainer holds its own copies: don't keep the whole file in memory for the run
-    return _run(trainer)
+    return _run(trainer, stamp)
 
 
 def _source_networks(cfg: RunConfig, source_path: Path, device: torch.device,
@@ -405,6 +408,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir)
     check_run_dir(run_dir, data_path, resume, reporter)
+    stamp = latest_stamp(run_dir)  # what the checks saw, and a resume loads: the trainer's lock re-checks it
     ckpt = open_resumable(run_dir, cfg, "finetune") if resume else None
     source_path = Path(source_path) if source_path else recorded_source(ckpt, run_dir)
     data_path = data_path or recorded_data(ckpt, run_dir)
@@ -441,7 +445,7 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
                           "the run's g_ema values there, in g and g_ema alike: the source's are kept only by blocks "
                           "frozen from the run's start")
     del ckpt  # the trainer holds its own copies: don't keep the whole file in memory for the run
-    return _run(trainer)
+    return _run(trainer, stamp)
 
 
 def run_to_end(train: Callable[[], TrainResult], hint: str) -> Path:
