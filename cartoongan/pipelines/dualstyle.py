@@ -350,7 +350,8 @@ def random_portraits(model_dir: Path, n: int, outdir: Path, opts: DualStyleOptio
                 for path in writer.write(to_uint8(images), [outdir / name for name in names[i: i + RENDER_BATCH]]):
                     res.samples.append(path)
                     bar.advance()
-                sheet.extend(tiles(images[: max(SHEET_MAX - i, 0)], min(TILE, model.size)))
+                if i < SHEET_MAX:
+                    sheet.extend(tiles(images[: SHEET_MAX - i], min(TILE, model.size)))
     except KeyboardInterrupt:
         if not writer.written:
             raise
@@ -363,5 +364,6 @@ def random_portraits(model_dir: Path, n: int, outdir: Path, opts: DualStyleOptio
 
 def _warn_of_leftovers(outdir: Path, written: list[str], reporter: Reporter) -> None:
     """An earlier input's aligned.png, or another run's random faces, read as this run's otherwise."""
-    warn_of_leftovers(outdir, lambda name: re.fullmatch(DUALSTYLE_FILES, name) is not None and name not in written,
+    ours = set(written)
+    warn_of_leftovers(outdir, lambda name: re.fullmatch(DUALSTYLE_FILES, name) is not None and name not in ours,
                       reporter)
