@@ -113,9 +113,12 @@ def _set(section: object, name: str, key: str, value) -> None:
     elif isinstance(current, (int, float)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"[{name}].{key} must be a number, got {value!r}")
-        if isinstance(current, int) and not float(value).is_integer():
+        if isinstance(current, int) and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"[{name}].{key} must be a whole number, got {value!r}")
-        value = type(current)(value)
+        try:
+            value = type(current)(value)
+        except OverflowError:  # TOML integers have no size limit: 1 and 400 zeros is no float
+            raise ConfigError(f"[{name}].{key} is out of range: a number of {len(str(abs(value)))} digits") from None
     elif isinstance(current, str):
         # a number or a table here would reach the trainer's string methods (device.startswith) as
         # an AttributeError traceback
@@ -235,8 +238,8 @@ def bad_setting(cfg: RunConfig) -> tuple[str, str, str] | None:
     t, m, f = cfg.train, cfg.model, cfg.finetune
     try:
         log2_size(m.size)
-    except ValueError as exc:
-        return "model", "size", str(exc).removeprefix("resolution ")
+    except ValueError:
+        return "model", "size", f"must be a power of two >= 8, got {_shown(m.size)}"
 
     # upper bounds far past any StyleGAN2 (1024 px, w of 512, 8 mapping layers, base 32768): a typo
     # is refused here, not by an overflow or the OOM killer when the networks are built
@@ -252,6 +255,11 @@ def bad_setting(cfg: RunConfig) -> tuple[str, str, str] | None:
     checks += [(getattr(t, key) >= 1, "train", key, ">= 1")
                for key in ("iters", "batch", "d_reg_every", "path_batch_shrink", "ada_interval", "sample_every",
                            "ckpt_every", "log_every")]
+    # intervals past any run's length (a typo of 1e300 passed, and R1's loss scaling overflowed at step 0)
+    checks += [(getattr(t, key) <= ITERS_MAX, "train", key, "<= 10**9 (steps)")
+               for key in ("d_reg_every", "g_reg_every", "ada_interval", "sample_every", "ckpt_every", "log_every",
+                           "eval_every")]
+    checks += [(t.path_batch_shrink <= BATCH_MAX, "train", "path_batch_shrink", f"<= {BATCH_MAX}")]
     checks += [
         (t.lr > 0 and math.isfinite(t.lr), "train", "lr", "a finite number > 0"),
         (t.g_reg_every >= 0, "train", "g_reg_every", ">= 0 (0 turns path length off)"),
@@ -268,7 +276,8 @@ def bad_setting(cfg: RunConfig) -> tuple[str, str, str] | None:
         (t.eval_every >= 0, "train", "eval_every", ">= 0 (0 is off)"),
         (t.eval_n >= 2, "train", "eval_n", ">= 2 (KID compares sets)"),
         (f.struct_tap in STRUCT_TAPS, "finetune", "struct_tap", " or ".join(STRUCT_TAPS)),
-        (f.struct_weight >= 0 and math.isfinite(f.struct_weight), "finetune", "struct_weight", "a finite number >= 0"),
+        # as the R1 and path-length weights: 1e308 overflowed, and the divergence message named --lr and R1
+        (0 <= f.struct_weight <= REG_WEIGHT_MAX, "finetune", "struct_weight", f"in [0, {REG_WEIGHT_MAX:g}]"),
         # weight 0 would keep the loss's cost (the source renders every G step) without its effect
         (f.struct_weight > 0 or f.struct_loss == 0, "finetune", "struct_weight",
          "> 0 while the structure loss is on (set --struct-loss 0 to turn it off)"),
@@ -276,8 +285,15 @@ def bad_setting(cfg: RunConfig) -> tuple[str, str, str] | None:
     for ok, section, key, what in checks:
         if not ok:
             value = getattr({"model": m, "train": t, "finetune": f}[section], key)
-            return section, key, f"must be {what}, got {value!r}"
+            return section, key, f"must be {what}, got {_shown(value)}"
     return None
+
+
+def _shown(value) -> str:
+    """A value for a message: a whole number of 400 digits (TOML has no size limit) by its length."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
+        return f"a number of {len(str(abs(value)))} digits"
+    return repr(value)
 
 
 def to_toml(cfg: RunConfig) -> str:

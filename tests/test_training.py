@@ -236,6 +236,37 @@ def test_regularisation_weights_are_bounded(key, value):
     validate(tiny_config(**{key: 1e4}))
 
 
+@pytest.mark.parametrize("key,value", [("d_reg_every", 10**23), ("g_reg_every", 10**10), ("ada_interval", 10**10),
+                                       ("log_every", 10**10), ("eval_every", 10**10), ("path_batch_shrink", 10**6)])
+def test_intervals_are_bounded(key, value):
+    """d_reg_every = 1e300 passed, then R1's loss scaling overflowed at step 0 (a traceback)."""
+    with pytest.raises(ConfigError, match=rf"^(--\S+ \()?\[train\] {key}\)? must be <= "):
+        validate(tiny_config(**{key: value}))
+
+
+def test_the_structure_weight_is_bounded_as_the_regularisation_weights_are():
+    """--struct-weight 1e308 trained into inf, and the divergence message advised --lr and R1."""
+    cfg = tiny_config()
+    cfg.finetune.struct_loss, cfg.finetune.struct_weight = 2, 1e308
+    with pytest.raises(ConfigError, match=r"^--struct-weight \(\[finetune\] struct_weight\) must be in \[0, 10000\]"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("text,said", [
+    ("[train]\niters = 1" + "0" * 400, "--iters ([train] iters) must be <= 10**9 (steps), got a number of 401 digits"),
+    ("[train]\nlr = 1" + "0" * 400, "[train].lr is out of range: a number of 401 digits"),
+    ("[model]\nsize = 1" + "0" * 400, "[model] size must be a power of two >= 8, got a number of 401 digits")])
+def test_a_recipe_number_of_400_digits_is_one_line(tmp_path, text, said):
+    """TOML integers have no size limit: float() of one raised OverflowError, a traceback."""
+    from cartoongan_cli.app import app
+    from typer.testing import CliRunner
+
+    (tmp_path / "r.toml").write_text(text + "\n")
+    res = CliRunner().invoke(app, ["pretrain", "--data", str(blob_images(tmp_path / "data", n=2)), "--out",
+                                   str(tmp_path / "run"), "--recipe", str(tmp_path / "r.toml")])
+    assert res.exit_code in (1, 2) and " ".join(res.output.split()).endswith(said), res.output
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_saves_and_exits_cleanly(tmp_path, stop):
     """A scheduler's preemption (SIGTERM) keeps the run's last step as a Ctrl-C does."""
