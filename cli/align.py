@@ -6,14 +6,14 @@ from typing import Optional
 
 import typer
 
-from .app import IMAGE_SIZE_MAX, app, user_errors
+from .app import IMAGE_SIZE_MAX, app, file_path, user_errors
 from .console import RichReporter, fail, out
 
 
 @app.command()
 def align(
     photo: Path = typer.Argument(..., metavar="PHOTO", help="Photo with a face (any size or mode; EXIF orientation is applied)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Aligned PNG to write (OUT_0.png, OUT_1.png, ... with --all-faces, one face too)."),
+    output: Path = typer.Option(..., "-o", "--output", **file_path("aligned.png"), help="Aligned PNG to write (OUT_0.png, OUT_1.png, ... with --all-faces, one face too)."),
     size: int = typer.Option(256, "--size", min=8, max=IMAGE_SIZE_MAX, help="Side of the aligned square, in pixels."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="A .npy (68, 2) array of x, y landmarks "
                                              "(dlib's 68-point order) to use instead of detecting."),

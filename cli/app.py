@@ -216,6 +216,19 @@ def valid_seeds(value: str | None) -> str | None:
     return value
 
 
+def file_path(example: str) -> dict:
+    """typer.Option settings for a flag that names an output file: a value ending in '/' (or '/.')
+    names a folder, which Path() would drop, writing a file under the folder's name (`swap -o new/`
+    wrote a checkpoint called `new`)."""
+    def parse(value) -> Path:
+        text = os.fspath(value)
+        if text and os.path.basename(text) in ("", "."):
+            raise typer.BadParameter(f"{text} names a folder (it ends in '{text[-1]}'): name a file, e.g. "
+                                     f"{Path(text) / example}")
+        return Path(text)
+    return {"parser": parse, "metavar": "<path>"}  # the help's metavar, as for the other path flags
+
+
 def checked_flag(check, value):
     """value through a library check(value, name) (one rule for flags and library callers), its
     ConfigError as Typer's BadParameter: a usage error naming the flag."""

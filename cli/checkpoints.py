@@ -9,7 +9,7 @@ import typer
 
 from cartoongan.errors import ConfigError
 
-from .app import app, user_errors
+from .app import app, file_path, user_errors
 from .console import RichReporter, out, result_table
 
 def _readable(value) -> str:
@@ -43,7 +43,7 @@ def info(ckpt: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint to de
 @app.command()
 def export(
     ckpt: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint to slim (e.g. RUN/latest.pt)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write."),
+    output: Path = typer.Option(..., "-o", "--output", **file_path("shared.pt"), help="Checkpoint to write."),
     g_ema_only: bool = typer.Option(False, "--g-ema-only", help="Keep only g_ema (like convert_weight.py); else g and d too."),
 ):
     """Write a checkpoint without optimiser and RNG state, for sharing."""
@@ -57,7 +57,8 @@ def export(
 @app.command()
 def convert(
     pkl: Path = typer.Argument(..., metavar="PKL", help="NVlabs pickle: a stylegan2-ada-pytorch snapshot or a TF StyleGAN2 (G, D, Gs)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint to write (default: PKL with .pt)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", **file_path("converted.pt"),
+                                          help="Checkpoint to write (default: PKL with .pt)."),
 ):
     """Convert an NVlabs StyleGAN2 pickle to a checkpoint (read as data: the code inside is never run)."""
     from cartoongan.weights.nvlabs import convert_file

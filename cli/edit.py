@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import DEVICE, NoiseMode, app, checked_flag, truncation_psi, user_errors, valid_seeds
+from .app import DEVICE, NoiseMode, app, checked_flag, file_path, truncation_psi, user_errors, valid_seeds
 from .console import RichReporter, out
 
 
@@ -36,7 +36,7 @@ def _valid_layers(value: str | None) -> str | None:
 @app.command()
 def factor(
     ckpt: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint whose g_ema is factorized."),
-    output: Path = typer.Option(Path("factor.pt"), "-o", "--output", help="Factor file to write (rosinality's format)."),
+    output: Path = typer.Option(Path("factor.pt"), "-o", "--output", **file_path("factor.pt"), help="Factor file to write (rosinality's format)."),
 ):
     """Closed-form factorization (SeFa): the latent directions that change a generator's styles most."""
     from cartoongan.pipelines.sefa import factor_checkpoint

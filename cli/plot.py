@@ -6,14 +6,14 @@ from typing import Optional
 
 import typer
 
-from .app import app, user_errors
+from .app import app, file_path, user_errors
 from .console import RichReporter, out
 
 
 @app.command()
 def plot(
     run: Path = typer.Argument(..., metavar="RUN", help="Run folder (or its log.jsonl) written by pretrain/finetune."),
-    output: Optional[Path] = typer.Option(None, "-o", "--out", help="PNG to write (default RUN/curves.png)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--out", **file_path("curves.png"), help="PNG to write (default RUN/curves.png)."),
 ):
     """Draw the loss, KID/FID (when logged) and ADA p curves of a run."""
     from cartoongan.metrics.plot import plot_run

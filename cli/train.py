@@ -10,7 +10,7 @@ from cartoongan.config import STRUCT_TAPS
 from cartoongan.errors import ConfigError
 from cartoongan.pipelines.swap import DEFAULT_RES, MAPPINGS
 
-from .app import Augment, CompileMode, Precision, app, choices, user_errors
+from .app import Augment, CompileMode, Precision, app, choices, file_path, user_errors
 from .console import RichReporter, fail, out
 
 # the flags pretrain and finetune share, each the [train] key it overrides (its argument's name,
@@ -160,7 +160,7 @@ def swap(
                                       f"(default {DEFAULT_RES}, or half the models' size where that is less)."),
     mapping: Mapping = typer.Option(Mapping("source"), "--mapping", help="Whose mapping network the result uses."),
     blend_width: Optional[float] = typer.Option(None, "--blend-width", help="Smooth logistic blend (octaves) instead of a hard switch."),
-    output: Path = typer.Option(Path("swapped.pt"), "-o", "--output", help="Checkpoint to write."),
+    output: Path = typer.Option(Path("swapped.pt"), "-o", "--output", **file_path("swapped.pt"), help="Checkpoint to write."),
 ):
     """Layer swapping: a new generator with SOURCE's low-resolution and TARGET's high-resolution blocks."""
     from cartoongan.pipelines.swap import swap_checkpoints

@@ -540,6 +540,21 @@ def test_a_full_disk_under_stdout_is_one_line_not_a_traceback(two_ckpts, argv):
     assert res.stderr.decode().strip().startswith("error: cannot write") and b"No space left" in res.stderr
 
 
+@pytest.mark.parametrize("argv,example", [
+    (["swap", "A.pt", "B.pt", "-o"], "swapped.pt"), (["export", "A.pt", "-o"], "shared.pt"),
+    (["convert", "A.pkl", "-o"], "converted.pt"), (["factor", "A.pt", "-o"], "factor.pt"),
+    (["align", "me.jpg", "-o"], "aligned.png"), (["plot", "RUN", "-o"], "curves.png")])
+@pytest.mark.parametrize("end", ["/", "/."])
+def test_an_output_file_flag_ending_in_a_slash_names_a_folder(tmp_path, argv, example, end):
+    """`swap A B -o new/` wrote a checkpoint called `new`: Path() drops the slash."""
+    target = f"{tmp_path / 'new'}{end}"
+    res = runner.invoke(app, [*argv, target])
+    assert res.exit_code == 2, res.output
+    said = " ".join(res.output.split())
+    assert f"{target} names a folder (it ends in '{end[-1]}'): name a file, e.g. {tmp_path / 'new' / example}" in said, said
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_file_named_like_an_option_gets_told_how_to_name_it(tmp_path, monkeypatch, two_ckpts):
     """`cartoongan info -old.pt` said only "No such option: -o": click reads the name as a flag."""
     import shutil
