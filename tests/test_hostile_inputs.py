@@ -250,6 +250,17 @@ def test_an_output_replaces_only_a_file_of_its_own_kind(tmp_path, assets, comman
     assert runner.invoke(app, same).exit_code == 0
 
 
+@pytest.mark.parametrize("command", ["swap", "export", "convert"])
+def test_a_generator_output_never_replaces_a_training_checkpoint_kept_outside_its_run(tmp_path, assets, command):
+    """`swap S T -o backup_train.pt` (a run's latest.pt copied out as a backup) wrote g_ema over it:
+    D, both optimisers and the training state, what the run resumes with, were gone."""
+    backup = Path(shutil.copy(assets["run"] / "latest.pt", tmp_path / "backup_train.pt"))
+    before = backup.read_bytes()
+    line = error_line(runner.invoke(app, FILE_COMMANDS[command](str(backup))))
+    assert f"{backup} holds a training checkpoint (G, D and optimiser state: it resumes), which this would replace " \
+        "with a generator checkpoint" in line and backup.read_bytes() == before
+
+
 @pytest.mark.parametrize("command", ["swap", "export", "convert", "factor"])
 def test_an_output_never_replaces_someone_elses_file_only_an_empty_or_torn_one(tmp_path, assets, command):
     """`export g.pt -o train.py`, `factor -o run.sh`, `swap ... -o face.pt` (a PNG under a .pt

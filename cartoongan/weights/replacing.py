@@ -17,6 +17,10 @@ from .checkpoint import check_checkpoint, foreign_kind, read_torch_file
 
 GENERATOR = "a generator checkpoint"
 FACTOR = "a SeFa factor file"
+# a run's latest.pt copied out of its folder (a backup): swap or export over it kept G and lost the
+# discriminator and optimiser state it resumes with
+TRAINING = "a training checkpoint (G, D and optimiser state: it resumes)"
+TRAINING_KEYS = ("g_optim", "d_optim", "train_state")
 
 
 def held_kind(path: str | Path) -> str | None:
@@ -44,7 +48,7 @@ def held_kind(path: str | Path) -> str | None:
         check_checkpoint(path, obj)
     except CartoonganError:
         return "a PyTorch file of another kind"
-    return GENERATOR
+    return TRAINING if any(key in obj for key in TRAINING_KEYS) else GENERATOR
 
 
 def _unloadable_kind(path: Path) -> str | None:
