@@ -263,6 +263,28 @@ def test_prepare_writes_the_same_files_on_several_threads(tmp_path, monkeypatch)
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, three))
 
 
+def test_jfif_and_jpe_photos_are_read_and_heic_ones_named_as_left_out(tmp_path):
+    """`.jpe`/`.jfif` (JPEGs PIL reads) and a phone's `.heic` were left out without a word, in
+    training, `data prepare` and `project FOLDER` alike."""
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(tmp_path / "a.png")
+    for name in ("b.jpe", "c.jfif"):
+        Image.new("RGB", (16, 16), (0, 200, 0)).save(tmp_path / name, format="JPEG")
+    (tmp_path / "d.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    reporter = ListReporter()
+    data = load_dataset(tmp_path, 16, reporter)
+    assert sorted(data.names) == ["a.png", "b.jpe", "c.jfif"]
+    assert any("left out 1 HEIC photo(s) (d.HEIC), a format not read here: save them as JPEG or PNG" in w
+               for w in reporter.warnings), reporter.warnings
+    from cartoongan.data.dataset import image_sources
+
+    reporter = ListReporter()  # project and toonify of a folder list it so
+    assert len(image_sources(tmp_path, reporter)) == 3 and any("HEIC" in w for w in reporter.warnings)
+    for name in ("a.png", "b.jpe", "c.jfif"):
+        (tmp_path / name).unlink()
+    with pytest.raises(DataError, match=r"no readable images .*; it holds 1 HEIC photo\(s\) \(d.HEIC\)"):
+        load_dataset(tmp_path, 16, ListReporter())
+
+
 def test_gifs_beside_the_images_are_named_as_left_out(tmp_path):
     """They were left out without a word, where every other file not read is named."""
     for i in range(2):

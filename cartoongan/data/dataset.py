@@ -22,13 +22,18 @@ from ..filekind import not_found, special_kind
 from ..hostmem import gib, images_past_memory
 from ..outputs import check_fresh_dir, check_outside, sole_writer
 from ..report import NullReporter, Reporter
-from .images import (BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, RENDER_FILE, ImageTooLarge, PngWriter, bombs_as_errors,
-                     image_threads, square_resize)
+from .images import (BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, RENDER_FILE, UNREAD_PHOTOS, ImageTooLarge, PngWriter,
+                     bombs_as_errors, image_threads, square_resize)
 
 
-def image_sources(root: Path) -> list[tuple[str, callable]]:
-    """(name, opener) for each candidate image under a folder or inside a .zip."""
-    return _listing(root)[0]
+def image_sources(root: Path, reporter: Reporter | None = None) -> list[tuple[str, callable]]:
+    """(name, opener) for each candidate image under a folder or inside a .zip; with a reporter,
+    what was left out (GIFs, HEIC photos, run folders, sample's sheets) is said."""
+    every, runs, left_out = _every_listed(root)
+    sources = _without_sheets(every)
+    if reporter is not None:
+        _say_left_out(root, every, sources, runs, left_out, reporter)
+    return sources
 
 
 def check_dataset_root(root: Path) -> None:
@@ -57,14 +62,6 @@ def _unreadable_zip(root: Path) -> DataError:
     return DataError(f"{root} is not a readable zip archive")
 
 
-def _listing(root: Path) -> tuple[list[tuple[str, callable]], list[Path], list[str]]:
-    """image_sources, the training run folders found under a folder source whose files it left out,
-    and the GIFs left out (animations: `project --save-video` and `sample --interpolate` write them).
-    (sample's contact sheets are left out too, see _without_sheets.)"""
-    sources, runs, gifs = _every_listed(root)
-    return _without_sheets(sources), runs, gifs
-
-
 # what `sample` writes beside its seedNNNN.png: a folder of its renders given to `metrics` scored
 # grid.png as a 21st face (FID 281.76 where the 20 renders give 267.83)
 SHEETS = {"grid.png", "compare.png"}
@@ -75,6 +72,35 @@ def _without_sheets(sources: list[tuple[str, callable]]) -> list[tuple[str, call
     folders = {str(PurePosixPath(name).parent) for name, _ in sources if RENDER_FILE.fullmatch(PurePosixPath(name).name)}
     return [(name, opener) for name, opener in sources
             if not (PurePosixPath(name).name in SHEETS and str(PurePosixPath(name).parent) in folders)]
+
+
+def _say_left_out(root: Path, every: list, sources: list, runs: list[Path], left_out: list[str],
+                  reporter: Reporter) -> None:
+    """Warn of the files a listing left out: animations, photos of a format not read, the pictures
+    of training runs inside the folder (and, as info, sample's contact sheets)."""
+    if sheets := sorted({n for n, _ in every} - {n for n, _ in sources}):
+        reporter.info(f"left out {_shown(sheets, 3)} in {root}: `sample`'s contact sheet(s) beside its renders, "
+                      "not faces")
+    gifs = [n for n in left_out if Path(n).suffix.lower() == ".gif"]
+    if gifs and sources:  # a GIF-only folder is named by the "no readable images" error, with the formats read
+        reporter.warn(f"left out {len(gifs)} GIF(s) in {root} ({_shown(gifs, 3)}): GIFs are animations here; "
+                      "save the faces among them as PNG to use them")
+    if (unread := _unread_photos(left_out)) and sources:  # else the "no readable images" error names them
+        reporter.warn(f"left out {_unread_note(unread)} in {root}")
+    if runs:
+        shown = _shown([str(r.relative_to(root)) for r in runs], 3)
+        reporter.warn(f"left out the training run folder(s) inside {root} ({shown}): their pictures are "
+                      "sample grids, not faces")
+
+
+def _unread_photos(left_out: list[str]) -> list[str]:
+    return [n for n in left_out if Path(n).suffix.lower() in UNREAD_PHOTOS]
+
+
+def _unread_note(unread: list[str]) -> str:
+    kinds = "/".join(sorted({UNREAD_PHOTOS[Path(n).suffix.lower()] for n in unread}))
+    return (f"{len(unread)} {kinds} photo(s) ({_shown(unread, 3)}), a format not read here: save them as JPEG or "
+            "PNG to use them")
 
 
 def _every_listed(root: Path) -> tuple[list[tuple[str, callable]], list[Path], list[str]]:
@@ -92,8 +118,8 @@ def _every_listed(root: Path) -> tuple[list[tuple[str, callable]], list[Path], l
         # `metrics --n 2` of a folder and of its zip score the same images
         members = sorted((m for m in listed if Path(m.filename).suffix.lower() in EXTENSIONS),
                          key=lambda m: PurePosixPath(m.filename).parts)
-        gifs = [m.filename for m in listed if Path(m.filename).suffix.lower() == ".gif"]
-        return [(m.filename, (lambda m=m: _zip_member(zf, m))) for m in members], [], gifs
+        left_out = [m.filename for m in listed if Path(m.filename).suffix.lower() in (".gif", *UNREAD_PHOTOS)]
+        return [(m.filename, (lambda m=m: _zip_member(zf, m))) for m in members], [], left_out
     # one walk of the tree serves both questions below
     entries = [p for p in _walk(root) if not _hidden(p.relative_to(root).parts)]
     # a run written inside the data (`--data demo/`): its sample grids are no faces to learn or score
@@ -103,8 +129,8 @@ def _every_listed(root: Path) -> tuple[list[tuple[str, callable]], list[Path], l
     # so does a FIFO or device under an image's name, which is never opened (a FIFO would wait
     # for a writer forever), where it used to be left out without a word
     files = sorted(p for p in entries if p.suffix.lower() in EXTENSIONS and not p.is_dir())
-    gifs = sorted(str(p.relative_to(root)) for p in entries if p.suffix.lower() == ".gif")
-    return [(str(p.relative_to(root)), _opener(p)) for p in files], runs, gifs
+    left_out = sorted(str(p.relative_to(root)) for p in entries if p.suffix.lower() in (".gif", *UNREAD_PHOTOS))
+    return [(str(p.relative_to(root)), _opener(p)) for p in files], runs, left_out
 
 
 def _opener(path: Path) -> callable:
@@ -226,21 +252,14 @@ class ImageDataset:
 
 def _some_image_sources(root: Path, reporter: Reporter) -> list[tuple[str, callable]]:
     """image_sources, refused (before any progress bar) when there is no image file at all."""
-    every, runs, gifs = _every_listed(root)
+    every, runs, left_out = _every_listed(root)
     sources = _without_sheets(every)
-    if sheets := sorted({n for n, _ in every} - {n for n, _ in sources}):
-        reporter.info(f"left out {_shown(sheets, 3)} in {root}: `sample`'s contact sheet(s) beside its renders, "
-                      "not faces")
-    if gifs and sources:  # a GIF-only folder is named by the error below, with the formats read
-        reporter.warn(f"left out {len(gifs)} GIF(s) in {root} ({_shown(gifs, 3)}): GIFs are animations here; "
-                      "save the faces among them as PNG to use them")
-    if runs:
-        shown = _shown([str(r.relative_to(root)) for r in runs], 3)
-        reporter.warn(f"left out the training run folder(s) inside {root} ({shown}): their pictures are "
-                      "sample grids, not faces")
+    _say_left_out(root, every, sources, runs, left_out, reporter)
     if not sources:
+        unread = _unread_photos(left_out)
         raise DataError(f"no readable images in {root} (looked for {', '.join(sorted(EXTENSIONS))}"
-                        f"{_hidden_note(root)}){_checkpoints_note(root)}")
+                        f"{_hidden_note(root)}){_checkpoints_note(root)}" + (f"; it holds {_unread_note(unread)}"
+                                                                             if unread else ""))
     return sources
 
 

@@ -20,7 +20,9 @@ from ..filekind import NPY_MAGIC, is_legacy_torch, is_npz, is_text, is_torch_zip
 from ..outputs import atomic_write
 from ..report import Reporter
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".bmp", ".tif", ".tiff"}
+# photo formats PIL reads no face from here (a phone's HEIC): a folder's are left out, and said so
+UNREAD_PHOTOS = {".heic": "HEIC", ".heif": "HEIF", ".jxl": "JPEG XL"}
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

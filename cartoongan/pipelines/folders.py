@@ -40,7 +40,7 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
     picture, record, sheet = FOLDER_FILES[kind]
     check_outside(outdir, folder, "--outdir", "its pictures would be read as photos the next time")
     check_output_dir(outdir, "--outdir")
-    photos = [folder / name for name, _ in image_sources(folder)]
+    photos = [folder / name for name, _ in image_sources(folder, reporter or NullReporter())]
     if not photos:
         raise DataError(f"no photos in {folder} (looked for {', '.join(sorted(EXTENSIONS))})")
     subs = [outdir / name for name in photo_folder_names(folder, photos)]
