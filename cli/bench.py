@@ -1,14 +1,13 @@
 """`cartoongan bench`: speed tables (ours, op alternatives, rosinality side by side)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from .app import DEVICE, CompileMode, Precision, app, user_errors
-from .console import RichReporter, fail, out
+from .console import RichReporter, fail, out, result_json
 
 
 @app.command()
@@ -66,7 +65,7 @@ def _print_rows(measured: list, as_json: bool, flops: bool, reference, title: st
 
     rows = [asdict(r) for r in measured]
     if as_json:
-        out.print_json(json.dumps(rows))
+        result_json(rows)
         return
     if flops:  # the reference's figures, if any, are columns of the same tables
         _print_flops(rows)

@@ -1,7 +1,6 @@
 """`cartoongan info | export | convert`: describe, slim and convert checkpoints."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +9,7 @@ import typer
 from cartoongan.errors import ConfigError
 
 from .app import app, file_path, user_errors
-from .console import RichReporter, out, result_table
+from .console import RichReporter, out, result_json, result_table
 
 def _readable(value) -> str:
     """A summary value as a person reads it: "res: 16, mapping: source", not a Python dict's repr,
@@ -31,7 +30,7 @@ def info(ckpt: Path = typer.Argument(..., metavar="CKPT", help="Checkpoint to de
     with user_errors():
         summary = describe_file(ckpt)
     if as_json:
-        out.print_json(json.dumps(summary, default=str))
+        result_json(summary)
         return
     report = RichReporter()
     result_table(str(ckpt), ["field", "value"], [(k, _readable(v)) for k, v in summary.items() if v is not None])

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import json
 import logging
+import math
 import os
 import sys
 import time
@@ -89,6 +91,24 @@ class _Results(Console):
 
 
 out = _Results(markup=False, width=1000 if _no_terminal() else None)
+
+
+def _json_safe(value):
+    """NaN and inf as null, at any depth: json.dumps writes them as NaN, which strict parsers
+    (Python's json in strict mode, jq, JavaScript) refuse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def result_json(value) -> None:
+    """A command's result as JSON on stdout; what JSON cannot hold as a number (NaN) is null, and
+    anything else that is no JSON type (a path) is its text."""
+    out.print_json(json.dumps(_json_safe(value), default=str, allow_nan=False))
 
 
 def result_table(title, columns, rows) -> None:

@@ -1,15 +1,13 @@
 """`cartoongan metrics`: FID/KID/LPIPS/identity between two folders, zips or checkpoints."""
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from .app import COUNT_MAX, DEVICE, app, truncation_psi, user_errors
-from .console import RichReporter, fail, out, result_table
+from .console import RichReporter, fail, result_json, result_table
 from .project import LPIPS_W
 
 
@@ -57,8 +55,7 @@ def metrics(
 def _print_results(real: Path, fakes: list[Path], chosen: list[str], results: list[dict], as_json: bool,
                    several: bool) -> None:
     if as_json:
-        results = [{m: v if math.isfinite(v) else None for m, v in r.items()} for r in results]  # JSON has no NaN
-        out.print_json(json.dumps({str(f): r for f, r in zip(fakes, results)} if several else results[0]))
+        result_json({str(f): r for f, r in zip(fakes, results)} if several else results[0])
     elif several:
         result_table(f"vs {real}", ["FAKE", *chosen], [(f, *(f"{r[m]:.6g}" for m in chosen))
                                                         for f, r in zip(fakes, results)])

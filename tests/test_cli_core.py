@@ -265,6 +265,17 @@ def test_info_json(two_ckpts):
     assert data["resolution"] == 16 and data["style_dim"] == 32 and data["format"] == "cartoongan"
 
 
+def test_info_json_is_strict_json_with_a_nan_in_the_metadata(two_ckpts, tmp_path):
+    """A checkpoint whose recorded step is NaN printed `"step": NaN`, which strict parsers refuse."""
+    ckpt = load_checkpoint(two_ckpts[0])
+    ckpt.setdefault("cartoongan", {})["step"] = float("nan")
+    path = save_checkpoint(tmp_path / "nan_step.pt", ckpt)
+    res = runner.invoke(app, ["info", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    strict = json.loads(res.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert "step" in strict and strict["step"] is None, strict
+
+
 def test_result_tables_are_on_stdout_warnings_on_stderr(two_ckpts, tmp_path):
     """`info X > file` keeps the table (it went to stderr, leaving the file empty); a warning stays
     out of the file. weights list likewise."""
