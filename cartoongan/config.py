@@ -185,6 +185,9 @@ def load_recipe(path: str | Path | None) -> RunConfig:
         # a bare name is a built-in recipe's; a path that names a folder (my/tiny.toml) is a file
         # the user means, and training the built-in of the same name instead said nothing
         builtin = recipe_path(path.name.removesuffix(".toml")) if path.parent == Path(".") else None
+        if builtin is None and path.is_dir():  # (a folder named demo64 beside `--recipe demo64` is no recipe)
+            raise ConfigError(f"--recipe {path} is a folder, not a TOML file: name a recipe file in it, or one of: "
+                              f"{', '.join(recipe_names())}")
         if builtin is None:
             raise ConfigError(not_found("recipe", path, f" (pass a TOML file, or one of: {', '.join(recipe_names())})"))
         path = builtin

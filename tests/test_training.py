@@ -626,3 +626,16 @@ def test_a_resume_that_names_the_same_device_otherwise_is_no_change(tmp_path):
     pretrain(resumed_config(tmp_path / "run", {"train": {"iters": 3, "lr": 0.001}}), data, tmp_path / "run",
              reporter, resume=True)
     assert any("[train] lr 0.002 -> 0.001" in w for w in reporter.warnings)  # a real change still is
+
+
+def test_a_recipe_that_is_a_folder_is_named_as_one(tmp_path, monkeypatch):
+    """`--recipe rec/` (a folder) said "recipe not found: rec"; a folder named like a built-in
+    recipe beside `--recipe demo64` still means the built-in."""
+    from cartoongan.config import load_recipe
+
+    (tmp_path / "rec").mkdir()
+    with pytest.raises(ConfigError, match=r"^--recipe \S+rec is a folder, not a TOML file: name a recipe file in it"):
+        load_recipe(tmp_path / "rec")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo64").mkdir()
+    assert load_recipe("demo64").model.size == 64
