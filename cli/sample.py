@@ -31,9 +31,10 @@ def sample(
             fail(f"{', '.join(unused)} cannot be used with --projected-w, which renders the projected w+ as they "
                  "are: drop " + ("it" if len(unused) == 1 else "them"), 2)
     seed_list = parse_seeds(seeds or "0-7")
-    if interpolate and len(seed_list) < 2:  # the walk from a seed back to itself: one still frame, K times
-        fail(f"--interpolate walks from seed to seed, and --seeds gives one ({seed_list[0]}): pass two or more, "
-             "e.g. --seeds 0-3", 2)
+    if interpolate and len(set(seed_list)) < 2:  # the walk from a seed back to itself: one still frame, K times
+        times = f", {len(seed_list)} times" if len(seed_list) > 1 else ""
+        fail(f"--interpolate walks from seed to seed, and --seeds gives one ({seed_list[0]}{times}): pass two or "
+             "more, e.g. --seeds 0-3", 2)
     from cartoongan.data.render import NonFiniteRender
 
     with user_errors({NonFiniteRender: "pass a w that `project` wrote, or an earlier checkpoint" if projected_w

@@ -174,6 +174,22 @@ def test_ctrl_c_while_rendering_names_what_was_written(tmp_path, two_ckpts, monk
     assert threads > 1 or written == [f"seed{i:04d}.png" for i in range(3)]
 
 
+def test_ctrl_c_while_making_the_gif_names_what_was_written(tmp_path, two_ckpts, monkeypatch):
+    """Every image and grid.png were written, and the line said only "interrupted"."""
+    from cartoongan.pipelines import sample as sample_mod
+
+    # the images' one batch renders; the GIF's first render is stopped
+    monkeypatch.setattr(sample_mod, "render_ws", stops_after(1, sample_mod.render_ws))
+    res = runner.invoke(app, ["sample", str(two_ckpts[0]), "--seeds", "0-2", "--interpolate", "2",
+                              "--outdir", str(tmp_path / "o")])
+    assert res.exit_code == 130, res.output
+    assert res.output.strip().splitlines()[-1] == (
+        f"error: interrupted while making interpolation.gif, which was not written; the 3 image(s) and grid.png are "
+        f"in {tmp_path / 'o'}: run again for the GIF")
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["grid.png", "seed0000.png", "seed0001.png",
+                                                                  "seed0002.png"]
+
+
 def test_rendering_holds_a_batch_not_every_image(tmp_path, tiny_g):
     """The images are written a batch at a time: what numpy holds (tracemalloc sees its buffers)
     grows by less than an image per seed, where rendering every image first held each one twice."""

@@ -1445,6 +1445,9 @@ def test_interpolating_one_seed_is_refused(tmp_path, assets):
     res = runner.invoke(app, ["sample", str(assets["a"]), "--seeds", "5", "--interpolate", "4",
                               "--outdir", str(tmp_path / "o")])
     assert "--seeds gives one (5)" in error_line(res, 2) and not (tmp_path / "o").exists()
+    res = runner.invoke(app, ["sample", str(assets["a"]), "--seeds", "5,5", "--interpolate", "4",  # a still GIF
+                              "--outdir", str(tmp_path / "o")])
+    assert "--seeds gives one (5, 2 times)" in error_line(res, 2) and not (tmp_path / "o").exists()
     res = runner.invoke(app, ["sample", str(assets["a"]), "--seeds", "5-6", "--interpolate", "2",
                               "--outdir", str(tmp_path / "o")])
     assert res.exit_code == 0 and (tmp_path / "o" / "interpolation.gif").is_file(), res.output

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..data.images import RENDER_FILE, PngWriter, make_grid, save_image, save_png
 from ..data.render import render_ws, seeds_to_ws
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, Interrupted
 from ..models.generator import Generator
 from ..outputs import check_keeps_inputs, check_output_dir, warn_of_leftovers
 from ..report import NullReporter, Reporter
@@ -50,8 +50,13 @@ def sample(gens: list[Generator], names: list[str], seeds: list[int], outdir: Pa
                             min(len(once), 8), noise_mode, reporter)
     if interpolate > 0:  # a walk may come back to a seed (0,5,0): its keys are the seeds in order
         keys = ws if len(once) == len(seeds) else seeds_to_ws(gens[0], seeds, truncation)
-        result.gif = interpolation_gif(gens, keys, Path(outdir) / "interpolation.gif", interpolate, noise_mode, fps,
-                                       reporter)
+        try:
+            result.gif = interpolation_gif(gens, keys, Path(outdir) / "interpolation.gif", interpolate, noise_mode,
+                                           fps, reporter)
+        except KeyboardInterrupt:  # "interrupted" alone, with every image and the picture already written
+            picture = result.grid or result.compare
+            raise Interrupted(f"interrupted while making interpolation.gif, which was not written; the {len(once)} "
+                              f"image(s) and {picture.name} are in {outdir}", "run again for the GIF") from None
     return result
 
 
