@@ -878,14 +878,14 @@ def test_every_photo_reader_names_a_checkpoint_or_array_in_the_photos_place(tmp_
     np.savez(tmp_path / "projected_w.npz", w=np.zeros((1, 4), np.float32))
     legacy = tmp_path / "old.pt"
     torch.save({"g_ema": {}}, legacy, _use_new_zipfile_serialization=False)
-    zipped_other = tmp_path / "notes.pt"  # a zip that is neither: no claim about it
+    zipped_other = tmp_path / "photos.zip"  # a zip of photos in a photo's place: "not a readable image" said nothing
     with zipfile.ZipFile(zipped_other, "w") as zf:
         zf.writestr("readme.txt", "hi")
     cases = ((assets["a"], "is a PyTorch checkpoint, not an image"), (legacy, "is a PyTorch checkpoint, not an image"),
              (tmp_path / "code.npy", "is a NumPy array (.npy), not an image"),
              (tmp_path / "projected_w.npz", "is a NumPy archive (.npz), not an image"),
              (tmp_path / "notes.png", "is a text file, not an image"),
-             (zipped_other, "is not a readable image"))
+             (zipped_other, "is a zip archive (unzip it to pass its folder), not an image"))
     for read, what in ((lambda p: load_photo(p, 8), "photo"), (read_photo, "photo"), (load_exemplar, "exemplar")):
         for path, expected in cases:
             with pytest.raises(DataError, match=re.escape(expected)) as exc:

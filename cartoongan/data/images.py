@@ -223,7 +223,8 @@ RENDER_FILE = re.compile(r"(seed|proj)\d{4,}\.png")
 
 def _other_format(path) -> str | None:
     """What a file PIL cannot decode is instead, going by its first bytes: a PyTorch checkpoint
-    (torch.save's zip, or its legacy pickle), a NumPy array or archive, text; None for anything else."""
+    (torch.save's zip, or its legacy pickle), a NumPy array or archive, another zip, text; None for
+    anything else."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(32)
@@ -233,7 +234,10 @@ def _other_format(path) -> str | None:
         return "a NumPy array (.npy)"
     if head.startswith(b"PK\x03\x04"):
         names = zip_names(path)
-        return "a PyTorch checkpoint" if is_torch_zip(names) else "a NumPy archive (.npz)" if is_npz(names) else None
+        if is_torch_zip(names):
+            return "a PyTorch checkpoint"
+        # project/toonify take a folder of photos, not its zip ("not a readable image" said nothing of it)
+        return "a NumPy archive (.npz)" if is_npz(names) else "a zip archive (unzip it to pass its folder)"
     if is_legacy_torch(head):
         return "a PyTorch checkpoint"  # the pre-1.6 pickle format, whatever the file's name
     if head and is_text(head[:8]):  # PIL has read the text formats it knows (PPM, XBM)
