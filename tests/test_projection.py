@@ -326,3 +326,22 @@ def test_a_rerun_into_the_same_outdir_removes_the_earlier_runs_gif_and_aligned_f
     assert "removed proj.gif and aligned.png of an earlier run" in " ".join(res.output.split())
     res = runner.invoke(app, [*argv, str(photos / "p1.png")])
     assert res.exit_code == 0 and "removed" not in res.output
+
+
+def test_a_projected_w_far_outside_any_mappings_range_is_refused(tmp_path, tiny_g):
+    """A finite w scaled by 1e30 rendered as a flat white picture, exit 0: NaN and inf were refused,
+    its size was not."""
+    from cartoongan import save_checkpoint
+    from cartoongan.weights.networks import generator_checkpoint
+
+    g = tiny_g(16)
+    ckpt = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(g))
+    w = torch.randn(1, g.n_latent, g.style_dim).numpy()
+    np.savez(tmp_path / "big.npz", w=w * 1e30)
+    res = runner.invoke(app, ["sample", str(ckpt), "--projected-w", str(tmp_path / "big.npz"), "--outdir",
+                              str(tmp_path / "o")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and "'w' holds values up to" in said and "far outside any mapping network's w" in said, said
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+    np.savez(tmp_path / "fine.npz", w=w * 50)  # as far as --trunc 10 reaches: rendered
+    assert load_projected_w(tmp_path / "fine.npz").shape == (1, g.n_latent, g.style_dim)

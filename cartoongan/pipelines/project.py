@@ -181,6 +181,11 @@ def save_projection(result: Projection, target: torch.Tensor, outdir: str | Path
     return paths
 
 
+# |w| of a projected latent, at most: a mapping network's outputs lie within a few tens (even at
+# --trunc 10, the ceiling of truncation); a w scaled by 1e30 rendered as a flat white picture
+W_MAX = 1e3
+
+
 def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: int | None = None,
                      model: str = "the generator") -> torch.Tensor:
     """projected_w.npz -> w+ [N, n_latent, style_dim] (NVlabs' projector writes N = 1; one w+ saved
@@ -204,6 +209,9 @@ def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: i
     ws = ws[None] if ws.ndim == 2 else ws
     if not torch.isfinite(ws).all():
         raise DataError(f"{path}: 'w' holds NaN or inf values")
+    if (largest := ws.abs().max().item()) > W_MAX:  # finite, yet rendered as a flat white picture
+        raise DataError(f"{path}: 'w' holds values up to {largest:.3g}, far outside any mapping network's w "
+                        f"(|w| < {W_MAX:g}): it is no projection; project the photo again")
     if n_latent is not None and tuple(ws.shape[1:]) != (n_latent, style_dim):
         raise DataError(f"{path} holds w+ of shape {tuple(ws.shape)}, but {model} needs (N, {n_latent}, {style_dim}): "
                         "it was projected with another model; project the photo with this one")
