@@ -285,6 +285,24 @@ def test_jfif_and_jpe_photos_are_read_and_heic_ones_named_as_left_out(tmp_path):
         load_dataset(tmp_path, 16, ListReporter())
 
 
+def test_a_sample_of_several_checkpoints_is_not_read_as_one_set(tmp_path):
+    """`metrics photos fig` of `sample A B --outdir fig` scored both models' renders as one set, and
+    compare.png as a face of it."""
+    for model in ("a", "b"):
+        (tmp_path / "fig" / model).mkdir(parents=True)
+        for seed in range(2):
+            Image.new("RGB", (16, 16), (seed * 90, 0, 0)).save(tmp_path / "fig" / model / f"seed{seed:04d}.png")
+    Image.new("RGB", (32, 32)).save(tmp_path / "fig" / "compare.png")
+    with pytest.raises(DataError, match=r"fig is `sample`'s comparison of 2 checkpoints \(a, b\): read as one set, "
+                                        r"their renders would be scored as one model's; pass one checkpoint's folder"):
+        load_dataset(tmp_path / "fig", 16, ListReporter())
+    assert len(load_dataset(tmp_path / "fig" / "a", 16, ListReporter())) == 2
+    (tmp_path / "fig" / "b" / "seed0000.png").unlink()
+    (tmp_path / "fig" / "b" / "seed0001.png").unlink()
+    reporter = ListReporter()  # one checkpoint's folder left: compare.png above it is still no face
+    assert sorted(load_dataset(tmp_path / "fig", 16, reporter).names) == ["a/seed0000.png", "a/seed0001.png"]
+
+
 def test_gifs_beside_the_images_are_named_as_left_out(tmp_path):
     """They were left out without a word, where every other file not read is named."""
     for i in range(2):

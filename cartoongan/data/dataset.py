@@ -67,11 +67,31 @@ def _unreadable_zip(root: Path) -> DataError:
 SHEETS = {"grid.png", "compare.png"}
 
 
+def _render_folders(sources: list[tuple[str, callable]]) -> set[PurePosixPath]:
+    return {PurePosixPath(name).parent for name, _ in sources if RENDER_FILE.fullmatch(PurePosixPath(name).name)}
+
+
 def _without_sheets(sources: list[tuple[str, callable]]) -> list[tuple[str, callable]]:
-    """sources less grid.png / compare.png wherever seedNNNN.png or projNNNN.png sit beside them."""
-    folders = {str(PurePosixPath(name).parent) for name, _ in sources if RENDER_FILE.fullmatch(PurePosixPath(name).name)}
+    """sources less grid.png / compare.png wherever seedNNNN.png or projNNNN.png sit beside them, or
+    in the folders beside them (several checkpoints' sample: compare.png above their folders)."""
+    renders = _render_folders(sources)
+    beside = renders | {folder.parent for folder in renders}
     return [(name, opener) for name, opener in sources
-            if not (PurePosixPath(name).name in SHEETS and str(PurePosixPath(name).parent) in folders)]
+            if not (PurePosixPath(name).name in SHEETS and PurePosixPath(name).parent in beside)]
+
+
+def _refuse_comparisons(root: Path, every: list[tuple[str, callable]]) -> None:
+    """Refuse a listing that holds a `sample` of several checkpoints (compare.png above a folder of
+    renders per checkpoint): read as one set, two models' renders were scored as one model's."""
+    renders = _render_folders(every)
+    for name, _ in every:
+        path = PurePosixPath(name)
+        models = sorted(folder.name for folder in renders if folder.parent == path.parent)
+        if path.name == "compare.png" and len(models) >= 2:
+            where = root / path.parent
+            raise DataError(f"{where} is `sample`'s comparison of {len(models)} checkpoints ({', '.join(models[:3])}"
+                            f"{', ...' if len(models) > 3 else ''}): read as one set, their renders would be scored "
+                            f"as one model's; pass one checkpoint's folder (e.g. {where / models[0]}), or a set without it")
 
 
 def _say_left_out(root: Path, every: list, sources: list, runs: list[Path], left_out: list[str],
@@ -253,6 +273,7 @@ class ImageDataset:
 def _some_image_sources(root: Path, reporter: Reporter) -> list[tuple[str, callable]]:
     """image_sources, refused (before any progress bar) when there is no image file at all."""
     every, runs, left_out = _every_listed(root)
+    _refuse_comparisons(root, every)
     sources = _without_sheets(every)
     _say_left_out(root, every, sources, runs, left_out, reporter)
     if not sources:
