@@ -46,6 +46,27 @@ def test_sample_into_a_folder_an_earlier_run_left_images_in_warns_of_them(tmp_pa
     assert res.exit_code == 0 and "also holds" not in res.output
 
 
+def test_sample_warns_of_an_earlier_sample_of_another_layout(tmp_path, two_ckpts):
+    """One checkpoint, then two, into one --outdir (or the reverse, or other checkpoints): the first
+    run's seedNNNN.png and grid.png (or its folders and compare.png) stayed beside the new ones
+    without a word, and `metrics` of the folder mixed them in."""
+    a, b = map(str, two_ckpts)
+    out = tmp_path / "o"
+    assert runner.invoke(app, ["sample", a, "--seeds", "0-1", "--outdir", str(out)]).exit_code == 0
+    res = runner.invoke(app, ["sample", a, b, "--seeds", "0-1", "--outdir", str(out)])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"{out} also holds 3 file(s) or folder(s) of an earlier sample this run does " \
+        "not write (grid.png, seed0000.png, seed0001.png)" in said, said
+    res = runner.invoke(app, ["sample", a, "--seeds", "0-1", "--outdir", str(out)])  # back to one: the folders
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "also holds 3 file(s) or folder(s) of an earlier sample this run does not write " \
+        "(a, b, compare.png)" in said, said
+    other = tmp_path / "o2"
+    assert runner.invoke(app, ["sample", a, b, "--seeds", "0", "--outdir", str(other)]).exit_code == 0
+    res = runner.invoke(app, ["sample", b, a, "--seeds", "0", "--outdir", str(other)])  # the same two: nothing
+    assert res.exit_code == 0 and "also holds" not in res.output, res.output
+
+
 def test_a_checkpoint_named_like_the_comparison_picture_gets_another_folder(tmp_path, two_ckpts):
     """`sample compare.png.pt b.pt`: its folder was DIR/compare.png, and the picture could not be
     written there, after all the rendering ("cannot write compare.png: Is a directory")."""

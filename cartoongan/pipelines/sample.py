@@ -12,7 +12,7 @@ from ..data.images import RENDER_FILE, PngWriter, make_grid, save_image, save_pn
 from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError, DataError, Interrupted
 from ..models.generator import Generator
-from ..outputs import check_keeps_inputs, check_output_dir, warn_of_leftovers
+from ..outputs import check_keeps_inputs, check_output_dir, leftover_files, warn_of_leftovers
 from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
 
@@ -71,6 +71,7 @@ def _write_renders(gens: list[Generator], names: list[str], ws: torch.Tensor, ou
                                   f"({gen.n_latent}, {gen.style_dim})")
     folders = [outdir] if len(gens) == 1 else [outdir / name for name in names]
     _warn_of_leftovers(folders, filenames, reporter)
+    _warn_of_other_layouts(outdir, folders, reporter)
     result = SampleResult()
     shown = min(len(ws), GRID_MAX)
     rows = []
@@ -109,6 +110,24 @@ def _warn_of_leftovers(folders: list[Path], filenames: list[str], reporter: Repo
     for folder in folders:
         warn_of_leftovers(folder, lambda name: RENDER_FILE.fullmatch(name) is not None and name not in ours, reporter,
                           "image(s)", "for a set to score, use a fresh --outdir")
+
+
+def _warn_of_other_layouts(outdir: Path, folders: list[Path], reporter: Reporter) -> None:
+    """Warn of what an earlier sample of one checkpoint left where this one writes several (its
+    seedNNNN.png and grid.png), or the reverse (compare.png and a folder per checkpoint), or of
+    other checkpoints (their folders): read as this run's otherwise, by `metrics` or by eye."""
+    several = folders != [outdir]
+    ours = {folder.name for folder in folders} if several else set()
+
+    def stale(name: str) -> bool:
+        if (outdir / name).is_dir():
+            return name not in ours and bool(leftover_files(outdir / name, RENDER_FILE.fullmatch))
+        if several:
+            return name == "grid.png" or RENDER_FILE.fullmatch(name) is not None
+        return name == "compare.png"
+
+    warn_of_leftovers(outdir, stale, reporter, "file(s) or folder(s) of an earlier sample",
+                      "for a set to score, use a fresh --outdir")
 
 
 def interpolation_gif(gens: list[Generator], ws: torch.Tensor, path: Path, steps: int,
