@@ -311,6 +311,21 @@ def test_a_folder_rerun_redoes_a_photo_replaced_under_the_same_name(tmp_path, ti
     assert runner.invoke(app, argv).exit_code == 0 and calls == []
 
 
+def test_a_folder_rerun_warns_of_projections_of_photos_no_longer_there(tmp_path, tiny_source):
+    """A photo deleted (or renamed) from the folder kept its projection folder without a word, and
+    `sample --projected-w OUTDIR` rendered it beside the photos that are there."""
+    photos, out = _two_photos(tmp_path), tmp_path / "out"
+    argv = ["project", str(photos), "--source", str(tiny_source[1]), "--steps", "1", "--loss", "mse", "--no-align",
+            "--outdir", str(out)]
+    assert runner.invoke(app, argv).exit_code == 0
+    (photos / "p1.png").unlink()
+    res = runner.invoke(app, argv)
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"{out} also holds 1 projection folder(s) of photos not in {photos} now this run " \
+        f"does not write (p1): an earlier run's, left as they are; `sample --projected-w {out}` " \
+        "would render them too" in said, said
+
+
 def test_a_rerun_into_the_same_outdir_removes_the_earlier_runs_gif_and_aligned_face(tmp_path, tiny_source):
     """`project --save-video` and then a run without it (or an aligned run, then `--no-align` of
     another photo) left the earlier proj.gif and aligned.png beside the new projection: an outdir

@@ -15,7 +15,7 @@ from PIL import Image
 from ..data.dataset import image_sources
 from ..data.images import EXTENSIONS, save_png
 from ..errors import DataError, Interrupted
-from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, check_outside
+from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, check_outside, warn_of_leftovers
 from ..report import NullReporter, Reporter
 from ..weights.registry import sha256_of
 from .project import PROJECTION_FILES, ProjectConfig
@@ -48,6 +48,10 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
         check_outside(sub, folder, "--outdir", "its pictures would be read as photos the next time")
         check_keeps_inputs(sub, (*PROJECTION_FILES, picture, record), [source, *targets])
     reporter = reporter or NullReporter()
+    ours = {sub.name for sub in subs}  # a photo renamed, deleted or now colliding leaves its earlier folder
+    warn_of_leftovers(outdir, lambda name: name not in ours and (outdir / name / "projected_w.npz").is_file(), reporter,
+                      f"projection folder(s) of photos not in {folder} now",
+                      f"`sample --projected-w {outdir}` would render them too")
     models = load_models(source, targets, cfg, lpips_weights, device, reporter, perceptual)
     settings = {**_settings(models, cfg, align), "video": video}
     again = f"run the same command again to {kind} the rest"
