@@ -285,7 +285,7 @@ def test_jfif_and_jpe_photos_are_read_and_heic_ones_named_as_left_out(tmp_path):
         load_dataset(tmp_path, 16, ListReporter())
 
 
-def test_a_sample_of_several_checkpoints_is_not_read_as_one_set(tmp_path):
+def test_a_sample_of_several_checkpoints_is_not_read_as_one_set(tmp_path, monkeypatch):
     """`metrics photos fig` of `sample A B --outdir fig` scored both models' renders as one set, and
     compare.png as a face of it."""
     for model in ("a", "b"):
@@ -297,6 +297,17 @@ def test_a_sample_of_several_checkpoints_is_not_read_as_one_set(tmp_path):
                                         r"their renders would be scored as one model's; pass one checkpoint's folder"):
         load_dataset(tmp_path / "fig", 16, ListReporter())
     assert len(load_dataset(tmp_path / "fig" / "a", 16, ListReporter())) == 2
+    Image.new("RGB", (16, 16)).save(tmp_path / "fig" / "seed0000.png")  # renders at the top too: no third model
+    with pytest.raises(DataError, match=r"comparison of 2 checkpoints \(a, b\)"):
+        load_dataset(tmp_path / "fig", 16, ListReporter())
+    (tmp_path / "fig" / "seed0000.png").unlink()
+    from cartoongan_cli.app import app  # metrics refuses it before REAL's features are extracted
+    from typer.testing import CliRunner
+
+    import cartoongan.metrics.suite as suite
+    monkeypatch.setattr(suite, "load_images", lambda *a, **k: pytest.fail("read images before refusing"))
+    res = CliRunner().invoke(app, ["metrics", str(tmp_path / "fig" / "a"), str(tmp_path / "fig"), "--metrics", "kid"])
+    assert res.exit_code == 1 and "comparison of 2 checkpoints" in res.output, res.output
     (tmp_path / "fig" / "b" / "seed0000.png").unlink()
     (tmp_path / "fig" / "b" / "seed0001.png").unlink()
     reporter = ListReporter()  # one checkpoint's folder left: compare.png above it is still no face

@@ -620,12 +620,18 @@ def test_projected_w_from_another_model(tmp_path, assets, w, expected):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_projected_w_that_renders_nan_is_refused_not_saved_black(tmp_path, assets):
-    # finite, the right shape, far outside the mapping's range: the render overflows to inf/NaN
+def test_a_projected_w_that_would_render_nan_is_refused_not_saved_black(tmp_path, assets, monkeypatch):
+    # finite, the right shape, far outside the mapping's range: the render would overflow to inf/NaN,
+    # refused when the w is read (the render's own finite check stands behind it)
     path = _w(tmp_path, np.full((2, 6, 32), 3e38, np.float32))
     res = runner.invoke(app, ["sample", str(assets["a"]), "--projected-w", str(path), "--outdir", str(tmp_path / "o")])
-    assert "rendered NaN or inf" in error_line(res)
+    assert "far outside any mapping network's w" in error_line(res)
     assert not list(tmp_path.rglob("*.png"))
+    from cartoongan.pipelines import project
+
+    monkeypatch.setattr(project, "W_MAX", float("inf"))  # past that check, the render's own refuses it
+    res = runner.invoke(app, ["sample", str(assets["a"]), "--projected-w", str(path), "--outdir", str(tmp_path / "o")])
+    assert "rendered NaN or inf" in error_line(res)
 
 
 def test_a_truncation_of_the_library_is_checked_like_the_flag(tmp_path, assets):

@@ -20,7 +20,7 @@ from PIL import Image
 from ..errors import DataError, OutputError
 from ..filekind import not_found, special_kind
 from ..hostmem import gib, images_past_memory
-from ..outputs import check_fresh_dir, check_outside, sole_writer
+from ..outputs import check_fresh_dir, check_outside, first_names, sole_writer
 from ..report import NullReporter, Reporter
 from .images import (BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, RENDER_FILE, UNREAD_PHOTOS, ImageTooLarge, PngWriter,
                      bombs_as_errors, image_threads, square_resize)
@@ -80,18 +80,31 @@ def _without_sheets(sources: list[tuple[str, callable]]) -> list[tuple[str, call
             if not (PurePosixPath(name).name in SHEETS and PurePosixPath(name).parent in beside)]
 
 
+def check_not_a_comparison(root: Path) -> None:
+    """_refuse_comparisons from a listing alone (no image read), for a command that reads other
+    sources first (metrics' REAL features: minutes); a listing that fails is left to its turn."""
+    try:
+        every = _every_listed(root)[0]
+    except DataError:
+        return
+    _refuse_comparisons(root, every)
+
+
 def _refuse_comparisons(root: Path, every: list[tuple[str, callable]]) -> None:
     """Refuse a listing that holds a `sample` of several checkpoints (compare.png above a folder of
     renders per checkpoint): read as one set, two models' renders were scored as one model's."""
-    renders = _render_folders(every)
+    models: dict[PurePosixPath, list[str]] = {}  # a folder -> its subfolders of renders
+    for folder in _render_folders(every):
+        if folder != folder.parent:  # (renders at the top: no checkpoint's folder)
+            models.setdefault(folder.parent, []).append(folder.name)
     for name, _ in every:
         path = PurePosixPath(name)
-        models = sorted(folder.name for folder in renders if folder.parent == path.parent)
-        if path.name == "compare.png" and len(models) >= 2:
+        if path.name == "compare.png" and len(found := sorted(models.get(path.parent, []))) >= 2:
             where = root / path.parent
-            raise DataError(f"{where} is `sample`'s comparison of {len(models)} checkpoints ({', '.join(models[:3])}"
-                            f"{', ...' if len(models) > 3 else ''}): read as one set, their renders would be scored "
-                            f"as one model's; pass one checkpoint's folder (e.g. {where / models[0]}), or a set without it")
+            one = f"e.g. {where / found[0]}" if root.is_dir() else "unzip it and pass one of those folders"
+            raise DataError(f"{where} is `sample`'s comparison of {len(found)} checkpoints ({first_names(found)}): "
+                            f"read as one set, their renders would be scored as one model's; pass one checkpoint's "
+                            f"folder ({one}), or a set without it")
 
 
 def _say_left_out(root: Path, every: list, sources: list, runs: list[Path], left_out: list[str],

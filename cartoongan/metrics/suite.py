@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.dataset import DatasetReading, check_dataset_root, image_sources, load_dataset
+from ..data.dataset import DatasetReading, check_dataset_root, check_not_a_comparison, image_sources, load_dataset
 from ..data.images import EXTENSIONS
 from ..data.render import NonFiniteRender, render_seeds
 from ..errors import CartoonganError, CheckpointError, ConfigError, DataError, naming, rows_kept
@@ -323,6 +323,7 @@ def _check_sources(real: str | Path, fakes: list[str | Path], names: list[str]) 
                             ".pkl or .ckpt): pass one of those (a checkpoint under another name: rename it)")
         if not is_checkpoint(path):
             check_dataset_root(path)  # a file or a run folder that is no dataset, named without a listing
+            check_not_a_comparison(path)
     if any(m in SET_METRICS for m in names):
         # a one-image set, before another source's minutes of features (a listing, no image read)
         few = [str(s) for s in (real, *fakes) if not is_checkpoint(Path(s)) and _listed(s, s == real or len(fakes) == 1) == 1]
