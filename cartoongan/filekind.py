@@ -76,6 +76,16 @@ def is_npz(names: list[str] | None) -> bool:
     return bool(names) and all(n.endswith(".npy") and "/" not in n for n in names)
 
 
+def zip_kind(names: list[str] | None) -> str | None:
+    """What a zip holds, by its members (zip_names): a PyTorch checkpoint, a NumPy archive, or
+    another zip archive; None when it is no readable zip."""
+    if names is None:
+        return None
+    if is_torch_zip(names):
+        return "a PyTorch checkpoint"
+    return "a NumPy archive (.npz)" if is_npz(names) else "a zip archive"
+
+
 def is_torch_zip(names: list[str] | None) -> bool:
     """Whether a zip's members are torch.save's: a folder holding data.pkl."""
     return any(n.endswith("/data.pkl") or n == "data.pkl" for n in names or ())

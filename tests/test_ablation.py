@@ -203,10 +203,13 @@ def test_training_seconds_add_up_every_stretch_of_a_resumed_run(tmp_path):
     (tmp_path / "log.jsonl").write_text("\n".join([
         '{"step": 1, "kimg": 0.008, "img_per_s": 4.0}',    # 8 images at 4/s: 2 s
         '{"step": 2, "kimg": 0.016, "img_per_s": 8.0}',    # 1 s
+        '{"step": 2, "kimg": 0.020, "kid": 0.5}',          # an evaluation's row: no stretch of its own
         '{"step": 3, "kimg": 0.024, "img_per_s": 2.0}',    # a resumed stretch: 4 s
         '{"step": 4, "kimg": 0.032}']) + "\n")             # no speed: not counted
     assert training_seconds(tmp_path) == pytest.approx(7.0)
     assert training_seconds(tmp_path / "none") is None
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "kimg": 0.008}\n')  # no speed logged: not "0"
+    assert training_seconds(tmp_path) is None
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")

@@ -275,10 +275,10 @@ def test_jfif_and_jpe_photos_are_read_and_heic_ones_named_as_left_out(tmp_path):
     assert sorted(data.names) == ["a.png", "b.jpe", "c.jfif"]
     assert any("left out 1 HEIC photo(s) (d.HEIC), a format not read here: save them as JPEG or PNG" in w
                for w in reporter.warnings), reporter.warnings
-    from cartoongan.data.dataset import image_sources
+    from cartoongan.data.dataset import some_image_sources
 
     reporter = ListReporter()  # project and toonify of a folder list it so
-    assert len(image_sources(tmp_path, reporter)) == 3 and any("HEIC" in w for w in reporter.warnings)
+    assert len(some_image_sources(tmp_path, reporter)) == 3 and any("HEIC" in w for w in reporter.warnings)
     for name in ("a.png", "b.jpe", "c.jfif"):
         (tmp_path / name).unlink()
     with pytest.raises(DataError, match=r"no readable images .*; it holds 1 HEIC photo\(s\) \(d.HEIC\)"):

@@ -163,7 +163,7 @@ def test_a_checkpoint_or_image_given_for_the_log_is_named_without_reading_it_as_
         zf.write(tmp_path / "face.png", "face.png")
     np.savez(tmp_path / "codes.npz", w=np.zeros(3))
     for name, kind in (("latest.pt", "a PyTorch checkpoint"), ("face.png", "a PNG image"),
-                       ("faces.zip", "a zip archive"), ("codes.npz", "a NumPy .npz archive")):
+                       ("faces.zip", "a zip archive"), ("codes.npz", "a NumPy archive (.npz)")):
         res = runner.invoke(app, ["plot", str(tmp_path / name)])
         said = " ".join(res.output.split())
         assert res.exit_code == 1 and f"is not a training log: it is {kind}" in said, said

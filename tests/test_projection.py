@@ -321,8 +321,8 @@ def test_a_folder_rerun_warns_of_projections_of_photos_no_longer_there(tmp_path,
     (photos / "p1.png").unlink()
     res = runner.invoke(app, argv)
     said = " ".join(res.output.split())
-    assert res.exit_code == 0 and f"{out} also holds 1 projection folder(s) of photos not in {photos} now this run " \
-        f"does not write (p1): an earlier run's, left as they are; `sample --projected-w {out}` " \
+    assert res.exit_code == 0 and f"{out} also holds 1 projection folder(s) of photos not in {photos} now " \
+        f"(p1): an earlier run's, left as they are; `sample --projected-w {out}` " \
         "would render them too" in said, said
 
 

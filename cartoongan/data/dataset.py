@@ -26,14 +26,10 @@ from .images import (BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, RENDER_FILE, UNREAD
                      bombs_as_errors, image_threads, square_resize)
 
 
-def image_sources(root: Path, reporter: Reporter | None = None) -> list[tuple[str, callable]]:
-    """(name, opener) for each candidate image under a folder or inside a .zip; with a reporter,
-    what was left out (GIFs, HEIC photos, run folders, sample's sheets) is said."""
-    every, runs, left_out = _every_listed(root)
-    sources = _without_sheets(every)
-    if reporter is not None:
-        _say_left_out(root, every, sources, runs, left_out, reporter)
-    return sources
+def image_sources(root: Path) -> list[tuple[str, callable]]:
+    """(name, opener) for each candidate image under a folder or inside a .zip (see
+    some_image_sources for the listing that says what it left out)."""
+    return _without_sheets(_every_listed(root)[0])
 
 
 def check_dataset_root(root: Path) -> None:
@@ -283,8 +279,9 @@ class ImageDataset:
         return x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
 
 
-def _some_image_sources(root: Path, reporter: Reporter) -> list[tuple[str, callable]]:
-    """image_sources, refused (before any progress bar) when there is no image file at all."""
+def some_image_sources(root: Path, reporter: Reporter) -> list[tuple[str, callable]]:
+    """image_sources with what was left out said, refused (DataError, before any progress bar) when
+    there is no image file at all."""
     every, runs, left_out = _every_listed(root)
     _refuse_comparisons(root, every)
     sources = _without_sheets(every)
@@ -360,7 +357,7 @@ class DatasetReading:
     def __init__(self, root: str | Path, size: int | None, reporter: Reporter | None = None,
                  limit: int | None = None):
         self.root, self.reporter = Path(root), reporter or NullReporter()
-        self.sources = _some_image_sources(self.root, self.reporter)
+        self.sources = some_image_sources(self.root, self.reporter)
         self.size = size or native_side(self.sources, limit)
         self.total = len(self.sources) if limit is None else min(limit, len(self.sources))
         self.names: list[str] = []
@@ -457,7 +454,7 @@ def load_aligned_dataset(root: str | Path, size: int, reporter: Reporter | None 
 
     reporter = reporter or NullReporter()
     root = Path(root)
-    sources = _some_image_sources(root, reporter)
+    sources = some_image_sources(root, reporter)
     names, faceless, unreadable, huge, unalignable = [], [], [], [], {}
     rows = _Rows(len(sources), size)
     with reporter.progress(len(sources), f"aligning {root.name}") as bar:

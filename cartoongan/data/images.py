@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError, Interrupted, OutputError
-from ..filekind import NPY_MAGIC, is_legacy_torch, is_npz, is_text, is_torch_zip, not_found, special_kind, zip_names
+from ..filekind import NPY_MAGIC, is_legacy_torch, is_text, not_found, special_kind, zip_kind, zip_names
 from ..outputs import atomic_write
 from ..report import Reporter
 
@@ -233,11 +233,9 @@ def _other_format(path) -> str | None:
     if head.startswith(NPY_MAGIC):
         return "a NumPy array (.npy)"
     if head.startswith(b"PK\x03\x04"):
-        names = zip_names(path)
-        if is_torch_zip(names):
-            return "a PyTorch checkpoint"
+        kind = zip_kind(zip_names(path))
         # project/toonify take a folder of photos, not its zip ("not a readable image" said nothing of it)
-        return "a NumPy archive (.npz)" if is_npz(names) else "a zip archive (unzip it to pass its folder)"
+        return kind + " (unzip it to pass its folder)" if kind == "a zip archive" else kind
     if is_legacy_torch(head):
         return "a PyTorch checkpoint"  # the pre-1.6 pickle format, whatever the file's name
     if head and is_text(head[:8]):  # PIL has read the text formats it knows (PPM, XBM)

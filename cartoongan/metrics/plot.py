@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import DataError, OutputError
-from ..filekind import is_legacy_torch, is_npz, is_torch_zip, not_found, zip_names
+from ..filekind import is_legacy_torch, not_found, zip_kind, zip_names
 from ..outputs import atomic_write, check_output_file
 from ..report import NullReporter, Reporter
 
@@ -42,19 +42,13 @@ def _refuse_other_kinds(path: Path) -> None:
     with open(path, "rb") as fh:
         head = fh.read(32)
     if head.startswith(b"PK"):
-        kind = _zip_kind(zip_names(path))
+        kind = zip_kind(zip_names(path)) or "a zip archive"
     elif is_legacy_torch(head):
         kind = "a PyTorch checkpoint"
     elif not (kind := foreign_kind(head)):
         return
     raise DataError(f"{path} is not a training log: it is {kind}; pass the run folder that holds log.jsonl "
                     f"(e.g. {path.parent})")
-
-
-def _zip_kind(names: list[str] | None) -> str:
-    if is_torch_zip(names):
-        return "a PyTorch checkpoint"
-    return "a NumPy .npz archive" if is_npz(names) else "a zip archive"
 
 
 def read_log(run_dir: str | Path, reporter: Reporter | None = None, gaps: bool = False) -> list[dict]:

@@ -102,13 +102,12 @@ def training_seconds(run: Path) -> float | None:
         rows = read_log(run)
     except CartoonganError:
         return None
-    seconds, kimg = 0.0, 0.0
-    for row in rows:
+    seconds, kimg, counted = 0.0, 0.0, False
+    for row in rows:  # only training rows: a KID row's kimg is inside the next training row's stretch
         now, speed = row.get("kimg"), row.get("img_per_s")
         if isinstance(now, (int, float)) and isinstance(speed, (int, float)) and speed > 0 and now >= kimg:
-            seconds += (now - kimg) * 1000 / speed
-        kimg = now if isinstance(now, (int, float)) else kimg
-    return seconds
+            seconds, kimg, counted = seconds + (now - kimg) * 1000 / speed, now, True
+    return seconds if counted else None
 
 
 def _again(out: Path) -> str:

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.dataset import image_sources
-from ..data.images import EXTENSIONS, save_png
+from ..data.dataset import some_image_sources
+from ..data.images import save_png
 from ..errors import DataError, Interrupted
-from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, check_outside, warn_of_leftovers
+from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, check_outside, first_names, leftover_files
 from ..report import NullReporter, Reporter
 from ..weights.registry import sha256_of
 from .project import PROJECTION_FILES, ProjectConfig
@@ -40,18 +40,17 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
     picture, record, sheet = FOLDER_FILES[kind]
     check_outside(outdir, folder, "--outdir", "its pictures would be read as photos the next time")
     check_output_dir(outdir, "--outdir")
-    photos = [folder / name for name, _ in image_sources(folder, reporter or NullReporter())]
-    if not photos:
-        raise DataError(f"no photos in {folder} (looked for {', '.join(sorted(EXTENSIONS))})")
+    reporter = reporter or NullReporter()
+    photos = [folder / name for name, _ in some_image_sources(folder, reporter)]
     subs = [outdir / name for name in photo_folder_names(folder, photos)]
     for sub in subs:  # `--outdir .` beside photos/ holding photos.jpg would write into photos/ itself
         check_outside(sub, folder, "--outdir", "its pictures would be read as photos the next time")
         check_keeps_inputs(sub, (*PROJECTION_FILES, picture, record), [source, *targets])
-    reporter = reporter or NullReporter()
     ours = {sub.name for sub in subs}  # a photo renamed, deleted or now colliding leaves its earlier folder
-    warn_of_leftovers(outdir, lambda name: name not in ours and (outdir / name / "projected_w.npz").is_file(), reporter,
-                      f"projection folder(s) of photos not in {folder} now",
-                      f"`sample --projected-w {outdir}` would render them too")
+    if gone := leftover_files(outdir, lambda name: name not in ours and (outdir / name / "projected_w.npz").is_file()):
+        reporter.warn(f"{outdir} also holds {len(gone)} projection folder(s) of photos not in {folder} now "
+                      f"({first_names(gone)}): an earlier run's, left as they are; `sample --projected-w {outdir}` "
+                      "would render them too")
     models = load_models(source, targets, cfg, lpips_weights, device, reporter, perceptual)
     settings = {**_settings(models, cfg, align), "video": video}
     again = f"run the same command again to {kind} the rest"

@@ -55,8 +55,9 @@ def sample(gens: list[Generator], names: list[str], seeds: list[int], outdir: Pa
                                            fps, reporter)
         except KeyboardInterrupt:  # "interrupted" alone, with every image and the picture already written
             picture = result.grid or result.compare
-            raise Interrupted(f"interrupted while making interpolation.gif, which was not written; the {len(once)} "
-                              f"image(s) and {picture.name} are in {outdir}", "run again for the GIF") from None
+            raise Interrupted(f"interrupted while making interpolation.gif, which was not written; the "
+                              f"{len(once) * len(gens)} image(s) and {picture.name} are in {outdir}",
+                              "run again for the GIF") from None
     return result
 
 
