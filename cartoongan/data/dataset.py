@@ -20,7 +20,7 @@ from PIL import Image
 from ..errors import DataError, OutputError
 from ..filekind import not_found, special_kind
 from ..hostmem import gib, images_past_memory
-from ..outputs import check_fresh_dir, check_outside, first_names, sole_writer
+from ..outputs import check_fresh_dir, check_outside, sole_writer
 from ..report import NullReporter, Reporter
 from .images import (BOMB_ERRORS, DECODE_ERRORS, EXTENSIONS, RENDER_FILE, UNREAD_PHOTOS, ImageTooLarge, PngWriter,
                      bombs_as_errors, image_threads, square_resize)
@@ -98,7 +98,7 @@ def _refuse_comparisons(root: Path, every: list[tuple[str, callable]]) -> None:
         if path.name == "compare.png" and len(found := sorted(models.get(path.parent, []))) >= 2:
             where = root / path.parent
             one = f"e.g. {where / found[0]}" if root.is_dir() else "unzip it and pass one of those folders"
-            raise DataError(f"{where} is `sample`'s comparison of {len(found)} checkpoints ({first_names(found)}): "
+            raise DataError(f"{where} is `sample`'s comparison of {len(found)} checkpoints ({_shown(found, 3)}): "
                             f"read as one set, their renders would be scored as one model's; pass one checkpoint's "
                             f"folder ({one}), or a set without it")
 
