@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import CartoonganError, OutputError
-from ..filekind import is_legacy_torch, is_npz, is_text, is_torch_zip, zip_names
+from ..filekind import is_legacy_torch, is_text, is_torch_zip, zip_kind, zip_names
 from ..outputs import check_checkpoint_output
 from .checkpoint import check_checkpoint, foreign_kind, read_torch_file
 
@@ -72,7 +72,7 @@ def _unloadable_kind(path: Path) -> str | None:
             return None
         if is_torch_zip(names):  # whole, and not plain tensors: torch.save(model), a pickled class
             return "a PyTorch file that needs pickled code to load"
-        return "a NumPy archive (.npz)" if is_npz(names) else "a zip archive"
+        return zip_kind(names)
     return foreign_kind(head) or ("a text file" if is_text(head) else "a file of another format")
 
 
