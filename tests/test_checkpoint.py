@@ -333,3 +333,33 @@ def test_export_g_ema_only_of_a_checkpoint_without_g_ema_is_refused(tmp_path, ti
     src = save_checkpoint(tmp_path / "none.pt", ckpt)
     res = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "y.pt"), "--g-ema-only"])
     assert res.exit_code == 1 and "holds no generator ('g_ema' or 'g')" in res.output and "g stays" not in res.output
+
+
+@pytest.mark.parametrize("key,make,match", [
+    ("g_ema", lambda t: t.to_sparse(), r"'g_ema' holds a sparse coo tensor: .*to_dense\(\)\) \(at 'style.1.weight'\)"),
+    ("g", lambda t: torch.empty_like(t, device="meta"), "'g' holds a meta tensor .* from a network that holds its weights"),
+    ("d", lambda t: t.to_sparse_csr(), "'d' holds a sparse csr tensor"),
+    ("latent_avg", lambda t: torch.empty_like(t, device="meta"), "latent_avg is a meta tensor"),
+])
+def test_tensors_no_network_can_use_are_named_where_the_file_is_read(tmp_path, tiny_g, tiny_d, key, make, match):
+    """torch.save keeps sparse and meta (value-less) tensors; every command failed on them later, in
+    torch's traceback (meta: 'Tensor.item() cannot be called on meta tensors')."""
+    from cartoongan_cli.app import app
+    from typer.testing import CliRunner
+
+    g, d = tiny_g(), tiny_d()
+    ckpt = {"g_ema": g.state_dict(), "g": g.state_dict(), "d": d.state_dict(), "latent_avg": torch.zeros(g.style_dim)}
+    state = ckpt[key] if key != "latent_avg" else None
+    if state is None:
+        ckpt[key] = make(ckpt[key])
+    else:
+        name = "style.1.weight" if key != "d" else next(k for k, v in state.items() if v.ndim == 2)
+        ckpt[key] = {**state, name: make(state[name])}
+    path = tmp_path / "odd.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+    for command in (["info", str(path)], ["sample", str(path), "--seeds", "0", "--outdir", str(tmp_path / "s")]):
+        res = CliRunner().invoke(app, command)
+        assert res.exit_code == 1 and res.output.count("\n") == 1 and "odd.pt" in res.output, res.output
+    assert not (tmp_path / "s").exists()

@@ -215,6 +215,27 @@ def _is_state_dict(value) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items())
 
 
+def unusual_tensor(value: torch.Tensor) -> str | None:
+    """What makes a tensor one no network can load or compute with, and what to do (None for an
+    ordinary one): torch.save keeps sparse, quantized and meta (data-less) tensors, which would
+    fail later as tracebacks."""
+    if value.is_meta:
+        return ("a meta tensor (a shape with no values: the network was saved before its weights were "
+                "loaded or made): save it again from a network that holds its weights")
+    if value.layout != torch.strided:
+        kind = str(value.layout).removeprefix("torch.").replace("_", " ")
+        return f"a {kind} tensor: save it again with dense tensors (tensor.to_dense())"
+    if value.is_quantized:
+        return "a quantized tensor: save it again with float tensors (tensor.dequantize())"
+    return None
+
+
+def _check_tensors(path: Path, key: str, state: dict) -> None:
+    for name, value in state.items():
+        if odd := unusual_tensor(value):
+            raise CheckpointError(f"{path}: '{key}' holds {odd} (at {name!r})")
+
+
 def _check_layout(path: Path, ckpt: dict) -> None:
     """The types and sizes every reader relies on, checked where the file is read."""
     for key in ("g_ema", "g", "d"):
@@ -224,6 +245,8 @@ def _check_layout(path: Path, ckpt: dict) -> None:
             what = (f"'{key}' holds a {type(value[odd]).__name__} at {odd!r}, not a tensor" if odd is not None
                     else f"'{key}' is a {type(value).__name__}, expected a state dict (parameter name -> tensor)")
             raise CheckpointError(f"{path}: {what}: not a StyleGAN2 checkpoint")
+        if key in ckpt:
+            _check_tensors(path, key, ckpt[key])
     meta = ckpt.get("cartoongan", {})
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: 'cartoongan' is a {type(meta).__name__}, expected a dict")
@@ -235,6 +258,8 @@ def _check_layout(path: Path, ckpt: dict) -> None:
         return
     style = ckpt["g_ema" if "g_ema" in ckpt else "g"].get("style.1.weight")
     style_dim = style.shape[1] if torch.is_tensor(style) and style.ndim == 2 else None
+    if torch.is_tensor(avg) and (odd := unusual_tensor(avg)):
+        raise CheckpointError(f"{path}: latent_avg is {odd}")
     if not torch.is_tensor(avg) or avg.ndim == 0 or (style_dim and avg.shape[-1] != style_dim):
         shape = tuple(avg.shape) if torch.is_tensor(avg) else type(avg).__name__
         raise CheckpointError(f"{path}: latent_avg is {shape}, expected a w of {style_dim or 'style_dim'} values "
