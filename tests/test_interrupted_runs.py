@@ -456,13 +456,13 @@ def test_only_a_stretch_marked_cut_short_is_ended_by_the_first_stop():
             signal.raise_signal(signal.SIGINT)
 
 
-def _two_ranks(target, data, tmp_path) -> list[dict]:
+def _two_ranks(target, data, tmp_path, within: float = 300) -> list[dict]:
     """`target` run as ranks 0 and 1 (spawned, gloo): what each wrote to rankN.json, once both ended."""
     import torch.multiprocessing as mp
 
     ranks = mp.start_processes(target, args=(2, free_port(), data, tmp_path), nprocs=2, join=False,
                                start_method="spawn")
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + within
     while not ranks.join(timeout=1):
         if time.monotonic() > deadline:
             for process in ranks.processes:
@@ -490,6 +490,45 @@ def _rank_interrupted_alone(rank, world, port, data, out):
     cfg = tiny_config(iters=50, batch=4, ckpt_every=100, sample_every=100, log_every=100)
     result = pretrain(cfg, data, out / "run", reporter)
     (out / f"rank{rank}.json").write_text(json.dumps({"step": result.step, "interrupted": result.interrupted}))
+    dist.destroy_process_group()
+
+
+def test_when_rank_0_refuses_to_start_every_rank_stops_with_it(tmp_path):
+    """Rank 0 alone takes the run's lock. Another process took it while the data loaded, so rank 0
+    stopped with its line, and rank 1, waiting in its first collective, died in a page of c10d's
+    C++ frames once rank 0's store closed (or was killed by torchrun): now it stops with a line
+    saying why, and nothing of the run is written."""
+    data = blob_images(tmp_path / "data", n=8)
+    results = _two_ranks(_rank_refused, data, tmp_path, within=120)
+    assert "is being trained by another process" in results[0]["error"], results
+    assert results[1]["error"].startswith("another rank could not start the run (rank 0's line says why)"), results
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
+
+
+def _rank_refused(rank, world, port, data, out):
+    import torch.distributed as dist
+
+    from cartoongan.errors import CartoonganError
+    from cartoongan.outputs import lock_with_pid
+    from cartoongan.train import runs
+
+    launch_as_rank(rank, world, port)
+    load, held = runs.load_dataset, []
+
+    def load_while_another_takes_the_lock(*args, **kwargs):
+        (out / "run").mkdir(exist_ok=True)
+        held.append(open(out / "run" / ".lock", "a+"))  # a lock of its own: flock's are per open file
+        assert lock_with_pid(held[0]) is None
+        return load(*args, **kwargs)
+
+    if rank == 0:
+        runs.load_dataset = load_while_another_takes_the_lock
+    try:
+        pretrain(tiny_config(iters=4, batch=4), data, out / "run")
+        message = None
+    except CartoonganError as exc:
+        message = str(exc)
+    (out / f"rank{rank}.json").write_text(json.dumps({"error": message}))
     dist.destroy_process_group()
 
 

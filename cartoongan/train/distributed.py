@@ -6,14 +6,16 @@ gradients on different steps, which DDP's bucketing does not expect.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from ..device import resolve_device
-from ..errors import ConfigError
+from ..errors import CartoonganError, ConfigError
 
 
 @dataclass
@@ -136,6 +138,29 @@ class StopVote:
         flag = torch.tensor([int(requested)], dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return decided or bool(flag.item())
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Around what rank 0 alone does before the first step (taking the run's lock, checking its
+        latest.pt, writing config.toml): when that fails there, every rank stops with it, saying so.
+        The others would otherwise wait in their first collective until rank 0's exit broke it
+        (a page of c10d's C++ frames) or torchrun killed them."""
+        try:
+            yield
+        except BaseException:
+            self._cast_start(failed=True)
+            raise
+        if self._cast_start(failed=False):
+            raise CartoonganError("another rank could not start the run (rank 0's line says why): "
+                                  "this rank stopped with it")
+
+    def _cast_start(self, failed: bool) -> bool:
+        """Whether any rank failed to start (a blocking vote of every rank)."""
+        if self._group is None:
+            return failed
+        flag = torch.tensor([int(failed)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(flag.item())
 
     def _result(self) -> bool:
         if self._pending is None:

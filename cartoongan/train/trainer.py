@@ -486,8 +486,11 @@ class Trainer:
         """Train to cfg.train.iters. A failed write (disk full) stops with an OutputError that says
         which checkpoint the run keeps."""
         try:
-            with self.out.exclusive():
-                return self._run()
+            with StopVote(self.info) as vote, contextlib.ExitStack() as held:
+                with vote.starting():  # rank 0's refusal (the lock, the latest.pt check) stops every rank
+                    held.enter_context(self.out.exclusive())
+                    self.out.start(self.cfg, self.step)
+                return self._run(vote)
         except OutputError as exc:
             latest = self.out.latest
             if not latest.is_file():
@@ -504,12 +507,10 @@ class Trainer:
             return Interrupted(f"{head}; nothing was saved yet", "the same command starts the run again")
         return Interrupted(f"{head}; {self.out.latest} holds step {saved}", f"continue with --resume {self.run_dir}")
 
-    def _run(self) -> TrainResult:
+    def _run(self, vote: StopVote) -> TrainResult:
         t = self.t
-        self.out.start(self.cfg, self.step)
         result = TrainResult(self.run_dir, self.step)
-        with (_StopFlag() as stop, StopVote(self.info) as vote,
-              self.reporter.progress(t.iters, self.kind, completed=self.step) as bar):
+        with _StopFlag() as stop, self.reporter.progress(t.iters, self.kind, completed=self.step) as bar:
             try:
                 self._steps(stop, vote, bar, result)
             except KeyboardInterrupt:
