@@ -343,6 +343,20 @@ def warn_of_leftovers(folder: str | os.PathLike, stale: Callable[[str], bool], r
                       f"earlier run's, left as they are" + (f"; {advice}" if advice else ""))
 
 
+NAME_BYTES = 200  # of a folder name the toolkit makes from its inputs': 255 is the usual limit per name
+
+
+def name_that_fits(name: str, key: str, size: int = NAME_BYTES) -> str:
+    """`name`, or where it passes `size` bytes on disk (a deep tree's joined path, two long stems
+    with their parents), its longest start that leaves room for "_" and a hash of `key`."""
+    if len(os.fsencode(name)) <= size:
+        return name
+    digest = hashlib.sha1(os.fsencode(key)).hexdigest()[:8]
+    while len(os.fsencode(name)) > size - 9:
+        name = name[:-1]  # whole characters: a name cut inside a UTF-8 sequence would not decode
+    return f"{name}_{digest}"
+
+
 def first_names(names: list[str], n: int = 3) -> str:
     """The first n names, comma-separated, with ", ..." when there are more (for a message)."""
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "")

@@ -1,6 +1,9 @@
 """Small datasets and configs the tests make for themselves."""
 import os
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,23 @@ def blob_images(folder: Path, n: int = 12, size: int = 40, seed: int = 0) -> Pat
         img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.randint(0, 255, 3)
         Image.fromarray(img).save(folder / f"img{i:03d}.png")
     return folder
+
+
+# the capabilities that let root read, enter and replace any file whatever its permissions
+_OVERRIDES = "-dac_override,-dac_read_search,-fowner"
+
+
+def cli_where_permissions_bind(args: list[str]) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess for which file permissions hold, as for any user: as root (CI's
+    containers), with the capabilities that override them dropped through setpriv."""
+    import pytest
+
+    command = [sys.executable, "-m", "cartoongan_cli", *map(str, args)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, without setpriv to drop the permission overrides")
+        command = ["setpriv", "--bounding-set", _OVERRIDES, "--inh-caps", _OVERRIDES, *command]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
 
 
 def tiny_config(**train) -> RunConfig:

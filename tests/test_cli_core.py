@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from cartoongan import load_checkpoint, save_checkpoint
 from cartoongan.weights.networks import generator_checkpoint
 
-from .helpers import blob_images, stops_after
+from .helpers import blob_images, cli_where_permissions_bind, stops_after
 
 runner = CliRunner()
 
@@ -65,6 +65,81 @@ def test_sample_warns_of_an_earlier_sample_of_another_layout(tmp_path, two_ckpts
     assert runner.invoke(app, ["sample", a, b, "--seeds", "0", "--outdir", str(other)]).exit_code == 0
     res = runner.invoke(app, ["sample", b, a, "--seeds", "0", "--outdir", str(other)])  # the same two: nothing
     assert res.exit_code == 0 and "also holds" not in res.output, res.output
+
+
+def test_sample_warns_of_an_earlier_interpolation_gif_it_does_not_replace(tmp_path, two_ckpts):
+    """`sample a.pt --interpolate 3`, then `sample b.pt` into one --outdir: a's GIF stayed beside b's
+    grid.png without a word."""
+    a, b = map(str, two_ckpts)
+    out = tmp_path / "o"
+    assert runner.invoke(app, ["sample", a, "--seeds", "0-1", "--interpolate", "2", "--outdir", str(out)]).exit_code == 0
+    res = runner.invoke(app, ["sample", b, "--seeds", "0-1", "--outdir", str(out)])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "of an earlier sample this run does not write (interpolation.gif)" in said, said
+    res = runner.invoke(app, ["sample", b, "--seeds", "0-1", "--interpolate", "2", "--outdir", str(out)])
+    assert res.exit_code == 0 and "also holds" not in res.output, res.output
+
+
+@pytest.mark.parametrize("blocked", ["b", "b/seed0002.png", "compare.png", "interpolation.gif"])
+def test_sample_finds_what_blocks_a_later_output_before_it_renders(tmp_path, two_ckpts, monkeypatch, blocked):
+    """A file where a checkpoint's folder goes, or a folder where a seed's image, the picture or the
+    GIF goes, was found when its turn came: after every earlier checkpoint's renders (hours with
+    --seeds 0-49999)."""
+    from cartoongan.pipelines import sample
+
+    a, b = map(str, two_ckpts)
+    out = tmp_path / "o"
+    (out / blocked).parent.mkdir(parents=True, exist_ok=True)
+    if blocked == "b":
+        (out / blocked).write_text("notes")
+    else:
+        (out / blocked).mkdir()
+    rendered = []
+    monkeypatch.setattr(sample, "render_ws", lambda *args, **kw: rendered.append(1) or pytest.fail("rendered"))
+    res = runner.invoke(app, ["sample", a, b, "--seeds", "0-3", "--interpolate", "2", "--outdir", str(out)])
+    said = " ".join(res.output.split())
+    what = "a file, where the command makes a folder" if blocked == "b" else "a folder, where the command writes"
+    assert res.exit_code == 1 and f"{out / blocked} is {what}" in said and res.output.count("\n") == 1, said
+    assert not rendered
+
+
+def test_two_long_checkpoint_names_of_one_stem_get_folders_a_file_system_takes(tmp_path, two_ckpts):
+    """Two checkpoints of one 240-character stem: their folders `0_<parent>_<stem>` passed 255 bytes,
+    found after the first one's renders ("File name too long")."""
+    import shutil
+
+    long = "x" * 240
+    paths = []
+    for i, ckpt in enumerate(two_ckpts):
+        (tmp_path / f"d{i}" / long).mkdir(parents=True)
+        paths.append(str(shutil.copy(ckpt, tmp_path / f"d{i}" / long / f"{long}.pt")))
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["sample", *paths, "--seeds", "0", "--outdir", str(out)])
+    assert res.exit_code == 0, res.output
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(folders) == 2 and all(len(f) <= 200 and (out / f / "seed0000.png").is_file() for f in folders), folders
+    assert folders[0].startswith("0_x") and folders[1].startswith("1_x") and folders[0][-8:] != folders[1][-8:]
+
+
+def test_projected_w_of_a_folder_with_a_subfolder_it_cannot_read_is_refused(tmp_path, two_ckpts):
+    """`--projected-w DIR` with one photo's folder unreadable: glob passed over it, and the other
+    photos rendered (renumbered) as if it had never been there."""
+    from cartoongan.weights.networks import load_generator
+
+    g = load_generator(two_ckpts[0])
+    w = torch.zeros(1, g.n_latent, g.style_dim).numpy()
+    for name in ("ann", "bob"):
+        (tmp_path / "pw" / name).mkdir(parents=True)
+        __import__("numpy").savez(tmp_path / "pw" / name / "projected_w.npz", w=w)
+    (tmp_path / "pw" / "bob").chmod(0)
+    try:
+        res = cli_where_permissions_bind(["sample", two_ckpts[0], "--projected-w", tmp_path / "pw",
+                                          "--outdir", tmp_path / "o"])
+    finally:
+        (tmp_path / "pw" / "bob").chmod(0o755)
+    said = " ".join(res.stderr.split())
+    assert res.returncode == 1 and "cannot read bob (permission denied)" in said, res
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_checkpoint_named_like_the_comparison_picture_gets_another_folder(tmp_path, two_ckpts):

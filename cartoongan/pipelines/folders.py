@@ -15,7 +15,8 @@ from PIL import Image
 from ..data.dataset import some_image_sources
 from ..data.images import save_png
 from ..errors import DataError, Interrupted
-from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, check_outside, first_names, leftover_files
+from ..outputs import (atomic_write, check_keeps_inputs, check_output_dir, check_outside, first_names, leftover_files,
+                       name_that_fits)
 from ..report import NullReporter, Reporter
 from ..weights.registry import sha256_of
 from .project import PROJECTION_FILES, ProjectConfig
@@ -107,21 +108,11 @@ def photo_folder_names(folder: Path, photos: list[Path]) -> list[str]:
     hashes = [hashlib.sha1(os.fsencode(r.as_posix())).hexdigest()[:8] for r in rels]
     names = ["_".join(r.with_suffix("").parts) for r in rels]
     # a deep tree's joined path can pass the file system's 255 bytes per name
-    names = [n if len(os.fsencode(n)) <= NAME_BYTES else f"{_cut(n, NAME_BYTES - 9)}_{h}" for n, h in zip(names, hashes)]
+    names = [name_that_fits(n, r.as_posix()) for n, r in zip(names, rels)]
     # a photo toonify.png.jpg would have its folder where the sheet of all rows goes
     sheets = {sheet for _, _, sheet in FOLDER_FILES.values()}
     names = _apart(names, [f"{n}_{r.suffix.lstrip('.').lower()}" for n, r in zip(names, rels)], sheets)
     return _apart(names, [f"{n}_{h}" for n, h in zip(names, hashes)], sheets)
-
-
-NAME_BYTES = 200  # of a photo's folder name: 255 is the usual limit, and _apart may add 9 + a suffix
-
-
-def _cut(name: str, size: int) -> str:
-    """The longest start of name that is at most size bytes on disk (whole characters)."""
-    while len(os.fsencode(name)) > size:
-        name = name[:-1]
-    return name
 
 
 def _apart(names: list[str], longer: list[str], taken: set[str] = frozenset()) -> list[str]:

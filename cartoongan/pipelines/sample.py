@@ -1,6 +1,7 @@
 """Rendering: seeds to latents, latents to 8-bit images, grids, comparisons and GIFs."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from ..data.images import RENDER_FILE, PngWriter, make_grid, save_image, save_pn
 from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError, DataError, Interrupted
 from ..models.generator import Generator
-from ..outputs import check_keeps_inputs, check_output_dir, leftover_files, warn_of_leftovers
+from ..outputs import (check_keeps_inputs, check_output_dir, check_subfolders, first_names,
+                       leftover_files, name_that_fits, warn_of_leftovers)
 from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
 
@@ -47,7 +49,7 @@ def sample(gens: list[Generator], names: list[str], seeds: list[int], outdir: Pa
                       + (" (the GIF walks through the seeds as given)" if interpolate > 0 else ""))
     ws = seeds_to_ws(gens[0], once, truncation)
     result = _write_renders(gens, names, ws, Path(outdir), [f"seed{s:04d}.png" for s in once],
-                            min(len(once), 8), noise_mode, reporter)
+                            min(len(once), 8), noise_mode, reporter, gif=interpolate > 0)
     if interpolate > 0:  # a walk may come back to a seed (0,5,0): its keys are the seeds in order
         keys = ws if len(once) == len(seeds) else seeds_to_ws(gens[0], seeds, truncation)
         try:
@@ -55,28 +57,30 @@ def sample(gens: list[Generator], names: list[str], seeds: list[int], outdir: Pa
                                            fps, reporter)
         except KeyboardInterrupt:  # "interrupted" alone, with every image and the picture already written
             picture = result.grid or result.compare
-            raise Interrupted(f"interrupted while making interpolation.gif, which was not written; the "
+            earlier = " (the one there is an earlier run's)" if (Path(outdir) / "interpolation.gif").exists() else ""
+            raise Interrupted(f"interrupted while making interpolation.gif, which was not written{earlier}; the "
                               f"{len(once) * len(gens)} image(s) and {picture.name} are in {outdir}",
                               "run again for the GIF") from None
     return result
 
 
 def _write_renders(gens: list[Generator], names: list[str], ws: torch.Tensor, outdir: Path, filenames: list[str],
-                   single_cols: int, noise_mode: str, reporter: Reporter) -> SampleResult:
+                   single_cols: int, noise_mode: str, reporter: Reporter, gif: bool = False) -> SampleResult:
     """Render ws through each generator and save one file per latent, a batch at a time (memory
     stays one batch plus the picture's tiles, whatever the count). One generator: files in outdir
-    and grid.png (single_cols wide). Several: outdir/<name>/ each and compare.png (rows: generators)."""
+    and grid.png (single_cols wide). Several: outdir/<name>/ each and compare.png (rows: generators).
+    gif: interpolation.gif follows (an earlier one is otherwise warned of)."""
     for gen, name in zip(gens, names):  # all checked before anything is written
         if ws.shape[1:] != (gen.n_latent, gen.style_dim):
             raise CheckpointError(f"w+ has shape {tuple(ws.shape[1:])}, generator {name} needs "
                                   f"({gen.n_latent}, {gen.style_dim})")
-    folders = [outdir] if len(gens) == 1 else [outdir / name for name in names]
+    folders = sample_folders(outdir, names)
+    picture = "grid.png" if len(gens) == 1 else "compare.png"
     _warn_of_leftovers(folders, filenames, reporter)
-    _warn_of_other_layouts(outdir, folders, reporter)
+    _warn_of_other_layouts(outdir, folders, reporter, gif)
     result = SampleResult()
     shown = min(len(ws), GRID_MAX)
     rows = []
-    picture = "grid.png" if len(gens) == 1 else "compare.png"
     writer = PngWriter()
     try:
         with reporter.progress(len(ws) * len(gens), "rendering") as bar, writer:
@@ -113,14 +117,17 @@ def _warn_of_leftovers(folders: list[Path], filenames: list[str], reporter: Repo
                           "image(s)", "for a set to score, use a fresh --outdir")
 
 
-def _warn_of_other_layouts(outdir: Path, folders: list[Path], reporter: Reporter) -> None:
+def _warn_of_other_layouts(outdir: Path, folders: list[Path], reporter: Reporter, gif: bool) -> None:
     """Warn of what an earlier sample of one checkpoint left where this one writes several (its
     seedNNNN.png and grid.png), or the reverse (compare.png and a folder per checkpoint), or of
-    other checkpoints (their folders): read as this run's otherwise, by `metrics` or by eye."""
+    other checkpoints (their folders), or its interpolation.gif where this one writes none: read as
+    this run's otherwise, by `metrics` or by eye."""
     several = folders != [outdir]
     ours = {folder.name for folder in folders} if several else set()
 
     def stale(name: str) -> bool:
+        if name == "interpolation.gif":
+            return not gif
         if (outdir / name).is_dir():
             return name not in ours and bool(leftover_files(outdir / name, RENDER_FILE.fullmatch))
         if several:
@@ -153,14 +160,21 @@ SUMMARY_NAMES = {"grid.png", "compare.png", "interpolation.gif"}
 
 def unique_names(paths: list[Path]) -> list[str]:
     """A folder name per input path: the stems, or where two share one (or one is a summary
-    file's name), prefixed by position and parent."""
+    file's name), prefixed by position and parent (cut, with a hash of the path, where that passes
+    what a file system takes for a name)."""
     stems = [p.stem for p in paths]
     # "...pt" has the stem "..": its folder would be --outdir's parent, and ".pt"'s --outdir itself;
     # "seed0001.png.pt"'s folder would be refused by the next run as a folder in a render's way
     odd = (SUMMARY_NAMES | {"", ".", ".."}) & set(stems) or any(RENDER_FILE.fullmatch(s) for s in stems)
     if len(set(stems)) == len(stems) and not odd:
         return stems
-    return [f"{i}_{p.resolve().parent.name}_{p.stem}" for i, p in enumerate(paths)]  # resolved: a file in "." has a parent
+    # resolved: a file in "." has a parent
+    return [name_that_fits(f"{i}_{p.resolve().parent.name}_{p.stem}", str(p.resolve())) for i, p in enumerate(paths)]
+
+
+def sample_folders(outdir: Path, names: list[str]) -> list[Path]:
+    """Where the renders go: outdir for one generator, outdir/<name> for each of several."""
+    return [outdir] if len(names) == 1 else [outdir / name for name in names]
 
 
 MAX_GIF_FRAMES = 5000
@@ -182,6 +196,11 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
         raise ConfigError(f"--interpolate {interpolate} over {len(seeds)} seeds makes {len(seeds) * interpolate} frames; "
                           f"one GIF holds at most {MAX_GIF_FRAMES}: pass fewer seeds or frames")
     check_keeps_inputs(outdir, SAMPLE_FILES, [*paths, projected_w])
+    names = unique_names(paths)
+    if len(paths) > 1:  # before any checkpoint loads: a folder in the way was found after the first's renders
+        check_subfolders(outdir, names, "--outdir")
+        for folder in sample_folders(outdir, names):
+            check_output_dir(folder, "--outdir")
     gens = [load_generator(p, device) for p in paths]
     dev = gens[0].input.input.device
     first = gens[0]
@@ -192,8 +211,8 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
     if projected_w is not None:
         ws = _projected(Path(projected_w), gens[0], f"the generator of {paths[0]}", reporter or NullReporter())
     if ws is None:
-        return sample(gens, unique_names(paths), seeds, outdir, truncation, noise_mode, interpolate, reporter=reporter)
-    return sample_ws(gens, unique_names(paths), ws.to(dev), outdir, noise_mode, reporter)
+        return sample(gens, names, seeds, outdir, truncation, noise_mode, interpolate, reporter=reporter)
+    return sample_ws(gens, names, ws.to(dev), outdir, noise_mode, reporter)
 
 
 def _projected(path: Path, gen: Generator, model: str, reporter: Reporter) -> torch.Tensor:
@@ -205,6 +224,11 @@ def _projected(path: Path, gen: Generator, model: str, reporter: Reporter) -> to
     if not path.is_dir():
         return load_projected_w(path, gen.n_latent, gen.style_dim, model)
     files = sorted(path.glob("*/projected_w.npz"))
+    # glob passes over a folder it cannot enter: its faces were left out, and the rest renumbered
+    if shut := [p.name for p in _subfolders(path) if not os.access(p, os.R_OK | os.X_OK)]:
+        raise DataError(f"--projected-w {path}: cannot read {first_names(shut)} (permission denied): make "
+                        f"{'them' if len(shut) > 1 else 'it'} readable (chmod u+rx), or move "
+                        f"{'them' if len(shut) > 1 else 'it'} out of {path}")
     if not files:
         raise DataError(f"--projected-w {path} holds no <name>/projected_w.npz (what `project` or `toonify` of a "
                         "folder of photos writes): pass such a folder, or one projected_w.npz")
@@ -214,6 +238,13 @@ def _projected(path: Path, gen: Generator, model: str, reporter: Reporter) -> to
     reporter.info(f"{starts[-1]} projection(s) from {len(files)} folder(s) of {path}: "
                   f"{shown}{', ...' if len(files) > 5 else ''}")
     return torch.cat(ws)
+
+
+def _subfolders(path: Path) -> list[Path]:
+    try:
+        return [p for p in path.iterdir() if p.is_dir()]
+    except OSError as exc:
+        raise DataError(f"--projected-w {path} cannot be read: {exc.strerror or exc}") from None
 
 
 def _proj_span(start: int, count: int) -> str:
