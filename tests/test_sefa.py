@@ -231,3 +231,18 @@ def test_a_repeated_seed_is_one_row_of_each_sheet(tmp_path, ckpts):
                           np.asarray(Image.open(tmp_path / "once" / "index000.png")))
     res = runner.invoke(app, [*argv, str(tmp_path / "many"), "--seeds", "0-40,0-40"])
     assert res.exit_code == 0, res.output
+
+
+def test_sheets_an_earlier_edit_left_in_the_folder_are_warned_of(tmp_path, ckpts):
+    """`edit a.pt --index 0-3`, then `edit b.pt --index 0-1` into one --outdir: sheets 2 and 3 of a
+    stayed beside b's without a word."""
+    a, b = map(str, ckpts)
+    out = str(tmp_path / "e")
+    common = ["--steps", "2", "--seeds", "0", "--outdir", out, "--device", "cpu"]
+    assert runner.invoke(app, ["edit", a, "--index", "0-3", *common]).exit_code == 0
+    res = runner.invoke(app, ["edit", b, "--index", "0-1", *common])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"{out} also holds 2 sheet(s) this run does not write (index002.png, " \
+        "index003.png)" in said, said
+    res = runner.invoke(app, ["edit", b, "--index", "0-3", *common])
+    assert res.exit_code == 0 and "also holds" not in res.output, res.output

@@ -11,6 +11,7 @@ layers' styles, which is why a source model's directions edit its cartoon model 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ..data.images import make_grid, save_png
 from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError, Interrupted
 from ..models.generator import Generator
-from ..outputs import check_keeps_inputs, check_output_dir
+from ..outputs import check_keeps_inputs, check_output_dir, warn_of_leftovers
 from ..report import NullReporter, Reporter
 from ..weights.factor import Factor, load_factor, save_factor
 from ..weights.networks import load_generator
@@ -119,6 +120,10 @@ def edit_sheets(gens: list[Generator], names: list[str], seeds: list[int], facto
     ws = seeds_to_ws(gens[0], seeds, opts.truncation)
     amounts = degrees(opts.degree, opts.steps)
     indexes = list(dict.fromkeys(opts.indexes))  # `--index 0,0` is one sheet, not the same one twice
+    ours = {f"index{index:03d}.png" for index in indexes}
+    # `--index 0-3` of one model, then `--index 0-1` of another: sheets 2 and 3 read as this run's
+    warn_of_leftovers(outdir, lambda name: re.fullmatch(EDIT_FILES, name) is not None and name not in ours, reporter,
+                      "sheet(s)")
     paths = []
     try:
         with reporter.progress(len(indexes) * len(gens) * len(ws) * len(amounts), "editing") as bar:
