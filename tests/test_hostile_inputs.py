@@ -607,11 +607,12 @@ def _w(tmp_path, array) -> Path:
 @pytest.mark.parametrize("w,expected", [
     (np.zeros((1, 8, 32), np.float32), "(N, 6, 32)"),  # another model's n_latent (a 32 px one)
     (np.zeros((1, 6, 64), np.float32), "(N, 6, 32)"),  # another model's style_dim
-    (np.zeros((32,), np.float32), "expected floats"),
+    (np.zeros((31,), np.float32), "holds w of shape (31,), but the generator of"),  # a w of another style_dim
+    (np.zeros((2, 2, 3, 32), np.float32), "expected floats"),
     (np.full((8, 32), np.nan, np.float32), "NaN"),
     (np.array([["a"]]), "expected floats"),
     (np.zeros((1, 6, 32), np.int64), "int64 array"),
-], ids=["n_latent", "style_dim", "1-d", "nan", "strings", "integers"])
+], ids=["n_latent", "style_dim", "1-d", "4-d", "nan", "strings", "integers"])
 def test_projected_w_from_another_model(tmp_path, assets, w, expected):
     path = _w(tmp_path, w)
     res = runner.invoke(app, ["sample", str(assets["a"]), "--projected-w", str(path), "--outdir", str(tmp_path / "o")])

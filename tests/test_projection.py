@@ -360,3 +360,32 @@ def test_a_projected_w_far_outside_any_mappings_range_is_refused(tmp_path, tiny_
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
     np.savez(tmp_path / "fine.npz", w=w * 50)  # as far as --trunc 10 reaches: rendered
     assert load_projected_w(tmp_path / "fine.npz").shape == (1, g.n_latent, g.style_dim)
+
+
+def test_a_w_of_w_space_renders_as_that_w_at_every_layer(tmp_path, tiny_g):
+    """A single w saved as (1, style_dim) (rosinality's projector's latent, as an array) was taken
+    for a w+ of one layer and refused as "projected with another model"; (style_dim,), (N, style_dim)
+    and (N, 1, style_dim) are W-space too. A (n_latent, style_dim) array stays one w+."""
+    from cartoongan import save_checkpoint
+    from cartoongan.weights.networks import generator_checkpoint
+
+    g = tiny_g(16)
+    ckpt = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(g))
+    w = torch.randn(3, g.style_dim).numpy()
+    plus = np.repeat(w[:, None], g.n_latent, 1)
+    np.savez(tmp_path / "plus.npz", w=plus)
+    for name, array in [("one", w[:1]), ("flat", w[0]), ("three", w), ("layered", w[:, None])]:
+        np.savez(tmp_path / f"{name}.npz", w=array)
+        ws = load_projected_w(tmp_path / f"{name}.npz", g.n_latent, g.style_dim)
+        assert torch.equal(ws, torch.from_numpy(plus[: len(ws)])) and len(ws) == (3 if array.ndim > 1 and len(array) == 3
+                                                                                   else 1), name
+    for name in ("three", "plus"):
+        res = runner.invoke(app, ["sample", str(ckpt), "--projected-w", str(tmp_path / f"{name}.npz"), "--outdir",
+                                  str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+    for i in range(3):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "three" / f"proj{i:04d}.png")),
+                              np.asarray(Image.open(tmp_path / "plus" / f"proj{i:04d}.png")))
+    rows = torch.randn(g.n_latent, g.style_dim).numpy()  # as many rows as layers: one w+
+    np.savez(tmp_path / "rows.npz", w=rows)
+    assert torch.equal(load_projected_w(tmp_path / "rows.npz", g.n_latent, g.style_dim)[0], torch.from_numpy(rows))

@@ -189,7 +189,8 @@ W_MAX = 1e3
 def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: int | None = None,
                      model: str = "the generator") -> torch.Tensor:
     """projected_w.npz -> w+ [N, n_latent, style_dim] (NVlabs' projector writes N = 1; one w+ saved
-    as [n_latent, D] is taken too).
+    as [n_latent, D] is taken too, and w of W space, one for every layer: [D], [N, D] with N other
+    than n_latent (rosinality's projector's latents, saved as an array), or [N, 1, D]).
 
     n_latent, style_dim: what the generator that will render it needs (checked when given)."""
     if kind := special_kind(path):
@@ -202,20 +203,32 @@ def load_projected_w(path: str | Path, n_latent: int | None = None, style_dim: i
             raise DataError(not_found("projected w", path)) from None
         # TypeError: a plain .npy, which np.load returns as an array, not an archive
         raise DataError(f"{path} is not a projected_w.npz with a 'w' array") from None
-    if w.dtype.kind != "f" or w.ndim not in (2, 3) or w.size == 0:  # integers are no latent any projector writes
+    if w.dtype.kind != "f" or w.ndim not in (1, 2, 3) or w.size == 0:  # integers are no latent any projector writes
         raise DataError(f"{path}: 'w' is a {w.dtype} array of shape {w.shape}, expected floats of shape "
-                        "(N, n_latent, style_dim), or one w+ as (n_latent, style_dim)")
-    ws = torch.from_numpy(w).float()
-    ws = ws[None] if ws.ndim == 2 else ws
+                        "(N, n_latent, style_dim), one w+ as (n_latent, style_dim), or w as (N, style_dim)")
+    ws = _as_w_plus(torch.from_numpy(w).float(), n_latent)
     if not torch.isfinite(ws).all():
         raise DataError(f"{path}: 'w' holds NaN or inf values")
     if (largest := ws.abs().max().item()) > W_MAX:  # finite, yet rendered as a flat white picture
         raise DataError(f"{path}: 'w' holds values up to {largest:.3g}, far outside any mapping network's w "
                         f"(|w| < {W_MAX:g}): it is no projection; project the photo again")
     if n_latent is not None and tuple(ws.shape[1:]) != (n_latent, style_dim):
-        raise DataError(f"{path} holds w+ of shape {tuple(ws.shape)}, but {model} needs (N, {n_latent}, {style_dim}): "
-                        "it was projected with another model; project the photo with this one")
+        raise DataError(f"{path} holds w of shape {tuple(w.shape)}, but {model} needs (N, {n_latent}, {style_dim}) "
+                        f"(or w of {style_dim} values): it was projected with another model; project the photo with "
+                        "this one")
     return ws
+
+
+def _as_w_plus(w: torch.Tensor, n_latent: int | None) -> torch.Tensor:
+    """[N, n_latent, D] from any shape load_projected_w takes: a 2-D array is one w+ where it has
+    n_latent rows (or the generator is not known), else N w's; a w is the same at every layer."""
+    if w.ndim == 1:
+        w = w[None, None]
+    elif w.ndim == 2:
+        w = w[None] if n_latent is None or len(w) == n_latent else w[:, None]
+    if n_latent is not None and w.shape[1] == 1:
+        w = w.expand(-1, n_latent, -1).contiguous()
+    return w
 
 
 def _perceptual_for(cfg: ProjectConfig, lpips_weights, device):
