@@ -70,7 +70,7 @@ def test_the_results_frozen_blocks_are_the_source_g_emas_exactly(tmp_path):
     """g started from the source's g and g_ema from its g_ema: the EMA pulled g_ema's frozen blocks
     toward the source's g (1.2e-4 after 12 steps here, 99.6% of the way over 80 kimg), so the model
     a user samples no longer had the source's frozen blocks. Now g's frozen blocks start as the
-    source g_ema's, and both networks keep them bit for bit."""
+    source g_ema's, and both networks keep them bit for bit; each keeps its own constant noise."""
     src_path = make_source(tmp_path / "src.pt")
     src = load_checkpoint(src_path)
     torch.manual_seed(3)
@@ -88,6 +88,12 @@ def test_the_results_frozen_blocks_are_the_source_g_emas_exactly(tmp_path):
         assert torch.equal(after["g"][name], src["g_ema"][name]), name
     trained = [n for n, _ in g.named_parameters() if n not in frozen]
     assert all(not torch.equal(after["g"][n], src["g"][n]) for n in trained)  # the rest trains from the source's g
+    # rosinality's train.py builds g and g_ema apart, so their constant noise maps differ (src["g"]'s
+    # were moved above): the EMA copied g's into g_ema, and the frozen blocks drew with other noise
+    noises = [k for k in src["g_ema"] if k.startswith("noises.")]
+    assert noises and all(not torch.equal(src["g"][k], src["g_ema"][k]) for k in noises)
+    for k in noises:
+        assert torch.equal(after["g_ema"][k], src["g_ema"][k]) and torch.equal(after["g"][k], src["g"][k]), k
 
 
 def test_a_swap_that_would_be_one_of_its_inputs_is_refused(tmp_path):

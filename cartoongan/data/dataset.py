@@ -48,10 +48,26 @@ def check_dataset_root(root: Path) -> None:
     if not root.is_dir():
         raise DataError(not_found("dataset", root, " (pass a folder of images or a .zip)"))
     if is_run_folder(root):  # it would train on, or score, its own sample grids
-        checkpoint = root / "latest.pt"
-        score = f"; to score the run, pass its checkpoint {checkpoint}" if checkpoint.is_file() else ""
         raise DataError(f"{root} is a training run folder, not a dataset (its pictures are sample grids): "
-                        f"pass a folder of face images{score}")
+                        f"pass a folder of face images{_scoring_advice(root)}")
+    if run := _run_holding(root):  # RUN/samples, tab-completed: the grids alone trained and scored as faces
+        raise DataError(f"{root} is inside the training run {run}, not a dataset (its pictures are sample "
+                        f"grids): pass a folder of face images{_scoring_advice(run)}")
+
+
+def _run_holding(root: Path) -> Path | None:
+    """The training run whose samples/ (or checkpoints/) folder `root` is or lies in, else None (a
+    dataset kept in a folder a run was also written to is still one). As given first, for the message."""
+    for above in (root, root.resolve()):
+        for parent in above.parents:
+            if above.parts[len(parent.parts)] in RUN_FOLDERS and parent != Path(".") and is_run_folder(parent):
+                return parent
+    return None
+
+
+def _scoring_advice(run: Path) -> str:
+    checkpoint = run / "latest.pt"
+    return f"; to score the run, pass its checkpoint {checkpoint}" if checkpoint.is_file() else ""
 
 
 def _unreadable_zip(root: Path) -> DataError:
@@ -199,6 +215,9 @@ def _hidden(parts: tuple[str, ...]) -> bool:
     zip made on a Mac holds __MACOSX/._0001.png beside each 0001.png; each would be an unreadable
     image in the warning)."""
     return any(part.startswith(".") or part == "__MACOSX" for part in parts)
+
+
+RUN_FOLDERS = ("samples", "checkpoints")  # what a training run makes inside its folder (train/run_dir.py)
 
 
 def is_run_folder(root: Path) -> bool:

@@ -48,12 +48,12 @@ def structure_loss(target_maps: list[torch.Tensor], source_maps: list[torch.Tens
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, beta: float) -> None:
-    """ema <- beta * ema + (1 - beta) * model, for parameters; buffers are copied."""
+    """ema <- beta * ema + (1 - beta) * model, for parameters. Buffers (constant noise maps, FIR
+    kernels) are ema's own, as in rosinality's accumulate: never trained, they differ only where the
+    two were built apart, as rosinality's train.py builds g and g_ema. Copied from g, a fine-tune of
+    such a source drew its g_ema's frozen blocks with other constant noise than the source's."""
     ema_p = list(ema.parameters())
     torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - beta)
-    buffers = list(ema.buffers())
-    if buffers:  # one launch for all buffers (noise maps, FIR kernels) rather than one per buffer
-        torch._foreach_copy_(buffers, list(model.buffers()))
 
 
 def ema_beta(batch: int, half_life_kimg: float) -> float:

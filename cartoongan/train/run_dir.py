@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 
 from ..config import RunConfig, to_toml
+from ..data.dataset import RUN_FOLDERS
 from ..data.images import make_grid, save_png
 from ..errors import CartoonganError, OutputError
 from ..filekind import special_kind
@@ -34,7 +35,6 @@ UNSAVED_ENTRIES = {"config.toml", "log.jsonl", "samples", "checkpoints", EVAL_CA
 
 # the names a run writes files under, and folders under
 RUN_FILES = (".lock", "config.toml", "log.jsonl", "best.pt", EVAL_CACHE)
-RUN_FOLDERS = ("samples", "checkpoints")
 
 
 def check_run_layout(folder: Path) -> None:
