@@ -75,6 +75,26 @@ def test_a_kill_between_latest_and_its_numbered_copy_gets_the_copy_back_on_resum
     assert not list(run.rglob(".*.tmp"))
 
 
+def test_the_last_steps_numbered_copy_comes_back_too_and_a_stops_save_gets_none(finished, tmp_path):
+    """The last step of a call is saved numbered whatever --ckpt-every says (5 of every 2 here); a
+    kill before its copy left a hole for good, since the restore went by `step % ckpt_every`. A
+    stop's save (step 7 of 9) writes latest.pt alone: a resume makes it no numbered copy."""
+    run = _copy(finished, tmp_path)
+    assert runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "5"]).exit_code == 0
+    (run / "checkpoints" / "000005.pt").unlink()  # killed after latest.pt (step 5), before 000005.pt
+    res = runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "6"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(run / "checkpoints" / "000005.pt")["cartoongan"]["step"] == 5
+    assert runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "7"]).exit_code == 0
+    ckpt = load_checkpoint(run / "latest.pt")
+    ckpt["cartoongan"]["config"]["train"]["iters"] = 9  # as a Ctrl-C at step 7 of 9 saved it
+    save_checkpoint(run / "latest.pt", ckpt)
+    (run / "checkpoints" / "000007.pt").unlink()
+    assert runner.invoke(app, ["pretrain", "--resume", str(run), "--iters", "8"]).exit_code == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == \
+        ["000002.pt", "000004.pt", "000005.pt", "000006.pt", "000008.pt"]
+
+
 def test_a_run_with_checkpoints_but_no_latest_says_which_to_copy(finished, tmp_path):
     run = _copy(finished, tmp_path)
     (run / "latest.pt").unlink()

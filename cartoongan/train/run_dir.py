@@ -137,7 +137,7 @@ class RunDirectory:
                 raise CartoonganError(_in_training(self.path, holder))
             yield
 
-    def start(self, cfg: RunConfig, step: int = 0) -> None:
+    def start(self, cfg: RunConfig, step: int = 0, numbered: bool = False) -> None:
         """Create the folder and write the resolved config.toml (called with the lock held). A run
         that has no latest.pt yet starts afresh: what an earlier attempt wrote before failing (log,
         samples) goes first. A resumed one (at `step`) drops the log rows past its checkpoint, which
@@ -156,7 +156,8 @@ class RunDirectory:
                     self.saved_step = step
                     if step:
                         self._truncate_log(step)
-                        self._restore_numbered(step, cfg.train.ckpt_every)
+                        if numbered:
+                            self._restore_numbered(step)
             with atomic_write(self.path / "config.toml", "w") as fh:  # a refused write keeps the old one
                 fh.write(to_toml(cfg))
 
@@ -186,13 +187,13 @@ class RunDirectory:
             with atomic_write(path, "w") as fh:
                 fh.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
 
-    def _restore_numbered(self, step: int, every: int) -> None:
+    def _restore_numbered(self, step: int) -> None:
         """save() writes latest.pt, then checkpoints/NNNNNN.pt: a kill between the two left the
         series without the step latest.pt holds, and the resumed run, going on past that step,
         would never write it (a hole in a `metrics run/checkpoints/*.pt` sweep). Copied, not
         linked: the copy stays what it is when the next latest.pt replaces this one."""
         numbered = self.path / "checkpoints" / f"{step:06d}.pt"
-        if step % every or numbered.exists():
+        if numbered.exists():
             return
         with open(self.latest, "rb") as src, atomic_write(numbered, durable=True) as fh:
             shutil.copyfileobj(src, fh, 1 << 20)

@@ -23,7 +23,7 @@ from ..errors import Interrupted, OutputError, TrainingDiverged
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
 from ..report import NullReporter, Reporter
-from ..weights.networks import images_trained, recorded_train, training_checkpoint
+from ..weights.networks import images_trained, is_count, recorded_train, training_checkpoint
 from .augment import AdaController, augment
 from .distributed import DistInfo, StopVote, average_gradients, broadcast_module, sum_across
 from .evaluate import KidEvaluator
@@ -155,6 +155,7 @@ class Trainer:
         self.provenance = provenance or {}
         # the fine-tuning settings of earlier stretches of a resumed run: [{"until_step", "finetune"}]
         self.history: list[dict] = []
+        self.numbered_saved = False  # whether the resumed step had checkpoints/NNNNNN.pt saved (restore)
         self.dev = info.device
         self.local_batch = self.t.batch // info.world
         data.place_for(self.dev)  # on a GPU with room for it: no copy, no host wait per batch
@@ -385,6 +386,7 @@ class Trainer:
                                    f"training images: best.pt is chosen afresh from step {int(ckpt['cartoongan']['step'])} "
                                    "on, against these")
         self.step = int(ckpt["cartoongan"]["step"])
+        self.numbered_saved = saved_numbered(self.step, recorded_train(ckpt["cartoongan"]), self.t)
         self.images = images_trained(ckpt["cartoongan"], self.t.batch)
         self.history = self._history(ckpt["cartoongan"])
         if not other_data:
@@ -489,7 +491,7 @@ class Trainer:
             with StopVote(self.info) as vote, contextlib.ExitStack() as held:
                 with vote.starting():  # rank 0's refusal (the lock, the latest.pt check) stops every rank
                     held.enter_context(self.out.exclusive())
-                    self.out.start(self.cfg, self.step)
+                    self.out.start(self.cfg, self.step, self.numbered_saved)
                 return self._run(vote)
         except OutputError as exc:
             latest = self.out.latest
@@ -579,6 +581,15 @@ class Trainer:
             if stopping:
                 result.interrupted = True
                 break
+
+
+def saved_numbered(step: int, recorded: dict, now: TrainConfig) -> bool:
+    """Whether the save of `step` wrote checkpoints/NNNNNN.pt beside latest.pt: at every ckpt_every
+    steps and at the last step of the call, by the [train] settings it recorded (a resume may
+    change both; a stop before the end saved latest.pt alone)."""
+    every = recorded.get("ckpt_every") if is_count(recorded.get("ckpt_every")) and recorded["ckpt_every"] else now.ckpt_every
+    iters = recorded.get("iters") if is_count(recorded.get("iters")) else now.iters
+    return step % every == 0 or step == iters
 
 
 def new_networks(cfg: RunConfig, device: torch.device) -> Networks:
