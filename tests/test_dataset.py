@@ -76,10 +76,11 @@ def test_tiff_modes_and_a_dangling_link(tmp_path):
     Image.fromarray(grey).save(root / "float.tif")  # mode F
     Image.fromarray((grey * 65535).astype(np.uint16)).save(root / "deep.tiff")  # mode I;16
     Image.fromarray(np.full((24, 24, 3), 128, np.uint8)).convert("CMYK").save(root / "print.tif")
+    Image.fromarray((grey * (2**31 - 1)).astype(np.int32)).save(root / "wide.tif")  # mode I, 32-bit: was white
     (root / "gone.png").symlink_to(tmp_path / "moved.png")
     reporter = ListReporter()
     data = load_dataset(root, 16, reporter)
-    assert data.names == ["deep.tiff", "float.tif", "print.tif"] and data.skipped == ["gone.png"]
+    assert data.names == ["deep.tiff", "float.tif", "print.tif", "wide.tif"] and data.skipped == ["gone.png"]
     assert all(abs(int(img.float().mean()) - 127) <= 2 for img in data.images), [img.float().mean() for img in data.images]
     assert any("gone.png" in w for w in reporter.warnings), reporter.warnings
 

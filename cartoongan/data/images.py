@@ -26,15 +26,18 @@ UNREAD_PHOTOS = {".heic": "HEIC", ".heif": "HEIF", ".jxl": "JPEG XL"}
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB: 16-bit scaled to 8-bit, 32-bit float (TIFF) read as [0, 1] (or as
-    [0, 255] when it goes above 1), palette and alpha composited over white."""
+    """Any PIL mode -> RGB: 16- and 32-bit integers scaled to 8-bit, 32-bit float (TIFF) read as
+    [0, 1] (or as [0, 255] when it goes above 1), palette and alpha composited over white."""
     if img.mode == "F":  # PIL's own conversion clips a [0, 1] float picture to black
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         top = 1.0 if arr.max(initial=0.0) <= 1.0 else 255.0
         img = Image.fromarray((arr / top * 255).clip(0, 255).astype(np.uint8), "L")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        # mode I holds 8-, 16- or 32-bit data alike: the smallest of those ranges that holds it (a
+        # 32-bit TIFF divided by 65535 was clipped to near-solid white)
+        top = 65535.0 if img.mode.startswith("I;16") else next(t for t in (255.0, 65535.0, 2.0**31 - 1)
+                                                                 if arr.max(initial=0.0) <= t)
         img = Image.fromarray((arr / top * 255).clip(0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA")
