@@ -6,7 +6,6 @@ from typing import Optional
 
 import typer
 
-from cartoongan.errors import ConfigError
 
 from .app import app, file_path, user_errors
 from .console import RichReporter, out, result_json, result_table
@@ -60,12 +59,10 @@ def convert(
                                           help="Checkpoint to write (default: PKL with .pt)."),
 ):
     """Convert an NVlabs StyleGAN2 pickle to a checkpoint (read as data: the code inside is never run)."""
-    from cartoongan.weights.nvlabs import convert_file
+    from cartoongan.weights.nvlabs import convert_file, default_output
 
     with user_errors():
-        if output is None and pkl.suffix.lower() == ".pt":
-            raise ConfigError(f"{pkl} already ends in .pt, the default output name: give -o for the converted file")
-        path, ckpt = convert_file(pkl, output or pkl.with_suffix(".pt"))
+        path, ckpt = convert_file(pkl, output or default_output(pkl))
     meta = ckpt["cartoongan"]
     nets = ", ".join(k for k in ("g_ema", "g", "d", "latent_avg") if k in ckpt)
     out.print(f"wrote {path} ({meta['provenance']['format']}, {meta['generator']['size']}px, {nets})")

@@ -306,3 +306,27 @@ def test_a_snapshot_without_g_ema_is_named_as_one(tmp_path):
     del snap["G_ema"]
     fx.dump(snap, tmp_path / "g_only.pkl")
     _assert_refused(tmp_path, tmp_path / "g_only.pkl", "a stylegan2-ada-pytorch snapshot without G_ema")
+
+
+def test_convert_without_o_keeps_another_checkpoint_of_the_default_name(tmp_path, ada_pkl, tiny_g):
+    """rosinality's stylegan2-ffhq-config-f.pt sits beside NVlabs' .pkl of that name: `convert
+    X.pkl` replaced X.pt with the conversion, without a word. Its own earlier conversion is replaced
+    (a rerun), as is any file named with -o."""
+    from cartoongan import save_checkpoint
+    from cartoongan.weights.networks import generator_checkpoint
+
+    pkl = tmp_path / "ffhq.pkl"
+    pkl.write_bytes(ada_pkl.read_bytes())
+    theirs = save_checkpoint(tmp_path / "ffhq.pt", generator_checkpoint(tiny_g()))
+    before = theirs.read_bytes()
+    res = runner.invoke(app, ["convert", str(pkl)])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"{theirs}, the default output name, already exists and is no conversion of " \
+        "ffhq.pkl: give -o" in said, said
+    assert theirs.read_bytes() == before
+    theirs.unlink()
+    for _ in range(2):  # made, then made again over its own conversion
+        res = runner.invoke(app, ["convert", str(pkl)])
+        assert res.exit_code == 0 and f"wrote {theirs}" in " ".join(res.output.split()), res.output
+    save_checkpoint(theirs, generator_checkpoint(tiny_g()))
+    assert runner.invoke(app, ["convert", str(pkl), "-o", str(theirs)]).exit_code == 0  # named: replaced

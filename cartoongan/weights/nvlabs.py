@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, first_line, naming
+from ..errors import CartoonganError, CheckpointError, ConfigError, OutputError, first_line, naming
 from ..filekind import is_legacy_torch, is_npz, is_text, is_torch_zip, special_kind, zip_names
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
-from .checkpoint import FORMAT_VERSION, foreign_kind, save_checkpoint
+from .checkpoint import FORMAT_VERSION, foreign_kind, read_torch_file, save_checkpoint
 from .known import missing_checkpoint
 from .networks import check_fit
 from .replacing import GENERATOR, check_weights_output
@@ -521,6 +521,29 @@ def looks_like_nvlabs_pickle(path: str | os.PathLike) -> bool:
     if head[:2] == b"PK" or is_legacy_torch(head):
         return False
     return path.suffix.lower() == ".pkl" or head[:1] == b"\x80"
+
+
+def default_output(src: str | os.PathLike) -> Path:
+    """Where `convert SRC` writes without -o: SRC with .pt, refused where that name is SRC itself
+    (ConfigError), or an existing file other than a conversion of SRC (OutputError) (rosinality's
+    stylegan2-ffhq-config-f.pt sits beside NVlabs' .pkl of the same name, and was replaced)."""
+    src = Path(src)
+    if src.suffix.lower() == ".pt":
+        raise ConfigError(f"{src} already ends in .pt, the default output name: give -o for the converted file")
+    dst = src.with_suffix(".pt")
+    if dst.exists() and not _converted_from(dst, src):
+        raise OutputError(f"{dst}, the default output name, already exists and is no conversion of {src.name}: "
+                          f"give -o for the converted file (or move {dst.name} away)")
+    return dst
+
+
+def _converted_from(dst: Path, src: Path) -> bool:
+    """Whether dst is a checkpoint `convert` made of src (its provenance names src's path)."""
+    try:
+        meta = read_torch_file(dst, mmap=True).get("cartoongan") or {}
+        return meta.get("provenance", {}).get("source") == str(src.resolve())
+    except (CartoonganError, AttributeError):
+        return False
 
 
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, dict]:
