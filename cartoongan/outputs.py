@@ -68,6 +68,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = Fals
     power cut leaves either the old or the new file.
     """
     path = Path(path)
+    check_replaceable(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = Fals
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # created 0600 while partial; an output is an ordinary file
+        os.chmod(tmp, _mode_for(path))  # created 0600 while partial
         os.replace(tmp, path)
         tmp = None
         if durable:
@@ -96,6 +97,22 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = Fals
         if tmp is not None:
             with contextlib.suppress(OSError):  # a create that failed (read-only, name too long) left none
                 Path(tmp).unlink(missing_ok=True)
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse (OutputError) to replace a file its permissions keep from being written: `cp` refuses
+    it, and the rename below would not (it needs the folder writable only)."""
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise OutputError(f"{path} is read-only: make it writable (chmod u+w) to replace it, or write another file")
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions of what replaces `path`: its own where it exists (a file kept from the group
+    stays so, as `cp` over it keeps them), else an ordinary file's under the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_UMASK
 
 
 # A temp file's name says whose it is (host, pid), so that a later write into the same folder can
@@ -229,6 +246,7 @@ def check_output_file(path: str | os.PathLike, what: str = "--output",
     if _input_at(path, inputs) is not None:
         raise OutputError(f"{what} {path} is also an input of this command: write to another file")
     _check_creatable(path.parent, f"{what} {path}: folder")
+    check_replaceable(path)
     return path
 
 

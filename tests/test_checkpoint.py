@@ -363,3 +363,24 @@ def test_tensors_no_network_can_use_are_named_where_the_file_is_read(tmp_path, t
         res = CliRunner().invoke(app, command)
         assert res.exit_code == 1 and res.output.count("\n") == 1 and "odd.pt" in res.output, res.output
     assert not (tmp_path / "s").exists()
+
+
+def test_a_read_only_output_is_refused_and_a_replaced_one_keeps_its_permissions(tmp_path, tiny_g):
+    """`export a.pt -o keep.pt` over a read-only keep.pt replaced it (the rename needs the folder
+    writable only), where `cp` refuses; and a replaced file came out 0644 whatever it was (a 0640
+    file readable by the world after a rerun)."""
+    from cartoongan.weights.networks import generator_checkpoint
+
+    from .helpers import cli_where_permissions_bind
+
+    src = save_checkpoint(tmp_path / "a.pt", generator_checkpoint(tiny_g(seed=1)))
+    keep = save_checkpoint(tmp_path / "keep.pt", generator_checkpoint(tiny_g(seed=2)))
+    before = keep.read_bytes()
+    keep.chmod(0o444)
+    res = cli_where_permissions_bind(["export", src, "-o", keep])
+    assert res.returncode == 1 and f"error: {keep} is read-only: make it writable (chmod u+w)" in res.stderr, res
+    assert keep.read_bytes() == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    keep.chmod(0o640)
+    res = cli_where_permissions_bind(["export", src, "-o", keep])
+    assert res.returncode == 0, res
+    assert keep.read_bytes() != before and keep.stat().st_mode & 0o777 == 0o640

@@ -753,7 +753,7 @@ def test_a_second_ctrl_c_held_through_the_stop_save_names_the_step_it_saved(tmp_
 
 
 def test_a_ctrl_c_before_the_training_loop_is_plain_interrupted(tmp_path, monkeypatch):
-    def ctrl_c(self, cfg, step=0):
+    def ctrl_c(self, cfg, step=0, numbered=False):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_dir_module.RunDirectory, "start", ctrl_c)
