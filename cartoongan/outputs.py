@@ -106,6 +106,17 @@ def check_replaceable(path: Path) -> None:
         raise OutputError(f"{path} is read-only: make it writable (chmod u+w) to replace it, or write another file")
 
 
+def check_replaceable_in(folder: Path, names: Iterable[str]) -> None:
+    """check_replaceable for each of the files `names` a command writes in `folder`, before it
+    starts: a read-only one was found when its turn came, after the renders or steps before it."""
+    try:
+        present = {e.name for e in os.scandir(folder) if e.is_file()}
+    except OSError:
+        return  # not there yet: nothing to replace
+    for name in present.intersection(names):
+        check_replaceable(folder / name)
+
+
 def _mode_for(path: Path) -> int:
     """The permissions of what replaces `path`: its own where it exists (a file kept from the group
     stays so, as `cp` over it keeps them), else an ordinary file's under the umask."""

@@ -384,3 +384,28 @@ def test_a_read_only_output_is_refused_and_a_replaced_one_keeps_its_permissions(
     res = cli_where_permissions_bind(["export", src, "-o", keep])
     assert res.returncode == 0, res
     assert keep.read_bytes() != before and keep.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_read_only_file_among_a_commands_many_outputs_is_found_before_the_work(tmp_path, tiny_g):
+    """Found at its own write, a read-only file stopped a resume at its first save (the steps
+    before it lost) and a sample after the renders before it."""
+    from cartoongan.train.runs import pretrain
+    from cartoongan.weights.networks import generator_checkpoint
+
+    from .helpers import blob_images, cli_where_permissions_bind, tiny_config
+
+    run = tmp_path / "run"
+    pretrain(tiny_config(iters=2), blob_images(tmp_path / "data", n=4), run)
+    log = (run / "log.jsonl").read_text()
+    (run / "latest.pt").chmod(0o444)
+    res = cli_where_permissions_bind(["pretrain", "--resume", run, "--iters", "4"])
+    assert res.returncode == 1 and f"error: {run / 'latest.pt'} is read-only" in res.stderr, res
+    assert (run / "log.jsonl").read_text() == log and not list((run / "checkpoints").glob("00000[34].pt"))
+    ckpt = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g()))
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "seed0003.png").write_bytes(b"kept")
+    (out / "seed0003.png").chmod(0o444)
+    res = cli_where_permissions_bind(["sample", ckpt, "--seeds", "0-3", "--outdir", out])
+    assert res.returncode == 1 and f"error: {out / 'seed0003.png'} is read-only" in res.stderr, res
+    assert sorted(p.name for p in out.iterdir()) == ["seed0003.png"]

@@ -117,25 +117,26 @@ def test_a_training_run_folder_is_no_dataset(tmp_path):
 
 def test_a_runs_samples_folder_is_no_dataset_either(tmp_path, monkeypatch):
     """`--data RUN/samples` (tab-completed) trained on the run's grids, and `metrics photos
-    RUN/samples` scored them as faces; the run folder itself was refused. A dataset kept in a folder
-    that also holds a run (its `faces/`) is still one."""
+    RUN/samples` scored them as faces; the run folder itself was refused. A folder below it (a
+    `sample --outdir RUN/samples/eval`) or beside it (`RUN/faces`) is a set like any other."""
     run = tmp_path / "run"
-    (run / "samples" / "old").mkdir(parents=True)
+    (run / "samples" / "eval").mkdir(parents=True)
     Image.new("RGB", (64, 64)).save(run / "samples" / "000004.png")
-    Image.new("RGB", (64, 64)).save(run / "samples" / "old" / "000002.png")
+    Image.new("RGB", (32, 32)).save(run / "samples" / "eval" / "seed0000.png")
     (run / "config.toml").write_text("[train]\n")
     (run / "log.jsonl").write_text("")
     (run / "latest.pt").write_bytes(b"")
-    for given in (run / "samples", run / "samples" / "old"):
-        with pytest.raises(DataError, match=f"{given} is inside the training run {run}, not a dataset .*"
-                                            f"pass its checkpoint {run / 'latest.pt'}$"):
-            load_dataset(given, 32)
+    with pytest.raises(DataError, match=f"{run / 'samples'} is inside the training run {run}, not a dataset .*"
+                                        f"pass its checkpoint {run / 'latest.pt'}$"):
+        load_dataset(run / "samples", 32)
     monkeypatch.chdir(run / "samples")
     with pytest.raises(DataError, match=f"is inside the training run {run}, not"):
         load_dataset(Path("."), 32)
+    assert len(load_dataset(run / "samples" / "eval", 32).names) == 1
     (run / "faces").mkdir()
     Image.new("RGB", (32, 32)).save(run / "faces" / "a.png")
     assert len(load_dataset(run / "faces", 32).names) == 1
+    assert len(load_dataset(run / "samples" / ".." / "faces", 32).names) == 1
 
 
 def test_a_run_folder_inside_the_data_is_left_out_and_named(tmp_path):

@@ -328,5 +328,10 @@ def test_convert_without_o_keeps_another_checkpoint_of_the_default_name(tmp_path
     for _ in range(2):  # made, then made again over its own conversion
         res = runner.invoke(app, ["convert", str(pkl)])
         assert res.exit_code == 0 and f"wrote {theirs}" in " ".join(res.output.split()), res.output
+    moved = tmp_path / "moved"  # the pair moved: its path no longer matches, its bytes do
+    moved.mkdir()
+    for f in (pkl, theirs):
+        f.rename(moved / f.name)
+    assert runner.invoke(app, ["convert", str(moved / pkl.name)]).exit_code == 0
     save_checkpoint(theirs, generator_checkpoint(tiny_g()))
-    assert runner.invoke(app, ["convert", str(pkl), "-o", str(theirs)]).exit_code == 0  # named: replaced
+    assert runner.invoke(app, ["convert", str(moved / pkl.name), "-o", str(theirs)]).exit_code == 0  # named: replaced

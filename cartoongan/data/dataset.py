@@ -56,12 +56,12 @@ def check_dataset_root(root: Path) -> None:
 
 
 def _run_holding(root: Path) -> Path | None:
-    """The training run whose samples/ (or checkpoints/) folder `root` is or lies in, else None (a
-    dataset kept in a folder a run was also written to is still one). As given first, for the message."""
-    for above in (root, root.resolve()):
-        for parent in above.parents:
-            if above.parts[len(parent.parts)] in RUN_FOLDERS and parent != Path(".") and is_run_folder(parent):
-                return parent
+    """The training run whose samples/ (or checkpoints/) folder `root` is, else None: its grids
+    are no faces. A folder below (a user's `sample --outdir RUN/samples/eval`) or beside (`faces/`)
+    is a set like any other. As given first (`..` folded), for the message."""
+    for path in (Path(os.path.normpath(root)), root.resolve()):
+        if path.name in RUN_FOLDERS and path.parent != Path(".") and is_run_folder(path.parent):
+            return path.parent
     return None
 
 

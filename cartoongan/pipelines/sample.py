@@ -13,7 +13,7 @@ from ..data.images import RENDER_FILE, PngWriter, make_grid, save_image, save_pn
 from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError, DataError, Interrupted
 from ..models.generator import Generator
-from ..outputs import (check_keeps_inputs, check_output_dir, check_subfolders, first_names,
+from ..outputs import (check_keeps_inputs, check_output_dir, check_replaceable_in, check_subfolders, first_names,
                        leftover_files, name_that_fits, warn_of_leftovers)
 from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
@@ -76,6 +76,9 @@ def _write_renders(gens: list[Generator], names: list[str], ws: torch.Tensor, ou
                                   f"({gen.n_latent}, {gen.style_dim})")
     folders = sample_folders(outdir, names)
     picture = "grid.png" if len(gens) == 1 else "compare.png"
+    check_replaceable_in(outdir, [picture, *(["interpolation.gif"] if gif else [])])
+    for folder in folders:
+        check_replaceable_in(folder, filenames)
     _warn_of_leftovers(folders, filenames, reporter)
     _warn_of_other_layouts(outdir, folders, reporter, gif)
     result = SampleResult()
@@ -242,7 +245,7 @@ def _projected(path: Path, gen: Generator, model: str, reporter: Reporter) -> to
 
 def _subfolders(path: Path) -> list[Path]:
     try:
-        return [p for p in path.iterdir() if p.is_dir()]
+        return [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]  # as glob's "*"
     except OSError as exc:
         raise DataError(f"--projected-w {path} cannot be read: {exc.strerror or exc}") from None
 

@@ -22,7 +22,7 @@ from ..data.images import make_grid, save_png
 from ..data.render import render_ws, seeds_to_ws
 from ..errors import CheckpointError, ConfigError, Interrupted
 from ..models.generator import Generator
-from ..outputs import check_keeps_inputs, check_output_dir, warn_of_leftovers
+from ..outputs import check_keeps_inputs, check_output_dir, check_replaceable_in, warn_of_leftovers
 from ..report import NullReporter, Reporter
 from ..weights.factor import Factor, load_factor, save_factor
 from ..weights.networks import load_generator
@@ -121,6 +121,7 @@ def edit_sheets(gens: list[Generator], names: list[str], seeds: list[int], facto
     amounts = degrees(opts.degree, opts.steps)
     indexes = list(dict.fromkeys(opts.indexes))  # `--index 0,0` is one sheet, not the same one twice
     ours = {f"index{index:03d}.png" for index in indexes}
+    check_replaceable_in(outdir, ours)
     # `--index 0-3` of one model, then `--index 0-1` of another: sheets 2 and 3 read as this run's
     warn_of_leftovers(outdir, lambda name: re.fullmatch(EDIT_FILES, name) is not None and name not in ours, reporter,
                       "sheet(s)")

@@ -135,9 +135,7 @@ class StopVote:
         if self._group is None:
             return requested
         decided = self._result()
-        flag = torch.tensor([int(requested)], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return decided or bool(flag.item())
+        return self._any_now(requested) or decided
 
     @contextlib.contextmanager
     def starting(self) -> Iterator[None]:
@@ -148,19 +146,18 @@ class StopVote:
         try:
             yield
         except BaseException:
-            self._cast_start(failed=True)
+            if self._group is not None:
+                self._any_now(True)
             raise
-        if self._cast_start(failed=False):
+        if self._group is not None and self._any_now(False):
             raise CartoonganError("another rank could not start the run (rank 0's line says why): "
                                   "this rank stopped with it")
 
-    def _cast_start(self, failed: bool) -> bool:
-        """Whether any rank failed to start (a blocking vote of every rank)."""
-        if self._group is None:
-            return failed
-        flag = torch.tensor([int(failed)], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(flag.item())
+    def _any_now(self, flag: bool) -> bool:
+        """Whether any rank's `flag` is set: a blocking MAX all-reduce of every rank's."""
+        vote = torch.tensor([int(flag)], dtype=torch.int32)
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(vote.item())
 
     def _result(self) -> bool:
         if self._pending is None:

@@ -23,7 +23,7 @@ from ..errors import CartoonganError, OutputError
 from ..filekind import special_kind
 from ..data.render import render_seeds
 from ..models.generator import Generator
-from ..outputs import atomic_write, is_live_temp, lock_with_pid, visible_entries, writing
+from ..outputs import atomic_write, check_replaceable_in, is_live_temp, lock_with_pid, visible_entries, writing
 from .evaluate import CACHE as EVAL_CACHE
 from ..weights.checkpoint import load_checkpoint, save_checkpoint
 
@@ -145,6 +145,9 @@ class RunDirectory:
         if self.writes and self.expected is not _UNCHECKED and latest_stamp(self.path) != self.expected:
             raise CartoonganError(self._trained_meanwhile())
         if self.writes:
+            # a read-only latest.pt (kept from being replaced) was found at the first save, after
+            # the steps before it
+            check_replaceable_in(self.path, ("latest.pt", "config.toml", "best.pt", "log.jsonl"))
             with writing(self.path):
                 self.path.mkdir(parents=True, exist_ok=True)
                 for tmp in (*self.path.glob(".*.pt.*.tmp"), *self.path.glob("checkpoints/.*.pt.*.tmp")):

@@ -25,9 +25,10 @@ from ..errors import CartoonganError, CheckpointError, ConfigError, OutputError,
 from ..filekind import is_legacy_torch, is_npz, is_text, is_torch_zip, special_kind, zip_names
 from ..models.discriminator import Discriminator
 from ..models.generator import Generator
-from .checkpoint import FORMAT_VERSION, foreign_kind, read_torch_file, save_checkpoint
+from .checkpoint import FORMAT_VERSION, foreign_kind, provenance, read_torch_file, save_checkpoint
 from .known import missing_checkpoint
 from .networks import check_fit
+from .registry import sha256_of
 from .replacing import GENERATOR, check_weights_output
 from .unpickle import PersistentObject, TFNetwork, UnsafePickleError, safe_load
 
@@ -538,11 +539,17 @@ def default_output(src: str | os.PathLike) -> Path:
 
 
 def _converted_from(dst: Path, src: Path) -> bool:
-    """Whether dst is a checkpoint `convert` made of src (its provenance names src's path)."""
+    """Whether dst is a checkpoint `convert` made of src: its provenance names src's path, or
+    (the pair moved since) src's bytes."""
     try:
-        meta = read_torch_file(dst, mmap=True).get("cartoongan") or {}
-        return meta.get("provenance", {}).get("source") == str(src.resolve())
-    except (CartoonganError, AttributeError):
+        made = provenance(read_torch_file(dst, mmap=True))
+    except (CartoonganError, AttributeError):  # AttributeError: a file that is no dict
+        return False
+    if made.get("source") == str(src.resolve()):
+        return True
+    try:
+        return isinstance(made.get("sha256"), str) and made["sha256"] == sha256_of(src)
+    except OSError:  # src unreadable: its conversion, next, names that
         return False
 
 
