@@ -102,7 +102,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = Fals
 def check_replaceable(path: Path) -> None:
     """Refuse (OutputError) to replace a file its permissions keep from being written: `cp` refuses
     it, and the rename below would not (it needs the folder writable only)."""
-    if path.is_file() and not os.access(path, os.W_OK):
+    try:
+        shut = path.is_file() and not os.access(path, os.W_OK)
+    except OSError:  # a name too long, a folder not entered: the write itself names that
+        return
+    if shut:
         raise OutputError(f"{path} is read-only: make it writable (chmod u+w) to replace it, or write another file")
 
 
