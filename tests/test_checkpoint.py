@@ -335,6 +335,7 @@ def test_export_g_ema_only_of_a_checkpoint_without_g_ema_is_refused(tmp_path, ti
     assert res.exit_code == 1 and "holds no generator ('g_ema' or 'g')" in res.output and "g stays" not in res.output
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")  # torch's note on making one
 @pytest.mark.parametrize("key,make,match", [
     ("g_ema", lambda t: t.to_sparse(), r"'g_ema' holds a sparse coo tensor: .*to_dense\(\)\) \(at 'style.1.weight'\)"),
     ("g", lambda t: torch.empty_like(t, device="meta"), "'g' holds a meta tensor .* from a network that holds its weights"),
