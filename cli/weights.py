@@ -10,7 +10,7 @@ import typer
 from .app import app, fail
 from .console import out, result_table
 
-weights_app = typer.Typer(no_args_is_help=True, help="Pretrained files (Inception, LPIPS, dlib): list, fetch and verify.")
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained files (Inception, LPIPS, dlib): list them (installed, verified), fetch the missing.")
 app.add_typer(weights_app, name="weights")
 
 

@@ -171,6 +171,26 @@ def test_missing_file_says_how_to_fetch_it(monkeypatch):
         InceptionFeatures()
 
 
+def test_an_unreadable_weights_file_is_a_row_and_a_line_not_a_traceback(tmp_path, monkeypatch):
+    """A package installed as root under umask 077: `weights list` died in sha256_of's
+    PermissionError; it lists the file as not verified, and a command that needs it says why."""
+    entry = registry.REGISTRY["inception_fid"]
+    (tmp_path / entry.member).write_bytes(b"weights")
+    monkeypatch.setattr(registry, "package_dir", lambda package: tmp_path)
+    monkeypatch.setattr(registry, "_verified", {})
+
+    def shut(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(registry, "sha256_of", shut)
+    with pytest.raises(registry.MissingPretrainedFile, match="cannot be read .Permission denied.: make it readable, "
+                                                             "or reinstall with"):
+        registry.locate("inception_fid")
+    res = runner.invoke(app, ["weights", "list"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert registry.check("inception_fid") == (tmp_path / entry.member, False)
+
+
 def test_cli_metrics_json_and_weights_fetch(tmp_path, monkeypatch):
     import subprocess
 

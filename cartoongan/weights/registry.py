@@ -86,7 +86,11 @@ def locate(key: str, verify: bool = True) -> Path:
                                     f"{entry.package} lacks ({path} is gone: a partial install, or deleted): "
                                     f"run {entry.install_hint(again=True)}")
     if verify:
-        digest = sha256_of(path)
+        try:
+            digest = sha256_of(path)
+        except OSError as exc:  # a package installed as root under umask 077: `weights list` was a traceback
+            raise MissingPretrainedFile(f"{path} cannot be read ({exc.strerror or exc}): make it readable, or "
+                                        f"reinstall with {entry.install_hint(again=True)}") from None
         if digest != entry.sha256:
             raise MissingPretrainedFile(f"{path} has sha256 {digest[:12]}…, expected {entry.sha256[:12]}… "
                                         f"(a different release?): reinstall with {entry.install_hint(again=True)}")
