@@ -363,6 +363,31 @@ def tiny_ckpt(tmp_path, tiny_g):
     return save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g(32)))
 
 
+@pytest.mark.parametrize("how", ["bad lpips weights", "ctrl-c before the first step"])
+def test_a_projection_that_ends_before_its_first_step_leaves_the_earlier_one_whole(tmp_path, tiny_ckpt, monkeypatch,
+                                                                                 how):
+    """aligned.png was written as the photo was read: a refused --lpips-weights, or a Ctrl-C before
+    the first step, left the new photo's aligned.png beside the earlier photo's projection."""
+    from cartoongan.errors import CartoonganError
+    from cartoongan.pipelines import project as project_module
+    from cartoongan.pipelines.project import ProjectConfig, project_photo
+
+    out = tmp_path / "p"
+    project_photo(DATA / "astronaut.jpg", tiny_ckpt, out, ProjectConfig(steps=1, loss="mse", w_avg_samples=64),
+                  align=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    if how == "bad lpips weights":
+        cfg, weights, caught = ProjectConfig(steps=1, loss="lpips", w_avg_samples=64), tiny_ckpt, CartoonganError
+    else:
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(project_module, "project", interrupted)
+        cfg, weights, caught = ProjectConfig(steps=1, loss="mse", w_avg_samples=64), None, KeyboardInterrupt
+    with pytest.raises(caught):
+        project_photo(DATA / "grace_hopper.jpg", tiny_ckpt, out, cfg, lpips_weights=weights, align=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_project_and_toonify_align_their_photo(tmp_path, tiny_ckpt):
     from cartoongan.pipelines.project import ProjectConfig, project_photo
     from cartoongan.pipelines.toonify import toonify

@@ -27,7 +27,7 @@ from ..models.encoders import PSPEncoder
 from ..models.latents import z_from_seed
 from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, warn_of_leftovers
 from ..report import NullReporter, Reporter
-from .project import load_target
+from .project import load_target, save_aligned
 from ..weights.dualstyle import GENERATOR_FILE, find_exstyle_file, load_dualstyle, load_psp, read_exstyle_codes
 from ..weights.known import missing_dualstyle_folder
 
@@ -59,6 +59,7 @@ class DualStyleResult:
     result: Path | None = None
     overview: Path | None = None
     sheet: Path | None = None
+    aligned: Path | None = None
     samples: list[Path] = field(default_factory=list)
     style_name: str | None = None
 
@@ -234,24 +235,27 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
     _check_options(opts, model, codes)
     _warn_of_leftovers(outdir, written, reporter)
     res = DualStyleResult()
-    photo = zplus_encoder = None
+    photo = zplus_encoder = aligned = None
     if not photo_input:
         instyle = read_intrinsic_code(Path(input_path), model).to(dev)
     else:
         encoder, _ = load_psp(encoder_path(model_dir, opts.wplus, opts.encoder), "w+" if opts.wplus else "z+", dev)
         _check_encoder(encoder, model)
-        photo = load_target(input_path, model.size, align, outdir, reporter)[0].to(dev)
+        photo, aligned = load_target(input_path, model.size, align, reporter)
+        photo = photo.to(dev)
         instyle = encoder.encode(photo)
         zplus_encoder = None if opts.wplus else encoder  # the one an exemplar image is encoded with too
         reporter.info(f"encoded {input_path} into a {'W+' if opts.wplus else 'Z+'} code")
     if opts.all_styles:
         res.sheet = _contact_sheet(model, codes, instyle, opts, outdir / "sheet.png", reporter)
         res.instyle = _save_instyle(instyle, outdir)
+        res.aligned = save_aligned(aligned, outdir) if aligned is not None else None
         return res
     name, ex_zplus, exemplar_tile = _exemplar(model_dir, model, codes, opts, dev, zplus_encoder)
     res.style_name = name
     image = render(model, instyle, ex_zplus.to(dev), opts)  # refused (NaN): no file of this run written
     res.instyle = _save_instyle(instyle, outdir)
+    res.aligned = save_aligned(aligned, outdir) if aligned is not None else None
     res.result = save_png(to_uint8(image)[0], outdir / "result.png")
     strip = ([tiles(photo, TILE)[0]] if photo is not None else []) + \
         [tiles(reconstruct(model, instyle, opts.wplus, opts.noise_mode), TILE)[0]] + \

@@ -155,13 +155,14 @@ def project(gen: Generator, target: torch.Tensor, cfg: ProjectConfig, perceptual
 PROJECTION_FILES = ("target.png", "proj.png", "projected_w.npz", "proj.gif", "aligned.png")
 
 
-def save_projection(result: Projection, target: torch.Tensor, outdir: str | Path, aligned: bool = False,
-                    reporter: Reporter | None = None) -> dict[str, Path]:
-    """target.png, proj.png, projected_w.npz (w: [1, n_latent, style_dim]) and proj.gif when frames
-    exist. An earlier run's proj.gif (this one made no frames) or aligned.png (`aligned` False: this
-    one did not align) is removed, with an info line: it showed another photo or projection."""
+def save_projection(result: Projection, target: torch.Tensor, outdir: str | Path,
+                    aligned: Image.Image | None = None, reporter: Reporter | None = None) -> dict[str, Path]:
+    """target.png, proj.png, projected_w.npz (w: [1, n_latent, style_dim]), aligned.png when the
+    photo was aligned (`aligned`: the face load_target returned) and proj.gif when frames exist.
+    An earlier run's proj.gif (this one made no frames) or aligned.png (this one did not align) is
+    removed, with an info line: it showed another photo or projection."""
     outdir = Path(outdir)
-    stale = [outdir / name for name, made in (("proj.gif", bool(result.frames)), ("aligned.png", aligned))
+    stale = [outdir / name for name, made in (("proj.gif", bool(result.frames)), ("aligned.png", aligned is not None))
              if not made and (outdir / name).is_file()]
     for path in stale:
         path.unlink()
@@ -170,6 +171,8 @@ def save_projection(result: Projection, target: torch.Tensor, outdir: str | Path
                                           f"{outdir}: this run made none, and it showed another projection")
     paths = {"target": save_png(to_uint8(target)[0], outdir / "target.png"),
              "proj": save_png(to_uint8(result.image)[0], outdir / "proj.png")}
+    if aligned is not None:
+        paths["aligned"] = save_aligned(aligned, outdir)
     with atomic_write(outdir / "projected_w.npz") as fh:
         np.savez(fh, w=result.ws.cpu().numpy())
     paths["w"] = outdir / "projected_w.npz"
@@ -235,13 +238,14 @@ def _perceptual_for(cfg: ProjectConfig, lpips_weights, device):
     return lpips_vgg(lpips_weights).to(device) if "lpips" in cfg.loss else None
 
 
-def load_target(photo: str | Path, size: int, align: bool, outdir: str | Path,
-                reporter: Reporter | None = None) -> tuple[torch.Tensor, Path | None]:
+def load_target(photo: str | Path, size: int, align: bool,
+                reporter: Reporter | None = None) -> tuple[torch.Tensor, Image.Image | None]:
     """The photo as a generator's target [1, 3, size, size] in [-1, 1]: with `align` its FFHQ-aligned face
-    (the frame FFHQ-trained generators draw), else a centre crop. The aligned face is also written at
-    FFHQ's 1024 px to outdir/aligned.png, for reuse with --no-align by a model of any size (target.png
-    holds the generator-size one). Returns (target, path of aligned.png or None). `reporter` warns
-    of a crop too small for the generator."""
+    (the frame FFHQ-trained generators draw), else a centre crop. Returns (target, the aligned face
+    at FFHQ's 1024 px or None): for aligned.png, reused with --no-align by a model of any size
+    (target.png holds the generator-size one), written with the command's other outputs (see
+    save_aligned): written first, it stood beside an earlier photo's projection after a refusal or
+    a Ctrl-C. `reporter` warns of a crop too small for the generator."""
     if not align:
         return load_photo(photo, size, reporter), None
     from ..data.align import FFHQ_SIZE, align_face, best_face, read_photo
@@ -249,8 +253,12 @@ def load_target(photo: str | Path, size: int, align: bool, outdir: str | Path,
     img, landmarks = best_face(read_photo(photo), str(photo))  # NoFaceFound before anything is written
     full = align_face(img, landmarks, FFHQ_SIZE, detected=True)
     face = np.asarray(full if size == FFHQ_SIZE else align_face(img, landmarks, size, detected=True), dtype=np.uint8)
-    path = save_image(full, Path(outdir) / "aligned.png")
-    return torch.from_numpy(face.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1, path
+    return torch.from_numpy(face.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1, full
+
+
+def save_aligned(aligned: Image.Image, outdir: str | Path) -> Path:
+    """outdir/aligned.png: the aligned face load_target returned."""
+    return save_image(aligned, Path(outdir) / "aligned.png")
 
 
 def warn_if_beside_the_photo(photo: str | Path, outdir: str | Path, reporter: Reporter) -> None:
@@ -274,9 +282,9 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
     warn_if_beside_the_photo(photo, outdir, reporter)
     gen = load_generator(source, device)
     dev = gen.input.input.device
-    target, aligned = load_target(photo, gen.size, align, outdir, reporter)
-    perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)
+    perceptual = perceptual or _perceptual_for(cfg, lpips_weights, dev)  # a bad --lpips-weights: before the photo
+    target, aligned = load_target(photo, gen.size, align, reporter)
     result = project(gen, target, cfg, perceptual, reporter, video_every=max(1, cfg.steps // 60) if save_video else 0)
-    paths = save_projection(result, target, outdir, aligned is not None, reporter)
+    paths = save_projection(result, target, outdir, aligned, reporter)
     raise_if_stopped(result, cfg.steps, outdir)
-    return {**paths, "aligned": aligned} if aligned else paths
+    return paths

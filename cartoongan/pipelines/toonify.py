@@ -71,10 +71,10 @@ def toonify_one(photo: str | Path, models: ToonifyModels, outdir: Path, cfg: Pro
     tiles [S, S * (2 + targets), 3] (photo | projection | each target) as `picture`; -> (the
     projection, that row)."""
     dev = models.source.input.input.device
-    photo_t, aligned = load_target(photo, models.source.size, align, outdir, reporter)
+    photo_t, aligned = load_target(photo, models.source.size, align, reporter)
     result = project(models.source, photo_t, cfg, models.perceptual, reporter,
                      video_every=max(1, cfg.steps // 60) if video else 0)
-    save_projection(result, photo_t, outdir, aligned is not None, reporter)
+    save_projection(result, photo_t, outdir, aligned, reporter)
     tiles = [to_uint8(photo_t)[0], to_uint8(result.image)[0]]
     for g in models.targets:
         with torch.no_grad():
