@@ -185,6 +185,33 @@ def test_hidden_entries_and_macos_companions_are_no_pictures_of_the_set(tmp_path
     assert load_dataset(hidden_root, 16).names == ["a.png"]
 
 
+def test_a_zip_of_utf8_names_without_the_utf8_flag_lists_them_as_its_folder(tmp_path):
+    """Info-ZIP on Linux stores UTF-8 names without the flag that says so; zipfile read them as
+    cp437 ('ä.png' as '├ñ.png'), so the zip sorted, and paired, apart from its folder (FID 291
+    between a folder and its zip at --n 2)."""
+    import zipfile
+
+    names = ["ä.png", "中.png", "ö.png", "z.png"]
+    folder = tmp_path / "u8"
+    folder.mkdir()
+    placeholders = {}
+    with zipfile.ZipFile(tmp_path / "u8.zip", "w") as zf:
+        for i, name in enumerate(names):
+            Image.new("RGB", (16, 16), (60 * i, 90, 30)).save(folder / name)
+            # an ASCII stand-in of the same length, patched below: zipfile itself always flags UTF-8
+            stand_in = f"{i}" * (len(name.encode()) - 4) + ".png"
+            placeholders[stand_in.encode()] = name.encode()
+            zf.write(folder / name, stand_in)
+    raw = (tmp_path / "u8.zip").read_bytes()
+    for stand_in, name in placeholders.items():
+        raw = raw.replace(stand_in, name)  # in the local header and in the central directory
+    (tmp_path / "u8.zip").write_bytes(raw)
+    assert not any(m.flag_bits & 0x800 for m in zipfile.ZipFile(tmp_path / "u8.zip").infolist())
+    in_folder, in_zip = load_dataset(folder, 16), load_dataset(tmp_path / "u8.zip", 16)
+    assert in_zip.names == in_folder.names == sorted(names)
+    assert all(torch.equal(a, b) for a, b in zip(in_folder.images, in_zip.images))
+
+
 def test_a_set_kept_only_under_hidden_names_is_refused_with_the_reason(tmp_path):
     import zipfile
 

@@ -747,6 +747,21 @@ def test_paired_metrics_pair_by_the_path_and_refuse_a_repeated_name(tmp_path):
         suite.pair(images(["x.png", "x.jpg"]), images(["x.png"]))
 
 
+def test_a_zip_of_the_folder_with_its_top_folder_pairs_with_the_folder(tmp_path):
+    """`zip -r set.zip set` names set/x.png what the folder names x.png: paired metrics of the two
+    found "none match". A top folder every key of one set shares is set aside where that pairs
+    more; where it pairs fewer (a/x.png against a/x.jpg) the names stay as they are."""
+    def images(names):
+        return suite.ImageSet(np.arange(len(names))[:, None, None, None].repeat(2, 1).astype(np.uint8), names, False)
+
+    a, b = suite.pair(images(["x.png", "y.png"]), images(["set/y.png", "set/x.png"]))
+    assert a[:, 0, 0, 0].tolist() == [0, 1] and b[:, 0, 0, 0].tolist() == [1, 0]
+    a, b = suite.pair(images(["set/a/x.png", "set/a/y.png"]), images(["a/y.png", "a/x.png"]))
+    assert a[:, 0, 0, 0].tolist() == [0, 1] and b[:, 0, 0, 0].tolist() == [1, 0]
+    a, b = suite.pair(images(["a/x.png", "a/y.png"]), images(["a/x.jpg", "y.png"]))  # as named: a/x pairs
+    assert a[:, 0, 0, 0].tolist() == [0] and b[:, 0, 0, 0].tolist() == [0]
+
+
 def test_an_in_training_kid_holds_one_chunk_of_renders_and_scores_as_one_pass(tmp_path, tiny_g, monkeypatch):
     """A KID every K steps over --eval-n 50000 renders held them all (147 GiB at 1024 px) and the OOM
     killer ended the run mid-training. Now chunk by chunk: the same KID, bit for bit."""

@@ -158,13 +158,14 @@ def _every_listed(root: Path) -> tuple[list[tuple[str, callable]], list[Path], l
         # by entry, not by name: members that share a name (an archive appended to) are each their
         # own image, where reading by name gave the last one every time
         # (and hidden ones left out: __MACOSX/._x.gif is no animation of the set)
-        listed = [m for m in zf.infolist() if not m.is_dir() and not _hidden(Path(m.filename).parts)]
+        listed = [(member_name(m), m) for m in zf.infolist() if not m.is_dir()]
+        listed = [(name, m) for name, m in listed if not _hidden(Path(name).parts)]
         # in the order a folder of the same tree is read (by path parts: a/0.png before a-b.png), so
         # `metrics --n 2` of a folder and of its zip score the same images
-        members = sorted((m for m in listed if Path(m.filename).suffix.lower() in EXTENSIONS),
-                         key=lambda m: PurePosixPath(m.filename).parts)
-        left_out = [m.filename for m in listed if Path(m.filename).suffix.lower() in (".gif", *UNREAD_PHOTOS)]
-        return [(m.filename, (lambda m=m: _zip_member(zf, m))) for m in members], [], left_out
+        members = sorted(((name, m) for name, m in listed if Path(name).suffix.lower() in EXTENSIONS),
+                         key=lambda item: PurePosixPath(item[0]).parts)
+        left_out = [name for name, _ in listed if Path(name).suffix.lower() in (".gif", *UNREAD_PHOTOS)]
+        return [(name, (lambda m=m: _zip_member(zf, m))) for name, m in members], [], left_out
     # one walk of the tree serves both questions below
     entries = [p for p in _walk(root) if not _hidden(p.relative_to(root).parts)]
     # a run written inside the data (`--data demo/`): its sample grids are no faces to learn or score
@@ -176,6 +177,18 @@ def _every_listed(root: Path) -> tuple[list[tuple[str, callable]], list[Path], l
     files = sorted(p for p in entries if p.suffix.lower() in EXTENSIONS and not p.is_dir())
     left_out = sorted(str(p.relative_to(root)) for p in entries if p.suffix.lower() in (".gif", *UNREAD_PHOTOS))
     return [(str(p.relative_to(root)), _opener(p)) for p in files], runs, left_out
+
+
+def member_name(member: zipfile.ZipInfo) -> str:
+    """A zip member's name as the folder it was zipped from lists it. Info-ZIP on Linux stores UTF-8
+    names without the flag that says so, and zipfile reads them as the spec's cp437 ('ä.jpg' as
+    '├ñ.jpg'): sorted and paired apart from the folder's. Names that are no UTF-8 stay cp437's."""
+    if member.flag_bits & 0x800:
+        return member.filename
+    try:
+        return member.filename.encode("cp437").decode("utf-8")
+    except UnicodeError:
+        return member.filename
 
 
 def _opener(path: Path) -> callable:
@@ -235,7 +248,7 @@ class UnreadableMember(OSError):
 
 
 def _zip_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo) -> io.BytesIO:
-    name = member.filename
+    name = member_name(member)
     if member.file_size > MAX_MEMBER_BYTES:
         raise UnreadableMember(f"{name} inflates to over {MAX_MEMBER_BYTES >> 20} MiB")
     try:

@@ -117,7 +117,7 @@ def pair(real: ImageSet, fake: ImageSet) -> tuple[np.ndarray, np.ndarray]:
     """The images of both sets that share a key, in the same order: two uint8 [P, H, W, 3] arrays."""
     _check_pairable(real.from_checkpoint, fake.from_checkpoint)
     # by the path without its suffix: a/x.png pairs with a/x.jpg, never with b/x.png
-    keys = [[Path(k).with_suffix("").as_posix() for k in s.keys] for s in (real, fake)]
+    keys = _aligned_keys(*[[Path(k).with_suffix("").as_posix() for k in s.keys] for s in (real, fake)])
     for which, named in zip(("REAL", "FAKE"), keys):
         if len(set(named)) < len(named):
             twice = next(k for k in named if named.count(k) > 1)
@@ -129,6 +129,18 @@ def pair(real: ImageSet, fake: ImageSet) -> tuple[np.ndarray, np.ndarray]:
         raise DataError("paired metrics need images of the same name in both folders; none match")
     ri, fi = zip(*matches)
     return real.images[list(ri)], fake.images[list(fi)]
+
+
+def _aligned_keys(real: list[str], fake: list[str]) -> tuple[list[str], list[str]]:
+    """The two sets' keys, less a top folder that every key of one set shares where that pairs more
+    of them: `zip -r set.zip set` names set/x.png what the folder names x.png, and paired none."""
+    options = [(real, fake)]
+    for side, keys in enumerate((real, fake)):
+        tops = {k.split("/", 1)[0] for k in keys}
+        if len(tops) == 1 and all("/" in k for k in keys):
+            cut = [k.split("/", 1)[1] for k in keys]
+            options.append((cut, fake) if side == 0 else (real, cut))
+    return max(options, key=lambda pair: len(set(pair[0]) & set(pair[1])))  # a tie: as named
 
 
 def _to_float(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
