@@ -46,7 +46,8 @@ def weights_fetch(keys: List[str] = typer.Argument(None, metavar="KEY", help="Re
     # release leaves as it is ("Requirement already satisfied")
     damaged = sorted({e.requirement for e in entries if installed_without(e.key)})
     if missing:
-        verb = f"reinstalling ({', '.join(damaged)} lacks a file or holds a damaged one)" if damaged else "installing"
+        verb = (f"reinstalling ({', '.join(damaged)} lacks a file, or holds a damaged or unreadable one)" if damaged
+                else "installing")
         out.print(f"{verb} {' '.join(missing)} (without their dependencies)")
         cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *(["--force-reinstall"] if damaged else []), *missing]
         if subprocess.run(cmd).returncode != 0:

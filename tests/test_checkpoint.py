@@ -410,3 +410,30 @@ def test_a_read_only_file_among_a_commands_many_outputs_is_found_before_the_work
     res = cli_where_permissions_bind(["sample", ckpt, "--seeds", "0-3", "--outdir", out])
     assert res.returncode == 1 and f"error: {out / 'seed0003.png'} is read-only" in res.stderr, res
     assert sorted(p.name for p in out.iterdir()) == ["seed0003.png"]
+
+
+def test_read_only_outputs_of_toonify_are_found_before_it_projects_and_a_best_pt_unwritten_is_left(tmp_path, tiny_g):
+    """A read-only toonify.png was found after the projection, its target, projection and w already
+    replaced beside the old picture. A read-only best.pt is no bar to a resume without evaluations,
+    which never writes it."""
+    from cartoongan.train.runs import pretrain
+    from cartoongan.weights.networks import generator_checkpoint
+
+    from .helpers import blob_images, cli_where_permissions_bind, tiny_config
+
+    ckpt = save_checkpoint(tmp_path / "g.pt", generator_checkpoint(tiny_g()))
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "toonify.png").write_bytes(b"kept")
+    (out / "toonify.png").chmod(0o444)
+    photo = blob_images(tmp_path / "photos", n=1) / "img000.png"
+    res = cli_where_permissions_bind(["toonify", photo, "--source", ckpt, "--target", ckpt, "--no-align", "--loss",
+                                      "mse", "--steps", "1", "--outdir", out])
+    assert res.returncode == 1 and f"error: {out / 'toonify.png'} is read-only" in res.stderr, res
+    assert sorted(p.name for p in out.iterdir()) == ["toonify.png"]
+    run = tmp_path / "run"
+    pretrain(tiny_config(iters=2), blob_images(tmp_path / "data", n=4), run)
+    (run / "best.pt").write_bytes((run / "latest.pt").read_bytes())
+    (run / "best.pt").chmod(0o444)
+    res = cli_where_permissions_bind(["pretrain", "--resume", run, "--iters", "3"])
+    assert res.returncode == 0, res

@@ -189,6 +189,14 @@ def test_an_unreadable_weights_file_is_a_row_and_a_line_not_a_traceback(tmp_path
     res = runner.invoke(app, ["weights", "list"])
     assert res.exit_code == 0 and "Traceback" not in res.output, res.output
     assert registry.check("inception_fid") == (tmp_path / entry.member, False)
+    # its folder 0700 too (pip under umask 077): Python 3.11's is_file raises there
+    is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda p: shut(p) if p == tmp_path / entry.member else is_file(p))
+    with pytest.raises(registry.MissingPretrainedFile, match="cannot be read"):
+        registry.locate("inception_fid")
+    res = runner.invoke(app, ["weights", "list"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert registry.check("inception_fid") == (tmp_path / entry.member, False)
 
 
 def test_cli_metrics_json_and_weights_fetch(tmp_path, monkeypatch):
@@ -757,6 +765,8 @@ def test_a_zip_of_the_folder_with_its_top_folder_pairs_with_the_folder(tmp_path)
     a, b = suite.pair(images(["x.png", "y.png"]), images(["set/y.png", "set/x.png"]))
     assert a[:, 0, 0, 0].tolist() == [0, 1] and b[:, 0, 0, 0].tolist() == [1, 0]
     a, b = suite.pair(images(["set/a/x.png", "set/a/y.png"]), images(["a/y.png", "a/x.png"]))
+    assert a[:, 0, 0, 0].tolist() == [0, 1] and b[:, 0, 0, 0].tolist() == [1, 0]
+    a, b = suite.pair(images(["real/x.png", "real/y.png"]), images(["fake/y.png", "fake/x.png"]))  # two zips
     assert a[:, 0, 0, 0].tolist() == [0, 1] and b[:, 0, 0, 0].tolist() == [1, 0]
     a, b = suite.pair(images(["a/x.png", "a/y.png"]), images(["a/x.jpg", "y.png"]))  # as named: a/x pairs
     assert a[:, 0, 0, 0].tolist() == [0] and b[:, 0, 0, 0].tolist() == [0]

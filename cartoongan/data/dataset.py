@@ -342,7 +342,7 @@ def _hidden_note(root: Path) -> str:
     kept under .faces/ would otherwise look empty for no reason given)."""
     if root.is_file():
         with zipfile.ZipFile(root) as zf:
-            names = [Path(n) for n in zf.namelist()]
+            names = [Path(member_name(m)) for m in zf.infolist()]
     else:
         names = [p.relative_to(root) for p in _walk(root)]
     hidden = sorted(n for n in names if n.suffix.lower() in EXTENSIONS and _hidden(n.parts))

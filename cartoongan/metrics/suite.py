@@ -132,15 +132,19 @@ def pair(real: ImageSet, fake: ImageSet) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _aligned_keys(real: list[str], fake: list[str]) -> tuple[list[str], list[str]]:
-    """The two sets' keys, less a top folder that every key of one set shares where that pairs more
-    of them: `zip -r set.zip set` names set/x.png what the folder names x.png, and paired none."""
-    options = [(real, fake)]
-    for side, keys in enumerate((real, fake)):
-        tops = {k.split("/", 1)[0] for k in keys}
-        if len(tops) == 1 and all("/" in k for k in keys):
-            cut = [k.split("/", 1)[1] for k in keys]
-            options.append((cut, fake) if side == 0 else (real, cut))
+    """The two sets' keys, less a top folder that every key of a set shares where that pairs more
+    of them: `zip -r set.zip set` names set/x.png what the folder names x.png, and paired none
+    (two such zips, real/x.png and fake/x.png, lose both)."""
+    cut = [_without_top(keys) for keys in (real, fake)]
+    options = [(real, fake), (cut[0] or real, fake), (real, cut[1] or fake), (cut[0] or real, cut[1] or fake)]
     return max(options, key=lambda pair: len(set(pair[0]) & set(pair[1])))  # a tie: as named
+
+
+def _without_top(keys: list[str]) -> list[str] | None:
+    """keys less the one top folder they all share, or None where they share none."""
+    if not keys or not all("/" in k for k in keys) or len({k.split("/", 1)[0] for k in keys}) != 1:
+        return None
+    return [k.split("/", 1)[1] for k in keys]
 
 
 def _to_float(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:

@@ -25,7 +25,7 @@ from ..npyfile import check_npy_file
 from ..models.dualstyle import DualStyleGenerator, default_weights
 from ..models.encoders import PSPEncoder
 from ..models.latents import z_from_seed
-from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, warn_of_leftovers
+from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, check_replaceable_in, warn_of_leftovers
 from ..report import NullReporter, Reporter
 from .project import load_target, save_aligned
 from ..weights.dualstyle import GENERATOR_FILE, find_exstyle_file, load_dualstyle, load_psp, read_exstyle_codes
@@ -230,6 +230,7 @@ def stylize(input_path: Path, model_dir: Path, outdir: Path, opts: DualStyleOpti
     photo_input = Path(input_path).suffix.lower() != ".npy"
     written = _stylize_outputs(opts, aligned=photo_input and align)
     check_keeps_inputs(outdir, written, [input_path, opts.style_image])
+    check_replaceable_in(outdir, written)
     dev = resolve_device(device)
     model, codes = load_model(model_dir, dev)
     _check_options(opts, model, codes)
@@ -339,6 +340,7 @@ def random_portraits(model_dir: Path, n: int, outdir: Path, opts: DualStyleOptio
     outdir = check_output_dir(outdir, "--outdir")
     names = [f"random_{s:04d}.png" for s in range(seed, seed + n)]
     check_keeps_inputs(outdir, [*names, "random.png"], [])
+    check_replaceable_in(outdir, [*names, "random.png"])
     dev = resolve_device(device)
     model, codes = load_model(model_dir, dev)
     _check_options(opts, model, codes)

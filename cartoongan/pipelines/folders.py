@@ -15,8 +15,8 @@ from PIL import Image
 from ..data.dataset import some_image_sources
 from ..data.images import save_png
 from ..errors import DataError, Interrupted
-from ..outputs import (atomic_write, check_keeps_inputs, check_output_dir, check_outside, first_names, leftover_files,
-                       name_that_fits)
+from ..outputs import (atomic_write, check_keeps_inputs, check_output_dir, check_outside, check_replaceable_in,
+                       first_names, leftover_files, name_that_fits)
 from ..report import NullReporter, Reporter
 from ..weights.registry import sha256_of
 from .project import PROJECTION_FILES, ProjectConfig
@@ -61,6 +61,10 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
     # started with no word of the photos it was not doing again
     finished = [_finished_row(sub, picture, record, made) for sub, made in zip(subs, made_as)]
     kept = sum(row is not None for row in finished)
+    check_replaceable_in(outdir, [sheet])  # before any photo: found at its turn, it ended the batch there
+    for sub, row in zip(subs, finished):
+        if row is None:
+            check_replaceable_in(sub, (*PROJECTION_FILES, picture, record))
     if kept:
         reporter.info(f"{kept} of {len(photos)} photo(s) already done by an earlier run with these settings: kept")
     rows = []

@@ -23,7 +23,7 @@ from ..errors import CartoonganError, DataError, Interrupted
 from ..filekind import not_found, special_kind
 from ..metrics.lpips import lpips_vgg
 from ..models.generator import Generator
-from ..outputs import atomic_write, check_keeps_inputs, check_output_dir
+from ..outputs import atomic_write, check_keeps_inputs, check_output_dir, check_replaceable_in
 from ..report import NullReporter, Reporter
 from ..weights.networks import load_generator
 
@@ -278,6 +278,7 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
     and write the results."""
     check_output_dir(outdir, "--outdir")
     check_keeps_inputs(outdir, PROJECTION_FILES, [photo, source])
+    check_replaceable_in(outdir, PROJECTION_FILES)  # found after the projection, its files half replaced
     reporter = reporter or NullReporter()
     warn_if_beside_the_photo(photo, outdir, reporter)
     gen = load_generator(source, device)

