@@ -261,6 +261,26 @@ def test_a_generator_output_never_replaces_a_training_checkpoint_kept_outside_it
         "with a generator checkpoint" in line and backup.read_bytes() == before
 
 
+def test_an_output_without_d_never_replaces_a_checkpoint_with_its_d(tmp_path, assets):
+    """`export src.pt -o mysource.pt` keeps G, g_ema and D (as the bundled demo64_photo.pt does);
+    `swap S T -o mysource.pt` replaced it with g_ema alone, and `finetune --source mysource.pt`
+    then refused it for having no discriminator. With D over a generator alone is fine."""
+    source = tmp_path / "mysource.pt"
+    assert runner.invoke(app, ["export", str(assets["a"]), "-o", str(source)]).exit_code == 0
+    assert "d" in load_checkpoint(source)
+    before = source.read_bytes()
+    for argv in (["swap", str(assets["a"]), str(assets["b"]), "-o", str(source)],
+                 ["export", str(assets["a"]), "--g-ema-only", "-o", str(source)]):
+        line = error_line(runner.invoke(app, argv))
+        assert f"{source} holds a generator checkpoint with its discriminator (what finetune --source needs), which " \
+            "this would replace with a generator checkpoint" in line and source.read_bytes() == before, line
+    assert runner.invoke(app, ["export", str(assets["a"]), "-o", str(source)]).exit_code == 0  # its own kind
+    alone = tmp_path / "alone.pt"
+    assert runner.invoke(app, ["export", str(assets["a"]), "--g-ema-only", "-o", str(alone)]).exit_code == 0
+    assert runner.invoke(app, ["export", str(assets["a"]), "-o", str(alone)]).exit_code == 0  # gains D: nothing lost
+    assert "d" in load_checkpoint(alone)
+
+
 @pytest.mark.parametrize("command", ["swap", "export", "convert", "factor"])
 def test_an_output_never_replaces_someone_elses_file_only_an_empty_or_torn_one(tmp_path, assets, command):
     """`export g.pt -o train.py`, `factor -o run.sh`, `swap ... -o face.pt` (a PNG under a .pt

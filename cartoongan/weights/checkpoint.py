@@ -330,11 +330,11 @@ def _torch_save(obj, fh) -> None:
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, keep_training_nets: bool = True) -> Path:
     """`cartoongan export`: write `src` without optimiser and RNG state to `dst` (checked first)."""
     from .networks import build_discriminator, build_generator  # networks imports this module
-    from .replacing import GENERATOR, check_weights_output  # so does replacing
+    from .replacing import GENERATOR, WITH_D, checkpoint_kind, check_weights_output  # so does replacing
 
-    check_weights_output(dst, GENERATOR, "--output", inputs=[src])
-
+    check_weights_output(dst, (GENERATOR, WITH_D), "--output", inputs=[src])  # before src is read; once read:
     slim = slim_checkpoint(load_checkpoint(src), keep_training_nets)
+    check_weights_output(dst, checkpoint_kind(slim), "--output", inputs=[src])
     if not any(key in slim for key in ("g_ema", "g")):  # metadata only; load_checkpoint saw a generator: g
         raise CheckpointError(f"{src} holds no g_ema, so --g-ema-only would keep no generator: export it without "
                               "--g-ema-only (g stays)")

@@ -29,7 +29,7 @@ from .checkpoint import FORMAT_VERSION, foreign_kind, provenance, read_torch_fil
 from .known import missing_checkpoint
 from .networks import check_fit
 from .registry import sha256_of
-from .replacing import GENERATOR, check_weights_output
+from .replacing import GENERATOR, WITH_D, check_weights_output, checkpoint_kind
 from .unpickle import PersistentObject, TFNetwork, UnsafePickleError, safe_load
 
 FORMAT_ADA = "stylegan2-ada-pytorch"
@@ -556,7 +556,8 @@ def _converted_from(dst: Path, src: Path) -> bool:
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, dict]:
     """Convert the NVlabs pickle `src` and write the checkpoint to `dst` (only once it converted)."""
     src, dst = Path(src), Path(dst)
-    check_weights_output(dst, GENERATOR, "-o", inputs=[src])
+    check_weights_output(dst, (GENERATOR, WITH_D), "-o", inputs=[src])  # before the conversion; what it holds, after
     with naming(src):  # as `info` names it: "not an NVlabs StyleGAN2 network pickle" alone names no file
         ckpt = convert(src)
+    check_weights_output(dst, checkpoint_kind(ckpt), "-o", inputs=[src])
     return save_checkpoint(dst, ckpt), ckpt

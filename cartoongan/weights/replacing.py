@@ -16,6 +16,9 @@ from ..outputs import check_checkpoint_output
 from .checkpoint import check_checkpoint, foreign_kind, read_torch_file
 
 GENERATOR = "a generator checkpoint"
+# an export of a source (the bundled demo64_photo.pt is one): swap over it kept g_ema alone, and
+# `finetune --source` of it then refused a file with no discriminator
+WITH_D = "a generator checkpoint with its discriminator (what finetune --source needs)"
 FACTOR = "a SeFa factor file"
 # a run's latest.pt copied out of its folder (a backup): swap or export over it kept G and lost the
 # discriminator and optimiser state it resumes with
@@ -48,7 +51,18 @@ def held_kind(path: str | Path) -> str | None:
         check_checkpoint(path, obj)
     except CartoonganError:
         return "a PyTorch file of another kind"
-    return TRAINING if any(key in obj for key in TRAINING_KEYS) else GENERATOR
+    if any(key in obj for key in TRAINING_KEYS):
+        return TRAINING
+    return checkpoint_kind(obj)
+
+
+def checkpoint_kind(ckpt: dict) -> str:
+    """GENERATOR or WITH_D: what a checkpoint a command writes (or finds) holds."""
+    return WITH_D if isinstance(ckpt.get("d"), dict) else GENERATOR
+
+
+# a file of the first kind may be replaced by one of the second: nothing of it is lost
+SUPERSETS = {(GENERATOR, WITH_D)}
 
 
 def _unloadable_kind(path: Path) -> str | None:
@@ -76,12 +90,17 @@ def _unloadable_kind(path: Path) -> str | None:
     return foreign_kind(head) or ("a text file" if is_text(head) else "a file of another format")
 
 
-def check_weights_output(path: str | Path, writes: str, what: str = "-o", inputs: Iterable = ()) -> Path:
+def check_weights_output(path: str | Path, writes: str | tuple[str, ...], what: str = "-o",
+                         inputs: Iterable = ()) -> Path:
     """outputs.check_checkpoint_output, and refuse (OutputError) an existing `path` holding another
-    kind of file than `writes` (GENERATOR or FACTOR): it would be lost to a file of another use."""
+    kind of file than `writes` (GENERATOR, WITH_D or FACTOR; a generator alone may become one with
+    its D): it would be lost to a file of another use. Several kinds: what the command may write,
+    before its inputs are read to tell which (checked again, with the one kind, once they are)."""
     path = check_checkpoint_output(path, what, inputs)
     held = held_kind(path)
-    if held is not None and held != writes:
+    kinds = (writes,) if isinstance(writes, str) else writes
+    if held is not None and not any(held == kind or (held, kind) in SUPERSETS for kind in kinds):
+        writes = kinds[0]
         raise OutputError(f"{what} {path} holds {held}, which this would replace with {writes}: "
                           "name another file (or delete that one first)")
     return path
