@@ -321,6 +321,21 @@ def test_info_names_the_method_and_training_a_model_was_made_with(tmp_path):
     assert "method" not in json.loads(res.stdout) and "training" not in json.loads(res.stdout)
 
 
+def test_info_says_a_fixed_augmentation_and_an_ada_p_just_begun():
+    """`--augment none --augment-p 0.3` augments every batch at p 0.3: info said "augment none". An
+    ADA p of 0.000384 read "p now 0.000", as if it never augmented."""
+    from cartoongan.weights.networks import _recorded_training
+
+    meta = {"step": 4, "images": 16, "config": {"train": {"batch": 4, "augment": "none", "augment_p": 0.3,
+                                                          "precision": "fp32"}}}
+    assert _recorded_training(meta, {})["training"] == \
+        "4 steps x batch 4 = 0.016 kimg, augment at a fixed p 0.3, precision fp32"
+    meta["config"]["train"].update(augment="ada", augment_p=0.0)
+    assert "augment ada (p now 0.000384)" in _recorded_training(meta, {"ada_aug_p": 0.000384})["training"]
+    meta["config"]["train"].update(augment="none")
+    assert "augment none," in _recorded_training(meta, {})["training"]
+
+
 def test_swap_cli_writes_provenance_and_refuses_mismatch(tmp_path):
     a = make_source(tmp_path / "a.pt", seed=1)
     b = make_source(tmp_path / "b.pt", seed=2)

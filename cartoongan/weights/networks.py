@@ -305,9 +305,14 @@ def _recorded_training(meta: dict, ckpt: dict) -> dict:
         parts.append(f"{step} steps x batch {batch} = {images / 1000:g} kimg")
     elif images is not None:  # the batch changed on a resume: steps x the batch now would be wrong
         parts.append(f"{step} steps = {images / 1000:g} kimg (at batch {batch} now; it changed on a resume)")
-    if t.get("augment"):
+    fixed = t.get("augment_p")
+    if t.get("augment") == "none" and isinstance(fixed, (int, float)) and fixed > 0:
+        # --augment none --augment-p 0.3 augments every batch at p 0.3: "augment none" said otherwise
+        parts.append(f"augment at a fixed p {fixed:g}")
+    elif t.get("augment"):
         known = isinstance(p, (int, float)) and t["augment"] == "ada"  # an export drops ada_aug_p
-        parts.append(f"augment {t['augment']}" + (f" (p now {float(p):.3f})" if known else ""))
+        # .3g: an ADA that has just begun to augment (p 0.000384) read "p now 0.000"
+        parts.append(f"augment {t['augment']}" + (f" (p now {float(p):.3g})" if known else ""))
     parts += [f"precision {t['precision']}"] if t.get("precision") else []
     if parts:
         rows["training"] = ", ".join(parts)
