@@ -303,6 +303,18 @@ def test_swap_and_toonify_name_models_given_the_wrong_way_round_or_unrelated(tmp
         assert (expected in said) if expected else "warning" not in said, said
 
 
+def test_a_swap_that_would_be_its_source_says_why_it_is(tmp_path):
+    """`swap SW T --res 8` where SW is an earlier `swap S T --res 8` would be SW itself: refused
+    as "the blend gives TARGET no share", though no blend was given. The blend's own case stays."""
+    a, b = make_source(tmp_path / "a.pt", seed=1), make_source(tmp_path / "b.pt", seed=2)
+    assert runner.invoke(app, ["swap", str(a), str(b), "--res", "8", "-o", str(tmp_path / "sw.pt")]).exit_code == 0
+    res = runner.invoke(app, ["swap", str(tmp_path / "sw.pt"), str(b), "--res", "8", "-o", str(tmp_path / "again.pt")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "SOURCE already holds TARGET's blocks above 8 px" in said and "blend" not in said, said
+    res = runner.invoke(app, ["swap", str(a), str(b), "--res", "16", "--blend-width", "0.01", "-o", str(tmp_path / "x.pt")])
+    assert res.exit_code == 2 and "the blend gives TARGET no share" in " ".join(res.output.split()), res.output
+
+
 def test_info_names_the_method_and_training_a_model_was_made_with(tmp_path):
     """A shared fine-tuned model (exported: no run folder beside it) still says how it was made."""
     import json

@@ -77,7 +77,7 @@ def swap_layers(source: Generator, target: Generator, res: int | None = None, ma
     keep = source if mapping == "source" else target
     out.style.load_state_dict(keep.style.state_dict())
     out.w_avg = None if keep.w_avg is None else keep.w_avg.clone()
-    _refuse_a_copy(out, source, target, res)
+    _refuse_a_copy(out, source, target, res, blend_width)
     return out
 
 
@@ -86,10 +86,12 @@ def _block_tensors(g: Generator, b: int) -> list[torch.Tensor]:
     return [p for m in g.block_modules(b) for p in m.state_dict().values()]
 
 
-def _refuse_a_copy(out: Generator, source: Generator, target: Generator, res: int) -> None:
+def _refuse_a_copy(out: Generator, source: Generator, target: Generator, res: int,
+                   blend_width: float | None = None) -> None:
     """ConfigError when the swap is one of its inputs, weight for weight: a TARGET fine-tuned with
     its blocks up to R (and the mapping) frozen holds SOURCE's there (the paper recipes freeze 4-16 px
-    and the mapping, and the usual --res is 16), or a blend too narrow to give TARGET any share."""
+    and the mapping, and the usual --res is 16), a SOURCE that already holds TARGET's weights above
+    R (an earlier swap of the two), or a blend too narrow to give TARGET any share."""
     if _same_weights(out, target):
         differ = [r for b, r in enumerate(source.resolutions)
                   if not all(map(torch.equal, _block_tensors(source, b), _block_tensors(target, b)))]
@@ -100,9 +102,13 @@ def _refuse_a_copy(out: Generator, source: Generator, target: Generator, res: in
                 if lowest else "they are the same model")
         raise ConfigError(f"the swap would be TARGET itself: SOURCE and TARGET hold the same blocks up to {res} px "
                           f"and the same mapping (TARGET froze them while fine-tuning); {hint}")
-    if _same_weights(out, source):
+    if _same_weights(out, source) and blend_width:
         raise ConfigError(f"the swap would be SOURCE itself: at --res {res} the blend gives TARGET no share of "
                           "any block; pass a wider --blend-width or a lower --res")
+    if _same_weights(out, source):  # no blend: what it takes from TARGET, SOURCE holds already
+        raise ConfigError(f"the swap would be SOURCE itself: SOURCE already holds TARGET's blocks above {res} px "
+                          "and the mapping the swap takes (is SOURCE an earlier swap of TARGET, or the other way "
+                          "round?); pass a lower --res, or the photo model as SOURCE")
 
 
 def _same_weights(a: Generator, b: Generator) -> bool:
