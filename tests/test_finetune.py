@@ -472,6 +472,24 @@ def test_blocks_frozen_from_a_resume_hold_one_value_in_g_and_g_ema(tmp_path):
         assert torch.equal(end["g"][k], end["g_ema"][k]) and torch.equal(end["g_ema"][k], mid["g_ema"][k]), k
 
 
+def test_a_structure_loss_over_blocks_a_resume_froze_is_not_called_zero(tmp_path):
+    """`--resume --freeze-sg 2 --struct-loss 1` over a --freeze-sg 1 run: block 1 keeps the run's
+    values, not the source's, so the loss over it is not 0 (it logged 1e-05); the warning said it
+    was 0 on every step. A run frozen so from its start is still warned of."""
+    src = make_source(tmp_path / "src.pt", size=32)
+    data = blob_images(tmp_path / "data", n=2, size=32)
+    run = tmp_path / "run"
+    common = ["--recipe", "tiny", "--batch", "2"]
+    assert runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), *common, "--iters", "2",
+                               "--freeze-sg", "1", "--struct-loss", "1", "--out", str(run)]).exit_code == 0
+    res = runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "3", "--freeze-sg", "2"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "frozen from step 2 on" in said and "0 on every step" not in said, said
+    res = runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), *common, "--iters", "1",
+                              "--freeze-sg", "2", "--struct-loss", "1", "--out", str(tmp_path / "fresh")])
+    assert res.exit_code == 0 and "0 on every step" in " ".join(res.output.split()), res.output
+
+
 def test_a_data_parallel_rank_that_writes_nothing_reports_nothing(capsys):
     """Under torchrun only rank 0 writes: another rank's result (no latest.pt of its own) printed
     'done: ..., checkpoint None'; interrupted, it says so without naming a file."""

@@ -112,13 +112,21 @@ def settings_without_effect(cfg: FinetuneConfig) -> list[str]:
         # the flags are refused so; a recipe's value is read as one a later --struct-loss may use
         notes.append(f"struct_weight {cfg.struct_weight} / struct_tap {cfg.struct_tap} shape the structure loss, which "
                      "is off (struct_loss 0): they do nothing in this run")
+    if note := struct_loss_without_effect(cfg):
+        notes.append(note)
+    return notes
+
+
+def struct_loss_without_effect(cfg: FinetuneConfig) -> str | None:
+    """The warning for a structure loss over blocks and w slots that are all the source's (frozen
+    from the run's start: blocks a resume freezes keep the run's values, and the loss sees them)."""
     n = cfg.struct_loss
     if n and max(cfg.freeze_g, cfg.freeze_sg) >= n + 1 and (cfg.freeze_sg >= n + 1 or cfg.freeze_mapping):
         # its taps (8 .. 2^(n+2) px) read blocks 0..n and w slots 0..2n+1, all frozen and from the source
-        notes.append(f"struct_loss {n} (--struct-loss) compares only blocks the source feeds whole (frozen, with the "
-                     "source's w): it is 0 on every step and costs a source pass; give --struct-loss above "
-                     f"{max(cfg.freeze_g, cfg.freeze_sg) - 1}")
-    return notes
+        return (f"struct_loss {n} (--struct-loss) compares only blocks the source feeds whole (frozen, with the "
+                "source's w): it is 0 on every step and costs a source pass; give --struct-loss above "
+                f"{max(cfg.freeze_g, cfg.freeze_sg) - 1}")
+    return None
 
 
 def redundant_freeze_g(cfg: FinetuneConfig) -> str | None:
