@@ -303,6 +303,25 @@ def test_swap_and_toonify_name_models_given_the_wrong_way_round_or_unrelated(tmp
         assert (expected in said) if expected else "warning" not in said, said
 
 
+def test_info_names_the_data_of_each_stretch_of_a_run_resumed_on_other_data(tmp_path):
+    """A resume on other data is warned of, but `info` then credited the whole run to the last data:
+    the first stretch's data is kept in the history, as changed settings are."""
+    import json
+
+    src = make_source(tmp_path / "src.pt")
+    toons, photos = blob_images(tmp_path / "toons", n=4), blob_images(tmp_path / "photos", n=3, seed=1)
+    run = tmp_path / "r"
+    assert runner.invoke(app, ["finetune", "--source", str(src), "--data", str(toons), "--out", str(run),
+                               "--recipe", "tiny", "--iters", "2"]).exit_code == 0
+    res = runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "3", "--data", str(photos)])
+    assert res.exit_code == 0 and "resumed from step 2 on other data" in " ".join(res.output.split()), res.output
+    summary = json.loads(runner.invoke(app, ["info", str(run / "latest.pt"), "--json"]).stdout)
+    assert summary["data"] == f"{photos.resolve()} (since step 2; before it, steps 0-2: {toons.resolve()} (4 images))"
+    assert runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "4"]).exit_code == 0  # the same data
+    assert json.loads(runner.invoke(app, ["info", str(run / "latest.pt"), "--json"]).stdout)["data"] == summary["data"]
+    assert "data" not in json.loads(runner.invoke(app, ["info", str(src), "--json"]).stdout)
+
+
 def test_a_swap_that_would_be_its_source_says_why_it_is(tmp_path):
     """`swap SW T --res 8` where SW is an earlier `swap S T --res 8` would be SW itself: refused
     as "the blend gives TARGET no share", though no blend was given. The blend's own case stays."""

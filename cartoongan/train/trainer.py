@@ -354,13 +354,17 @@ class Trainer:
 
     def _history(self, meta: dict) -> list[dict]:
         """The recorded history, and the stretch up to now when this resume changes the fine-tuning
-        settings (`info` named only the last ones, of a model half trained with others)."""
+        settings or the data folder (`info` named only the last ones, of a model half trained with
+        others: `provenance.data` is the data of the last stretch)."""
         recorded = meta.get("history")
         history = [h for h in recorded if isinstance(h, dict)] if isinstance(recorded, list) else []
         config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
         before, now = config.get("finetune"), self.cfg.to_dict()["finetune"]
         if self.kind == "finetune" and isinstance(before, dict) and before != now and self.step > 0:
             history.append({"until_step": self.step, "finetune": before})
+        was = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else {}
+        if isinstance(was.get("data"), str) and was["data"] != self.provenance.get("data") and self.step > 0:
+            history.append({"until_step": self.step, "data": was["data"], "images": was.get("images")})
         return history
 
     def restore(self, ckpt: dict) -> None:

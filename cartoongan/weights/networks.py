@@ -299,6 +299,8 @@ def _recorded_training(meta: dict, ckpt: dict) -> dict:
                 parts.append(f"steps {start}-{h.get('until_step')}: {finetune_method(h['finetune'])}")
                 start = h.get("until_step")
             rows["method"] += f" (since step {start}; before it, {'; '.join(parts)})"
+    if data := _data_stretches(meta):
+        rows["data"] = data
     step, batch, p, images = meta.get("step"), t.get("batch"), ckpt.get("ada_aug_p"), images_trained(meta)
     parts = []
     if is_count(step) and is_count(batch) and images == step * batch:
@@ -317,6 +319,20 @@ def _recorded_training(meta: dict, ckpt: dict) -> dict:
     if parts:
         rows["training"] = ", ".join(parts)
     return rows
+
+
+def _data_stretches(meta: dict) -> str | None:
+    """Where a run resumed on other data: the data of each stretch, oldest first (None when one)."""
+    earlier = [h for h in meta.get("history") or [] if isinstance(h, dict) and isinstance(h.get("data"), str)]
+    now = (meta.get("provenance") or {}).get("data") if isinstance(meta.get("provenance"), dict) else None
+    if not earlier or not isinstance(now, str):
+        return None
+    start, parts = 0, []
+    for h in earlier:
+        count = f" ({h['images']} images)" if is_count(h.get("images")) else ""
+        parts.append(f"steps {start}-{h.get('until_step')}: {h['data']}{count}")
+        start = h.get("until_step")
+    return f"{now} (since step {start}; before it, {'; '.join(parts)})"
 
 
 def finetune_method(ft: dict) -> str:
