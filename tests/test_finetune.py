@@ -504,9 +504,20 @@ def test_a_structure_loss_over_blocks_a_resume_froze_is_not_called_zero(tmp_path
     res = runner.invoke(app, ["finetune", "--resume", str(run), "--iters", "3", "--freeze-sg", "2"])
     said = " ".join(res.output.split())
     assert res.exit_code == 0 and "frozen from step 2 on" in said and "0 on every step" not in said, said
-    res = runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), *common, "--iters", "1",
+    res = runner.invoke(app, ["finetune", "--source", str(src), "--data", str(data), *common, "--iters", "2",
                               "--freeze-sg", "2", "--struct-loss", "1", "--out", str(tmp_path / "fresh")])
-    assert res.exit_code == 0 and "0 on every step" in " ".join(res.output.split()), res.output
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "0 on every step" in said and "give --struct-loss above 1" in said, said
+    # a resume that freezes only blocks above the loss's taps: the loss is still 0, and said so
+    res = runner.invoke(app, ["finetune", "--resume", str(tmp_path / "fresh"), "--iters", "3", "--freeze-g", "3"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "frozen from step 2 on" in said and "0 on every step" in said, said
+    # FreezeSG 2 with FreezeG 3 and its own mapping: --struct-loss 2 reads the target's w slots already
+    from cartoongan.config import FinetuneConfig
+    from cartoongan.train.freeze import struct_loss_without_effect
+
+    note = struct_loss_without_effect(FinetuneConfig(freeze_g=3, freeze_sg=2, struct_loss=1))
+    assert note.endswith("give --struct-loss above 1"), note
 
 
 def test_a_data_parallel_rank_that_writes_nothing_reports_nothing(capsys):

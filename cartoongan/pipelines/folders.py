@@ -19,7 +19,7 @@ from ..outputs import (atomic_write, check_keeps_inputs, check_output_dir, check
                        first_names, leftover_files, name_that_fits)
 from ..report import NullReporter, Reporter
 from ..weights.registry import sha256_of
-from .project import PROJECTION_FILES, ProjectConfig
+from .project import PROJECTION_FILES, ProjectConfig, projection_writes
 from .toonify import ToonifyModels, load_models, toonify_one
 
 # what a folder run writes: (each photo's row picture, each photo's record, the sheet of all rows)
@@ -64,7 +64,7 @@ def toonify_folder(folder: str | Path, source: str | Path, targets: list[str | P
     check_replaceable_in(outdir, [sheet])  # before any photo: found at its turn, it ended the batch there
     for sub, row in zip(subs, finished):
         if row is None:
-            check_replaceable_in(sub, (*PROJECTION_FILES, picture, record))
+            check_replaceable_in(sub, (*projection_writes(video, align), picture, record))
     if kept:
         reporter.info(f"{kept} of {len(photos)} photo(s) already done by an earlier run with these settings: kept")
     rows = []

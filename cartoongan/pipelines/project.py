@@ -155,6 +155,13 @@ def project(gen: Generator, target: torch.Tensor, cfg: ProjectConfig, perceptual
 PROJECTION_FILES = ("target.png", "proj.png", "projected_w.npz", "proj.gif", "aligned.png")
 
 
+def projection_writes(video: bool, align: bool) -> tuple[str, ...]:
+    """The PROJECTION_FILES a projection writes (an earlier run's proj.gif or aligned.png it does
+    not write, it removes: no write of it to refuse)."""
+    return tuple(name for name in PROJECTION_FILES
+                 if (name != "proj.gif" or video) and (name != "aligned.png" or align))
+
+
 def save_projection(result: Projection, target: torch.Tensor, outdir: str | Path,
                     aligned: Image.Image | None = None, reporter: Reporter | None = None) -> dict[str, Path]:
     """target.png, proj.png, projected_w.npz (w: [1, n_latent, style_dim]), aligned.png when the
@@ -278,7 +285,7 @@ def project_photo(photo: str | Path, source: str | Path, outdir: str | Path, cfg
     and write the results."""
     check_output_dir(outdir, "--outdir")
     check_keeps_inputs(outdir, PROJECTION_FILES, [photo, source])
-    check_replaceable_in(outdir, PROJECTION_FILES)  # found after the projection, its files half replaced
+    check_replaceable_in(outdir, projection_writes(save_video, align))  # found after the projection otherwise
     reporter = reporter or NullReporter()
     warn_if_beside_the_photo(photo, outdir, reporter)
     gen = load_generator(source, device)

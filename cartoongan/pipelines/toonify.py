@@ -14,7 +14,7 @@ from ..outputs import check_keeps_inputs, check_output_dir, check_replaceable_in
 from ..report import NullReporter, Reporter
 from ..weights.networks import lineage, read_generator, weights_digest
 from .project import (PROJECTION_FILES, Projection, ProjectConfig, _perceptual_for, load_target, project,
-                      raise_if_stopped, save_projection, warn_if_beside_the_photo)
+                      projection_writes, raise_if_stopped, save_projection, warn_if_beside_the_photo)
 from .swap import check_compatible
 
 
@@ -92,7 +92,7 @@ def toonify(photo: str | Path, source: str | Path, targets: list[str | Path], ou
     photo's face is FFHQ-aligned first (and written to aligned.png)."""
     check_output_dir(outdir, "--outdir")
     check_keeps_inputs(outdir, (*PROJECTION_FILES, "toonify.png"), [photo, source, *targets])
-    check_replaceable_in(outdir, (*PROJECTION_FILES, "toonify.png"))  # found after the projection otherwise
+    check_replaceable_in(outdir, (*projection_writes(False, align), "toonify.png"))  # found after the projection otherwise
     reporter = reporter or NullReporter()
     warn_if_beside_the_photo(photo, outdir, reporter)
     models = load_models(source, targets, cfg, lpips_weights, device, reporter, perceptual)

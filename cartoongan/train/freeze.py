@@ -123,10 +123,21 @@ def struct_loss_without_effect(cfg: FinetuneConfig) -> str | None:
     n = cfg.struct_loss
     if n and max(cfg.freeze_g, cfg.freeze_sg) >= n + 1 and (cfg.freeze_sg >= n + 1 or cfg.freeze_mapping):
         # its taps (8 .. 2^(n+2) px) read blocks 0..n and w slots 0..2n+1, all frozen and from the source
+        # the lowest loss that reads a block or w slot of the target's own: past FreezeSG's slots, or
+        # with the mapping frozen (every slot the source's) past the frozen blocks
+        fed = max(cfg.freeze_g, cfg.freeze_sg) if cfg.freeze_mapping else cfg.freeze_sg
         return (f"struct_loss {n} (--struct-loss) compares only blocks the source feeds whole (frozen, with the "
-                "source's w): it is 0 on every step and costs a source pass; give --struct-loss above "
-                f"{max(cfg.freeze_g, cfg.freeze_sg) - 1}")
+                f"source's w): it is 0 on every step and costs a source pass; give --struct-loss above {fed - 1}")
     return None
+
+
+def struct_loss_reads(g: Generator, names: list[str], n: int) -> bool:
+    """Whether any of g's parameters `names` lies where a structure loss over n resolutions reads:
+    blocks 0..n, or the mapping (the w of every slot)."""
+    read = {id(p) for b in range(n + 1) for m in g.block_modules(b) for p in m.parameters()}
+    read |= {id(p) for p in g.style.parameters()}
+    params = dict(g.named_parameters())
+    return any(id(params[name]) in read for name in names if name in params)
 
 
 def redundant_freeze_g(cfg: FinetuneConfig) -> str | None:

@@ -22,7 +22,7 @@ from ..weights.checkpoint import load_checkpoint, provenance
 from ..weights.networks import (ancestry, build_discriminator, build_generator, is_count, recorded_train,
                                 weights_digest)
 from .distributed import init_distributed
-from .freeze import make_plan, settings_without_effect, struct_loss_without_effect
+from .freeze import make_plan, settings_without_effect, struct_loss_reads, struct_loss_without_effect
 from .memory import check_batch_fits
 from .run_dir import check_not_in_training, check_run_layout, holds_unsaved_run, latest_stamp
 from .evaluate import KidEvaluator
@@ -445,9 +445,10 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
             reporter.warn(f"{len(newly)} parameter tensor(s) frozen from step {trainer.step} on ({newly[0]}, ...) keep "
                           "the run's g_ema values there, in g and g_ema alike: the source's are kept only by blocks "
                           "frozen from the run's start")
-        # those blocks are no longer the source's: a structure loss over them is not 0
+        # blocks frozen from here hold the run's values, not the source's: a loss that reads them is not 0
+        reads_newly = bool(newly) and struct_loss_reads(nets.g, newly, ft.struct_loss)
         for note in notes:
-            if not (newly and note == struct_loss_without_effect(ft)):
+            if not (reads_newly and note == struct_loss_without_effect(ft)):
                 reporter.warn(note)
     del ckpt  # the trainer holds its own copies: don't keep the whole file in memory for the run
     return _run(trainer, stamp)
