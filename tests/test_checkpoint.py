@@ -47,14 +47,14 @@ def test_rosinality_file_loads_with_inferred_architecture(tmp_path, tiny_g, tiny
 def test_a_legacy_format_file_is_read_where_a_caller_asks_for_a_mapped_one(tmp_path, tiny_g, tiny_d):
     """torch < 1.6 wrote its legacy format, as older rosinality checkpoints are; torch maps only the
     zip one, so `demo`/`ablation --source old.pt` (which read their sources mapped) called it unreadable."""
-    from cartoongan.weights.replacing import held_kind
+    from cartoongan.weights.replacing import WITH_D, held_kind
 
     path = tmp_path / "old.pt"
     g, d = tiny_g(32), tiny_d(32)
     torch.save({"g_ema": g.state_dict(), "g": g.state_dict(), "d": d.state_dict()}, path,
                _use_new_zipfile_serialization=False)
     assert set(load_checkpoint(path, mmap=True)) >= {"g_ema", "g", "d"}
-    assert held_kind(path) == "a generator checkpoint"  # and so it is never replaced by a factor file
+    assert held_kind(path) == WITH_D  # and so it is never replaced by a factor file, nor by g_ema alone
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
     assert held_kind(tmp_path / "tensor.pt") == "a PyTorch file of another kind"  # no generator either
 
