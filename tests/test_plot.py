@@ -50,6 +50,14 @@ def test_plot_without_kid_or_ada_and_missing_log(tmp_path):
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["plot", str(tmp_path / "empty")])
     assert result.exit_code == 1 and "no training log at" in result.output and "Traceback" not in result.output
+    # `plot demo` (the demo's folder, whose run is demo/finetune) named no run to pass
+    for run in ("demo/finetune", "ablation/runs/freezeg"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "config.toml").write_text("[train]\n")
+        (tmp_path / run / "log.jsonl").write_text("")
+        top = tmp_path / run.split("/")[0]
+        said = " ".join(runner.invoke(app, ["plot", str(top)]).output.split())
+        assert f"it holds the run folder(s) {tmp_path / run}: pass one" in said, said
 
 
 def test_json_lines_that_are_not_rows_are_counted_with_the_damaged_ones(tmp_path):

@@ -51,6 +51,17 @@ def _refuse_other_kinds(path: Path) -> None:
                     f"(e.g. {path.parent})")
 
 
+def _runs_inside(folder: Path) -> list[Path]:
+    """The run folders one or two levels inside `folder`, in name order (`demo` holds
+    demo/finetune; `ablation` a run per method), for the message of `plot` of such a folder."""
+    from ..data.dataset import is_run_folder
+
+    found = []
+    for pattern in ("*/log.jsonl", "*/*/log.jsonl"):
+        found += [p.parent for p in sorted(folder.glob(pattern)) if is_run_folder(p.parent)]
+    return found
+
+
 def read_log(run_dir: str | Path, reporter: Reporter | None = None, gaps: bool = False) -> list[dict]:
     """The rows of RUN/log.jsonl (a run folder or the file itself). A torn last line (a kill
     mid-write) is ignored quietly; damaged lines before it are skipped with a warning (and stand
@@ -58,9 +69,13 @@ def read_log(run_dir: str | Path, reporter: Reporter | None = None, gaps: bool =
     path = Path(run_dir)
     if not path.exists():
         raise DataError(not_found("run folder", path))
+    folder = path if path.is_dir() else None
     path = path / "log.jsonl" if path.is_dir() else path
     if not path.is_file():
-        raise DataError(f"no training log at {path}: pass a run folder written by pretrain/finetune")
+        inside = _runs_inside(folder) if folder is not None else []
+        hint = (f"; it holds the run folder(s) {', '.join(map(str, inside[:3]))}{', ...' if len(inside) > 3 else ''}: "
+                "pass one" if inside else ": pass a run folder written by pretrain/finetune")
+        raise DataError(f"no training log at {path}{hint}")
     _refuse_other_kinds(path)
     # line by line: one line of other bytes (a damaged disk block) costs that line, not the log
     lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines()  # an editor's BOM is no damage
