@@ -203,7 +203,8 @@ def sample_checkpoints(paths: list[Path], seeds: list[int], outdir: Path, trunca
     if len(paths) > 1:  # before any checkpoint loads: a folder in the way was found after the first's renders
         check_subfolders(outdir, names, "--outdir")
         for folder in sample_folders(outdir, names):
-            check_output_dir(folder, "--outdir")
+            if folder.is_dir():  # (one to be made is outdir's to write, checked above)
+                check_output_dir(folder, "--outdir")
     gens = [load_generator(p, device) for p in paths]
     dev = gens[0].input.input.device
     first = gens[0]

@@ -446,9 +446,9 @@ def finetune(cfg: RunConfig, source_path: str | Path | None, data_path: str | Pa
                           "the run's g_ema values there, in g and g_ema alike: the source's are kept only by blocks "
                           "frozen from the run's start")
         # blocks frozen from here hold the run's values, not the source's: a loss that reads them is not 0
-        reads_newly = bool(newly) and struct_loss_reads(nets.g, newly, ft.struct_loss)
+        wrong = struct_loss_without_effect(ft) if newly and struct_loss_reads(nets.g, newly, ft.struct_loss) else None
         for note in notes:
-            if not (reads_newly and note == struct_loss_without_effect(ft)):
+            if note != wrong:
                 reporter.warn(note)
     del ckpt  # the trainer holds its own copies: don't keep the whole file in memory for the run
     return _run(trainer, stamp)

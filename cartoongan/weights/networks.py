@@ -291,16 +291,12 @@ def _recorded_training(meta: dict, ckpt: dict) -> dict:
         return {}
     t, rows = config["train"], {}
     if meta.get("kind") == "finetune" and isinstance(config.get("finetune"), dict):
-        rows["method"] = finetune_method(config["finetune"])
-        earlier = [h for h in meta.get("history") or [] if isinstance(h, dict) and isinstance(h.get("finetune"), dict)]
-        if earlier:  # a resume changed the settings: each stretch, oldest first
-            start, parts = 0, []
-            for h in earlier:
-                parts.append(f"steps {start}-{h.get('until_step')}: {finetune_method(h['finetune'])}")
-                start = h.get("until_step")
-            rows["method"] += f" (since step {start}; before it, {'; '.join(parts)})"
-    if data := _data_stretches(meta):
-        rows["data"] = data
+        # a resume changed the settings: each stretch, oldest first
+        rows["method"] = _with_stretches(finetune_method(config["finetune"]), meta, "finetune", dict,
+                                         lambda h: finetune_method(h["finetune"]))
+    now = meta["provenance"].get("data") if isinstance(meta.get("provenance"), dict) else None
+    if isinstance(now, str) and (data := _with_stretches(now, meta, "data", str, _data_of)) != now:
+        rows["data"] = data  # a resume took other data: only then a row
     step, batch, p, images = meta.get("step"), t.get("batch"), ckpt.get("ada_aug_p"), images_trained(meta)
     parts = []
     if is_count(step) and is_count(batch) and images == step * batch:
@@ -321,18 +317,21 @@ def _recorded_training(meta: dict, ckpt: dict) -> dict:
     return rows
 
 
-def _data_stretches(meta: dict) -> str | None:
-    """Where a run resumed on other data: the data of each stretch, oldest first (None when one)."""
-    earlier = [h for h in meta.get("history") or [] if isinstance(h, dict) and isinstance(h.get("data"), str)]
-    now = (meta.get("provenance") or {}).get("data") if isinstance(meta.get("provenance"), dict) else None
-    if not earlier or not isinstance(now, str):
-        return None
+def _with_stretches(now: str, meta: dict, key: str, kind: type, said) -> str:
+    """`now`, and where the history holds earlier stretches of `key` (each a `kind`), each of them
+    as said(entry), oldest first: "X (since step 4; before it, steps 0-4: Y)"."""
+    earlier = [h for h in meta.get("history") or [] if isinstance(h, dict) and isinstance(h.get(key), kind)]
+    if not earlier:
+        return now
     start, parts = 0, []
     for h in earlier:
-        count = f" ({h['images']} images)" if is_count(h.get("images")) else ""
-        parts.append(f"steps {start}-{h.get('until_step')}: {h['data']}{count}")
+        parts.append(f"steps {start}-{h.get('until_step')}: {said(h)}")
         start = h.get("until_step")
     return f"{now} (since step {start}; before it, {'; '.join(parts)})"
+
+
+def _data_of(entry: dict) -> str:
+    return entry["data"] + (f" ({entry['images']} images)" if is_count(entry.get("images")) else "")
 
 
 def finetune_method(ft: dict) -> str:
